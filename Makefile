@@ -1,0 +1,39 @@
+# buscad — `make demo` runs the main job, `make test` runs the tests.
+# Both create .venv when missing and install the project into it (CPU torch pinned).
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.buscad-installed
+
+.PHONY: demo test lint format install clean bench
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# torch first, from the pinned CPU wheel, so nothing else can pull a CUDA build.
+$(STAMP): $(PY) pyproject.toml
+	$(PY) -m pip install --quiet "torch==2.13.0" "torchvision==0.28.0"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	@if $(PY) -m pip list 2>/dev/null | grep -qiE '^nvidia-|^triton '; then \
+	  echo "error: CUDA packages were pulled into $(VENV); refusing to continue" >&2; exit 1; fi
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/buscad demo --out runs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format src tests benchmarks
+	$(VENV)/bin/ruff check --fix src tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs build dist src/*.egg-info

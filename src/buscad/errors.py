@@ -1,0 +1,46 @@
+"""Typed errors. Every message is one line that names the file (or key) and the problem."""
+
+from __future__ import annotations
+
+from os import PathLike
+
+
+class BuscadError(Exception):
+    """Base class of every error buscad raises on purpose."""
+
+
+class InputFileError(BuscadError):
+    """A file could not be used. ``str(err)`` is ``"<path>: <problem>"`` on one line.
+
+    Parameters
+    ----------
+    path : path-like
+        The offending file.
+    problem : str
+        What is wrong with it, in plain words.
+    """
+
+    def __init__(self, path: str | PathLike[str], problem: str) -> None:
+        self.path = str(path)
+        self.problem = " ".join(str(problem).split())  # force a single line
+        super().__init__(f"{self.path}: {self.problem}")
+
+
+class ImageReadError(InputFileError):
+    """An image could not be read (missing, empty, truncated, wrong type, unsupported)."""
+
+
+class MaskError(InputFileError):
+    """A mask could not be read or does not fit its image."""
+
+
+class ManifestError(InputFileError):
+    """A manifest is malformed (missing columns, unknown labels, duplicate ids, bad rows)."""
+
+
+class ConfigError(InputFileError):
+    """A configuration file is invalid; the message names the bad key."""
+
+
+class ModelFileError(InputFileError):
+    """A model checkpoint or bundle is missing, corrupt or incompatible."""

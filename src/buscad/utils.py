@@ -1,0 +1,121 @@
+"""Small shared helpers: atomic writes, content hashes, seeding."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it over ``path`` on success.
+
+    The temporary file lives in the same folder, so the final ``os.replace`` is
+    atomic on POSIX and Windows: readers see the old file or the new one, never
+    a half-written one. On error the temporary file is removed.
+
+    The temporary name keeps ``path``'s suffix, so writers that choose the
+    format from the suffix (Pillow, pandas) behave as for ``path``.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(final.suffixes) or ".tmp"
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=suffix, dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` atomically and return the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding=encoding)
+    return Path(path)
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, indent: int = 2) -> Path:
+    """Write ``obj`` as JSON atomically (NumPy scalars and arrays are converted)."""
+    return atomic_write_text(path, json.dumps(obj, indent=indent, default=_json_default) + "\n")
+
+
+def atomic_write_table(df: Any, path: str | os.PathLike[str], index: bool = False) -> Path:
+    """Write a pandas DataFrame as CSV, Parquet or XLSX (by suffix) atomically."""
+    p = Path(path)
+    with atomic_path(p) as tmp:
+        suf = p.suffix.lower()
+        if suf == ".parquet":
+            df.to_parquet(tmp, index=index)
+        elif suf in (".xlsx", ".xls"):
+            df.to_excel(tmp, index=index)
+        elif suf == ".md":
+            tmp.write_text(df.to_markdown(index=index) + "\n", encoding="utf-8")
+        else:
+            df.to_csv(tmp, index=index)
+    return p
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "isoformat"):
+        return o.isoformat()
+    raise TypeError(f"cannot serialise {type(o).__name__} to JSON")
+
+
+def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """SHA-256 hex digest of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """Short SHA-256 of the canonical JSON form of ``obj`` (dict keys sorted)."""
+    text = json.dumps(obj, sort_keys=True, default=_json_default, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
+
+
+def array_sha256(arr: np.ndarray) -> str:
+    """SHA-256 of an array's dtype, shape and bytes."""
+    a = np.ascontiguousarray(arr)
+    h = hashlib.sha256()
+    h.update(str(a.dtype).encode())
+    h.update(str(a.shape).encode())
+    h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    """Seed Python, NumPy and (when imported) torch; return a NumPy Generator."""
+    import random
+    import sys
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))  # noqa: NPY002 - seeds legacy global users too
+    if "torch" in sys.modules:
+        import torch
+
+        torch.manual_seed(seed)
+    return np.random.default_rng(seed)
