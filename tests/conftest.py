@@ -41,7 +41,9 @@ def messy_phantoms(tmp_path_factory: pytest.TempPathFactory) -> Manifest:
 def busi_dir() -> Path:
     """The BUSI folder in ../shared/data; skips the test when it is absent."""
     if not BUSI_DIR.is_dir():
-        pytest.skip(f"real data not available: {BUSI_DIR} is absent (tests on BUSI need ../shared/data)")
+        pytest.skip(
+            f"real data not available: {BUSI_DIR} is absent (tests on BUSI need ../shared/data)"
+        )
     return BUSI_DIR
 
 
@@ -49,5 +51,7 @@ def busi_dir() -> Path:
 def breast_dir() -> Path:
     """The BrEaST-Lesions_USG folder in ../shared/data; skips the test when it is absent."""
     if not BREAST_DIR.is_dir():
-        pytest.skip(f"real data not available: {BREAST_DIR} is absent (tests on BrEaST need ../shared/data)")
+        pytest.skip(
+            f"real data not available: {BREAST_DIR} is absent (tests on BrEaST need ../shared/data)"
+        )
     return BREAST_DIR

@@ -40,7 +40,10 @@ def test_planted_problems_are_recorded(messy_phantoms):
     df = messy_phantoms.df
     dups = df[df["phantom_source"].fillna("") != ""]
     assert len(dups) == 15
-    assert (dups["patient_id"] != df.set_index("image_id").loc[dups["phantom_source"], "patient_id"].to_numpy()).all()
+    assert (
+        dups["patient_id"]
+        != df.set_index("image_id").loc[dups["phantom_source"], "patient_id"].to_numpy()
+    ).all()
     coloured = df[df["has_colour_box"]]
     assert len(coloured) > 0
     for iid in coloured["image_id"]:
@@ -59,8 +62,14 @@ def test_manifest_roundtrip_rebases_paths(phantom_cohort, tmp_path):
 
 
 def test_manifest_keeps_extra_columns_and_defaults_patient(tmp_path):
-    df = pd.DataFrame({"image_id": ["a", "b"], "image_path": ["a.png", "b.png"], "label": ["Benign", "MALIGNANT"],
-                       "my_score": [1.5, 2.5]})
+    df = pd.DataFrame(
+        {
+            "image_id": ["a", "b"],
+            "image_path": ["a.png", "b.png"],
+            "label": ["Benign", "MALIGNANT"],
+            "my_score": [1.5, 2.5],
+        }
+    )
     df.to_csv(tmp_path / "m.csv", index=False)
     m = Manifest.load(tmp_path / "m.csv")
     assert list(m.df["label"]) == ["benign", "malignant"]
@@ -73,10 +82,18 @@ def test_manifest_keeps_extra_columns_and_defaults_patient(tmp_path):
     [
         ({"image_id": ["a"], "image_path": ["a.png"]}, "missing required column.*label"),
         ({"image_id": ["a"], "image_path": ["a.png"], "label": ["cyst"]}, "unknown label 'cyst'"),
-        ({"image_id": ["a", "a"], "image_path": ["a.png", "b.png"], "label": ["benign", "benign"]},
-         "duplicate image_id 'a'"),
-        ({"image_id": ["a"], "image_path": ["a.png"], "label": ["benign"], "birads": ["7"]},
-         "not a BI-RADS category"),
+        (
+            {
+                "image_id": ["a", "a"],
+                "image_path": ["a.png", "b.png"],
+                "label": ["benign", "benign"],
+            },
+            "duplicate image_id 'a'",
+        ),
+        (
+            {"image_id": ["a"], "image_path": ["a.png"], "label": ["benign"], "birads": ["7"]},
+            "not a BI-RADS category",
+        ),
     ],
 )
 def test_manifest_schema_errors_name_the_file(tmp_path, rows, match):
@@ -103,7 +120,14 @@ def test_manifest_file_checks(phantom_cohort, tmp_path):
 
 @pytest.mark.parametrize(
     ("raw", "expected"),
-    [("4A", "4a"), ("BI-RADS 4b", "4b"), (4.0, "4"), (" 5 ", "5"), ("not available", None), (float("nan"), None)],
+    [
+        ("4A", "4a"),
+        ("BI-RADS 4b", "4b"),
+        (4.0, "4"),
+        (" 5 ", "5"),
+        ("not available", None),
+        (float("nan"), None),
+    ],
 )
 def test_normalize_birads(raw, expected):
     assert normalize_birads(raw) == expected
