@@ -1,0 +1,216 @@
+"""Study configuration: one YAML file describes a whole study.
+
+:class:`StudyConfig` is a pydantic model; unknown keys are refused and every
+error names the file and the offending key path, e.g.::
+
+    configs/busi.yaml: deep.backbones.1: unknown backbone 'resnet5' (known: alexnet, ...)
+
+Paths inside the config (manifests, radiomics params) are relative to the
+config file's folder.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from buscad.errors import ConfigError
+
+ModelName = Literal["deep", "radiomics", "dlr", "clinical", "us", "cldlr", "integrated"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PhantomCohort(_Strict):
+    """Generate a phantom cohort instead of reading a manifest (demo and tests)."""
+
+    n: int = Field(120, ge=4)
+    seed: int = 0
+    size: tuple[int, int] = (224, 256)
+    malignant_fraction: float = Field(0.4, gt=0, lt=1)
+    duplicate_fraction: float = Field(0.0, ge=0, le=1)
+    conflict_fraction: float = Field(0.0, ge=0, le=1)
+    annotation_fraction: float = Field(0.0, ge=0, le=1)
+    colour_fraction: float = Field(0.0, ge=0, le=1)
+    atypical: float = Field(0.12, ge=0, le=0.5)
+
+
+class CohortConfig(_Strict):
+    """One cohort of the study.
+
+    ``role: development`` cohorts are pooled, audited and split into training
+    and internal validation (grouped by patient and near-duplicate group);
+    ``role: external`` cohorts are only ever predicted, never trained or tuned on.
+    """
+
+    name: str
+    role: Literal["development", "external"] = "development"
+    manifest: Path | None = None
+    phantom: PhantomCohort | None = None
+    labels: list[Literal["benign", "malignant"]] = ["benign", "malignant"]
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CohortConfig:
+        if (self.manifest is None) == (self.phantom is None):
+            raise ValueError("give exactly one of 'manifest' or 'phantom'")
+        return self
+
+
+class AuditConfig(_Strict):
+    """What the audit does with what it finds (findings are always reported).
+
+    ``duplicates``: ``keep`` (grouped splits already keep them on one side),
+    ``keep_one`` (keep one image per near-duplicate group), or
+    ``drop_conflicts`` (drop groups whose members carry different labels).
+    """
+
+    duplicates: Literal["keep", "keep_one", "drop_conflicts"] = "drop_conflicts"
+    drop_colour: bool = False
+    drop_annotated: bool = False
+    shortcut_warning_auc: float = Field(0.8, ge=0.5, le=1.0)
+
+
+class SplitConfig(_Strict):
+    """Internal validation of the development cohorts: grouped holdout (7:3 as in the studies)."""
+
+    test_size: float = Field(0.3, gt=0, lt=1)
+    cv_folds: int = Field(5, ge=2, le=20)
+
+
+class DeepConfig(_Strict):
+    """Fine-tuned backbones compared on the training set; the best by CV AUC is kept."""
+
+    backbones: list[str] = ["efficientnet_lite0"]
+    pretrained: Literal["imagenet", "none"] = "imagenet"
+    weights: dict[str, Path] = {}
+    input_size: int = Field(224, ge=32, le=1024)
+    roi: Literal["mask", "whole"] = "mask"
+    margin: float = Field(0.1, ge=0, le=1)
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(3e-4, gt=0)
+    selection_folds: int = Field(3, ge=2)
+    patience: int = Field(3, ge=1)
+    gradcam: Literal["gradcam", "gradcam++", "hirescam"] = "gradcam"
+
+
+class RadiomicsConfig(_Strict):
+    """Radiomics features → ICC stability filter → z-score → redundancy → LASSO → logistic."""
+
+    params: Path | None = None
+    icc_threshold: float = Field(0.75, ge=0, le=1)
+    shape_features: bool = True
+    rho_threshold: float = Field(0.9, gt=0, le=1)
+
+
+class ClinicalConfig(_Strict):
+    """Clinical and conventional-ultrasound (BI-RADS lexicon) columns."""
+
+    columns: list[str] = ["age"]
+    p_threshold: float = Field(0.05, gt=0, le=1)
+    us_columns: list[str] = [
+        "shape",
+        "margin",
+        "echogenicity",
+        "posterior_features",
+        "calcifications",
+        "orientation",
+    ]
+    reader_column: str | None = "birads"
+
+
+class EvaluationConfig(_Strict):
+    """Statistics: threshold rule (chosen on training data only) and CI method."""
+
+    threshold: str = "youden"
+    ci: Literal["delong", "bootstrap"] = "delong"
+
+    @field_validator("threshold")
+    @classmethod
+    def _rule(cls, v: str) -> str:
+        if v == "youden" or v.startswith(("sens:", "spec:", "fixed:")):
+            return v
+        raise ValueError("threshold must be 'youden', 'sens:0.95', 'spec:0.9' or 'fixed:0.5'")
+
+
+class StudyConfig(_Strict):
+    """A whole study: cohorts, audit policy, models, statistics."""
+
+    name: str = "study"
+    seed: int = 0
+    cohorts: list[CohortConfig]
+    audit: AuditConfig = AuditConfig()
+    split: SplitConfig = SplitConfig()
+    models: list[ModelName] = ["deep", "radiomics", "dlr", "clinical", "us", "cldlr", "integrated"]
+    deep: DeepConfig = DeepConfig()
+    radiomics: RadiomicsConfig = RadiomicsConfig()
+    clinical: ClinicalConfig = ClinicalConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    gallery_size: int = Field(8, ge=0)
+    base_dir: Path = Field(default=Path("."), exclude=True)
+
+    @model_validator(mode="after")
+    def _cohorts(self) -> StudyConfig:
+        names = [c.name for c in self.cohorts]
+        if len(set(names)) != len(names):
+            raise ValueError(f"cohort names must be unique, got {names}")
+        if not any(c.role == "development" for c in self.cohorts):
+            raise ValueError("at least one cohort needs role 'development'")
+        return self
+
+    def resolve(self, p: Path | str | None) -> Path | None:
+        """Resolve a config-relative path."""
+        if p is None:
+            return None
+        q = Path(os.path.expanduser(str(p)))
+        return q if q.is_absolute() else (self.base_dir / q).resolve()
+
+
+def _loc(err: dict[str, Any]) -> str:
+    return ".".join(str(x) for x in err.get("loc", ())) or "<root>"
+
+
+def load_config(path: str | os.PathLike[str]) -> StudyConfig:
+    """Read and validate a study YAML file.
+
+    Raises
+    ------
+    ConfigError
+        Missing file, bad YAML, unknown keys or bad values; the message names
+        the file and the key path.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(p, "config file not found")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(p, f"not valid YAML ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(p, "the config must be a mapping of keys to values")
+    return config_from_dict(raw, base_dir=p.parent.resolve(), source=p)
+
+
+def config_from_dict(
+    raw: dict[str, Any],
+    base_dir: str | os.PathLike[str] = ".",
+    source: str | os.PathLike[str] = "<config>",
+) -> StudyConfig:
+    """Validate a config mapping (see :func:`load_config`)."""
+    try:
+        cfg = StudyConfig.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        msg = first.get("msg", "invalid value")
+        if first.get("type") == "extra_forbidden":
+            msg = "unknown key"
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(source, f"{_loc(first)}: {msg}{more}") from exc
+    cfg.base_dir = Path(base_dir).resolve()
+    return cfg
