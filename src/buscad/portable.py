@@ -1,0 +1,447 @@
+"""Pickle-free persistence of fitted scikit-learn models: safetensors + JSON.
+
+``save_portable(estimator, stem)`` writes ``stem.safetensors`` (every fitted
+array) and ``stem.json`` (the structure: step types, parameters, array names).
+``load_portable(stem)`` returns a :class:`PortableModel` that re-implements the
+forward pass in NumPy, so loading a model never unpickles and never imports
+user code: a model file cannot execute anything.
+
+Supported building blocks (what buscad's classical models are made of):
+``Pipeline``, ``StandardScaler``, ``SimpleImputer`` (with or without missing
+indicator), ``OneHotEncoder`` (dense, ``handle_unknown="ignore"``),
+``ColumnTransformer`` (integer or name column selections, ``drop``/``passthrough``
+remainder), ``LogisticRegression`` (binary), ``SVC`` (binary, ``linear``/``rbf``/
+``poly``/``sigmoid`` kernels, libsvm's Platt probabilities) and
+``CalibratedClassifierCV(method="sigmoid", ensemble=False)`` around an SVC,
+``LinearSVC`` or logistic regression (the non-deprecated way to get SVM
+probabilities since scikit-learn 1.9). Any estimator may opt in by implementing
+``to_portable() -> (spec, arrays)``; the spec's ``"type"`` must then be one of the
+types below (usually ``"select"``: keep the columns listed in ``arrays["index"]``).
+
+The forward formulas:
+
+- StandardScaler: ``z = (x - mean) / scale``
+- SimpleImputer: ``x[isnan(x)] = statistics`` (column-wise), optional indicator columns appended
+- LogisticRegression: ``p = 1 / (1 + exp(-(x · coef + intercept)))``
+- SVC decision: ``f(x) = Σ_i dual_coef_i K(sv_i, x) + intercept`` with
+  ``K = x·y`` (linear), ``exp(-γ |x - y|²)`` (rbf), ``(γ x·y + c0)^d`` (poly),
+  ``tanh(γ x·y + c0)`` (sigmoid); libsvm Platt: ``r = 1/(1 + exp(-A f + B))`` then
+  libsvm's pairwise coupling (see :func:`_libsvm_binary_proba`);
+  CalibratedClassifierCV: ``P(malignant) = 1 / (1 + exp(a f + b))``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from buscad.errors import ModelFileError
+from buscad.utils import atomic_path, atomic_write_json
+
+FORMAT = "buscad-portable-sklearn"
+VERSION = 1
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.arrays: dict[str, np.ndarray] = {}
+        self._n = 0
+
+    def add(self, arr: Any) -> str:
+        name = f"a{self._n}"
+        self._n += 1
+        self.arrays[name] = np.ascontiguousarray(np.asarray(arr, dtype=np.float64))
+        return name
+
+    def export(self, est: Any) -> dict:
+        from sklearn.calibration import CalibratedClassifierCV
+        from sklearn.compose import ColumnTransformer
+        from sklearn.impute import SimpleImputer
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import Pipeline
+        from sklearn.preprocessing import OneHotEncoder, StandardScaler
+        from sklearn.svm import SVC
+
+        if hasattr(est, "to_portable"):
+            spec, arrays = est.to_portable()
+            spec = dict(spec)
+            for key, arr in arrays.items():
+                spec[key] = self.add(arr)
+            if "inner" in spec and not isinstance(spec["inner"], dict):
+                spec["inner"] = self.export(spec["inner"])
+            return spec
+        if isinstance(est, Pipeline):
+            return {
+                "type": "pipeline",
+                "steps": [self.export(s) for _, s in est.steps if s != "passthrough"],
+            }
+        if isinstance(est, StandardScaler):
+            n = len(est.mean_) if est.mean_ is not None else est.n_features_in_
+            mean = est.mean_ if est.with_mean else np.zeros(n)
+            scale = est.scale_ if est.with_std else np.ones(n)
+            return {"type": "scaler", "mean": self.add(mean), "scale": self.add(scale)}
+        if isinstance(est, SimpleImputer):
+            ind = None
+            if est.indicator_ is not None:
+                ind = self.add(est.indicator_.features_)
+            return {"type": "imputer", "statistics": self.add(est.statistics_), "indicator": ind}
+        if isinstance(est, OneHotEncoder):
+            if est.drop is not None:
+                raise ModelFileError(
+                    "<estimator>", "OneHotEncoder with drop= is not supported for export"
+                )
+            return {
+                "type": "onehot",
+                "categories": [[_json_scalar(c) for c in cats] for cats in est.categories_],
+            }
+        if isinstance(est, ColumnTransformer):
+            parts = []
+            for name, trans, cols in est.transformers_:
+                if trans == "drop":
+                    continue
+                idx = _column_indices(est, cols)
+                inner = {"type": "identity"} if trans == "passthrough" else self.export(trans)
+                parts.append({"name": name, "columns": idx, "inner": inner})
+            return {"type": "columns", "parts": parts, "feature_names_in": _names_in(est)}
+        if isinstance(est, LogisticRegression):
+            if len(est.classes_) != 2:
+                raise ModelFileError(
+                    "<estimator>", "only binary LogisticRegression can be exported"
+                )
+            return {
+                "type": "logistic",
+                "coef": self.add(est.coef_[0]),
+                "intercept": float(est.intercept_[0]),
+                "classes": [_json_scalar(c) for c in est.classes_],
+            }
+        if isinstance(est, CalibratedClassifierCV):
+            if len(est.calibrated_classifiers_) != 1 or est.method != "sigmoid":
+                raise ModelFileError(
+                    "<estimator>",
+                    "only CalibratedClassifierCV(method='sigmoid', ensemble=False) can be exported",
+                )
+            cc = est.calibrated_classifiers_[0]
+            cal = cc.calibrators[0]
+            return {
+                "type": "calibrated",
+                "inner": self._decision(cc.estimator),
+                "a": float(cal.a_),
+                "b": float(cal.b_),
+                "classes": [_json_scalar(c) for c in est.classes_],
+            }
+        if isinstance(est, SVC):
+            if not est.probability:
+                raise ModelFileError(
+                    "<estimator>", "SVC without probabilities: wrap it in CalibratedClassifierCV"
+                )
+            spec = self._decision(est)
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # probA_ deprecated in sklearn 1.9
+                spec["prob_a"], spec["prob_b"] = float(est.probA_[0]), float(est.probB_[0])
+            return spec
+        raise ModelFileError(
+            "<estimator>", f"cannot export {type(est).__name__}: not a supported building block"
+        )
+
+    def _decision(self, est: Any) -> dict:
+        """Export the decision function of a binary SVC, LinearSVC or logistic model."""
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import Pipeline
+        from sklearn.svm import SVC, LinearSVC
+
+        if isinstance(est, Pipeline):
+            steps = [self.export(s) for _, s in est.steps[:-1] if s != "passthrough"]
+            return {"type": "pipeline", "steps": [*steps, self._decision(est.steps[-1][1])]}
+        if len(getattr(est, "classes_", [0, 1])) != 2:
+            raise ModelFileError("<estimator>", f"only binary {type(est).__name__} can be exported")
+        if isinstance(est, (LinearSVC, LogisticRegression)):
+            return {
+                "type": "linear",
+                "coef": self.add(est.coef_[0]),
+                "intercept": float(est.intercept_[0]),
+            }
+        if isinstance(est, SVC):
+            return {
+                "type": "svc",
+                "kernel": est.kernel,
+                "gamma": float(est._gamma),
+                "coef0": float(est.coef0),
+                "degree": int(est.degree),
+                "support_vectors": self.add(est.support_vectors_),
+                "dual_coef": self.add(est.dual_coef_[0]),
+                "intercept": float(est.intercept_[0]),
+                "classes": [_json_scalar(c) for c in est.classes_],
+            }
+        raise ModelFileError(
+            "<estimator>", f"cannot export the decision function of {type(est).__name__}"
+        )
+
+
+def _json_scalar(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, float) and np.isnan(v):
+        return None
+    return v
+
+
+def _names_in(est: Any) -> list[str] | None:
+    names = getattr(est, "feature_names_in_", None)
+    return [str(n) for n in names] if names is not None else None
+
+
+def _column_indices(ct: Any, cols: Any) -> list[int]:
+    if isinstance(cols, slice):
+        return list(range(ct.n_features_in_))[cols]
+    cols = list(np.atleast_1d(cols))
+    if cols and isinstance(cols[0], (bool, np.bool_)):
+        return [i for i, c in enumerate(cols) if c]
+    if cols and isinstance(cols[0], str):
+        names = list(ct.feature_names_in_)
+        return [names.index(c) for c in cols]
+    return [int(c) for c in cols]
+
+
+def save_portable(
+    estimator: Any, stem: str | os.PathLike[str], metadata: dict | None = None
+) -> tuple[Path, Path]:
+    """Write a fitted estimator as ``stem.safetensors`` + ``stem.json``.
+
+    Parameters
+    ----------
+    estimator : fitted scikit-learn estimator
+        Built from the supported building blocks (see module docstring).
+    stem : path-like
+        Output path without suffix.
+    metadata : dict, optional
+        Stored in the JSON under ``"metadata"`` (feature names, provenance...).
+
+    Returns
+    -------
+    tuple of Path
+        The two files written.
+    """
+    from safetensors.numpy import save_file
+
+    b = _Builder()
+    spec = b.export(estimator)
+    stem = Path(stem)
+    st_path = stem.with_suffix(".safetensors")
+    js_path = stem.with_suffix(".json")
+    with atomic_path(st_path) as tmp:
+        save_file(b.arrays or {"_empty": np.zeros(1)}, str(tmp))
+    atomic_write_json(
+        js_path, {"format": FORMAT, "version": VERSION, "model": spec, "metadata": metadata or {}}
+    )
+    return st_path, js_path
+
+
+def load_portable(stem: str | os.PathLike[str]) -> PortableModel:
+    """Load a model written by :func:`save_portable` (no unpickling).
+
+    Raises
+    ------
+    ModelFileError
+        Missing or corrupt files, or a format this version does not know.
+    """
+    from safetensors.numpy import load_file
+
+    stem = Path(stem)
+    if stem.suffix in (".json", ".safetensors"):
+        stem = stem.with_suffix("")
+    js_path, st_path = stem.with_suffix(".json"), stem.with_suffix(".safetensors")
+    for p in (js_path, st_path):
+        if not p.exists():
+            raise ModelFileError(p, "model file not found")
+    try:
+        doc = json.loads(js_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelFileError(js_path, f"not valid JSON ({exc})") from exc
+    if doc.get("format") != FORMAT or int(doc.get("version", 0)) > VERSION:
+        raise ModelFileError(js_path, f"not a {FORMAT} v{VERSION} file")
+    try:
+        arrays = load_file(str(st_path))
+    except Exception as exc:
+        raise ModelFileError(st_path, f"cannot read safetensors ({exc})") from exc
+    return PortableModel(doc["model"], arrays, doc.get("metadata", {}))
+
+
+class PortableModel:
+    """NumPy forward pass of an exported scikit-learn model.
+
+    Attributes
+    ----------
+    spec : dict
+        The structure read from JSON.
+    metadata : dict
+        Whatever was stored with the model.
+    """
+
+    def __init__(
+        self, spec: dict, arrays: dict[str, np.ndarray], metadata: dict | None = None
+    ) -> None:
+        self.spec = spec
+        self.arrays = arrays
+        self.metadata = metadata or {}
+
+    def _a(self, name: str) -> np.ndarray:
+        return self.arrays[name]
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities ``(n, 2)`` (benign, malignant)."""
+        p1 = self._run(self.spec, X, final=True)
+        p1 = np.asarray(p1, dtype=float).ravel()
+        return np.column_stack([1 - p1, p1])
+
+    def transform(self, X: Any) -> np.ndarray:
+        """Run a transformer-only model and return its output."""
+        return np.asarray(self._run(self.spec, X, final=False), dtype=float)
+
+    def _run(self, spec: dict, X: Any, final: bool) -> Any:
+        t = spec["type"]
+        if t == "pipeline":
+            out = X
+            steps = spec["steps"]
+            for k, s in enumerate(steps):
+                out = self._run(s, out, final=final and k == len(steps) - 1)
+            return out
+        if t == "identity":
+            return _as_float(X)
+        if t == "select":
+            Xf = _as_float(X)
+            return Xf[:, self._a(spec["index"]).astype(int)]
+        if t == "scaler":
+            return (_as_float(X) - self._a(spec["mean"])) / self._a(spec["scale"])
+        if t == "imputer":
+            Xf = _as_float(X).copy()
+            stats = self._a(spec["statistics"])
+            miss = np.isnan(Xf)
+            out = np.where(miss, stats[None, :], Xf)
+            if spec.get("indicator"):
+                feats = self._a(spec["indicator"]).astype(int)
+                out = np.hstack([out, miss[:, feats].astype(float)])
+            return out
+        if t == "onehot":
+            arr = np.asarray(X, dtype=object)
+            if arr.ndim == 1:
+                arr = arr[:, None]
+            cols = []
+            for j, cats in enumerate(spec["categories"]):
+                col = [None if _is_nan(v) else v for v in arr[:, j]]
+                cols.append(
+                    np.array([[1.0 if _eq(v, c) else 0.0 for c in cats] for v in col]).reshape(
+                        len(col), len(cats)
+                    )
+                )
+            return np.hstack(cols) if cols else np.zeros((len(arr), 0))
+        if t == "columns":
+            names = spec.get("feature_names_in")
+            if isinstance(X, pd.DataFrame) and names:
+                missing = [n for n in names if n not in X.columns]
+                if missing:
+                    raise ValueError(f"input lacks column(s) {', '.join(missing)}")
+                X = X[names]
+            arr = (
+                X.to_numpy(dtype=object)
+                if isinstance(X, pd.DataFrame)
+                else np.asarray(X, dtype=object)
+            )
+            outs = [
+                np.asarray(self._run(p["inner"], arr[:, p["columns"]], final=False), dtype=float)
+                for p in spec["parts"]
+            ]
+            return np.hstack(outs)
+        if t == "linear":
+            return _as_float(X) @ self._a(spec["coef"]) + spec["intercept"]
+        if t == "logistic":
+            z = _as_float(X) @ self._a(spec["coef"]) + spec["intercept"]
+            return 1.0 / (1.0 + np.exp(-z))
+        if t == "svc":
+            Xf = _as_float(X)
+            sv = self._a(spec["support_vectors"])
+            k = spec["kernel"]
+            g, c0, d = spec["gamma"], spec["coef0"], spec["degree"]
+            if k == "linear":
+                K = Xf @ sv.T
+            elif k == "rbf":
+                d2 = (Xf**2).sum(1)[:, None] + (sv**2).sum(1)[None, :] - 2 * Xf @ sv.T
+                K = np.exp(-g * np.maximum(d2, 0))
+            elif k == "poly":
+                K = (g * Xf @ sv.T + c0) ** d
+            elif k == "sigmoid":
+                K = np.tanh(g * Xf @ sv.T + c0)
+            else:
+                raise ModelFileError("<model>", f"unsupported SVC kernel {k!r}")
+            f = K @ self._a(spec["dual_coef"]) + spec["intercept"]
+            if "prob_a" not in spec:  # decision function only (inside a calibrator)
+                return f
+            return _libsvm_binary_proba(f, spec["prob_a"], spec["prob_b"])
+        if t == "calibrated":
+            f = np.asarray(self._run(spec["inner"], X, final=True), dtype=float).ravel()
+            return 1.0 / (1.0 + np.exp(spec["a"] * f + spec["b"]))
+        raise ModelFileError("<model>", f"unknown step type {t!r}")
+
+
+def _libsvm_binary_proba(f: np.ndarray, a: float, b: float) -> np.ndarray:
+    """P(second class) exactly as libsvm computes it for two classes.
+
+    libsvm's sigmoid ``r = 1/(1 + exp(A d + B))`` is evaluated on its own
+    decision value ``d = -f`` and clipped to ``[1e-7, 1 - 1e-7]``; the pairwise
+    coupling (Wu, Lin & Weng 2004, ``multiclass_probability``) then iterates
+    from ``p = (1/2, 1/2)`` until ``max_t |(Qp)_t - p'Qp| < 0.005/k``, which for
+    two classes stops short of ``p = r`` by up to about 1e-4. Ported line by line.
+    """
+    out = np.empty(len(f))
+    for i, fi in enumerate(np.asarray(f, dtype=float)):
+        fapb = -fi * a + b
+        r01 = np.exp(-fapb) / (1.0 + np.exp(-fapb)) if fapb >= 0 else 1.0 / (1.0 + np.exp(fapb))
+        r01 = min(max(r01, 1e-7), 1 - 1e-7)
+        r10 = 1.0 - r01
+        q = np.array([[r10 * r10, -r10 * r01], [-r10 * r01, r01 * r01]])
+        p = np.array([0.5, 0.5])
+        eps = 0.005 / 2
+        for _ in range(100):
+            qp = q @ p
+            pqp = float(p @ qp)
+            if np.max(np.abs(qp - pqp)) < eps:
+                break
+            for t in range(2):
+                diff = (-qp[t] + pqp) / q[t, t]
+                p[t] += diff
+                pqp = (pqp + diff * (diff * q[t, t] + 2 * qp[t])) / (1 + diff) / (1 + diff)
+                qp = (qp + diff * q[t]) / (1 + diff)
+                p = p / (1 + diff)
+        out[i] = p[1]
+    return out
+
+
+def _as_float(X: Any) -> np.ndarray:
+    if isinstance(X, pd.DataFrame):
+        X = X.to_numpy()
+    arr = np.asarray(X)
+    if arr.dtype == object:
+        arr = pd.DataFrame(arr).apply(pd.to_numeric, errors="coerce").to_numpy()
+    arr = arr.astype(float)
+    return arr[:, None] if arr.ndim == 1 else arr
+
+
+def _is_nan(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and np.isnan(v))
+
+
+def _eq(v: Any, c: Any) -> bool:
+    if v is None or c is None:
+        return v is None and c is None
+    try:
+        return v == c or (
+            isinstance(v, (int, float)) and isinstance(c, (int, float)) and float(v) == float(c)
+        )
+    except Exception:
+        return False
