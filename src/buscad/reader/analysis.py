@@ -697,10 +697,11 @@ def table3(
 ) -> pd.DataFrame:
     """The studies' Table 3: model, readers without AI, readers with AI.
 
-    Reader rows are means over readers of the per-reader values; their AUC CI
-    is the OR single-treatment interval when an MRMC result is given, else
-    the DeLong interval of the single reader (or the min/max over readers is
-    not used: the CI is left empty for several readers without MRMC).
+    Reader rows are means over readers of the per-reader values. Their AUC
+    and its CI are the Obuchowski–Rockette reader-averaged AUC and
+    single-treatment interval when ``mrmc`` is given, the reader's DeLong
+    interval when there is one reader, and no interval otherwise. The model
+    row (``model``, from :func:`model_metrics`) has a DeLong interval.
     """
     cols = ["accuracy", "sensitivity", "specificity", "ppv", "f1"]
     rows = []
