@@ -396,3 +396,36 @@ def test_cli_store_export_analyze(tmp_path):
          "-o", str(tmp_path / "rep2"), "--binarize", "7"],
     )  # fmt: skip
     assert res.exit_code != 0 and "binarize" in res.output
+
+
+def test_input_tables_are_checked(tmp_path):
+    from buscad.errors import InputFileError
+    from buscad.reader.analysis import load_reads
+
+    p = tmp_path / "reads.csv"
+    pd.DataFrame({"reader_id": ["R1"], "case_id": ["a"], "birads": ["3"]}).to_csv(p, index=False)
+    with pytest.raises(InputFileError, match=r"reads\.csv: missing column\(s\) round"):
+        load_reads(p)
+    pd.DataFrame(
+        {"reader_id": ["R1", "R1"], "case_id": ["a", "a"], "round": [1, 1], "birads": ["3", "4"]}
+    ).to_csv(p, index=False)
+    with pytest.raises(InputFileError, match="read case 'a' twice in round 1"):
+        load_reads(p)
+    pd.DataFrame({"reader_id": ["R1"], "case_id": ["a"], "round": [3], "birads": ["3"]}).to_csv(
+        p, index=False
+    )
+    with pytest.raises(InputFileError, match="round must be 1 or 2"):
+        load_reads(p)
+    pd.DataFrame({"reader_id": ["R1"], "case_id": ["a"], "round": [1], "birads": ["4d"]}).to_csv(
+        p, index=False
+    )
+    with pytest.raises(InputFileError, match="not a BI-RADS category"):
+        load_reads(p)
+    t = tmp_path / "truth.csv"
+    pd.DataFrame({"case_id": ["a", "b", "c"], "label": ["Malignant", "B", "normal"]}).to_csv(
+        t, index=False
+    )
+    assert load_truth(t).to_dict() == {"a": 1, "b": 0}
+    pd.DataFrame({"case_id": ["a"], "diagnosis": ["m"]}).to_csv(t, index=False)
+    with pytest.raises(InputFileError, match="needs an image_id \\(or case_id\\) and a label"):
+        load_truth(t)

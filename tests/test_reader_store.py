@@ -232,3 +232,28 @@ def test_export_csv_content(study, tmp_path):
     assert df["study_id"].nunique() == 1 and df["study_id"].iat[0] == s.study_id
     assert pd.to_datetime(df["recorded_at"]).is_monotonic_increasing
     assert not list((tmp_path / "out").glob(".*"))  # no temporary file left behind
+
+
+def test_concurrent_writers_lose_nothing(study, tmp_path):
+    import threading
+
+    s, _ = study
+    errors: list[Exception] = []
+
+    def reader_session(rid: str) -> None:
+        mine = ReaderStudy.open(tmp_path / "study.db")  # its own object, like a worker process
+        try:
+            while (cid := mine.next_case(rid, 1)) is not None:
+                mine.record(rid, cid, 1, "3", time_taken_s=1)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader_session, args=(r,)) for r in ("R01", "R02")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    reads = s.reads()
+    assert len(reads) == 24
+    assert reads.groupby("reader_id")["case_id"].nunique().to_dict() == {"R01": 12, "R02": 12}
