@@ -32,6 +32,7 @@ import html
 import io
 import math
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -815,22 +816,17 @@ padding:3px 6px;text-align:right}th{background:#eee}caption{text-align:left;font
 
 
 def _fmt_table(df: pd.DataFrame, caption: str) -> str:
-    return df.to_html(
-        index=False,
-        float_format=lambda v: f"{v:.3f}",
-        na_rep="–",
-        border=0,
-        classes="t",
-        escape=True,
-    ).replace(
-        '<table border="0" class="dataframe t">',
-        f"<table><caption>{html.escape(caption)}</caption>",
-        1,
+    body = df.to_html(
+        index=False, float_format=lambda v: f"{v:.3f}", na_rep="–", border=0, escape=True
+    )
+    return re.sub(
+        r"^<table[^>]*>", f"<table><caption>{html.escape(caption)}</caption>", body, count=1
     )
 
 
 def _table3_display(t3: pd.DataFrame) -> pd.DataFrame:
-    out = pd.DataFrame({"": t3["group"], "Readers": t3["n_readers"]})
+    readers = [str(n) if n else "–" for n in t3["n_readers"]]
+    out = pd.DataFrame({"": t3["group"], "Readers": readers})
     out["Accuracy"] = t3["accuracy"].map(lambda v: f"{v:.3f}")
     out["AUC (95% CI)"] = [
         f"{a:.3f} ({lo:.3f}–{hi:.3f})" if not math.isnan(lo) else f"{a:.3f}"
@@ -853,6 +849,7 @@ def render_html(
     cut: str,
     png: bytes,
     title: str = "Reader study",
+    model_threshold: float | None = None,
 ) -> str:
     """A self-contained HTML report (inline CSS, figure as a data URI, no external assets)."""
     img = base64.b64encode(png).decode("ascii")
@@ -873,7 +870,13 @@ def render_html(
         _fmt_table(_table3_display(t3), "Model and readers without / with AI"),
         "<p class='note'>Reader rows: means over readers; their AUC CI is the "
         "Obuchowski–Rockette single-treatment interval (random readers and cases) when an MRMC "
-        "analysis was possible. Model: DeLong CI.</p>",
+        "analysis was possible."
+        + (
+            f" Model: malignant when score &ge; {model_threshold:g}; DeLong CI."
+            if model_threshold is not None and (t3["group"] == "Model").any()
+            else ""
+        )
+        + "</p>",
         f"<img alt='ROC curves' src='data:image/png;base64,{img}'>",
         "<h2>Per reader and round</h2>",
         _fmt_table(metrics, "Metrics per reader and round (AUC: BI-RADS rank, DeLong 95% CI)"),
@@ -1003,6 +1006,7 @@ def analyze(
         tmp.write_bytes(png)
     res.files["roc"] = out / "roc.png"
     res.files["report"] = atomic_write_text(
-        out / "report.html", render_html(t3, met, pt, mr, note, notes, cut, png, title)
+        out / "report.html",
+        render_html(t3, met, pt, mr, note, notes, cut, png, title, model_threshold),
     )
     return res
