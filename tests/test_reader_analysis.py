@@ -335,6 +335,14 @@ def test_breast_radiologist_as_round_one(breast_dir, tmp_path):
     assert (pt.mcnemar_accuracy_b, pt.mcnemar_accuracy_c) == (b, c)
     assert pt.mcnemar_accuracy_p == pytest.approx(mcnemar(b, c).p)
     assert pt.auc_with_ai > pt.auc_without_ai and pt.delong_p < 0.05
+    # a second (simulated) reader enables the MRMC analysis; its CIs stay within [0, 1]
+    r1b = _move_toward_truth(r1, 1 - y, 0.2, seed=50)
+    reads_b = reads.assign(
+        reader_id="simulated_b", birads=r1b + _move_toward_truth(r1b, y, 0.3, seed=8)
+    )
+    res = analyze(pd.concat([reads, reads_b]), truth, cut="4b")
+    assert res.mrmc is not None and res.mrmc.n_cases == 252
+    assert all(0 <= ci["lo"] < ci["hi"] <= 1 for ci in res.mrmc.treatment_cis)
 
 
 # ------------------------------------------------------------------- CLI

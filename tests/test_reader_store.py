@@ -257,3 +257,14 @@ def test_concurrent_writers_lose_nothing(study, tmp_path):
     reads = s.reads()
     assert len(reads) == 24
     assert reads.groupby("reader_id")["case_id"].nunique().to_dict() == {"R01": 12, "R02": 12}
+
+
+def test_open_refuses_a_file_that_is_not_a_study(tmp_path):
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(ReaderStudyError, match="not a reader-study database"):
+        ReaderStudy.open(junk)
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).close()
+    with pytest.raises(ReaderStudyError, match=r"empty\.db: not a reader-study database"):
+        ReaderStudy.open(empty)

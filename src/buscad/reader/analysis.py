@@ -394,7 +394,8 @@ def or_analysis(
     ``sqrt(2/r [MS(TR) + r max(Cov2 - Cov3, 0)])`` and a ``t(ddf_H)``
     interval. Each treatment alone: ``SE_i = sqrt([MS(R)_i + r max(Cov2_i, 0)]/r)``
     with ``df_i = [MS(R)_i + r max(Cov2_i, 0)]^2 / {MS(R)_i^2/(r-1)}``, where
-    ``MS(R)_i`` and ``Cov2_i`` use treatment ``i`` only.
+    ``MS(R)_i`` and ``Cov2_i`` use treatment ``i`` only; this interval is
+    clipped to [0, 1].
 
     Variance components: ``sigma2_TR = MS(TR) - Var + Cov1 + Cov2 - Cov3`` and
     ``sigma2_R = (MS(R) - MS(TR))/t - Cov1 + Cov3``.
@@ -481,8 +482,8 @@ def or_analysis(
                 "cov2": cov2_a,
                 "se": se_a,
                 "df": df_a,
-                "lo": float(mi[a] - qa * se_a),
-                "hi": float(mi[a] + qa * se_a),
+                "lo": max(0.0, float(mi[a] - qa * se_a)),
+                "hi": min(1.0, float(mi[a] + qa * se_a)),
             }
         )
     return ORResult(
