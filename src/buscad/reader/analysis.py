@@ -126,10 +126,8 @@ def check_reads(df: pd.DataFrame, source: str | os.PathLike[str] = "<reads>") ->
     rounds = pd.to_numeric(df["round"], errors="coerce")
     bad = ~rounds.isin([1, 2])
     if bad.any():
-        raise InputFileError(
-            source,
-            f"round must be 1 or 2; row {int(np.flatnonzero(bad)[0])} has {df['round'].iat[int(np.flatnonzero(bad)[0])]!r}",
-        )
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise InputFileError(source, f"round must be 1 or 2; row {i} has {df['round'].iat[i]!r}")
     df["round"] = rounds.astype(int)
     try:
         df["birads"] = [normalize_birads(v) for v in df["birads"]]
