@@ -32,6 +32,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "buscad.study_cli",
     "buscad.serve.cli",
     "buscad.demo",
+    "buscad.reader.cli",
 )
 
 

@@ -1,0 +1,1011 @@
+"""Statistics of a before/after reader study: per-reader metrics, paired tests, MRMC.
+
+Inputs are the reads exported by :meth:`buscad.reader.store.ReaderStudy.export_csv`
+(one row per reader, case and round; round 1 = without AI, round 2 = with AI)
+and a truth table (a manifest: ``image_id`` and ``label``).
+
+BI-RADS as a score
+------------------
+For ROC analysis each category is mapped to an ordinal rank (:data:`BIRADS_RANK`):
+``1 < 2 < 3 < 4 < 4a < 4b < 4c < 5 (< 6)``. A plain ``4`` (a reader who did
+not subcategorise) is ranked *below* ``4a``, at the bottom of the suspicious
+block: it asserts "suspicious" but no more, so it is not allowed to outrank a
+reader's own ``4a``. Putting it between ``4a`` and ``4b`` would invent a
+likelihood of malignancy nobody stated. Consequence: with the default cut
+``4b``, a plain ``4`` is called benign; the report counts such reads so the
+choice is visible. BI-RADS 0 (incomplete assessment) is not an assessment of
+malignancy and is excluded (counted).
+
+Binary calls
+------------
+A read is called malignant when its rank is at least the rank of the cut
+category (default ``4b``: 3/4A = benign, 4B/4C/5 = malignant).
+
+Cases whose truth is ``normal`` or unknown are excluded from every statistic
+(counted in the report).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from buscad.data.manifest import normalize_birads, normalize_label
+from buscad.errors import InputFileError
+from buscad.evaluate.metrics import (
+    auc_ci,
+    binary_metrics,
+    delong_components,
+    delong_test,
+    roc_auc,
+)
+
+#: Ordinal rank of each BI-RADS category (plain ``4`` below ``4a``; see the module doc).
+BIRADS_RANK: dict[str, int] = {
+    "1": 1,
+    "2": 2,
+    "3": 3,
+    "4": 4,
+    "4a": 5,
+    "4b": 6,
+    "4c": 7,
+    "5": 8,
+    "6": 9,
+}
+DEFAULT_CUT = "4b"
+ROUND_NAMES: dict[int, str] = {1: "without AI", 2: "with AI"}
+_SCORE_COLUMNS = ("score", "ai_score", "prob_malignant", "p_malignant", "probability")
+
+
+# --------------------------------------------------------------------- inputs
+def birads_rank(values: Sequence[object] | pd.Series) -> np.ndarray:
+    """Ordinal ranks of BI-RADS values (float; NaN for missing or category 0).
+
+    Raises
+    ------
+    ValueError
+        For a value that is not a BI-RADS category.
+    """
+    out = np.full(len(values), np.nan)
+    for i, v in enumerate(values):
+        cat = normalize_birads(v)
+        if cat is not None and cat in BIRADS_RANK:
+            out[i] = BIRADS_RANK[cat]
+    return out
+
+
+def cut_rank(cut: str) -> int:
+    """Rank of the binarisation cut: a read is malignant when ``rank >= cut_rank``."""
+    cat = normalize_birads(cut)
+    if cat not in BIRADS_RANK or cat in ("1", "6"):
+        raise ValueError(f"binarisation cut must be one of 2 3 4 4a 4b 4c 5, got {cut!r}")
+    return BIRADS_RANK[cat]
+
+
+def load_reads(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read an exported reads CSV and check its columns.
+
+    Required: ``reader_id``, ``case_id``, ``round`` (1 or 2), ``birads``.
+    Optional: ``confidence`` (0-100), ``ai_score``, ``time_taken_s``, ``with_ai``.
+
+    Raises
+    ------
+    InputFileError
+        Missing file or column, a round other than 1/2, an unknown BI-RADS
+        category, or the same (reader, case, round) twice.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputFileError(p, "reads file not found")
+    try:
+        df = pd.read_csv(p, dtype={"reader_id": str, "case_id": str, "birads": str})
+    except Exception as exc:
+        raise InputFileError(p, f"cannot read CSV ({type(exc).__name__}: {exc})") from exc
+    return check_reads(df, source=p)
+
+
+def check_reads(df: pd.DataFrame, source: str | os.PathLike[str] = "<reads>") -> pd.DataFrame:
+    """Validate and normalise a reads table (see :func:`load_reads`); returns a copy."""
+    missing = [c for c in ("reader_id", "case_id", "round", "birads") if c not in df.columns]
+    if missing:
+        raise InputFileError(source, f"missing column(s) {', '.join(missing)}")
+    df = df.copy()
+    df["reader_id"] = df["reader_id"].astype(str)
+    df["case_id"] = df["case_id"].astype(str)
+    rounds = pd.to_numeric(df["round"], errors="coerce")
+    bad = ~rounds.isin([1, 2])
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise InputFileError(source, f"round must be 1 or 2; row {i} has {df['round'].iat[i]!r}")
+    df["round"] = rounds.astype(int)
+    try:
+        df["birads"] = [normalize_birads(v) for v in df["birads"]]
+    except ValueError as exc:
+        raise InputFileError(source, str(exc)) from exc
+    dup = df.duplicated(["reader_id", "case_id", "round"])
+    if dup.any():
+        r = df[dup].iloc[0]
+        raise InputFileError(
+            source,
+            f"reader {r['reader_id']!r} read case {r['case_id']!r} twice in round {r['round']}",
+        )
+    for col in ("confidence", "ai_score", "time_taken_s"):
+        if col in df.columns:
+            df[col] = pd.to_numeric(df[col], errors="coerce")
+    if "confidence" in df.columns and ((df["confidence"] < 0) | (df["confidence"] > 100)).any():
+        raise InputFileError(source, "confidence must lie in [0, 100]")
+    return df
+
+
+def load_truth(path: str | os.PathLike[str]) -> pd.Series:
+    """Truth per case from a manifest or any table with an id and a ``label`` column.
+
+    The id column is ``image_id`` (manifest) or ``case_id``. Returns a Series
+    indexed by case id: 1 = malignant, 0 = benign; ``normal`` and unknown
+    labels are dropped.
+
+    Raises
+    ------
+    InputFileError
+        Missing file, no id/label column, duplicate ids.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputFileError(p, "truth file not found")
+    try:
+        if p.suffix.lower() == ".parquet":
+            df = pd.read_parquet(p)
+        else:
+            df = pd.read_csv(p, dtype={"image_id": str, "case_id": str})
+    except Exception as exc:
+        raise InputFileError(p, f"cannot read table ({type(exc).__name__}: {exc})") from exc
+    idcol = (
+        "image_id" if "image_id" in df.columns else "case_id" if "case_id" in df.columns else None
+    )
+    if idcol is None or "label" not in df.columns:
+        raise InputFileError(p, "truth table needs an image_id (or case_id) and a label column")
+    ids = df[idcol].astype(str).str.strip()
+    if ids.duplicated().any():
+        raise InputFileError(p, f"duplicate case id {ids[ids.duplicated()].iat[0]!r}")
+    lab = [normalize_label(v) for v in df["label"]]
+    y = pd.Series([{"malignant": 1, "benign": 0}.get(v or "", -1) for v in lab], index=ids.values)
+    return y[y >= 0].astype(int)
+
+
+def load_model_scores(path: str | os.PathLike[str]) -> pd.Series:
+    """Model scores per case: an id column (``case_id``/``image_id``) and a score column.
+
+    The score column is the first of ``score, ai_score, prob_malignant,
+    p_malignant, probability`` present.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputFileError(p, "model-scores file not found")
+    df = pd.read_csv(p, dtype={"image_id": str, "case_id": str})
+    idcol = next((c for c in ("case_id", "image_id") if c in df.columns), None)
+    scol = next((c for c in _SCORE_COLUMNS if c in df.columns), None)
+    if idcol is None or scol is None:
+        raise InputFileError(
+            p, f"needs case_id (or image_id) and one of {', '.join(_SCORE_COLUMNS)}"
+        )
+    s = pd.to_numeric(df[scol], errors="coerce")
+    s.index = df[idcol].astype(str).values
+    return s.dropna()
+
+
+# -------------------------------------------------------------------- McNemar
+@dataclass(frozen=True)
+class McNemarResult:
+    """McNemar's test on paired binary outcomes."""
+
+    b: int
+    c: int
+    statistic: float
+    p: float
+    method: str
+
+    def as_dict(self) -> dict:
+        """Plain dict of the fields."""
+        return asdict(self)
+
+
+def mcnemar(b: int, c: int, exact: bool | None = None) -> McNemarResult:
+    """McNemar's test of marginal homogeneity from the two discordant counts.
+
+    ``b`` = pairs positive (e.g. correct) under the first condition only,
+    ``c`` = under the second only. Exact (binomial) version:
+    ``p = min(1, 2 P[Bin(b + c, 1/2) <= min(b, c)])`` with statistic
+    ``min(b, c)``. Asymptotic version (Edwards' continuity correction):
+    ``X2 = (|b - c| - 1)^2 / (b + c)`` referred to chi-square with 1 df.
+    ``exact=None`` (default) uses the exact test when ``b + c < 25``. With
+    ``b + c = 0`` there is no evidence either way: ``p = 1``.
+    """
+    b, c = int(b), int(c)
+    if b < 0 or c < 0:
+        raise ValueError("discordant counts must be >= 0")
+    n = b + c
+    if exact is None:
+        exact = n < 25
+    if n == 0:
+        return McNemarResult(b, c, 0.0, 1.0, "exact" if exact else "chi2-cc")
+    if exact:
+        p = min(1.0, 2.0 * float(stats.binom.cdf(min(b, c), n, 0.5)))
+        return McNemarResult(b, c, float(min(b, c)), p, "exact")
+    x2 = (abs(b - c) - 1.0) ** 2 / n
+    return McNemarResult(b, c, float(x2), float(stats.chi2.sf(x2, 1)), "chi2-cc")
+
+
+# ------------------------------------------------------- MRMC: covariances
+def _aucs_and_components(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, list, list]:
+    aucs, v10s, v01s = [], [], []
+    for s in scores:
+        a, v10, v01 = delong_components(y, s)
+        aucs.append(a)
+        v10s.append(v10)
+        v01s.append(v01)
+    return np.asarray(aucs), v10s, v01s
+
+
+def jackknife_auc_cov(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """AUCs of ``k`` score vectors on the same cases and their jackknife covariance.
+
+    Leaving out case ``l`` gives ``AUC_(l)``; with ``c`` cases,
+    ``Cov(AUC_a, AUC_b) = (c - 1)/c sum_l (AUC_a(l) - mean_a)(AUC_b(l) - mean_b)``
+    where ``mean_a`` is the mean of the leave-one-out AUCs. The leave-one-out
+    AUCs come from DeLong's components: removing positive ``i`` gives
+    ``(m AUC - V10_i)/(m - 1)``, removing negative ``j`` gives
+    ``(n AUC - V01_j)/(n - 1)``.
+
+    Parameters
+    ----------
+    y : array, shape (c,)
+        1 = positive.
+    scores : array, shape (k, c)
+
+    Returns
+    -------
+    aucs : array, shape (k,)
+    cov : array, shape (k, k)
+    """
+    y = np.asarray(y).astype(int)
+    scores = np.atleast_2d(np.asarray(scores, dtype=float))
+    m, n = int(y.sum()), int((1 - y).sum())
+    if m < 2 or n < 2:
+        raise ValueError("jackknife covariance needs at least 2 positive and 2 negative cases")
+    aucs, v10s, v01s = _aucs_and_components(y, scores)
+    c = len(y)
+    loo = np.empty((len(scores), c))
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    for k in range(len(scores)):
+        loo[k, pos] = (m * aucs[k] - v10s[k]) / (m - 1)
+        loo[k, neg] = (n * aucs[k] - v01s[k]) / (n - 1)
+    dev = loo - loo.mean(axis=1, keepdims=True)
+    return aucs, (c - 1) / c * dev @ dev.T
+
+
+def delong_auc_cov(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """AUCs of ``k`` score vectors and DeLong's covariance matrix.
+
+    ``Cov(AUC_a, AUC_b) = Cov(V10_a, V10_b)/m + Cov(V01_a, V01_b)/n`` with
+    sample covariances (ddof = 1) of the structural components (DeLong et al., 1988).
+    """
+    y = np.asarray(y).astype(int)
+    scores = np.atleast_2d(np.asarray(scores, dtype=float))
+    aucs, v10s, v01s = _aucs_and_components(y, scores)
+    m, n = len(v10s[0]), len(v01s[0])
+    if m < 2 or n < 2:
+        raise ValueError("DeLong covariance needs at least 2 positive and 2 negative cases")
+    cov = (
+        np.atleast_2d(np.cov(np.vstack(v10s), ddof=1)) / m
+        + np.atleast_2d(np.cov(np.vstack(v01s), ddof=1)) / n
+    )
+    return aucs, cov
+
+
+_COV_METHODS = {"jackknife": jackknife_auc_cov, "delong": delong_auc_cov}
+
+
+# ----------------------------------------------------- MRMC: OR analysis
+@dataclass
+class ORResult:
+    """Obuchowski–Rockette analysis, random readers and random cases (Hillis 2008).
+
+    ``auc[i, j]`` is the AUC of treatment ``i`` and reader ``j``. See
+    :func:`or_analysis` for the formulas.
+    """
+
+    treatments: list[str]
+    readers: list[str]
+    auc: np.ndarray
+    cov_method: str
+    n_cases: int
+    n_pos: int
+    n_neg: int
+    var_error: float
+    cov1: float
+    cov2: float
+    cov3: float
+    ms_t: float
+    ms_r: float
+    ms_tr: float
+    var_reader: float
+    var_treatment_reader: float
+    f: float
+    df1: int
+    df2: float
+    p: float
+    alpha: float
+    differences: list[dict] = field(default_factory=list)
+    treatment_cis: list[dict] = field(default_factory=list)
+
+    @property
+    def treatment_means(self) -> np.ndarray:
+        """Reader-averaged AUC of each treatment."""
+        return self.auc.mean(axis=1)
+
+    def as_dict(self) -> dict:
+        """JSON-ready dict."""
+        d = asdict(self)
+        d["auc"] = self.auc.tolist()
+        d["treatment_means"] = self.treatment_means.tolist()
+        return d
+
+
+def or_analysis(
+    y: np.ndarray,
+    scores: np.ndarray,
+    cov: str = "jackknife",
+    alpha: float = 0.05,
+    treatments: Sequence[str] | None = None,
+    readers: Sequence[str] | None = None,
+) -> ORResult:
+    """Obuchowski–Rockette MRMC test of equal AUCs with Hillis's (2008) degrees of freedom.
+
+    Model: ``AUC_ij = mu + tau_i + R_j + (tau R)_ij + e_ij`` for ``t``
+    treatments and ``r`` readers on the same ``c`` cases. The error covariance
+    matrix of the ``t r`` AUCs is estimated by the jackknife or DeLong's method
+    (:func:`jackknife_auc_cov`, :func:`delong_auc_cov`) and averaged into
+    ``Var`` (diagonal), ``Cov1`` (same reader, different treatments), ``Cov2``
+    (different readers, same treatment) and ``Cov3`` (different readers and
+    treatments).
+
+    Mean squares: ``MS(T) = r/(t-1) sum_i (m_i. - m..)^2``,
+    ``MS(R) = t/(r-1) sum_j (m_.j - m..)^2``,
+    ``MS(TR) = 1/((t-1)(r-1)) sum_ij (AUC_ij - m_i. - m_.j + m..)^2``.
+
+    Test: ``F = MS(T) / [MS(TR) + r max(Cov2 - Cov3, 0)]`` with ``t - 1`` and
+    ``ddf_H = [MS(TR) + r max(Cov2 - Cov3, 0)]^2 / {MS(TR)^2 / ((t-1)(r-1))}``
+    degrees of freedom (Hillis 2008).
+
+    Each pairwise difference ``m_i. - m_k.`` has standard error
+    ``sqrt(2/r [MS(TR) + r max(Cov2 - Cov3, 0)])`` and a ``t(ddf_H)``
+    interval. Each treatment alone: ``SE_i = sqrt([MS(R)_i + r max(Cov2_i, 0)]/r)``
+    with ``df_i = [MS(R)_i + r max(Cov2_i, 0)]^2 / {MS(R)_i^2/(r-1)}``, where
+    ``MS(R)_i`` and ``Cov2_i`` use treatment ``i`` only; this interval is
+    clipped to [0, 1].
+
+    Variance components: ``sigma2_TR = MS(TR) - Var + Cov1 + Cov2 - Cov3`` and
+    ``sigma2_R = (MS(R) - MS(TR))/t - Cov1 + Cov3``.
+
+    Parameters
+    ----------
+    y : array, shape (c,)
+        1 = positive (malignant).
+    scores : array, shape (t, r, c)
+        Ratings of each treatment and reader on every case (higher = more
+        likely positive).
+    cov : {"jackknife", "delong"}
+    alpha : float
+        ``1 - alpha`` confidence intervals.
+
+    Raises
+    ------
+    ValueError
+        Fewer than 2 treatments or 2 readers, wrong shapes, or one class only.
+    """
+    sc = np.asarray(scores, dtype=float)
+    y = np.asarray(y).astype(int)
+    if sc.ndim != 3 or sc.shape[2] != len(y):
+        raise ValueError(f"scores must have shape (treatments, readers, {len(y)}), got {sc.shape}")
+    t, r, c = sc.shape
+    if t < 2 or r < 2:
+        raise ValueError(f"OR analysis needs >= 2 treatments and >= 2 readers (got {t} and {r})")
+    if cov not in _COV_METHODS:
+        raise ValueError(f"unknown covariance method {cov!r}; use {' or '.join(_COV_METHODS)}")
+    aucs, cmat = _COV_METHODS[cov](y, sc.reshape(t * r, c))
+    theta = aucs.reshape(t, r)
+    ti = np.repeat(np.arange(t), r)
+    rj = np.tile(np.arange(r), t)
+    same_t = ti[:, None] == ti[None, :]
+    same_r = rj[:, None] == rj[None, :]
+    var_e = float(np.mean(np.diag(cmat)))
+    cov1 = float(cmat[~same_t & same_r].mean())
+    cov2 = float(cmat[same_t & ~same_r].mean())
+    cov3 = float(cmat[~same_t & ~same_r].mean())
+    mi, mj, mm = theta.mean(axis=1), theta.mean(axis=0), theta.mean()
+    ms_t = float(r * np.sum((mi - mm) ** 2) / (t - 1))
+    ms_r = float(t * np.sum((mj - mm) ** 2) / (r - 1))
+    resid = theta - mi[:, None] - mj[None, :] + mm
+    ms_tr = float(np.sum(resid**2) / ((t - 1) * (r - 1)))
+    den = ms_tr + r * max(cov2 - cov3, 0.0)
+    f_stat = ms_t / den if den > 0 else (math.inf if ms_t > 0 else math.nan)
+    df2 = den**2 / (ms_tr**2 / ((t - 1) * (r - 1))) if ms_tr > 0 else math.inf
+    p = float(stats.f.sf(f_stat, t - 1, df2)) if math.isfinite(f_stat) else 0.0
+    names_t = [str(v) for v in (treatments or range(1, t + 1))]
+    names_r = [str(v) for v in (readers or range(1, r + 1))]
+    se_diff = math.sqrt(2.0 / r * den)
+    q = float(stats.t.ppf(1 - alpha / 2, df2))
+    diffs = []
+    for a in range(t):
+        for b in range(a + 1, t):
+            d = float(mi[a] - mi[b])
+            tt = d / se_diff if se_diff > 0 else math.copysign(math.inf, d) if d else 0.0
+            diffs.append(
+                {
+                    "comparison": f"{names_t[a]} - {names_t[b]}",
+                    "estimate": d,
+                    "se": se_diff,
+                    "df": df2,
+                    "t": tt,
+                    "p": float(2 * stats.t.sf(abs(tt), df2)),
+                    "lo": d - q * se_diff,
+                    "hi": d + q * se_diff,
+                }
+            )
+    cis = []
+    for a in range(t):
+        block = cmat[np.ix_(ti == a, ti == a)]
+        cov2_a = float(block[~np.eye(r, dtype=bool)].mean())
+        ms_r_a = float(np.sum((theta[a] - mi[a]) ** 2) / (r - 1))
+        den_a = ms_r_a + r * max(cov2_a, 0.0)
+        se_a = math.sqrt(den_a / r)
+        df_a = den_a**2 / (ms_r_a**2 / (r - 1)) if ms_r_a > 0 else math.inf
+        qa = float(stats.t.ppf(1 - alpha / 2, df_a))
+        cis.append(
+            {
+                "treatment": names_t[a],
+                "estimate": float(mi[a]),
+                "ms_r": ms_r_a,
+                "cov2": cov2_a,
+                "se": se_a,
+                "df": df_a,
+                "lo": max(0.0, float(mi[a] - qa * se_a)),
+                "hi": min(1.0, float(mi[a] + qa * se_a)),
+            }
+        )
+    return ORResult(
+        treatments=names_t,
+        readers=names_r,
+        auc=theta,
+        cov_method=cov,
+        n_cases=c,
+        n_pos=int(y.sum()),
+        n_neg=int((1 - y).sum()),
+        var_error=var_e,
+        cov1=cov1,
+        cov2=cov2,
+        cov3=cov3,
+        ms_t=ms_t,
+        ms_r=ms_r,
+        ms_tr=ms_tr,
+        var_reader=(ms_r - ms_tr) / t - cov1 + cov3,
+        var_treatment_reader=ms_tr - var_e + cov1 + cov2 - cov3,
+        f=float(f_stat),
+        df1=t - 1,
+        df2=float(df2),
+        p=p,
+        alpha=alpha,
+        differences=diffs,
+        treatment_cis=cis,
+    )
+
+
+def or_analysis_long(
+    df: pd.DataFrame,
+    treatment: str = "treatment",
+    reader: str = "reader",
+    case: str = "case",
+    truth: str = "truth",
+    rating: str = "rating",
+    **kwargs: object,
+) -> ORResult:
+    """:func:`or_analysis` on a long table (one row per treatment, reader and case).
+
+    The design must be fully crossed: every reader rates every case under every
+    treatment.
+    """
+    wide = df.pivot_table(index=case, columns=[treatment, reader], values=rating, aggfunc="first")
+    if wide.isna().any().any():
+        raise ValueError("the design is not fully crossed: some (treatment, reader, case) missing")
+    truth_by_case = df.groupby(case)[truth].first().loc[wide.index].to_numpy()
+    ts = list(wide.columns.get_level_values(0).unique())
+    rs = list(wide.columns.get_level_values(1).unique())
+    sc = np.stack([[wide[(tt, rr)].to_numpy() for rr in rs] for tt in ts])
+    return or_analysis(truth_by_case, sc, treatments=ts, readers=rs, **kwargs)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------ reader metrics
+def _with_truth(reads: pd.DataFrame, truth: pd.Series) -> tuple[pd.DataFrame, dict]:
+    """Join truth; drop reads without lesion truth and BI-RADS 0/missing (counted)."""
+    df = reads.copy()
+    df["y"] = df["case_id"].map(truth)
+    df["rank"] = birads_rank(df["birads"].tolist())
+    notes = {
+        "reads_total": len(df),
+        "reads_without_lesion_truth": int(df["y"].isna().sum()),
+        "reads_birads_0_or_missing": int((df["y"].notna() & df["rank"].isna()).sum()),
+    }
+    df = df[df["y"].notna() & df["rank"].notna()].copy()
+    df["y"] = df["y"].astype(int)
+    notes["reads_used"] = len(df)
+    notes["plain_4_reads"] = int((df["birads"] == "4").sum())
+    return df, notes
+
+
+def _safe_auc(y: np.ndarray, s: np.ndarray) -> tuple[float, float, float]:
+    if len(np.unique(y)) < 2:
+        return (math.nan, math.nan, math.nan)
+    res = auc_ci(y, s)
+    return res.auc, res.lo, res.hi
+
+
+def reader_metrics(reads: pd.DataFrame, truth: pd.Series, cut: str = DEFAULT_CUT) -> pd.DataFrame:
+    """Per reader and round: confusion counts, accuracy, sensitivity, specificity,
+    PPV, NPV, F1 (calls ``rank >= cut``), AUC of the BI-RADS rank with DeLong
+    95% CI and, when present for every read, AUC of ``confidence``.
+
+    Formulas as :func:`buscad.evaluate.metrics.binary_metrics` and
+    :func:`buscad.evaluate.metrics.auc_ci`.
+    """
+    df, _ = _with_truth(reads, truth)
+    thr = cut_rank(cut)
+    rows = []
+    for (rid, rnd), g in df.groupby(["reader_id", "round"], sort=True):
+        y, s = g["y"].to_numpy(), g["rank"].to_numpy()
+        bm = binary_metrics(y, s, thr)
+        auc, lo, hi = _safe_auc(y, s)
+        row = {
+            "reader_id": rid,
+            "round": int(rnd),
+            "condition": ROUND_NAMES[int(rnd)],
+            "n": len(g),
+            "n_malignant": int(y.sum()),
+            "n_benign": int((1 - y).sum()),
+            **{k: v for k, v in bm.as_dict().items() if k != "threshold"},
+            "auc": auc,
+            "auc_lo": lo,
+            "auc_hi": hi,
+        }
+        if "confidence" in g.columns and g["confidence"].notna().all() and len(g):
+            a2, l2, h2 = _safe_auc(y, g["confidence"].to_numpy())
+            row.update(auc_confidence=a2, auc_confidence_lo=l2, auc_confidence_hi=h2)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def paired_tests(reads: pd.DataFrame, truth: pd.Series, cut: str = DEFAULT_CUT) -> pd.DataFrame:
+    """Per reader, round 2 (with AI) against round 1 (without AI) on the cases read in both.
+
+    DeLong's paired test of the BI-RADS-rank AUCs (and of the confidence AUCs
+    when present), difference = with AI - without AI; McNemar's test
+    (:func:`mcnemar`) on the correctness of the binary calls over all cases,
+    on the malignant cases (sensitivity) and on the benign cases
+    (specificity). For McNemar ``b`` counts cases right only with AI and ``c``
+    cases right only without AI.
+    """
+    df, _ = _with_truth(reads, truth)
+    thr = cut_rank(cut)
+    rows = []
+    for rid, g in df.groupby("reader_id", sort=True):
+        w = g.pivot(index="case_id", columns="round", values="rank")
+        if 1 not in w.columns or 2 not in w.columns:
+            continue
+        w = w.dropna()
+        if w.empty:
+            continue
+        yv = g.drop_duplicates("case_id").set_index("case_id")["y"].loc[w.index].to_numpy()
+        s1, s2 = w[1].to_numpy(), w[2].to_numpy()
+        row: dict = {"reader_id": rid, "n_paired": len(w)}
+        if len(np.unique(yv)) == 2:
+            dt = delong_test(yv, s2, s1)
+            row.update(
+                auc_without_ai=dt.auc2,
+                auc_with_ai=dt.auc1,
+                auc_diff=dt.diff,
+                auc_diff_lo=dt.lo,
+                auc_diff_hi=dt.hi,
+                delong_z=dt.z,
+                delong_p=dt.p,
+            )
+            if "confidence" in g.columns:
+                cw = g.pivot(index="case_id", columns="round", values="confidence").loc[w.index]
+                if cw.notna().all().all():
+                    dc = delong_test(yv, cw[2].to_numpy(), cw[1].to_numpy())
+                    row.update(conf_auc_diff=dc.diff, conf_delong_p=dc.p)
+        ok1 = (s1 >= thr) == (yv == 1)
+        ok2 = (s2 >= thr) == (yv == 1)
+        for name, sel in (
+            ("accuracy", np.ones_like(yv, bool)),
+            ("sensitivity", yv == 1),
+            ("specificity", yv == 0),
+        ):
+            mc = mcnemar(int(np.sum(ok2[sel] & ~ok1[sel])), int(np.sum(ok1[sel] & ~ok2[sel])))
+            row.update(
+                {
+                    f"mcnemar_{name}_b": mc.b,
+                    f"mcnemar_{name}_c": mc.c,
+                    f"mcnemar_{name}_p": mc.p,
+                    f"mcnemar_{name}_method": mc.method,
+                }
+            )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def mrmc_reads(
+    reads: pd.DataFrame,
+    truth: pd.Series,
+    score: str = "rank",
+    cov: str = "jackknife",
+    alpha: float = 0.05,
+) -> tuple[ORResult | None, str]:
+    """OR analysis of round 1 vs round 2 over the cases every reader read in both rounds.
+
+    Treatments are ``without AI`` and ``with AI``; ``score`` is ``rank``
+    (BI-RADS) or ``confidence``. Returns ``(None, reason)`` when fewer than 2
+    readers or no fully crossed case set is available.
+    """
+    df, _ = _with_truth(reads, truth)
+    if score == "confidence":
+        if "confidence" not in df.columns:
+            return None, "no confidence column"
+        df = df[df["confidence"].notna()]
+    readers = sorted(df["reader_id"].unique())
+    if len(readers) < 2:
+        return None, f"MRMC needs >= 2 readers (found {len(readers)})"
+    wide = df.pivot_table(index="case_id", columns=["round", "reader_id"], values=score)
+    need = [(rd, rr) for rd in (1, 2) for rr in readers]
+    if any(k not in wide.columns for k in need):
+        return None, "not every reader has reads in both rounds"
+    wide = wide[need].dropna()
+    y = truth.loc[wide.index].to_numpy()
+    if len(wide) < 4 or y.sum() < 2 or (1 - y).sum() < 2:
+        return None, f"too few fully crossed cases ({len(wide)})"
+    sc = np.stack([[wide[(rd, rr)].to_numpy() for rr in readers] for rd in (1, 2)])
+    res = or_analysis(
+        y, sc, cov=cov, alpha=alpha, treatments=[ROUND_NAMES[1], ROUND_NAMES[2]], readers=readers
+    )
+    return res, f"{len(wide)} cases read by all {len(readers)} readers in both rounds"
+
+
+# ------------------------------------------------------------------ Table 3
+def table3(
+    metrics: pd.DataFrame,
+    mrmc: ORResult | None = None,
+    model: dict | None = None,
+) -> pd.DataFrame:
+    """The studies' Table 3: model, readers without AI, readers with AI.
+
+    Reader rows are means over readers of the per-reader values. Their AUC
+    and its CI are the Obuchowski–Rockette reader-averaged AUC and
+    single-treatment interval when ``mrmc`` is given, the reader's DeLong
+    interval when there is one reader, and no interval otherwise. The model
+    row (``model``, from :func:`model_metrics`) has a DeLong interval.
+    """
+    cols = ["accuracy", "sensitivity", "specificity", "ppv", "f1"]
+    rows = []
+    if model is not None:
+        rows.append(
+            {
+                "group": "Model",
+                "n_readers": 0,
+                "accuracy": model["accuracy"],
+                "auc": model["auc"],
+                "auc_lo": model["auc_lo"],
+                "auc_hi": model["auc_hi"],
+                "sensitivity": model["sensitivity"],
+                "specificity": model["specificity"],
+                "precision": model["ppv"],
+                "f1": model["f1"],
+            }
+        )
+    for rnd in (1, 2):
+        g = metrics[metrics["round"] == rnd]
+        if g.empty:
+            continue
+        row = {"group": f"Readers {ROUND_NAMES[rnd]}", "n_readers": len(g)}
+        for c in cols:
+            row["precision" if c == "ppv" else c] = float(g[c].mean())
+        row["auc"] = float(g["auc"].mean())
+        lo = hi = math.nan
+        if mrmc is not None:
+            ci = mrmc.treatment_cis[rnd - 1]
+            row["auc"], lo, hi = ci["estimate"], ci["lo"], ci["hi"]
+        elif len(g) == 1:
+            lo, hi = float(g["auc_lo"].iat[0]), float(g["auc_hi"].iat[0])
+        row.update(auc_lo=lo, auc_hi=hi)
+        rows.append(row)
+    order = ["group", "n_readers", "accuracy", "auc", "auc_lo", "auc_hi"]
+    order += ["sensitivity", "specificity", "precision", "f1"]
+    return pd.DataFrame(rows, columns=order)
+
+
+def model_metrics(y: np.ndarray, s: np.ndarray, threshold: float = 0.5) -> dict:
+    """Binary metrics at ``score >= threshold`` and AUC with DeLong 95% CI of a model."""
+    bm = binary_metrics(y, s, threshold).as_dict()
+    res = auc_ci(y, s)
+    return {**bm, "auc": res.auc, "auc_lo": res.lo, "auc_hi": res.hi, "n": len(y)}
+
+
+# --------------------------------------------------------------------- figure
+def _roc_points(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    thr = np.unique(s)[::-1]
+    pos, neg = max(int(y.sum()), 1), max(int((1 - y).sum()), 1)
+    tpr = [0.0] + [float(np.sum((s >= t) & (y == 1)) / pos) for t in thr]
+    fpr = [0.0] + [float(np.sum((s >= t) & (y == 0)) / neg) for t in thr]
+    return np.asarray(fpr), np.asarray(tpr)
+
+
+def roc_figure(
+    reads: pd.DataFrame,
+    truth: pd.Series,
+    cut: str = DEFAULT_CUT,
+    model: tuple[np.ndarray, np.ndarray] | None = None,
+) -> bytes:
+    """PNG of the empirical BI-RADS ROC curves per reader (solid: with AI, dashed:
+    without AI), each reader's operating point at the cut (open: without AI,
+    filled: with AI) and the model's ROC curve when given."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    df, _ = _with_truth(reads, truth)
+    thr = cut_rank(cut)
+    fig, ax = plt.subplots(figsize=(5.5, 5.5), dpi=110)
+    colours = plt.get_cmap("tab10")
+    for k, (rid, g) in enumerate(df.groupby("reader_id", sort=True)):
+        col = colours(k % 10)
+        for rnd, ls, mk in ((1, "--", "o"), (2, "-", "o")):
+            h = g[g["round"] == rnd]
+            y, s = h["y"].to_numpy(), h["rank"].to_numpy()
+            if len(np.unique(y)) < 2:
+                continue
+            fpr, tpr = _roc_points(y, s)
+            ax.plot(fpr, tpr, ls, color=col, lw=1.2, alpha=0.8, label=f"{rid} {ROUND_NAMES[rnd]}")
+            bm = binary_metrics(y, s, thr)
+            ax.plot(
+                1 - bm.specificity,
+                bm.sensitivity,
+                mk,
+                ms=7,
+                mec=col,
+                mfc=col if rnd == 2 else "white",
+            )
+    if model is not None:
+        fpr, tpr = _roc_points(*model)
+        ax.plot(fpr, tpr, "-", color="black", lw=2, label=f"Model (AUC {roc_auc(*model):.3f})")
+    ax.plot([0, 1], [0, 1], ":", color="grey", lw=0.8)
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity", ylabel="Sensitivity")
+    ax.set_title(f"ROC of BI-RADS; points: calls at >= {normalize_birads(cut).upper()}")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------- report
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;font-size:13px;margin:0.6em 0}td,th{border:1px solid #bbb;
+padding:3px 6px;text-align:right}th{background:#eee}caption{text-align:left;font-weight:600}
+.note{font-size:13px;color:#444}code{background:#f3f3f3;padding:0 3px}"""
+
+
+def _fmt_table(df: pd.DataFrame, caption: str) -> str:
+    body = df.to_html(
+        index=False, float_format=lambda v: f"{v:.3f}", na_rep="–", border=0, escape=True
+    )
+    return re.sub(
+        r"^<table[^>]*>", f"<table><caption>{html.escape(caption)}</caption>", body, count=1
+    )
+
+
+def _table3_display(t3: pd.DataFrame) -> pd.DataFrame:
+    readers = [str(n) if n else "–" for n in t3["n_readers"]]
+    out = pd.DataFrame({"": t3["group"], "Readers": readers})
+    out["Accuracy"] = t3["accuracy"].map(lambda v: f"{v:.3f}")
+    out["AUC (95% CI)"] = [
+        f"{a:.3f} ({lo:.3f}–{hi:.3f})" if not math.isnan(lo) else f"{a:.3f}"
+        for a, lo, hi in zip(t3["auc"], t3["auc_lo"], t3["auc_hi"], strict=True)
+    ]
+    for c, name in (("sensitivity", "Sensitivity"), ("specificity", "Specificity")):
+        out[name] = t3[c].map(lambda v: f"{v:.3f}")
+    out["Precision"] = t3["precision"].map(lambda v: f"{v:.3f}")
+    out["F1"] = t3["f1"].map(lambda v: f"{v:.3f}")
+    return out
+
+
+def render_html(
+    t3: pd.DataFrame,
+    metrics: pd.DataFrame,
+    paired: pd.DataFrame,
+    mrmc: ORResult | None,
+    mrmc_note: str,
+    notes: dict,
+    cut: str,
+    png: bytes,
+    title: str = "Reader study",
+    model_threshold: float | None = None,
+) -> str:
+    """A self-contained HTML report (inline CSS, figure as a data URI, no external assets)."""
+    img = base64.b64encode(png).decode("ascii")
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        "<p class='note'>Round 1: BI-RADS without AI; round 2: after the washout, with the AI "
+        f"score and heatmap. Binary call: malignant when BI-RADS &ge; "
+        f"<code>{html.escape(normalize_birads(cut) or cut).upper()}</code>. Ordinal scale for ROC: "
+        "1 &lt; 2 &lt; 3 &lt; 4 &lt; 4A &lt; 4B &lt; 4C &lt; 5; a plain 4 (not subcategorised) "
+        "ranks below 4A, so it is never scored above a 4A. "
+        f"Reads: {notes['reads_total']} total, {notes['reads_used']} used; "
+        f"{notes['reads_without_lesion_truth']} without benign/malignant truth (normal or unknown) "
+        f"and {notes['reads_birads_0_or_missing']} with BI-RADS 0/missing excluded; "
+        f"{notes['plain_4_reads']} plain-4 read(s).</p>",
+        "<h2>Table 3</h2>",
+        _fmt_table(_table3_display(t3), "Model and readers without / with AI"),
+        "<p class='note'>Reader rows: means over readers; their AUC CI is the "
+        "Obuchowski–Rockette single-treatment interval (random readers and cases) when an MRMC "
+        "analysis was possible."
+        + (
+            f" Model: malignant when score &ge; {model_threshold:g}; DeLong CI."
+            if model_threshold is not None and (t3["group"] == "Model").any()
+            else ""
+        )
+        + "</p>",
+        f"<img alt='ROC curves' src='data:image/png;base64,{img}'>",
+        "<h2>Per reader and round</h2>",
+        _fmt_table(metrics, "Metrics per reader and round (AUC: BI-RADS rank, DeLong 95% CI)"),
+        "<h2>With vs without AI, per reader</h2>",
+        _fmt_table(paired, "Paired DeLong test (with - without AI) and McNemar tests")
+        if not paired.empty
+        else "<p>No reader has paired reads.</p>",
+        "<h2>Multi-reader multi-case analysis</h2>",
+    ]
+    if mrmc is None:
+        parts.append(f"<p>Not done: {html.escape(mrmc_note)}.</p>")
+    else:
+        d = mrmc.differences[0]
+        vc = pd.DataFrame(
+            {
+                "component": ["Var(error)", "Cov1", "Cov2", "Cov3", "sigma2_R", "sigma2_TR"],
+                "estimate": [
+                    mrmc.var_error,
+                    mrmc.cov1,
+                    mrmc.cov2,
+                    mrmc.cov3,
+                    mrmc.var_reader,
+                    mrmc.var_treatment_reader,
+                ],
+            }
+        )
+        parts += [
+            f"<p>Obuchowski–Rockette, random readers and random cases, {mrmc.cov_method} "
+            f"covariances, Hillis (2008) denominator degrees of freedom; {html.escape(mrmc_note)} "
+            f"({mrmc.n_pos} malignant, {mrmc.n_neg} benign).</p>",
+            f"<p>F = {mrmc.f:.4f}, df = ({mrmc.df1}, {mrmc.df2:.2f}), p = {mrmc.p:.4g}. "
+            f"Difference {html.escape(d['comparison'])}: {d['estimate']:.4f} "
+            f"(95% CI {d['lo']:.4f} to {d['hi']:.4f}).</p>",
+            _fmt_table(pd.DataFrame(mrmc.treatment_cis), "Reader-averaged AUC per condition"),
+            _fmt_table(vc, "Variance components"),
+        ]
+    parts += [
+        "<p class='note'>Methods: DeLong, DeLong &amp; Clarke-Pearson, Biometrics 1988; "
+        "McNemar, Psychometrika 1947; Obuchowski &amp; Rockette, Commun Stat Simul Comput 1995; "
+        "Hillis, Stat Med 2008;27:4368-81.</p></body></html>",
+    ]
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------- driver
+@dataclass
+class ReaderAnalysis:
+    """Everything :func:`analyze` computed."""
+
+    metrics: pd.DataFrame
+    paired: pd.DataFrame
+    table3: pd.DataFrame
+    mrmc: ORResult | None
+    mrmc_note: str
+    mrmc_confidence: ORResult | None
+    notes: dict
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def analyze(
+    reads: pd.DataFrame,
+    truth: pd.Series,
+    out_dir: str | os.PathLike[str] | None = None,
+    cut: str = DEFAULT_CUT,
+    model_scores: pd.Series | None = None,
+    model_threshold: float = 0.5,
+    cov: str = "jackknife",
+    title: str = "Reader study",
+) -> ReaderAnalysis:
+    """Run every analysis; with ``out_dir`` write ``metrics.csv``, ``paired_tests.csv``,
+    ``table3.csv``, ``mrmc.json``, ``roc.png`` and ``report.html`` (atomically).
+
+    The model row of Table 3 uses ``model_scores`` when given, else the
+    ``ai_score`` shown to readers in round 2 (one score per case) when present.
+    """
+    from buscad.utils import (
+        atomic_path,
+        atomic_write_json,
+        atomic_write_table,
+        atomic_write_text,
+    )
+
+    reads = check_reads(reads)
+    cut_rank(cut)
+    _, notes = _with_truth(reads, truth)
+    met = reader_metrics(reads, truth, cut)
+    pt = paired_tests(reads, truth, cut)
+    mr, note = mrmc_reads(reads, truth, "rank", cov)
+    mr_conf, _ = mrmc_reads(reads, truth, "confidence", cov)
+    if model_scores is None and "ai_score" in reads.columns:
+        r2 = reads[(reads["round"] == 2) & reads["ai_score"].notna()]
+        if len(r2):
+            model_scores = r2.groupby("case_id")["ai_score"].first()
+    model = None
+    model_xy = None
+    if model_scores is not None:
+        ids = [c for c in model_scores.index if c in truth.index]
+        if ids:
+            y, s = truth.loc[ids].to_numpy(), model_scores.loc[ids].to_numpy(dtype=float)
+            if len(np.unique(y)) == 2:
+                model = model_metrics(y, s, model_threshold)
+                model_xy = (y, s)
+    t3 = table3(met, mr, model)
+    res = ReaderAnalysis(met, pt, t3, mr, note, mr_conf, notes)
+    if out_dir is None:
+        return res
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    png = roc_figure(reads, truth, cut, model_xy)
+    res.files = {
+        "metrics": atomic_write_table(met, out / "metrics.csv"),
+        "paired": atomic_write_table(pt, out / "paired_tests.csv"),
+        "table3": atomic_write_table(t3, out / "table3.csv"),
+        "mrmc": atomic_write_json(
+            out / "mrmc.json",
+            {
+                "birads": mr.as_dict() if mr else None,
+                "confidence": mr_conf.as_dict() if mr_conf else None,
+                "note": note,
+                "cut": cut,
+                "reads": notes,
+                "model": model,
+            },
+        ),
+    }
+    with atomic_path(out / "roc.png") as tmp:
+        tmp.write_bytes(png)
+    res.files["roc"] = out / "roc.png"
+    res.files["report"] = atomic_write_text(
+        out / "report.html",
+        render_html(t3, met, pt, mr, note, notes, cut, png, title, model_threshold),
+    )
+    return res
