@@ -88,3 +88,30 @@ def test_stage_runner_failed_stage_leaves_no_folder(tmp_path):
     assert [p.name for p in (tmp_path / "cache").iterdir() if p.name != "timings.json"] == []
     res = runner.run("s", {}, lambda f: (f / "ok").write_text("1"))
     assert (res.path / "ok").exists() and (res.path / "_DONE").exists()
+
+
+@pytest.mark.parametrize(
+    ("p", "cat"),
+    [
+        (0.0, "3"),
+        (0.02, "3"),
+        (0.0201, "4A"),
+        (0.10, "4A"),
+        (0.5, "4B"),
+        (0.51, "4C"),
+        (0.95, "5"),
+        (1.0, "5"),
+    ],
+)
+def test_likelihood_band_boundaries(p, cat):
+    from buscad.bundle_types import likelihood_band
+
+    band = likelihood_band(p)
+    assert band.category == cat and "Decision support only" in band.note
+
+
+def test_likelihood_band_rejects():
+    from buscad.bundle_types import likelihood_band
+
+    with pytest.raises(ValueError, match="within"):
+        likelihood_band(float("nan"))

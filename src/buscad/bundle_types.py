@@ -1,0 +1,126 @@
+"""Types shared by the model bundle, ``buscad predict`` and the web app.
+
+A *prediction* for one image holds the AI score (the bundle's calibrated
+probability of malignancy), the decision at the bundle's threshold, a
+BI-RADS-aligned likelihood band (decision support only), each model's own
+score, the region used, and optionally a heatmap in full-image coordinates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+#: ACR BI-RADS 5th edition likelihood-of-malignancy ranges of the assessment
+#: categories, used to label the AI score: 3 is (0, 2%], 4A (2, 10%], 4B (10, 50%],
+#: 4C (50, 95%) and 5 [95, 100%]. Each entry: (category, low, high, text).
+LIKELIHOOD_BANDS: tuple[tuple[str, float, float, str], ...] = (
+    ("3", 0.0, 0.02, "≤ 2%: probably benign range"),
+    ("4A", 0.02, 0.10, "> 2% to ≤ 10%: low suspicion range"),
+    ("4B", 0.10, 0.50, "> 10% to ≤ 50%: moderate suspicion range"),
+    ("4C", 0.50, 0.95, "> 50% to < 95%: high suspicion range"),
+    ("5", 0.95, 1.0, "≥ 95%: highly suggestive of malignancy range"),
+)
+
+DECISION_SUPPORT_NOTE = (
+    "Decision support only: the band maps the model's probability onto BI-RADS likelihood ranges; "
+    "it is not a BI-RADS assessment and does not replace the reader's."
+)
+
+
+@dataclass(frozen=True)
+class LikelihoodBand:
+    """The BI-RADS likelihood range an AI score falls in."""
+
+    category: str
+    low: float
+    high: float
+    text: str
+    note: str = DECISION_SUPPORT_NOTE
+
+
+def likelihood_band(p: float) -> LikelihoodBand:
+    """Map a probability of malignancy to its BI-RADS-aligned band.
+
+    Bands follow the ACR BI-RADS ultrasound likelihood ranges: 3 (≤ 2%),
+    4A (2–10%), 4B (10–50%), 4C (50–95%), 5 (≥ 95%).
+    """
+    if np.isnan(p) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"probability must be within [0, 1], got {p!r}")
+    # upper bounds are inclusive for 3, 4A, 4B; 4C excludes 95%, which is 5
+    idx = 0 if p <= 0.02 else 1 if p <= 0.10 else 2 if p <= 0.50 else 3 if p < 0.95 else 4
+    cat, lo, hi, text = LIKELIHOOD_BANDS[idx]
+    return LikelihoodBand(cat, lo, hi, text)
+
+
+@dataclass
+class Prediction:
+    """What a bundle says about one image.
+
+    Attributes
+    ----------
+    ai_score : float
+        Calibrated probability of malignancy from the bundle's primary model.
+    primary_model : str
+        Which model gives ``ai_score``.
+    threshold : float
+        Decision threshold on ``ai_score`` (chosen on the training data).
+    decision : str
+        ``malignant`` when ``ai_score >= threshold`` else ``benign``.
+    band : LikelihoodBand
+        BI-RADS-aligned likelihood band of ``ai_score`` (decision support only).
+    model_scores : dict
+        Each model's malignant probability (None when it could not run).
+    skipped_models : dict
+        Model name -> why it did not run (e.g. missing clinical inputs).
+    roi : tuple of int
+        ``(x0, y0, x1, y1)`` of the region the models read, in image pixels.
+    roi_source : str
+        ``mask``, ``box`` or ``whole`` (no mask and no box: the whole image).
+    heatmap : numpy.ndarray or None
+        ``(H, W)`` float32 in [0, 1], full-image coordinates, zero outside the ROI.
+    timings_ms : dict
+        Stage timings.
+    """
+
+    ai_score: float
+    primary_model: str
+    threshold: float
+    decision: str
+    band: LikelihoodBand
+    model_scores: dict[str, float | None]
+    skipped_models: dict[str, str] = field(default_factory=dict)
+    roi: tuple[int, int, int, int] = (0, 0, 0, 0)
+    roi_source: str = "whole"
+    heatmap: np.ndarray | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict (the heatmap is left out: it is served as an image)."""
+        d = asdict(self)
+        d.pop("heatmap")
+        d["roi"] = list(self.roi)
+        return d
+
+
+class Predictor(Protocol):
+    """What ``buscad predict`` and the web app need from a bundle."""
+
+    name: str
+    threshold: float
+    primary_model: str
+    model_names: list[str]
+    clinical_inputs: list[str]
+
+    def predict(
+        self,
+        gray: np.ndarray,
+        mask: np.ndarray | None = None,
+        box: tuple[int, int, int, int] | None = None,
+        clinical: dict[str, Any] | None = None,
+        heatmap: bool = True,
+    ) -> Prediction:
+        """Score one grayscale image; ``mask`` wins over ``box``; neither = whole image."""
+        ...
