@@ -102,7 +102,9 @@ def test_cohort_metrics_values_and_wilson():
     s = np.array([0.9, 0.8, 0.7, 0.2, 0.6, 0.1, 0.1, 0.2, 0.3, 0.05])
     m = cohort_metrics(y, s, 0.5)
     assert (m["tp"], m["fn"], m["fp"], m["tn"]) == (3, 1, 1, 5)
-    assert m["sensitivity"] == 0.75 and (m["sensitivity_lo"], m["sensitivity_hi"]) == wilson_ci(3, 4)
+    assert m["sensitivity"] == 0.75 and (m["sensitivity_lo"], m["sensitivity_hi"]) == wilson_ci(
+        3, 4
+    )
     assert m["ppv"] == 0.75 and m["npv"] == 5 / 6 and m["f1"] == pytest.approx(0.75)
     one = cohort_metrics(np.zeros(5, int), s[:5], 0.5)  # one class: AUC undefined, rest defined
     assert np.isnan(one["auc"]) and np.isnan(one["sensitivity"]) and one["specificity"] == 0.2
@@ -153,8 +155,9 @@ def test_table1_test_selection():
     test, p = compare_categorical(big)
     assert test == "chi-square"
     assert p == pytest.approx(stats.chi2_contingency(big, correction=False).pvalue)
-    df = pd.DataFrame({"g": ["A"] * 80 + ["B"] * 70, "age": np.r_[a, b],
-                       "sex": rng.choice(["F", "M"], 150)})
+    df = pd.DataFrame(
+        {"g": ["A"] * 80 + ["B"] * 70, "age": np.r_[a, b], "sex": rng.choice(["F", "M"], 150)}
+    )
     t1 = table1(df, "g", ["age", "sex"])
     assert list(t1.columns) == ["Characteristic", "A (n=80)", "B (n=70)", "P value", "Test"]
     assert t1.iloc[0, 0] == "age, mean ± SD" and t1.iloc[0, 4] == "Welch t"
