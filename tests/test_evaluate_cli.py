@@ -182,3 +182,22 @@ def test_report_builder_generic(tmp_path):
     assert ck.loc[ck.Item == "23a", "Reported"].item() == "Table 2"
     with pytest.raises(ValueError, match="unknown TRIPOD\\+AI item key"):
         tripod_ai_checklist({"nonsense": "x"})
+
+
+def test_conflicting_duplicate_ids_and_non_probability_scores():
+    df = make_predictions(n=60, seed=4)
+    df["logit"] = np.log(df["cnn"] / (1 - df["cnn"]))  # a score, not a probability
+    dup = df.iloc[[0, 1]].copy()
+    dup.loc[dup.index[0], "label"] = "benign" if df.label[0] == "malignant" else "malignant"
+    df = pd.concat([df, dup], ignore_index=True)  # c000 conflicting, c001 an exact repeat
+    r = evaluate_predictions(df, ["cnn", "logit"])
+    text = "\n".join(r.issues)
+    assert "column 'case_id': 1 repeated row(s) of the same case dropped" in text
+    assert "column 'case_id': 1 case id(s) appear with different values (c000)" in text
+    assert "model column 'logit': scores outside [0, 1]" in text
+    assert r.config["n_cases"] == 59
+    logit_rows = r.metrics[r.metrics.model == "logit"]
+    assert logit_rows["brier"].isna().all() and logit_rows["auc"].notna().all()
+    # AUC is rank-based: the logit of a score has the same AUC as the score
+    cnn_rows = r.metrics[r.metrics.model == "cnn"]
+    assert np.allclose(logit_rows["auc"].to_numpy(), cnn_rows["auc"].to_numpy())

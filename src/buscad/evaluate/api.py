@@ -198,7 +198,7 @@ def evaluate_predictions(
     if dup.any():
         exact = df[dup].drop_duplicates()
         conflicting = exact[id_col][exact[id_col].duplicated(keep=False)].unique()
-        n_rep = int(dup.sum() - exact[id_col].nunique())
+        n_rep = int(dup.sum() - len(exact))
         if n_rep:
             issues.append(f"column {id_col!r}: {n_rep} repeated row(s) of the same case dropped")
         df = df.drop_duplicates()
@@ -325,6 +325,11 @@ def evaluate_predictions(
             }
             is_prob = ss.min() >= 0 and ss.max() <= 1
             r["probabilistic"] = bool(is_prob)
+            if not is_prob and c == cohorts[0]:
+                issues.append(
+                    f"model column {m!r}: scores outside [0, 1] are not probabilities; "
+                    f"calibration and decision curves skipped for it"
+                )
             if is_prob:
                 r["brier"] = cal.brier_score(yy, ss)
                 fit = (

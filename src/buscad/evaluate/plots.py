@@ -74,20 +74,21 @@ def _markevery(n: int) -> int:
 
 
 def plot_roc(
-    y: np.ndarray,
-    scores: dict[str, np.ndarray],
+    curves: dict[str, tuple[np.ndarray, np.ndarray]],
     aucs: dict[str, str],
     title: str,
     thresholds: dict[str, float] | None = None,
 ):
     """ROC curves of all models on one cohort; legend gives each AUC with its CI.
 
-    ``thresholds`` marks each model's operating point (filled marker).
+    ``curves`` maps a model to its ``(labels, scores)`` (each model on the
+    cases it scored); ``thresholds`` marks each model's operating point
+    (filled marker).
     """
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.2, 4.2))
     ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, linestyle=":", label="Chance")
-    for (name, s), st in zip(scores.items(), styles(len(scores)), strict=True):
+    for (name, (y, s)), st in zip(curves.items(), styles(len(curves)), strict=True):
         fpr, tpr = roc_points(y, s)
         ax.plot(
             fpr,

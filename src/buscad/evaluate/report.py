@@ -165,10 +165,12 @@ def write_evaluation_outputs(
             aucs = {
                 r["model"]: fmt_ci(r["auc"], r["auc_lo"], r["auc_hi"]) for _, r in mc.iterrows()
             }
-            ok = sub.dropna(subset=both)
+            roc_data = {
+                k: (sub.loc[scored[k], "_y"].to_numpy(), sub.loc[scored[k], k].to_numpy(float))
+                for k in both
+            }
             fig = plots.plot_roc(
-                ok["_y"].to_numpy(),
-                {k: ok[k].to_numpy(float) for k in both},
+                roc_data,
                 aucs,
                 f"ROC — {c}",
                 result.thresholds,
@@ -178,8 +180,8 @@ def write_evaluation_outputs(
             fig_sections.append(
                 Figure(
                     paths[0],
-                    f"ROC curves, cohort {c} (n={len(ok)}); "
-                    "filled markers: operating points at the thresholds.",
+                    f"ROC curves, cohort {c} (n={len(sub)}; each model on the cases it "
+                    "scored); filled markers: operating points at the thresholds.",
                 )
             )
         curves = {
