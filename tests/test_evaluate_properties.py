@@ -162,3 +162,55 @@ def test_table1_test_selection():
     assert list(t1.columns) == ["Characteristic", "A (n=80)", "B (n=70)", "P value", "Test"]
     assert t1.iloc[0, 0] == "age, mean ± SD" and t1.iloc[0, 4] == "Welch t"
     assert "| Characteristic |" in to_markdown(t1)
+
+
+def test_roc_points_and_specificity_threshold_against_brute_force():
+    from buscad.evaluate.plots import roc_points
+
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 200)
+    s = rng.integers(0, 15, 200).astype(float)
+    fpr, tpr = roc_points(y, s)
+    for t, f, p in zip(np.unique(s)[::-1], fpr[1:], tpr[1:], strict=True):
+        assert f == np.mean(s[y == 0] >= t) and p == np.mean(s[y == 1] >= t)
+    assert np.trapezoid(tpr, fpr) == pytest.approx(roc_auc(y, s))  # trapezoid = Mann–Whitney AUC
+    t = specificity_threshold(y, s, 0.8)
+    lower = np.unique(s)[np.unique(s) < t]
+    assert np.mean(s[y == 0] < t) >= 0.8
+    assert not len(lower) or np.mean(s[y == 0] < lower[-1]) < 0.8
+
+
+def test_evaluation_invariant_to_row_order():
+    from buscad.evaluate import evaluate_predictions
+
+    rng = np.random.default_rng(7)
+    n = 90
+    y = rng.integers(0, 2, n)
+    df = pd.DataFrame(
+        {
+            "case_id": np.arange(n),
+            "label": y,
+            "cohort": np.where(np.arange(n) < 50, "train", "test"),
+            "m1": 1 / (1 + np.exp(-(2 * y - 1 + rng.normal(0, 1, n)))),
+            "m2": rng.random(n),
+        }
+    )
+    a = evaluate_predictions(df, ["m1", "m2"])
+    b = evaluate_predictions(df.sample(frac=1, random_state=3), ["m1", "m2"])
+    key = ["cohort", "model"]
+    ma = a.metrics.sort_values(key).reset_index(drop=True)
+    mb = b.metrics.sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(ma, mb, check_exact=False, rtol=1e-10)
+    assert a.thresholds == b.thresholds
+
+
+@FAST
+@given(labelled_scores(min_size=20), st.randoms(use_true_random=False))
+def test_hosmer_lemeshow_invariant_to_row_order_with_ties(data, rnd):
+    from buscad.evaluate import hosmer_lemeshow
+
+    y, s = data
+    perm = np.arange(len(y))
+    rnd.shuffle(perm)
+    a, b = hosmer_lemeshow(y, s), hosmer_lemeshow(y[perm], s[perm])
+    assert a.statistic == pytest.approx(b.statistic, abs=1e-9) and a.df == b.df

@@ -318,7 +318,7 @@ def evaluate_predictions(
                     ss,
                     thresholds[m],
                     alpha=alpha,
-                    ci_method=ci_method if has_both else "delong",
+                    ci_method=ci_method,
                     n_boot=n_boot,
                     seed=seed,
                 ),
@@ -409,7 +409,6 @@ def evaluate_predictions(
     t1_vars = [v if v != "_y" else "malignant" for v in variables]
     t1_df["malignant"] = t1_df["malignant"].map({1: "yes", 0: "no"})
     baseline = table1(t1_df, cohort_col, t1_vars)
-    baseline = baseline.rename(columns=lambda s: s)  # keep group headers
 
     config = {
         "label_col": label_col,
@@ -495,7 +494,6 @@ def read_predictions(
                 f"{p}: case ids do not match the other file(s): "
                 f"{len(ids_b - ids_a)} only here, {len(ids_a - ids_b)} missing here"
             )
-        keys = [k for k in (id_col, label_col, cohort_col) if k in d and k in merged]
         other = [k for k in (label_col, cohort_col) if k in d and k in merged]
         both = merged.merge(d, on=id_col, how="outer", suffixes=("", "__r"))
         for k in other:
@@ -515,7 +513,6 @@ def read_predictions(
             raise InputFileError(
                 p, "column(s) also in another file: " + ", ".join(c[:-3] for c in dup_cols)
             )
-        del keys
         merged = both
     return merged, issues
 

@@ -27,6 +27,14 @@ def _check_prob(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return y, p
 
 
+def _rank_groups(p: np.ndarray, g: int) -> np.ndarray:
+    """Group index ``floor(r g / N)`` from the rank ``r`` (0-based, ties share the lowest
+    rank), so tied predictions always fall in the same group and the grouping does not
+    depend on row order."""
+    r = stats.rankdata(p, method="min") - 1
+    return (r * g // len(p)).astype(int)
+
+
 def brier_score(y: np.ndarray, p: np.ndarray) -> float:
     """Brier score ``BS = 1/N sum_i (p_i - y_i)^2`` (0 is perfect)."""
     y, p = _check_prob(y, p)
@@ -47,9 +55,7 @@ def reliability_curve(
 
     y, p = _check_prob(y, p)
     if strategy == "quantile":
-        order = np.argsort(p, kind="mergesort")
-        groups = np.empty(len(p), int)
-        groups[order] = np.arange(len(p)) * n_bins // len(p)
+        groups = _rank_groups(p, n_bins)
     elif strategy == "uniform":
         groups = np.minimum((p * n_bins).astype(int), n_bins - 1)
     else:
@@ -129,8 +135,9 @@ def hosmer_lemeshow(
 ) -> HosmerLemeshow:
     """Hosmer–Lemeshow test (Hosmer & Lemeshow, 1980; *Applied Logistic Regression*).
 
-    Cases are sorted by predicted risk and split into ``g`` groups of (nearly)
-    equal size, the deciles of risk for ``g = 10`` (or given ``groups`` labels).
+    Cases are ranked by predicted risk and split into ``g`` groups of (nearly)
+    equal size, the deciles of risk for ``g = 10`` (tied risks stay in one group,
+    so there may be fewer groups; or give ``groups`` labels).
     In group ``j`` with ``n_j`` cases, ``O_j`` observed events and
     ``E_j = sum p_i`` expected events (``pbar_j = E_j / n_j``):
 
@@ -141,9 +148,7 @@ def hosmer_lemeshow(
     """
     y, p = _check_prob(y, p)
     if groups is None:
-        order = np.argsort(p, kind="mergesort")
-        groups = np.empty(len(p), int)
-        groups[order] = np.arange(len(p)) * g // len(p)
+        groups = _rank_groups(p, g)
     groups = np.asarray(groups)
     rows = []
     for lab in pd.unique(groups):

@@ -324,9 +324,9 @@ def specificity_threshold(y: np.ndarray, s: np.ndarray, target: float = 0.90) ->
     if not 0 < target <= 1:
         raise ValueError(f"target specificity must be in (0, 1], got {target}")
     y, s = _check(y, s)
-    neg = s[y == 0]
+    neg = np.sort(s[y == 0])
     cands = np.r_[np.unique(s), s.max() + 1.0]
-    spec = np.array([np.mean(neg < t) for t in cands])
+    spec = np.searchsorted(neg, cands, side="left") / len(neg)  # fraction of negatives < t
     return float(cands[np.flatnonzero(spec >= target - 1e-12)[0]])
 
 

@@ -60,13 +60,20 @@ def save_figure(fig, stem: str | Path, formats: Sequence[str] = ("png", "svg")) 
 
 
 def roc_points(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Empirical ROC curve ``(1 - specificity, sensitivity)`` over all distinct thresholds."""
-    y = np.asarray(y).astype(int)
-    s = np.asarray(s, float)
-    thr = np.r_[np.inf, np.unique(s)[::-1]]
-    tpr = np.array([np.mean(s[y == 1] >= t) for t in thr])
-    fpr = np.array([np.mean(s[y == 0] >= t) for t in thr])
-    return fpr, tpr
+    """Empirical ROC curve ``(1 - specificity, sensitivity)`` over all distinct thresholds.
+
+    Starts at (0, 0) (threshold above every score); one point per distinct score
+    (calls are ``score >= threshold``), so tied scores move the curve diagonally.
+    """
+    y = np.asarray(y).astype(int).ravel()
+    s = np.asarray(s, float).ravel()
+    order = np.argsort(-s, kind="mergesort")
+    ss, yy = s[order], y[order]
+    last = np.r_[ss[1:] != ss[:-1], True]
+    tp = np.cumsum(yy)[last]
+    fp = np.cumsum(1 - yy)[last]
+    n_pos, n_neg = max(int(y.sum()), 1), max(int(len(y) - y.sum()), 1)
+    return np.r_[0.0, fp / n_neg], np.r_[0.0, tp / n_pos]
 
 
 def _markevery(n: int) -> int:
