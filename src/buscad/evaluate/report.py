@@ -21,6 +21,7 @@ from buscad.report import (
     build_report,
     environment_info,
     model_card,
+    model_card_blocks,
     model_card_markdown,
     tripod_ai_checklist,
 )
@@ -234,7 +235,7 @@ def write_evaluation_outputs(
         "Thresholds were chosen on one cohort; their sensitivity/specificity trade-off may "
         "shift with prevalence and case mix.",
     ]
-    cards = []
+    cards, card_blocks = [], []
     for mod in result.models:
         card = model_card(
             mod,
@@ -249,6 +250,7 @@ def write_evaluation_outputs(
             details={"score column": mod, "evaluated by": "buscad evaluate"},
         )
         cards.append(model_card_markdown(card))
+        card_blocks += model_card_blocks(card)
     card_path = atomic_write_text(out_dir / "model_card.md", "\n\n".join(cards))
     written["other"].append(card_path)
     split_tab = _split_description(result)
@@ -329,7 +331,7 @@ def write_evaluation_outputs(
             ],
         ),
         Section("Figures", fig_sections or [Text("No figure (no cohort with both classes).")]),
-        Section("Model card", [Text(c) for c in cards]),
+        Section("Model card", card_blocks),
         Section(
             "TRIPOD+AI checklist",
             [Table(checklist, "Items the run cannot know are marked for the author.")],

@@ -17,7 +17,12 @@ from buscad.report.builder import (
     environment_info,
     render_report,
 )
-from buscad.report.cards import model_card, model_card_markdown, tripod_ai_checklist
+from buscad.report.cards import (
+    model_card,
+    model_card_blocks,
+    model_card_markdown,
+    tripod_ai_checklist,
+)
 
 __all__ = [
     "Figure",
@@ -29,6 +34,7 @@ __all__ = [
     "build_report",
     "environment_info",
     "model_card",
+    "model_card_blocks",
     "model_card_markdown",
     "render_report",
     "tripod_ai_checklist",

@@ -247,3 +247,29 @@ def model_card_markdown(card: Mapping[str, Any]) -> str:
             lines.append(str(value))
         lines.append("")
     return "\n".join(lines)
+
+
+def model_card_blocks(card: Mapping[str, Any]) -> list[Any]:
+    """Render :func:`model_card` output as report blocks (heading, key/value table, metrics)."""
+    import html
+
+    from buscad.report.builder import Html, KeyValue, Table
+
+    items: dict[str, Any] = {}
+    for key, value in card.items():
+        if key in ("Model", "Metrics per cohort"):
+            continue
+        if isinstance(value, Mapping):
+            items[key] = "; ".join(f"{k}: {v}" for k, v in value.items()) or FOR_AUTHOR
+        elif isinstance(value, list | tuple):
+            items[key] = " • ".join(map(str, value))
+        else:
+            items[key] = value
+    blocks: list[Any] = [
+        Html(f"<h3>Model card: {html.escape(str(card['Model']))}</h3>"),
+        KeyValue(items),
+    ]
+    metrics = card.get("Metrics per cohort")
+    if isinstance(metrics, pd.DataFrame) and len(metrics):
+        blocks.append(Table(metrics, "Metrics per cohort."))
+    return blocks
