@@ -42,6 +42,8 @@ def test_cli_writes_tables_figures_and_offline_report(tmp_path):
     pred = tmp_path / "predictions.csv"
     make_predictions().to_csv(pred, index=False)
     out = tmp_path / "eval"
+    audit = tmp_path / "audit.json"
+    audit.write_text('{"near_duplicates": 3, "with_calipers": 7}')
     res = CliRunner().invoke(
         app,
         [
@@ -53,6 +55,10 @@ def test_cli_writes_tables_figures_and_offline_report(tmp_path):
             "train",
             "--threshold",
             "sens:0.9",
+            "--audit",
+            str(audit),
+            "--split",
+            "Patient-level split by centre.",
         ],
     )
     assert res.exit_code == 0, res.output
@@ -83,6 +89,8 @@ def test_cli_writes_tables_figures_and_offline_report(tmp_path):
         assert heading in html
     assert html.count("data:image/png;base64,") == 10  # 3 kinds x 2 cohorts + 4 confusion
     assert str(pred) in html  # input hash recorded under its path
+    assert "near_duplicates" in html and "Patient-level split by centre." in html
+    assert "rule sens:0.9, chosen on train" in html
     card = (out / "model_card.md").read_text()
     assert "# Model card: cnn" in card and "chosen on train" in card
     checklist = pd.read_csv(out / "tables" / "tripod_ai_checklist.csv")
