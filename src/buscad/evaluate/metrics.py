@@ -122,7 +122,8 @@ def auc_ci(
         auc, var = delong_variance(y, s)
         se = float(np.sqrt(max(var, 0.0)))
         z = stats.norm.ppf(1 - alpha / 2)
-        return AUCResult(auc, max(0.0, auc - z * se), min(1.0, auc + z * se), se, m, n, "delong")
+        lo, hi = float(max(0.0, auc - z * se)), float(min(1.0, auc + z * se))
+        return AUCResult(auc, lo, hi, se, m, n, "delong")
     if method == "bootstrap":
         auc = roc_auc(y, s)
         rng = np.random.default_rng(seed)
@@ -175,7 +176,7 @@ def delong_test(y: np.ndarray, s1: np.ndarray, s2: np.ndarray, alpha: float = 0.
         z = diff / se
         p = float(2 * stats.norm.sf(abs(z)))
     q = stats.norm.ppf(1 - alpha / 2)
-    return DeLongTest(a1, a2, diff, se, float(z), p, diff - q * se, diff + q * se)
+    return DeLongTest(a1, a2, diff, se, float(z), p, float(diff - q * se), float(diff + q * se))
 
 
 def youden_threshold(y: np.ndarray, s: np.ndarray) -> float:
