@@ -122,7 +122,8 @@ def auc_ci(
         auc, var = delong_variance(y, s)
         se = float(np.sqrt(max(var, 0.0)))
         z = stats.norm.ppf(1 - alpha / 2)
-        return AUCResult(auc, max(0.0, auc - z * se), min(1.0, auc + z * se), se, m, n, "delong")
+        lo, hi = float(max(0.0, auc - z * se)), float(min(1.0, auc + z * se))
+        return AUCResult(auc, lo, hi, se, m, n, "delong")
     if method == "bootstrap":
         auc = roc_auc(y, s)
         rng = np.random.default_rng(seed)
@@ -175,7 +176,7 @@ def delong_test(y: np.ndarray, s1: np.ndarray, s2: np.ndarray, alpha: float = 0.
         z = diff / se
         p = float(2 * stats.norm.sf(abs(z)))
     q = stats.norm.ppf(1 - alpha / 2)
-    return DeLongTest(a1, a2, diff, se, float(z), p, diff - q * se, diff + q * se)
+    return DeLongTest(a1, a2, diff, se, float(z), p, float(diff - q * se), float(diff + q * se))
 
 
 def youden_threshold(y: np.ndarray, s: np.ndarray) -> float:
@@ -248,3 +249,158 @@ def binary_metrics(y: np.ndarray, s: np.ndarray, threshold: float) -> BinaryMetr
         npv=_ratio(tn, tn + fn),
         f1=_ratio(2 * tp, 2 * tp + fp + fn),
     )
+
+
+# --------------------------------------------------------------------------
+# Proportions with Wilson intervals, threshold rules and per-cohort metrics
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Proportion:
+    """A proportion ``k / n`` with its Wilson score interval."""
+
+    k: int
+    n: int
+    value: float
+    lo: float
+    hi: float
+
+    def __str__(self) -> str:
+        if not np.isfinite(self.value):
+            return "n/a"
+        return f"{self.value:.3f} [{self.lo:.3f}–{self.hi:.3f}]"
+
+
+def wilson_ci(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (Wilson, 1927).
+
+    With ``p = k/n`` and ``z = z_{1-alpha/2}``:
+    ``centre = (p + z^2/(2n)) / (1 + z^2/n)``,
+    ``half = z/(1 + z^2/n) * sqrt(p(1-p)/n + z^2/(4 n^2))``,
+    interval ``centre ± half``. Identical to R's ``prop.test(k, n, correct=FALSE)``.
+    ``n = 0`` gives ``(nan, nan)``.
+    """
+    if n <= 0:
+        return float("nan"), float("nan")
+    if not 0 <= k <= n:
+        raise ValueError(f"wilson_ci: need 0 <= k <= n, got k={k}, n={n}")
+    z = float(stats.norm.ppf(1 - alpha / 2))
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z / denom * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    lo = 0.0 if k == 0 else max(0.0, centre - half)
+    hi = 1.0 if k == n else min(1.0, centre + half)
+    return float(lo), float(hi)
+
+
+def proportion(k: int, n: int, alpha: float = 0.05) -> Proportion:
+    """``k/n`` with its Wilson interval (NaN when ``n = 0``)."""
+    lo, hi = wilson_ci(k, n, alpha)
+    return Proportion(int(k), int(n), float(k / n) if n else float("nan"), lo, hi)
+
+
+def sensitivity_threshold(y: np.ndarray, s: np.ndarray, target: float = 0.95) -> float:
+    """Highest threshold whose sensitivity ``TP/(TP+FN)`` is at least ``target``.
+
+    The highest such threshold maximises specificity subject to the
+    sensitivity constraint (calls are ``score >= threshold``).
+    """
+    if not 0 < target <= 1:
+        raise ValueError(f"target sensitivity must be in (0, 1], got {target}")
+    y, s = _check(y, s)
+    pos = np.sort(s[y == 1])[::-1]
+    k = int(np.ceil(target * len(pos) - 1e-9))  # positives that must be called
+    return float(pos[max(k, 1) - 1])
+
+
+def specificity_threshold(y: np.ndarray, s: np.ndarray, target: float = 0.90) -> float:
+    """Lowest threshold whose specificity ``TN/(TN+FP)`` is at least ``target``.
+
+    The lowest such threshold maximises sensitivity subject to the
+    specificity constraint. Candidates are the distinct scores and
+    ``max(score) + 1`` (call nothing positive).
+    """
+    if not 0 < target <= 1:
+        raise ValueError(f"target specificity must be in (0, 1], got {target}")
+    y, s = _check(y, s)
+    neg = np.sort(s[y == 0])
+    cands = np.r_[np.unique(s), s.max() + 1.0]
+    spec = np.searchsorted(neg, cands, side="left") / len(neg)  # fraction of negatives < t
+    return float(cands[np.flatnonzero(spec >= target - 1e-12)[0]])
+
+
+#: Threshold rules: name -> function(y, s, parameter) -> threshold.
+THRESHOLD_RULES = {
+    "youden": lambda y, s, _p: youden_threshold(y, s),
+    "sens": lambda y, s, p: sensitivity_threshold(y, s, 0.95 if p is None else p),
+    "spec": lambda y, s, p: specificity_threshold(y, s, 0.90 if p is None else p),
+    "fixed": lambda y, s, p: 0.5 if p is None else p,
+}
+
+
+def parse_threshold_rule(rule: str) -> tuple[str, float | None]:
+    """Parse ``youden``, ``sens:0.95``, ``spec:0.9`` or ``fixed:0.5`` into ``(name, param)``."""
+    name, _, param = str(rule).strip().lower().partition(":")
+    if name not in THRESHOLD_RULES:
+        raise ValueError(
+            f"unknown threshold rule {rule!r}; use one of youden, sens:0.95, spec:0.9, fixed:0.5"
+        )
+    try:
+        value = float(param) if param else None
+    except ValueError:
+        raise ValueError(f"threshold rule {rule!r}: {param!r} is not a number") from None
+    return name, value
+
+
+def select_threshold(y: np.ndarray, s: np.ndarray, rule: str = "youden") -> float:
+    """Threshold chosen by ``rule`` (see :func:`parse_threshold_rule`) on ``(y, s)``.
+
+    Choose it on the training cohort only and apply it unchanged elsewhere.
+    """
+    name, param = parse_threshold_rule(rule)
+    if name == "fixed":
+        return THRESHOLD_RULES[name](None, None, param)
+    return float(THRESHOLD_RULES[name](y, s, param))
+
+
+def cohort_metrics(
+    y: np.ndarray,
+    s: np.ndarray,
+    threshold: float,
+    alpha: float = 0.05,
+    ci_method: str = "delong",
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict:
+    """All discrimination and threshold metrics of one model on one cohort.
+
+    Returns a flat dict: ``n, n_pos, n_neg, auc, auc_lo, auc_hi, auc_se`` (AUC
+    with a DeLong or bootstrap CI, NaN when a class is missing), ``threshold``,
+    the confusion counts ``tp, fp, tn, fn``, and for ``accuracy, sensitivity,
+    specificity, ppv, npv`` the value with its Wilson ``_lo``/``_hi`` bounds;
+    ``f1 = 2TP/(2TP+FP+FN)`` (no interval).
+    """
+    y = np.asarray(y).astype(int).ravel()
+    s = np.asarray(s, dtype=float).ravel()
+    out: dict = {"n": len(y), "n_pos": int(y.sum()), "n_neg": int((1 - y).sum())}
+    if out["n_pos"] and out["n_neg"]:
+        a = auc_ci(y, s, alpha=alpha, method=ci_method, n_boot=n_boot, seed=seed)
+        out.update(auc=a.auc, auc_lo=a.lo, auc_hi=a.hi, auc_se=a.se)
+    else:
+        out.update(auc=np.nan, auc_lo=np.nan, auc_hi=np.nan, auc_se=np.nan)
+    bm = binary_metrics(y, s, threshold)
+    out.update(threshold=bm.threshold, tp=bm.tp, fp=bm.fp, tn=bm.tn, fn=bm.fn)
+    parts = {
+        "accuracy": (bm.tp + bm.tn, len(y)),
+        "sensitivity": (bm.tp, bm.tp + bm.fn),
+        "specificity": (bm.tn, bm.tn + bm.fp),
+        "ppv": (bm.tp, bm.tp + bm.fp),
+        "npv": (bm.tn, bm.tn + bm.fn),
+    }
+    for name, (k, n) in parts.items():
+        p = proportion(k, n, alpha)
+        out[name], out[f"{name}_lo"], out[f"{name}_hi"] = p.value, p.lo, p.hi
+    out["f1"] = bm.f1
+    return out

@@ -1,0 +1,176 @@
+"""Comparisons of models: DeLong tests (paired and unpaired), McNemar, DeLong matrix.
+
+References: DeLong, DeLong & Clarke-Pearson (1988) Biometrics 44:837; the
+unpaired form follows R pROC's ``roc.test(paired = FALSE)`` (Robin et al. 2011,
+BMC Bioinformatics 12:77); McNemar (1947) Psychometrika 12:153.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from itertools import combinations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from buscad.evaluate.metrics import DeLongTest, delong_components, delong_test
+
+__all__ = [
+    "DeLongTest",
+    "McNemarTest",
+    "UnpairedDeLongTest",
+    "delong_matrix",
+    "delong_test",
+    "delong_unpaired_test",
+    "mcnemar_test",
+    "pairwise_comparisons",
+]
+
+
+@dataclass(frozen=True)
+class UnpairedDeLongTest:
+    """DeLong's test for two AUCs measured on different (independent) cases."""
+
+    auc1: float
+    auc2: float
+    diff: float
+    se: float
+    d: float
+    df: float
+    p: float
+
+    def as_dict(self) -> dict:
+        """Plain dict of the fields."""
+        return asdict(self)
+
+
+def delong_unpaired_test(
+    y1: np.ndarray, s1: np.ndarray, y2: np.ndarray, s2: np.ndarray
+) -> UnpairedDeLongTest:
+    """Test ``H0: AUC1 = AUC2`` for two ROC curves on independent cohorts.
+
+    ``D = (AUC1 - AUC2) / sqrt(V1 + V2)`` with ``Vk`` the DeLong variance of
+    each AUC; ``D`` is referred to Student's t with the Welch–Satterthwaite
+    degrees of freedom ``df = (V1 + V2)^2 / (V1^2/(N1 - 1) + V2^2/(N2 - 1))``,
+    ``Nk`` the number of cases of curve ``k`` (as pROC); two-sided
+    ``p = 2 P(T_df > |D|)``.
+    """
+    a1, v10a, v01a = delong_components(y1, s1)
+    a2, v10b, v01b = delong_components(y2, s2)
+    var1 = np.var(v10a, ddof=1) / len(v10a) + np.var(v01a, ddof=1) / len(v01a)
+    var2 = np.var(v10b, ddof=1) / len(v10b) + np.var(v01b, ddof=1) / len(v01b)
+    n1, n2 = len(v10a) + len(v01a), len(v10b) + len(v01b)
+    se = float(np.sqrt(var1 + var2))
+    diff = a1 - a2
+    if se == 0.0:
+        return UnpairedDeLongTest(
+            a1, a2, diff, 0.0, 0.0 if diff == 0 else np.inf, np.nan, 1.0 if diff == 0 else 0.0
+        )
+    d = diff / se
+    df = (var1 + var2) ** 2 / (var1**2 / (n1 - 1) + var2**2 / (n2 - 1))
+    p = float(2 * stats.t.sf(abs(d), df))
+    return UnpairedDeLongTest(a1, a2, diff, se, float(d), float(df), p)
+
+
+@dataclass(frozen=True)
+class McNemarTest:
+    """McNemar's test for paired binary decisions."""
+
+    b: int
+    c: int
+    statistic: float
+    p: float
+    exact_p: float
+    corrected: bool
+
+    def as_dict(self) -> dict:
+        """Plain dict of the fields."""
+        return asdict(self)
+
+
+def mcnemar_test(
+    pred1: np.ndarray | None = None,
+    pred2: np.ndarray | None = None,
+    *,
+    b: int | None = None,
+    c: int | None = None,
+    correct: bool = True,
+) -> McNemarTest:
+    """McNemar's test of marginal homogeneity for two paired binary decisions.
+
+    Give the two decision vectors (same cases), or the discordant counts
+    ``b`` (1st positive, 2nd negative) and ``c`` (1st negative, 2nd positive).
+    ``X2 = (|b - c| - 1)^2 / (b + c)`` with Yates' continuity correction
+    (``correct=True``, R ``mcnemar.test`` default) or ``(b - c)^2/(b + c)``,
+    referred to chi-square with 1 df. ``exact_p`` is the two-sided exact
+    binomial p, ``min(1, 2 P(Bin(b + c, 1/2) <= min(b, c)))``. No discordant
+    pair gives ``X2 = 0, p = 1``.
+    """
+    if b is None or c is None:
+        if pred1 is None or pred2 is None:
+            raise ValueError("mcnemar_test: give pred1 and pred2, or b and c")
+        p1 = np.asarray(pred1).astype(bool).ravel()
+        p2 = np.asarray(pred2).astype(bool).ravel()
+        if p1.shape != p2.shape:
+            raise ValueError(f"mcnemar_test: {len(p1)} vs {len(p2)} decisions (not paired)")
+        b, c = int(np.sum(p1 & ~p2)), int(np.sum(~p1 & p2))
+    nd = b + c
+    if nd == 0:
+        return McNemarTest(b, c, 0.0, 1.0, 1.0, correct)
+    num = (abs(b - c) - 1) ** 2 if correct else (b - c) ** 2
+    stat = float(num / nd)
+    p = float(stats.chi2.sf(stat, 1))
+    exact = float(min(1.0, 2 * stats.binom.cdf(min(b, c), nd, 0.5)))
+    return McNemarTest(int(b), int(c), stat, p, exact, correct)
+
+
+def delong_matrix(y: np.ndarray, scores: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Pairwise paired DeLong p values of all models on one cohort.
+
+    A square DataFrame (models x models): cell ``[a, b]`` is the two-sided
+    p of ``H0: AUC_a = AUC_b`` (:func:`delong_test`); the diagonal is 1.
+    """
+    names = list(scores)
+    mat = pd.DataFrame(np.ones((len(names), len(names))), index=names, columns=names)
+    for a, b in combinations(names, 2):
+        t = delong_test(y, scores[a], scores[b])
+        mat.loc[a, b] = mat.loc[b, a] = t.p
+    return mat
+
+
+def pairwise_comparisons(
+    y: np.ndarray,
+    scores: dict[str, np.ndarray],
+    thresholds: dict[str, float] | None = None,
+) -> pd.DataFrame:
+    """Long table of every model pair on one cohort: DeLong and (with thresholds) McNemar.
+
+    Columns: ``model_a, model_b, auc_a, auc_b, diff, diff_lo, diff_hi, z, p_delong``
+    and, when ``thresholds`` maps each model to its threshold,
+    ``b, c, mcnemar_chi2, p_mcnemar, p_mcnemar_exact`` for the calls
+    ``score >= threshold``.
+    """
+    rows = []
+    for a, b in combinations(list(scores), 2):
+        t = delong_test(y, scores[a], scores[b])
+        row = {
+            "model_a": a,
+            "model_b": b,
+            "auc_a": t.auc1,
+            "auc_b": t.auc2,
+            "diff": t.diff,
+            "diff_lo": float(t.lo),
+            "diff_hi": float(t.hi),
+            "z": t.z,
+            "p_delong": t.p,
+        }
+        if thresholds is not None:
+            m = mcnemar_test(
+                np.asarray(scores[a]) >= thresholds[a], np.asarray(scores[b]) >= thresholds[b]
+            )
+            row.update(
+                b=m.b, c=m.c, mcnemar_chi2=m.statistic, p_mcnemar=m.p, p_mcnemar_exact=m.exact_p
+            )
+        rows.append(row)
+    return pd.DataFrame(rows)

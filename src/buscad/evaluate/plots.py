@@ -1,0 +1,223 @@
+"""Figures: ROC, calibration and decision curves, confusion matrices.
+
+matplotlib with the Agg backend only. Figures are readable in greyscale print:
+every model gets its own line style and marker, not only its own colour.
+Each figure is saved as PNG and SVG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import cycle
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from buscad.utils import atomic_path
+
+LINESTYLES = ("-", "--", "-.", ":", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 1)), (0, (8, 2)))
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+#: Colour-blind-safe palette (Okabe & Ito) that also differs in lightness.
+COLOURS = ("#000000", "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9")
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 9, "svg.fonttype": "none", "savefig.dpi": 200})
+    return plt
+
+
+def styles(n: int) -> list[dict]:
+    """``n`` distinct line styles (linestyle, marker, colour) for greyscale-safe plots."""
+    combos = zip(cycle(LINESTYLES), cycle(MARKERS), cycle(COLOURS), strict=False)
+    return [
+        {"linestyle": ls, "marker": mk, "color": c}
+        for (ls, mk, c), _ in zip(combos, range(n), strict=False)
+    ]
+
+
+def save_figure(fig, stem: str | Path, formats: Sequence[str] = ("png", "svg")) -> list[Path]:
+    """Save ``fig`` as ``stem.png`` and ``stem.svg`` atomically and close it."""
+    plt = _plt()
+    paths = []
+    for fmt in formats:
+        path = Path(stem).with_suffix(f".{fmt}")
+        with atomic_path(path) as tmp:
+            fig.savefig(
+                tmp,
+                format=fmt,
+                bbox_inches="tight",
+                metadata={"Date": None} if fmt == "svg" else None,
+            )
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def roc_points(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Empirical ROC curve ``(1 - specificity, sensitivity)`` over all distinct thresholds.
+
+    Starts at (0, 0) (threshold above every score); one point per distinct score
+    (calls are ``score >= threshold``), so tied scores move the curve diagonally.
+    """
+    y = np.asarray(y).astype(int).ravel()
+    s = np.asarray(s, float).ravel()
+    order = np.argsort(-s, kind="mergesort")
+    ss, yy = s[order], y[order]
+    last = np.r_[ss[1:] != ss[:-1], True]
+    tp = np.cumsum(yy)[last]
+    fp = np.cumsum(1 - yy)[last]
+    n_pos, n_neg = max(int(y.sum()), 1), max(int(len(y) - y.sum()), 1)
+    return np.r_[0.0, fp / n_neg], np.r_[0.0, tp / n_pos]
+
+
+def _markevery(n: int) -> int:
+    return max(1, n // 8)
+
+
+def plot_roc(
+    curves: dict[str, tuple[np.ndarray, np.ndarray]],
+    aucs: dict[str, str],
+    title: str,
+    thresholds: dict[str, float] | None = None,
+):
+    """ROC curves of all models on one cohort; legend gives each AUC with its CI.
+
+    ``curves`` maps a model to its ``(labels, scores)`` (each model on the
+    cases it scored); ``thresholds`` marks each model's operating point
+    (filled marker).
+    """
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, linestyle=":", label="Chance")
+    for (name, (y, s)), st in zip(curves.items(), styles(len(curves)), strict=True):
+        fpr, tpr = roc_points(y, s)
+        ax.plot(
+            fpr,
+            tpr,
+            lw=1.5,
+            markevery=_markevery(len(fpr)),
+            markersize=4,
+            markerfacecolor="white",
+            label=f"{name}: {aucs.get(name, '')}",
+            **st,
+        )
+        if thresholds and name in thresholds:
+            yy, ss = np.asarray(y).astype(int), np.asarray(s, float)
+            t = thresholds[name]
+            ax.plot(
+                np.mean(ss[yy == 0] >= t),
+                np.mean(ss[yy == 1] >= t),
+                marker=st["marker"],
+                color=st["color"],
+                markersize=7,
+                linestyle="none",
+            )
+    ax.set(
+        xlim=(-0.01, 1.01),
+        ylim=(-0.01, 1.01),
+        xlabel="1 − Specificity",
+        ylabel="Sensitivity",
+        title=title,
+        aspect="equal",
+    )
+    ax.legend(loc="lower right", fontsize=7, frameon=True, title="AUC (95% CI)", title_fontsize=7)
+    ax.grid(True, color="0.9", lw=0.5)
+    return fig
+
+
+def plot_calibration(curves: dict[str, pd.DataFrame], title: str):
+    """Reliability curves (observed against mean predicted probability) with Wilson CIs."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, linestyle=":", label="Ideal")
+    for (name, c), st in zip(curves.items(), styles(len(curves)), strict=True):
+        ax.errorbar(
+            c["mean_predicted"],
+            c["observed"],
+            yerr=[c["observed"] - c["lo"], c["hi"] - c["observed"]],
+            capsize=2,
+            lw=1.3,
+            markersize=4,
+            markerfacecolor="white",
+            label=name,
+            **st,
+        )
+    ax.set(
+        xlim=(-0.02, 1.02),
+        ylim=(-0.02, 1.02),
+        xlabel="Mean predicted probability",
+        ylabel="Observed fraction malignant",
+        title=title,
+        aspect="equal",
+    )
+    ax.legend(loc="upper left", fontsize=7)
+    ax.grid(True, color="0.9", lw=0.5)
+    return fig
+
+
+def plot_decision_curve(dc: pd.DataFrame, title: str):
+    """Net benefit against threshold probability for each model, treat-all and treat-none."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.0, 3.6))
+    models = [m for m in pd.unique(dc["strategy"]) if m not in ("treat all", "treat none")]
+    ref = {
+        "treat all": dict(color="0.45", lw=1.0, linestyle="--"),
+        "treat none": dict(color="0.0", lw=0.8, linestyle="-"),
+    }
+    for name, kw in ref.items():
+        d = dc[dc["strategy"] == name]
+        ax.plot(d["threshold"], d["net_benefit"], label=name.capitalize(), **kw)
+    for name, st in zip(models, styles(len(models)), strict=True):
+        d = dc[dc["strategy"] == name]
+        ax.plot(
+            d["threshold"],
+            d["net_benefit"],
+            lw=1.5,
+            markevery=10,
+            markersize=4,
+            markerfacecolor="white",
+            label=name,
+            **st,
+        )
+    prev = dc.loc[dc["strategy"] == "treat all", "net_benefit"].max()
+    ax.set(
+        xlim=(0, 1),
+        ylim=(-0.05, max(0.05, prev * 1.1 + 0.02)),
+        xlabel="Threshold probability",
+        ylabel="Net benefit",
+        title=title,
+    )
+    ax.legend(loc="upper right", fontsize=7)
+    ax.grid(True, color="0.9", lw=0.5)
+    return fig
+
+
+def plot_confusion(tp: int, fp: int, tn: int, fn: int, title: str):
+    """Confusion matrix with counts and row percentages, greyscale shading."""
+    plt = _plt()
+    m = np.array([[tn, fp], [fn, tp]], float)
+    rows = m.sum(axis=1, keepdims=True)
+    frac = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+    fig, ax = plt.subplots(figsize=(2.8, 2.6))
+    ax.imshow(frac, cmap="Greys", vmin=0, vmax=1.4)
+    for i in range(2):
+        for j in range(2):
+            ax.text(
+                j,
+                i,
+                f"{int(m[i, j])}\n({100 * frac[i, j]:.0f}%)",
+                ha="center",
+                va="center",
+                fontsize=9,
+                color="black",
+            )
+    ax.set_xticks([0, 1], ["Benign", "Malignant"])
+    ax.set_yticks([0, 1], ["Benign", "Malignant"])
+    ax.set(xlabel="Predicted", ylabel="Reference", title=title)
+    return fig

@@ -1,0 +1,389 @@
+"""Write an :class:`~buscad.evaluate.api.EvaluationResult`: tables, figures, model
+card, TRIPOD+AI checklist and one self-contained HTML report."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from buscad.evaluate import plots
+from buscad.evaluate.tables import fmt_ci, fmt_p, write_table
+from buscad.report import (
+    Figure,
+    KeyValue,
+    Section,
+    Table,
+    Text,
+    build_report,
+    environment_info,
+    model_card,
+    model_card_blocks,
+    model_card_markdown,
+    tripod_ai_checklist,
+)
+from buscad.utils import atomic_write_text
+
+if TYPE_CHECKING:
+    from buscad.evaluate.api import EvaluationResult
+
+METHODS_TEXT = (
+    "AUC: Mann–Whitney estimate with a {ci} 95% confidence interval (DeLong et al., 1988; "
+    "pROC conventions). Proportions (accuracy, sensitivity, specificity, PPV, NPV): Wilson "
+    "score 95% intervals. Each model's decision threshold was chosen on the cohort "
+    "'{train}' by the rule '{rule}' and applied unchanged to every other cohort (never "
+    "re-tuned on a test cohort); a case is called malignant when score >= threshold.\n\n"
+    "Comparisons: paired DeLong test for two AUCs on the same cases; unpaired DeLong test "
+    "(Welch–Satterthwaite t) for one model between cohorts; McNemar's test with continuity "
+    "correction for paired decisions at the chosen thresholds.\n\n"
+    "Calibration (models whose scores are probabilities): Brier score; calibration slope "
+    "(logistic regression of the outcome on logit(p)) and intercept (calibration-in-the-large, "
+    "logit(p) as offset); Hosmer–Lemeshow test over 10 groups by deciles of predicted risk, "
+    "chi-square with g − 2 df. Decision curves: net benefit TP/N − FP/N · pt/(1 − pt) against "
+    "treat-all and treat-none.\n\n"
+    "Table 1: continuous variables as mean ± SD with Welch's t test (ANOVA for > 2 cohorts) "
+    "when every cohort passes Shapiro–Wilk (P > 0.05), else median [IQR] with Mann–Whitney U "
+    "(Kruskal–Wallis); categorical variables as n (%) with the chi-square test, or Fisher's "
+    "exact test when an expected count is below 5 in a 2 × 2 table."
+)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("_") or "x"
+
+
+def _split_description(result: EvaluationResult) -> pd.DataFrame:
+    d = result.data
+    col = result.config["cohort_col"]
+    rows = []
+    for c in result.cohorts:
+        sub = d[d[col] == c]
+        rows.append(
+            {
+                "Cohort": c,
+                "Role": "threshold selection (training)"
+                if c == result.train_cohort
+                else "evaluation",
+                "Cases": len(sub),
+                "Malignant": int(sub["_y"].sum()),
+                "Benign": int(len(sub) - sub["_y"].sum()),
+                "Prevalence": f"{sub['_y'].mean():.3f}" if len(sub) else "n/a",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _tripod_known(result: EvaluationResult, has_audit: bool, split_text: str) -> dict[str, str]:
+    ci = result.config["ci_method"]
+    known = {
+        "data_sources": "Cohorts and case counts: section 'Data and split'.",
+        "outcome": "Reference label column "
+        f"'{result.config['label_col']}' (1 = malignant, 0 = benign).",
+        "sample_size": "Cases and malignant events per cohort: section 'Data and split' "
+        "(no formal sample-size calculation by the run).",
+        "missing_data": "Cases without a label or score are left out, each reported in "
+        "'Issues'; paired comparisons use complete cases.",
+        "data_use": f"Threshold chosen on '{result.train_cohort}', applied unchanged to "
+        f"the other cohorts. {split_text}".strip(),
+        "performance_measures": f"AUC ({ci} CI), accuracy, sensitivity, specificity, PPV, "
+        "NPV (Wilson CIs), F1, Brier, calibration slope/intercept, "
+        "Hosmer–Lemeshow, net benefit; DeLong and McNemar tests. "
+        "See 'Methods'.",
+        "predictions": "Per-case scores supplied in the predictions table.",
+        "class_imbalance": "Prevalence per cohort reported (section 'Data and split'); "
+        "no resampling by the evaluation.",
+        "model_output": f"Scores; thresholds chosen by rule '{result.threshold_rule}' on "
+        f"'{result.train_cohort}' (section 'Thresholds').",
+        "flow": "Case counts and exclusions: 'Data and split' and 'Issues'.",
+        "characteristics": "Table 1 (per cohort).",
+        "comparison": "Table 1 P values compare cohorts.",
+        "events": "Cases and events per cohort and model: Table 2 'n (malignant)'.",
+        "performance": "Table 2 (95% CIs).",
+        "performance_heterogeneity": "Table 2 per cohort; unpaired DeLong tests between "
+        "cohorts ('Comparisons').",
+        "code_sharing": "buscad version and package versions: 'Configuration and environment'.",
+    }
+    if has_audit:
+        known["data_preparation"] = "Data audit summary: section 'Data audit'."
+    if len(result.cohorts) > 1:
+        known["heterogeneity"] = "Metrics reported per cohort (Table 2)."
+    return known
+
+
+def write_evaluation_outputs(
+    result: EvaluationResult,
+    out_dir: Path,
+    *,
+    title: str = "buscad evaluation report",
+    audit_summary: pd.DataFrame | Mapping[str, Any] | str | None = None,
+    split_description: str = "",
+    input_hashes: Mapping[str, str] | None = None,
+    intended_use: str = "",
+    limitations: Sequence[str] = (),
+    seed: int | None = None,
+    extra_sections: Sequence[Section] = (),
+) -> dict[str, list[Path]]:
+    """Write every output of an evaluation under ``out_dir`` and return the paths by kind.
+
+    Layout: ``tables/`` (Table 1–3, raw metrics, comparisons, TRIPOD+AI checklist;
+    CSV, XLSX, Markdown), ``figures/`` (PNG and SVG), ``model_card.md``,
+    ``config.json``, ``issues.txt`` and ``report.html``.
+    """
+    from buscad.evaluate.api import config_json
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tdir, fdir = out_dir / "tables", out_dir / "figures"
+    written: dict[str, list[Path]] = {"tables": [], "figures": [], "report": [], "other": []}
+    t1, t2, t3 = result.table1(), result.table2(), result.table3()
+    written["tables"] += write_table(t1, tdir / "table1_baseline")
+    written["tables"] += write_table(t2, tdir / "table2_metrics")
+    written["tables"] += write_table(t3, tdir / "table3_delong")
+    written["tables"] += write_table(result.metrics, tdir / "metrics_raw", formats=("csv",))
+    if len(result.comparisons):
+        written["tables"] += write_table(
+            result.comparisons, tdir / "comparisons_paired", formats=("csv", "md")
+        )
+    if len(result.cohort_comparisons):
+        written["tables"] += write_table(
+            result.cohort_comparisons, tdir / "comparisons_between_cohorts", formats=("csv", "md")
+        )
+
+    # figures
+    d, col = result.data, result.config["cohort_col"]
+    fig_sections: list[Any] = []
+    m = result.metrics
+    for c in result.cohorts:
+        sub = d[d[col] == c]
+        mc = m[m["cohort"] == c] if len(m) else m
+        scored = {mod: sub[mod].notna() for mod in result.models}
+        both = [
+            mod for mod in result.models if 0 < sub.loc[scored[mod], "_y"].sum() < scored[mod].sum()
+        ]
+        if both:
+            aucs = {
+                r["model"]: fmt_ci(r["auc"], r["auc_lo"], r["auc_hi"]) for _, r in mc.iterrows()
+            }
+            roc_data = {
+                k: (sub.loc[scored[k], "_y"].to_numpy(), sub.loc[scored[k], k].to_numpy(float))
+                for k in both
+            }
+            fig = plots.plot_roc(
+                roc_data,
+                aucs,
+                f"ROC — {c}",
+                result.thresholds,
+            )
+            paths = plots.save_figure(fig, fdir / f"roc_{_safe(c)}")
+            written["figures"] += paths
+            fig_sections.append(
+                Figure(
+                    paths[0],
+                    f"ROC curves, cohort {c} (n={len(sub)}; each model on the cases it "
+                    "scored); filled markers: operating points at the thresholds.",
+                )
+            )
+        curves = {
+            mod: result.calibration_curves[(c, mod)]
+            for mod in result.models
+            if (c, mod) in result.calibration_curves
+        }
+        if curves:
+            paths = plots.save_figure(
+                plots.plot_calibration(curves, f"Calibration — {c}"),
+                fdir / f"calibration_{_safe(c)}",
+            )
+            written["figures"] += paths
+            fig_sections.append(
+                Figure(
+                    paths[0], f"Reliability curves, cohort {c} (equal-size bins; Wilson 95% CIs)."
+                )
+            )
+        if c in result.decision_curves:
+            paths = plots.save_figure(
+                plots.plot_decision_curve(result.decision_curves[c], f"Decision curve — {c}"),
+                fdir / f"decision_curve_{_safe(c)}",
+            )
+            written["figures"] += paths
+            fig_sections.append(Figure(paths[0], f"Decision curves, cohort {c}."))
+        for _, r in mc.iterrows():
+            paths = plots.save_figure(
+                plots.plot_confusion(
+                    r["tp"],
+                    r["fp"],
+                    r["tn"],
+                    r["fn"],
+                    f"{r['model']} — {c}\n(threshold {r['threshold']:.3g})",
+                ),
+                fdir / f"confusion_{_safe(c)}_{_safe(r['model'])}",
+            )
+            written["figures"] += paths
+            fig_sections.append(
+                Figure(paths[0], f"Confusion matrix, {r['model']}, cohort {c}.", width="320px")
+            )
+
+    # model card and checklist
+    thr_text = {
+        mod: f"{t:.4g} (rule {result.threshold_rule}, chosen on {result.train_cohort})"
+        for mod, t in result.thresholds.items()
+    }
+    lims = list(limitations) or [
+        "Performance is reported only for the cohorts evaluated here; other scanners, sites "
+        "and populations may differ.",
+        "Thresholds were chosen on one cohort; their sensitivity/specificity trade-off may "
+        "shift with prevalence and case mix.",
+    ]
+    cards, card_blocks = [], []
+    for mod in result.models:
+        card = model_card(
+            mod,
+            intended_use=intended_use,
+            data=", ".join(
+                f"{r['Cohort']}: {r['Cases']} cases ({r['Malignant']} malignant)"
+                for _, r in _split_description(result).iterrows()
+            ),
+            metrics=t2[t2["Model"] == mod].drop(columns="Model") if len(t2) else None,
+            thresholds={mod: thr_text[mod]},
+            limitations=lims,
+            details={"score column": mod, "evaluated by": "buscad evaluate"},
+        )
+        cards.append(model_card_markdown(card))
+        card_blocks += model_card_blocks(card)
+    card_path = atomic_write_text(out_dir / "model_card.md", "\n\n".join(cards))
+    written["other"].append(card_path)
+    split_tab = _split_description(result)
+    checklist = tripod_ai_checklist(
+        _tripod_known(result, audit_summary is not None, split_description)
+    )
+    written["tables"] += write_table(checklist, tdir / "tripod_ai_checklist")
+    written["other"].append(atomic_write_text(out_dir / "config.json", config_json(result)))
+    written["other"].append(
+        atomic_write_text(
+            out_dir / "issues.txt", "".join(f"{i}\n" for i in result.issues) or "no issues\n"
+        )
+    )
+
+    # HTML report
+    env = environment_info(seed=seed if seed is not None else result.config.get("seed"))
+    cfg = {
+        k: (", ".join(map(str, v)) if isinstance(v, list) else v) for k, v in result.config.items()
+    }
+    sections = [
+        Section(
+            "Summary",
+            [
+                Text(
+                    f"{len(result.models)} model(s) evaluated on {len(result.cohorts)} cohort(s) "
+                    f"({result.config['n_cases']} cases). Thresholds chosen on '{result.train_cohort}' "
+                    f"by rule '{result.threshold_rule}'. {len(result.issues)} issue(s) found; see 'Issues'."
+                )
+            ],
+        ),
+        Section(
+            "Data and split",
+            [
+                Table(split_tab, "Cohorts and their roles."),
+                Text(
+                    split_description
+                    or "Split description not supplied; cohorts are as "
+                    "given in the predictions table."
+                ),
+            ],
+        ),
+        Section("Data audit", [_audit_block(audit_summary)]),
+        Section(
+            "Methods",
+            [
+                Text(
+                    METHODS_TEXT.format(
+                        ci=result.config["ci_method"],
+                        train=result.train_cohort,
+                        rule=result.threshold_rule,
+                    )
+                )
+            ],
+        ),
+        Section("Thresholds", [KeyValue(thr_text, "Decision thresholds per model.")]),
+        Section("Table 1. Baseline characteristics", [Table(t1)]),
+        Section("Table 2. Performance per cohort", [Table(t2, "Values with 95% CIs.")]),
+        Section(
+            "Table 3. DeLong matrix",
+            [
+                Table(
+                    t3,
+                    "Above the diagonal: ΔAUC (row − column) with 95% CI and paired DeLong "
+                    "P; below: McNemar P of the paired decisions.",
+                )
+                if len(t3)
+                else Text(
+                    "Fewer than two models (or no cohort with both classes): no paired comparison."
+                )
+            ],
+        ),
+        Section(
+            "Comparisons between cohorts",
+            [
+                Table(_fmt_unpaired(result.cohort_comparisons), "Unpaired DeLong tests.")
+                if len(result.cohort_comparisons)
+                else Text("Only one cohort usable.")
+            ],
+        ),
+        Section("Figures", fig_sections or [Text("No figure (no cohort with both classes).")]),
+        Section("Model card", card_blocks),
+        Section(
+            "TRIPOD+AI checklist",
+            [Table(checklist, "Items the run cannot know are marked for the author.")],
+        ),
+        Section("Issues", [Text("\n\n".join(result.issues) or "No issues.")]),
+        Section(
+            "Configuration and environment",
+            [
+                KeyValue(cfg, "Run configuration."),
+                KeyValue(
+                    dict(input_hashes or {}) or {"inputs": "not recorded"},
+                    "Input data hashes (SHA-256).",
+                ),
+                KeyValue(env, "Environment."),
+            ],
+        ),
+        *extra_sections,
+    ]
+    written["report"].append(
+        build_report(
+            sections, out_dir / "report.html", title, subtitle="Evaluation of per-case predictions"
+        )
+    )
+    return written
+
+
+def _fmt_unpaired(df: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "Model": df["model"],
+            "Cohort A": df["cohort_a"],
+            "Cohort B": df["cohort_b"],
+            "AUC A": df["auc1"].map("{:.3f}".format),
+            "AUC B": df["auc2"].map("{:.3f}".format),
+            "D": df["d"].map("{:.3f}".format),
+            "df": df["df"].map("{:.1f}".format),
+            "P": df["p"].map(fmt_p),
+        }
+    )
+
+
+def _audit_block(audit: Any) -> Any:
+    if audit is None:
+        return Text(
+            "No data audit summary was supplied (run `buscad data audit` and pass "
+            "its summary with --audit)."
+        )
+    if isinstance(audit, pd.DataFrame):
+        return Table(audit, "Data audit summary.")
+    if isinstance(audit, Mapping):
+        return KeyValue(
+            {k: (v if not isinstance(v, dict | list) else str(v)) for k, v in audit.items()},
+            "Data audit summary.",
+        )
+    return Text(str(audit))
