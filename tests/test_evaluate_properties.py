@@ -23,7 +23,8 @@ from buscad.evaluate import (
     specificity_threshold,
     wilson_ci,
 )
-from buscad.evaluate.tables import compare_categorical, compare_continuous, table1, to_markdown
+from buscad.evaluate.tables import compare_categorical, compare_continuous, table1
+from buscad.utils import markdown_table as to_markdown
 
 
 @st.composite

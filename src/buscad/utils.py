@@ -64,10 +64,27 @@ def atomic_write_table(df: Any, path: str | os.PathLike[str], index: bool = Fals
         elif suf in (".xlsx", ".xls"):
             df.to_excel(tmp, index=index)
         elif suf == ".md":
-            tmp.write_text(df.to_markdown(index=index) + "\n", encoding="utf-8")
+            tmp.write_text(markdown_table(df.reset_index() if index else df), encoding="utf-8")
         else:
             df.to_csv(tmp, index=index)
     return p
+
+
+def markdown_table(df: Any) -> str:
+    """A DataFrame as a GitHub-flavoured Markdown table (no external dependency).
+
+    Non-finite floats become empty cells; ``|`` and newlines inside cells are escaped.
+    """
+
+    def cell(v: object) -> str:
+        if isinstance(v, float) and not np.isfinite(v):
+            return ""
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    head = "| " + " | ".join(cell(c) for c in df.columns) + " |"
+    sep = "| " + " | ".join("---" for _ in df.columns) + " |"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([head, sep, *body]) + "\n"
 
 
 def _json_default(o: Any) -> Any:

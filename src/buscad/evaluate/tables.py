@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from buscad.utils import atomic_path, atomic_write_text
+from buscad.utils import atomic_write_table
 
 #: Shapiro–Wilk p above which a group is treated as normal (Table 1).
 NORMALITY_ALPHA = 0.05
@@ -227,37 +227,12 @@ def table3(comparisons: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(blocks, ignore_index=True).fillna("")
 
 
-def to_markdown(df: pd.DataFrame) -> str:
-    """GitHub-flavoured Markdown table (no external dependency)."""
-
-    def cell(v: object) -> str:
-        if isinstance(v, float) and not np.isfinite(v):
-            return ""
-        return str(v).replace("|", "\\|").replace("\n", " ")
-
-    head = "| " + " | ".join(cell(c) for c in df.columns) + " |"
-    sep = "| " + " | ".join("---" for _ in df.columns) + " |"
-    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join([head, sep, *body]) + "\n"
-
-
 def write_table(
     df: pd.DataFrame, stem: str | Path, formats: Sequence[str] = ("csv", "xlsx", "md")
 ) -> list[Path]:
     """Write ``df`` as ``stem.csv``, ``stem.xlsx`` and ``stem.md`` (atomically); return paths."""
+    unknown = set(formats) - {"csv", "xlsx", "md"}
+    if unknown:
+        raise ValueError(f"unknown table format(s): {sorted(unknown)}")
     stem = Path(stem)
-    paths = []
-    for fmt in formats:
-        path = stem.with_suffix(f".{fmt}")
-        if fmt == "md":
-            atomic_write_text(path, to_markdown(df))
-        else:
-            with atomic_path(path) as tmp:
-                if fmt == "csv":
-                    df.to_csv(tmp, index=False)
-                elif fmt == "xlsx":
-                    df.to_excel(tmp, index=False)
-                else:
-                    raise ValueError(f"unknown table format {fmt!r}")
-        paths.append(path)
-    return paths
+    return [atomic_write_table(df, stem.with_suffix(f".{fmt}")) for fmt in formats]

@@ -231,19 +231,17 @@ def mcnemar(b: int, c: int, exact: bool | None = None) -> McNemarResult:
     ``exact=None`` (default) uses the exact test when ``b + c < 25``. With
     ``b + c = 0`` there is no evidence either way: ``p = 1``.
     """
+    from buscad.evaluate.compare import mcnemar_test
+
     b, c = int(b), int(c)
     if b < 0 or c < 0:
         raise ValueError("discordant counts must be >= 0")
-    n = b + c
     if exact is None:
-        exact = n < 25
-    if n == 0:
-        return McNemarResult(b, c, 0.0, 1.0, "exact" if exact else "chi2-cc")
+        exact = b + c < 25
+    t = mcnemar_test(b=b, c=c, correct=True)
     if exact:
-        p = min(1.0, 2.0 * float(stats.binom.cdf(min(b, c), n, 0.5)))
-        return McNemarResult(b, c, float(min(b, c)), p, "exact")
-    x2 = (abs(b - c) - 1.0) ** 2 / n
-    return McNemarResult(b, c, float(x2), float(stats.chi2.sf(x2, 1)), "chi2-cc")
+        return McNemarResult(b, c, float(min(b, c)), t.exact_p, "exact")
+    return McNemarResult(b, c, t.statistic, t.p, "chi2-cc")
 
 
 # ------------------------------------------------------- MRMC: covariances

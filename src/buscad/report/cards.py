@@ -230,7 +230,7 @@ def model_card(
 
 def model_card_markdown(card: Mapping[str, Any]) -> str:
     """Render :func:`model_card` output as Markdown."""
-    from buscad.evaluate.tables import to_markdown
+    from buscad.utils import markdown_table as to_markdown
 
     lines = [f"# Model card: {card['Model']}", ""]
     for key, value in card.items():
