@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from buscad.data import io as bio
@@ -448,3 +450,73 @@ def test_missing_empty_and_garbage_masks(tmp_path):
     assert_one_line(err, g)
     with pytest.raises(MaskError, match="no mask path"):
         read_mask([])
+
+
+# ------------------------------------------------------------------------------- fuzzing
+
+_MAGICS = [b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"II*\x00", b"\x00" * 128 + b"DICM"]
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    magic=st.sampled_from(_MAGICS),
+    body=st.binary(min_size=0, max_size=400),
+    suffix=st.sampled_from([".png", ".dcm", ".jpg", ".tif"]),
+)
+def test_garbage_never_escapes_as_an_untyped_error(tmp_path, magic, body, suffix):
+    f = tmp_path / f"fuzz{suffix}"
+    f.write_bytes(magic + body)
+    try:
+        read_image(f)
+    except ImageReadError as exc:
+        assert "\n" not in str(exc) and str(f) in str(exc)
+    try:
+        read_mask(f)
+    except MaskError as exc:
+        assert "\n" not in str(exc) and str(f) in str(exc)
+
+
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 10**9)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    shapes=st.lists(
+        st.fixed_dictionaries(
+            {
+                "points": _json_values,
+                "shape_type": st.sampled_from(["polygon", "rectangle", "circle", 3]),
+            }
+        ),
+        max_size=3,
+    ),
+    height=_json_values,
+    width=_json_values,
+)
+def test_malformed_labelme_gives_mask_errors(tmp_path, shapes, height, width):
+    write_png(tmp_path / "i.png", gradient(10, 12))
+    f = tmp_path / "lm.json"
+    f.write_text(
+        json.dumps(
+            {"shapes": shapes, "imagePath": "i.png", "imageHeight": height, "imageWidth": width}
+        )
+    )
+    try:
+        m = read_mask(f)
+        assert m.dtype == bool and m.ndim == 2
+    except MaskError as exc:
+        assert "\n" not in str(exc) and str(f) in str(exc)

@@ -117,11 +117,14 @@ def sniff_format(path: str | Path) -> str:
         raise ImageReadError(p, "file not found")
     if p.is_dir():
         raise ImageReadError(p, "is a directory, not an image file")
-    size = p.stat().st_size
-    if size == 0:
-        raise ImageReadError(p, "file is empty (0 bytes)")
-    with open(p, "rb") as fh:
-        head = fh.read(352)
+    try:
+        size = p.stat().st_size
+        if size == 0:
+            raise ImageReadError(p, "file is empty (0 bytes)")
+        with open(p, "rb") as fh:
+            head = fh.read(352)
+    except OSError as exc:
+        raise ImageReadError(p, f"cannot open the file ({exc.strerror or exc})") from exc
     return _sniff_bytes(head, p.name)
 
 
@@ -203,6 +206,7 @@ def _open_pil(p: Path) -> Image.Image:
     """
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # e.g. "Corrupt EXIF data"
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             old = Image.MAX_IMAGE_PIXELS
             Image.MAX_IMAGE_PIXELS = MAX_PIXELS
@@ -717,11 +721,16 @@ def read_mask(
 def _read_one_mask(p: Path, shape: tuple[int, int] | None) -> np.ndarray:
     if not p.exists():
         raise MaskError(p, "mask file not found")
-    if p.stat().st_size == 0:
-        raise MaskError(p, "mask file is empty (0 bytes)")
+    if p.is_dir():
+        raise MaskError(p, "is a directory, not a mask file")
     name = p.name.lower()
-    with open(p, "rb") as fh:
-        head = fh.read(352)
+    try:
+        if p.stat().st_size == 0:
+            raise MaskError(p, "mask file is empty (0 bytes)")
+        with open(p, "rb") as fh:
+            head = fh.read(352)
+    except OSError as exc:
+        raise MaskError(p, f"cannot open the mask file ({exc.strerror or exc})") from exc
     kind = _sniff_bytes(head, name)
     if kind == "json" or name.endswith(".json"):
         mask, _ = read_labelme(p)
@@ -761,7 +770,15 @@ def _read_itk_mask(p: Path) -> np.ndarray:
     except ImportError as exc:  # pragma: no cover
         raise MaskError(p, "SimpleITK is required to read NIfTI masks") from exc
     try:
-        img = sitk.ReadImage(str(p))
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(p))
+        reader.ReadImageInformation()
+        n_vox = int(np.prod(reader.GetSize()))
+        if n_vox > MAX_PIXELS:
+            raise MaskError(p, f"label map has {n_vox} voxels, above the {MAX_PIXELS} limit")
+        img = reader.Execute()
+    except MaskError:
+        raise
     except Exception as exc:
         raise MaskError(
             p, f"cannot read label map ({str(exc).splitlines()[0] if str(exc) else exc})"
@@ -797,8 +814,8 @@ def read_labelme(path: str | Path, *, require_image: bool = True) -> tuple[np.nd
     try:
         doc = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MaskError(p, f"not valid LabelMe JSON ({exc})") from exc
-    if not isinstance(doc, dict) or "shapes" not in doc:
+        raise MaskError(p, f"not valid LabelMe JSON ({_short(exc)})") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("shapes"), list):
         raise MaskError(p, "not a LabelMe annotation (no 'shapes' list)")
     image_path: Path | None = None
     if doc.get("imagePath"):
@@ -811,18 +828,33 @@ def read_labelme(path: str | Path, *, require_image: bool = True) -> tuple[np.nd
         )
     if not (h and w):
         if image_path is not None and image_path.exists():
-            h, w = image_size(image_path)
+            try:
+                h, w = image_size(image_path)
+            except ImageReadError as exc:
+                raise MaskError(p, f"its image cannot be read: {exc}") from exc
         elif embedded:
-            with Image.open(_io.BytesIO(base64.b64decode(embedded))) as im:
-                w, h = im.size
+            try:
+                with Image.open(_io.BytesIO(base64.b64decode(embedded))) as im:
+                    w, h = im.size
+            except Exception as exc:
+                raise MaskError(p, f"embedded imageData cannot be decoded ({_short(exc)})") from exc
         else:
             raise MaskError(p, "LabelMe file lacks imageHeight/imageWidth")
-    canvas = Image.new("1", (int(w), int(h)), 0)
+    try:
+        h, w = int(h), int(w)
+    except (TypeError, ValueError) as exc:
+        raise MaskError(p, f"imageHeight/imageWidth are not integers ({h!r}, {w!r})") from exc
+    if h <= 0 or w <= 0 or h * w > MAX_PIXELS:
+        raise MaskError(p, f"implausible image size {w}x{h} in the LabelMe file")
+    canvas = Image.new("1", (w, h), 0)
     draw = ImageDraw.Draw(canvas)
     n = 0
-    for shape in doc["shapes"]:
-        pts = [tuple(map(float, pt)) for pt in shape.get("points", [])]
-        kind = shape.get("shape_type") or "polygon"
+    for k, shape in enumerate(doc["shapes"]):
+        try:
+            pts = [(float(pt[0]), float(pt[1])) for pt in shape.get("points", [])]
+            kind = shape.get("shape_type") or "polygon"
+        except (AttributeError, TypeError, ValueError, IndexError) as exc:
+            raise MaskError(p, f"shape #{k} has malformed points ({_short(exc)})") from exc
         if kind == "polygon" and len(pts) >= 3:
             draw.polygon(pts, fill=1, outline=1)
         elif kind == "rectangle" and len(pts) == 2:
