@@ -111,6 +111,7 @@ def write_dicom(
     model: str = "SonoTest 9",
     spacing_cm: float | None = 0.01,
     palette: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    extra: dict[str, object] | None = None,
 ) -> Path:
     """Write a DICOM ultrasound file with pydicom's Dataset/FileMetaDataset API.
 
@@ -139,6 +140,8 @@ def write_dicom(
     ds.ContentDate = PHI_STUDY_DATE
     ds.Manufacturer = manufacturer
     ds.ManufacturerModelName = model
+    for key, value in (extra or {}).items():
+        setattr(ds, key, value)
     if spacing_cm is not None:
         region = Dataset()
         region.PhysicalUnitsXDirection = 3

@@ -3,8 +3,10 @@ and the real BUSI and BrEaST imports (when ../shared/data is present)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,7 @@ from typer.testing import CliRunner
 from buscad.cli import app
 from buscad.data import importers as imp
 from buscad.data.importers import IMPORTERS, import_dataset, importer_options, register_importer
-from buscad.data.io import read_mask
+from buscad.data.io import quiet_dicom, read_image, read_mask
 from buscad.data.manifest import Manifest
 from buscad.errors import ConfigError, InputFileError
 from synth_files import (
@@ -575,3 +577,49 @@ def test_real_breast_import(breast_import, breast_dir):
     assert n_other == int(clinical["Mask_other_filename"].notna().sum()) == 7
     assert not df["has_colour"].any()  # the blue-tinted gray map is not colour
     assert seconds < 45
+
+
+def test_dicom_malformed_header_values_never_reach_logs_or_warnings(tmp_path, caplog):
+    d = tmp_path / "dcm"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about the bad values while writing
+        write_dicom(
+            d / "x.dcm",
+            gradient(),
+            extra={
+                "PatientBirthDate": f"{PHI_BIRTH} Kowalska",  # invalid DA quoting PHI
+                "StudyDate": f"bad{PHI_STUDY_DATE}",
+                "PatientAge": "057Y",
+            },
+        )
+        write_dicom(d / "old.dcm", gradient(), extra={"PatientAge": "097Y"})
+    caplog.clear()  # writing the bad values above was logged by pydicom itself
+    caplog.set_level(logging.DEBUG)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rep = import_dataset("dicom", d, tmp_path / "m.csv", label="benign", salt="k")
+        # reading the images again (as training would) stays quiet too
+        for i in range(len(rep.manifest)):
+            read_image(rep.manifest.image_path(i))
+    assert rep.n_kept == 2
+    names = rep.manifest.df["image_path"].map(lambda s: Path(s).name)
+    ages = dict(zip(names, rep.manifest.df["age"], strict=True))
+    assert ages == {"x.dcm": 57, "old.dcm": 90}  # 90 and above recorded as 90
+    seen = caplog.text + " ".join(str(w.message) for w in caught) + (tmp_path / "m.csv").read_text()
+    for secret in (PHI_BIRTH, PHI_STUDY_DATE, "Kowalska", PHI_ID):
+        assert secret not in seen, secret
+
+
+def test_quiet_dicom_silences_pydicom_value_reports(caplog):
+    from pydicom.dataset import Dataset
+
+    caplog.set_level(logging.DEBUG)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with quiet_dicom():
+            Dataset().PatientBirthDate = "bad Kowalska"  # pydicom validates and quotes it
+    assert "Kowalska" not in caplog.text and not caught
+    with warnings.catch_warnings(record=True) as caught:  # the control: pydicom does quote it
+        warnings.simplefilter("always")
+        Dataset().PatientBirthDate = "bad Kowalska"
+    assert "Kowalska" in caplog.text + " ".join(str(w.message) for w in caught)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -454,12 +455,18 @@ def test_missing_empty_and_garbage_masks(tmp_path):
 
 # ------------------------------------------------------------------------------- fuzzing
 
+#: Raise with BUSCAD_FUZZ_EXAMPLES=5000 to hunt for new failures; CI runs a fixed sample.
+FUZZ_EXAMPLES = int(os.environ.get("BUSCAD_FUZZ_EXAMPLES", "60"))
+_FUZZ = dict(
+    deadline=None,
+    derandomize=FUZZ_EXAMPLES <= 60,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 _MAGICS = [b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"II*\x00", b"\x00" * 128 + b"DICM"]
 
 
-@settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=FUZZ_EXAMPLES, **_FUZZ)
 @given(
     magic=st.sampled_from(_MAGICS),
     body=st.binary(min_size=0, max_size=400),
@@ -491,9 +498,7 @@ _json_values = st.recursive(
 )
 
 
-@settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=FUZZ_EXAMPLES, **_FUZZ)
 @given(
     shapes=st.lists(
         st.fixed_dictionaries(

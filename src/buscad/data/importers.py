@@ -45,6 +45,7 @@ from buscad.data.io import (
     IMAGE_SUFFIXES,
     MASK_SUFFIXES,
     dicom_pixel_spacing_mm,
+    quiet_dicom,
     read_dicom_header,
     read_image,
     read_mask,
@@ -971,6 +972,29 @@ def _dicom_age(value: object) -> float:
     return min(years, 90.0)
 
 
+#: The only header elements the DICOM importer reads (identifiers only to hash them).
+DICOM_FIELDS: tuple[str, ...] = (
+    "SOPInstanceUID",
+    "PatientID",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "Modality",
+    "PatientAge",
+)
+
+
+def _dicom_fields(ds: Any) -> dict[str, str]:
+    """The :data:`DICOM_FIELDS` as stripped strings ("" when absent or unreadable)."""
+    out = {}
+    with quiet_dicom():
+        for key in DICOM_FIELDS:
+            try:
+                out[key] = str(ds.get(key, "") or "").strip()
+            except Exception:
+                out[key] = ""
+    return out
+
+
 @register_importer("dicom")
 def import_dicom(
     source: Path,
@@ -1037,18 +1061,15 @@ def import_dicom(
                 continue
         else:
             lab = label
-        sop = str(ds.get("SOPInstanceUID", "") or "").strip()  # type: ignore[attr-defined]
+        tags = _dicom_fields(ds)
+        sop, pid = tags["SOPInstanceUID"], tags["PatientID"]
         if sop:
             iid = "img_" + _hash(key_salt, sop)
         else:
             from buscad.utils import file_sha256
 
             iid = "img_" + _hash(key_salt, file_sha256(f))
-        pid = str(ds.get("PatientID", "") or "").strip()  # type: ignore[attr-defined]
-        device = " ".join(
-            str(ds.get(k, "") or "").strip()  # type: ignore[attr-defined]
-            for k in ("Manufacturer", "ManufacturerModelName")
-        ).strip()
+        device = f"{tags['Manufacturer']} {tags['ManufacturerModelName']}".strip()
         rows.append(
             {
                 "image_id": iid,
@@ -1057,9 +1078,9 @@ def import_dicom(
                 "patient_id": "pt_" + _hash(key_salt, pid) if pid else None,
                 "cohort": cohort,
                 "device": device or None,
-                "modality": str(ds.get("Modality", "") or "") or None,  # type: ignore[attr-defined]
+                "modality": tags["Modality"] or None,
                 "pixel_spacing_mm": dicom_pixel_spacing_mm(ds),
-                "age": _dicom_age(ds.get("PatientAge", "")),  # type: ignore[attr-defined]
+                "age": _dicom_age(tags["PatientAge"]),
             }
         )
         if not pid:
@@ -1075,7 +1096,8 @@ def register(data_app: Any) -> None:
     import typer
 
     formats = "; ".join(
-        f"{name}: {(fn.__doc__ or '').strip().splitlines()[0]}" for name, fn in IMPORTERS.items()
+        f"{name} ({(fn.__doc__ or '').strip().splitlines()[0].replace('``', '').rstrip('.')})"
+        for name, fn in IMPORTERS.items()
     )
 
     @data_app.command("import")

@@ -15,10 +15,12 @@ The format is detected from the file's content, not its extension.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io as _io
 import json
+import logging
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -419,6 +421,30 @@ def _to_uint(raw: np.ndarray) -> tuple[np.ndarray, int]:
     return np.rint((raw.astype(np.float64) - lo) * scale).astype(np.uint16), 16
 
 
+@contextlib.contextmanager
+def quiet_dicom() -> Iterator[None]:
+    """Silence pydicom's warnings and log records while reading a file.
+
+    pydicom reports invalid element values in its warnings and in the
+    ``pydicom`` logger, quoting the values (``Invalid value for VR DA:
+    '<birth date>'``): a malformed date or name would end up in the console or
+    a log file. Readers in buscad wrap every
+    pydicom call and every header access in this context; problems that matter
+    surface as :class:`~buscad.errors.ImageReadError` messages, which never
+    quote header values.
+    """
+    logger = logging.getLogger("pydicom")
+    old_level, old_disabled = logger.level, logger.disabled
+    logger.disabled = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(old_level)
+        logger.disabled = old_disabled
+
+
 def _dcmread(p: Path, stop_before_pixels: bool = False) -> object:
     """Parse a DICOM file with pydicom, turning every failure into ImageReadError."""
     try:
@@ -429,7 +455,8 @@ def _dcmread(p: Path, stop_before_pixels: bool = False) -> object:
         head = fh.read(132)
     has_preamble = len(head) >= 132 and head[128:132] == b"DICM"
     try:
-        ds = pydicom.dcmread(p, force=True, stop_before_pixels=stop_before_pixels)
+        with quiet_dicom():
+            ds = pydicom.dcmread(p, force=True, stop_before_pixels=stop_before_pixels)
     except MemoryError as exc:
         raise ImageReadError(p, "not enough memory to parse the DICOM file") from exc
     except Exception as exc:  # pydicom raises assorted errors on truncated or garbage files
@@ -440,7 +467,8 @@ def _dcmread(p: Path, stop_before_pixels: bool = False) -> object:
     if not has_preamble:
         # force=True parses almost anything; demand real DICOM elements.
         try:
-            plausible = any(k in ds for k in ("SOPClassUID", "PixelData", "Rows", "Modality"))
+            with quiet_dicom():
+                plausible = any(k in ds for k in ("SOPClassUID", "PixelData", "Rows", "Modality"))
         except Exception:
             plausible = False
         if not plausible:
@@ -481,7 +509,8 @@ def dicom_pixel_spacing_mm(ds: object) -> float | None:
     are cm (``PhysicalUnitsXDirection == 3``; mm = 10 x cm), else from
     ``PixelSpacing`` or ``ImagerPixelSpacing`` (already mm).
     """
-    return _dicom_spacing_mm(ds)
+    with quiet_dicom():
+        return _dicom_spacing_mm(ds)
 
 
 def _dicom_spacing_mm(ds: object) -> float | None:
@@ -502,6 +531,11 @@ def _dicom_spacing_mm(ds: object) -> float | None:
 
 def _read_dicom(p: Path) -> tuple[np.ndarray, ImageMeta]:
     """Read a single-frame DICOM image (grayscale, RGB, YBR or palette colour)."""
+    with quiet_dicom():
+        return _read_dicom_quietly(p)
+
+
+def _read_dicom_quietly(p: Path) -> tuple[np.ndarray, ImageMeta]:
     ds = _dcmread(p)
     if "PixelData" not in ds:
         raise ImageReadError(
@@ -607,7 +641,8 @@ def image_size(path: str | Path) -> tuple[int, int]:
     if fmt == "dicom":
         ds = _dcmread(p, stop_before_pixels=True)
         try:
-            h, w = int(ds.Rows), int(ds.Columns)  # type: ignore[attr-defined]
+            with quiet_dicom():
+                h, w = int(ds.Rows), int(ds.Columns)  # type: ignore[attr-defined]
         except Exception as exc:
             raise ImageReadError(p, "DICOM header has no Rows/Columns") from exc
     elif fmt in ("png", "jpeg", "bmp", "tiff", "gif"):
@@ -842,7 +877,7 @@ def read_labelme(path: str | Path, *, require_image: bool = True) -> tuple[np.nd
             raise MaskError(p, "LabelMe file lacks imageHeight/imageWidth")
     try:
         h, w = int(h), int(w)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise MaskError(p, f"imageHeight/imageWidth are not integers ({h!r}, {w!r})") from exc
     if h <= 0 or w <= 0 or h * w > MAX_PIXELS:
         raise MaskError(p, f"implausible image size {w}x{h} in the LabelMe file")
@@ -853,19 +888,24 @@ def read_labelme(path: str | Path, *, require_image: bool = True) -> tuple[np.nd
         try:
             pts = [(float(pt[0]), float(pt[1])) for pt in shape.get("points", [])]
             kind = shape.get("shape_type") or "polygon"
-        except (AttributeError, TypeError, ValueError, IndexError) as exc:
+        except (AttributeError, TypeError, ValueError, IndexError, KeyError) as exc:
             raise MaskError(p, f"shape #{k} has malformed points ({_short(exc)})") from exc
-        if kind == "polygon" and len(pts) >= 3:
-            draw.polygon(pts, fill=1, outline=1)
-        elif kind == "rectangle" and len(pts) == 2:
-            (x0, y0), (x1, y1) = pts
-            draw.rectangle([min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)], fill=1)
-        elif kind == "circle" and len(pts) == 2:
-            (cx, cy), (px, py) = pts
-            r = float(np.hypot(px - cx, py - cy))
-            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=1)
-        else:
-            continue
+        if not all(np.isfinite(v) for pt in pts for v in pt):
+            raise MaskError(p, f"shape #{k} has non-finite point coordinates")
+        try:
+            if kind == "polygon" and len(pts) >= 3:
+                draw.polygon(pts, fill=1, outline=1)
+            elif kind == "rectangle" and len(pts) == 2:
+                (x0, y0), (x1, y1) = pts
+                draw.rectangle([min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)], fill=1)
+            elif kind == "circle" and len(pts) == 2:
+                (cx, cy), (px, py) = pts
+                r = float(np.hypot(px - cx, py - cy))
+                draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=1)
+            else:
+                continue
+        except (OverflowError, ValueError, TypeError) as exc:
+            raise MaskError(p, f"shape #{k} cannot be drawn ({_short(exc)})") from exc
         n += 1
     if n == 0:
         raise MaskError(p, "LabelMe file has no polygon, rectangle or circle shapes")
