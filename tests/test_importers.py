@@ -212,6 +212,7 @@ def test_csv_batch_skips_every_bad_input_and_keeps_the_rest(tmp_path):
         {"file": "missing.png", "dx": "benign", "seg": "", "age": 7},
         {"file": "good2.png", "dx": "malignant", "seg": "", "age": 8},  # conflicting duplicate
         {"file": "good1.png", "dx": "maybe", "seg": "", "age": 9},  # unknown label
+        {"file": "good1.png", "dx": "benign", "seg": "", "age": 9},  # same label again
         {"file": "", "dx": "benign", "seg": "", "age": 10},  # no path
     ]
     table = tmp_path / "table.csv"
@@ -220,9 +221,9 @@ def test_csv_batch_skips_every_bad_input_and_keeps_the_rest(tmp_path):
     rep = import_dataset(
         "csv", table, out, path_col="file", label_col="dx", mask_col="seg", base_dir=str(d)
     )
-    assert rep.n_kept == 3
-    assert sorted(rep.manifest.df["label"]) == ["benign", "benign", "malignant"]
-    assert rep.n_skipped == 10
+    assert rep.n_kept == 2  # good2 is listed as benign and as malignant: both rows dropped
+    assert sorted(rep.manifest.df["label"]) == ["benign", "malignant"]
+    assert rep.n_skipped == 12
     for file, reason in rep.skipped:
         assert "\n" not in reason and "\n" not in file
     why = reasons(rep)
@@ -233,12 +234,14 @@ def test_csv_batch_skips_every_bad_input_and_keeps_the_rest(tmp_path):
     assert str(bad["zero"]) in files and str(bad["wrong_mask"]) in files and str(bad["lm"]) in files
     assert "file not found" in why["missing.png"]
     conflict = [r for f, r in rep.skipped if f == str(good[2])]
-    assert conflict and "conflicting labels benign and malignant" in conflict[0]
+    assert len(conflict) == 2
+    assert all("conflicting labels (benign, malignant)" in r for r in conflict)
     assert any("unknown label 'maybe'" in r for _, r in rep.skipped)
-    assert any(f.endswith("row 14") and r == "empty image path" for f, r in rep.skipped)
+    assert any(f == str(good[1]) and "listed twice" in r for f, r in rep.skipped)
+    assert any(f.endswith("row 15") and r == "empty image path" for f, r in rep.skipped)
     back = Manifest.load(out)
     assert back.validate() == []
-    assert list(back.df["age"]) == [61, 45, 50]
+    assert list(back.df["age"]) == [61, 45]
     assert "label_raw" in back.df.columns and back.df["label_raw"].iat[0] == "M"
 
 

@@ -302,10 +302,20 @@ def _progress(
 
 
 def _check_rows(rows: list[dict[str, Any]], ctx: ImportContext, desc: str) -> list[dict[str, Any]]:
-    """Read every row's image and masks; keep the good rows, skip the rest with reasons."""
+    """Read every row's image and masks; keep the good rows, skip the rest with reasons.
+
+    An image listed more than once under different labels is skipped every
+    time (no label can be trusted); listed more than once under the same label,
+    its first row is kept.
+    """
     kept: list[dict[str, Any]] = []
     ids: dict[str, str] = {}
     images: dict[str, tuple[str, str]] = {}
+    labels_of: dict[str, set[str]] = {}
+    for row in rows:
+        lab = normalize_label(row.get("label"))
+        if row.get("image_path") and lab is not None:
+            labels_of.setdefault(_path_key(row["image_path"]), set()).add(lab)
     for row in _progress(rows, len(rows), desc, ctx.progress):
         img = str(row.get("image_path") or "")
         if not img:
@@ -325,15 +335,16 @@ def _check_rows(rows: list[dict[str, Any]], ctx: ImportContext, desc: str) -> li
         if iid in ids:
             ctx.skip(img, f"duplicate image_id {iid!r} (already used by {ids[iid]})")
             continue
-        key = os.path.normcase(os.path.abspath(img))
-        if key in images:
-            first_id, first_label = images[key]
-            what = (
-                f"conflicting labels {first_label} and {label}"
-                if first_label != label
-                else f"same label {label}"
+        key = _path_key(img)
+        if len(labels_of.get(key, ())) > 1:
+            ctx.skip(
+                img,
+                f"listed with conflicting labels ({', '.join(sorted(labels_of[key]))}); "
+                f"this row says {label}",
             )
-            ctx.skip(img, f"listed twice: already imported as {first_id!r} ({what})")
+            continue
+        if key in images:
+            ctx.skip(img, f"listed twice: already imported as {images[key][0]!r}")
             continue
         try:
             gray, meta = read_image(img)
@@ -356,6 +367,10 @@ def _check_rows(rows: list[dict[str, Any]], ctx: ImportContext, desc: str) -> li
         images[key] = (iid, label)
         kept.append(row)
     return kept
+
+
+def _path_key(path: str) -> str:
+    return os.path.normcase(os.path.abspath(path))
 
 
 _FIRST_COLUMNS = ("image_id", "image_path", "label", "mask_path", "patient_id", "cohort")
