@@ -437,7 +437,7 @@ def _is_junk(p: Path) -> bool:
     return p.name.startswith(".") or p.name.lower() in _IGNORED_NAMES
 
 
-def _mask_suffix(name: str) -> str | None:
+def _strip_mask_suffix(name: str) -> str | None:
     low = name.lower()
     for suf in sorted(MASK_SUFFIXES, key=len, reverse=True):
         if low.endswith(suf):
@@ -459,7 +459,7 @@ def _files(root: Path, recursive: bool = True) -> list[Path]:
 def _unique_id(base: str, taken: set[str], salt_text: str) -> str:
     iid = base
     if iid in taken:
-        iid = f"{base}_{hashlib.sha1(salt_text.encode()).hexdigest()[:6]}"
+        iid = f"{base}_{hashlib.sha256(salt_text.encode()).hexdigest()[:6]}"
     taken.add(iid)
     return iid
 
@@ -767,7 +767,7 @@ def import_folders(
         mask_set: set[Path] = set()
         base_for_masks = mroot / folder.name if mroot else folder
         for f in mask_files if mroot else files:
-            name = _mask_suffix(f.name)
+            name = _strip_mask_suffix(f.name)
             if rx is None or name is None:
                 continue
             m = rx.match(name)

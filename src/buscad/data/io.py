@@ -781,11 +781,13 @@ def _read_one_mask(p: Path, shape: tuple[int, int] | None) -> np.ndarray:
             arr = np.where(arr > 127, arr, 0).astype(np.uint8)
         if arr.ndim == 3:
             nch = arr.shape[-1]
-            if nch in (2, 4):
-                colour = arr[..., : nch - 1]
-                mask = colour.any(axis=-1) & (arr[..., -1] > 0)
-            else:
-                mask = arr.any(axis=-1)
+            n_colour = nch - 1 if nch in (2, 4) else nch
+            # channel by channel: much faster than .any(axis=-1) on interleaved data
+            mask = arr[..., 0] != 0
+            for c in range(1, n_colour):
+                mask |= arr[..., c] != 0
+            if n_colour != nch:  # fully transparent pixels are not lesion
+                mask &= arr[..., -1] > 0
         else:
             mask = arr != 0
     else:
