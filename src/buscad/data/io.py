@@ -15,10 +15,12 @@ The format is detected from the file's content, not its extension.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io as _io
 import json
+import logging
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,8 +33,16 @@ from buscad.errors import ImageReadError, MaskError
 #: 64 Mpx is far above any ultrasound frame (typically < 1 Mpx).
 MAX_PIXELS = 64_000_000
 
-#: A pixel counts as coloured when max(R,G,B) - min(R,G,B) exceeds this.
+#: A pixel counts as coloured when it departs from the image's gray tint by more than
+#: this many 8-bit levels in some channel (see :func:`colour_fraction`).
 COLOUR_CHROMA_THRESHOLD = 24
+
+#: A fitted gray tint ``C ~ a_C Y + b_C`` is accepted only when every ``|a_C - 1|`` is at
+#: most this (and every ``|b_C|`` at most the chroma threshold); otherwise no tint is assumed.
+TINT_MAX_GAIN = 0.25
+
+#: An image "has colour" when more than this fraction of its opaque pixels is coloured.
+COLOUR_FRACTION_MIN = 1e-4
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
 MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".json", ".nii", ".nii.gz", ".nrrd", ".mha")
@@ -56,10 +66,10 @@ class ImageMeta:
     bit_depth : int
         8 or 16: the dtype of the returned array (``uint8`` or ``uint16``).
     has_colour : bool
-        True when more than ``colour_fraction_min`` of the pixels are coloured.
+        True when more than :data:`COLOUR_FRACTION_MIN` of the pixels are coloured.
     colour_fraction : float
-        Fraction of pixels whose chroma ``max(R,G,B) - min(R,G,B)`` exceeds
-        :data:`COLOUR_CHROMA_THRESHOLD` (0 for grayscale sources).
+        Fraction of opaque pixels that are coloured (see :func:`colour_fraction`:
+        colour beyond the image's own gray tint); 0 for grayscale sources.
     transparent_fraction : float
         Fraction of pixels with alpha 0 (set to black in the returned array).
     pixel_spacing_mm : float or None
@@ -109,11 +119,14 @@ def sniff_format(path: str | Path) -> str:
         raise ImageReadError(p, "file not found")
     if p.is_dir():
         raise ImageReadError(p, "is a directory, not an image file")
-    size = p.stat().st_size
-    if size == 0:
-        raise ImageReadError(p, "file is empty (0 bytes)")
-    with open(p, "rb") as fh:
-        head = fh.read(352)
+    try:
+        size = p.stat().st_size
+        if size == 0:
+            raise ImageReadError(p, "file is empty (0 bytes)")
+        with open(p, "rb") as fh:
+            head = fh.read(352)
+    except OSError as exc:
+        raise ImageReadError(p, f"cannot open the file ({exc.strerror or exc})") from exc
     return _sniff_bytes(head, p.name)
 
 
@@ -181,10 +194,21 @@ def read_image(path: str | Path) -> tuple[np.ndarray, ImageMeta]:
     )
 
 
+def _short(exc: BaseException, limit: int = 200) -> str:
+    """One-line, bounded description of a library exception for an error message."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _open_pil(p: Path) -> Image.Image:
-    """Open with Pillow, turning bombs, truncation and garbage into ImageReadError."""
+    """Open and decode with Pillow, turning bombs, truncation and garbage into ImageReadError.
+
+    The pixel count is checked from the header before any pixel is decoded
+    (decompression-bomb guard: :data:`MAX_PIXELS`).
+    """
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # e.g. "Corrupt EXIF data"
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             old = Image.MAX_IMAGE_PIXELS
             Image.MAX_IMAGE_PIXELS = MAX_PIXELS
@@ -192,7 +216,9 @@ def _open_pil(p: Path) -> Image.Image:
                 img = Image.open(p)
                 if img.width * img.height > MAX_PIXELS:
                     raise ImageReadError(
-                        p, f"image is {img.width}x{img.height} pixels, above the {MAX_PIXELS} limit"
+                        p,
+                        f"image is {img.width}x{img.height} pixels, above the {MAX_PIXELS} "
+                        "pixel limit (possible decompression bomb)",
                     )
                 img.load()
             finally:
@@ -200,14 +226,24 @@ def _open_pil(p: Path) -> Image.Image:
     except ImageReadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageReadError(p, f"refused as a possible decompression bomb ({exc})") from exc
+        raise ImageReadError(
+            p, f"refused as a possible decompression bomb ({_short(exc)})"
+        ) from exc
+    except Image.UnidentifiedImageError as exc:
+        raise ImageReadError(
+            p, "cannot identify image content (corrupt or truncated header)"
+        ) from exc
     except OSError as exc:
-        msg = str(exc)
-        if "truncated" in msg.lower() or "broken data stream" in msg.lower():
+        msg = str(exc).lower()
+        if "truncated" in msg or "broken data stream" in msg or "unexpected end" in msg:
             raise ImageReadError(p, "image file is truncated or corrupt") from exc
-        raise ImageReadError(p, f"cannot decode image ({msg})") from exc
-    except (ValueError, SyntaxError, Image.UnidentifiedImageError) as exc:
-        raise ImageReadError(p, f"cannot decode image ({exc})") from exc
+        raise ImageReadError(p, f"cannot decode image ({_short(exc)})") from exc
+    except MemoryError as exc:
+        raise ImageReadError(p, "not enough memory to decode the image") from exc
+    except Exception as exc:  # Pillow raises SyntaxError, struct.error, EOFError... on garbage
+        raise ImageReadError(
+            p, f"image file is corrupt ({type(exc).__name__}: {_short(exc)})"
+        ) from exc
     return img
 
 
@@ -232,16 +268,19 @@ def _read_pil(p: Path, fmt: str) -> tuple[np.ndarray, ImageMeta]:
         arr = np.asarray(img)
         alpha = arr[..., -1]
         transparent = float((alpha == 0).mean())
-        img = img.convert("RGB" if m == "RGBA" else "L")
-    if img.mode == "RGB":
-        rgb = np.asarray(img)
-        gray, frac = _rgb_to_gray(rgb)
+        if m == "RGBA":
+            gray, frac = _rgb_to_gray(arr[..., :3], alpha > 0)
+        else:
+            gray, frac = arr[..., 0].copy(), 0.0
         bit = 8
-    elif img.mode == "L":
+    elif m == "RGB":
+        gray, frac = _rgb_to_gray(np.asarray(img))
+        bit = 8
+    elif m == "L":
         gray = np.asarray(img).copy()
         frac = 0.0
         bit = 8
-    elif img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+    elif m in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         raw = np.asarray(img)
         gray, bit = _to_uint(raw)
         frac = 0.0
@@ -250,7 +289,7 @@ def _read_pil(p: Path, fmt: str) -> tuple[np.ndarray, ImageMeta]:
     if alpha is not None:
         gray = gray.copy()
         gray[alpha == 0] = 0
-    has_colour = frac > 1e-4
+    has_colour = frac > COLOUR_FRACTION_MIN
     meta = ImageMeta(
         path=str(p),
         format="jpeg" if fmt == "jpeg" else fmt,
@@ -265,15 +304,102 @@ def _read_pil(p: Path, fmt: str) -> tuple[np.ndarray, ImageMeta]:
     return np.ascontiguousarray(gray), meta
 
 
-def _rgb_to_gray(rgb: np.ndarray) -> tuple[np.ndarray, float]:
-    """Luma of an RGB array and the fraction of coloured pixels."""
-    rgb16 = rgb.astype(np.int16)
-    chroma = rgb16.max(axis=-1) - rgb16.min(axis=-1)
-    frac = float((chroma > COLOUR_CHROMA_THRESHOLD).mean())
-    y = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+def _rgb_to_gray(rgb: np.ndarray, opaque: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """Luma of an RGB array and the fraction of coloured pixels.
+
+    Luma is ITU-R 601, ``Y = 0.299 R + 0.587 G + 0.114 B``, rounded. The
+    colour fraction is computed by :func:`colour_fraction`.
+    """
     dtype = np.uint16 if rgb.dtype == np.uint16 else np.uint8
+    r, g, b = (rgb[..., i].astype(np.float32) for i in range(3))
+    y = r * np.float32(0.299) + g * np.float32(0.587) + b * np.float32(0.114)
+    frac = colour_fraction(rgb, opaque, luma=y)
     top = np.iinfo(dtype).max
     return np.clip(np.rint(y), 0, top).astype(dtype), frac
+
+
+def colour_fraction(
+    rgb: np.ndarray, opaque: np.ndarray | None = None, *, luma: np.ndarray | None = None
+) -> float:
+    """Fraction of pixels whose colour departs from the image's own gray tint.
+
+    Some scanners display B-mode through a tinted gray map (BrEaST images are
+    slightly blue: ``B ~ 1.1 Y``), which is not a colour overlay. So each
+    channel ``C`` is modelled as a linear function of luma, ``C ~ a_C Y + b_C``
+    (least squares over the opaque pixels, refitted once without the pixels
+    flagged by the first fit), and a pixel is *coloured* when
+    ``max_C |C - (a_C Y + b_C)| > t`` with ``t`` = :data:`COLOUR_CHROMA_THRESHOLD`
+    (times 257 for 16-bit channels). A fit is only trusted as a tint when
+    ``|a_C - 1| <= TINT_MAX_GAIN`` and ``|b_C| <= t`` for every channel; otherwise
+    ``a = 1, b = 0`` is used (images with few gray levels, or mostly colour). Pure gray images (``R = G = B``) give
+    ``a = 1, b = 0`` and reduce to the plain chroma test
+    ``max(R,G,B) - min(R,G,B) > t``, which is also checked first: an image with
+    no pixel above ``t`` in chroma is not coloured and is not fitted.
+
+    Parameters
+    ----------
+    rgb : numpy.ndarray
+        ``(H, W, 3)`` uint8 or uint16.
+    opaque : numpy.ndarray, optional
+        Boolean ``(H, W)``: the pixels to count (alpha > 0). All by default.
+    luma : numpy.ndarray, optional
+        Precomputed float luma (saves time).
+
+    Returns
+    -------
+    float
+        ``#coloured opaque pixels / #opaque pixels`` (0 when none is opaque).
+    """
+    t = float(COLOUR_CHROMA_THRESHOLD * (257 if rgb.dtype == np.uint16 else 1))
+    chans = [rgb[..., i] for i in range(3)]
+    hi = np.maximum(np.maximum(chans[0], chans[1]), chans[2])
+    lo = np.minimum(np.minimum(chans[0], chans[1]), chans[2])
+    raw = (hi.astype(np.float32) - lo) > t
+    if opaque is not None:
+        raw &= opaque
+    n_opaque = int(opaque.sum()) if opaque is not None else raw.size
+    if n_opaque == 0 or not raw.any():
+        return 0.0
+    fchans = [c.astype(np.float32) for c in chans]
+    y = (
+        luma
+        if luma is not None
+        else (
+            fchans[0] * np.float32(0.299)
+            + fchans[1] * np.float32(0.587)
+            + fchans[2] * np.float32(0.114)
+        )
+    )
+    keep = np.ones(y.shape, bool) if opaque is None else opaque
+    stride = max(1, y.size // 50_000)  # fit on a regular subsample: fast and plenty
+    fit = keep.reshape(-1)[::stride].copy()
+    ys = y.reshape(-1)[::stride]
+    cs = [c.reshape(-1)[::stride] for c in fchans]
+    identity = [(1.0, 0.0)] * 3
+    coefs = identity
+    for _ in range(2):
+        if fit.sum() < 10:
+            break
+        yf = ys[fit].astype(np.float64)
+        my, vy = yf.mean(), yf.var()
+        coefs = []
+        for c in cs:
+            cf = c[fit].astype(np.float64)
+            a = float(((yf - my) * (cf - cf.mean())).mean() / vy) if vy > 0 else 1.0
+            coefs.append((a, float(cf.mean() - a * my)))
+        if not all(abs(a - 1.0) <= TINT_MAX_GAIN and abs(b0) <= t for a, b0 in coefs):
+            coefs = identity  # not a gray tint: a few gray levels or real colour dominate
+        res = np.zeros(ys.shape, np.float32)
+        for c, (a, b0) in zip(cs, coefs, strict=True):
+            np.maximum(res, np.abs(c - (np.float32(a) * ys + np.float32(b0))), out=res)
+        fit = keep.reshape(-1)[::stride] & (res <= t)
+    res = np.zeros(y.shape, np.float32)
+    for c, (a, b0) in zip(fchans, coefs, strict=True):
+        np.maximum(res, np.abs(c - (np.float32(a) * y + np.float32(b0))), out=res)
+    coloured = res > t
+    if opaque is not None:
+        coloured &= opaque
+    return float(coloured.sum() / n_opaque)
 
 
 def _to_uint(raw: np.ndarray) -> tuple[np.ndarray, int]:
@@ -295,84 +421,201 @@ def _to_uint(raw: np.ndarray) -> tuple[np.ndarray, int]:
     return np.rint((raw.astype(np.float64) - lo) * scale).astype(np.uint16), 16
 
 
-def _read_dicom(p: Path) -> tuple[np.ndarray, ImageMeta]:
+@contextlib.contextmanager
+def quiet_dicom() -> Iterator[None]:
+    """Silence pydicom's warnings and log records while reading a file.
+
+    pydicom reports invalid element values in its warnings and in the
+    ``pydicom`` logger, quoting the values (``Invalid value for VR DA:
+    '<birth date>'``): a malformed date or name would end up in the console or
+    a log file. Readers in buscad wrap every
+    pydicom call and every header access in this context; problems that matter
+    surface as :class:`~buscad.errors.ImageReadError` messages, which never
+    quote header values.
+    """
+    logger = logging.getLogger("pydicom")
+    old_level, old_disabled = logger.level, logger.disabled
+    logger.disabled = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(old_level)
+        logger.disabled = old_disabled
+
+
+def _dcmread(p: Path, stop_before_pixels: bool = False) -> object:
+    """Parse a DICOM file with pydicom, turning every failure into ImageReadError."""
     try:
         import pydicom
-        from pydicom.errors import InvalidDicomError
     except ImportError as exc:  # pragma: no cover - pydicom is a dependency
         raise ImageReadError(p, "pydicom is required to read DICOM files") from exc
+    with open(p, "rb") as fh:
+        head = fh.read(132)
+    has_preamble = len(head) >= 132 and head[128:132] == b"DICM"
     try:
-        ds = pydicom.dcmread(p, force=True)
-    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
-        raise ImageReadError(p, f"cannot parse DICOM ({exc})") from exc
-    except Exception as exc:  # pydicom raises assorted errors on truncated files
-        raise ImageReadError(p, f"cannot parse DICOM ({type(exc).__name__}: {exc})") from exc
+        with quiet_dicom():
+            ds = pydicom.dcmread(p, force=True, stop_before_pixels=stop_before_pixels)
+    except MemoryError as exc:
+        raise ImageReadError(p, "not enough memory to parse the DICOM file") from exc
+    except Exception as exc:  # pydicom raises assorted errors on truncated or garbage files
+        raise ImageReadError(
+            p,
+            f"cannot parse DICOM, file truncated or corrupt ({type(exc).__name__}: {_short(exc)})",
+        ) from exc
+    if not has_preamble:
+        # force=True parses almost anything; demand real DICOM elements.
+        try:
+            with quiet_dicom():
+                plausible = any(k in ds for k in ("SOPClassUID", "PixelData", "Rows", "Modality"))
+        except Exception:
+            plausible = False
+        if not plausible:
+            raise ImageReadError(p, "not a DICOM file (no DICM preamble and no DICOM elements)")
+    return ds
+
+
+def read_dicom_header(path: str | Path) -> object:
+    """Read a DICOM file's header (no pixel data) as a :class:`pydicom.Dataset`.
+
+    Parameters
+    ----------
+    path : path-like
+        A DICOM file.
+
+    Returns
+    -------
+    pydicom.Dataset
+        The header elements. Callers must not copy identifying elements
+        (names, ids, dates) anywhere; see :mod:`buscad.data.importers`.
+
+    Raises
+    ------
+    ImageReadError
+        Missing, empty, non-DICOM or unparseable files.
+    """
+    p = Path(path)
+    fmt = sniff_format(p)
+    if fmt != "dicom":
+        raise ImageReadError(p, f"not a DICOM file (content looks like {fmt})")
+    return _dcmread(p, stop_before_pixels=True)
+
+
+def dicom_pixel_spacing_mm(ds: object) -> float | None:
+    """Pixel size in mm of a DICOM dataset, or None when the header does not say.
+
+    Taken from the first ultrasound region's ``PhysicalDeltaX`` when its units
+    are cm (``PhysicalUnitsXDirection == 3``; mm = 10 x cm), else from
+    ``PixelSpacing`` or ``ImagerPixelSpacing`` (already mm).
+    """
+    with quiet_dicom():
+        return _dicom_spacing_mm(ds)
+
+
+def _dicom_spacing_mm(ds: object) -> float | None:
+    """Pixel size in mm from an ultrasound region (cm units) or PixelSpacing; None if absent."""
+    try:
+        regions = ds.get("SequenceOfUltrasoundRegions")  # type: ignore[attr-defined]
+        if regions:
+            r = regions[0]
+            if int(r.get("PhysicalUnitsXDirection", 3)) == 3:  # 3 = cm
+                return float(r.PhysicalDeltaX) * 10.0
+        for key in ("PixelSpacing", "ImagerPixelSpacing"):
+            if key in ds:
+                return float(ds[key].value[0])  # type: ignore[index]
+    except Exception:
+        return None
+    return None
+
+
+def _read_dicom(p: Path) -> tuple[np.ndarray, ImageMeta]:
+    """Read a single-frame DICOM image (grayscale, RGB, YBR or palette colour)."""
+    with quiet_dicom():
+        return _read_dicom_quietly(p)
+
+
+def _read_dicom_quietly(p: Path) -> tuple[np.ndarray, ImageMeta]:
+    ds = _dcmread(p)
     if "PixelData" not in ds:
-        raise ImageReadError(p, "DICOM file has no pixel data")
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        raise ImageReadError(
+            p, "DICOM file has no pixel data (PixelData element missing or file truncated)"
+        )
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        rows, cols = int(ds.Rows), int(ds.Columns)
+    except Exception as exc:
+        raise ImageReadError(p, f"DICOM header lacks a valid image size ({_short(exc)})") from exc
     if frames > 1:
         raise ImageReadError(
             p,
-            f"multi-frame DICOM ({frames} frames, e.g. a cine loop) is not supported; export one frame",
+            f"multi-frame DICOM ({frames} frames, e.g. a cine loop) is not supported; "
+            "export a single frame",
         )
+    if rows * cols > MAX_PIXELS:
+        raise ImageReadError(
+            p,
+            f"image is {cols}x{rows} pixels, above the {MAX_PIXELS} pixel limit "
+            "(possible decompression bomb)",
+        )
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     try:
+        # pydicom >= 3 converts YBR_* to RGB here (as_rgb=True by default).
         arr = ds.pixel_array
+    except MemoryError as exc:
+        raise ImageReadError(p, "not enough memory to decode the DICOM pixel data") from exc
     except Exception as exc:
         raise ImageReadError(
-            p, f"cannot decode DICOM pixel data ({type(exc).__name__}: {exc})"
+            p,
+            f"cannot decode DICOM pixel data, truncated or unsupported "
+            f"({type(exc).__name__}: {_short(exc)})",
         ) from exc
-    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
     frac = 0.0
-    try:
-        if photometric == "PALETTE COLOR":
+    if photometric == "PALETTE COLOR":
+        try:
             from pydicom.pixels import apply_color_lut
 
             arr = apply_color_lut(arr, ds)
-            photometric_in = "RGB"
-        elif photometric.startswith("YBR"):
-            from pydicom.pixels import convert_color_space
-
-            arr = convert_color_space(arr, photometric, "RGB")
-            photometric_in = "RGB"
-        else:
-            photometric_in = photometric
-    except Exception as exc:
-        raise ImageReadError(p, f"cannot convert DICOM colour space {photometric} ({exc})") from exc
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4) and photometric_in in ("RGB", "ARGB", "RGBA"):
+        except Exception as exc:
+            raise ImageReadError(
+                p, f"cannot apply the DICOM palette colour table ({_short(exc)})"
+            ) from exc
+        if arr.dtype == np.uint16:  # palette colours are 8-bit on screen; keep 8 bits
+            arr = np.rint(arr / 257.0).astype(np.uint8)
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
         rgb = arr[..., :3]
-        if rgb.dtype != np.uint8 and rgb.dtype != np.uint16:
+        if rgb.dtype not in (np.uint8, np.uint16):
             rgb, _ = _to_uint(rgb)
         gray, frac = _rgb_to_gray(rgb)
         bit = 16 if gray.dtype == np.uint16 else 8
     elif arr.ndim == 2:
+        if photometric == "MONOCHROME1":  # 0 is white: invert within the stored bit range
+            arr = _invert_monochrome1(arr, ds)
         gray, bit = _to_uint(arr)
-        if photometric == "MONOCHROME1":
-            gray = np.iinfo(gray.dtype).max - gray if bit == 8 else (gray.max() - gray + gray.min())
-            gray = gray.astype(np.uint8 if bit == 8 else np.uint16)
     else:
         raise ImageReadError(p, f"unsupported DICOM pixel array shape {arr.shape} ({photometric})")
-    spacing = None
-    try:
-        regions = ds.get("SequenceOfUltrasoundRegions")
-        if regions:
-            dx = float(regions[0].PhysicalDeltaX)  # cm per pixel
-            spacing = dx * 10.0
-        elif "PixelSpacing" in ds:
-            spacing = float(ds.PixelSpacing[0])
-    except Exception:
-        spacing = None
     meta = ImageMeta(
         path=str(p),
         format="dicom",
         height=int(gray.shape[0]),
         width=int(gray.shape[1]),
         bit_depth=bit,
-        has_colour=frac > 1e-4,
+        has_colour=frac > COLOUR_FRACTION_MIN,
         colour_fraction=float(frac),
-        pixel_spacing_mm=spacing,
+        pixel_spacing_mm=_dicom_spacing_mm(ds),
         photometric=photometric,
     )
     return np.ascontiguousarray(gray), meta
+
+
+def _invert_monochrome1(arr: np.ndarray, ds: object) -> np.ndarray:
+    """Invert MONOCHROME1 pixels: ``v' = (2**BitsStored - 1) - v`` (unsigned), ``-1 - v`` (signed)."""
+    bits = int(getattr(ds, "BitsStored", 0) or arr.dtype.itemsize * 8)
+    if np.issubdtype(arr.dtype, np.signedinteger):
+        return (-1 - arr.astype(np.int64)).astype(arr.dtype)
+    top = (1 << bits) - 1
+    out = top - np.clip(arr.astype(np.int64), 0, top)
+    return out.astype(arr.dtype)
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
@@ -387,26 +630,45 @@ def image_size(path: str | Path) -> tuple[int, int]:
     -------
     tuple of int
         ``(height, width)``.
+
+    Raises
+    ------
+    ImageReadError
+        Unreadable headers and images above :data:`MAX_PIXELS`.
     """
     p = Path(path)
     fmt = sniff_format(p)
     if fmt == "dicom":
-        import pydicom
-
+        ds = _dcmread(p, stop_before_pixels=True)
         try:
-            ds = pydicom.dcmread(p, stop_before_pixels=True, force=True)
-            return int(ds.Rows), int(ds.Columns)
+            with quiet_dicom():
+                h, w = int(ds.Rows), int(ds.Columns)  # type: ignore[attr-defined]
         except Exception as exc:
-            raise ImageReadError(p, f"cannot read DICOM header ({exc})") from exc
-    if fmt in ("png", "jpeg", "bmp", "tiff", "gif"):
+            raise ImageReadError(p, "DICOM header has no Rows/Columns") from exc
+    elif fmt in ("png", "jpeg", "bmp", "tiff", "gif"):
         try:
-            with Image.open(p) as img:
-                return int(img.height), int(img.width)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(p) as img:
+                    h, w = int(img.height), int(img.width)
+        except Image.DecompressionBombError as exc:
+            raise ImageReadError(
+                p, f"refused as a possible decompression bomb ({_short(exc)})"
+            ) from exc
         except Exception as exc:
-            raise ImageReadError(p, f"cannot decode image header ({exc})") from exc
-    raise ImageReadError(
-        p, "not a recognised image (expected PNG, JPEG, BMP, TIFF or DICOM content)"
-    )
+            raise ImageReadError(
+                p, f"cannot decode image header, corrupt or truncated ({_short(exc)})"
+            ) from exc
+    else:
+        raise ImageReadError(
+            p, "not a recognised image (expected PNG, JPEG, BMP, TIFF or DICOM content)"
+        )
+    if h * w > MAX_PIXELS:
+        raise ImageReadError(
+            p,
+            f"image is {w}x{h} pixels, above the {MAX_PIXELS} pixel limit (possible decompression bomb)",
+        )
+    return h, w
 
 
 def to_uint8(gray: np.ndarray) -> np.ndarray:
@@ -494,10 +756,16 @@ def read_mask(
 def _read_one_mask(p: Path, shape: tuple[int, int] | None) -> np.ndarray:
     if not p.exists():
         raise MaskError(p, "mask file not found")
-    if p.stat().st_size == 0:
-        raise MaskError(p, "mask file is empty (0 bytes)")
+    if p.is_dir():
+        raise MaskError(p, "is a directory, not a mask file")
     name = p.name.lower()
-    head = p.open("rb").read(352)
+    try:
+        if p.stat().st_size == 0:
+            raise MaskError(p, "mask file is empty (0 bytes)")
+        with open(p, "rb") as fh:
+            head = fh.read(352)
+    except OSError as exc:
+        raise MaskError(p, f"cannot open the mask file ({exc.strerror or exc})") from exc
     kind = _sniff_bytes(head, name)
     if kind == "json" or name.endswith(".json"):
         mask, _ = read_labelme(p)
@@ -509,13 +777,17 @@ def _read_one_mask(p: Path, shape: tuple[int, int] | None) -> np.ndarray:
         except ImageReadError as exc:
             raise MaskError(p, exc.problem) from exc
         arr = np.asarray(img.convert("RGBA") if img.mode in ("P", "PA", "LA") else img)
+        if kind == "jpeg":  # lossy: ringing makes "any nonzero" meaningless; use half scale
+            arr = np.where(arr > 127, arr, 0).astype(np.uint8)
         if arr.ndim == 3:
             nch = arr.shape[-1]
-            if nch in (2, 4):
-                colour = arr[..., : nch - 1]
-                mask = colour.any(axis=-1) & (arr[..., -1] > 0)
-            else:
-                mask = arr.any(axis=-1)
+            n_colour = nch - 1 if nch in (2, 4) else nch
+            # channel by channel: much faster than .any(axis=-1) on interleaved data
+            mask = arr[..., 0] != 0
+            for c in range(1, n_colour):
+                mask |= arr[..., c] != 0
+            if n_colour != nch:  # fully transparent pixels are not lesion
+                mask &= arr[..., -1] > 0
         else:
             mask = arr != 0
     else:
@@ -535,7 +807,15 @@ def _read_itk_mask(p: Path) -> np.ndarray:
     except ImportError as exc:  # pragma: no cover
         raise MaskError(p, "SimpleITK is required to read NIfTI masks") from exc
     try:
-        img = sitk.ReadImage(str(p))
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(p))
+        reader.ReadImageInformation()
+        n_vox = int(np.prod(reader.GetSize()))
+        if n_vox > MAX_PIXELS:
+            raise MaskError(p, f"label map has {n_vox} voxels, above the {MAX_PIXELS} limit")
+        img = reader.Execute()
+    except MaskError:
+        raise
     except Exception as exc:
         raise MaskError(
             p, f"cannot read label map ({str(exc).splitlines()[0] if str(exc) else exc})"
@@ -571,8 +851,8 @@ def read_labelme(path: str | Path, *, require_image: bool = True) -> tuple[np.nd
     try:
         doc = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MaskError(p, f"not valid LabelMe JSON ({exc})") from exc
-    if not isinstance(doc, dict) or "shapes" not in doc:
+        raise MaskError(p, f"not valid LabelMe JSON ({_short(exc)})") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("shapes"), list):
         raise MaskError(p, "not a LabelMe annotation (no 'shapes' list)")
     image_path: Path | None = None
     if doc.get("imagePath"):
@@ -585,29 +865,49 @@ def read_labelme(path: str | Path, *, require_image: bool = True) -> tuple[np.nd
         )
     if not (h and w):
         if image_path is not None and image_path.exists():
-            h, w = image_size(image_path)
+            try:
+                h, w = image_size(image_path)
+            except ImageReadError as exc:
+                raise MaskError(p, f"its image cannot be read: {exc}") from exc
         elif embedded:
-            with Image.open(_io.BytesIO(base64.b64decode(embedded))) as im:
-                w, h = im.size
+            try:
+                with Image.open(_io.BytesIO(base64.b64decode(embedded))) as im:
+                    w, h = im.size
+            except Exception as exc:
+                raise MaskError(p, f"embedded imageData cannot be decoded ({_short(exc)})") from exc
         else:
             raise MaskError(p, "LabelMe file lacks imageHeight/imageWidth")
-    canvas = Image.new("1", (int(w), int(h)), 0)
+    try:
+        h, w = int(h), int(w)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise MaskError(p, f"imageHeight/imageWidth are not integers ({h!r}, {w!r})") from exc
+    if h <= 0 or w <= 0 or h * w > MAX_PIXELS:
+        raise MaskError(p, f"implausible image size {w}x{h} in the LabelMe file")
+    canvas = Image.new("1", (w, h), 0)
     draw = ImageDraw.Draw(canvas)
     n = 0
-    for shape in doc["shapes"]:
-        pts = [tuple(map(float, pt)) for pt in shape.get("points", [])]
-        kind = shape.get("shape_type") or "polygon"
-        if kind == "polygon" and len(pts) >= 3:
-            draw.polygon(pts, fill=1, outline=1)
-        elif kind == "rectangle" and len(pts) == 2:
-            (x0, y0), (x1, y1) = pts
-            draw.rectangle([min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)], fill=1)
-        elif kind == "circle" and len(pts) == 2:
-            (cx, cy), (px, py) = pts
-            r = float(np.hypot(px - cx, py - cy))
-            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=1)
-        else:
-            continue
+    for k, shape in enumerate(doc["shapes"]):
+        try:
+            pts = [(float(pt[0]), float(pt[1])) for pt in shape.get("points", [])]
+            kind = shape.get("shape_type") or "polygon"
+        except (AttributeError, TypeError, ValueError, IndexError, KeyError) as exc:
+            raise MaskError(p, f"shape #{k} has malformed points ({_short(exc)})") from exc
+        if not all(np.isfinite(v) for pt in pts for v in pt):
+            raise MaskError(p, f"shape #{k} has non-finite point coordinates")
+        try:
+            if kind == "polygon" and len(pts) >= 3:
+                draw.polygon(pts, fill=1, outline=1)
+            elif kind == "rectangle" and len(pts) == 2:
+                (x0, y0), (x1, y1) = pts
+                draw.rectangle([min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)], fill=1)
+            elif kind == "circle" and len(pts) == 2:
+                (cx, cy), (px, py) = pts
+                r = float(np.hypot(px - cx, py - cy))
+                draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=1)
+            else:
+                continue
+        except (OverflowError, ValueError, TypeError) as exc:
+            raise MaskError(p, f"shape #{k} cannot be drawn ({_short(exc)})") from exc
         n += 1
     if n == 0:
         raise MaskError(p, "LabelMe file has no polygon, rectangle or circle shapes")
