@@ -15,6 +15,7 @@ from PIL import Image
 from buscad.data.audit import (
     AnnotationParams,
     annotation_marks,
+    colour_overlay_fraction,
     mask_geometry,
     near_duplicate_groups,
     run_audit,
@@ -85,6 +86,22 @@ def test_colour_boxes_flagged(messy_audit, messy_phantoms):
     assert truth.sum() > 0
     np.testing.assert_array_equal(flagged, truth)
     assert (messy_audit.flags.loc[truth, "colour_fraction"] > 0).all()
+    np.testing.assert_array_equal(messy_audit.flags["colour_overlay"].to_numpy(), truth)
+    assert not messy_audit.flags["colour_tint"].any()
+
+
+def test_colour_overlay_versus_tint():
+    rng = np.random.default_rng(3)
+    g = rng.integers(0, 256, (60, 80)).astype(np.float64)
+    # a bluish colour map of the grey level (as some scanners display B-mode)
+    tint = np.stack([0.8 * g, 0.9 * g, np.minimum(g * 0.9 + 40, 255)], axis=-1).astype(np.uint8)
+    assert colour_overlay_fraction(tint) == 0.0
+    box = tint.copy()
+    box[10:20, 10:12] = (220, 30, 30)  # a red Doppler-like blob: 20 pixels
+    assert colour_overlay_fraction(box) == pytest.approx(20 / (60 * 80))
+    valid = np.ones((60, 80), bool)
+    valid[10:20, 10:12] = False  # transparent pixels are not counted
+    assert colour_overlay_fraction(box, valid) == 0.0
 
 
 def test_burned_in_annotations_precision_recall_on_phantoms(messy_audit, messy_phantoms):

@@ -69,7 +69,15 @@ Label conflicts
 
 Colour content
     :class:`~buscad.data.io.ImageMeta` ``has_colour`` and ``colour_fraction``
-    (Doppler boxes, coloured calipers and text).
+    (share of pixels with chroma ``max(R,G,B) - min(R,G,B) > 24``). Some
+    scanners tint the whole B-mode image (BrEaST: a bluish grey map), which is
+    colour but not an overlay, so :func:`colour_overlay_fraction` separates
+    the two: each colour channel is compared with its median over all pixels
+    of the same luma; a pixel is an *overlay* pixel when a channel deviates by
+    more than 24. A tint is a function of luma and leaves no such pixel;
+    Doppler boxes, coloured calipers, text and body markers do.
+    ``colour_overlay`` = overlay fraction >= 5e-5 (about 15 pixels in a
+    560x470 image); ``colour_tint`` = colour without overlay.
 
 Burned-in annotations (calipers, text), see :func:`annotation_marks`
     On the grayscale image, a pixel is a *thin bright stroke* pixel when it is
@@ -142,7 +150,7 @@ from buscad.utils import (
 )
 
 #: Bump when the cached per-image record changes meaning.
-_RECORD_VERSION = 3
+_RECORD_VERSION = 4
 #: Bump when the pair search changes meaning.
 _PAIRS_VERSION = 4
 
@@ -254,6 +262,7 @@ class ImageRecord:
     width: int = 0
     has_colour: bool = False
     colour_fraction: float = 0.0
+    colour_overlay_fraction: float = 0.0
     thumb: np.ndarray | None = None
     crosses: list[tuple[int, int, int, int]] = field(default_factory=list)
     words: list[tuple[int, int, int, int]] = field(default_factory=list)
@@ -372,6 +381,9 @@ def scan_image(
         width=int(gray.shape[1]),
         has_colour=bool(meta.has_colour),
         colour_fraction=float(meta.colour_fraction),
+        colour_overlay_fraction=(
+            _overlay_of_file(p, float(meta.colour_fraction)) if meta.has_colour else 0.0
+        ),
         thumb=_thumbnail(g8, nd.thumb_size),
         crosses=crosses,
         words=words,
@@ -380,6 +392,76 @@ def scan_image(
         with contextlib.suppress(OSError):  # a read-only cache is not an error
             _save_record(cpath, rec)
     return rec
+
+
+COLOUR_OVERLAY_DEVIATION = 24
+COLOUR_OVERLAY_MIN_FRACTION = 5e-5
+
+
+def colour_overlay_fraction(
+    rgb: np.ndarray, valid: np.ndarray | None = None, deviation: int = COLOUR_OVERLAY_DEVIATION
+) -> float:
+    """Share of pixels whose colour departs from the image's own grey-to-colour map.
+
+    For each channel ``c`` and each luma value ``Y`` (ITU-R 601, rounded), let
+    ``m_c(Y)`` be the median of channel ``c`` over the valid pixels of that
+    luma. A pixel is an overlay pixel when ``max_c |c - m_c(Y)| > deviation``.
+    A grey image or a uniformly tinted one (a colour map applied to B-mode)
+    gives 0; Doppler boxes and coloured marks give their pixel share.
+
+    Parameters
+    ----------
+    rgb : numpy.ndarray
+        ``(H, W, 3)`` array (8-bit values).
+    valid : numpy.ndarray, optional
+        Boolean ``(H, W)`` mask of pixels to use (e.g. alpha > 0).
+    deviation : int
+        Channel deviation (grey levels) that makes an overlay pixel.
+
+    Returns
+    -------
+    float
+        Overlay pixels / all pixels.
+    """
+    arr = np.asarray(rgb)[..., :3].astype(np.int32)
+    ok = np.ones(arr.shape[:2], bool) if valid is None else np.asarray(valid, bool)
+    if not ok.any():
+        return 0.0
+    y = np.clip(np.rint(arr[..., 0] * 0.299 + arr[..., 1] * 0.587 + arr[..., 2] * 0.114), 0, 255)
+    luma = y.astype(np.int64)[ok]
+    dev = np.zeros(luma.shape, np.int32)
+    bins = np.arange(256)
+    for c in range(3):
+        v = arr[..., c][ok]
+        order = np.lexsort((v, luma))
+        ls, vs = luma[order], v[order]
+        start = np.searchsorted(ls, bins)
+        end = np.searchsorted(ls, bins, side="right")
+        med = np.zeros(256, np.int32)
+        has = end > start
+        med[has] = vs[((start + end - 1) // 2)[has]]
+        dev = np.maximum(dev, np.abs(v - med[luma]))
+    return float((dev > deviation).sum() / ok.size)
+
+
+def _overlay_of_file(p: Path, fallback: float) -> float:
+    """:func:`colour_overlay_fraction` of a colour file (``fallback`` when Pillow cannot read it)."""
+    from PIL import Image
+
+    try:
+        with Image.open(p) as im:
+            im.load()
+            if im.mode in ("P", "PA"):
+                im = im.convert("RGBA")
+            valid = None
+            if im.mode in ("RGBA", "LA"):
+                valid = np.asarray(im)[..., -1] > 0
+            rgb = np.asarray(im.convert("RGB"))
+    except Exception:
+        return fallback
+    if rgb.dtype != np.uint8:  # pragma: no cover - 16-bit colour is rare
+        return fallback
+    return colour_overlay_fraction(rgb, valid)
 
 
 def scan_images(
@@ -1182,6 +1264,7 @@ def _distribution(flags: pd.DataFrame) -> pd.DataFrame:
                 lesion_area_frac_q25=q(sub["area_fraction"], 0.25),
                 lesion_area_frac_q75=q(sub["area_fraction"], 0.75),
                 n_colour=int(sub["has_colour"].sum()),
+                n_colour_overlay=int(sub["colour_overlay"].sum()),
                 n_annotated=int(sub["has_annotations"].sum()),
                 n_mask_problem=int((sub["mask_problem"] != "").sum()),
             )
@@ -1283,6 +1366,10 @@ def run_audit(
             "width": [r.width if r.ok else np.nan for r in records],
             "has_colour": [r.has_colour for r in records],
             "colour_fraction": [round(r.colour_fraction, 6) for r in records],
+            "colour_overlay_fraction": [round(r.colour_overlay_fraction, 6) for r in records],
+            "colour_overlay": [
+                r.colour_overlay_fraction >= COLOUR_OVERLAY_MIN_FRACTION for r in records
+            ],
             "has_annotations": [r.has_annotations for r in records],
             "n_calipers": [len(r.crosses) for r in records],
             "n_text": [len(r.words) for r in records],
@@ -1291,6 +1378,7 @@ def run_audit(
     )
     flags["cohort"] = flags["cohort"].fillna("").astype(str)
     flags["aspect"] = flags["width"] / flags["height"]
+    flags["colour_tint"] = flags["has_colour"] & ~flags["colour_overlay"]
     flags = pd.concat([flags, masks], axis=1)
     gsize = pd.Series(dup_group).map(pd.Series(dup_group).value_counts()).to_numpy()
     esize = pd.Series(exact_group).map(pd.Series(exact_group).value_counts()).to_numpy()
@@ -1395,6 +1483,8 @@ def run_audit(
         "conflict_groups": n_conf_groups,
         "conflict_images": int(flags["label_conflict"].sum()),
         "colour_images": int(flags["has_colour"].sum()),
+        "colour_overlay_images": int(flags["colour_overlay"].sum()),
+        "colour_tint_images": int(flags["colour_tint"].sum()),
         "annotated_images": int(flags["has_annotations"].sum()),
         "annotated_calipers": int((flags["n_calipers"] > 0).sum()),
         "annotated_text": int((flags["n_text"] > 0).sum()),
@@ -1427,6 +1517,7 @@ def run_audit(
         audit_exact_duplicate=flags["exact_duplicate"].to_numpy(),
         audit_label_conflict=flags["label_conflict"].to_numpy(),
         audit_has_colour=flags["has_colour"].to_numpy(),
+        audit_colour_overlay=flags["colour_overlay"].to_numpy(),
         audit_has_annotations=flags["has_annotations"].to_numpy(),
         audit_mask_problem=flags["mask_problem"].to_numpy(),
     )
@@ -1569,6 +1660,8 @@ def render_report(
             ("images in duplicate groups", s["images_in_duplicate_groups"]),
             ("groups with conflicting labels", s["conflict_groups"]),
             ("images with colour", s["colour_images"]),
+            ("  with colour overlays (Doppler, coloured marks)", s["colour_overlay_images"]),
+            ("  tinted only (colour map, no overlay)", s["colour_tint_images"]),
             ("images with burned-in annotations", s["annotated_images"]),
             ("  with caliper crosses", s["annotated_calipers"]),
             ("  with text", s["annotated_text"]),
@@ -1599,7 +1692,9 @@ def render_report(
         f"a caliper is a '+' with {an['arm']}-px stroke arms on all four sides; a text word is a stroke "
         f"cluster {an['text_height'][0]}-{an['text_height'][1]} px high, {an['text_aspect'][0]}-"
         f"{an['text_aspect'][1]}x as wide, away from the image border. Boxes are drawn in red.</li>"
-        "<li><b>Colour</b>: share of pixels with max(R,G,B) - min(R,G,B) &gt; 24.</li>"
+        "<li><b>Colour</b>: share of pixels with max(R,G,B) - min(R,G,B) &gt; 24; <i>overlay</i> "
+        "pixels deviate by more than 24 in a channel from the image's median colour at the same "
+        "luma (a uniform tint gives none); colour overlay when they are &ge; 5e-5 of the image.</li>"
         "<li><b>Shortcuts</b>: " + esc(s["method"]["shortcut_cv"]) + "; single features scored "
         "alone as max(AUC, 1 - AUC). Warning at AUC &ge; " + f"{s['shortcut_warn_auc']}.</li></ul>"
     )
@@ -1660,7 +1755,8 @@ def render_report(
         "Colour content",
         np.flatnonzero(flags["has_colour"].to_numpy()),
         lambda i: (
-            f"{flags['image_id'].iat[i]} [{flags['label'].iat[i]}] colour {flags['colour_fraction'].iat[i]:.3f}"
+            f"{flags['image_id'].iat[i]} [{flags['label'].iat[i]}] colour "
+            f"{flags['colour_fraction'].iat[i]:.3f}, overlay {flags['colour_overlay_fraction'].iat[i]:.4f}"
         ),
     )
     gallery(
@@ -1743,7 +1839,7 @@ def register(data_app: Any) -> None:
             f"{s['n_images']} images: {s['exact_duplicate_pairs']} exact duplicate pair(s), "
             f"{s['duplicate_groups']} duplicate group(s) holding {s['images_in_duplicate_groups']} "
             f"images, {s['conflict_groups']} with conflicting labels; {s['colour_images']} with "
-            f"colour, {s['annotated_images']} with burned-in annotations; mask problems "
+            f"colour ({s['colour_overlay_images']} with overlays), {s['annotated_images']} with burned-in annotations; mask problems "
             f"{sum(s['mask_problems'].values())}"
         )
         for r in res.shortcuts[res.shortcuts["kind"] == "model"].itertuples(index=False):
