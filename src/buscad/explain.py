@@ -14,12 +14,12 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import buscad._compat  # noqa: F401  (before pytorch_grad_cam)
 import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
 
+import buscad._compat  # noqa: F401  (before pytorch_grad_cam)
 from buscad.data.manifest import Manifest
 from buscad.errors import ConfigError
 from buscad.models.heads import BuscadClassifier

@@ -17,10 +17,10 @@ import os
 import platform
 from pathlib import Path
 
-import buscad._compat  # noqa: F401
 import torch
 from safetensors.torch import load_file, save_file
 
+import buscad._compat  # noqa: F401
 from buscad.errors import ModelFileError
 from buscad.models.heads import CLASS_ORDER, BuscadClassifier
 from buscad.preprocess import Preprocessor

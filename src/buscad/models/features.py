@@ -11,11 +11,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import buscad._compat  # noqa: F401
 import numpy as np
 import pandas as pd
 import torch
 
+import buscad._compat  # noqa: F401
 from buscad.data.manifest import Manifest
 from buscad.models.heads import BuscadClassifier
 from buscad.models.train import load_crops

@@ -8,9 +8,10 @@ the AI score is the softmax probability of class 1 (malignant).
 
 from __future__ import annotations
 
-import buscad._compat  # noqa: F401  (before torchvision/timm)
 import torch
 from torch import nn
+
+import buscad._compat  # noqa: F401  (before torchvision/timm)
 
 #: Class order of every buscad classifier: index 1 is the AI score.
 CLASS_ORDER: tuple[str, str] = ("benign", "malignant")

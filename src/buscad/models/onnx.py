@@ -13,10 +13,10 @@ import os
 import warnings
 from pathlib import Path
 
-import buscad._compat  # noqa: F401
 import numpy as np
 import torch
 
+import buscad._compat  # noqa: F401
 from buscad.errors import ModelFileError
 from buscad.models.heads import BuscadClassifier, ProbabilityWrapper
 from buscad.utils import atomic_path, atomic_write_json

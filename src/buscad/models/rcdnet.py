@@ -28,9 +28,10 @@ description, sized to train on a CPU (about 0.5 M parameters in the trunk):
 
 from __future__ import annotations
 
-import buscad._compat  # noqa: F401
 import torch
 from torch import nn
+
+import buscad._compat  # noqa: F401
 
 
 class ChannelAttention(nn.Module):

@@ -17,10 +17,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-import buscad._compat  # noqa: F401  (before torchvision/timm)
 import torch
 from torch import nn
 
+import buscad._compat  # noqa: F401  (before torchvision/timm)
 from buscad.errors import ConfigError
 from buscad.models.heads import BuscadClassifier
 
@@ -258,10 +258,7 @@ def resolve_module(root: nn.Module, path: str) -> nn.Module:
     """The submodule at a dotted path; integer parts index (``"layer4.-1"``)."""
     m = root
     for part in path.split("."):
-        if part.lstrip("-").isdigit():
-            m = m[int(part)]  # type: ignore[index]
-        else:
-            m = getattr(m, part)
+        m = m[int(part)] if part.lstrip("-").isdigit() else getattr(m, part)  # type: ignore[index]
     return m
 
 
@@ -273,7 +270,7 @@ def target_layer(model: BuscadClassifier) -> nn.Module:
 def vit_reshape(tokens: torch.Tensor) -> torch.Tensor:
     """ViT tokens ``(N, 1 + h*w, C)`` -> feature map ``(N, C, h, w)`` (class token dropped)."""
     t = tokens[:, 1:, :]
-    side = int(round(t.shape[1] ** 0.5))
+    side = round(t.shape[1] ** 0.5)
     return t.reshape(t.shape[0], side, side, t.shape[2]).permute(0, 3, 1, 2)
 
 

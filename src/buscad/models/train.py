@@ -19,12 +19,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import buscad._compat  # noqa: F401
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
+import buscad._compat  # noqa: F401
 from buscad.data.manifest import Manifest
 from buscad.errors import BuscadError, ConfigError, ManifestError
 from buscad.evaluate.metrics import roc_auc
@@ -214,7 +214,7 @@ def split_train_val(
     for cls in (0, 1):
         g = np.unique(groups[y == cls])
         rng.shuffle(g)
-        k = max(1, int(round(val_fraction * len(g)))) if len(g) > 1 else 0
+        k = max(1, round(val_fraction * len(g))) if len(g) > 1 else 0
         val_mask |= np.isin(groups, g[:k])
     return tr[~val_mask], tr[val_mask]
 
@@ -227,7 +227,7 @@ def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
-def _lr_lambda(total: int, warmup: int, min_ratio: float):  # noqa: ANN202
+def _lr_lambda(total: int, warmup: int, min_ratio: float):
     def f(step: int) -> float:
         if warmup > 0 and step < warmup:
             return (step + 1) / warmup

@@ -22,11 +22,11 @@ import os
 from collections import OrderedDict
 from pathlib import Path
 
-import buscad._compat  # noqa: F401
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+import buscad._compat  # noqa: F401
 from buscad.errors import ModelFileError
 from buscad.utils import file_sha256
 
