@@ -48,10 +48,11 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, help="No progress output."),
     ) -> None:
         """Fine-tune one backbone with the studies' head on the manifest's split."""
+        opts = dict(locals())
         from buscad.data.manifest import Manifest
         from buscad.models.train import train_model
 
-        cfg = _config(**{k: v for k, v in locals().items() if k not in ("manifest", "out")})
+        cfg = _config(**{k: v for k, v in opts.items() if k not in ("manifest", "out")})
         res = train_model(Manifest.load(manifest), cfg, out)
         for s in res.skipped:
             typer.echo(f"skipped {s}", err=True)
@@ -83,6 +84,7 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False),
     ) -> None:
         """Train each backbone on the same split; write the comparison table and ROC curves."""
+        opts = dict(locals())
         from buscad.data.manifest import Manifest
         from buscad.models.compare import compare_backbones, to_markdown
         from buscad.models.train import parse_backbones
