@@ -16,7 +16,7 @@ costs ~50 s per batch of 32 under load, because PyTorch's CPU backward of
 depthwise convolutions is slow):
 
 - ``efficientnet_lite0``: genuine ImageNet weights (the package file), *partial*
-  fine-tuning: stem + blocks 0-4 frozen (their outputs for the ROI crop and its
+  fine-tuning: stem + blocks 0-5 frozen (their outputs for the ROI crop and its
   flip cached once, shared by the folds), blocks 5-6 + conv_head + the studies'
   head trained (:func:`train_partial`); 224 px ROI crops (mask box + 10%).
 - ``rcdnet``: from scratch with the generic trainer
@@ -62,26 +62,26 @@ MODELS = {
     "efficientnet_lite0": dict(
         backbone="efficientnet_lite0",
         pretrained="imagenet",
-        epochs=12,
+        epochs=10,
         batch_size=32,
         lr=5e-4,
         warmup_epochs=1.0,
-        patience=4,
+        patience=3,
         input_size=224,
     ),
     "rcdnet": dict(
         backbone="rcdnet",
         pretrained=None,
-        epochs=12,
+        epochs=8,
         batch_size=32,
         lr=2e-3,
         warmup_epochs=1.0,
-        patience=4,
+        patience=3,
         input_size=128,
     ),
 }
 #: efficientnet_lite0 is fine-tuned from block 5 on ("partial"): see train_partial.
-PARTIAL = {"efficientnet_lite0": 5}
+PARTIAL = {"efficientnet_lite0": 6}
 
 
 def build_manifest(data: Path) -> Manifest:
@@ -251,8 +251,8 @@ def main() -> None:
         result["models"][name] = {"config": asdict(cfg), "folds": {}}
     complete = True
     cache = None
-    for k in fold_list:
-        for name in models:
+    for name in models:  # all folds of one model, then the next
+        for k in fold_list:
             wd = args.work / name / f"fold{k}"
             pred_f = wd / "oof.csv"
             cfg = TrainConfig(
