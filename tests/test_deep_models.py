@@ -230,7 +230,15 @@ def test_tampered_checkpoint_is_refused(tmp_path):
 
 
 # ---------------------------------------------------------------------- ONNX
-@pytest.mark.parametrize("name", ["rcdnet", "efficientnet_lite0", "mobilenet_v3_large", "vit_b_16"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "rcdnet",
+        "efficientnet_lite0",
+        "mobilenet_v3_large",
+        pytest.param("vit_b_16", marks=pytest.mark.slow),
+    ],
+)
 def test_onnx_matches_pytorch(tmp_path, name):
     from buscad.models.onnx import OnnxClassifier, export_onnx
 
