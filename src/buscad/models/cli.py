@@ -1,0 +1,194 @@
+"""Commands ``train``, ``compare-backbones``, ``features``, ``explain``, ``export-onnx``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+BACKBONE_HELP = (
+    "Backbone name (see `buscad train --help`; e.g. efficientnet_lite0, rcdnet, resnet50)."
+)
+
+
+def _config(**kw: object):
+    from buscad.models.train import TrainConfig
+
+    pre = kw.pop("pretrained")
+    kw["pretrained"] = None if pre in ("random", "none") else pre
+    kw["weights_file"] = str(kw.pop("weights")) if kw.get("weights") else None
+    kw.pop("weights", None)
+    kw["progress"] = not kw.pop("quiet")
+    return TrainConfig(**kw)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the deep-model commands to the top-level app."""
+
+    @app.command("train")
+    def train_cmd(
+        manifest: Path = typer.Argument(..., help="Manifest with a split column (train/val/test)."),
+        backbone: str = typer.Option("efficientnet_lite0", help=BACKBONE_HELP),
+        out: Path = typer.Option(Path("runs/train"), "-o", "--out", help="Output folder."),
+        pretrained: str = typer.Option("imagenet", help="imagenet | random | PATH to weights."),
+        weights: Path | None = typer.Option(None, help="Local ImageNet weights file."),
+        epochs: int = typer.Option(30),
+        batch_size: int = typer.Option(16),
+        lr: float = typer.Option(3e-4, help="Peak AdamW learning rate."),
+        weight_decay: float = typer.Option(0.01),
+        patience: int = typer.Option(6, help="Early stopping on validation AUC."),
+        input_size: int | None = typer.Option(None, help="Default: the backbone's."),
+        roi: str = typer.Option("roi", help="roi (mask box + margin) | whole"),
+        margin: float = typer.Option(0.1),
+        seed: int = typer.Option(0),
+        device: str = typer.Option("auto", help="auto | cpu | cuda"),
+        max_steps: int | None = typer.Option(None, help="Stop after this many steps."),
+        num_threads: int | None = typer.Option(None, help="torch CPU threads."),
+        augment: bool = typer.Option(True, help="Seeded ultrasound augmentations."),
+        quiet: bool = typer.Option(False, help="No progress output."),
+    ) -> None:
+        """Fine-tune one backbone with the studies' head on the manifest's split."""
+        opts = dict(locals())
+        from buscad.data.manifest import Manifest
+        from buscad.models.train import train_model
+
+        cfg = _config(**{k: v for k, v in opts.items() if k not in ("manifest", "out")})
+        res = train_model(Manifest.load(manifest), cfg, out)
+        for s in res.skipped:
+            typer.echo(f"skipped {s}", err=True)
+        typer.echo(
+            f"best epoch {res.best_epoch}, validation AUC {res.best_val_auc:.4f}; "
+            f"checkpoint {res.checkpoint}"
+        )
+
+    @app.command("compare-backbones")
+    def compare_cmd(
+        manifest: Path = typer.Argument(..., help="Manifest with a split column (train/test)."),
+        backbones: str = typer.Option(..., help="Comma-separated backbone names."),
+        out: Path = typer.Option(Path("runs/compare"), "-o", "--out"),
+        pretrained: str = typer.Option("imagenet", help="imagenet | random"),
+        weights: Path | None = typer.Option(None, help="Unused for several backbones."),
+        epochs: int = typer.Option(30),
+        batch_size: int = typer.Option(16),
+        lr: float = typer.Option(3e-4),
+        weight_decay: float = typer.Option(0.01),
+        patience: int = typer.Option(6),
+        input_size: int | None = typer.Option(None),
+        roi: str = typer.Option("roi"),
+        margin: float = typer.Option(0.1),
+        seed: int = typer.Option(0),
+        device: str = typer.Option("auto"),
+        max_steps: int | None = typer.Option(None),
+        num_threads: int | None = typer.Option(None),
+        augment: bool = typer.Option(True),
+        quiet: bool = typer.Option(False),
+    ) -> None:
+        """Train each backbone on the same split; write the comparison table and ROC curves."""
+        opts = dict(locals())
+        from buscad.data.manifest import Manifest
+        from buscad.models.compare import compare_backbones, to_markdown
+        from buscad.models.train import parse_backbones
+
+        names = parse_backbones(backbones)
+        cfg = _config(
+            **{
+                k: v
+                for k, v in locals().items()
+                if k not in ("manifest", "out", "backbones", "names")
+            }
+        )
+        table = compare_backbones(Manifest.load(manifest), names, cfg, out)
+        typer.echo(to_markdown(table))
+        typer.echo(f"wrote {out / 'comparison.csv'}, {out / 'comparison.md'}, {out / 'roc.png'}")
+
+    @app.command("features")
+    def features_cmd(
+        manifest: Path = typer.Argument(...),
+        out: Path = typer.Option(..., "-o", "--out", help="Output .parquet file."),
+        checkpoint: Path | None = typer.Option(None, help="Trained checkpoint (JSON or stem)."),
+        backbone: str | None = typer.Option(None, help="Or: a registered backbone ..."),
+        pretrained: str = typer.Option("imagenet", help="... with these weights."),
+        weights: Path | None = typer.Option(None),
+        roi: str = typer.Option("roi"),
+        margin: float = typer.Option(0.1),
+        batch_size: int = typer.Option(32),
+    ) -> None:
+        """Pooled backbone (penultimate) features to Parquet, keyed by image_id."""
+        from buscad.data.manifest import Manifest
+        from buscad.models.features import extract_features, write_features
+
+        model, pre = _model_and_pre(checkpoint, backbone, pretrained, weights, roi, margin)
+        table, skipped = extract_features(model, Manifest.load(manifest), pre, batch_size)
+        for s in skipped:
+            typer.echo(f"skipped {s}", err=True)
+        p = write_features(table, out)
+        typer.echo(f"wrote {len(table)} x {table.shape[1] - 1} features to {p}")
+
+    @app.command("explain")
+    def explain_cmd(
+        manifest: Path = typer.Argument(...),
+        checkpoint: Path = typer.Option(..., help="Trained checkpoint (JSON or stem)."),
+        out: Path = typer.Option(Path("runs/explain"), "-o", "--out"),
+        methods: str = typer.Option("gradcam", help="gradcam,gradcam++,hirescam,saliency"),
+        max_images: int | None = typer.Option(16),
+        gallery: bool = typer.Option(True),
+    ) -> None:
+        """Heatmap overlays (PNG) and a gallery for the manifest's images."""
+        from buscad.data.manifest import Manifest
+        from buscad.errors import ConfigError
+        from buscad.explain import METHODS, explain_manifest
+
+        ms = [m.strip() for m in methods.split(",") if m.strip()]
+        bad = [m for m in ms if m not in METHODS]
+        if bad:
+            raise ConfigError("--methods", f"unknown {bad}; choose from {METHODS}")
+        model, pre = _model_and_pre(checkpoint, None, "imagenet", None, "roi", 0.1)
+        t = explain_manifest(model, Manifest.load(manifest), pre, out, ms, gallery, max_images)
+        typer.echo(f"wrote {len(t)} overlays to {out}")
+
+    @app.command("export-onnx")
+    def export_cmd(
+        checkpoint: Path = typer.Argument(..., help="Trained checkpoint (JSON or stem)."),
+        out: Path = typer.Option(..., "-o", "--out", help="Output .onnx file."),
+        check: bool = typer.Option(True, help="Compare ONNX Runtime and PyTorch on random inputs."),
+    ) -> None:
+        """Export a trained model to ONNX (softmax probabilities, dynamic batch)."""
+        import numpy as np
+
+        from buscad._compat import torch
+        from buscad.models.checkpoint import load_checkpoint
+        from buscad.models.onnx import OnnxClassifier, export_onnx
+
+        model, spec = load_checkpoint(checkpoint)
+        size = spec["preprocessing"]["input_size"]
+        p = export_onnx(model, out, size, spec)
+        msg = f"wrote {p}"
+        if check:
+            x = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(0))
+            with torch.no_grad():
+                ref = model.predict_proba(x).numpy()
+            diff = float(np.abs(OnnxClassifier(p).predict_proba(x) - ref).max())
+            msg += f"; max |ONNX - PyTorch| probability difference {diff:.2e}"
+        typer.echo(msg)
+
+
+def _model_and_pre(checkpoint, backbone, pretrained, weights, roi, margin):
+    from buscad.errors import ConfigError
+    from buscad.models.checkpoint import load_checkpoint
+    from buscad.models.registry import create_backbone, get_spec
+    from buscad.preprocess import Preprocessor
+
+    if checkpoint is not None:
+        model, spec = load_checkpoint(checkpoint)
+        return model, Preprocessor.from_dict(spec["preprocessing"])
+    if backbone is None:
+        raise ConfigError("--checkpoint", "give --checkpoint or --backbone")
+    s = get_spec(backbone)
+    model = create_backbone(
+        backbone,
+        pretrained=None if pretrained in ("random", "none") else pretrained,
+        weights_file=str(weights) if weights else None,
+    ).eval()
+    return model, Preprocessor(
+        roi=roi, margin=margin, input_size=s.input_size, mean=s.mean, std=s.std
+    )

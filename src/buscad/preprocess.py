@@ -1,0 +1,209 @@
+"""Image preprocessing for the deep models: ROI crop, resize, normalise, augment.
+
+The :class:`Preprocessor` is a small JSON-serialisable dataclass; every model
+checkpoint stores the one it was trained with, so inference applies exactly the
+same steps. Steps, in order:
+
+1. read the image (grayscale, :func:`buscad.data.io.read_image`) and, in ``roi``
+   mode, its mask (:func:`buscad.data.io.read_mask`);
+2. ``roi`` mode: crop the mask's bounding box grown by ``margin`` (a fraction of
+   the box's height and width on each side, clipped to the image), as Yang et al.
+   (Sci Rep 2024) crop a rectangular ROI; ``whole`` mode: keep the whole image;
+3. resize to ``input_size`` x ``input_size`` (bilinear, antialiased), scale to
+   [0, 1];
+4. (training only) :class:`Augment`: seeded flips, small affine, brightness,
+   contrast, gamma and multiplicative speckle noise;
+5. repeat the gray channel 3 times and normalise ``(x - mean) / std``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from buscad.data.io import read_image, read_mask, to_uint8
+from buscad.errors import ConfigError, MaskError
+
+ROI_MODES: tuple[str, ...] = ("roi", "whole")
+
+
+@dataclass
+class Preprocessor:
+    """How an image becomes a model input tensor.
+
+    Parameters
+    ----------
+    roi : {"roi", "whole"}
+        ``roi``: crop the lesion mask's bounding box plus ``margin``; ``whole``:
+        the whole image.
+    margin : float
+        Fraction of the box's height/width added on every side in ``roi`` mode.
+    input_size : int
+        Side of the square model input in pixels.
+    mean, std : tuple of float
+        Per-channel normalisation of the [0, 1] input.
+    """
+
+    roi: str = "roi"
+    margin: float = 0.1
+    input_size: int = 224
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    def __post_init__(self) -> None:
+        if self.roi not in ROI_MODES:
+            raise ConfigError("preprocessing", f"roi must be one of {ROI_MODES}, got {self.roi!r}")
+        if not 0 <= self.margin <= 2:
+            raise ConfigError("preprocessing", f"margin must be in [0, 2], got {self.margin}")
+        if self.input_size < 16:
+            raise ConfigError("preprocessing", f"input_size must be >= 16, got {self.input_size}")
+        self.mean = tuple(float(v) for v in self.mean)  # type: ignore[assignment]
+        self.std = tuple(float(v) for v in self.std)  # type: ignore[assignment]
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict of the fields."""
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Preprocessor:
+        """Inverse of :meth:`to_dict` (unknown keys are an error)."""
+        known = {"roi", "margin", "input_size", "mean", "std"}
+        extra = set(d) - known
+        if extra:
+            raise ConfigError("preprocessing", f"unknown preprocessing keys: {sorted(extra)}")
+        return cls(**{k: (tuple(v) if k in ("mean", "std") else v) for k, v in d.items()})
+
+    # ----------------------------------------------------------------- steps
+    def crop(self, gray: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+        """The ROI (or whole image) as uint8, before resizing."""
+        g = to_uint8(gray) if gray.dtype != np.uint8 else gray
+        if self.roi == "whole":
+            return g
+        if mask is None or not mask.any():
+            raise MaskError("<mask>", "ROI mode needs a non-empty lesion mask")
+        y0, y1, x0, x1 = roi_box(mask, self.margin)
+        return g[y0:y1, x0:x1]
+
+    def load(self, image: str | Path, masks: Sequence[str | Path] = ()) -> np.ndarray:
+        """Read, crop and resize one image; returns ``uint8 (S, S)``."""
+        gray, _ = read_image(image)
+        mask = None
+        if self.roi == "roi":
+            if not masks:
+                raise MaskError(image, "ROI mode needs a lesion mask and the row has none")
+            mask = read_mask(list(masks), gray.shape)
+            if not mask.any():
+                raise MaskError(masks[0], "lesion mask is empty; ROI mode needs a lesion")
+        return resize(self.crop(gray, mask), self.input_size)
+
+    def to_tensor(self, arrays: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
+        """uint8 ``(N, S, S)`` (or list) -> float ``(N, 1, S, S)`` in [0, 1]."""
+        a = np.stack(list(arrays)) if not isinstance(arrays, np.ndarray) else arrays
+        if a.ndim == 2:
+            a = a[None]
+        return torch.from_numpy(np.ascontiguousarray(a)).float().div_(255.0).unsqueeze(1)
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Gray ``(N, 1, S, S)`` in [0, 1] -> normalised ``(N, 3, S, S)``."""
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        return (x.expand(-1, 3, -1, -1) - mean) / std
+
+    def __call__(self, arrays: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
+        """uint8 crops -> normalised model input."""
+        return self.normalise(self.to_tensor(arrays))
+
+
+def roi_box(mask: np.ndarray, margin: float) -> tuple[int, int, int, int]:
+    """Bounding box ``(y0, y1, x0, x1)`` (end-exclusive) of a mask, grown by ``margin``.
+
+    The box grows by ``round(margin * h)`` rows and ``round(margin * w)`` columns on
+    each side, where ``h, w`` are the box's height and width, then is clipped to the
+    image.
+    """
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        raise MaskError("<mask>", "empty mask has no bounding box")
+    y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+    dy, dx = round(margin * (y1 - y0)), round(margin * (x1 - x0))
+    hh, ww = mask.shape
+    return max(0, y0 - dy), min(hh, y1 + dy), max(0, x0 - dx), min(ww, x1 + dx)
+
+
+def resize(gray: np.ndarray, size: int) -> np.ndarray:
+    """Resize a uint8 image to ``size x size`` (bilinear with antialiasing, PIL)."""
+    return np.asarray(Image.fromarray(gray).resize((size, size), Image.BILINEAR))
+
+
+@dataclass
+class Augment:
+    """Seeded ultrasound augmentations on a batch of gray images in [0, 1].
+
+    Each image independently gets: a horizontal flip (p = ``hflip``); an affine
+    map with rotation ``U(-rotate, rotate)`` degrees, isotropic scale
+    ``U(scale)`` and translation ``U(-translate, translate)`` of the side
+    (reflection padding); brightness ``x + U(-brightness, brightness)``;
+    contrast ``(x - mean) * U(1 - contrast, 1 + contrast) + mean``; gamma
+    ``x ** exp(U(-log gamma, log gamma))``; multiplicative speckle
+    ``x * (1 + speckle * N(0, 1))`` with ``N`` smoothed over 3x3 pixels. The
+    result is clipped to [0, 1]. The random draws come from the ``generator``
+    passed in, so a seed fixes every augmentation.
+    """
+
+    hflip: float = 0.5
+    vflip: float = 0.0
+    rotate: float = 10.0
+    scale: tuple[float, float] = (0.9, 1.1)
+    translate: float = 0.05
+    brightness: float = 0.1
+    contrast: float = 0.15
+    gamma: float = 1.25
+    speckle: float = 0.08
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Augment ``x`` of shape ``(N, 1, H, W)`` in [0, 1]."""
+        n = x.shape[0]
+        g = generator
+
+        def u(lo: float, hi: float) -> torch.Tensor:
+            return torch.rand(n, generator=g) * (hi - lo) + lo
+
+        ang = u(-self.rotate, self.rotate) * math.pi / 180
+        sc = u(*self.scale)
+        tx, ty = u(-self.translate, self.translate) * 2, u(-self.translate, self.translate) * 2
+        fx = torch.where(torch.rand(n, generator=g) < self.hflip, -1.0, 1.0)
+        fy = torch.where(torch.rand(n, generator=g) < self.vflip, -1.0, 1.0)
+        cos, sin = torch.cos(ang) / sc, torch.sin(ang) / sc
+        theta = torch.stack(
+            [
+                torch.stack([cos * fx, -sin, tx], 1),
+                torch.stack([sin * fx * fy, cos * fy, ty], 1),
+            ],
+            1,
+        ).to(x)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        b = u(-self.brightness, self.brightness).view(n, 1, 1, 1).to(x)
+        c = u(1 - self.contrast, 1 + self.contrast).view(n, 1, 1, 1).to(x)
+        m = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = ((x - m) * c + m + b).clamp(0, 1)
+        lg = math.log(self.gamma)
+        gam = torch.exp(u(-lg, lg)).view(n, 1, 1, 1).to(x)
+        x = x.clamp_min(1e-6) ** gam
+        if self.speckle > 0:
+            noise = torch.randn(x.shape, generator=g).to(x)
+            noise = F.avg_pool2d(noise, 3, stride=1, padding=1) * 3.0  # keep unit-ish variance
+            x = x * (1 + self.speckle * noise)
+        return x.clamp(0, 1)
+
+
+__all__ = ["ROI_MODES", "Augment", "Preprocessor", "resize", "roi_box"]
