@@ -1219,7 +1219,9 @@ class CLDLR(_WrappedClassifier):
             sel = ClinicalSelector(num, cat, self.alpha).fit(df, yb)
             num, cat = sel.numeric_, sel.categorical_
             self.selector_ = sel
-        deep = [c for c, k in zip(df.columns, _regex_match(self.include, df.columns)) if k]
+        deep = [
+            c for c, k in zip(df.columns, _regex_match(self.include, df.columns), strict=True) if k
+        ]
         deep = [c for c in deep if c not in num and c not in cat]
         if not deep:
             raise ValueError(f"CLDLR: no deep-feature column matches {self.include!r}")
