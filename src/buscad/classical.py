@@ -61,8 +61,13 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.svm import SVC
-from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.multiclass import check_classification_targets, type_of_target
+from sklearn.utils.validation import (
+    check_consistent_length,
+    check_is_fitted,
+    column_or_1d,
+    validate_data,
+)
 
 from buscad.utils import atomic_write_table
 
@@ -81,16 +86,31 @@ def _names(est: BaseEstimator, n: int) -> np.ndarray:
 
 def _binary_y(est: BaseEstimator, y: Any) -> np.ndarray:
     """Validate a binary target; set ``classes_``; return 0/1 codes."""
-    y = np.asarray(y)
+    if y is None:
+        raise ValueError(f"{type(est).__name__} requires y to be passed, but the target y is None")
+    y = column_or_1d(y, warn=True)
     check_classification_targets(y)
     classes = np.unique(y)
-    if len(classes) != 2:
+    if len(classes) > 2:
         raise ValueError(
-            f"{type(est).__name__} needs exactly 2 classes in y; got {len(classes)} "
-            f"({', '.join(map(str, classes[:5]))})"
+            "Only binary classification is supported. The type of the target is "
+            f"{type_of_target(y)} ({type(est).__name__} got {len(classes)} classes)."
+        )
+    if len(classes) < 2:
+        raise ValueError(
+            f"{type(est).__name__} needs samples of 2 classes in y; got only one class "
+            f"({classes[0] if len(classes) else 'empty y'})"
         )
     est.classes_ = classes
     return (y == classes[1]).astype(int)
+
+
+def _codes(y: Any) -> np.ndarray:
+    """Integer codes of a target (sorted classes), for rank statistics."""
+    if y is None:
+        raise ValueError("this selector requires y to be passed, but the target y is None")
+    y = column_or_1d(y, warn=True)
+    return np.unique(y, return_inverse=True)[1].astype(float)
 
 
 def _frame(X: Any) -> pd.DataFrame:
@@ -135,52 +155,73 @@ def make_classifier(name: str, C: float = 1.0, random_state: int | None = 0) -> 
     return factory(C, random_state)
 
 
-class _WrappedClassifier(ClassifierMixin, BaseEstimator):
+class _BinaryClassifierMixin(ClassifierMixin):
+    """Tags of buscad's binary (benign/malignant) classifiers."""
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False
+        return tags
+
+
+class _WrappedClassifier(_BinaryClassifierMixin, BaseEstimator):
     """Shared predict/predict_proba for classifiers that hold a fitted ``pipeline_``."""
 
     def _check_X(self, X: Any) -> Any:
         check_is_fitted(self, "pipeline_")
-        if isinstance(X, pd.DataFrame):
+        if _named_frame(X) and getattr(self, "feature_names_in_", None) is not None:
             missing = [c for c in self.feature_names_in_ if c not in X.columns]
             if missing:
                 raise ValueError(
                     f"{type(self).__name__}: X lacks column(s) seen in fit: {', '.join(missing[:5])}"
                 )
             return X[list(self.feature_names_in_)]
-        arr = np.asarray(X)
-        if arr.ndim != 2 or arr.shape[1] != self.n_features_in_:
+        arr = X.to_numpy() if isinstance(X, pd.DataFrame) else np.asarray(X)
+        if arr.ndim != 2:
             raise ValueError(
-                f"X has {arr.shape[-1] if arr.ndim else 0} features, but "
-                f"{type(self).__name__} is expecting {self.n_features_in_} features as input"
+                f"Expected a 2-D table, got an array of shape {arr.shape}. Reshape your data "
+                "with array.reshape(-1, 1) (one feature) or array.reshape(1, -1) (one sample)."
             )
-        return _frame(arr)
+        if arr.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {arr.shape[1]} features, but {type(self).__name__} is expecting "
+                f"{self.n_features_in_} features as input"
+            )
+        return _frame(np.array(arr))
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities, columns ordered as ``classes_``."""
-        return self.pipeline_.predict_proba(self._check_X(X))
+        Xc = self._check_X(X)
+        return self.pipeline_.predict_proba(Xc)
 
     def predict(self, X: Any) -> np.ndarray:
         """Class with the higher probability."""
         p = self.predict_proba(X)
         return self.classes_[(p[:, 1] > 0.5).astype(int)]
 
-    def _store_input(self, X: Any) -> pd.DataFrame:
-        if isinstance(X, pd.DataFrame):
-            self.feature_names_in_ = np.asarray([str(c) for c in X.columns], dtype=object)
+    def _store_input(self, X: Any, y: Any) -> pd.DataFrame:
+        """Validate ``X`` (a string-named DataFrame is kept as it is) and record its columns."""
+        if y is None:
+            raise ValueError(
+                f"{type(self).__name__} requires y to be passed, but the target y is None"
+            )
+        if _named_frame(X):
             df = X.copy()
-            df.columns = list(self.feature_names_in_)
+            self.feature_names_in_ = np.asarray(df.columns, dtype=object)
         else:
             arr = validate_data(self, X, ensure_all_finite="allow-nan", dtype=None)
-            df = _frame(arr)
+            df = _frame(np.array(arr))
             if hasattr(self, "feature_names_in_"):
                 del self.feature_names_in_
-            self.feature_names_in_ = np.asarray(df.columns, dtype=object)
+        if df.shape[0] == 0 or df.shape[1] == 0:
+            raise ValueError(f"{type(self).__name__}: empty X of shape {df.shape}")
+        check_consistent_length(df, y)
         self.n_features_in_ = df.shape[1]
-        if len(df) < 2:
-            raise ValueError(
-                f"{type(self).__name__}: n_samples={len(df)}; at least 2 samples are required"
-            )
         return df
+
+
+def _named_frame(X: Any) -> bool:
+    return isinstance(X, pd.DataFrame) and all(isinstance(c, str) for c in X.columns)
 
 
 # =============================================================================== selectors
@@ -388,7 +429,8 @@ class SpearmanRedundancyFilter(SelectorMixin, BaseEstimator):
     """Drop redundant features: of each pair with ``|rho| > threshold`` keep the more relevant.
 
     Spearman's ``rho`` is Pearson's correlation of the ranks (average ranks for
-    ties). Relevance is ``|rho(x_j, y)|``, the rank correlation with the label.
+    ties). Relevance is ``|rho(x_j, y)|``, the rank correlation with the label
+    (labels coded 0, 1, ... in sorted order; buscad's labels are binary).
     Features are visited from the most to the least relevant and a feature is
     kept when its ``|rho|`` with every already kept feature is ≤ ``threshold``
     (greedy; ties broken by column order). Constant columns are dropped (rank
@@ -412,8 +454,8 @@ class SpearmanRedundancyFilter(SelectorMixin, BaseEstimator):
 
     def fit(self, X: Any, y: Any) -> SpearmanRedundancyFilter:
         """Select on these (training) rows."""
-        X, y = validate_data(self, X, y, dtype=np.float64)
-        yb = _binary_y(self, y)
+        X, y = validate_data(self, X, y, dtype=np.float64, ensure_min_samples=2)
+        yb = _codes(y)
         p = X.shape[1]
         const = np.ptp(X, axis=0) == 0 if len(X) else np.ones(p, bool)
         rho = _spearman_matrix(np.column_stack([X, yb]))
@@ -551,7 +593,7 @@ class LassoSelector(SelectorMixin, BaseEstimator):
 # =============================================================================== rad-score
 
 
-class RadScore(ClassifierMixin, BaseEstimator):
+class RadScore(_BinaryClassifierMixin, BaseEstimator):
     """Logistic regression on the selected radiomics features: the rad-score model.
 
     ``rad-score = b0 + Σ_j b_j x_j`` (the log-odds of malignancy);
@@ -600,7 +642,8 @@ class RadScore(ClassifierMixin, BaseEstimator):
 
     def predict(self, X: Any) -> np.ndarray:
         """``classes_[1]`` where the rad-score is positive."""
-        return self.classes_[(self.decision_function(X) > 0).astype(int)]
+        score = self.decision_function(X)
+        return self.classes_[(score > 0).astype(int)]
 
     def export_formula(self, path: str | os.PathLike[str]) -> Path:
         """Write ``term, coefficient`` rows (``(intercept)`` first) to a CSV file."""
@@ -952,7 +995,7 @@ class ClinicalModel(_WrappedClassifier):
 
     def fit(self, X: Any, y: Any) -> ClinicalModel:
         """Select, then fit the preprocessing and the classifier on these rows."""
-        df = self._store_input(X)
+        df = self._store_input(X, y)
         yb = _binary_y(self, y)
         sel = ClinicalSelector(self.numeric, self.categorical, self.alpha).fit(df, yb)
         self.selector_ = sel
@@ -1072,7 +1115,8 @@ class USModel(_WrappedClassifier):
     Parameters
     ----------
     columns : list of str, optional
-        Descriptor columns; default: those of :data:`US_COLUMNS` present in ``X``.
+        Descriptor columns; default: those of :data:`US_COLUMNS` present in ``X``
+        (every column when none is).
     C : float, default 1.0
         Inverse L2 strength of the logistic regression.
     random_state : int, default 0
@@ -1087,15 +1131,12 @@ class USModel(_WrappedClassifier):
 
     def fit(self, X: Any, y: Any) -> USModel:
         """Encode and fit on these rows."""
-        df = self._store_input(X)
+        df = self._store_input(X, y)
         yb = _binary_y(self, y)
-        cols = (
-            list(self.columns)
-            if self.columns is not None
-            else [c for c in US_COLUMNS if c in df.columns]
-        )
-        if not cols:
-            raise ValueError(f"USModel: X has none of the lexicon columns {', '.join(US_COLUMNS)}")
+        if self.columns is not None:
+            cols = list(self.columns)
+        else:
+            cols = [c for c in US_COLUMNS if c in df.columns] or list(df.columns)
         self.columns_ = cols
         self.pipeline_ = Pipeline(
             [
@@ -1145,7 +1186,7 @@ class DLR(_WrappedClassifier):
 
     def fit(self, X: Any, y: Any) -> DLR:
         """Fit scaler and SVM on these rows."""
-        df = self._store_input(X)
+        df = self._store_input(X, y)
         yb = _binary_y(self, y)
         self.pipeline_ = Pipeline(
             [
@@ -1163,9 +1204,14 @@ class DLR(_WrappedClassifier):
                     ),
                 ),
             ]
-        ).set_output(transform="pandas")
+        )
         self.pipeline_.fit(df, yb)
         return self
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True  # median imputation inside
+        return tags
 
 
 class CLDLR(_WrappedClassifier):
@@ -1212,7 +1258,7 @@ class CLDLR(_WrappedClassifier):
 
     def fit(self, X: Any, y: Any) -> CLDLR:
         """Select clinical variables, fit preprocessing and SVM on these rows."""
-        df = self._store_input(X)
+        df = self._store_input(X, y)
         yb = _binary_y(self, y)
         num, cat = list(self.numeric or []), list(self.categorical or [])
         if self.select_clinical and (num or cat):
@@ -1360,7 +1406,7 @@ def _positive_proba(est: BaseEstimator, X: Any) -> np.ndarray:
 # =============================================================================== stacking
 
 
-class StackingIntegrator(ClassifierMixin, BaseEstimator):
+class StackingIntegrator(_BinaryClassifierMixin, BaseEstimator):
     """Integrated model: logistic regression on the single models' out-of-fold probabilities.
 
     ``fit`` computes, for every base model, out-of-fold probabilities on the
@@ -1419,7 +1465,7 @@ class StackingIntegrator(ClassifierMixin, BaseEstimator):
         """Out-of-fold base probabilities → final logistic regression; refit the bases."""
         if not self.estimators:
             raise ValueError("StackingIntegrator needs at least one base estimator")
-        if not isinstance(X, pd.DataFrame):
+        if not _named_frame(X):
             X = validate_data(self, X, ensure_all_finite="allow-nan", dtype=None)
         else:
             self.n_features_in_ = X.shape[1]
@@ -1452,7 +1498,7 @@ class StackingIntegrator(ClassifierMixin, BaseEstimator):
     def base_proba(self, X: Any) -> pd.DataFrame:
         """Each refit base model's P(positive) for ``X``."""
         check_is_fitted(self, "estimators_")
-        if not isinstance(X, pd.DataFrame):
+        if not _named_frame(X):
             X = validate_data(self, X, ensure_all_finite="allow-nan", dtype=None, reset=False)
         return pd.DataFrame(
             {n: _positive_proba(e, X) for n, e in self.estimators_},
@@ -1461,11 +1507,13 @@ class StackingIntegrator(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Final logistic regression on the base probabilities."""
-        return self.final_estimator_.predict_proba(self._f(self.base_proba(X).to_numpy()))
+        base = self._f(self.base_proba(X).to_numpy())
+        return self.final_estimator_.predict_proba(base)
 
     def predict(self, X: Any) -> np.ndarray:
         """Class with the higher probability."""
-        return self.classes_[(self.predict_proba(X)[:, 1] > 0.5).astype(int)]
+        p = self.predict_proba(X)
+        return self.classes_[(p[:, 1] > 0.5).astype(int)]
 
     def export_coefficients(self, path: str | os.PathLike[str]) -> pd.DataFrame:
         """CSV for a nomogram: ``term, coefficient, odds_ratio, transform`` rows.
@@ -1490,8 +1538,3 @@ class StackingIntegrator(ClassifierMixin, BaseEstimator):
         )
         atomic_write_table(df, path)
         return df
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = True
-        return tags
