@@ -138,9 +138,7 @@ _CLASSIFIERS: dict[str, Callable[..., BaseEstimator]] = {
     "logistic": lambda C, random_state: LogisticRegression(
         C=C, max_iter=5000, random_state=random_state
     ),
-    "svm": lambda C, random_state: SVC(
-        C=C, kernel="rbf", gamma="scale", probability=True, random_state=random_state
-    ),
+    "svm": lambda C, random_state: PlattSVC(C=C),  # deterministic: no seed needed
 }
 
 
@@ -162,6 +160,55 @@ class _BinaryClassifierMixin(ClassifierMixin):
         tags = super().__sklearn_tags__()
         tags.classifier_tags.multi_class = False
         return tags
+
+
+class PlattSVC(_BinaryClassifierMixin, BaseEstimator):
+    """RBF SVM with Platt-scaled probabilities.
+
+    ``P(y=1 | x) = 1 / (1 + exp(A f(x) + B))`` with ``f`` the SVM decision
+    value and ``A, B`` fitted by logistic regression on out-of-fold decision
+    values (stratified ``cv``-fold, ``cv = min(5, smallest class size)``), the
+    SVM itself refit on all rows: scikit-learn's
+    ``CalibratedClassifierCV(SVC(), method="sigmoid", ensemble=False)``, the
+    replacement of the deprecated ``SVC(probability=True)`` (same method as libsvm).
+
+    Parameters
+    ----------
+    C : float, default 1.0
+    gamma : str or float, default "scale"
+    cv : int, default 5
+    """
+
+    def __init__(self, C: float = 1.0, gamma: str | float = "scale", cv: int = 5):
+        self.C = C
+        self.gamma = gamma
+        self.cv = cv
+
+    def fit(self, X: Any, y: Any) -> PlattSVC:
+        """Fit the SVM and the sigmoid."""
+        from sklearn.calibration import CalibratedClassifierCV
+
+        X, y = validate_data(self, X, y)
+        yb = _binary_y(self, y)
+        k = int(max(2, min(self.cv, np.bincount(yb).min())))
+        self.calibrated_ = CalibratedClassifierCV(
+            SVC(C=self.C, kernel="rbf", gamma=self.gamma),
+            method="sigmoid",
+            cv=k if np.bincount(yb).min() >= 2 else 2,
+            ensemble=False,
+        ).fit(X, yb)
+        return self
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Platt probabilities ``[1 - p, p]``."""
+        check_is_fitted(self, "calibrated_")
+        X = validate_data(self, X, reset=False)
+        return self.calibrated_.predict_proba(X)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Class with the higher probability."""
+        p = self.predict_proba(X)
+        return self.classes_[(p[:, 1] > 0.5).astype(int)]
 
 
 class _WrappedClassifier(_BinaryClassifierMixin, BaseEstimator):
@@ -1161,7 +1208,7 @@ class DLR(_WrappedClassifier):
 
     As Yang et al. 2024: the CNN's penultimate-layer features replace its
     softmax head with an SVM (RBF kernel; probabilities by Platt scaling,
-    scikit-learn's internal 5-fold CV).
+    :class:`PlattSVC`).
 
     Parameters
     ----------
@@ -1169,7 +1216,6 @@ class DLR(_WrappedClassifier):
         Regex of the deep-feature columns (None: every column).
     C : float, default 1.0
     gamma : str or float, default "scale"
-    random_state : int, default 0
     """
 
     def __init__(
@@ -1177,12 +1223,10 @@ class DLR(_WrappedClassifier):
         include: str | Sequence[str] | None = None,
         C: float = 1.0,
         gamma: str | float = "scale",
-        random_state: int | None = 0,
     ):
         self.include = include
         self.C = C
         self.gamma = gamma
-        self.random_state = random_state
 
     def fit(self, X: Any, y: Any) -> DLR:
         """Fit scaler and SVM on these rows."""
@@ -1195,13 +1239,7 @@ class DLR(_WrappedClassifier):
                 ("zscore", StandardScaler()),
                 (
                     "svm",
-                    SVC(
-                        C=self.C,
-                        kernel="rbf",
-                        gamma=self.gamma,
-                        probability=True,
-                        random_state=self.random_state,
-                    ),
+                    PlattSVC(C=self.C, gamma=self.gamma),
                 ),
             ]
         )
@@ -1233,7 +1271,6 @@ class CLDLR(_WrappedClassifier):
     alpha : float, default 0.05
     C : float, default 1.0
     gamma : str or float, default "scale"
-    random_state : int, default 0
     """
 
     def __init__(
@@ -1245,7 +1282,6 @@ class CLDLR(_WrappedClassifier):
         alpha: float = 0.05,
         C: float = 1.0,
         gamma: str | float = "scale",
-        random_state: int | None = 0,
     ):
         self.include = include
         self.numeric = numeric
@@ -1254,7 +1290,6 @@ class CLDLR(_WrappedClassifier):
         self.alpha = alpha
         self.C = C
         self.gamma = gamma
-        self.random_state = random_state
 
     def fit(self, X: Any, y: Any) -> CLDLR:
         """Select clinical variables, fit preprocessing and SVM on these rows."""
@@ -1288,13 +1323,7 @@ class CLDLR(_WrappedClassifier):
                 ("prep", prep),
                 (
                     "svm",
-                    SVC(
-                        C=self.C,
-                        kernel="rbf",
-                        gamma=self.gamma,
-                        probability=True,
-                        random_state=self.random_state,
-                    ),
+                    PlattSVC(C=self.C, gamma=self.gamma),
                 ),
             ]
         ).fit(df, yb)
