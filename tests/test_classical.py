@@ -430,3 +430,16 @@ def test_stacking_is_fitted_on_out_of_fold_predictions_only(tmp_path: Path) -> N
     # nested: the whole integrator refit per outer fold, groups passed to its inner folds
     oof = cross_val_predict_grouped(st.set_params(cv=3), X, y, groups=groups, n_splits=3)
     assert np.isfinite(oof).all()
+
+
+def test_clinical_columns_missing_in_training_are_not_used() -> None:
+    # as BUSI rows (no age) training a model later applied to BrEaST rows (age known)
+    X, y, _ = _deep_table(n=80, seed=5)
+    train = X.assign(age=np.nan)
+    clin = ClinicalModel(numeric=["age"], categorical=[]).fit(train, y)
+    assert clin.selector_.selected_ == [] and clin.selector_.tests_["age"] == "none"
+    np.testing.assert_allclose(clin.predict_proba(X)[:, 1], y.mean())
+    cl = CLDLR(include="^deep_", numeric=["age"]).fit(train, y)
+    assert cl.clinical_columns_ == []
+    # test-time ages cannot move a model that never saw one
+    np.testing.assert_allclose(cl.predict_proba(X)[:, 1], cl.predict_proba(X.assign(age=1e6))[:, 1])

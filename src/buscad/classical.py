@@ -883,7 +883,9 @@ class ClinicalSelector(TransformerMixin, BaseEstimator):
     alpha : float, default 0.05
     min_keep : int, default 1
         When fewer variables pass, keep this many with the smallest P (a model
-        needs an input; reported in ``forced_``).
+        needs an input; reported in ``forced_``). Variables that cannot be
+        tested (fewer than 2 observed values per class, e.g. a column that is
+        missing on every training row) are never kept.
 
     Attributes
     ----------
@@ -926,7 +928,8 @@ class ClinicalSelector(TransformerMixin, BaseEstimator):
         sel = [c for c in num + cat if pv[c] < self.alpha]
         self.forced_ = len(sel) < self.min_keep
         if self.forced_:
-            sel = list(self.p_values_.sort_values(kind="stable").index[: self.min_keep])
+            testable = self.p_values_[self.tests_ != "none"].sort_values(kind="stable")
+            sel = list(testable.index[: self.min_keep])
         self.numeric_ = [c for c in num if c in sel]
         self.categorical_ = [c for c in cat if c in sel]
         self.selected_ = self.numeric_ + self.categorical_
@@ -977,6 +980,20 @@ def clinical_preprocessor(numeric: Sequence[str], categorical: Sequence[str]) ->
             )
         )
     return ColumnTransformer(parts, remainder="drop", verbose_feature_names_out=True)
+
+
+class _PriorClassifier(ClassifierMixin, BaseEstimator):
+    """P(malignant) = the training prevalence for every row (input ignored, may have 0 columns)."""
+
+    def fit(self, X: Any, y: Any) -> _PriorClassifier:
+        yb = np.asarray(y)
+        self.classes_ = np.unique(yb)
+        self.prior_ = np.array([np.mean(yb == c) for c in self.classes_])
+        return self
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        check_is_fitted(self, "prior_")
+        return np.tile(self.prior_, (len(X), 1))
 
 
 class _ToStr(TransformerMixin, BaseEstimator):
@@ -1046,6 +1063,10 @@ class ClinicalModel(_WrappedClassifier):
         yb = _binary_y(self, y)
         sel = ClinicalSelector(self.numeric, self.categorical, self.alpha).fit(df, yb)
         self.selector_ = sel
+        if not sel.selected_:  # nothing testable (e.g. no clinical data in training): prior only
+            self.pipeline_ = Pipeline([("select", sel), ("clf", _PriorClassifier())])
+            self.pipeline_.steps[1][1].fit(sel.transform(df), yb)
+            return self
         self.pipeline_ = Pipeline(
             [
                 ("select", sel),
@@ -1256,7 +1277,8 @@ class CLDLR(_WrappedClassifier):
     """Clinical + deep features → SVM (Yang et al. 2024's CLDLR).
 
     Clinical variables go through :class:`ClinicalSelector` (P < ``alpha`` on
-    the training rows; ``select_clinical=False`` keeps all) and
+    the training rows; none kept when none passes, then the model is deep
+    features → SVM; ``select_clinical=False`` keeps all) and
     :func:`clinical_preprocessor` (median + missing indicator, one-hot); deep
     features are z-scored; the concatenation feeds an RBF SVM with Platt
     probabilities.
@@ -1297,7 +1319,7 @@ class CLDLR(_WrappedClassifier):
         yb = _binary_y(self, y)
         num, cat = list(self.numeric or []), list(self.categorical or [])
         if self.select_clinical and (num or cat):
-            sel = ClinicalSelector(num, cat, self.alpha).fit(df, yb)
+            sel = ClinicalSelector(num, cat, self.alpha, min_keep=0).fit(df, yb)
             num, cat = sel.numeric_, sel.categorical_
             self.selector_ = sel
         deep = [
