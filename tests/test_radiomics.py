@@ -141,8 +141,18 @@ def test_second_run_is_at_least_20x_faster_from_the_cache(
     pd.testing.assert_frame_equal(first.features, second.features)
     speedup = (t1 - t0) / (t2 - t1)
     assert speedup >= 20, f"cached run only {speedup:.1f}x faster"
-    # one small JSON file per (image hash, mask hash, settings hash)
-    assert len(list(cache.rglob("*.json"))) == 24
+    # one small JSON file per (image hash, mask hash, settings hash) ...
+    files = list(cache.rglob("*.json"))
+    assert len([f for f in files if f.parent.name != "files"]) == 24
+    # ... plus one index entry per image (file bytes -> row)
+    assert len([f for f in files if f.parent.name == "files"]) == 8
+    # the per-array cache alone (index removed) still avoids recomputation
+    for f in files:
+        if f.parent.name == "files":
+            f.unlink()
+    third = extract_features(small_cohort, cache_dir=cache)
+    assert third.n_computed == 0
+    pd.testing.assert_frame_equal(first.features, third.features)
 
 
 def test_env_var_sets_the_cache_folder(
@@ -150,7 +160,7 @@ def test_env_var_sets_the_cache_folder(
 ) -> None:
     monkeypatch.setenv("BUSCAD_CACHE", str(tmp_path / "envcache"))
     extract_features(small_cohort.subset([0]))
-    assert len(list((tmp_path / "envcache" / "radiomics").rglob("*.json"))) == 3
+    assert len(list((tmp_path / "envcache" / "radiomics").rglob("*.json"))) == 3 + 1
 
 
 def test_a_failing_image_is_reported_and_skipped(small_cohort: Manifest, tmp_path: Path) -> None:

@@ -21,8 +21,11 @@ pipeline as it stands.
 Cache: one small JSON file per (image content hash, mask content hash,
 settings hash), where the mask is the mask actually used (original or
 perturbed) and the settings hash covers the pyradiomics parameters and the
-pyradiomics version. A second run over the same images only reads the images
-and masks, hashes them and loads the JSON files. Default folder
+pyradiomics version. A small index keyed by the image and mask *file* bytes
+(SHA-256) and the perturbations points straight at a row's features, so a
+second run over the same files only hashes them and loads one JSON per image
+(an image re-encoded to other bytes with the same pixels still hits the
+per-array cache). Default folder
 ``~/.cache/buscad/radiomics``, or ``$BUSCAD_CACHE/radiomics``; ``cache_dir``
 overrides both, ``cache_dir=False`` disables caching.
 
@@ -56,7 +59,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from buscad.errors import BuscadError, ConfigError
-from buscad.utils import array_sha256, atomic_write_text, stable_hash
+from buscad.utils import array_sha256, atomic_write_text, file_sha256, stable_hash
 
 #: Separator between a feature name and its mask perturbation in column names.
 VIEW_SEP = "@"
@@ -355,6 +358,25 @@ def _extract_row(
 
     failures: list[str] = []
     n_cached = n_computed = 0
+    s_hash = settings_hash(params)
+    perts = list(params["buscad"]["perturbations"])
+    index_file: Path | None = None
+    if cache_dir:
+        # shortcut: file bytes -> the row's features, so a cached rerun skips decoding
+        try:
+            fkey = stable_hash(
+                [file_sha256(image_path), [file_sha256(p) for p in mask_paths], perts], 32
+            )
+        except OSError:
+            fkey = None
+        if fkey is not None:
+            index_file = Path(cache_dir) / s_hash / "files" / f"{fkey}.json"
+            if index_file.is_file():
+                try:
+                    row = json.loads(index_file.read_text(encoding="utf-8"))
+                    return image_id, row["features"], row["failures"], 1 + len(perts), 0
+                except (OSError, ValueError, KeyError):
+                    pass
     try:
         gray, _meta = read_image(image_path)
         gray = to_uint8(gray)
@@ -363,9 +385,8 @@ def _extract_row(
         mask = read_mask([Path(p) for p in mask_paths], shape=gray.shape)
     except BuscadError as exc:
         return image_id, None, [f"{image_id}: {exc}"], 0, 0
-    s_hash = settings_hash(params)
     img_hash = array_sha256(gray)
-    variants = [("", None), *((perturbation_name(s), s) for s in params["buscad"]["perturbations"])]
+    variants = [("", None), *((perturbation_name(s), s) for s in perts)]
     out: dict[str, float] = {}
     base_names: list[str] | None = None
     for suffix, spec in variants:
@@ -399,6 +420,8 @@ def _extract_row(
             base_names = list(feats)
         for k, v in feats.items():
             out[k if not suffix else f"{k}{VIEW_SEP}{suffix}"] = v
+    if index_file is not None:
+        atomic_write_text(index_file, json.dumps({"features": out, "failures": failures}))
     return image_id, out, failures, n_cached, n_computed
 
 
