@@ -209,3 +209,34 @@ def test_cli_extract_writes_parquet(small_cohort: Manifest, tmp_path: Path) -> N
     table = pd.read_parquet(out)
     assert list(table["image_id"]) == list(small_cohort.df["image_id"])
     assert "original_glcm_Contrast@erode2" in table.columns
+
+
+@pytest.mark.realdata
+def test_real_busi_images_with_several_masks_extract(busi_dir: Path, tmp_path: Path) -> None:
+    """BUSI images whose lesion has two mask files: the union is extracted, no failure."""
+    rows = []
+    for stem in ("benign (100)", "benign (163)"):
+        img = busi_dir / "benign" / f"{stem}.png"
+        masks = [
+            busi_dir / "benign" / f"{stem}_mask.png",
+            busi_dir / "benign" / f"{stem}_mask_1.png",
+        ]
+        if img.is_file() and all(m.is_file() for m in masks):
+            rows.append(
+                {
+                    "image_id": stem,
+                    "image_path": str(img),
+                    "label": "benign",
+                    "mask_path": ";".join(map(str, masks)),
+                }
+            )
+    if not rows:
+        pytest.skip("BUSI benign (100)/(163) with two mask files not found")
+    man = Manifest(pd.DataFrame(rows[:2]), root=tmp_path)
+    res = extract_features(man, cache_dir=False)
+    assert res.failures == [] and len(res.features) == len(rows[:2])
+    from buscad.data.io import read_image, read_mask
+
+    gray, _ = read_image(man.image_path(0))
+    union = read_mask(man.mask_paths(0), gray.shape)
+    assert res.features["original_shape2D_PixelSurface"].iloc[0] == union.sum()
