@@ -1457,6 +1457,44 @@ def _positive_proba(est: BaseEstimator, X: Any) -> np.ndarray:
 # =============================================================================== stacking
 
 
+class ColumnScore(_BinaryClassifierMixin, BaseEstimator):
+    """A probability computed elsewhere, used as a base model of the integrated model.
+
+    The CNN's AI score is not a scikit-learn estimator; the study runner puts its
+    out-of-fold score (training rows) and final-model score (other rows) in a
+    column, and this estimator hands it to :class:`StackingIntegrator` unchanged:
+    ``P(malignant) = clip(X[column], 0, 1)``. ``fit`` learns nothing but the classes.
+
+    Parameters
+    ----------
+    column : str
+        Name of the score column.
+    """
+
+    def __init__(self, column: str = "score"):
+        self.column = column
+
+    def fit(self, X: Any, y: Any) -> ColumnScore:
+        """Check the column exists; record the classes."""
+        _binary_y(self, y)
+        if self.column not in _frame(X).columns:
+            raise ValueError(f"ColumnScore: X has no column {self.column!r}")
+        self.n_features_in_ = np.shape(X)[1]
+        return self
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """``[1 - p, p]`` with ``p`` the clipped column."""
+        check_is_fitted(self, "classes_")
+        p = np.clip(
+            pd.to_numeric(_frame(X)[self.column], errors="coerce").to_numpy(float), 0.0, 1.0
+        )
+        return np.column_stack([1 - p, p])
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Class with the higher probability."""
+        return self.classes_[(self.predict_proba(X)[:, 1] > 0.5).astype(int)]
+
+
 class StackingIntegrator(_BinaryClassifierMixin, BaseEstimator):
     """Integrated model: logistic regression on the single models' out-of-fold probabilities.
 

@@ -140,7 +140,11 @@ class EvaluationConfig(_Strict):
 
 
 class StudyConfig(_Strict):
-    """A whole study: cohorts, audit policy, models, statistics."""
+    """A whole study: cohorts, audit policy, models, statistics.
+
+    ``reverse_external: true`` adds the opposite direction (train on the external
+    cohorts, validate on the development ones), e.g. BUSI→BrEaST and BrEaST→BUSI.
+    """
 
     name: str = "study"
     seed: int = 0
@@ -153,6 +157,7 @@ class StudyConfig(_Strict):
     clinical: ClinicalConfig = ClinicalConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     gallery_size: int = Field(8, ge=0)
+    reverse_external: bool = False
     base_dir: Path = Field(default=Path("."), exclude=True)
 
     @model_validator(mode="after")

@@ -1,0 +1,943 @@
+"""The study runner: one config reproduces a whole study, resumably and without leakage.
+
+Flow (each step a cached stage of :class:`buscad.stages.StageRunner`, keyed by
+the hash of its inputs, so a rerun with nothing changed is instant and a killed
+run resumes at the stage it was in)::
+
+    cohorts (manifests or phantoms) ─► audit (duplicates, overlays, mask problems,
+    shortcuts) + audit policy ─► grouped split (patient ∪ near-duplicate group):
+    development cohorts → train / internal test, external cohorts → external
+      ├─ deep: each backbone fine-tuned in grouped K-fold CV on the training rows
+      │        (out-of-fold AI scores) → best backbone by CV AUC (never a test
+      │        cohort) → refit on all training rows → scores + penultimate
+      │        features for every row
+      ├─ radiomics: pyradiomics features of the image + mask (original and
+      │        perturbed masks for the ICC filter), cached per image
+      └─ classical: radiomics (ICC → z-score → Spearman → LASSO → rad-score),
+               DLR, clinical, US (lexicon), CLDLR, integrated (stacking of
+               out-of-fold probabilities), and the audit's shortcut references
+               (mask geometry alone, image size alone)
+    ─► predictions of every model on every cohort (training rows out-of-fold)
+    ─► statistics (buscad.evaluate), Grad-CAM galleries, one HTML report
+
+Honesty rules enforced here: everything that is fitted (feature selection,
+scalers, imputers, thresholds, backbone choice, stacking weights) sees training
+rows only; the training cohort's reported predictions are out-of-fold; the
+threshold is chosen on those and applied unchanged elsewhere; external cohorts
+are never used to fit or choose anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import pandas as pd
+
+from buscad.config import StudyConfig
+from buscad.data.manifest import Manifest
+from buscad.errors import ConfigError
+from buscad.stages import StageResult, StageRunner
+from buscad.utils import atomic_write_json, atomic_write_table, file_sha256, stable_hash
+
+#: Prediction columns of the shortcut references (never candidates for "best model").
+SHORTCUT_MODELS = ("shortcut: mask geometry", "shortcut: image size")
+READER_MODEL = "reader BI-RADS"
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One direction of a study: the cohorts trained on and those validated externally."""
+
+    name: str
+    development: tuple[str, ...]
+    external: tuple[str, ...]
+
+    @property
+    def train_label(self) -> str:
+        """Cohort label of the training rows in the predictions table."""
+        return f"{'+'.join(self.development)} train (CV)"
+
+    @property
+    def test_label(self) -> str:
+        """Cohort label of the internal test rows."""
+        return f"{'+'.join(self.development)} internal test"
+
+    def external_label(self, cohort: str) -> str:
+        """Cohort label of an external cohort."""
+        return f"{cohort} external"
+
+
+def study_arms(cfg: StudyConfig) -> list[Arm]:
+    """The arms of a study: as configured, plus the reverse direction when asked."""
+    dev = tuple(c.name for c in cfg.cohorts if c.role == "development")
+    ext = tuple(c.name for c in cfg.cohorts if c.role == "external")
+    arms = [Arm("→".join(["+".join(dev), "+".join(ext)]) if ext else "+".join(dev), dev, ext)]
+    if cfg.reverse_external:
+        if not ext:
+            raise ConfigError("reverse_external", "needs at least one external cohort")
+        arms.append(Arm("→".join(["+".join(ext), "+".join(dev)]), ext, dev))
+    return arms
+
+
+@dataclass
+class StudyResult:
+    """Where a run's outputs are and its headline numbers."""
+
+    run_dir: Path
+    report: Path
+    predictions: dict[str, Path]
+    metrics: pd.DataFrame
+    warnings: list[str] = field(default_factory=list)
+    stages: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+# ============================================================== data stages
+def _manifest_fingerprint(path: Path) -> dict:
+    """Cheap fingerprint of a manifest and its files: table hash + (size, mtime) of each file."""
+    man = Manifest.load(path, validate=False)
+    files = []
+    for i in range(len(man)):
+        for p in [man.image_path(i), *man.mask_paths(i)]:
+            try:
+                st = p.stat()
+                files.append((str(p), st.st_size, st.st_mtime_ns))
+            except OSError:
+                files.append((str(p), -1, -1))
+    return {"table": file_sha256(path), "files": stable_hash(files, 32)}
+
+
+def _stage_cohort(runner: StageRunner, cfg: StudyConfig, cohort) -> tuple[StageResult, Manifest]:
+    if cohort.phantom is not None:
+        ph = cohort.phantom
+
+        def make(folder: Path) -> None:
+            from buscad.data.phantom import PhantomSpec, generate_cohort
+
+            spec = PhantomSpec(
+                size=tuple(ph.size),
+                malignant_fraction=ph.malignant_fraction,
+                duplicate_fraction=ph.duplicate_fraction,
+                conflict_fraction=ph.conflict_fraction,
+                annotation_fraction=ph.annotation_fraction,
+                colour_fraction=ph.colour_fraction,
+                atypical=ph.atypical,
+                cohorts=(cohort.name,),
+                seed=ph.seed,
+            )
+            generate_cohort(ph.n, folder, spec)
+
+        res = runner.run(f"data-{cohort.name}", {"phantom": ph.model_dump(mode="json")}, make)
+        man = Manifest.load(res.path / "manifest.csv")
+    else:
+        path = cfg.resolve(cohort.manifest)
+        if path is None or not path.exists():
+            raise ConfigError(
+                cfg.base_dir / "<config>", f"cohorts: {cohort.name}: manifest {path} not found"
+            )
+        fp = _manifest_fingerprint(path)
+
+        def copy(folder: Path) -> None:
+            m = Manifest.load(path)
+            m.save(folder / "manifest.csv")
+
+        res = runner.run(f"data-{cohort.name}", {"manifest": str(path), **fp}, copy)
+        man = Manifest.load(res.path / "manifest.csv")
+    df = man.df.copy()
+    df["cohort"] = cohort.name
+    df = df[df["label"].isin(cohort.labels)]
+    return res, Manifest(df, root=man.root, source=man.source)
+
+
+def _apply_audit_policy(
+    cfg: StudyConfig, audited: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rows kept and rows dropped (with the reason) under the config's audit policy."""
+    drop = pd.Series("", index=audited.index, dtype=object)
+    pol = cfg.audit
+    if pol.duplicates == "drop_conflicts" and "audit_label_conflict" in audited:
+        drop[audited["audit_label_conflict"].fillna(False).astype(bool)] = (
+            "duplicate group with conflicting labels"
+        )
+    if pol.duplicates == "keep_one" and "dup_group" in audited:
+        first = ~audited.duplicated("dup_group", keep="first")
+        drop[~first & (drop == "")] = "near-duplicate of a kept image"
+    if pol.drop_colour and "audit_colour_overlay" in audited:
+        drop[audited["audit_colour_overlay"].fillna(False).astype(bool) & (drop == "")] = (
+            "colour overlay"
+        )
+    if pol.drop_annotated and "audit_has_annotations" in audited:
+        drop[audited["audit_has_annotations"].fillna(False).astype(bool) & (drop == "")] = (
+            "burned-in annotations"
+        )
+    dropped = audited.loc[drop != "", ["image_id", "label", "cohort"]].assign(
+        reason=drop[drop != ""]
+    )
+    return audited.loc[drop == ""].copy(), dropped
+
+
+# ============================================================== helpers
+def _folds(y: np.ndarray, groups: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Fold number of each row: grouped, stratified K-fold."""
+    from buscad.classical import make_folds
+
+    fold = np.full(len(y), -1, dtype=int)
+    for f, (_, te) in enumerate(make_folds(y, groups, None, k, seed)):
+        fold[te] = f
+    return fold
+
+
+def _train_config(cfg: StudyConfig, backbone: str, seed: int):
+    from buscad.models.registry import get_spec
+    from buscad.models.train import TrainConfig
+
+    d = cfg.deep
+    spec = get_spec(backbone)
+    pretrained = d.pretrained if (d.pretrained == "imagenet" and spec.family != "buscad") else None
+    weights = d.weights.get(backbone)
+    return TrainConfig(
+        backbone=backbone,
+        pretrained=pretrained,
+        weights_file=str(cfg.resolve(weights)) if weights else None,
+        epochs=d.epochs,
+        batch_size=d.batch_size,
+        lr=d.lr,
+        patience=d.patience,
+        roi="roi" if d.roi == "mask" else "whole",
+        margin=d.margin,
+        input_size=d.input_size,
+        seed=seed,
+        progress=False,
+    )
+
+
+def _train_cfg_dict(tc) -> dict:
+    from dataclasses import asdict
+
+    return {k: v for k, v in asdict(tc).items() if k not in ("progress", "device", "num_threads")}
+
+
+# ============================================================== the runner
+class StudyRun:
+    """Run one study config into ``run_dir``.
+
+    Parameters
+    ----------
+    cfg : StudyConfig
+        The validated config.
+    run_dir : path-like
+        Output folder; ``cache/`` inside it holds the stage outputs.
+    stream : file-like, optional
+        Progress lines (default: standard error).
+    """
+
+    def __init__(
+        self, cfg: StudyConfig, run_dir: str | os.PathLike[str], stream: TextIO | None = None
+    ) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.arms = study_arms(cfg)
+        n_models = len(self.arms) * (len(cfg.deep.backbones) * cfg.deep.selection_folds + 2 + 2)
+        self.runner = StageRunner(
+            self.run_dir / "cache", total=len(cfg.cohorts) + 3 + n_models, stream=stream
+        )
+        self.warnings: list[str] = []
+
+    # ---------------------------------------------------------------- run
+    def run(self) -> StudyResult:
+        """Execute every stage (cached ones are reused) and write the report."""
+        t0 = time.monotonic()
+        cfg = self.cfg
+        keys, mans = [], []
+        for c in cfg.cohorts:
+            res, man = _stage_cohort(self.runner, cfg, c)
+            keys.append(res.key)
+            mans.append(man)
+        from buscad.data.manifest import concat
+
+        pooled = concat(mans, root=self.run_dir)
+        audit_res = self._audit(pooled, keys)
+        audited = Manifest.load(audit_res.path / "kept.csv")
+        radiomics_res = self._radiomics(audited, audit_res.key) if self._needs_radiomics() else None
+        preds: dict[str, Path] = {}
+        metrics = []
+        arm_outputs = []
+        for arm in self.arms:
+            split_res = self._split(arm, audited, audit_res.key)
+            man = Manifest.load(split_res.path / "manifest.csv")
+            deep_res = self._deep(arm, man, split_res.key) if self._needs_deep() else None
+            cls_res = self._classical(arm, man, split_res, deep_res, radiomics_res, audit_res)
+            ev_res = self._evaluate(arm, cls_res, man, audit_res, split_res)
+            preds[arm.name] = cls_res.path / "predictions.csv"
+            m = pd.read_csv(ev_res.path / "metrics.csv")
+            m.insert(0, "arm", arm.name)
+            metrics.append(m)
+            arm_outputs.append((arm, man, deep_res, cls_res, ev_res))
+        metrics_df = pd.concat(metrics, ignore_index=True)
+        self._shortcut_warnings(metrics_df)
+        report = self._report(arm_outputs, audit_res, metrics_df)
+        secs = time.monotonic() - t0
+        summary = {
+            "name": cfg.name,
+            "seconds": round(secs, 1),
+            "stages": self.runner.summary(),
+            "warnings": self.warnings,
+            "report": str(report),
+        }
+        atomic_write_json(self.run_dir / "run.json", summary)
+        atomic_write_table(metrics_df, self.run_dir / "metrics.csv")
+        return StudyResult(
+            self.run_dir, report, preds, metrics_df, self.warnings, self.runner.summary(), secs
+        )
+
+    def _needs_deep(self) -> bool:
+        return any(m in self.cfg.models for m in ("deep", "dlr", "cldlr", "integrated"))
+
+    def _needs_radiomics(self) -> bool:
+        return "radiomics" in self.cfg.models or "integrated" in self.cfg.models
+
+    # --------------------------------------------------------------- audit
+    def _audit(self, pooled: Manifest, data_keys: list[str]) -> StageResult:
+        cfg = self.cfg
+
+        def work(folder: Path) -> None:
+            from buscad.data.audit import run_audit
+
+            res = run_audit(
+                pooled,
+                folder / "audit",
+                seed=cfg.seed,
+                shortcut_warn_auc=cfg.audit.shortcut_warning_auc,
+                cache_dir=self.run_dir / "cache" / "audit-descriptors",
+                log=None,
+            )
+            from buscad.data.audit import GEOMETRY_FEATURES, SIZE_FEATURES
+
+            full = res.manifest.df.copy()
+            for c in (*GEOMETRY_FEATURES, *SIZE_FEATURES):  # inputs of the shortcut references
+                if c in res.flags:
+                    full[c] = res.flags[c].to_numpy()
+            kept, dropped = _apply_audit_policy(cfg, full)
+            Manifest(kept, root=res.manifest.root, source=res.manifest.source).save(
+                folder / "kept.csv"
+            )
+            atomic_write_table(dropped, folder / "dropped.csv")
+            atomic_write_json(folder / "warnings.json", res.warnings)
+
+        res = self.runner.run(
+            "audit",
+            {"data": data_keys, "audit": cfg.audit.model_dump(mode="json"), "seed": cfg.seed},
+            work,
+        )
+        self.warnings += [
+            f"audit: {w}" for w in json.loads((res.path / "warnings.json").read_text())
+        ]
+        dropped = pd.read_csv(res.path / "dropped.csv")
+        if len(dropped):
+            self.warnings.append(
+                f"audit policy dropped {len(dropped)} image(s): "
+                + ", ".join(f"{n} {r}" for r, n in dropped["reason"].value_counts().items())
+            )
+        return res
+
+    # --------------------------------------------------------------- split
+    def _split(self, arm: Arm, audited: Manifest, audit_key: str) -> StageResult:
+        cfg = self.cfg
+
+        def work(folder: Path) -> None:
+            from buscad.data.splits import assign_splits
+
+            df = audited.df
+            dev = audited.subset(df["cohort"].isin(arm.development).to_numpy())
+            dev = assign_splits(
+                dev,
+                method="holdout",
+                test_size=cfg.split.test_size,
+                seed=cfg.seed,
+                dup_groups=dev.df.get("dup_group"),
+            )
+            out = dev.df.copy()
+            ext = df[df["cohort"].isin(arm.external)].copy()
+            ext["split"] = "external"
+            ext["group"] = (
+                "ext_" + ext["dup_group"].astype(str) if "dup_group" in ext else ext["image_id"]
+            )
+            out = pd.concat([out, ext], ignore_index=True)
+            out["eval_cohort"] = [
+                arm.train_label
+                if s == "train"
+                else arm.test_label
+                if s == "test"
+                else arm.external_label(c)
+                for s, c in zip(out["split"], out["cohort"], strict=True)
+            ]
+            tr = (out["split"] == "train").to_numpy()
+            y = (out["label"] == "malignant").to_numpy().astype(int)
+            groups = out["group"].astype(str).to_numpy()
+            out["cv_fold"] = -1
+            out["deep_fold"] = -1
+            out.loc[tr, "cv_fold"] = _folds(y[tr], groups[tr], cfg.split.cv_folds, cfg.seed)
+            out.loc[tr, "deep_fold"] = _folds(
+                y[tr], groups[tr], cfg.deep.selection_folds, cfg.seed + 1
+            )
+            Manifest(out, root=audited.root, source=audited.source).save(folder / "manifest.csv")
+            desc = out.groupby(["eval_cohort", "label"]).size().unstack(fill_value=0)
+            desc["groups"] = out.groupby("eval_cohort")["group"].nunique()
+            atomic_write_table(desc.reset_index(), folder / "split_summary.csv")
+
+        return self.runner.run(
+            f"split-{_safe(arm.name)}",
+            {
+                "audit": audit_key,
+                "arm": arm.__dict__,
+                "split": cfg.split.model_dump(),
+                "seed": cfg.seed,
+                "deep_folds": cfg.deep.selection_folds,
+            },
+            work,
+        )
+
+    # ---------------------------------------------------------------- deep
+    def _deep(self, arm: Arm, man: Manifest, split_key: str) -> StageResult:
+        """CV of every backbone, choice of the best, final fit, scores and features."""
+        cfg = self.cfg
+        df = man.df
+        train_rows = np.flatnonzero((df["split"] == "train").to_numpy())
+        cv_keys: dict[str, list[str]] = {}
+        oof: dict[str, np.ndarray] = {}
+        for b in cfg.deep.backbones:
+            tc = _train_config(cfg, b, cfg.seed)
+            oof[b] = np.full(len(df), np.nan)
+            cv_keys[b] = []
+            for f in range(cfg.deep.selection_folds):
+                fold_rows = train_rows[df["deep_fold"].to_numpy()[train_rows] == f]
+                fit_rows = train_rows[df["deep_fold"].to_numpy()[train_rows] != f]
+
+                def work(folder: Path, fit_rows=fit_rows, fold_rows=fold_rows, tc=tc) -> None:
+                    from buscad.models.train import predict_scores, train_model
+
+                    sub = man.subset(fit_rows)
+                    sub.df["split"] = "train"
+                    res = train_model(sub, tc, folder / "train")
+                    s = predict_scores(res.model, man.subset(fold_rows), res.preprocessor)
+                    atomic_write_table(
+                        pd.DataFrame(
+                            {"image_id": df["image_id"].iloc[fold_rows].to_numpy(), "score": s}
+                        ),
+                        folder / "oof.csv",
+                    )
+
+                r = self.runner.run(
+                    f"deep-cv-{_safe(arm.name)}-{b}-f{f}",
+                    {"split": split_key, "train": _train_cfg_dict(tc), "fold": f},
+                    work,
+                )
+                cv_keys[b].append(r.key)
+                o = pd.read_csv(r.path / "oof.csv")
+                pos = (
+                    pd.Series(np.arange(len(df)), index=df["image_id"])
+                    .loc[o["image_id"]]
+                    .to_numpy()
+                )
+                oof[b][pos] = o["score"].to_numpy()
+        # choose the backbone by pooled out-of-fold AUC on the training rows only
+        from buscad.evaluate.metrics import auc_ci
+
+        y = (df["label"] == "malignant").to_numpy().astype(int)
+        cv_table = []
+        for b in cfg.deep.backbones:
+            ok = ~np.isnan(oof[b][train_rows])
+            r = auc_ci(y[train_rows][ok], oof[b][train_rows][ok])
+            cv_table.append(
+                {"backbone": b, "cv_auc": r.auc, "lo": r.lo, "hi": r.hi, "n": int(ok.sum())}
+            )
+        cv_df = pd.DataFrame(cv_table)
+        best = str(
+            cv_df.sort_values(["cv_auc", "backbone"], ascending=[False, True])["backbone"].iat[0]
+        )
+        tc = _train_config(cfg, best, cfg.seed)
+
+        def final(folder: Path) -> None:
+            from buscad.models.checkpoint import save_checkpoint
+            from buscad.models.features import extract_features
+            from buscad.models.train import predict_scores, train_model
+
+            sub = man.subset(train_rows)
+            sub.df["split"] = "train"
+            res = train_model(sub, tc, folder / "train")
+            save_checkpoint(
+                res.model,
+                folder / "model",
+                {"arm": arm.name, "cv": cv_table},
+                preprocessor=res.preprocessor,
+            )
+            scores = predict_scores(res.model, man, res.preprocessor)
+            feats, _ = extract_features(res.model, man, res.preprocessor)
+            out = pd.DataFrame({"image_id": df["image_id"].to_numpy(), "deep_final": scores})
+            out["deep_oof"] = oof[best]
+            atomic_write_table(out, folder / "scores.csv")
+            atomic_write_table(
+                feats.reset_index() if feats.index.name else feats, folder / "features.parquet"
+            )
+            atomic_write_table(cv_df, folder / "backbone_cv.csv")
+
+        return self.runner.run(
+            f"deep-final-{_safe(arm.name)}",
+            {"split": split_key, "train": _train_cfg_dict(tc), "cv": cv_keys, "best": best},
+            final,
+        )
+
+    # ----------------------------------------------------------- radiomics
+    def _radiomics(self, audited: Manifest, audit_key: str) -> StageResult:
+        cfg = self.cfg
+        params_path = cfg.resolve(cfg.radiomics.params)
+
+        def work(folder: Path) -> None:
+            from buscad.radiomics import extract_features, load_params
+
+            params = load_params(params_path)
+            res = extract_features(
+                audited,
+                params,
+                cache_dir=self.run_dir / "cache" / "radiomics-features",
+                n_jobs=min(2, os.cpu_count() or 1),
+            )
+            feats = res.features.copy()
+            feats.index.name = "image_id"
+            atomic_write_table(feats.reset_index(), folder / "features.parquet")
+            atomic_write_json(folder / "failures.json", res.failures)
+
+        params_hash = file_sha256(params_path) if params_path else "default"
+        res = self.runner.run("radiomics", {"audit": audit_key, "params": params_hash}, work)
+        fails = json.loads((res.path / "failures.json").read_text())
+        if fails:
+            self.warnings.append(f"radiomics: {len(fails)} image(s) skipped, e.g. {fails[0]}")
+        return res
+
+    # ----------------------------------------------------------- classical
+    def _classical(
+        self,
+        arm: Arm,
+        man: Manifest,
+        split_res: StageResult,
+        deep_res: StageResult | None,
+        radiomics_res: StageResult | None,
+        audit_res: StageResult,
+    ) -> StageResult:
+        cfg = self.cfg
+
+        def work(folder: Path) -> None:
+            table = self._feature_table(man, deep_res, radiomics_res, audit_res)
+            out, notes = fit_and_predict(cfg, man.df, table)
+            atomic_write_table(out, folder / "predictions.csv")
+            atomic_write_json(folder / "notes.json", notes)
+
+        key = {
+            "split": split_res.key,
+            "deep": deep_res.key if deep_res else None,
+            "radiomics": radiomics_res.key if radiomics_res else None,
+            "audit": audit_res.key,
+            "models": cfg.models,
+            "radiomics_cfg": cfg.radiomics.model_dump(mode="json"),
+            "clinical": cfg.clinical.model_dump(),
+            "cv": cfg.split.cv_folds,
+            "seed": cfg.seed,
+        }
+        res = self.runner.run(f"models-{_safe(arm.name)}", key, work)
+        self.warnings += [
+            f"{arm.name}: {n}" for n in json.loads((res.path / "notes.json").read_text())
+        ]
+        return res
+
+    def _feature_table(self, man: Manifest, deep_res, radiomics_res, audit_res) -> pd.DataFrame:
+        df = man.df.set_index("image_id")
+        parts = [df]
+        if deep_res is not None:
+            sc = pd.read_csv(deep_res.path / "scores.csv").set_index("image_id")
+            parts.append(sc)
+            feats = pd.read_parquet(deep_res.path / "features.parquet")
+            feats = feats.set_index("image_id") if "image_id" in feats else feats
+            parts.append(feats)
+        if radiomics_res is not None:
+            rf = pd.read_parquet(radiomics_res.path / "features.parquet").set_index("image_id")
+            parts.append(rf.reindex(df.index))
+        table = pd.concat(parts, axis=1)
+        return table.loc[df.index]
+
+    # ----------------------------------------------------------- evaluate
+    def _evaluate(
+        self,
+        arm: Arm,
+        cls_res: StageResult,
+        man: Manifest,
+        audit_res: StageResult,
+        split_res: StageResult,
+    ) -> StageResult:
+        cfg = self.cfg
+
+        def work(folder: Path) -> None:
+            from buscad.evaluate import evaluate_predictions
+
+            pred = pd.read_csv(cls_res.path / "predictions.csv")
+            model_cols = [c for c in pred.columns if c not in ("case_id", "label", "cohort", "age")]
+            ev = evaluate_predictions(
+                pred,
+                model_cols,
+                "label",
+                "cohort",
+                id_col="case_id",
+                train_cohort=arm.train_label,
+                threshold_rule=cfg.evaluation.threshold,
+                ci_method=cfg.evaluation.ci,
+                seed=cfg.seed,
+                covariates=["age"] if "age" in pred and pred["age"].notna().any() else None,
+            )
+            split_txt = pd.read_csv(split_res.path / "split_summary.csv").to_string(index=False)
+            ev.write(
+                folder / "evaluation",
+                title=f"{cfg.name}: {arm.name}",
+                audit_summary=json.loads((audit_res.path / "audit" / "summary.json").read_text()),
+                split_description=(
+                    f"Grouped (patient ∪ near-duplicate group) stratified {1 - cfg.split.test_size:.0%}:"
+                    f"{cfg.split.test_size:.0%} split of {', '.join(arm.development)}; training-cohort "
+                    f"predictions are out-of-fold ({cfg.split.cv_folds}-fold grouped CV; deep models "
+                    f"{cfg.deep.selection_folds}-fold). External: {', '.join(arm.external) or 'none'}.\n"
+                    + split_txt
+                ),
+                seed=cfg.seed,
+            )
+            atomic_write_table(ev.metrics, folder / "metrics.csv")
+
+        return self.runner.run(
+            f"evaluate-{_safe(arm.name)}",
+            {"predictions": cls_res.key, "eval": cfg.evaluation.model_dump()},
+            work,
+        )
+
+    # ----------------------------------------------------------- warnings
+    def _shortcut_warnings(self, metrics: pd.DataFrame) -> None:
+        """One warning per cohort listing the models that do not beat a shortcut by more than 0.02."""
+        if not {"model", "cohort", "auc"} <= set(metrics.columns):
+            return
+        for (arm, cohort), g in metrics.groupby(["arm", "cohort"], sort=False):
+            sc = g[g["model"].isin(SHORTCUT_MODELS) & g["auc"].notna()]
+            if sc.empty:
+                continue
+            best = sc.loc[sc["auc"].idxmax()]
+            real = g[~g["model"].isin((*SHORTCUT_MODELS, READER_MODEL)) & g["auc"].notna()]
+            close = real[real["auc"] - best["auc"] <= 0.02]
+            if len(close):
+                names = ", ".join(f"{r.model} {r.auc:.3f}" for r in close.itertuples())
+                self.warnings.append(
+                    f"{arm} / {cohort}: '{best['model']}' alone reaches AUC {best['auc']:.3f}; "
+                    f"these models do not beat it by more than 0.02, so the annotations may explain "
+                    f"their results: {names}"
+                )
+
+    # ------------------------------------------------------------- report
+    def _report(self, arm_outputs: list, audit_res: StageResult, metrics: pd.DataFrame) -> Path:
+        from buscad.report import Figure, KeyValue, Section, Table, Text, build_report
+
+        cfg = self.cfg
+        sections = []
+        warn = self.warnings or ["none"]
+        sections.append(Section("Warnings", [Text("\n".join(f"• {w}" for w in warn))]))
+        for arm, _man, deep_res, cls_res, ev_res in arm_outputs:
+            blocks: list[Any] = []
+            m = metrics[metrics["arm"] == arm.name]
+            cols = [
+                c
+                for c in (
+                    "cohort",
+                    "model",
+                    "n",
+                    "auc",
+                    "auc_lo",
+                    "auc_hi",
+                    "accuracy",
+                    "sensitivity",
+                    "specificity",
+                    "ppv",
+                    "npv",
+                    "f1",
+                    "threshold",
+                )
+                if c in m.columns
+            ]
+            blocks.append(
+                Table(
+                    m[cols].round(3),
+                    caption="Every model on every cohort (shortcut references "
+                    "and the reader included). Threshold chosen on the training cohort.",
+                )
+            )
+            if deep_res is not None:
+                blocks.append(
+                    Table(
+                        pd.read_csv(deep_res.path / "backbone_cv.csv").round(3),
+                        caption="Backbone comparison: pooled out-of-fold AUC on the training rows "
+                        "(the choice is made here, never on a test cohort).",
+                    )
+                )
+            figs = sorted((ev_res.path / "evaluation" / "figures").glob("roc_*.png"))
+            for f in figs[:6]:
+                blocks.append(Figure(f, caption=f.stem.replace("_", " ")))
+            gal = self._gallery(arm, deep_res, cls_res)
+            for g in gal:
+                blocks.append(Figure(g, caption=g.stem.replace("_", " ")))
+            blocks.append(
+                Text(
+                    f"Full evaluation (Tables 1–3, calibration, decision curves, model card, "
+                    f"TRIPOD+AI): {ev_res.path / 'evaluation' / 'report.html'}"
+                )
+            )
+            sections.append(Section(f"Results: {arm.name}", blocks))
+        audit_sum = json.loads((audit_res.path / "audit" / "summary.json").read_text())
+        flat = {k: v for k, v in audit_sum.items() if isinstance(v, (int, float, str, bool))}
+        sections.append(
+            Section(
+                "Data audit",
+                [KeyValue(flat), Text(f"Audit report: {audit_res.path / 'audit' / 'report.html'}")],
+            )
+        )
+        sections.append(
+            Section("Configuration", [Text(json.dumps(cfg.model_dump(mode="json"), indent=1))])
+        )
+        sections.append(Section("Run", [Table(pd.DataFrame(self.runner.summary()))]))
+        out = build_report(
+            sections,
+            self.run_dir / "report.html",
+            title=f"buscad study: {cfg.name}",
+            subtitle="Breast ultrasound benign vs malignant",
+        )
+        return out
+
+    def _gallery(self, arm: Arm, deep_res: StageResult | None, cls_res: StageResult) -> list[Path]:
+        cfg = self.cfg
+        if deep_res is None or cfg.gallery_size == 0:
+            return []
+
+        def work(folder: Path) -> None:
+            from buscad.explain import explain_manifest
+            from buscad.models.checkpoint import load_checkpoint
+            from buscad.preprocess import Preprocessor
+
+            model, spec = load_checkpoint(deep_res.path / "model")
+            pre = Preprocessor.from_dict(spec["preprocessing"])
+            pred = pd.read_csv(cls_res.path / "predictions.csv")
+            thr = _youden(pred, arm)
+            test = pred[pred["cohort"] != arm.train_label].copy()
+            test["correct"] = (test["deep"] >= thr).astype(int) == test["label"]
+            full = Manifest.load(self._split_manifest_path(arm))
+            for kind, rows in (
+                ("correct", test[test["correct"]]),
+                ("incorrect", test[~test["correct"]]),
+            ):
+                rows = rows.sort_values("case_id").head(max(1, cfg.gallery_size // 2))
+                if rows.empty:
+                    continue
+                sub = full.subset(full.df["image_id"].isin(rows["case_id"]).to_numpy())
+                explain_manifest(
+                    model, sub, pre, folder / kind, methods=(cfg.deep.gradcam,), gallery=True
+                )
+
+        res = self.runner.run(
+            f"gallery-{_safe(arm.name)}",
+            {
+                "deep": deep_res.key,
+                "pred": cls_res.key,
+                "n": cfg.gallery_size,
+                "method": cfg.deep.gradcam,
+            },
+            work,
+        )
+        return sorted(res.path.glob("*/gallery.png"))
+
+    def _split_manifest_path(self, arm: Arm) -> Path:
+        cands = sorted((self.run_dir / "cache").glob(f"split-{_safe(arm.name)}-*/manifest.csv"))
+        for c in cands:
+            if (c.parent / "_DONE").exists():
+                return c
+        raise FileNotFoundError(f"no split manifest for {arm.name}")
+
+
+def _youden(pred: pd.DataFrame, arm: Arm) -> float:
+    from buscad.evaluate.metrics import youden_threshold
+
+    tr = pred[pred["cohort"] == arm.train_label]
+    return youden_threshold(tr["label"].to_numpy(), tr["deep"].to_numpy())
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name.replace("→", "-to-"))
+
+
+# ============================================================== models
+def fit_and_predict(
+    cfg: StudyConfig, df: pd.DataFrame, table: pd.DataFrame
+) -> tuple[pd.DataFrame, list[str]]:
+    """Fit every configured classical/fusion model on the training rows and predict all rows.
+
+    Training rows get out-of-fold predictions (grouped ``cv_fold``); other rows
+    get the prediction of the model refit on all training rows. Returns the
+    predictions table (``case_id, label, cohort, age, <model>...``) and notes on
+    models that could not be built (e.g. no clinical data in the training rows).
+    """
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from buscad import classical as C
+    from buscad.data.audit import GEOMETRY_FEATURES, SIZE_FEATURES
+
+    notes: list[str] = []
+    idx = df["image_id"].to_numpy()
+    X = table.loc[idx]
+    y = (df["label"] == "malignant").to_numpy().astype(int)
+    tr = (df["split"] == "train").to_numpy()
+    folds = df["cv_fold"].to_numpy()[tr]
+    groups = df["group"].astype(str).to_numpy()[tr]
+    out = pd.DataFrame({"case_id": idx, "label": y, "cohort": df["eval_cohort"].to_numpy()})
+    if "age" in df:
+        out["age"] = pd.to_numeric(df["age"], errors="coerce").to_numpy()
+    models: dict[str, Any] = {}
+
+    def present(cols: list[str]) -> list[str]:
+        return [c for c in cols if c in X.columns and X.loc[tr, c].notna().any()]
+
+    deep_cols = [
+        c for c in X.columns if str(c).startswith("deep_") and c not in ("deep_final", "deep_oof")
+    ]
+    if "deep" in cfg.models and "deep_final" in X:
+        out["deep"] = np.where(tr, X["deep_oof"].to_numpy(), X["deep_final"].to_numpy())
+    if "radiomics" in cfg.models:
+        models["radiomics"] = C.radiomics_pipeline(
+            icc_threshold=cfg.radiomics.icc_threshold,
+            spearman_threshold=cfg.radiomics.rho_threshold,
+            exclude=None if cfg.radiomics.shape_features else "_shape2D_",
+            random_state=cfg.seed,
+        )
+    if "dlr" in cfg.models and deep_cols:
+        models["dlr"] = C.DLR(include="^deep_(?!final|oof)")
+    num = [c for c in cfg.clinical.columns if c in X and pd.api.types.is_numeric_dtype(X[c])]
+    cat = [c for c in cfg.clinical.columns if c in X and not pd.api.types.is_numeric_dtype(X[c])]
+    clin = present(num + cat)
+    if "clinical" in cfg.models:
+        if clin:
+            models["clinical"] = C.ClinicalModel(
+                numeric=[c for c in num if c in clin],
+                categorical=[c for c in cat if c in clin],
+                alpha=cfg.clinical.p_threshold,
+                random_state=cfg.seed,
+            )
+        else:
+            notes.append(
+                f"clinical model not built: no values of {cfg.clinical.columns} in the training rows"
+            )
+    us_cols = present(
+        list(cfg.clinical.us_columns)
+        + ([cfg.clinical.reader_column] if cfg.clinical.reader_column else [])
+    )
+    if "us" in cfg.models:
+        if us_cols:
+            models["us"] = C.USModel(columns=us_cols, random_state=cfg.seed)
+        else:
+            notes.append("US model not built: no BI-RADS lexicon columns in the training rows")
+    if "cldlr" in cfg.models and deep_cols:
+        if clin:
+            models["cldlr"] = C.CLDLR(
+                include="^deep_(?!final|oof)",
+                numeric=[c for c in num if c in clin],
+                categorical=[c for c in cat if c in clin] or None,
+                alpha=cfg.clinical.p_threshold,
+            )
+        else:
+            notes.append(
+                "CLDLR not built: no clinical values in the training rows (it would equal DLR)"
+            )
+    geo = [c for c in GEOMETRY_FEATURES if c in X]
+    size = [c for c in SIZE_FEATURES if c in X]
+    shortcut = {}
+    if geo:
+        shortcut[SHORTCUT_MODELS[0]] = make_pipeline(
+            C.FeatureSubset(include=[f"^{c}$" for c in geo]),
+            SimpleImputer(strategy="median"),
+            StandardScaler(),
+            LogisticRegression(max_iter=2000),
+        )
+    if size:
+        shortcut[SHORTCUT_MODELS[1]] = make_pipeline(
+            C.FeatureSubset(include=[f"^{c}$" for c in size]),
+            SimpleImputer(strategy="median"),
+            StandardScaler(),
+            LogisticRegression(max_iter=2000),
+        )
+    Xn = X.select_dtypes(include=[np.number, "bool"]).astype(float)
+    for name, est in {**models, **shortcut}.items():
+        Xm = X if name in ("clinical", "us", "cldlr") else Xn
+        out[name] = _oof_and_predict(est, Xm, y, tr, folds, cfg.seed)
+    if "integrated" in cfg.models:
+        bases = [(n, models[n]) for n in models]
+        if "deep" in out:
+            Xn = Xn.assign(_deep_score=out["deep"].to_numpy())
+            bases.append(("deep", C.ColumnScore("_deep_score")))
+        if len(bases) >= 2:
+            stack = C.StackingIntegrator(
+                estimators=bases, cv=cfg.split.cv_folds, random_state=cfg.seed
+            )
+            Xs = pd.concat([X.drop(columns=[c for c in Xn.columns if c in X.columns]), Xn], axis=1)
+            out["integrated"] = _oof_and_predict(stack, Xs, y, tr, folds, cfg.seed, groups=groups)
+        else:
+            notes.append("integrated model not built: fewer than two single models")
+    reader = cfg.clinical.reader_column
+    if reader and reader in df and df[reader].notna().any():
+        from buscad.reader.analysis import birads_rank
+
+        out[READER_MODEL] = birads_rank(df[reader])
+    return out, notes
+
+
+def _oof_and_predict(
+    est,
+    X: pd.DataFrame,
+    y: np.ndarray,
+    tr: np.ndarray,
+    folds: np.ndarray,
+    seed: int,
+    groups: np.ndarray | None = None,
+) -> np.ndarray:
+    """Out-of-fold P(malignant) on training rows; refit-on-all prediction elsewhere."""
+    from sklearn.base import clone
+
+    from buscad.classical import cross_val_predict_grouped
+
+    s = np.full(len(y), np.nan)
+    Xtr = X.loc[X.index[tr]]
+    s[tr] = cross_val_predict_grouped(clone(est), Xtr, y[tr], folds=folds)
+    kw = {"groups": groups} if groups is not None else {}
+    fitted = clone(est).fit(Xtr, y[tr], **kw)
+    if (~tr).any():
+        s[~tr] = fitted.predict_proba(X.loc[X.index[~tr]])[:, 1]
+    return s
+
+
+def run_study(
+    config: StudyConfig | str | os.PathLike[str],
+    run_dir: str | os.PathLike[str] | None = None,
+    stream: TextIO | None = None,
+) -> StudyResult:
+    """Load a config (if a path) and run the study into ``run_dir`` (default ``runs/<name>``)."""
+    from buscad.config import load_config
+
+    cfg = config if isinstance(config, StudyConfig) else load_config(config)
+    run_dir = Path(run_dir) if run_dir is not None else Path("runs") / cfg.name
+    return StudyRun(cfg, run_dir, stream=stream or sys.stderr).run()
