@@ -18,10 +18,11 @@ Near-duplicates (re-cropped, resized, or adjacent frames of one acquisition)
        ``candidate_size`` (96) pixels and band-pass filtered (difference of
        Gaussians, sigma 1 and 6 px). Its central square (side
        ``query_fraction`` = 0.5 of the short side) is resampled to an 8x8
-       grid, mean-centred and scaled to unit norm (the *query*). Every image
-       also yields *windows*: squares of side ``s x q`` (``q`` the median query
-       side, ``s`` in 9 log-spaced scales from 0.55 to 1.8) at a stride of
-       6 px, described the same way. For each ordered pair (i, j) the score
+       grid of cell means, mean-centred and scaled to unit norm (the *query*).
+       Every image also yields *windows*: squares of side ``s x q`` (``q`` the
+       median query side, ``s`` in 9 log-spaced scales from 0.55 to 1.8) at a
+       stride of 6 px, described the same way (cell means from the integral
+       image). For each ordered pair (i, j) the score
        ``S_ij`` is the largest dot product (a Pearson correlation of the two
        8x8 grids) between the query of i and any window of j; one matrix
        product does this for all pairs, and the window that matched gives the
@@ -55,12 +56,17 @@ Near-duplicates (re-cropped, resized, or adjacent frames of one acquisition)
     Calibration (by eye, then checked on planted duplicates): on BUSI
     (Al-Dhabyani et al., Data in Brief 28:104863, 2020), among about 5700
     candidate pairs, the pairs judged by eye to be the same scan or an
-    adjacent frame scored band NCC >= 0.75 and texture NCC >= 0.42; the only
-    unrelated pairs above 0.72 involve one image with a large anechoic cyst and
-    fail the scale check. On the phantoms (planted 85-95 % re-crops resized by
+    adjacent frame scored band NCC >= 0.74 and texture NCC >= 0.37; unrelated
+    pairs above the band threshold mostly involve large anechoic cysts, whose
+    smooth dark outlines look alike, and fail the scale or texture check. With
+    these thresholds BUSI gives 153 groups (349 images); by eye, 40 random
+    groups and all 8 label-conflict groups were true, and 15 of the 17
+    ``similar frame`` pairs (the 2 false ones join two benign cysts). On the
+    phantoms (planted 85-95 % re-crops resized by
     0.8-1.25; images far more alike than real scans) planted pairs score band
     NCC >= 0.95 and texture NCC >= 0.78, unrelated pairs band NCC <= 0.81 and
-    texture NCC <= 0.29. Exact duplicates are always joined. Groups are the
+    texture NCC <= 0.29 (recall of planted pairs 1.0 on three phantom cohorts,
+    no group joining unrelated images). Exact duplicates are always joined. Groups are the
     connected components of the accepted pairs (union-find), so a group can
     hold images that are linked only through a third one.
 
@@ -93,7 +99,11 @@ Burned-in annotations (calipers, text), see :func:`annotation_marks`
     at least 30 % vertical and 10 % horizontal strokes, and less than 10 % of
     its pixels within 3 px of the image border (cut-off scanner labels at the
     edge are ignored). An image is flagged when it has a cross or a word.
-    Measured precision is in the report of issue 2 and in the test suite.
+    Measured: BUSI 188 of 780 flagged, 40 of a random 40 true by eye
+    (precision 1.0, 95 % CI lower bound 0.91); 3 of a random 40 unflagged show
+    text (one of them cut at the border), so recall is roughly 0.85. Phantoms
+    (planted calipers and text): precision 15/16, recall 15/17. BrEaST-Lesions
+    (Pawlowska et al., Sci Data 11:148, 2024): none flagged.
 
 Mask problems
     Missing mask for a lesion, unreadable mask, size mismatch with the image,
