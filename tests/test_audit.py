@@ -341,6 +341,11 @@ def test_near_duplicate_groups_series_and_cache(messy_audit, messy_phantoms, tmp
     # singletons get ids of their own
     sizes = s1.map(s1.value_counts())
     assert (sizes == 1).sum() == s1[sizes == 1].nunique()
+    # ids come from content (smallest member's file hash), not from row order, so
+    # separately audited manifests can be concatenated without id clashes
+    sha = messy_audit.flags["file_sha256"]
+    for g, members in sha.groupby(s1.to_numpy()):
+        assert g == "g" + min(members)[:12]
     # the records come from the cache: same hashes without reading pixels again
     recs = scan_images(messy_phantoms, cache_dir=cache)
     assert [r.file_sha256 for r in recs] == list(messy_audit.flags["file_sha256"])

@@ -197,6 +197,29 @@ def test_describe_and_cli(messy_grouped, tmp_path, tmp_path_factory):
     assert r.exit_code != 0
 
 
+def test_cli_external_cohort(phantom_cohort, tmp_path):
+    from typer.testing import CliRunner
+
+    from buscad.cli import app
+
+    src = tmp_path / "in.csv"
+    phantom_cohort.with_columns(dup_group=np.arange(len(phantom_cohort))).save(src)
+    out = tmp_path / "ext.csv"
+    r = CliRunner().invoke(
+        app, ["data", "split", str(src), "-o", str(out), "--external-cohort", "site_b"]
+    )
+    assert r.exit_code == 0, r.output
+    assert "external" in r.output
+    df = Manifest.load(out).df
+    assert (df.loc[df["cohort"] == "site_b", "split"] == "external").all()
+    assert set(df.loc[df["cohort"] == "site_a", "split"]) == {"train", "test"}
+    r = CliRunner().invoke(
+        app, ["data", "split", str(src), "-o", str(out), "--external-cohort", "site_z"]
+    )
+    assert r.exit_code != 0
+    assert "site_z not found" in str(r.exception) + r.output
+
+
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_busi_grouped_split_keeps_groups_together(busi_dir, tmp_path_factory):
