@@ -115,3 +115,17 @@ def test_likelihood_band_rejects():
 
     with pytest.raises(ValueError, match="within"):
         likelihood_band(float("nan"))
+
+
+def test_atomic_outputs_have_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from buscad.utils import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        p = atomic_write_text(tmp_path / "x.txt", "hi")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(p.stat().st_mode) == 0o644 and p.read_text() == "hi"
