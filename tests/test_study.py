@@ -20,11 +20,25 @@ SMALL = {
     "name": "small",
     "seed": 0,
     "cohorts": [
-        {"name": "a", "phantom": {"n": 48, "seed": 1, "duplicate_fraction": 0.1, "conflict_fraction": 0.25,
-                                  "size": [128, 144]}},
+        {
+            "name": "a",
+            "phantom": {
+                "n": 48,
+                "seed": 1,
+                "duplicate_fraction": 0.1,
+                "conflict_fraction": 0.25,
+                "size": [128, 144],
+            },
+        },
         {"name": "b", "role": "external", "phantom": {"n": 24, "seed": 2, "size": [128, 144]}},
     ],
-    "deep": {"backbones": ["rcdnet"], "epochs": 1, "input_size": 48, "selection_folds": 2, "batch_size": 16},
+    "deep": {
+        "backbones": ["rcdnet"],
+        "epochs": 1,
+        "input_size": 48,
+        "selection_folds": 2,
+        "batch_size": 16,
+    },
     "split": {"cv_folds": 3},
     "gallery_size": 2,
 }
@@ -44,10 +58,24 @@ def test_small_study_tables_and_report(small_run):
     cohorts = set(m["cohort"])
     assert cohorts == {"a train (CV)", "a internal test", "b external"}
     models = set(m["model"])
-    assert {"deep", "radiomics", "dlr", "clinical", "us", "cldlr", "integrated", READER_MODEL} <= models
+    assert {
+        "deep",
+        "radiomics",
+        "dlr",
+        "clinical",
+        "us",
+        "cldlr",
+        "integrated",
+        READER_MODEL,
+    } <= models
     assert set(SHORTCUT_MODELS) <= models
     ok = m[m["auc"].notna()]
-    assert ((ok["auc"] >= 0) & (ok["auc"] <= 1) & (ok["auc_lo"] <= ok["auc"]) & (ok["auc"] <= ok["auc_hi"])).all()
+    assert (
+        (ok["auc"] >= 0)
+        & (ok["auc"] <= 1)
+        & (ok["auc_lo"] <= ok["auc"])
+        & (ok["auc"] <= ok["auc_hi"])
+    ).all()
     # one threshold per model, chosen on the training cohort and reused unchanged elsewhere
     thr = m.groupby("model")["threshold"].nunique(dropna=True)
     assert (thr <= 1).all()
@@ -88,8 +116,19 @@ def test_killed_study_resumes_with_identical_tables(tmp_path):
     cfg = tmp_path / "study.yaml"
     cfg.write_text(textwrap.dedent(KILL_CFG))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "buscad.cli", "study", "run", str(cfg), "-o", str(tmp_path / "run")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "buscad.cli",
+        "study",
+        "run",
+        str(cfg),
+        "-o",
+        str(tmp_path / "run"),
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True
+    )
     # kill it for real once the radiomics stage has started (after data, audit and split are done)
     deadline = time.monotonic() + 240
     killed = False
@@ -111,7 +150,9 @@ def test_killed_study_resumes_with_identical_tables(tmp_path):
     m_resumed = pd.read_csv(tmp_path / "run" / "metrics.csv")
     # the same study from scratch elsewhere gives identical tables
     fresh = tmp_path / "fresh"
-    r3 = subprocess.run(cmd[:-1] + [str(fresh)], capture_output=True, text=True, env=env, timeout=600)
+    r3 = subprocess.run(
+        [*cmd[:-1], str(fresh)], capture_output=True, text=True, env=env, timeout=600
+    )
     assert r3.returncode == 0, r3.stdout + r3.stderr
     pd.testing.assert_frame_equal(m_resumed, pd.read_csv(fresh / "metrics.csv"))
     assert Path(tmp_path / "run" / "report.html").exists()

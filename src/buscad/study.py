@@ -245,11 +245,16 @@ class StudyRun:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.arms = study_arms(cfg)
-        n_models = len(self.arms) * (len(cfg.deep.backbones) * cfg.deep.selection_folds + 2 + 2)
-        self.runner = StageRunner(
-            self.run_dir / "cache", total=len(cfg.cohorts) + 3 + n_models, stream=stream
-        )
+        self.runner = StageRunner(self.run_dir / "cache", total=self._n_stages(), stream=stream)
         self.warnings: list[str] = []
+
+    def _n_stages(self) -> int:
+        cfg = self.cfg
+        per_arm = 3  # split, models, evaluate
+        if self._needs_deep():
+            per_arm += len(cfg.deep.backbones) * cfg.deep.selection_folds + 1
+            per_arm += 1 if cfg.gallery_size else 0
+        return len(cfg.cohorts) + 1 + int(self._needs_radiomics()) + len(self.arms) * per_arm
 
     # ---------------------------------------------------------------- run
     def run(self) -> StudyResult:
@@ -299,10 +304,11 @@ class StudyRun:
         )
 
     def _needs_deep(self) -> bool:
-        return any(m in self.cfg.models for m in ("deep", "dlr", "cldlr", "integrated"))
+        """The CNN is trained when a model that uses it is asked for (integrated stacks what exists)."""
+        return any(m in self.cfg.models for m in ("deep", "dlr", "cldlr"))
 
     def _needs_radiomics(self) -> bool:
-        return "radiomics" in self.cfg.models or "integrated" in self.cfg.models
+        return "radiomics" in self.cfg.models
 
     # --------------------------------------------------------------- audit
     def _audit(self, pooled: Manifest, data_keys: list[str]) -> StageResult:
