@@ -131,6 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-o", "--out", type=Path, default=Path("benchmarks/results/classical_cv.json"))
     ap.add_argument("--no-external", action="store_true")
     ap.add_argument("--deep-source", default="", help="free text describing the deep features")
+    ap.add_argument(
+        "--stack-method",
+        default="proba",
+        choices=["proba", "logit"],
+        help="what the integrated model's logistic regression stacks (default: probabilities)",
+    )
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
     t_start = time.perf_counter()
@@ -207,10 +213,15 @@ def main(argv: list[str] | None = None) -> int:
     base_int = ["radiomics", "DLR", "CLDLR", "clinical"] if have_deep else ["radiomics", "clinical"]
     base_int_ns = [("radiomics_no_shape" if b == "radiomics" else b) for b in base_int]
     integrated = {
-        "integrated": StackingIntegrator([(b, models[b]) for b in base_int]),
-        "integrated_no_shape": StackingIntegrator([(b, models[b]) for b in base_int_ns]),
+        "integrated": StackingIntegrator(
+            [(b, models[b]) for b in base_int], stack_method=args.stack_method
+        ),
+        "integrated_no_shape": StackingIntegrator(
+            [(b, models[b]) for b in base_int_ns], stack_method=args.stack_method
+        ),
         "integrated_with_US": StackingIntegrator(
-            [(b, models[b]) for b in base_int] + [("US", USModel(columns=us_cols))]
+            [(b, models[b]) for b in base_int] + [("US", USModel(columns=us_cols))],
+            stack_method=args.stack_method,
         ),
     }
 
@@ -265,10 +276,11 @@ def main(argv: list[str] | None = None) -> int:
         g_tr = groups_inner[~breast]
         ext_models = {k: v for k, v in models.items() if k != "clinical"}
         ext_models["integrated"] = StackingIntegrator(
-            [(b, models[b]) for b in base_int if b != "clinical"]
+            [(b, models[b]) for b in base_int if b != "clinical"], stack_method=args.stack_method
         )
         ext_models["integrated_no_shape"] = StackingIntegrator(
-            [(b, models[b]) for b in base_int_ns if b != "clinical"]
+            [(b, models[b]) for b in base_int_ns if b != "clinical"],
+            stack_method=args.stack_method,
         )
         from sklearn.base import clone
 
@@ -286,9 +298,11 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             if name == "radiomics":
-                export_radscore_formula(e, args.out.with_name("classical_radscore_busi.csv"))
+                export_radscore_formula(e, args.out.with_name(f"{args.out.stem}_radscore_busi.csv"))
             if name == "integrated":
-                e.export_coefficients(args.out.with_name("classical_integrated_busi_coef.csv"))
+                e.export_coefficients(
+                    args.out.with_name(f"{args.out.stem}_integrated_busi_coef.csv")
+                )
         external["clinical"] = {"note": "not estimable: BUSI has no clinical data (age)"}
         external["US"] = {"note": "not estimable: BUSI has no BI-RADS lexicon/category"}
 
@@ -309,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         "clinical_handling": "age only (BI-RADS excluded, as Yang et al. 2024); BUSI rows have no "
         "age: median of the training fold imputed plus a 0/1 missing indicator, inside the "
         "pipeline; no row dropped",
+        "stack_method": args.stack_method,
         "integrated_bases": {
             "integrated": base_int,
             "integrated_no_shape": base_int_ns,
