@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         "integrated_vs_best_single": {
             "best_single": best_single,
             "diff": round(dl.diff, 4),
-            "p": round(dl.p, 4),
+            "p": float(f"{dl.p:.3g}"),
         }
     }
 
