@@ -19,6 +19,11 @@ neither, a clearly labelled *proxy* groups images whose 8x8 difference hash
 (dHash of the whole frame) is within Hamming distance 6, unioned with
 ``patient_id``. The JSON says which source was used.
 
+Outputs: the JSON, ``<out>_oof.csv`` (out-of-fold probabilities per image and
+model: image ids, labels and numbers only, no pixels), and from the BUSI-trained
+models ``<out>_radscore_busi.csv`` (rad-score formula) and
+``<out>_integrated_busi_coef.csv`` (stacking coefficients, for a nomogram).
+
 Models (all refit inside each fold, from :mod:`buscad.classical`):
 radiomics (ICC ≥ 0.75 under ±2 px mask erosion/dilation → z-score → Spearman
 0.9 → LASSO-logistic, C by inner CV → logistic), the same without shape
@@ -54,7 +59,7 @@ from buscad.classical import (
 )
 from buscad.data.manifest import Manifest
 from buscad.evaluate.metrics import auc_ci, delong_test
-from buscad.utils import atomic_write_json
+from buscad.utils import atomic_write_json, atomic_write_table
 
 BASELINE = {"busi_to_breast_mean_fusion": 0.823}
 US_COLUMNS = [
@@ -245,6 +250,16 @@ def main(argv: list[str] | None = None) -> int:
         oof_us = run_cv("US (BrEaST only)", USModel(columns=us_cols), X[breast], y[breast], **kw)
     else:
         oof_us = None
+
+    fold_of = np.empty(len(y), dtype=object)
+    for k, (_, te) in enumerate(splits):
+        fold_of[te] = f"fold{k}" if folds is None else folds[te][0]
+    pred = pd.DataFrame({"image_id": ids, "cohort": cohort, "y": y, "fold": fold_of})
+    for k, v in oof.items():
+        pred[k] = v
+    if oof_us is not None:
+        pred.loc[breast, "US"] = oof_us
+    atomic_write_table(pred, args.out.with_name(f"{args.out.stem}_oof.csv"))
 
     pooled = {k: auc_entry(y, v) for k, v in oof.items()}
     on_breast = {k: auc_entry(y[breast], v[breast]) for k, v in oof.items()} if breast.any() else {}
