@@ -59,7 +59,7 @@ from buscad.classical import (
 )
 from buscad.data.manifest import Manifest
 from buscad.evaluate.metrics import auc_ci, delong_test
-from buscad.utils import atomic_write_json, atomic_write_table
+from buscad.utils import atomic_write_json, atomic_write_table, atomic_write_text
 
 BASELINE = {"busi_to_breast_mean_fusion": 0.823}
 US_COLUMNS = [
@@ -122,6 +122,34 @@ def auc_entry(y: np.ndarray, p: np.ndarray) -> dict:
         "n_neg": r.n_neg,
         "text": str(r),
     }
+
+
+def markdown(out: dict) -> str:
+    """A short Markdown summary of the JSON (AUC [95% DeLong CI] per model and setting)."""
+    names = [*out["pooled_cv"], "US", "radiologist_BIRADS_ordinal"]
+    lines = [
+        f"# classical_cv ({out['data']})",
+        "",
+        f"Folds: {out['folds']}. Deep features: {out['deep_features']} {out['deep_source']}",
+        f"Stacking: {out.get('stack_method', 'proba')}. Clinical: {out['clinical_handling']}.",
+        "",
+        "| model | pooled CV | CV, BUSI rows | CV, BrEaST rows | BUSI → BrEaST |",
+        "|---|---|---|---|---|",
+    ]
+    for k in names:
+        cells = [
+            out[sec].get(k, {}).get("text", out[sec].get(k, {}).get("note", ""))
+            for sec in (
+                "pooled_cv",
+                "pooled_cv_on_busi_rows",
+                "pooled_cv_on_breast_rows",
+                "external_busi_to_breast",
+            )
+        ]
+        if any(cells):
+            lines.append(f"| {k} | " + " | ".join(c or "–" for c in cells) + " |")
+    lines += ["", f"Targets: {json.dumps(out['targets'])}", ""]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -362,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(sys.argv),
     }
     atomic_write_json(args.out, out)
+    atomic_write_text(args.out.with_suffix(".md"), markdown(out))
     print(json.dumps(out["targets"]), "->", args.out)
     return 0
 
