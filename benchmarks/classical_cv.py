@@ -19,6 +19,11 @@ neither, a clearly labelled *proxy* groups images whose 8x8 difference hash
 (dHash of the whole frame) is within Hamming distance 6, unioned with
 ``patient_id``. The JSON says which source was used.
 
+Outputs: the JSON, ``<out>_oof.csv`` (out-of-fold probabilities per image and
+model: image ids, labels and numbers only, no pixels), and from the BUSI-trained
+models ``<out>_radscore_busi.csv`` (rad-score formula) and
+``<out>_integrated_busi_coef.csv`` (stacking coefficients, for a nomogram).
+
 Models (all refit inside each fold, from :mod:`buscad.classical`):
 radiomics (ICC ≥ 0.75 under ±2 px mask erosion/dilation → z-score → Spearman
 0.9 → LASSO-logistic, C by inner CV → logistic), the same without shape
@@ -54,7 +59,7 @@ from buscad.classical import (
 )
 from buscad.data.manifest import Manifest
 from buscad.evaluate.metrics import auc_ci, delong_test
-from buscad.utils import atomic_write_json
+from buscad.utils import atomic_write_json, atomic_write_table, atomic_write_text
 
 BASELINE = {"busi_to_breast_mean_fusion": 0.823}
 US_COLUMNS = [
@@ -119,6 +124,34 @@ def auc_entry(y: np.ndarray, p: np.ndarray) -> dict:
     }
 
 
+def markdown(out: dict) -> str:
+    """A short Markdown summary of the JSON (AUC [95% DeLong CI] per model and setting)."""
+    names = [*out["pooled_cv"], "US", "radiologist_BIRADS_ordinal"]
+    lines = [
+        f"# classical_cv ({out['data']})",
+        "",
+        f"Folds: {out['folds']}. Deep features: {out['deep_features']} {out['deep_source']}",
+        f"Stacking: {out.get('stack_method', 'proba')}. Clinical: {out['clinical_handling']}.",
+        "",
+        "| model | pooled CV | CV, BUSI rows | CV, BrEaST rows | BUSI → BrEaST |",
+        "|---|---|---|---|---|",
+    ]
+    for k in names:
+        cells = [
+            out[sec].get(k, {}).get("text", out[sec].get(k, {}).get("note", ""))
+            for sec in (
+                "pooled_cv",
+                "pooled_cv_on_busi_rows",
+                "pooled_cv_on_breast_rows",
+                "external_busi_to_breast",
+            )
+        ]
+        if any(cells):
+            lines.append(f"| {k} | " + " | ".join(c or "–" for c in cells) + " |")
+    lines += ["", f"Targets: {json.dumps(out['targets'])}", ""]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--manifest", required=True, type=Path)
@@ -131,6 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-o", "--out", type=Path, default=Path("benchmarks/results/classical_cv.json"))
     ap.add_argument("--no-external", action="store_true")
     ap.add_argument("--deep-source", default="", help="free text describing the deep features")
+    ap.add_argument(
+        "--stack-method",
+        default="proba",
+        choices=["proba", "logit"],
+        help="what the integrated model's logistic regression stacks (default: probabilities)",
+    )
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
     t_start = time.perf_counter()
@@ -207,10 +246,15 @@ def main(argv: list[str] | None = None) -> int:
     base_int = ["radiomics", "DLR", "CLDLR", "clinical"] if have_deep else ["radiomics", "clinical"]
     base_int_ns = [("radiomics_no_shape" if b == "radiomics" else b) for b in base_int]
     integrated = {
-        "integrated": StackingIntegrator([(b, models[b]) for b in base_int]),
-        "integrated_no_shape": StackingIntegrator([(b, models[b]) for b in base_int_ns]),
+        "integrated": StackingIntegrator(
+            [(b, models[b]) for b in base_int], stack_method=args.stack_method
+        ),
+        "integrated_no_shape": StackingIntegrator(
+            [(b, models[b]) for b in base_int_ns], stack_method=args.stack_method
+        ),
         "integrated_with_US": StackingIntegrator(
-            [(b, models[b]) for b in base_int] + [("US", USModel(columns=us_cols))]
+            [(b, models[b]) for b in base_int] + [("US", USModel(columns=us_cols))],
+            stack_method=args.stack_method,
         ),
     }
 
@@ -235,6 +279,16 @@ def main(argv: list[str] | None = None) -> int:
     else:
         oof_us = None
 
+    fold_of = np.empty(len(y), dtype=object)
+    for k, (_, te) in enumerate(splits):
+        fold_of[te] = f"fold{k}" if folds is None else folds[te][0]
+    pred = pd.DataFrame({"image_id": ids, "cohort": cohort, "y": y, "fold": fold_of})
+    for k, v in oof.items():
+        pred[k] = v
+    if oof_us is not None:
+        pred.loc[breast, "US"] = oof_us
+    atomic_write_table(pred, args.out.with_name(f"{args.out.stem}_oof.csv"))
+
     pooled = {k: auc_entry(y, v) for k, v in oof.items()}
     on_breast = {k: auc_entry(y[breast], v[breast]) for k, v in oof.items()} if breast.any() else {}
     on_busi = {k: auc_entry(y[~breast], v[~breast]) for k, v in oof.items()} if breast.any() else {}
@@ -254,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         "integrated_vs_best_single": {
             "best_single": best_single,
             "diff": round(dl.diff, 4),
-            "p": round(dl.p, 4),
+            "p": float(f"{dl.p:.3g}"),
         }
     }
 
@@ -265,10 +319,11 @@ def main(argv: list[str] | None = None) -> int:
         g_tr = groups_inner[~breast]
         ext_models = {k: v for k, v in models.items() if k != "clinical"}
         ext_models["integrated"] = StackingIntegrator(
-            [(b, models[b]) for b in base_int if b != "clinical"]
+            [(b, models[b]) for b in base_int if b != "clinical"], stack_method=args.stack_method
         )
         ext_models["integrated_no_shape"] = StackingIntegrator(
-            [(b, models[b]) for b in base_int_ns if b != "clinical"]
+            [(b, models[b]) for b in base_int_ns if b != "clinical"],
+            stack_method=args.stack_method,
         )
         from sklearn.base import clone
 
@@ -286,9 +341,11 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             if name == "radiomics":
-                export_radscore_formula(e, args.out.with_name("classical_radscore_busi.csv"))
+                export_radscore_formula(e, args.out.with_name(f"{args.out.stem}_radscore_busi.csv"))
             if name == "integrated":
-                e.export_coefficients(args.out.with_name("classical_integrated_busi_coef.csv"))
+                e.export_coefficients(
+                    args.out.with_name(f"{args.out.stem}_integrated_busi_coef.csv")
+                )
         external["clinical"] = {"note": "not estimable: BUSI has no clinical data (age)"}
         external["US"] = {"note": "not estimable: BUSI has no BI-RADS lexicon/category"}
 
@@ -309,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         "clinical_handling": "age only (BI-RADS excluded, as Yang et al. 2024); BUSI rows have no "
         "age: median of the training fold imputed plus a 0/1 missing indicator, inside the "
         "pipeline; no row dropped",
+        "stack_method": args.stack_method,
         "integrated_bases": {
             "integrated": base_int,
             "integrated_no_shape": base_int_ns,
@@ -332,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(sys.argv),
     }
     atomic_write_json(args.out, out)
+    atomic_write_text(args.out.with_suffix(".md"), markdown(out))
     print(json.dumps(out["targets"]), "->", args.out)
     return 0
 
