@@ -22,7 +22,8 @@ $(STAMP): $(PY) pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/buscad demo --out runs/demo
+	$(VENV)/bin/buscad demo --out runs/demo/data
+	$(VENV)/bin/buscad study run configs/demo.yaml -o runs/demo/study
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
