@@ -105,7 +105,7 @@ class BodySizeLimit:
     async def _refuse(self, send: Send, n: int) -> None:
         mb = self.max_bytes - _FORM_SLACK
         body = json.dumps(
-            {"detail": f"upload is larger than the {mb / 2**20:.0f} MB limit ({n / 2**20:.1f} MB)"}
+            {"detail": f"upload is larger than the {mb / 2**20:.3g} MB limit ({n / 2**20:.1f} MB)"}
         ).encode()
         await send(
             {

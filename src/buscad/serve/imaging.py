@@ -149,7 +149,7 @@ def decode_mask(data: bytes, shape: tuple[int, int], max_bytes: int | None = Non
 
 
 def _too_large(what: str, n: int, limit: int) -> str:
-    return f"uploaded {what} is {n / 2**20:.1f} MB, above the {limit / 2**20:.0f} MB limit"
+    return f"uploaded {what} is {n / 2**20:.1f} MB, above the {limit / 2**20:.3g} MB limit"
 
 
 def parse_box(text: str | None, shape: tuple[int, int]) -> tuple[int, int, int, int] | None:
