@@ -21,11 +21,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serve_predictor import ContrastPredictor
 
 from buscad.data.phantom import generate_cohort
 from buscad.reader.store import ReaderStudy
 from buscad.serve.app import create_app
+from serve_predictor import ContrastPredictor
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -124,9 +124,11 @@ def _page(browser, base):
     outside: list[str] = []
     page.on(
         "request",
-        lambda req: None
-        if req.url.startswith((base, "data:", "blob:", "about:"))
-        else outside.append(req.url),
+        lambda req: (
+            None
+            if req.url.startswith((base, "data:", "blob:", "about:"))
+            else outside.append(req.url)
+        ),
     )
     return page, outside
 
@@ -214,7 +216,7 @@ def test_reader_screens(browser, server, shots):
     page.locator("details#organiser").evaluate("d => d.open = true")
     _shot(page, shots / "reader-round2.png")
     csv = httpx.get(f"{server}/api/study/export.csv").text.splitlines()
-    first = [line for line in csv if ",R07," in line][0].split(",")
+    first = next(line for line in csv if ",R07," in line).split(",")
     assert first[5:7] == ["4a", "50.0"]  # BI-RADS and confidence from the browser
     assert float(first[8]) > 0  # time taken
     assert outside == []
