@@ -19,13 +19,17 @@ response is sent; a report is saved only when the user downloads it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import json
 import logging
 import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -267,8 +271,9 @@ def create_app(
         small allowance for the form); larger bodies are refused with 413 before
         they are read.
     workers : int, default 1
-        Predictions run at once (each in a worker thread). Torch on few cores
-        gains nothing from more.
+        Predictions run at once, on a dedicated pool of this many threads (also
+        used for the reader study's AI results). Torch on few cores gains
+        nothing from more.
     study_clock : callable, optional
         Clock for the reader study (tests inject a fake one).
 
@@ -279,8 +284,17 @@ def create_app(
     if max_upload_mb <= 0:
         raise ValueError(f"max_upload_mb must be > 0, got {max_upload_mb}")
     max_bytes = int(max_upload_mb * 2**20)
-    limiter = anyio.CapacityLimiter(max(1, int(workers)))
+    # Inference runs on its own small pool: the same thread(s) every time (torch keeps
+    # per-thread state and the allocator per-thread arenas, so memory stays flat).
+    executor = ThreadPoolExecutor(max_workers=max(1, int(workers)), thread_name_prefix="predict")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        executor.shutdown(wait=False, cancel_futures=True)
+
     app = FastAPI(
+        lifespan=lifespan,
         title="buscad",
         version=__version__,
         description=(
@@ -296,14 +310,15 @@ def create_app(
     cases = _CaseCache()
     served: dict[tuple[str, int, str], float] = {}
 
+    def predict_blocking(**kw: Any) -> Prediction:
+        """Run the predictor on the inference pool and wait (for worker threads)."""
+        return executor.submit(functools.partial(predictor.predict, **kw)).result()
+
     async def run_predict(**kw: Any) -> Prediction:
         """Run the predictor off the event loop; bad input becomes a 422."""
-
-        def call() -> Prediction:
-            return predictor.predict(**kw)
-
+        loop = asyncio.get_running_loop()
         try:
-            return await anyio.to_thread.run_sync(call, limiter=limiter)
+            return await loop.run_in_executor(executor, functools.partial(predictor.predict, **kw))
         except (ValueError, TypeError) as exc:
             raise UploadError(422, f"the model could not read this input: {exc}") from exc
 
@@ -632,7 +647,7 @@ def create_app(
         if hit is not None:
             return hit
         gray, mask = load_case(st, case_id)
-        pred = predictor.predict(gray, mask=mask, heatmap=True)
+        pred = predict_blocking(gray=gray, mask=mask, heatmap=True)
         cases.put(("pred", case_id), pred)
         return pred
 
