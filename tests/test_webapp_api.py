@@ -324,3 +324,25 @@ def test_inference_runs_off_the_event_loop(case):
 
     t_health, t_predict = asyncio.run(go())
     assert t_health < 0.5 < t_predict
+
+
+def test_serve_command(monkeypatch, tmp_path):
+    import uvicorn
+    from typer.testing import CliRunner
+
+    import buscad.serve.cli as serve_cli
+    from buscad.cli import app as cli_app
+
+    seen = {}
+    monkeypatch.setattr(serve_cli, "load_predictor", lambda p: ContrastPredictor())
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    r = CliRunner().invoke(
+        cli_app, ["serve", str(tmp_path), "--study-db", str(tmp_path / "s.sqlite")]
+    )
+    assert r.exit_code == 0, r.output
+    assert seen["host"] == "127.0.0.1" and seen["port"] == 8000  # local only by default
+    assert "serving contrast-test on http://127.0.0.1:8000/" in r.output
+    with TestClient(seen["app"]) as c:
+        assert c.get("/api/info").json()["reader_study"] is True
+    r = CliRunner().invoke(cli_app, ["serve", str(tmp_path), "--max-upload-mb", "0"])
+    assert r.exit_code != 0 and "must be > 0" in r.output
