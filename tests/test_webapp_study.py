@@ -252,3 +252,18 @@ def test_killed_server_loses_no_read(cohort, tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_missing_case_image_is_reported_and_server_goes_on(tmp_path):
+    man = generate_cohort(2, tmp_path / "cases", seed=8)
+    db = tmp_path / "s.sqlite"
+    ReaderStudy.create(db, man.source, washout_days=0).add_reader("R04")
+    man.image_path(0).unlink()
+    gone = str(man.df["image_id"].iat[0])
+    with TestClient(create_app(ContrastPredictor(), study_db=db)) as c:
+        r = c.get(f"/api/study/cases/{gone}/image.png")
+        assert r.status_code == 500
+        assert r.json()["detail"] == "study case could not be read: file not found"
+        other = str(man.df["image_id"].iat[1])
+        assert c.get(f"/api/study/cases/{other}/image.png").status_code == 200
+        assert c.get("/api/study/cases/nope/image.png").status_code == 404

@@ -47,6 +47,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from buscad import __version__
 from buscad.bundle_types import Prediction, Predictor
+from buscad.errors import InputFileError
 from buscad.serve import imaging
 from buscad.serve.imaging import UploadError
 from buscad.serve.report import ReportContext, render_html, render_pdf
@@ -538,6 +539,8 @@ def create_app(
         except ReaderStudyError as exc:
             msg = str(exc)
             raise HTTPException(404 if msg.startswith("unknown reader") else 422, msg) from exc
+        except InputFileError as exc:  # a study image, mask or manifest went missing
+            raise HTTPException(500, f"study case could not be read: {exc.problem}") from exc
 
     def reader_state(st, rid: str) -> dict[str, Any]:
         p = st.progress(rid)
