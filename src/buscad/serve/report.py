@@ -129,7 +129,7 @@ region the models read ({e(ROI_TEXT.get(pred.roi_source, pred.roi_source))})</fi
 {overlay_fig}
 </div>
 <table>{rows}</table>
-<div class="note"><b>Decision support only.</b> {e(pred.band.note)}</div>
+<div class="note">{e(pred.band.note)}</div>
 <table><tr><th>Model</th><th>Malignant probability</th><th>Note</th></tr>{models}</table>
 <div class="foot">The AI score is the calibrated probability of malignancy from the primary
 model; the decision compares it with the bundle's threshold. Research software: not a medical
@@ -172,11 +172,11 @@ def render_pdf(pred: Prediction, gray: np.ndarray, ctx: ReportContext) -> bytes:
         fig.text(0.06, y, k, fontsize=9.5, weight="bold")
         fig.text(0.52, y, v, fontsize=9.5, wrap=True)
         y -= 0.025
-    y -= 0.01
+    y -= 0.025
     fig.text(
         0.06,
         y,
-        "Decision support only. " + pred.band.note,
+        pred.band.note,
         fontsize=9,
         wrap=True,
         bbox={"boxstyle": "round", "facecolor": "#fff6e5", "edgecolor": "#b26a00"},
