@@ -175,6 +175,32 @@ def test_case_screen(browser, server, cohort, shots):
     page.close()
 
 
+def test_dicom_shown_deidentified_and_clinical_input(browser, server, cohort, tmp_path):
+    from test_webapp_api import DATES, PATIENT_ID, PATIENT_NAME, make_dicom
+
+    from buscad.data.io import read_image
+
+    gray, _ = read_image(cohort.image_path(1))
+    dcm = tmp_path / "Doe_Janeqx.dcm"
+    dcm.write_bytes(make_dicom(gray))
+    page, outside = _page(browser, server)
+    page.goto(server + "/")
+    page.wait_for_selector("#clinical-age")
+    page.set_input_files("#image-input", str(dcm))
+    page.wait_for_selector("#analyse:enabled")
+    assert page.evaluate("document.getElementById('base-img').naturalWidth") == gray.shape[1]
+    page.fill("#clinical-age", "61")
+    page.click("#analyse")
+    page.wait_for_selector("#message.ok")
+    assert "not run" not in page.inner_text("#models")  # the clinical model ran with the age
+    text = page.inner_text("main")
+    for secret in (PATIENT_NAME, "Janeqx", PATIENT_ID, *DATES):
+        assert secret not in text
+    assert "Doe_Janeqx.dcm" not in page.inner_text("#results")
+    assert outside == []
+    page.close()
+
+
 def test_bad_file_shows_message(browser, server, tmp_path):
     page, _ = _page(browser, server)
     page.goto(server + "/")

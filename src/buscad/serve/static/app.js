@@ -20,7 +20,8 @@ async function loadInfo() {
       const lab = document.createElement("label");
       lab.textContent = name + " ";
       const inp = document.createElement("input");
-      inp.type = "number";
+      inp.type = "text";
+      inp.size = 8;
       inp.dataset.clinical = name;
       inp.id = "clinical-" + name;
       lab.append(inp);
@@ -138,7 +139,8 @@ function formData() {
   if (state.box) fd.append("box", state.box.join(","));
   const clinical = {};
   for (const inp of document.querySelectorAll("[data-clinical]")) {
-    if (inp.value !== "") clinical[inp.dataset.clinical] = Number(inp.value);
+    const v = inp.value.trim();
+    if (v !== "") clinical[inp.dataset.clinical] = v !== "" && !isNaN(Number(v)) ? Number(v) : v;
   }
   if (Object.keys(clinical).length) fd.append("clinical", JSON.stringify(clinical));
   return fd;
