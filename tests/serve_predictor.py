@@ -1,4 +1,4 @@
-"""A small, real (non-constant) predictor for testing the web app without a trained bundle.
+"""Web-app test helpers: a small real (non-constant) predictor, and a DICOM with patient data.
 
 It follows :class:`buscad.bundle_types.Predictor` honestly: the region read is
 the mask's bounding box, else the box, else the whole image; the score of the
@@ -11,11 +11,15 @@ from a Gaussian-smoothed image) inside the region, scaled to [0, 1].
 
 from __future__ import annotations
 
+import io
 import math
 import time
 from typing import Any
 
 import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from scipy import ndimage
 
 from buscad.bundle_types import Prediction, likelihood_band
@@ -110,3 +114,34 @@ class ContrastPredictor:
             heatmap=hm,
             timings_ms={"score": (t1 - t0) * 1e3, "heatmap": (t2 - t1) * 1e3},
         )
+
+
+PATIENT_NAME = "Doe^Janeqx"
+PATIENT_ID = "PID98765432"
+DATES = ("19610203", "20240115")
+
+
+def make_dicom(gray: np.ndarray) -> bytes:
+    """A single-frame 8-bit ultrasound DICOM carrying a name, an ID and dates."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.6.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.PatientName = PATIENT_NAME
+    ds.PatientID = PATIENT_ID
+    ds.PatientBirthDate = DATES[0]
+    ds.StudyDate = DATES[1]
+    ds.InstitutionName = "Hospital Zyx"
+    ds.Modality = "US"
+    ds.Rows, ds.Columns = gray.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = np.ascontiguousarray(gray, dtype=np.uint8).tobytes()
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+    return buf.getvalue()

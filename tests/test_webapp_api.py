@@ -11,48 +11,15 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import pydicom
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from buscad.bundle_types import DECISION_SUPPORT_NOTE, likelihood_band
 from buscad.data.io import read_image, read_mask
 from buscad.data.phantom import generate_cohort
 from buscad.serve.app import WHOLE_IMAGE_NOTE, create_app
-from serve_predictor import ContrastPredictor
-
-PATIENT_NAME = "Doe^Janeqx"
-PATIENT_ID = "PID98765432"
-DATES = ("19610203", "20240115")
-
-
-def make_dicom(gray: np.ndarray) -> bytes:
-    """A single-frame 8-bit ultrasound DICOM carrying a name, an ID and dates."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.6.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.PatientName = PATIENT_NAME
-    ds.PatientID = PATIENT_ID
-    ds.PatientBirthDate = DATES[0]
-    ds.StudyDate = DATES[1]
-    ds.InstitutionName = "Hospital Zyx"
-    ds.Modality = "US"
-    ds.Rows, ds.Columns = gray.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelData = np.ascontiguousarray(gray, dtype=np.uint8).tobytes()
-    buf = io.BytesIO()
-    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
-    return buf.getvalue()
+from serve_predictor import DATES, PATIENT_ID, PATIENT_NAME, ContrastPredictor, make_dicom
 
 
 @pytest.fixture(scope="module")

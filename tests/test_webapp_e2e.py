@@ -176,9 +176,8 @@ def test_case_screen(browser, server, cohort, shots):
 
 
 def test_dicom_shown_deidentified_and_clinical_input(browser, server, cohort, tmp_path):
-    from test_webapp_api import DATES, PATIENT_ID, PATIENT_NAME, make_dicom
-
     from buscad.data.io import read_image
+    from serve_predictor import DATES, PATIENT_ID, PATIENT_NAME, make_dicom
 
     gray, _ = read_image(cohort.image_path(1))
     dcm = tmp_path / "Doe_Janeqx.dcm"
