@@ -220,6 +220,7 @@ def test_reader_screens(browser, server, shots):
     page.wait_for_selector("#read-form:visible")
     assert page.inner_text("#round") == "Round 1: without AI"
     assert page.locator("#ai-panel").is_hidden()
+    assert page.locator("#opacity-row").is_hidden() and page.locator("#heat-img").is_hidden()
     _shot(page, shots / "reader-round1.png")
     page.check("input[name=birads][value='4a']")
     page.check("#give-confidence")
