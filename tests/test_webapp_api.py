@@ -313,3 +313,23 @@ def test_serve_command(monkeypatch, tmp_path):
         assert c.get("/api/info").json()["reader_study"] is True
     r = CliRunner().invoke(cli_app, ["serve", str(tmp_path), "--max-upload-mb", "0"])
     assert r.exit_code != 0 and "must be > 0" in r.output
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"\x89PNG\r\n\x1a\n",
+        b"\xff\xd8\xff\xe0",
+        b"BM",
+        b"II*\x00",
+        b"\0" * 128 + b"DICM",
+        b"GIF89a",
+    ],
+    ids=["png", "jpeg", "bmp", "tiff", "dicom", "gif"],
+)
+def test_garbage_behind_a_valid_signature_is_a_4xx(client, case, head):
+    rng = np.random.default_rng(len(head))
+    r = post(client, image=head + rng.integers(0, 256, 3000, dtype=np.uint8).tobytes())
+    assert 400 <= r.status_code < 500
+    assert r.json()["detail"].startswith("uploaded image")
+    assert post(client, image=case[0]).status_code == 200
