@@ -333,3 +333,21 @@ def test_garbage_behind_a_valid_signature_is_a_4xx(client, case, head):
     assert 400 <= r.status_code < 500
     assert r.json()["detail"].startswith("uploaded image")
     assert post(client, image=case[0]).status_code == 200
+
+
+def test_predictor_refusal_is_a_422_and_app_survives_restart(case):
+    class Picky(ContrastPredictor):
+        def predict(self, gray, mask=None, box=None, clinical=None, heatmap=True):
+            if clinical and clinical.get("age", 0) > 120:
+                raise ValueError(f"age {clinical['age']} is out of range")
+            return super().predict(gray, mask, box, clinical, heatmap)
+
+    app = create_app(Picky())
+    for _ in range(2):  # the same app, started and stopped twice
+        with TestClient(app) as c:
+            r = post(c, image=case[0], clinical='{"age": 300}')
+            assert r.status_code == 422
+            assert (
+                r.json()["detail"] == "the model could not read this input: age 300 is out of range"
+            )
+            assert post(c, image=case[0], clinical='{"age": 40}').status_code == 200

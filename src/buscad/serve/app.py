@@ -47,7 +47,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from buscad import __version__
 from buscad.bundle_types import Prediction, Predictor
-from buscad.errors import InputFileError
+from buscad.errors import BuscadError, InputFileError
 from buscad.serve import imaging
 from buscad.serve.imaging import UploadError
 from buscad.serve.report import ReportContext, render_html, render_pdf
@@ -287,12 +287,25 @@ def create_app(
     max_bytes = int(max_upload_mb * 2**20)
     # Inference runs on its own small pool: the same thread(s) every time (torch keeps
     # per-thread state and the allocator per-thread arenas, so memory stays flat).
-    executor = ThreadPoolExecutor(max_workers=max(1, int(workers)), thread_name_prefix="predict")
+    pool: list[ThreadPoolExecutor] = []
+    pool_lock = threading.Lock()
+
+    def executor() -> ThreadPoolExecutor:
+        with pool_lock:
+            if not pool:
+                pool.append(
+                    ThreadPoolExecutor(
+                        max_workers=max(1, int(workers)), thread_name_prefix="predict"
+                    )
+                )
+            return pool[0]
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
-        executor.shutdown(wait=False, cancel_futures=True)
+        with pool_lock:
+            while pool:
+                pool.pop().shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
         lifespan=lifespan,
@@ -313,14 +326,16 @@ def create_app(
 
     def predict_blocking(**kw: Any) -> Prediction:
         """Run the predictor on the inference pool and wait (for worker threads)."""
-        return executor.submit(functools.partial(predictor.predict, **kw)).result()
+        return executor().submit(functools.partial(predictor.predict, **kw)).result()
 
     async def run_predict(**kw: Any) -> Prediction:
         """Run the predictor off the event loop; bad input becomes a 422."""
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(executor, functools.partial(predictor.predict, **kw))
-        except (ValueError, TypeError) as exc:
+            return await loop.run_in_executor(
+                executor(), functools.partial(predictor.predict, **kw)
+            )
+        except (BuscadError, ValueError) as exc:
             raise UploadError(422, f"the model could not read this input: {exc}") from exc
 
     @app.exception_handler(UploadError)
