@@ -315,6 +315,7 @@ def test_serve_command(monkeypatch, tmp_path):
     assert r.exit_code != 0 and "must be > 0" in r.output
 
 
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data:UserWarning")
 @pytest.mark.parametrize(
     "head",
     [
