@@ -1,0 +1,248 @@
+"""Decoding uploads and drawing the web app's images, with no file kept on disk.
+
+Uploaded bytes are handed to :func:`buscad.data.io.read_image` /
+:func:`~buscad.data.io.read_mask` through a named temporary file that lives in
+memory (``/dev/shm`` where it exists) and is deleted as soon as it is read.
+Errors never repeat the uploaded file's name or any DICOM header value: they
+say "uploaded image" or "uploaded mask" and the problem.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from buscad.data.io import _sniff_bytes, read_image, read_mask, to_uint8
+from buscad.errors import ImageReadError, MaskError
+
+#: Formats accepted as images (detected from content).
+IMAGE_FORMATS = ("png", "jpeg", "bmp", "tiff", "dicom")
+#: Formats accepted as uploaded masks (detected from content).
+MASK_FORMATS = ("png", "bmp", "tiff")
+_MEMORY_DIR = "/dev/shm"
+
+
+class UploadError(ValueError):
+    """An upload was refused; ``status`` is the HTTP status to answer with.
+
+    Parameters
+    ----------
+    status : int
+        400 (empty/malformed), 413 (too large), 415 (unsupported type) or 422
+        (corrupt content, wrong size).
+    message : str
+        One line saying what is wrong.
+    """
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = " ".join(str(message).split())
+        super().__init__(self.message)
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An uploaded image reduced to its pixels (no file name, no header)."""
+
+    gray: np.ndarray
+    format: str
+    bit_depth: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(height, width)``."""
+        return int(self.gray.shape[0]), int(self.gray.shape[1])
+
+
+@contextlib.contextmanager
+def _memory_file(data: bytes, suffix: str) -> Iterator[Path]:
+    """A named temporary file holding ``data``, in RAM where possible, removed on exit."""
+    tmpdir = _MEMORY_DIR if os.path.isdir(_MEMORY_DIR) and os.access(_MEMORY_DIR, os.W_OK) else None
+    fd, name = tempfile.mkstemp(prefix="buscad-upload-", suffix=suffix, dir=tmpdir)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        yield Path(name)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+
+
+def sniff(data: bytes) -> str:
+    """Format of uploaded bytes from their content (``unknown`` when unrecognised)."""
+    return _sniff_bytes(data[:352])
+
+
+def decode_image(data: bytes, max_bytes: int | None = None) -> DecodedImage:
+    """Decode an uploaded PNG, JPEG, BMP, TIFF or DICOM image.
+
+    Parameters
+    ----------
+    data : bytes
+        The uploaded file's content.
+    max_bytes : int, optional
+        Largest accepted size.
+
+    Returns
+    -------
+    DecodedImage
+        Grayscale pixels; DICOM headers are never kept.
+
+    Raises
+    ------
+    UploadError
+        400 empty, 413 too large, 415 not an image, 422 corrupt or unsupported content.
+    """
+    if not data:
+        raise UploadError(400, "uploaded image is empty (0 bytes)")
+    if max_bytes is not None and len(data) > max_bytes:
+        raise UploadError(413, _too_large("image", len(data), max_bytes))
+    fmt = sniff(data)
+    if fmt not in IMAGE_FORMATS:
+        what = "a GIF" if fmt == "gif" else "JSON" if fmt == "json" else "not a recognised image"
+        raise UploadError(
+            415,
+            f"uploaded image is {what} by its content; expected PNG, JPEG, BMP, TIFF or DICOM",
+        )
+    suffix = ".dcm" if fmt == "dicom" else f".{fmt}"
+    try:
+        with _memory_file(data, suffix) as p:
+            gray, meta = read_image(p)
+    except ImageReadError as exc:
+        raise UploadError(422, f"uploaded image: {exc.problem}") from exc
+    if gray.ndim != 2 or min(gray.shape) < 8:
+        raise UploadError(422, f"uploaded image is {gray.shape[::-1]} pixels; at least 8x8 needed")
+    return DecodedImage(gray=gray, format=meta.format, bit_depth=int(meta.bit_depth))
+
+
+def decode_mask(data: bytes, shape: tuple[int, int], max_bytes: int | None = None) -> np.ndarray:
+    """Decode an uploaded binary mask (PNG, BMP or TIFF; nonzero = lesion).
+
+    Raises
+    ------
+    UploadError
+        Empty, too large, wrong type, corrupt, wrong size or blank mask.
+    """
+    if not data:
+        raise UploadError(400, "uploaded mask is empty (0 bytes)")
+    if max_bytes is not None and len(data) > max_bytes:
+        raise UploadError(413, _too_large("mask", len(data), max_bytes))
+    fmt = sniff(data)
+    if fmt not in MASK_FORMATS:
+        raise UploadError(415, "uploaded mask is not a PNG, BMP or TIFF image by its content")
+    try:
+        with _memory_file(data, f".{fmt}") as p:
+            mask = read_mask([p], shape)
+    except MaskError as exc:
+        raise UploadError(422, f"uploaded mask: {exc.problem}") from exc
+    if not mask.any():
+        raise UploadError(422, "uploaded mask is blank: no lesion pixel (nonzero) in it")
+    return mask
+
+
+def _too_large(what: str, n: int, limit: int) -> str:
+    return f"uploaded {what} is {n / 2**20:.1f} MB, above the {limit / 2**20:.3g} MB limit"
+
+
+def parse_box(text: str | None, shape: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """Parse ``"x0,y0,x1,y1"`` (image pixels) and clip it to the image.
+
+    Returns None for an empty value.
+
+    Raises
+    ------
+    UploadError
+        422 when malformed or smaller than 4x4 pixels inside the image.
+    """
+    if text is None or not str(text).strip():
+        return None
+    parts = [s for s in str(text).replace(";", ",").split(",") if s.strip()]
+    try:
+        vals = [float(s) for s in parts]
+    except ValueError as exc:
+        raise UploadError(422, f"box {text!r} must be four numbers x0,y0,x1,y1") from exc
+    if len(vals) != 4 or not all(np.isfinite(vals)):
+        raise UploadError(422, f"box {text!r} must be four numbers x0,y0,x1,y1")
+    h, w = shape
+    x0, x1 = sorted((vals[0], vals[2]))
+    y0, y1 = sorted((vals[1], vals[3]))
+    bx0, by0 = int(np.clip(np.floor(x0), 0, w)), int(np.clip(np.floor(y0), 0, h))
+    bx1, by1 = int(np.clip(np.ceil(x1), 0, w)), int(np.clip(np.ceil(y1), 0, h))
+    if bx1 - bx0 < 4 or by1 - by0 < 4:
+        raise UploadError(
+            422, f"box {text!r} covers less than 4x4 pixels of the {w}x{h} image; draw a larger box"
+        )
+    return bx0, by0, bx1, by1
+
+
+# ----------------------------------------------------------------- rendering
+
+
+def _colormap_lut() -> np.ndarray:
+    """256x3 uint8 'turbo'-like lookup table (blue - green - yellow - red), no matplotlib."""
+    t = np.linspace(0.0, 1.0, 256)
+    # piecewise-linear jet-style ramp: dark blue -> cyan -> yellow -> red
+    r = np.clip(1.5 - np.abs(4 * t - 3), 0, 1)
+    g = np.clip(1.5 - np.abs(4 * t - 2), 0, 1)
+    b = np.clip(1.5 - np.abs(4 * t - 1), 0, 1)
+    return (np.stack([r, g, b], axis=1) * 255).astype(np.uint8)
+
+
+_LUT = _colormap_lut()
+
+
+def gray_png(gray: np.ndarray) -> bytes:
+    """PNG bytes of a grayscale image (16-bit images windowed to 8 bits)."""
+    return encode_png(Image.fromarray(to_uint8(gray), mode="L"))
+
+
+def heatmap_rgba(heatmap: np.ndarray) -> np.ndarray:
+    """Colour a [0, 1] heatmap; alpha = ``min(1, 1.5 h)`` so zero (outside the ROI) is clear."""
+    h = np.clip(np.nan_to_num(np.asarray(heatmap, dtype=np.float32)), 0.0, 1.0)
+    idx = np.rint(h * 255).astype(np.uint8)
+    rgba = np.empty((*h.shape, 4), dtype=np.uint8)
+    rgba[..., :3] = _LUT[idx]
+    rgba[..., 3] = np.rint(np.minimum(1.0, 1.5 * h) * 255).astype(np.uint8)
+    return rgba
+
+
+def heatmap_png(heatmap: np.ndarray) -> bytes:
+    """PNG (RGBA) of the coloured heatmap, to stack over the image with any opacity."""
+    return encode_png(Image.fromarray(heatmap_rgba(heatmap), mode="RGBA"))
+
+
+def composite(
+    gray: np.ndarray,
+    heatmap: np.ndarray | None = None,
+    roi: tuple[int, int, int, int] | None = None,
+    opacity: float = 0.5,
+) -> Image.Image:
+    """RGB image with the heatmap blended at ``opacity`` and the ROI outlined."""
+    base = Image.fromarray(to_uint8(gray), mode="L").convert("RGB")
+    if heatmap is not None:
+        rgba = heatmap_rgba(heatmap).astype(np.float32)
+        a = rgba[..., 3:4] / 255.0 * float(opacity)
+        arr = np.asarray(base, dtype=np.float32) * (1 - a) + rgba[..., :3] * a
+        base = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="RGB")
+    if roi is not None:
+        x0, y0, x1, y1 = roi
+        width = max(1, round(max(base.size) / 250))
+        ImageDraw.Draw(base).rectangle(
+            [x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=(0, 230, 118), width=width
+        )
+    return base
+
+
+def encode_png(img: Image.Image) -> bytes:
+    """PNG bytes of a Pillow image (no text chunks, so no metadata)."""
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()

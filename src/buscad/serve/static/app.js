@@ -1,0 +1,230 @@
+// buscad case page: open an image, mark the lesion, see the AI result, print or save the report.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { file: null, box: null, natural: null, drag: null, info: null };
+
+async function loadInfo() {
+  const r = await fetch("/api/info");
+  state.info = await r.json();
+  const i = state.info;
+  $("model-line").textContent = "Bundle " + i.bundle.name + (i.bundle.version ? " (" + i.bundle.version + ")" : "") +
+    " · threshold " + pct(i.threshold) + " · uploads up to " + i.max_upload_mb + " MB";
+  const box = $("clinical");
+  box.innerHTML = "";
+  if (i.clinical_inputs.length) {
+    const h = document.createElement("h2");
+    h.textContent = "Clinical inputs (optional)";
+    box.append(h);
+    for (const name of i.clinical_inputs) {
+      const lab = document.createElement("label");
+      lab.textContent = name + " ";
+      const inp = document.createElement("input");
+      inp.type = "text";
+      inp.size = 8;
+      inp.dataset.clinical = name;
+      inp.id = "clinical-" + name;
+      lab.append(inp);
+      box.append(lab);
+    }
+  }
+}
+
+function resetResult() {
+  $("results").hidden = true;
+  $("heat-img").removeAttribute("src");
+  $("heat-img").style.display = "none";
+}
+
+async function openImage(file) {
+  resetResult();
+  state.file = file;
+  state.box = null;
+  updateBoxText();
+  setMessage($("message"), "Reading image…");
+  const fd = new FormData();
+  fd.append("image", file);
+  const r = await fetch("/api/preview", { method: "POST", body: fd });
+  if (!r.ok) {
+    state.file = null;
+    $("analyse").disabled = true;
+    setMessage($("message"), await apiError(r), "error");
+    return;
+  }
+  const blob = await r.blob();
+  const img = $("base-img");
+  img.onload = () => {
+    state.natural = { w: img.naturalWidth, h: img.naturalHeight };
+    $("stage").classList.remove("empty");
+    sizeCanvas();
+    setMessage($("message"), "Image " + state.natural.w + "×" + state.natural.h +
+      ". Draw a box around the lesion, upload a mask, or analyse the whole image.");
+    $("analyse").disabled = false;
+  };
+  img.src = URL.createObjectURL(blob);
+}
+
+function sizeCanvas() {
+  const img = $("base-img");
+  const c = $("draw");
+  c.width = img.clientWidth;
+  c.height = img.clientHeight;
+  drawBox();
+}
+
+function toImage(ev) {
+  const c = $("draw");
+  const rect = c.getBoundingClientRect();
+  const sx = state.natural.w / rect.width;
+  const sy = state.natural.h / rect.height;
+  return {
+    x: Math.max(0, Math.min(state.natural.w, (ev.clientX - rect.left) * sx)),
+    y: Math.max(0, Math.min(state.natural.h, (ev.clientY - rect.top) * sy)),
+  };
+}
+
+function drawBox() {
+  const c = $("draw");
+  const ctx = c.getContext("2d");
+  ctx.clearRect(0, 0, c.width, c.height);
+  const b = state.drag || state.box;
+  if (!b || !state.natural) return;
+  const sx = c.width / state.natural.w;
+  const sy = c.height / state.natural.h;
+  ctx.strokeStyle = "#00e676";
+  ctx.lineWidth = 2;
+  ctx.strokeRect(Math.min(b[0], b[2]) * sx, Math.min(b[1], b[3]) * sy,
+    Math.abs(b[2] - b[0]) * sx, Math.abs(b[3] - b[1]) * sy);
+}
+
+function updateBoxText() {
+  $("box-text").textContent = state.box
+    ? "Box: " + state.box.map((v) => Math.round(v)).join(", ")
+    : "No box drawn.";
+}
+
+function bindDrawing() {
+  const c = $("draw");
+  c.addEventListener("pointerdown", (ev) => {
+    if (!state.natural) return;
+    const p = toImage(ev);
+    state.drag = [p.x, p.y, p.x, p.y];
+    c.setPointerCapture(ev.pointerId);
+  });
+  c.addEventListener("pointermove", (ev) => {
+    if (!state.drag) return;
+    const p = toImage(ev);
+    state.drag[2] = p.x;
+    state.drag[3] = p.y;
+    drawBox();
+  });
+  c.addEventListener("pointerup", () => {
+    if (!state.drag) return;
+    const b = state.drag;
+    state.drag = null;
+    const box = [Math.min(b[0], b[2]), Math.min(b[1], b[3]), Math.max(b[0], b[2]), Math.max(b[1], b[3])];
+    state.box = box[2] - box[0] >= 4 && box[3] - box[1] >= 4 ? box.map(Math.round) : null;
+    updateBoxText();
+    drawBox();
+  });
+  window.addEventListener("resize", () => state.natural && sizeCanvas());
+  $("clear-box").addEventListener("click", () => { state.box = null; updateBoxText(); drawBox(); });
+}
+
+function formData() {
+  const fd = new FormData();
+  fd.append("image", state.file);
+  const mask = $("mask-input").files[0];
+  if (mask) fd.append("mask", mask);
+  if (state.box) fd.append("box", state.box.join(","));
+  const clinical = {};
+  for (const inp of document.querySelectorAll("[data-clinical]")) {
+    const v = inp.value.trim();
+    if (v !== "") clinical[inp.dataset.clinical] = v !== "" && !isNaN(Number(v)) ? Number(v) : v;
+  }
+  if (Object.keys(clinical).length) fd.append("clinical", JSON.stringify(clinical));
+  return fd;
+}
+
+async function analyse() {
+  if (!state.file) return;
+  $("analyse").disabled = true;
+  setMessage($("message"), "Analysing…");
+  try {
+    const r = await fetch("/api/predict", { method: "POST", body: formData() });
+    if (!r.ok) {
+      setMessage($("message"), await apiError(r), "error");
+      return;
+    }
+    const res = await r.json();
+    showResult(res);
+    setMessage($("message"), "Done (" + Math.round(Object.values(res.timings_ms || {}).reduce((a, b) => a + b, 0)) + " ms).", "ok");
+  } finally {
+    $("analyse").disabled = false;
+  }
+}
+
+function showResult(res) {
+  $("results").hidden = false;
+  $("score").textContent = pct(res.ai_score);
+  $("threshold").textContent = "Decision threshold " + pct(res.threshold) + " (" + res.primary_model + ")";
+  const dec = $("decision");
+  dec.textContent = res.decision === "malignant" ? "Above threshold: suspicious" : "Below threshold: not suspicious";
+  dec.className = "decision " + res.decision;
+  showBand(res, $("band"), $("band-note"));
+  const note = $("roi-note");
+  note.hidden = !res.roi_note;
+  note.textContent = res.roi_note || "";
+  fillModels(document.querySelector("#models tbody"), res);
+  const heat = $("heat-img");
+  if (res.heatmap_png) {
+    heat.src = "data:image/png;base64," + res.heatmap_png;
+    heat.style.display = "block";
+  } else {
+    heat.style.display = "none";
+  }
+  if (res.roi_source === "mask" || res.roi_source === "whole") {
+    state.drag = null;
+  }
+}
+
+async function fetchReport(format) {
+  const r = await fetch("/api/report?format=" + format, { method: "POST", body: formData() });
+  if (!r.ok) {
+    setMessage($("message"), await apiError(r), "error");
+    return null;
+  }
+  return r;
+}
+
+async function saveReport(format) {
+  const r = await fetchReport(format);
+  if (!r) return;
+  const cd = r.headers.get("Content-Disposition") || "";
+  const m = /filename="([^"]+)"/.exec(cd);
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(await r.blob());
+  a.download = m ? m[1] : "buscad-report." + format;
+  document.body.append(a);
+  a.click();
+  a.remove();
+}
+
+async function printReport() {
+  const r = await fetchReport("html");
+  if (!r) return;
+  const frame = $("print-frame");
+  frame.srcdoc = await r.text();
+  frame.onload = () => frame.contentWindow.print();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  loadInfo();
+  bindDrawing();
+  bindOpacity($("opacity"), $("opacity-value"), $("heat-img"));
+  $("image-input").addEventListener("change", (ev) => ev.target.files[0] && openImage(ev.target.files[0]));
+  $("analyse").addEventListener("click", analyse);
+  $("save-html").addEventListener("click", () => saveReport("html"));
+  $("save-pdf").addEventListener("click", () => saveReport("pdf"));
+  $("print-report").addEventListener("click", printReport);
+});

@@ -1,0 +1,249 @@
+"""End-to-end test of the web app in a real headless Chromium (Debian's package, via Playwright).
+
+Set-up: uses ``/usr/bin/chromium``; when it is absent and we run as root with
+apt-get, installs Debian's ``chromium`` package; otherwise the test is skipped
+with the reason. Playwright's own browser download is never used.
+
+Screenshots of the main screens (phantom images only) go to
+``$BUSCAD_SCREENSHOT_DIR`` when set (``docs/img`` for the README), else to a
+temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from buscad.data.phantom import generate_cohort
+from buscad.reader.store import ReaderStudy
+from buscad.serve.app import create_app
+from serve_predictor import ContrastPredictor
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _ensure_chromium() -> Path:
+    if CHROMIUM.exists():
+        return CHROMIUM
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        pytest.skip(
+            "headless Chromium not available: /usr/bin/chromium is missing and installing "
+            "Debian's chromium package needs root and apt-get"
+        )
+    proc = subprocess.run(
+        ["apt-get", "install", "-y", "--no-install-recommends", "chromium"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+    )
+    if proc.returncode != 0 or not CHROMIUM.exists():
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        pytest.skip(f"could not install Debian's chromium package: {tail[0]}")
+    return CHROMIUM
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="Playwright is not installed (pip install playwright)"
+    )
+    exe = _ensure_chromium()
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(exe), args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory):
+    return generate_cohort(3, tmp_path_factory.mktemp("e2e"), seed=21, normal_fraction=0.0)
+
+
+@pytest.fixture(scope="module")
+def server(cohort, tmp_path_factory: pytest.TempPathFactory):
+    import uvicorn
+
+    db = tmp_path_factory.mktemp("e2e_db") / "study.sqlite"
+    ReaderStudy.create(db, cohort.source, washout_days=0, seed=4)
+    app = create_app(ContrastPredictor(), study_db=db)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    th = threading.Thread(target=srv.run, daemon=True)
+    th.start()
+    deadline = time.monotonic() + 20
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert srv.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    th.join(10)
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = os.environ.get("BUSCAD_SCREENSHOT_DIR")
+    out = Path(d) if d else tmp_path_factory.mktemp("shots")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _shot(page, path: Path) -> None:
+    """Screenshot as a small palette PNG (phantom images only)."""
+    import io
+
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(page.screenshot())).convert("RGB")
+    img.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+    assert path.stat().st_size > 10_000
+
+
+def _page(browser, base):
+    page = browser.new_page(viewport={"width": 1280, "height": 760})
+    outside: list[str] = []
+    page.on(
+        "request",
+        lambda req: (
+            None
+            if req.url.startswith((base, "data:", "blob:", "about:"))
+            else outside.append(req.url)
+        ),
+    )
+    return page, outside
+
+
+def test_case_screen(browser, server, cohort, shots):
+    page, outside = _page(browser, server)
+    page.goto(server + "/")
+    page.wait_for_selector("#model-line:has-text('contrast-test')")
+    page.set_input_files("#image-input", str(cohort.image_path(0)))
+    page.wait_for_selector("#analyse:enabled")
+    # no box: the page says the whole image is used
+    page.click("#analyse")
+    page.wait_for_selector("#roi-note:visible")
+    assert "whole image" in page.inner_text("#roi-note")
+    # draw a box on the image
+    bb = page.locator("#draw").bounding_box()
+    assert bb and bb["width"] > 100
+    page.mouse.move(bb["x"] + bb["width"] * 0.25, bb["y"] + bb["height"] * 0.25)
+    page.mouse.down()
+    page.mouse.move(bb["x"] + bb["width"] * 0.6, bb["y"] + bb["height"] * 0.5, steps=5)
+    page.mouse.move(bb["x"] + bb["width"] * 0.75, bb["y"] + bb["height"] * 0.75, steps=5)
+    page.mouse.up()
+    assert page.inner_text("#box-text").startswith("Box: ")
+    page.click("#analyse")
+    page.wait_for_selector("#message.ok")
+    assert page.locator("#roi-note").is_hidden()
+    score = page.inner_text("#score")
+    assert score.endswith("%") and 0 <= float(score[:-1]) <= 100
+    assert page.inner_text("#band").split(":")[0] in ("3", "4A", "4B", "4C", "5")
+    assert "Decision support only" in page.inner_text("#band-note")
+    assert "contrast (primary)" in page.inner_text("#models")
+    heat = page.locator("#heat-img")
+    assert heat.is_visible()
+    w = page.evaluate("document.getElementById('heat-img').naturalWidth")
+    assert w == 256  # phantom width: the heatmap is in full-image coordinates
+    page.locator("#opacity").fill("80")
+    assert page.evaluate("document.getElementById('heat-img').style.opacity") == "0.8"
+    _shot(page, shots / "app-case.png")
+    # the report downloads as a file
+    with page.expect_download() as dl:
+        page.click("#save-html")
+    assert dl.value.suggested_filename.startswith("buscad-report-")
+    assert outside == []  # every asset is served locally
+    page.close()
+
+
+def test_dicom_shown_deidentified_and_clinical_input(browser, server, cohort, tmp_path):
+    from buscad.data.io import read_image
+    from serve_predictor import DATES, PATIENT_ID, PATIENT_NAME, make_dicom
+
+    gray, _ = read_image(cohort.image_path(1))
+    dcm = tmp_path / "Doe_Janeqx.dcm"
+    dcm.write_bytes(make_dicom(gray))
+    page, outside = _page(browser, server)
+    page.goto(server + "/")
+    page.wait_for_selector("#clinical-age")
+    page.set_input_files("#image-input", str(dcm))
+    page.wait_for_selector("#analyse:enabled")
+    assert page.evaluate("document.getElementById('base-img').naturalWidth") == gray.shape[1]
+    page.fill("#clinical-age", "61")
+    page.click("#analyse")
+    page.wait_for_selector("#message.ok")
+    assert "not run" not in page.inner_text("#models")  # the clinical model ran with the age
+    text = page.inner_text("main")
+    for secret in (PATIENT_NAME, "Janeqx", PATIENT_ID, *DATES):
+        assert secret not in text
+    assert "Doe_Janeqx.dcm" not in page.inner_text("#results")
+    assert outside == []
+    page.close()
+
+
+def test_bad_file_shows_message(browser, server, tmp_path):
+    page, _ = _page(browser, server)
+    page.goto(server + "/")
+    fake = tmp_path / "notes.png"
+    fake.write_text("not an image")
+    page.set_input_files("#image-input", str(fake))
+    page.wait_for_selector("#message.error")
+    assert "not a recognised image" in page.inner_text("#message")
+    assert page.locator("#analyse").is_disabled()
+    page.close()
+
+
+def test_reader_screens(browser, server, shots):
+    page, outside = _page(browser, server)
+    page.goto(server + "/reader")
+    page.fill("#reader-id", "R07")
+    page.click("#start")
+    page.wait_for_selector("#read-form:visible")
+    assert page.inner_text("#round") == "Round 1: without AI"
+    assert page.locator("#ai-panel").is_hidden()
+    assert page.locator("#opacity-row").is_hidden() and page.locator("#heat-img").is_hidden()
+    _shot(page, shots / "reader-round1.png")
+    page.check("input[name=birads][value='4a']")
+    page.check("#give-confidence")
+    page.click("#submit")
+    page.wait_for_selector("#position:has-text('Case 2 of 3')")
+    # finish round 1 through the API (washout 0: round 2 opens at once)
+    for _ in range(2):
+        case = httpx.get(f"{server}/api/study/readers/R07/next").json()["case"]
+        httpx.post(
+            f"{server}/api/study/readers/R07/reads",
+            json={"case_id": case["case_id"], "round": 1, "birads": "3"},
+        ).raise_for_status()
+    page.reload()
+    page.click("#start")  # resume
+    page.wait_for_selector("#ai-panel:visible")
+    assert page.inner_text("#round") == "Round 2: with AI"
+    assert page.inner_text("#score").endswith("%")
+    page.wait_for_function("document.getElementById('heat-img').naturalWidth > 0")
+    page.locator("details#organiser").evaluate("d => d.open = true")
+    _shot(page, shots / "reader-round2.png")
+    csv = httpx.get(f"{server}/api/study/export.csv").text.splitlines()
+    first = next(line for line in csv if ",R07," in line).split(",")
+    assert first[5:7] == ["4a", "50.0"]  # BI-RADS and confidence from the browser
+    assert float(first[8]) > 0  # time taken
+    assert outside == []
+    page.close()
