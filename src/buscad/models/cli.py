@@ -67,7 +67,9 @@ def register(app: typer.Typer) -> None:
         backbones: str = typer.Option(..., help="Comma-separated backbone names."),
         out: Path = typer.Option(Path("runs/compare"), "-o", "--out"),
         pretrained: str = typer.Option("imagenet", help="imagenet | random"),
-        weights: Path | None = typer.Option(None, help="Unused for several backbones."),
+        weights: Path | None = typer.Option(
+            None, help="Local ImageNet weights file (tried for every backbone)."
+        ),
         epochs: int = typer.Option(30),
         batch_size: int = typer.Option(16),
         lr: float = typer.Option(3e-4),
