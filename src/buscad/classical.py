@@ -69,6 +69,7 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
+from buscad.data.manifest import LEXICON_COLUMNS
 from buscad.utils import atomic_write_table
 
 VIEW_SEP = "@"
@@ -1164,17 +1165,7 @@ class LexiconEncoder(TransformerMixin, BaseEstimator):
 
 
 #: Conventional-ultrasound model inputs: the radiologist's lexicon and category.
-US_COLUMNS: tuple[str, ...] = (
-    "shape",
-    "margin",
-    "echogenicity",
-    "posterior_features",
-    "calcifications",
-    "orientation",
-    "halo",
-    "skin_thickening",
-    "birads",
-)
+US_COLUMNS: tuple[str, ...] = (*LEXICON_COLUMNS, "halo", "skin_thickening", "birads")
 
 
 class USModel(_WrappedClassifier):

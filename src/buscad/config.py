@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from buscad.data.manifest import LEXICON_COLUMNS
 from buscad.errors import ConfigError
 
 ModelName = Literal["deep", "radiomics", "dlr", "clinical", "us", "cldlr", "integrated"]
@@ -114,14 +115,7 @@ class ClinicalConfig(_Strict):
 
     columns: list[str] = ["age"]
     p_threshold: float = Field(0.05, gt=0, le=1)
-    us_columns: list[str] = [
-        "shape",
-        "margin",
-        "echogenicity",
-        "posterior_features",
-        "calcifications",
-        "orientation",
-    ]
+    us_columns: list[str] = [*LEXICON_COLUMNS, "halo", "skin_thickening"]
     reader_column: str | None = "birads"
 
 

@@ -66,17 +66,24 @@ def metrics_row(y: np.ndarray, s: np.ndarray, threshold: float) -> dict:
 
 def to_markdown(table: pd.DataFrame) -> str:
     """The comparison table as Markdown (AUC shown as ``0.912 [0.871–0.953]``)."""
-    lines = [
-        "| backbone | set | n | AUC [95% CI] | accuracy | sensitivity | specificity | precision | F1 |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in table.itertuples():
-        lines.append(
-            f"| {r.backbone} | {r.set} | {r.n} | {r.auc:.3f} [{r.auc_lo:.3f}–{r.auc_hi:.3f}] | "
-            f"{r.accuracy:.3f} | {r.sensitivity:.3f} | {r.specificity:.3f} | "
-            f"{r.precision:.3f} | {r.f1:.3f} |"
-        )
-    return "\n".join(lines) + "\n"
+    from buscad.utils import markdown_table
+
+    shown = pd.DataFrame(
+        {
+            "backbone": table["backbone"],
+            "set": table["set"],
+            "n": table["n"],
+            "AUC [95% CI]": [
+                f"{a:.3f} [{lo:.3f}–{hi:.3f}]"
+                for a, lo, hi in zip(table["auc"], table["auc_lo"], table["auc_hi"], strict=True)
+            ],
+            **{
+                k: table[k].map(lambda v: f"{v:.3f}")
+                for k in ("accuracy", "sensitivity", "specificity", "precision", "f1")
+            },
+        }
+    ).rename(columns={"f1": "F1"})
+    return markdown_table(shown)
 
 
 def plot_roc(preds: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
