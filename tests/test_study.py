@@ -156,3 +156,16 @@ def test_killed_study_resumes_with_identical_tables(tmp_path):
     assert r3.returncode == 0, r3.stdout + r3.stderr
     pd.testing.assert_frame_equal(m_resumed, pd.read_csv(fresh / "metrics.csv"))
     assert Path(tmp_path / "run" / "report.html").exists()
+
+
+def test_deep_feature_columns_exclude_fold_and_score_columns():
+    """DLR/CLDLR must read only the CNN's features, never the CV fold index or the AI score."""
+    import numpy as np
+
+    from buscad.classical import FeatureSubset
+    from buscad.study import DEEP_FEATURES
+
+    cols = ["deep_0000", "deep_0001", "deep_fold", "deep_oof", "deep_final", "age"]
+    df = pd.DataFrame(np.ones((4, len(cols))), columns=cols)
+    kept = FeatureSubset(include=DEEP_FEATURES).fit(df).get_feature_names_out()
+    assert list(kept) == ["deep_0000", "deep_0001"]

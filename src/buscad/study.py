@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -48,6 +49,8 @@ from buscad.utils import atomic_write_json, atomic_write_table, file_sha256, sta
 
 #: Prediction columns of the shortcut references (never candidates for "best model").
 SHORTCUT_MODELS = ("shortcut: mask geometry", "shortcut: image size")
+#: Columns of the CNN's penultimate features (``deep_0000``...; not ``deep_fold`` or ``deep_oof``).
+DEEP_FEATURES = r"^deep_\d+$"
 READER_MODEL = "reader BI-RADS"
 
 
@@ -728,7 +731,7 @@ class StudyRun:
 
     def _gallery(self, arm: Arm, deep_res: StageResult | None, cls_res: StageResult) -> list[Path]:
         cfg = self.cfg
-        if deep_res is None or cfg.gallery_size == 0:
+        if deep_res is None or cfg.gallery_size == 0 or "deep" not in cfg.models:
             return []
 
         def work(folder: Path) -> None:
@@ -820,9 +823,7 @@ def fit_and_predict(
     def present(cols: list[str]) -> list[str]:
         return [c for c in cols if c in X.columns and X.loc[tr, c].notna().any()]
 
-    deep_cols = [
-        c for c in X.columns if str(c).startswith("deep_") and c not in ("deep_final", "deep_oof")
-    ]
+    deep_cols = [c for c in X.columns if re.match(DEEP_FEATURES, str(c))]
     if "deep" in cfg.models and "deep_final" in X:
         out["deep"] = np.where(tr, X["deep_oof"].to_numpy(), X["deep_final"].to_numpy())
     if "radiomics" in cfg.models:
@@ -833,7 +834,7 @@ def fit_and_predict(
             random_state=cfg.seed,
         )
     if "dlr" in cfg.models and deep_cols:
-        models["dlr"] = C.DLR(include="^deep_(?!final|oof)")
+        models["dlr"] = C.DLR(include=DEEP_FEATURES)
     num = [c for c in cfg.clinical.columns if c in X and pd.api.types.is_numeric_dtype(X[c])]
     cat = [c for c in cfg.clinical.columns if c in X and not pd.api.types.is_numeric_dtype(X[c])]
     clin = present(num + cat)
@@ -861,7 +862,7 @@ def fit_and_predict(
     if "cldlr" in cfg.models and deep_cols:
         if clin:
             models["cldlr"] = C.CLDLR(
-                include="^deep_(?!final|oof)",
+                include=DEEP_FEATURES,
                 numeric=[c for c in num if c in clin],
                 categorical=[c for c in cat if c in clin] or None,
                 alpha=cfg.clinical.p_threshold,
