@@ -201,7 +201,22 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/buscad_deep_cv"))
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "deep_cv.json")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--full",
+        action="store_true",
+        help="Fine-tune every layer (no frozen efficientnet_lite0 blocks): the issue's protocol "
+        "when the machine is fast enough (see the module docstring); use a fresh --work folder, "
+        "since finished folds there are reused.",
+    )
+    ap.add_argument(
+        "--input-size", type=int, default=None, help="Override every model's input size."
+    )
     args = ap.parse_args()
+    if args.full:
+        PARTIAL.clear()
+    if args.input_size:
+        for cfg in MODELS.values():
+            cfg["input_size"] = args.input_size
     import torch
 
     torch.set_num_threads(args.threads)
