@@ -169,3 +169,72 @@ def test_deep_feature_columns_exclude_fold_and_score_columns():
     df = pd.DataFrame(np.ones((4, len(cols))), columns=cols)
     kept = FeatureSubset(include=DEEP_FEATURES).fit(df).get_feature_names_out()
     assert list(kept) == ["deep_0000", "deep_0001"]
+
+
+@pytest.mark.slow
+def test_bundle_predict_and_serve(small_run, tmp_path):
+    """The run's bundle loads without pickles, predicts with a heatmap, and serves in the web app."""
+    import json
+
+    import numpy as np
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from buscad.bundle import Bundle
+    from buscad.cli import app
+    from buscad.data.io import read_image, read_mask
+    from buscad.data.manifest import Manifest
+    from buscad.serve.app import create_app
+
+    _res, out = small_run
+    bdir = out / "bundle"
+    doc = json.loads((bdir / "bundle.json").read_text())
+    assert doc["primary_model"] == "deep" and 0 < doc["threshold"] < 1
+    assert sorted(p.suffix for p in bdir.iterdir()) == [".json", ".json", ".md", ".safetensors"]
+    b = Bundle.load(bdir)
+    man = Manifest.load(next((out / "cache").glob("split-*/manifest.csv")))
+    i = int(np.flatnonzero((man.df["split"] == "external").to_numpy())[0])
+    gray, _ = read_image(man.image_path(i))
+    mask = read_mask(man.mask_paths(i), gray.shape)
+    p = b.predict(gray, mask=mask)
+    assert 0 <= p.ai_score <= 1 and p.roi_source == "mask" and p.heatmap.shape == gray.shape
+    x0, y0, x1, y1 = p.roi
+    outside = p.heatmap.copy()
+    outside[y0:y1, x0:x1] = 0
+    # confined to the region read, within [0, 1] (a 1-epoch test CNN may give an all-zero Grad-CAM)
+    assert outside.max() == 0 and p.heatmap.min() >= 0 and p.heatmap.max() <= 1
+    assert p.decision == ("malignant" if p.ai_score >= b.threshold else "benign")
+    assert set(p.skipped_models) == {"radiomics", "dlr", "clinical", "us", "cldlr", "integrated"}
+    whole = b.predict(gray, heatmap=False)
+    assert whole.roi_source == "whole" and whole.roi == (0, 0, gray.shape[1], gray.shape[0])
+    # buscad predict: JSON per image, overlay PNG, summary CSV
+    mpath = man.mask_paths(i)[0]
+    r = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            str(bdir),
+            str(man.image_path(i)),
+            "--mask",
+            str(mpath),
+            "-o",
+            str(tmp_path / "pred"),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    stem = man.image_path(i).stem
+    got = json.loads((tmp_path / "pred" / f"{stem}.json").read_text())
+    assert got["ai_score"] == pytest.approx(p.ai_score, abs=1e-6)
+    assert (tmp_path / "pred" / f"{stem}_overlay.png").exists()
+    assert pd.read_csv(tmp_path / "pred" / "summary.csv")["decision"].iat[0] == p.decision
+    # the web app serves the real bundle
+    with TestClient(create_app(b)) as client:
+        resp = client.post(
+            "/api/predict",
+            files={
+                "image": ("x.png", man.image_path(i).read_bytes(), "image/png"),
+                "mask": ("m.png", mpath.read_bytes(), "image/png"),
+            },
+        )
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["ai_score"] == pytest.approx(p.ai_score, abs=1e-6)

@@ -256,8 +256,11 @@ class StudyRun:
         per_arm = 3  # split, models, evaluate
         if self._needs_deep():
             per_arm += len(cfg.deep.backbones) * cfg.deep.selection_folds + 1
-            per_arm += 1 if cfg.gallery_size else 0
-        return len(cfg.cohorts) + 1 + int(self._needs_radiomics()) + len(self.arms) * per_arm
+            per_arm += 1 if cfg.gallery_size and "deep" in cfg.models else 0
+        bundle = int("deep" in cfg.models)
+        return (
+            len(cfg.cohorts) + 1 + int(self._needs_radiomics()) + len(self.arms) * per_arm + bundle
+        )
 
     # ---------------------------------------------------------------- run
     def run(self) -> StudyResult:
@@ -291,6 +294,7 @@ class StudyRun:
             arm_outputs.append((arm, man, deep_res, cls_res, ev_res))
         metrics_df = pd.concat(metrics, ignore_index=True)
         self._shortcut_warnings(metrics_df)
+        bundle = self._bundle(*arm_outputs[0], metrics_df) if "deep" in cfg.models else None
         report = self._report(arm_outputs, audit_res, metrics_df)
         secs = time.monotonic() - t0
         summary = {
@@ -299,6 +303,7 @@ class StudyRun:
             "stages": self.runner.summary(),
             "warnings": self.warnings,
             "report": str(report),
+            "bundle": str(bundle) if bundle else None,
         }
         atomic_write_json(self.run_dir / "run.json", summary)
         atomic_write_table(metrics_df, self.run_dir / "metrics.csv")
@@ -727,6 +732,58 @@ class StudyRun:
             title=f"buscad study: {cfg.name}",
             subtitle="Breast ultrasound benign vs malignant",
         )
+        return out
+
+    def _bundle(
+        self,
+        arm: Arm,
+        man: Manifest,
+        deep_res: StageResult | None,
+        cls_res: StageResult,
+        ev_res: StageResult,
+        metrics: pd.DataFrame,
+    ) -> Path | None:
+        """Write ``RUN_DIR/bundle`` (the deep model, calibrated on out-of-fold training scores)."""
+        if deep_res is None:
+            return None
+        cfg = self.cfg
+
+        def work(folder: Path) -> None:
+            from buscad.bundle import write_bundle
+
+            sc = pd.read_csv(deep_res.path / "scores.csv").set_index("image_id")
+            tr = man.df[man.df["split"] == "train"]
+            y = (tr["label"] == "malignant").to_numpy().astype(int)
+            card = ev_res.path / "evaluation" / "model_card.md"
+            m = metrics[(metrics["arm"] == arm.name) & (metrics["model"] == "deep")]
+            write_bundle(
+                folder / "bundle",
+                deep_res.path / "model",
+                sc.loc[tr["image_id"], "deep_oof"].to_numpy(),
+                y,
+                name=f"{cfg.name} ({arm.name})",
+                model_card=card.read_text() if card.exists() else "",
+                metrics=m.drop(columns=["arm"]).round(4).to_dict(orient="records"),
+                provenance={
+                    "study": cfg.name,
+                    "arm": arm.name,
+                    "seed": cfg.seed,
+                    "backbone_cv": pd.read_csv(deep_res.path / "backbone_cv.csv").to_dict(
+                        orient="records"
+                    ),
+                },
+                cam_method=cfg.deep.gradcam,
+            )
+
+        res = self.runner.run(
+            f"bundle-{_safe(arm.name)}", {"deep": deep_res.key, "eval": ev_res.key}, work
+        )
+        import shutil
+
+        out = self.run_dir / "bundle"
+        if out.exists():
+            shutil.rmtree(out)
+        shutil.copytree(res.path / "bundle", out)
         return out
 
     def _gallery(self, arm: Arm, deep_res: StageResult | None, cls_res: StageResult) -> list[Path]:
