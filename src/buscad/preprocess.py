@@ -110,7 +110,7 @@ class Preprocessor:
         a = np.stack(list(arrays)) if not isinstance(arrays, np.ndarray) else arrays
         if a.ndim == 2:
             a = a[None]
-        return torch.from_numpy(np.ascontiguousarray(a)).float().div_(255.0).unsqueeze(1)
+        return torch.from_numpy(np.array(a, copy=True)).float().div_(255.0).unsqueeze(1)
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """Gray ``(N, 1, S, S)`` in [0, 1] -> normalised ``(N, 3, S, S)``."""
