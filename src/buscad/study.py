@@ -664,7 +664,7 @@ class StudyRun:
         sections = []
         warn = self.warnings or ["none"]
         sections.append(Section("Warnings", [Text("\n".join(f"• {w}" for w in warn))]))
-        for arm, _man, deep_res, cls_res, ev_res in arm_outputs:
+        for arm, man, deep_res, cls_res, ev_res in arm_outputs:
             blocks: list[Any] = []
             m = metrics[metrics["arm"] == arm.name]
             cols = [
@@ -704,7 +704,7 @@ class StudyRun:
             figs = sorted((ev_res.path / "evaluation" / "figures").glob("roc_*.png"))
             for f in figs[:6]:
                 blocks.append(Figure(f, caption=f.stem.replace("_", " ")))
-            gal = self._gallery(arm, deep_res, cls_res)
+            gal = self._gallery(arm, man, deep_res, cls_res)
             for g in gal:
                 blocks.append(Figure(g, caption=g.stem.replace("_", " ")))
             blocks.append(
@@ -786,7 +786,10 @@ class StudyRun:
         shutil.copytree(res.path / "bundle", out)
         return out
 
-    def _gallery(self, arm: Arm, deep_res: StageResult | None, cls_res: StageResult) -> list[Path]:
+    def _gallery(
+        self, arm: Arm, man: Manifest, deep_res: StageResult | None, cls_res: StageResult
+    ) -> list[Path]:
+        """Grad-CAM galleries of correct and incorrect non-training cases (``man``: the arm's split)."""
         cfg = self.cfg
         if deep_res is None or cfg.gallery_size == 0 or "deep" not in cfg.models:
             return []
@@ -802,7 +805,6 @@ class StudyRun:
             thr = _youden(pred, arm)
             test = pred[pred["cohort"] != arm.train_label].copy()
             test["correct"] = (test["deep"] >= thr).astype(int) == test["label"]
-            full = Manifest.load(self._split_manifest_path(arm))
             for kind, rows in (
                 ("correct", test[test["correct"]]),
                 ("incorrect", test[~test["correct"]]),
@@ -810,7 +812,7 @@ class StudyRun:
                 rows = rows.sort_values("case_id").head(max(1, cfg.gallery_size // 2))
                 if rows.empty:
                     continue
-                sub = full.subset(full.df["image_id"].isin(rows["case_id"]).to_numpy())
+                sub = man.subset(man.df["image_id"].isin(rows["case_id"]).to_numpy())
                 explain_manifest(
                     model, sub, pre, folder / kind, methods=(cfg.deep.gradcam,), gallery=True
                 )
@@ -826,13 +828,6 @@ class StudyRun:
             work,
         )
         return sorted(res.path.glob("*/gallery.png"))
-
-    def _split_manifest_path(self, arm: Arm) -> Path:
-        cands = sorted((self.run_dir / "cache").glob(f"split-{_safe(arm.name)}-*/manifest.csv"))
-        for c in cands:
-            if (c.parent / "_DONE").exists():
-                return c
-        raise FileNotFoundError(f"no split manifest for {arm.name}")
 
 
 def _youden(pred: pd.DataFrame, arm: Arm) -> float:
