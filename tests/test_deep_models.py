@@ -254,6 +254,44 @@ def test_onnx_matches_pytorch(tmp_path, name):
     np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("name", ["rcdnet", "efficientnet_lite0", "mobilenet_v3_large", "resnet50"])
+def test_onnx_explain_gives_score_features_and_pytorch_grad_cam(tmp_path, name):
+    """The exported graph's analytic Grad-CAM equals pytorch-grad-cam's (autograd) map."""
+    from buscad.explain import compute_cam
+    from buscad.models.onnx import OnnxClassifier, export_onnx, scale_cam
+
+    m = built(name)
+    s = small_size(name)
+    p = export_onnx(m, tmp_path / f"{name}.onnx", s, explain=True)
+    x = torch.randn(3, 3, s, s, generator=torch.Generator().manual_seed(5))
+    sess = OnnxClassifier(p, num_threads=1)
+    probs, feats, cam = sess.explain(x)
+    with torch.no_grad():
+        np.testing.assert_allclose(probs, m.predict_proba(x).numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(feats, m.features(x).numpy(), atol=1e-4, rtol=1e-4)
+    ref = compute_cam(m, x, "gradcam")
+    got = np.stack([scale_cam(c, (s, s)) for c in cam])
+    assert ref.max() > 0.5  # a real map, not an all-zero one that any code would match
+    np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["vgg11", "vit_b_16"])
+def test_onnx_explain_refuses_layers_not_average_pooled(tmp_path, name):
+    from buscad.models.onnx import export_onnx
+
+    with pytest.raises(ValueError, match=f"{name}: .*Grad-CAM"):
+        export_onnx(built(name), tmp_path / "m.onnx", small_size(name), explain=True)
+
+
+def test_heatmap_colours_are_matplotlib_jet():
+    from matplotlib import colormaps
+
+    from buscad.heatmap import colorize
+
+    v = np.linspace(0, 1, 10001)
+    np.testing.assert_allclose(colorize(v), colormaps["jet"](v)[:, :3], atol=1e-12)
+
+
 # ------------------------------------------------------------- preprocessing
 def test_roi_box_adds_margin_and_clips():
     from buscad.preprocess import roi_box

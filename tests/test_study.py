@@ -190,8 +190,16 @@ def test_bundle_predict_and_serve(small_run, tmp_path):
     bdir = out / "bundle"
     doc = json.loads((bdir / "bundle.json").read_text())
     assert doc["primary_model"] == "deep" and 0 < doc["threshold"] < 1
-    assert sorted(p.suffix for p in bdir.iterdir()) == [".json", ".json", ".md", ".safetensors"]
+    assert sorted(p.suffix for p in bdir.iterdir()) == [
+        ".json",
+        ".json",
+        ".md",
+        ".onnx",
+        ".safetensors",
+    ]
+    assert doc["models"]["deep"]["onnx_cam"] == "gradcam"
     b = Bundle.load(bdir)
+    assert b.engine == "onnx"
     man = Manifest.load(next((out / "cache").glob("split-*/manifest.csv")))
     i = int(np.flatnonzero((man.df["split"] == "external").to_numpy())[0])
     gray, _ = read_image(man.image_path(i))
@@ -205,6 +213,10 @@ def test_bundle_predict_and_serve(small_run, tmp_path):
     assert outside.max() == 0 and p.heatmap.min() >= 0 and p.heatmap.max() <= 1
     assert p.decision == ("malignant" if p.ai_score >= b.threshold else "benign")
     assert set(p.skipped_models) == {"radiomics", "dlr", "clinical", "us", "cldlr", "integrated"}
+    # the PyTorch engine (checkpoint + pytorch-grad-cam) gives the same score and heatmap
+    pt = Bundle.load(bdir, engine="torch").predict(gray, mask=mask)
+    assert pt.ai_score == pytest.approx(p.ai_score, abs=1e-5)
+    assert np.abs(pt.heatmap - p.heatmap).max() < 0.02
     whole = b.predict(gray, heatmap=False)
     assert whole.roi_source == "whole" and whole.roi == (0, 0, gray.shape[1], gray.shape[0])
     # buscad predict: JSON per image, overlay PNG, summary CSV
@@ -227,6 +239,17 @@ def test_bundle_predict_and_serve(small_run, tmp_path):
     assert got["ai_score"] == pytest.approx(p.ai_score, abs=1e-6)
     assert (tmp_path / "pred" / f"{stem}_overlay.png").exists()
     assert pd.read_csv(tmp_path / "pred" / "summary.csv")["decision"].iat[0] == p.decision
+    # from the shell, predict loads neither PyTorch nor pandas (that is what makes it quick)
+    code = (
+        "import sys; from buscad.cli import main\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "heavy = sorted({'torch', 'pandas', 'scipy', 'sklearn'} & set(sys.modules))\n"
+        "assert not heavy, heavy"
+    )
+    args = ["predict", str(bdir), str(man.image_path(i)), "-o", str(tmp_path / "pred2")]
+    r2 = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+    assert r2.returncode == 0, r2.stderr
+    assert json.loads((tmp_path / "pred2" / f"{stem}.json").read_text())["engine"] == "onnx"
     # the web app serves the real bundle
     with TestClient(create_app(b)) as client:
         resp = client.post(

@@ -5,12 +5,20 @@ A bundle is a folder::
     bundle.json          format, name, primary model, threshold, calibration, provenance, metrics
     model.safetensors    the chosen CNN (weights)      ┐ written by
     model.json           its spec and preprocessing    ┘ buscad.models.checkpoint
+    model.onnx           the same CNN for ONNX Runtime, with its Grad-CAM in the graph
     model_card.md        intended use, data, metrics, limitations
 
 Nothing in it is a pickle. The AI score is the CNN's malignant probability
 passed through a Platt calibration ``p = 1 / (1 + exp(-(a · logit(s) + b)))``
 fitted on the training rows' *out-of-fold* scores; the decision threshold is
 Youden's on those calibrated out-of-fold scores (training data only).
+
+Inference engines: when ``model.onnx`` is there (every backbone whose Grad-CAM
+layer is average-pooled into the head: see :mod:`buscad.models.onnx`) and the
+bundle's explanation is Grad-CAM, the score and the heatmap come from one ONNX
+Runtime pass and PyTorch is not even imported; otherwise (or with
+``engine="torch"``) the PyTorch checkpoint and pytorch-grad-cam are used. Both
+give the same numbers (``tests/test_bundle.py``).
 
 This version carries the deep model. The classical models (radiomics, DLR,
 clinical, US, CLDLR, integrated) are evaluated in the study report but are not
@@ -69,8 +77,16 @@ def write_bundle(
     model_card: str = "",
     provenance: dict | None = None,
     cam_method: str = "gradcam",
+    onnx: bool = True,
 ) -> Path:
     """Write a bundle from a deep checkpoint and its out-of-fold training scores.
+
+    Parameters
+    ----------
+    onnx : bool
+        Also export ``model.onnx`` with the Grad-CAM outputs (skipped, with the
+        reason in ``bundle.json``, for backbones whose Grad-CAM cannot be in the
+        graph).
 
     Returns
     -------
@@ -80,6 +96,7 @@ def write_bundle(
     import shutil
 
     from buscad.evaluate.metrics import youden_threshold
+    from buscad.utils import file_sha256
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -90,12 +107,28 @@ def write_bundle(
     s, yy = np.asarray(oof_scores, dtype=float)[ok], np.asarray(y, dtype=int)[ok]
     a, b = fit_platt(s, yy)
     threshold = youden_threshold(yy, calibrate(s, a, b))
+    deep: dict[str, Any] = {"checkpoint": stem.name, "cam": cam_method}
+    if onnx:
+        from buscad.models.checkpoint import load_checkpoint
+        from buscad.models.onnx import export_onnx
+
+        model, spec = load_checkpoint(out / stem.name)
+        try:
+            f = export_onnx(
+                model,
+                out / "model.onnx",
+                int(spec["preprocessing"]["input_size"]),
+                explain=True,
+            )
+            deep.update(onnx=f.name, onnx_sha256=file_sha256(f), onnx_cam="gradcam")
+        except ValueError as exc:
+            deep["onnx_skipped"] = str(exc)
     doc = {
         "format": FORMAT,
         "version": VERSION,
         "name": name,
         "primary_model": "deep",
-        "models": {"deep": {"checkpoint": stem.name, "cam": cam_method}},
+        "models": {"deep": deep},
         "calibration": {
             "method": "platt-logit",
             "a": a,
@@ -113,19 +146,28 @@ def write_bundle(
     return out
 
 
+ENGINES: tuple[str, ...] = ("auto", "onnx", "torch")
+
+
 class Bundle:
     """A loaded bundle; implements :class:`buscad.bundle_types.Predictor`.
 
     Use :meth:`load`. ``predict`` is thread-safe (one inference at a time).
+
+    Attributes
+    ----------
+    engine : str
+        ``onnx`` (ONNX Runtime: score and Grad-CAM in one pass, no PyTorch) or
+        ``torch`` (the checkpoint with pytorch-grad-cam).
     """
 
-    def __init__(self, path: Path, doc: dict, model: Any, spec: dict) -> None:
+    def __init__(self, path: Path, doc: dict, spec: dict, engine: str, num_threads: int | None):
         from buscad.preprocess import Preprocessor
 
         self.path = path
         self.doc = doc
-        self.model = model
         self.spec = spec
+        self.engine = engine
         self.pre = Preprocessor.from_dict(spec["preprocessing"])
         self.name = str(doc.get("name", path.name))
         self.threshold = float(doc["threshold"])
@@ -134,18 +176,57 @@ class Bundle:
         self.clinical_inputs: list[str] = []
         self.version = str(doc.get("version"))
         self._lock = threading.Lock()
+        self._model: Any = None
+        self._onnx: Any = None
+        deep = doc["models"]["deep"]
+        if engine == "onnx":
+            from buscad.models.onnx import OnnxClassifier
+
+            self._onnx = OnnxClassifier(path / deep["onnx"], num_threads=num_threads)
+        else:
+            self._model = self._load_torch()
+
+    def _load_torch(self) -> Any:
+        from buscad.models.checkpoint import load_checkpoint
+
+        model, _ = load_checkpoint(self.path / self.doc["models"]["deep"]["checkpoint"])
+        return model
+
+    @property
+    def model(self) -> Any:
+        """The PyTorch model (loaded on first use when the engine is ONNX)."""
+        if self._model is None:
+            self._model = self._load_torch()
+        return self._model
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> Bundle:
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        engine: str = "auto",
+        num_threads: int | None = None,
+    ) -> Bundle:
         """Load a bundle folder.
+
+        Parameters
+        ----------
+        engine : {"auto", "onnx", "torch"}
+            ``auto``: ONNX Runtime when the bundle has an ONNX model whose
+            explanation matches the bundle's and ``onnxruntime`` is installed,
+            else PyTorch.
+        num_threads : int, optional
+            ONNX Runtime intra-op threads.
 
         Raises
         ------
         ModelFileError
-            Not a bundle, an unknown version, or missing/corrupt model files.
+            Not a bundle, an unknown version, missing/corrupt model files, or
+            ``engine="onnx"`` for a bundle without an ONNX model.
         """
-        from buscad.models.checkpoint import load_checkpoint
+        from buscad.utils import file_sha256
 
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
         p = Path(path)
         f = p / "bundle.json"
         if not f.is_file():
@@ -156,8 +237,28 @@ class Bundle:
             raise ModelFileError(f, f"not valid JSON ({exc})") from exc
         if doc.get("format") != FORMAT or int(doc.get("version", 0)) > VERSION:
             raise ModelFileError(f, f"not a {FORMAT} v{VERSION} file")
-        model, spec = load_checkpoint(p / doc["models"]["deep"]["checkpoint"])
-        return cls(p, doc, model, spec)
+        deep = doc["models"]["deep"]
+        spec_file = (p / deep["checkpoint"]).with_suffix(".json")
+        try:
+            spec = json.loads(spec_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ModelFileError(spec_file, f"cannot read the model spec ({exc})") from exc
+        has_onnx = bool(deep.get("onnx")) and deep.get("onnx_cam") == deep.get("cam", "gradcam")
+        if engine == "onnx" and not has_onnx:
+            raise ModelFileError(
+                p, deep.get("onnx_skipped", "this bundle has no ONNX model of its explanation")
+            )
+        if engine == "auto":
+            import importlib.util
+
+            engine = "onnx" if has_onnx and importlib.util.find_spec("onnxruntime") else "torch"
+        if engine == "onnx":
+            onnx_file = p / deep["onnx"]
+            if not onnx_file.is_file():
+                raise ModelFileError(onnx_file, "ONNX model not found")
+            if deep.get("onnx_sha256") and file_sha256(onnx_file) != deep["onnx_sha256"]:
+                raise ModelFileError(onnx_file, "SHA-256 does not match bundle.json")
+        return cls(p, doc, spec, engine, num_threads)
 
     def _roi(
         self, gray: np.ndarray, mask: np.ndarray | None, box: tuple[int, int, int, int] | None
@@ -185,6 +286,23 @@ class Bundle:
             return (x0, y0, x1, y1), "box"
         return (0, 0, w, h), "whole"
 
+    def _score_and_cam(self, crop: np.ndarray, heatmap: bool) -> tuple[float, np.ndarray | None]:
+        """Raw malignant probability and (optionally) the [0, 1] CAM at input size or raw."""
+        if self.engine == "onnx":
+            x = self.pre.to_array(crop[None])
+            probs, _, cam = self._onnx.explain(x)
+            return float(probs[0, 1]), (cam[0] if heatmap else None)
+        import torch
+
+        from buscad.explain import compute_cam
+
+        x = self.pre(crop[None])
+        with torch.no_grad():
+            raw = float(torch.softmax(self.model(x).float(), 1)[0, 1])
+        if not heatmap:
+            return raw, None
+        return raw, compute_cam(self.model, x, self.doc["models"]["deep"].get("cam", "gradcam"))[0]
+
     def predict(
         self,
         gray: np.ndarray,
@@ -194,42 +312,25 @@ class Bundle:
         heatmap: bool = True,
     ) -> Prediction:
         """Score one grayscale image (mask wins over box; neither: the whole image)."""
-        import torch
-
         from buscad.data.io import to_uint8
-        from buscad.explain import compute_cam
+        from buscad.models.onnx import scale_cam
         from buscad.preprocess import resize
 
         t0 = time.perf_counter()
         g = to_uint8(gray)
         (x0, y0, x1, y1), source = self._roi(g, mask, box)
         crop = resize(g[y0:y1, x0:x1], self.pre.input_size)
-        x = self.pre(crop[None])
         timings = {"preprocess": (time.perf_counter() - t0) * 1000}
         with self._lock:
             t1 = time.perf_counter()
-            with torch.no_grad():
-                raw = float(torch.softmax(self.model(x).float(), 1)[0, 1])
-            timings["score"] = (time.perf_counter() - t1) * 1000
-            hm = None
-            if heatmap:
-                t2 = time.perf_counter()
-                cam = compute_cam(self.model, x, self.doc["models"]["deep"].get("cam", "gradcam"))[
-                    0
-                ]
-                hm = np.zeros(g.shape, np.float32)
-                from PIL import Image
-
-                hm[y0:y1, x0:x1] = (
-                    np.asarray(
-                        Image.fromarray((cam * 255).astype(np.uint8)).resize(
-                            (x1 - x0, y1 - y0), Image.BILINEAR
-                        ),
-                        dtype=np.float32,
-                    )
-                    / 255.0
-                )
-                timings["heatmap"] = (time.perf_counter() - t2) * 1000
+            raw, cam = self._score_and_cam(crop, heatmap)
+            timings["model"] = (time.perf_counter() - t1) * 1000
+        hm = None
+        if cam is not None:
+            t2 = time.perf_counter()
+            hm = np.zeros(g.shape, np.float32)
+            hm[y0:y1, x0:x1] = scale_cam(cam, (y1 - y0, x1 - x0))
+            timings["heatmap"] = (time.perf_counter() - t2) * 1000
         cal = self.doc["calibration"]
         p = float(calibrate(raw, cal["a"], cal["b"])[0])
         return Prediction(

@@ -15,14 +15,6 @@ from buscad import __version__
 from buscad._cliutil import register_modules
 from buscad.errors import BuscadError
 
-app = typer.Typer(
-    name="buscad",
-    help="Breast UltraSound Computer-Aided Diagnosis: honest benign/malignant studies from one config.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
 #: Modules that add commands to the top-level app through ``register(app)``.
 COMMAND_MODULES: tuple[str, ...] = (
     "buscad.data.cli",
@@ -35,6 +27,26 @@ COMMAND_MODULES: tuple[str, ...] = (
     "buscad.reader.cli",
 )
 
+#: Top-level command -> the module that registers it. ``main`` imports only that
+#: module when the command line names one, so ``buscad predict`` does not load
+#: pandas, SciPy or PyTorch for commands it does not run (``tests/test_cli.py``
+#: checks this table against what the modules register).
+COMMANDS: dict[str, str] = {
+    "data": "buscad.data.cli",
+    "train": "buscad.models.cli",
+    "compare-backbones": "buscad.models.cli",
+    "features": "buscad.models.cli",
+    "explain": "buscad.models.cli",
+    "export-onnx": "buscad.models.cli",
+    "radiomics": "buscad.radiomics_cli",
+    "evaluate": "buscad.evaluate.cli",
+    "predict": "buscad.study_cli",
+    "study": "buscad.study_cli",
+    "serve": "buscad.serve.cli",
+    "demo": "buscad.demo",
+    "reader": "buscad.reader.cli",
+}
+
 
 def _version(value: bool) -> None:
     if value:
@@ -42,22 +54,47 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
-def _root(
-    version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version."
-    ),
-) -> None:
-    """buscad command line."""
+def build_app(modules: tuple[str, ...] = COMMAND_MODULES) -> typer.Typer:
+    """The ``buscad`` Typer app with the commands of ``modules``."""
+    app = typer.Typer(
+        name="buscad",
+        help="Breast UltraSound Computer-Aided Diagnosis: honest benign/malignant studies from one config.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+
+    @app.callback()
+    def _root(
+        version: bool = typer.Option(
+            False, "--version", callback=_version, is_eager=True, help="Print the version."
+        ),
+    ) -> None:
+        """buscad command line."""
+
+    register_modules(app, modules)
+    return app
 
 
-register_modules(app, COMMAND_MODULES)
+_APP: typer.Typer | None = None
 
 
-def main() -> None:
+def __getattr__(name: str) -> typer.Typer:
+    """``buscad.cli.app``: the full app, built on first use."""
+    global _APP
+    if name == "app":
+        if _APP is None:
+            _APP = build_app()
+        return _APP
+    raise AttributeError(f"module 'buscad.cli' has no attribute {name!r}")
+
+
+def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: turns buscad's own errors into one-line messages."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    modules = (COMMANDS[args[0]],) if args and args[0] in COMMANDS else COMMAND_MODULES
     try:
-        app()
+        build_app(modules)(args=args, prog_name="buscad")
     except BuscadError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)

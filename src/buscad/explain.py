@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 
 import buscad._compat  # noqa: F401  (before pytorch_grad_cam)
 from buscad.data.manifest import Manifest
 from buscad.errors import ConfigError
+from buscad.heatmap import overlay, save_png
 from buscad.models.heads import BuscadClassifier
 from buscad.models.registry import RESHAPES, get_spec, target_layer
 from buscad.models.train import load_crops
@@ -83,32 +83,6 @@ def compute_cam(
     ) as cam:
         maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(target_class)] * len(x))
     return _scale01(np.asarray(maps, dtype=np.float32))
-
-
-def overlay(gray: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """RGB uint8 blend of a gray image and a [0, 1] map (jet colour map)."""
-    from matplotlib import colormaps
-
-    if cam.shape != gray.shape:
-        cam = (
-            np.asarray(
-                Image.fromarray((cam * 255).astype(np.uint8)).resize(
-                    gray.shape[::-1], Image.BILINEAR
-                )
-            )
-            / 255.0
-        )
-    heat = colormaps["jet"](cam)[..., :3]
-    base = np.repeat(gray[..., None] / 255.0, 3, axis=2)
-    return np.clip(255 * ((1 - alpha) * base + alpha * heat), 0, 255).astype(np.uint8)
-
-
-def save_png(rgb: np.ndarray, path: str | os.PathLike[str]) -> Path:
-    """Write an RGB uint8 array as PNG (atomically)."""
-    p = Path(path)
-    with atomic_path(p) as tmp:
-        Image.fromarray(rgb).save(tmp, format="PNG")
-    return p
 
 
 def explain_manifest(

@@ -22,14 +22,16 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from buscad.data.io import read_image, read_mask, to_uint8
 from buscad.errors import ConfigError, MaskError
+
+if TYPE_CHECKING:  # PyTorch is imported where tensors are made, so NumPy-only inference starts fast
+    import torch
 
 ROI_MODES: tuple[str, ...] = ("roi", "whole")
 
@@ -107,6 +109,8 @@ class Preprocessor:
 
     def to_tensor(self, arrays: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
         """uint8 ``(N, S, S)`` (or list) -> float ``(N, 1, S, S)`` in [0, 1]."""
+        import torch
+
         a = np.stack(list(arrays)) if not isinstance(arrays, np.ndarray) else arrays
         if a.ndim == 2:
             a = a[None]
@@ -114,6 +118,8 @@ class Preprocessor:
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """Gray ``(N, 1, S, S)`` in [0, 1] -> normalised ``(N, 3, S, S)``."""
+        import torch
+
         mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
         return (x.expand(-1, 3, -1, -1) - mean) / std
@@ -121,6 +127,16 @@ class Preprocessor:
     def __call__(self, arrays: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
         """uint8 crops -> normalised model input."""
         return self.normalise(self.to_tensor(arrays))
+
+    def to_array(self, arrays: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+        """NumPy twin of :meth:`__call__`: uint8 crops -> float32 ``(N, 3, S, S)``."""
+        a = np.stack(list(arrays)) if not isinstance(arrays, np.ndarray) else arrays
+        if a.ndim == 2:
+            a = a[None]
+        x = a.astype(np.float32)[:, None] / np.float32(255.0)
+        mean = np.asarray(self.mean, np.float32).reshape(1, 3, 1, 1)
+        std = np.asarray(self.std, np.float32).reshape(1, 3, 1, 1)
+        return np.ascontiguousarray((x - mean) / std, dtype=np.float32)
 
 
 def roi_box(mask: np.ndarray, margin: float) -> tuple[int, int, int, int]:
@@ -171,6 +187,9 @@ class Augment:
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Augment ``x`` of shape ``(N, 1, H, W)`` in [0, 1]."""
+        import torch
+        import torch.nn.functional as F
+
         n = x.shape[0]
         g = generator
 

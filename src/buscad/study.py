@@ -51,6 +51,8 @@ from buscad.utils import atomic_write_json, atomic_write_table, file_sha256, sta
 SHORTCUT_MODELS = ("shortcut: mask geometry", "shortcut: image size")
 #: Columns of the CNN's penultimate features (``deep_0000``...; not ``deep_fold`` or ``deep_oof``).
 DEEP_FEATURES = r"^deep_\d+$"
+#: Bumped when the bundle stage writes something new (2: model.onnx with Grad-CAM).
+BUNDLE_VERSION = 2
 READER_MODEL = "reader BI-RADS"
 
 
@@ -776,7 +778,9 @@ class StudyRun:
             )
 
         res = self.runner.run(
-            f"bundle-{_safe(arm.name)}", {"deep": deep_res.key, "eval": ev_res.key}, work
+            f"bundle-{_safe(arm.name)}",
+            {"deep": deep_res.key, "eval": ev_res.key, "bundle_version": BUNDLE_VERSION},
+            work,
         )
         import shutil
 

@@ -7,43 +7,44 @@ XLSX, Markdown), figures (PNG, SVG), a model card, a TRIPOD+AI checklist and a
 self-contained HTML report. The statistics are importable on their own.
 """
 
-from buscad.evaluate.api import (
-    EvaluationInputError,
-    EvaluationResult,
-    evaluate_predictions,
-    read_predictions,
-)
-from buscad.evaluate.calibration import (
-    brier_score,
-    calibration_slope_intercept,
-    hosmer_lemeshow,
-    reliability_curve,
-)
-from buscad.evaluate.compare import (
-    delong_matrix,
-    delong_unpaired_test,
-    mcnemar_test,
-    pairwise_comparisons,
-)
-from buscad.evaluate.dca import decision_curve, net_benefit
-from buscad.evaluate.metrics import (
-    AUCResult,
-    BinaryMetrics,
-    DeLongTest,
-    Proportion,
-    auc_ci,
-    binary_metrics,
-    cohort_metrics,
-    delong_test,
-    delong_variance,
-    proportion,
-    roc_auc,
-    select_threshold,
-    sensitivity_threshold,
-    specificity_threshold,
-    wilson_ci,
-    youden_threshold,
-)
+from __future__ import annotations
+
+from typing import Any
+
+#: Public name -> defining module; imported on first use (PEP 562) so that the
+#: command line does not pay for SciPy when it runs another command.
+_LAZY = {
+    "AUCResult": "buscad.evaluate.metrics",
+    "BinaryMetrics": "buscad.evaluate.metrics",
+    "DeLongTest": "buscad.evaluate.metrics",
+    "EvaluationInputError": "buscad.evaluate.api",
+    "EvaluationResult": "buscad.evaluate.api",
+    "Proportion": "buscad.evaluate.metrics",
+    "auc_ci": "buscad.evaluate.metrics",
+    "binary_metrics": "buscad.evaluate.metrics",
+    "brier_score": "buscad.evaluate.calibration",
+    "calibration_slope_intercept": "buscad.evaluate.calibration",
+    "cohort_metrics": "buscad.evaluate.metrics",
+    "decision_curve": "buscad.evaluate.dca",
+    "delong_matrix": "buscad.evaluate.compare",
+    "delong_test": "buscad.evaluate.metrics",
+    "delong_unpaired_test": "buscad.evaluate.compare",
+    "delong_variance": "buscad.evaluate.metrics",
+    "evaluate_predictions": "buscad.evaluate.api",
+    "hosmer_lemeshow": "buscad.evaluate.calibration",
+    "mcnemar_test": "buscad.evaluate.compare",
+    "net_benefit": "buscad.evaluate.dca",
+    "pairwise_comparisons": "buscad.evaluate.compare",
+    "proportion": "buscad.evaluate.metrics",
+    "read_predictions": "buscad.evaluate.api",
+    "reliability_curve": "buscad.evaluate.calibration",
+    "roc_auc": "buscad.evaluate.metrics",
+    "select_threshold": "buscad.evaluate.metrics",
+    "sensitivity_threshold": "buscad.evaluate.metrics",
+    "specificity_threshold": "buscad.evaluate.metrics",
+    "wilson_ci": "buscad.evaluate.metrics",
+    "youden_threshold": "buscad.evaluate.metrics",
+}
 
 __all__ = [
     "AUCResult",
@@ -77,3 +78,15 @@ __all__ = [
     "wilson_ci",
     "youden_threshold",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'buscad.evaluate' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

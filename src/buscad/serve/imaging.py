@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw
 
 from buscad.data.io import _sniff_bytes, read_image, read_mask, to_uint8
 from buscad.errors import ImageReadError, MaskError
+from buscad.heatmap import JET
 
 #: Formats accepted as images (detected from content).
 IMAGE_FORMATS = ("png", "jpeg", "bmp", "tiff", "dicom")
@@ -186,17 +187,8 @@ def parse_box(text: str | None, shape: tuple[int, int]) -> tuple[int, int, int, 
 # ----------------------------------------------------------------- rendering
 
 
-def _colormap_lut() -> np.ndarray:
-    """256x3 uint8 'turbo'-like lookup table (blue - green - yellow - red), no matplotlib."""
-    t = np.linspace(0.0, 1.0, 256)
-    # piecewise-linear jet-style ramp: dark blue -> cyan -> yellow -> red
-    r = np.clip(1.5 - np.abs(4 * t - 3), 0, 1)
-    g = np.clip(1.5 - np.abs(4 * t - 2), 0, 1)
-    b = np.clip(1.5 - np.abs(4 * t - 1), 0, 1)
-    return (np.stack([r, g, b], axis=1) * 255).astype(np.uint8)
-
-
-_LUT = _colormap_lut()
+#: The one heatmap colour map (matplotlib's jet), as uint8.
+_LUT = np.rint(JET * 255).astype(np.uint8)
 
 
 def gray_png(gray: np.ndarray) -> bytes:
