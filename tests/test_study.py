@@ -261,3 +261,20 @@ def test_bundle_predict_and_serve(small_run, tmp_path):
         )
         assert resp.status_code == 200, resp.text
         assert resp.json()["ai_score"] == pytest.approx(p.ai_score, abs=1e-6)
+
+
+def test_manifest_fingerprint_follows_content_not_mtime(tmp_path):
+    """Re-extracting a dataset (new mtimes, same bytes) keeps the cache; new bytes do not."""
+    from buscad.data.phantom import generate_cohort
+    from buscad.study import _manifest_fingerprint
+
+    m = generate_cohort(6, tmp_path / "d", seed=1)
+    mf = tmp_path / "d" / "manifest.csv"
+    memo = tmp_path / "hashes.json"
+    fp = _manifest_fingerprint(mf, memo)
+    assert memo.is_file()
+    img = m.image_path(0)
+    os.utime(img, (1e9, 1e9))
+    assert _manifest_fingerprint(mf, memo) == fp
+    img.write_bytes(img.read_bytes() + b"\0")
+    assert _manifest_fingerprint(mf, memo)["files"] != fp["files"]

@@ -96,7 +96,6 @@ def write_bundle(
     import shutil
 
     from buscad.evaluate.metrics import youden_threshold
-    from buscad.utils import file_sha256
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -108,21 +107,6 @@ def write_bundle(
     a, b = fit_platt(s, yy)
     threshold = youden_threshold(yy, calibrate(s, a, b))
     deep: dict[str, Any] = {"checkpoint": stem.name, "cam": cam_method}
-    if onnx:
-        from buscad.models.checkpoint import load_checkpoint
-        from buscad.models.onnx import export_onnx
-
-        model, spec = load_checkpoint(out / stem.name)
-        try:
-            f = export_onnx(
-                model,
-                out / "model.onnx",
-                int(spec["preprocessing"]["input_size"]),
-                explain=True,
-            )
-            deep.update(onnx=f.name, onnx_sha256=file_sha256(f), onnx_cam="gradcam")
-        except ValueError as exc:
-            deep["onnx_skipped"] = str(exc)
     doc = {
         "format": FORMAT,
         "version": VERSION,
@@ -143,7 +127,43 @@ def write_bundle(
     }
     atomic_write_json(out / "bundle.json", doc)
     atomic_write_text(out / "model_card.md", model_card or f"# {name}\n")
+    if onnx:
+        add_onnx(out)
     return out
+
+
+def add_onnx(bundle: str | os.PathLike[str]) -> dict:
+    """Export the bundle's CNN to ``model.onnx`` with its Grad-CAM and record it in ``bundle.json``.
+
+    :func:`write_bundle` calls it; it also brings a bundle written before
+    ONNX export existed up to date. When the backbone's Grad-CAM layer is not
+    average-pooled into the head (see :mod:`buscad.models.onnx`), nothing is
+    exported and the reason is recorded as ``onnx_skipped``.
+
+    Returns
+    -------
+    dict
+        The deep model's entry of ``bundle.json`` after the export.
+    """
+    from buscad.models.checkpoint import load_checkpoint
+    from buscad.models.onnx import export_onnx
+    from buscad.utils import file_sha256
+
+    out = Path(bundle)
+    doc = json.loads((out / "bundle.json").read_text(encoding="utf-8"))
+    deep = doc["models"]["deep"]
+    model, spec = load_checkpoint(out / deep["checkpoint"])
+    for k in ("onnx", "onnx_sha256", "onnx_cam", "onnx_skipped"):
+        deep.pop(k, None)
+    try:
+        f = export_onnx(
+            model, out / "model.onnx", int(spec["preprocessing"]["input_size"]), explain=True
+        )
+        deep.update(onnx=f.name, onnx_sha256=file_sha256(f), onnx_cam="gradcam")
+    except ValueError as exc:
+        deep["onnx_skipped"] = str(exc)
+    atomic_write_json(out / "bundle.json", doc)
+    return deep
 
 
 ENGINES: tuple[str, ...] = ("auto", "onnx", "torch")

@@ -29,6 +29,7 @@ are never used to fit or choose anything.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -105,17 +106,33 @@ class StudyResult:
 
 
 # ============================================================== data stages
-def _manifest_fingerprint(path: Path) -> dict:
-    """Cheap fingerprint of a manifest and its files: table hash + (size, mtime) of each file."""
+def _manifest_fingerprint(path: Path, memo: Path | None = None) -> dict:
+    """Fingerprint of a manifest and its files: table hash + SHA-256 of each image and mask.
+
+    Content, not modification time: a dataset copied or re-extracted with new
+    mtimes keeps its cache. Hashes are remembered in ``memo`` (JSON keyed by path,
+    size and mtime), so an unchanged dataset is not read again.
+    """
     man = Manifest.load(path, validate=False)
+    known: dict[str, str] = {}
+    if memo is not None and memo.is_file():
+        with contextlib.suppress(OSError, ValueError):
+            known = dict(json.loads(memo.read_text(encoding="utf-8")))
+    n_known = len(known)
     files = []
     for i in range(len(man)):
         for p in [man.image_path(i), *man.mask_paths(i)]:
             try:
                 st = p.stat()
-                files.append((str(p), st.st_size, st.st_mtime_ns))
             except OSError:
-                files.append((str(p), -1, -1))
+                files.append((str(p), "missing"))
+                continue
+            k = f"{p}|{st.st_size}|{st.st_mtime_ns}"
+            if k not in known:
+                known[k] = file_sha256(p)
+            files.append((str(p), known[k]))
+    if memo is not None and len(known) != n_known:
+        atomic_write_json(memo, known)
     return {"table": file_sha256(path), "files": stable_hash(files, 32)}
 
 
@@ -147,7 +164,7 @@ def _stage_cohort(runner: StageRunner, cfg: StudyConfig, cohort) -> tuple[StageR
             raise ConfigError(
                 cfg.base_dir / "<config>", f"cohorts: {cohort.name}: manifest {path} not found"
             )
-        fp = _manifest_fingerprint(path)
+        fp = _manifest_fingerprint(path, runner.root / "file-hashes.json")
 
         def copy(folder: Path) -> None:
             m = Manifest.load(path)
