@@ -498,6 +498,11 @@ def test_cli_train_export_features_explain(tmp_path, split_cohort):
     assert r.exit_code == 0, r.output
     diff = float(r.output.split("difference")[1].split()[0])
     assert diff < 1e-4
+    r = run.invoke(app, ["export-onnx", str(ck), "-o", str(tmp_path / "e.onnx"), "--explain"])
+    assert r.exit_code == 0, r.output
+    from buscad.models.onnx import OnnxClassifier
+
+    assert OnnxClassifier(tmp_path / "e.onnx").output_names == ["probabilities", "features", "cam"]
     r = run.invoke(app, ["features", str(man), "--checkpoint", str(ck), "-o", str(tmp_path / "f")])
     assert r.exit_code == 0, r.output
     assert pd.read_parquet(tmp_path / "f.parquet").shape == (len(split_cohort), 321)

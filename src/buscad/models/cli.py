@@ -153,6 +153,11 @@ def register(app: typer.Typer) -> None:
         checkpoint: Path = typer.Argument(..., help="Trained checkpoint (JSON or stem)."),
         out: Path = typer.Option(..., "-o", "--out", help="Output .onnx file."),
         check: bool = typer.Option(True, help="Compare ONNX Runtime and PyTorch on random inputs."),
+        explain: bool = typer.Option(
+            False,
+            help="Add 'features' (deep features) and 'cam' (Grad-CAM) outputs; for backbones whose "
+            "Grad-CAM layer is average-pooled into the head.",
+        ),
     ) -> None:
         """Export a trained model to ONNX (softmax probabilities, dynamic batch)."""
         import numpy as np
@@ -163,7 +168,12 @@ def register(app: typer.Typer) -> None:
 
         model, spec = load_checkpoint(checkpoint)
         size = spec["preprocessing"]["input_size"]
-        p = export_onnx(model, out, size, spec)
+        from buscad.errors import ConfigError
+
+        try:
+            p = export_onnx(model, out, size, spec, explain=explain)
+        except ValueError as exc:
+            raise ConfigError("--explain", str(exc)) from exc
         msg = f"wrote {p}"
         if check:
             x = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(0))
