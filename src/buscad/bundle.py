@@ -18,7 +18,7 @@ layer is average-pooled into the head: see :mod:`buscad.models.onnx`) and the
 bundle's explanation is Grad-CAM, the score and the heatmap come from one ONNX
 Runtime pass and PyTorch is not even imported; otherwise (or with
 ``engine="torch"``) the PyTorch checkpoint and pytorch-grad-cam are used. Both
-give the same numbers (``tests/test_bundle.py``).
+give the same numbers (``tests/test_study.py::test_bundle_predict_and_serve``).
 
 This version carries the deep model. The classical models (radiomics, DLR,
 clinical, US, CLDLR, integrated) are evaluated in the study report but are not

@@ -3,7 +3,7 @@
 One colour map is used everywhere a heatmap is shown (study galleries,
 ``buscad predict`` overlays, the web app): matplotlib's ``jet``, rebuilt here
 from its segment data so that ``JET[i]`` equals ``matplotlib.colormaps["jet"]``
-at level ``i`` of 256 (``tests/test_bundle.py`` checks it).
+at level ``i`` of 256 (``tests/test_deep_models.py`` checks it).
 """
 
 from __future__ import annotations
