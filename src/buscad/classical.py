@@ -211,9 +211,21 @@ class PlattSVC(_BinaryClassifierMixin, BaseEstimator):
         p = self.predict_proba(X)
         return self.classes_[(p[:, 1] > 0.5).astype(int)]
 
+    def to_portable(self) -> tuple[dict, dict]:
+        """Portable form (:mod:`buscad.portable`): the calibrated SVM."""
+        check_is_fitted(self, "calibrated_")
+        return {"type": "pipeline", "steps": [self.calibrated_]}, {}
+
 
 class _WrappedClassifier(_BinaryClassifierMixin, BaseEstimator):
     """Shared predict/predict_proba for classifiers that hold a fitted ``pipeline_``."""
+
+    def to_portable(self) -> tuple[dict, dict]:
+        """Portable form (:mod:`buscad.portable`): the named input columns, then ``pipeline_``."""
+        check_is_fitted(self, "pipeline_")
+        names = getattr(self, "feature_names_in_", None)
+        cols = [str(c) for c in names] if names is not None else None
+        return {"type": "frame", "columns": cols, "inner": self.pipeline_}, {}
 
     def _check_X(self, X: Any) -> Any:
         check_is_fitted(self, "pipeline_")
@@ -693,6 +705,13 @@ class RadScore(_BinaryClassifierMixin, BaseEstimator):
         score = self.decision_function(X)
         return self.classes_[(score > 0).astype(int)]
 
+    def to_portable(self) -> tuple[dict, dict]:
+        """Portable form (:mod:`buscad.portable`): a logistic model."""
+        check_is_fitted(self, "coef_")
+        return {"type": "logistic", "intercept": self.intercept_, "classes": [0, 1]}, {
+            "coef": self.coef_
+        }
+
     def export_formula(self, path: str | os.PathLike[str]) -> Path:
         """Write ``term, coefficient`` rows (``(intercept)`` first) to a CSV file."""
         check_is_fitted(self, "coef_")
@@ -946,6 +965,11 @@ class ClinicalSelector(TransformerMixin, BaseEstimator):
         check_is_fitted(self, "selected_")
         return np.asarray(self.selected_, dtype=object)
 
+    def to_portable(self) -> tuple[dict, dict]:
+        """Portable form (:mod:`buscad.portable`): the selected columns by name."""
+        check_is_fitted(self, "selected_")
+        return {"type": "select_names", "names": list(self.selected_)}, {}
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = True
@@ -996,6 +1020,10 @@ class _PriorClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "prior_")
         return np.tile(self.prior_, (len(X), 1))
 
+    def to_portable(self) -> tuple[dict, dict]:
+        check_is_fitted(self, "prior_")
+        return {"type": "constant", "p": float(self.prior_[-1])}, {}
+
 
 class _ToStr(TransformerMixin, BaseEstimator):
     """Categories as strings, missing values as NaN (for SimpleImputer/OneHotEncoder)."""
@@ -1013,6 +1041,9 @@ class _ToStr(TransformerMixin, BaseEstimator):
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         return np.asarray(input_features if input_features is not None else [], dtype=object)
+
+    def to_portable(self) -> tuple[dict, dict]:
+        return {"type": "tostr"}, {}
 
 
 class ClinicalModel(_WrappedClassifier):
@@ -1091,6 +1122,21 @@ class ClinicalModel(_WrappedClassifier):
 # =============================================================================== US model
 
 
+_LEXICON_MISSING = frozenset({"", "nan", "none", "not applicable", "not available", "na", "n/a"})
+
+
+def lexicon_tokens(v: Any, sep: str = "&") -> list[str]:
+    """Tokens of one BI-RADS descriptor cell (see :class:`LexiconEncoder`)."""
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return ["missing"]
+    s = str(v).strip().lower()
+    if s in _LEXICON_MISSING:
+        return ["missing"]
+    head, _, tail = s.partition(" - ")
+    toks = [t.strip() for t in (tail if tail else head).split(sep) if t.strip()]
+    return ([head.strip()] if tail else []) + toks
+
+
 class LexiconEncoder(TransformerMixin, BaseEstimator):
     """One-hot encoding of BI-RADS lexicon descriptors and the BI-RADS category.
 
@@ -1113,21 +1159,14 @@ class LexiconEncoder(TransformerMixin, BaseEstimator):
         Output column names ``column=token``.
     """
 
-    _MISSING = frozenset({"", "nan", "none", "not applicable", "not available", "na", "n/a"})
+    _MISSING = _LEXICON_MISSING
 
     def __init__(self, columns: Sequence[str] | None = None, sep: str = "&"):
         self.columns = columns
         self.sep = sep
 
     def _tokens(self, v: Any) -> list[str]:
-        if v is None or (isinstance(v, float) and np.isnan(v)):
-            return ["missing"]
-        s = str(v).strip().lower()
-        if s in self._MISSING:
-            return ["missing"]
-        head, _, tail = s.partition(" - ")
-        toks = [t.strip() for t in (tail if tail else head).split(self.sep) if t.strip()]
-        return ([head.strip()] if tail else []) + toks
+        return lexicon_tokens(v, self.sep)
 
     def fit(self, X: Any, y: Any = None) -> LexiconEncoder:
         """Learn the vocabulary from these rows."""
@@ -1162,6 +1201,12 @@ class LexiconEncoder(TransformerMixin, BaseEstimator):
         """The ``column=token`` names."""
         check_is_fitted(self, "vocabulary_")
         return np.asarray(self.vocabulary_, dtype=object)
+
+    def to_portable(self) -> tuple[dict, dict]:
+        """Portable form (:mod:`buscad.portable`): columns, vocabulary and separator."""
+        check_is_fitted(self, "vocabulary_")
+        spec = {"type": "lexicon", "columns": list(self.columns_), "sep": self.sep}
+        return {**spec, "vocabulary": list(self.vocabulary_)}, {}
 
 
 #: Conventional-ultrasound model inputs: the radiologist's lexicon and category.
@@ -1485,6 +1530,11 @@ class ColumnScore(_BinaryClassifierMixin, BaseEstimator):
         """Class with the higher probability."""
         return self.classes_[(self.predict_proba(X)[:, 1] > 0.5).astype(int)]
 
+    def to_portable(self) -> tuple[dict, dict]:
+        """Portable form (:mod:`buscad.portable`): the clipped column."""
+        check_is_fitted(self, "classes_")
+        return {"type": "column", "column": self.column}, {}
+
 
 class StackingIntegrator(_BinaryClassifierMixin, BaseEstimator):
     """Integrated model: logistic regression on the single models' out-of-fold probabilities.
@@ -1594,6 +1644,13 @@ class StackingIntegrator(_BinaryClassifierMixin, BaseEstimator):
         """Class with the higher probability."""
         p = self.predict_proba(X)
         return self.classes_[(p[:, 1] > 0.5).astype(int)]
+
+    def to_portable(self) -> tuple[dict, dict]:
+        """Portable form (:mod:`buscad.portable`): the refit bases and the final logistic model."""
+        check_is_fitted(self, "final_estimator_")
+        bases = [{"name": n, "model": e} for n, e in self.estimators_]
+        spec = {"type": "stack", "bases": bases, "transform": self.stack_method}
+        return {**spec, "intercept": self.intercept_}, {"coef": self.coef_}
 
     def export_coefficients(self, path: str | os.PathLike[str]) -> pd.DataFrame:
         """CSV for a nomogram: ``term, coefficient, odds_ratio, transform`` rows.

@@ -14,9 +14,15 @@ remainder), ``LogisticRegression`` (binary), ``SVC`` (binary, ``linear``/``rbf``
 ``poly``/``sigmoid`` kernels, libsvm's Platt probabilities) and
 ``CalibratedClassifierCV(method="sigmoid", ensemble=False)`` around an SVC,
 ``LinearSVC`` or logistic regression (the non-deprecated way to get SVM
-probabilities since scikit-learn 1.9). Any estimator may opt in by implementing
+probabilities since scikit-learn 1.9), and any feature selector (``SelectorMixin``:
+its kept columns). Any estimator may opt in by implementing
 ``to_portable() -> (spec, arrays)``; the spec's ``"type"`` must then be one of the
-types below (usually ``"select"``: keep the columns listed in ``arrays["index"]``).
+types below, and fitted estimators inside the spec (as a value, or in a list or
+a dict of a list) are exported in place. buscad's classical models do so
+(:mod:`buscad.classical`): ``frame`` (reorder a table's named columns, absent
+ones missing), ``select_names``, ``tostr``, ``lexicon`` (BI-RADS descriptor
+indicators), ``constant`` (a prior), ``column`` (a score computed elsewhere) and
+``stack`` (the integrated model).
 
 The forward formulas:
 
@@ -69,22 +75,35 @@ class _Builder:
 
         if hasattr(est, "to_portable"):
             spec, arrays = est.to_portable()
-            spec = dict(spec)
+            spec = self._nested(dict(spec))
             for key, arr in arrays.items():
                 spec[key] = self.add(arr)
-            if "inner" in spec and not isinstance(spec["inner"], dict):
-                spec["inner"] = self.export(spec["inner"])
             return spec
         if isinstance(est, Pipeline):
-            return {
+            spec = {
                 "type": "pipeline",
                 "steps": [self.export(s) for _, s in est.steps if s != "passthrough"],
             }
+            names = _names_in(est)
+            # fitted on a named table: columns are found by name, so a table with other or
+            # fewer columns (absent ones missing) gives the same result
+            return {"type": "frame", "columns": names, "inner": spec} if names else spec
         if isinstance(est, StandardScaler):
             n = len(est.mean_) if est.mean_ is not None else est.n_features_in_
             mean = est.mean_ if est.with_mean else np.zeros(n)
             scale = est.scale_ if est.with_std else np.ones(n)
             return {"type": "scaler", "mean": self.add(mean), "scale": self.add(scale)}
+        from sklearn.feature_selection import SelectorMixin
+
+        if isinstance(est, SelectorMixin):
+            return {"type": "select", "index": self.add(est.get_support(indices=True))}
+        if isinstance(est, SimpleImputer) and np.asarray(est.statistics_).dtype == object:
+            if est.indicator_ is not None:
+                raise ModelFileError("<estimator>", "categorical imputer with indicator")
+            return {
+                "type": "fill",
+                "values": [_json_scalar(v) for v in np.asarray(est.statistics_).tolist()],
+            }
         if isinstance(est, SimpleImputer):
             ind = None
             if est.indicator_ is not None:
@@ -149,6 +168,16 @@ class _Builder:
         raise ModelFileError(
             "<estimator>", f"cannot export {type(est).__name__}: not a supported building block"
         )
+
+    def _nested(self, spec: Any) -> Any:
+        """Export fitted estimators found in a ``to_portable`` spec (values, lists, dicts)."""
+        if isinstance(spec, dict):
+            return {k: self._nested(v) for k, v in spec.items()}
+        if isinstance(spec, (list, tuple)):
+            return [self._nested(v) for v in spec]
+        if hasattr(spec, "fit"):
+            return self.export(spec)
+        return spec
 
     def _decision(self, est: Any) -> dict:
         """Export the decision function of a binary SVC, LinearSVC or logistic model."""
@@ -315,8 +344,60 @@ class PortableModel:
         if t == "identity":
             return _as_float(X)
         if t == "select":
-            Xf = _as_float(X)
-            return Xf[:, self._a(spec["index"]).astype(int)]
+            idx = self._a(spec["index"]).astype(int)
+            if isinstance(X, pd.DataFrame):
+                return X.iloc[:, idx]
+            return np.asarray(X)[:, idx]
+        if t == "frame":  # a named table is reordered by name; an array is positional already
+            if isinstance(X, pd.DataFrame) and spec.get("columns") is not None:
+                X = X.reindex(columns=spec["columns"])
+            return self._run(spec["inner"], X, final=final)
+        if t == "select_names":
+            return _frame_of(X)[spec["names"]]
+        if t == "tostr":
+            arr = _frame_of(X).to_numpy(dtype=object)
+            return np.array(
+                [[v if _is_nan(v) else str(v) for v in row] for row in arr], dtype=object
+            ).reshape(arr.shape)
+        if t == "fill":
+            arr = np.asarray(X, dtype=object).copy()
+            if arr.ndim == 1:
+                arr = arr[:, None]
+            for j, v in enumerate(spec["values"]):
+                col = arr[:, j]
+                col[[_is_nan(c) for c in col]] = v
+            return arr
+        if t == "lexicon":
+            from buscad.classical import lexicon_tokens
+
+            df = _frame_of(X)
+            pos = {v: i for i, v in enumerate(spec["vocabulary"])}
+            out = np.zeros((len(df), len(pos)))
+            for c in spec["columns"]:
+                vals = df[c].tolist() if c in df.columns else [None] * len(df)
+                for r, v in enumerate(vals):
+                    for tok in lexicon_tokens(v, spec["sep"]):
+                        j = pos.get(f"{c}={tok}")
+                        if j is not None:
+                            out[r, j] = 1.0
+            return out
+        if t == "constant":
+            return np.full(len(X), float(spec["p"]))
+        if t == "column":
+            col = _frame_of(X)[spec["column"]]
+            return np.clip(pd.to_numeric(col, errors="coerce").to_numpy(float), 0.0, 1.0)
+        if t == "stack":
+            base = np.column_stack(
+                [
+                    np.asarray(self._run(b["model"], X, final=True), dtype=float).ravel()
+                    for b in spec["bases"]
+                ]
+            )
+            if spec["transform"] == "logit":
+                q = np.clip(base, 1e-6, 1 - 1e-6)
+                base = np.log(q / (1 - q))
+            z = base @ self._a(spec["coef"]) + spec["intercept"]
+            return 1.0 / (1.0 + np.exp(-z))
         if t == "scaler":
             return (_as_float(X) - self._a(spec["mean"])) / self._a(spec["scale"])
         if t == "imputer":
@@ -434,6 +515,13 @@ def _as_float(X: Any) -> np.ndarray:
 
 def _is_nan(v: Any) -> bool:
     return v is None or (isinstance(v, float) and np.isnan(v))
+
+
+def _frame_of(X: Any) -> pd.DataFrame:
+    if isinstance(X, pd.DataFrame):
+        return X
+    arr = np.asarray(X, dtype=object)
+    return pd.DataFrame(arr[:, None] if arr.ndim == 1 else arr)
 
 
 def _eq(v: Any, c: Any) -> bool:
