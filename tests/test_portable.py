@@ -176,6 +176,20 @@ def test_classical_models_round_trip(tmp_path, name):
     if name == "clinical_prior":  # no age in training: the prior-only fallback
         Xtr = Xtr.assign(age=np.nan)
     est = _classical_models()[name].fit(Xtr, y[:100])
+    from buscad.classical import model_inputs
+
+    used = model_inputs(est)
+    expect = {
+        "radiomics": lambda u: u and all(c.startswith("original_firstorder_F") for c in u),
+        "dlr": lambda u: u == [f"deep_{j:04d}" for j in range(16)],
+        "clinical": lambda u: u and set(u) <= {"age", "symptoms"},
+        "clinical_prior": lambda u: u == [],
+        "us": lambda u: u == ["shape", "margin"],
+        "cldlr": lambda u: u[-16:] == [f"deep_{j:04d}" for j in range(16)],
+        "integrated": lambda u: {"_deep_score", "shape", "margin", "deep_0000"} <= set(u),
+    }[name]
+    assert expect(used), used
+    assert not any("@" in c for c in used)  # perturbed-mask views are for the ICC filter only
     save_portable(est, tmp_path / name)
     m = load_portable(tmp_path / name)
     ref = est.predict_proba(Xte)[:, 1]

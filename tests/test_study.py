@@ -190,29 +190,45 @@ def test_bundle_predict_and_serve(small_run, tmp_path):
     bdir = out / "bundle"
     doc = json.loads((bdir / "bundle.json").read_text())
     assert doc["primary_model"] == "deep" and 0 < doc["threshold"] < 1
-    assert sorted(p.suffix for p in bdir.iterdir()) == [
-        ".json",
-        ".json",
-        ".md",
-        ".onnx",
-        ".safetensors",
+    assert sorted(p.name for p in bdir.iterdir()) == [
+        "bundle.json",
+        "model.json",
+        "model.onnx",
+        "model.safetensors",
+        "model_card.md",
+        "models",
     ]
+    assert {p.suffix for p in (bdir / "models").iterdir()} == {".json", ".safetensors"}
     assert doc["models"]["deep"]["onnx_cam"] == "gradcam"
+    classical = {"radiomics", "dlr", "clinical", "us", "cldlr", "integrated"}
+    assert set(doc["models"]) == {"deep", *classical} and doc["not_exported"] == []
     b = Bundle.load(bdir)
     assert b.engine == "onnx"
     man = Manifest.load(next((out / "cache").glob("split-*/manifest.csv")))
     i = int(np.flatnonzero((man.df["split"] == "external").to_numpy())[0])
     gray, _ = read_image(man.image_path(i))
     mask = read_mask(man.mask_paths(i), gray.shape)
-    p = b.predict(gray, mask=mask)
+    clin = {c: man.df[c].iat[i] for c in b.clinical_inputs}
+    assert "age" in clin and any(c in clin for c in ("shape", "margin", "birads"))
+    p = b.predict(gray, mask=mask, clinical=clin)
     assert 0 <= p.ai_score <= 1 and p.roi_source == "mask" and p.heatmap.shape == gray.shape
+    # every bundled model gives, for this external image, what the study reported for it
+    pred = pd.read_csv(next((out / "cache").glob("models-*/predictions.csv")))
+    row = pred.set_index("case_id").loc[man.df["image_id"].iat[i]]
+    assert p.skipped_models == {}
+    for name in classical:
+        assert p.model_scores[name] == pytest.approx(row[name], abs=1e-4), name
     x0, y0, x1, y1 = p.roi
     outside = p.heatmap.copy()
     outside[y0:y1, x0:x1] = 0
     # confined to the region read, within [0, 1] (a 1-epoch test CNN may give an all-zero Grad-CAM)
     assert outside.max() == 0 and p.heatmap.min() >= 0 and p.heatmap.max() <= 1
     assert p.decision == ("malignant" if p.ai_score >= b.threshold else "benign")
-    assert set(p.skipped_models) == {"radiomics", "dlr", "clinical", "us", "cldlr", "integrated"}
+    # without a mask radiomics cannot run; without clinical inputs the clinical models do not
+    q = b.predict(gray, box=p.roi, heatmap=False)
+    assert q.skipped_models["radiomics"].startswith("needs the lesion mask")
+    assert q.skipped_models["clinical"].startswith("needs clinical input(s): ")
+    assert q.model_scores["dlr"] is not None and q.model_scores["radiomics"] is None
     # the PyTorch engine (checkpoint + pytorch-grad-cam) gives the same score and heatmap
     pt = Bundle.load(bdir, engine="torch").predict(gray, mask=mask)
     assert pt.ai_score == pytest.approx(p.ai_score, abs=1e-5)
@@ -239,17 +255,24 @@ def test_bundle_predict_and_serve(small_run, tmp_path):
     assert got["ai_score"] == pytest.approx(p.ai_score, abs=1e-6)
     assert (tmp_path / "pred" / f"{stem}_overlay.png").exists()
     assert pd.read_csv(tmp_path / "pred" / "summary.csv")["decision"].iat[0] == p.decision
-    # from the shell, predict loads neither PyTorch nor pandas (that is what makes it quick)
+    # from the shell, predict loads neither PyTorch nor SciPy nor scikit-learn (that makes it quick),
+    # and with --mask and --clinical every bundled model runs
     code = (
         "import sys; from buscad.cli import main\n"
         "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-        "heavy = sorted({'torch', 'pandas', 'scipy', 'sklearn'} & set(sys.modules))\n"
+        "heavy = sorted({'torch', 'scipy', 'sklearn'} & set(sys.modules))\n"
         "assert not heavy, heavy"
     )
-    args = ["predict", str(bdir), str(man.image_path(i)), "-o", str(tmp_path / "pred2")]
+    clin_csv = tmp_path / "clinical.csv"
+    pd.DataFrame([{"image": man.image_path(i).name, **clin}]).to_csv(clin_csv, index=False)
+    args = ["predict", str(bdir), str(man.image_path(i)), "--mask", str(mpath)]
+    args += ["--clinical", str(clin_csv), "-o", str(tmp_path / "pred2")]
     r2 = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
     assert r2.returncode == 0, r2.stderr
-    assert json.loads((tmp_path / "pred2" / f"{stem}.json").read_text())["engine"] == "onnx"
+    got2 = json.loads((tmp_path / "pred2" / f"{stem}.json").read_text())
+    assert got2["engine"] == "onnx" and got2["skipped_models"] == {}
+    for name in classical:
+        assert got2["model_scores"][name] == pytest.approx(row[name], abs=1e-4), name
     # the web app serves the real bundle
     with TestClient(create_app(b)) as client:
         resp = client.post(

@@ -6,6 +6,7 @@ A bundle is a folder::
     model.safetensors    the chosen CNN (weights)      ┐ written by
     model.json           its spec and preprocessing    ┘ buscad.models.checkpoint
     model.onnx           the same CNN for ONNX Runtime, with its Grad-CAM in the graph
+    models/NAME.*        each classical/fusion model (buscad.portable: safetensors + JSON)
     model_card.md        intended use, data, metrics, limitations
 
 Nothing in it is a pickle. The AI score is the CNN's malignant probability
@@ -20,15 +21,23 @@ Runtime pass and PyTorch is not even imported; otherwise (or with
 ``engine="torch"``) the PyTorch checkpoint and pytorch-grad-cam are used. Both
 give the same numbers (``tests/test_study.py::test_bundle_predict_and_serve``).
 
-This version carries the deep model. The classical models (radiomics, DLR,
-clinical, US, CLDLR, integrated) are evaluated in the study report but are not
-yet exported to bundles; a prediction lists them under ``skipped_models``.
+The classical and fusion models (radiomics, DLR, clinical, US, CLDLR,
+integrated) are the study's models refit on all training rows; each scores an
+image from what it read in training: the CNN's deep features of the same ROI
+(DLR, CLDLR), pyradiomics features of the lesion mask (radiomics: needs a mask,
+not a box), clinical or BI-RADS lexicon inputs (clinical, US, CLDLR: missing
+values are imputed as in training, but a model none of whose inputs is given is
+skipped), and the CNN's raw score plus the other models' inputs (integrated).
+Their probabilities are reported as the models give them, with each model's
+Youden threshold on its out-of-fold training scores; the AI score stays the
+calibrated CNN. A model that cannot run says why in ``skipped_models``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -42,7 +51,10 @@ from buscad.utils import atomic_write_json, atomic_write_text
 
 FORMAT = "buscad-bundle"
 VERSION = 1
-NOT_EXPORTED = "evaluated in the study report; not exported to bundles yet"
+NOT_EXPORTED = "evaluated in the study report; not in this bundle"
+#: Inputs that are neither deep features, radiomics features nor the CNN score.
+DEEP_FEATURE = re.compile(r"^deep_\d+$")
+DEEP_SCORE = "_deep_score"
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -78,6 +90,9 @@ def write_bundle(
     provenance: dict | None = None,
     cam_method: str = "gradcam",
     onnx: bool = True,
+    classical: dict[str, dict] | None = None,
+    radiomics_params: dict | None = None,
+    configured: list[str] | None = None,
 ) -> Path:
     """Write a bundle from a deep checkpoint and its out-of-fold training scores.
 
@@ -87,6 +102,14 @@ def write_bundle(
         Also export ``model.onnx`` with the Grad-CAM outputs (skipped, with the
         reason in ``bundle.json``, for backbones whose Grad-CAM cannot be in the
         graph).
+    classical : dict, optional
+        ``name -> {"stem": path of a buscad.portable model, "threshold": float}``;
+        the model's JSON metadata must list its ``inputs``.
+    radiomics_params : dict, optional
+        Validated pyradiomics settings (needed when a model reads radiomics).
+    configured : list of str, optional
+        The study's non-deep models; those not in ``classical`` are listed as
+        not exported.
 
     Returns
     -------
@@ -107,12 +130,28 @@ def write_bundle(
     a, b = fit_platt(s, yy)
     threshold = youden_threshold(yy, calibrate(s, a, b))
     deep: dict[str, Any] = {"checkpoint": stem.name, "cam": cam_method}
+    models: dict[str, Any] = {"deep": deep}
+    for mname, info in (classical or {}).items():
+        src = Path(info["stem"])
+        (out / "models").mkdir(exist_ok=True)
+        for suffix in (".safetensors", ".json"):
+            shutil.copyfile(src.with_suffix(suffix), out / "models" / f"{mname}{suffix}")
+        meta = json.loads(src.with_suffix(".json").read_text(encoding="utf-8"))["metadata"]
+        models[mname] = {
+            "file": f"models/{mname}",
+            "threshold": float(info["threshold"]),
+            "threshold_rule": "youden on out-of-fold training scores",
+            "inputs": group_inputs(meta["inputs"]),
+        }
+    needs_radiomics = any(m.get("inputs", {}).get("radiomics") for m in models.values())
+    if needs_radiomics and radiomics_params is None:
+        raise ValueError("a bundled model reads radiomics features: pass radiomics_params")
     doc = {
         "format": FORMAT,
         "version": VERSION,
         "name": name,
         "primary_model": "deep",
-        "models": {"deep": deep},
+        "models": models,
         "calibration": {
             "method": "platt-logit",
             "a": a,
@@ -121,7 +160,8 @@ def write_bundle(
         },
         "threshold": float(threshold),
         "threshold_rule": "youden on calibrated out-of-fold training scores",
-        "not_exported": ["radiomics", "dlr", "clinical", "us", "cldlr", "integrated"],
+        "not_exported": [n for n in (configured or []) if n not in models],
+        "radiomics_params": radiomics_params if needs_radiomics else None,
         "metrics": metrics or [],
         "provenance": provenance or {},
     }
@@ -130,6 +170,21 @@ def write_bundle(
     if onnx:
         add_onnx(out)
     return out
+
+
+def group_inputs(inputs: list[str]) -> dict[str, Any]:
+    """Sort a model's input columns by where they come from at prediction time."""
+    from buscad.classical import RADIOMICS_COLUMNS
+
+    deep = [c for c in inputs if DEEP_FEATURE.match(c)]
+    rad = [c for c in inputs if re.match(RADIOMICS_COLUMNS, c) and c not in deep]
+    rest = [c for c in inputs if c not in deep and c not in rad and c != DEEP_SCORE]
+    return {
+        "deep_features": len(deep),
+        "deep_score": DEEP_SCORE in inputs,
+        "radiomics": rad,
+        "clinical": rest,
+    }
 
 
 def add_onnx(bundle: str | os.PathLike[str]) -> dict:
@@ -192,8 +247,17 @@ class Bundle:
         self.name = str(doc.get("name", path.name))
         self.threshold = float(doc["threshold"])
         self.primary_model = str(doc["primary_model"])
-        self.model_names = ["deep", *doc.get("not_exported", [])]
-        self.clinical_inputs: list[str] = []
+        self.classical: dict[str, Any] = {}
+        for mname, info in doc["models"].items():
+            if mname != "deep":
+                from buscad.portable import load_portable
+
+                self.classical[mname] = load_portable(path / info["file"])
+        self.not_exported = [n for n in doc.get("not_exported", []) if n not in self.classical]
+        self.model_names = ["deep", *self.classical, *self.not_exported]
+        self.clinical_inputs: list[str] = list(
+            dict.fromkeys(c for n in self.classical for c in doc["models"][n]["inputs"]["clinical"])
+        )
         self.version = str(doc.get("version"))
         self._lock = threading.Lock()
         self._model: Any = None
@@ -306,12 +370,14 @@ class Bundle:
             return (x0, y0, x1, y1), "box"
         return (0, 0, w, h), "whole"
 
-    def _score_and_cam(self, crop: np.ndarray, heatmap: bool) -> tuple[float, np.ndarray | None]:
-        """Raw malignant probability and (optionally) the [0, 1] CAM at input size or raw."""
+    def _score_and_cam(
+        self, crop: np.ndarray, heatmap: bool
+    ) -> tuple[float, np.ndarray | None, np.ndarray]:
+        """Raw malignant probability, the CAM (raw or [0, 1]; None without heatmap), deep features."""
         if self.engine == "onnx":
             x = self.pre.to_array(crop[None])
-            probs, _, cam = self._onnx.explain(x)
-            return float(probs[0, 1]), (cam[0] if heatmap else None)
+            probs, feats, cam = self._onnx.explain(x)
+            return float(probs[0, 1]), (cam[0] if heatmap else None), feats[0]
         import torch
 
         from buscad.explain import compute_cam
@@ -319,9 +385,57 @@ class Bundle:
         x = self.pre(crop[None])
         with torch.no_grad():
             raw = float(torch.softmax(self.model(x).float(), 1)[0, 1])
+            feats = self.model.features(x).float().numpy()[0]
         if not heatmap:
-            return raw, None
-        return raw, compute_cam(self.model, x, self.doc["models"]["deep"].get("cam", "gradcam"))[0]
+            return raw, None, feats
+        cam = compute_cam(self.model, x, self.doc["models"]["deep"].get("cam", "gradcam"))[0]
+        return raw, cam, feats
+
+    def _classical_scores(
+        self,
+        gray: np.ndarray,
+        mask: np.ndarray | None,
+        clinical: dict[str, Any],
+        raw: float,
+        feats: np.ndarray,
+    ) -> tuple[dict[str, float | None], dict[str, str]]:
+        """Each bundled classical/fusion model's P(malignant), or why it did not run."""
+        import pandas as pd
+
+        scores: dict[str, float | None] = {}
+        skipped: dict[str, str] = {}
+        given = {k: v for k, v in clinical.items() if v is not None and str(v).strip() != ""}
+        row: dict[str, Any] = {f"deep_{j:04d}": float(v) for j, v in enumerate(feats)}
+        row[DEEP_SCORE] = raw
+        row.update(given)
+        radiomics: dict[str, float] | None = None
+        for name, model in self.classical.items():
+            need = self.doc["models"][name]["inputs"]
+            if need["radiomics"] and mask is None:
+                skipped[name] = "needs the lesion mask (radiomics reads its outline and texture)"
+            elif need["clinical"] and not any(c in given for c in need["clinical"]):
+                skipped[name] = "needs clinical input(s): " + ", ".join(need["clinical"])
+            elif need["radiomics"] and radiomics is None:
+                try:
+                    radiomics = self._radiomics(gray, mask)
+                except ValueError as exc:
+                    skipped[name] = f"radiomics failed: {exc}"
+                    radiomics = {}
+            if name in skipped:
+                scores[name] = None
+                continue
+            if need["radiomics"] and not radiomics:
+                scores[name], skipped[name] = None, "radiomics failed"
+                continue
+            frame = pd.DataFrame([{**row, **(radiomics or {})}])
+            scores[name] = float(model.predict_proba(frame)[0, 1])
+        return scores, skipped
+
+    def _radiomics(self, gray: np.ndarray, mask: np.ndarray | None) -> dict[str, float]:
+        from buscad.radiomics import extract_arrays
+
+        assert mask is not None
+        return extract_arrays(gray, mask, self.doc["radiomics_params"])
 
     def predict(
         self,
@@ -343,7 +457,7 @@ class Bundle:
         timings = {"preprocess": (time.perf_counter() - t0) * 1000}
         with self._lock:
             t1 = time.perf_counter()
-            raw, cam = self._score_and_cam(crop, heatmap)
+            raw, cam, feats = self._score_and_cam(crop, heatmap)
             timings["model"] = (time.perf_counter() - t1) * 1000
         hm = None
         if cam is not None:
@@ -351,6 +465,15 @@ class Bundle:
             hm = np.zeros(g.shape, np.float32)
             hm[y0:y1, x0:x1] = scale_cam(cam, (y1 - y0, x1 - x0))
             timings["heatmap"] = (time.perf_counter() - t2) * 1000
+        others: dict[str, float | None] = {}
+        skipped: dict[str, str] = {}
+        if self.classical:
+            t3 = time.perf_counter()
+            others, skipped = self._classical_scores(
+                g, mask if source == "mask" else None, clinical or {}, raw, feats
+            )
+            timings["classical"] = (time.perf_counter() - t3) * 1000
+        skipped.update(dict.fromkeys(self.not_exported, NOT_EXPORTED))
         cal = self.doc["calibration"]
         p = float(calibrate(raw, cal["a"], cal["b"])[0])
         return Prediction(
@@ -359,8 +482,8 @@ class Bundle:
             threshold=self.threshold,
             decision="malignant" if p >= self.threshold else "benign",
             band=likelihood_band(p),
-            model_scores={"deep": p, **dict.fromkeys(self.doc.get("not_exported", []))},
-            skipped_models=dict.fromkeys(self.doc.get("not_exported", []), NOT_EXPORTED),
+            model_scores={"deep": p, **others, **dict.fromkeys(self.not_exported)},
+            skipped_models=skipped,
             roi=(int(x0), int(y0), int(x1), int(y1)),
             roi_source=source,
             heatmap=hm,

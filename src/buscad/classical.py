@@ -69,7 +69,7 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
-from buscad.data.manifest import LEXICON_COLUMNS
+from buscad.data.manifest import LEXICON_COLUMNS, LEXICON_MISSING, lexicon_tokens
 from buscad.utils import atomic_write_table
 
 VIEW_SEP = "@"
@@ -1122,21 +1122,6 @@ class ClinicalModel(_WrappedClassifier):
 # =============================================================================== US model
 
 
-_LEXICON_MISSING = frozenset({"", "nan", "none", "not applicable", "not available", "na", "n/a"})
-
-
-def lexicon_tokens(v: Any, sep: str = "&") -> list[str]:
-    """Tokens of one BI-RADS descriptor cell (see :class:`LexiconEncoder`)."""
-    if v is None or (isinstance(v, float) and np.isnan(v)):
-        return ["missing"]
-    s = str(v).strip().lower()
-    if s in _LEXICON_MISSING:
-        return ["missing"]
-    head, _, tail = s.partition(" - ")
-    toks = [t.strip() for t in (tail if tail else head).split(sep) if t.strip()]
-    return ([head.strip()] if tail else []) + toks
-
-
 class LexiconEncoder(TransformerMixin, BaseEstimator):
     """One-hot encoding of BI-RADS lexicon descriptors and the BI-RADS category.
 
@@ -1159,7 +1144,7 @@ class LexiconEncoder(TransformerMixin, BaseEstimator):
         Output column names ``column=token``.
     """
 
-    _MISSING = _LEXICON_MISSING
+    _MISSING = LEXICON_MISSING
 
     def __init__(self, columns: Sequence[str] | None = None, sep: str = "&"):
         self.columns = columns
@@ -1438,6 +1423,49 @@ def make_folds(
     return [(tr, te) for tr, te in cv.split(idx, y)]
 
 
+def model_inputs(est: BaseEstimator) -> list[str]:
+    """Names of the input columns a fitted model actually reads.
+
+    What a deployed model must be given: the radiomics features the LASSO kept
+    (not the hundreds extracted), the deep features, the clinical variables the
+    univariate tests kept, the lexicon columns, and for the integrated model the
+    union over its base models. Columns are named as in ``fit``'s table.
+    """
+    if isinstance(est, StackingIntegrator):
+        check_is_fitted(est, "estimators_")
+        out: list[str] = []
+        for _, e in est.estimators_:
+            out += [c for c in model_inputs(e) if c not in out]
+        return out
+    if isinstance(est, ColumnScore):
+        return [est.column]
+    if isinstance(est, USModel):
+        return list(est.columns_)
+    if isinstance(est, ClinicalModel):
+        return list(est.selector_.selected_)
+    if isinstance(est, CLDLR):
+        return list(est.clinical_columns_) + list(est.deep_columns_)
+    if isinstance(est, _WrappedClassifier):
+        return _pipeline_inputs(est.pipeline_, list(map(str, est.feature_names_in_)))
+    if isinstance(est, Pipeline):
+        return _pipeline_inputs(est, list(map(str, est.feature_names_in_)))
+    names = getattr(est, "feature_names_in_", None)
+    return list(map(str, names)) if names is not None else []
+
+
+def _pipeline_inputs(pipe: Pipeline, names: list[str]) -> list[str]:
+    """Follow the leading selectors (and column-wise imputers/scalers) of a pipeline."""
+    cols = np.asarray(names, dtype=object)
+    for _, step in pipe.steps:
+        if isinstance(step, SelectorMixin):
+            cols = cols[step.get_support()]
+        elif not isinstance(step, (SimpleImputer, StandardScaler)) or getattr(
+            step, "indicator_", None
+        ):
+            break
+    return [str(c) for c in cols]
+
+
 def cross_val_predict_grouped(
     estimator: BaseEstimator,
     X: Any,
@@ -1675,3 +1703,59 @@ class StackingIntegrator(_BinaryClassifierMixin, BaseEstimator):
         )
         atomic_write_table(df, path)
         return df
+
+
+# =============================================================================== radiomics
+class RadiomicsExtractor(TransformerMixin, BaseEstimator):
+    """Stateless scikit-learn transformer: Manifest → radiomics feature table.
+
+    Parameters
+    ----------
+    params : str, path-like or None
+        YAML params file (None: :data:`DEFAULT_PARAMS`).
+    cache_dir : str, path-like, bool or None
+        See :func:`extract_features`.
+    n_jobs : int, default 1
+        Worker processes.
+    progress : bool, default False
+        Show a progress bar.
+
+    Notes
+    -----
+    ``transform`` returns one row per manifest row (indexed by ``image_id``);
+    rows whose extraction failed are all-NaN and listed in ``failures_`` (so a
+    downstream imputer, not a silent drop, decides what happens to them).
+    """
+
+    def __init__(
+        self,
+        params: str | os.PathLike[str] | None = None,
+        cache_dir: str | os.PathLike[str] | bool | None = None,
+        n_jobs: int = 1,
+        progress: bool = False,
+    ) -> None:
+        self.params = params
+        self.cache_dir = cache_dir
+        self.n_jobs = n_jobs
+        self.progress = progress
+
+    def fit(self, X: Any, y: Any = None) -> RadiomicsExtractor:
+        """Validate the params (nothing is learnt); return self."""
+        from buscad.radiomics import load_params
+
+        self.params_ = load_params(self.params)
+        return self
+
+    def transform(self, X: Any) -> pd.DataFrame:
+        """Feature table for the manifest ``X`` (rows aligned with it)."""
+        from buscad.radiomics import extract_features, load_params
+
+        params = getattr(self, "params_", None) or load_params(self.params)
+        res = extract_features(
+            X, params, cache_dir=self.cache_dir, n_jobs=self.n_jobs, progress=self.progress
+        )
+        self.failures_ = res.failures
+        for line in res.failures:
+            warnings.warn(f"radiomics: skipped {line}", stacklevel=2)
+        ids = [str(v) for v in X.df["image_id"]]
+        return res.features.reindex(pd.Index(ids, name="image_id"))

@@ -368,7 +368,7 @@ class PortableModel:
                 col[[_is_nan(c) for c in col]] = v
             return arr
         if t == "lexicon":
-            from buscad.classical import lexicon_tokens
+            from buscad.data.manifest import lexicon_tokens
 
             df = _frame_of(X)
             pos = {v: i for i, v in enumerate(spec["vocabulary"])}

@@ -47,7 +47,6 @@ import json
 import logging
 import os
 import re
-import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -56,7 +55,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator, TransformerMixin
 
 from buscad.errors import BuscadError, ConfigError
 from buscad.utils import array_sha256, atomic_write_text, file_sha256, stable_hash
@@ -520,52 +518,11 @@ def original_columns(columns: Sequence[str]) -> list[str]:
 # ----------------------------------------------------------------------------- estimator
 
 
-class RadiomicsExtractor(TransformerMixin, BaseEstimator):
-    """Stateless scikit-learn transformer: Manifest → radiomics feature table.
+def __getattr__(name: str) -> Any:
+    # the scikit-learn transformer lives in buscad.classical, so that extracting one
+    # image's features (buscad predict) does not import scikit-learn
+    if name == "RadiomicsExtractor":
+        from buscad.classical import RadiomicsExtractor
 
-    Parameters
-    ----------
-    params : str, path-like or None
-        YAML params file (None: :data:`DEFAULT_PARAMS`).
-    cache_dir : str, path-like, bool or None
-        See :func:`extract_features`.
-    n_jobs : int, default 1
-        Worker processes.
-    progress : bool, default False
-        Show a progress bar.
-
-    Notes
-    -----
-    ``transform`` returns one row per manifest row (indexed by ``image_id``);
-    rows whose extraction failed are all-NaN and listed in ``failures_`` (so a
-    downstream imputer, not a silent drop, decides what happens to them).
-    """
-
-    def __init__(
-        self,
-        params: str | os.PathLike[str] | None = None,
-        cache_dir: str | os.PathLike[str] | bool | None = None,
-        n_jobs: int = 1,
-        progress: bool = False,
-    ) -> None:
-        self.params = params
-        self.cache_dir = cache_dir
-        self.n_jobs = n_jobs
-        self.progress = progress
-
-    def fit(self, X: Any, y: Any = None) -> RadiomicsExtractor:
-        """Validate the params (nothing is learnt); return self."""
-        self.params_ = load_params(self.params)
-        return self
-
-    def transform(self, X: Any) -> pd.DataFrame:
-        """Feature table for the manifest ``X`` (rows aligned with it)."""
-        params = getattr(self, "params_", None) or load_params(self.params)
-        res = extract_features(
-            X, params, cache_dir=self.cache_dir, n_jobs=self.n_jobs, progress=self.progress
-        )
-        self.failures_ = res.failures
-        for line in res.failures:
-            warnings.warn(f"radiomics: skipped {line}", stacklevel=2)
-        ids = [str(v) for v in X.df["image_id"]]
-        return res.features.reindex(pd.Index(ids, name="image_id"))
+        return RadiomicsExtractor
+    raise AttributeError(f"module 'buscad.radiomics' has no attribute {name!r}")

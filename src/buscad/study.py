@@ -52,8 +52,11 @@ from buscad.utils import atomic_write_json, atomic_write_table, file_sha256, sta
 SHORTCUT_MODELS = ("shortcut: mask geometry", "shortcut: image size")
 #: Columns of the CNN's penultimate features (``deep_0000``...; not ``deep_fold`` or ``deep_oof``).
 DEEP_FEATURES = r"^deep_\d+$"
-#: Bumped when the bundle stage writes something new (2: model.onnx with Grad-CAM).
-BUNDLE_VERSION = 2
+#: Bumped when the bundle stage writes something new (2: model.onnx with Grad-CAM;
+#: 3: the classical and fusion models).
+BUNDLE_VERSION = 3
+#: Bumped when the models stage exports something new (1: portable refit models).
+MODELS_EXPORT_VERSION = 1
 READER_MODEL = "reader BI-RADS"
 
 
@@ -569,7 +572,8 @@ class StudyRun:
 
         def work(folder: Path) -> None:
             table = self._feature_table(man, deep_res, radiomics_res, audit_res)
-            out, notes = fit_and_predict(cfg, man.df, table)
+            out, notes, fitted = fit_and_predict(cfg, man.df, table)
+            notes += export_models(fitted, folder / "export")
             atomic_write_table(out, folder / "predictions.csv")
             atomic_write_json(folder / "notes.json", notes)
 
@@ -583,6 +587,7 @@ class StudyRun:
             "clinical": cfg.clinical.model_dump(),
             "cv": cfg.split.cv_folds,
             "seed": cfg.seed,
+            "export_version": MODELS_EXPORT_VERSION,
         }
         res = self.runner.run(f"models-{_safe(arm.name)}", key, work)
         self.warnings += [
@@ -762,19 +767,36 @@ class StudyRun:
         ev_res: StageResult,
         metrics: pd.DataFrame,
     ) -> Path | None:
-        """Write ``RUN_DIR/bundle`` (the deep model, calibrated on out-of-fold training scores)."""
+        """Write ``RUN_DIR/bundle``: the deep model (calibrated on out-of-fold training scores)
+        and every exported classical/fusion model, each with its out-of-fold Youden threshold."""
         if deep_res is None:
             return None
         cfg = self.cfg
 
         def work(folder: Path) -> None:
             from buscad.bundle import write_bundle
+            from buscad.evaluate.metrics import youden_threshold
 
             sc = pd.read_csv(deep_res.path / "scores.csv").set_index("image_id")
             tr = man.df[man.df["split"] == "train"]
             y = (tr["label"] == "malignant").to_numpy().astype(int)
             card = ev_res.path / "evaluation" / "model_card.md"
-            m = metrics[(metrics["arm"] == arm.name) & (metrics["model"] == "deep")]
+            m = metrics[metrics["arm"] == arm.name]
+            pred = pd.read_csv(cls_res.path / "predictions.csv")
+            ptr = pred[pred["cohort"] == arm.train_label]
+            classical = {}
+            for f in sorted((cls_res.path / "export").glob("*.json")):
+                oof = ptr[f.stem].to_numpy(float)
+                ok = ~np.isnan(oof)
+                classical[f.stem] = {
+                    "stem": f.with_suffix(""),
+                    "threshold": float(youden_threshold(ptr["label"].to_numpy()[ok], oof[ok])),
+                }
+            params = None
+            if "radiomics" in classical:
+                from buscad.radiomics import load_params
+
+                params = load_params(cfg.resolve(cfg.radiomics.params))
             write_bundle(
                 folder / "bundle",
                 deep_res.path / "model",
@@ -792,11 +814,19 @@ class StudyRun:
                     ),
                 },
                 cam_method=cfg.deep.gradcam,
+                classical=classical,
+                radiomics_params=params,
+                configured=[n for n in cfg.models if n != "deep"],
             )
 
         res = self.runner.run(
             f"bundle-{_safe(arm.name)}",
-            {"deep": deep_res.key, "eval": ev_res.key, "bundle_version": BUNDLE_VERSION},
+            {
+                "deep": deep_res.key,
+                "models": cls_res.key,
+                "eval": ev_res.key,
+                "bundle_version": BUNDLE_VERSION,
+            },
             work,
         )
         import shutil
@@ -865,13 +895,14 @@ def _safe(name: str) -> str:
 # ============================================================== models
 def fit_and_predict(
     cfg: StudyConfig, df: pd.DataFrame, table: pd.DataFrame
-) -> tuple[pd.DataFrame, list[str]]:
+) -> tuple[pd.DataFrame, list[str], dict[str, Any]]:
     """Fit every configured classical/fusion model on the training rows and predict all rows.
 
     Training rows get out-of-fold predictions (grouped ``cv_fold``); other rows
     get the prediction of the model refit on all training rows. Returns the
-    predictions table (``case_id, label, cohort, age, <model>...``) and notes on
-    models that could not be built (e.g. no clinical data in the training rows).
+    predictions table (``case_id, label, cohort, age, <model>...``), notes on
+    models that could not be built (e.g. no clinical data in the training rows)
+    and the refit models (name -> fitted estimator; not the shortcut references).
     """
     from sklearn.impute import SimpleImputer
     from sklearn.linear_model import LogisticRegression
@@ -962,9 +993,12 @@ def fit_and_predict(
             LogisticRegression(max_iter=2000),
         )
     Xn = X.select_dtypes(include=[np.number, "bool"]).astype(float)
+    fitted: dict[str, Any] = {}
     for name, est in {**models, **shortcut}.items():
         Xm = X if name in ("clinical", "us", "cldlr") else Xn
-        out[name] = _oof_and_predict(est, Xm, y, tr, folds, cfg.seed)
+        out[name], fit = _oof_and_predict(est, Xm, y, tr, folds, cfg.seed)
+        if name in models:
+            fitted[name] = fit
     if "integrated" in cfg.models:
         bases = [(n, models[n]) for n in models]
         if "deep" in out:
@@ -975,7 +1009,9 @@ def fit_and_predict(
                 estimators=bases, cv=cfg.split.cv_folds, random_state=cfg.seed
             )
             Xs = pd.concat([X.drop(columns=[c for c in Xn.columns if c in X.columns]), Xn], axis=1)
-            out["integrated"] = _oof_and_predict(stack, Xs, y, tr, folds, cfg.seed, groups=groups)
+            out["integrated"], fitted["integrated"] = _oof_and_predict(
+                stack, Xs, y, tr, folds, cfg.seed, groups=groups
+            )
         else:
             notes.append("integrated model not built: fewer than two single models")
     reader = cfg.clinical.reader_column
@@ -983,7 +1019,28 @@ def fit_and_predict(
         from buscad.reader.analysis import birads_rank
 
         out[READER_MODEL] = birads_rank(df[reader])
-    return out, notes
+    return out, notes, fitted
+
+
+def export_models(fitted: dict[str, Any], folder: Path) -> list[str]:
+    """Write each refit model pickle-free (:mod:`buscad.portable`) with the inputs it reads.
+
+    ``folder/<name>.safetensors`` + ``.json``; the JSON's metadata holds
+    ``inputs`` (:func:`buscad.classical.model_inputs`). Returns notes on models
+    that could not be exported.
+    """
+    from buscad.classical import model_inputs
+    from buscad.errors import ModelFileError
+    from buscad.portable import save_portable
+
+    notes = []
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, est in fitted.items():
+        try:
+            save_portable(est, folder / name, metadata={"inputs": model_inputs(est)})
+        except ModelFileError as exc:
+            notes.append(f"{name} model not exported to the bundle: {exc}")
+    return notes
 
 
 def _oof_and_predict(
@@ -994,8 +1051,8 @@ def _oof_and_predict(
     folds: np.ndarray,
     seed: int,
     groups: np.ndarray | None = None,
-) -> np.ndarray:
-    """Out-of-fold P(malignant) on training rows; refit-on-all prediction elsewhere."""
+) -> tuple[np.ndarray, Any]:
+    """Out-of-fold P(malignant) on training rows, refit-on-all prediction elsewhere; the refit model."""
     from sklearn.base import clone
 
     from buscad.classical import cross_val_predict_grouped
@@ -1007,7 +1064,7 @@ def _oof_and_predict(
     fitted = clone(est).fit(Xtr, y[tr], **kw)
     if (~tr).any():
         s[~tr] = fitted.predict_proba(X.loc[X.index[~tr]])[:, 1]
-    return s
+    return s, fitted
 
 
 def run_study(

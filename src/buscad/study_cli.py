@@ -27,6 +27,12 @@ def predict_cmd(
     bundle: Path = typer.Argument(..., help="Bundle folder (RUN_DIR/bundle of a study run)."),
     images: list[Path] = typer.Argument(..., help="Image files (PNG, JPEG, BMP, TIFF, DICOM)."),
     mask: list[Path] = typer.Option([], "--mask", help="Lesion mask per image, in the same order."),
+    clinical: Path | None = typer.Option(
+        None,
+        "--clinical",
+        help="CSV of clinical/lexicon inputs: an 'image' column (file name) or 'image_id' (file "
+        "stem), then one column per input the bundle's models read (see bundle.json).",
+    ),
     out: Path = typer.Option(Path("predictions"), "-o", "--out", help="Output folder."),
     heatmap: bool = typer.Option(
         True, "--heatmap/--no-heatmap", help="Write the Grad-CAM overlay."
@@ -38,8 +44,9 @@ def predict_cmd(
 ) -> None:
     """AI score, decision at the bundle's threshold, Grad-CAM overlay and a JSON per image; summary CSV.
 
-    Only NumPy, Pillow and ONNX Runtime are loaded on the ONNX engine, so one
-    image takes well under a second from the shell.
+    Every model in the bundle scores each image it has the inputs for (radiomics
+    needs --mask; clinical and US models need --clinical); the JSON says why a
+    model did not run. PyTorch is not loaded on the ONNX engine.
     """
     import csv
     import io
@@ -55,13 +62,17 @@ def predict_cmd(
             f"{len(mask)} masks for {len(images)} images: give one per image or none"
         )
     b = Bundle.load(bundle, engine=engine)
+    table = _clinical_table(clinical) if clinical else {}
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for i, img in enumerate(images):
         try:
             gray, _ = read_image(img)
             m = read_mask(mask[i], shape=gray.shape) if mask else None
-            pred = b.predict(gray, mask=m, heatmap=heatmap)
+            clin = table.get(img.name, table.get(img.stem, {}))
+            if clinical and not clin:
+                typer.echo(f"{img}: no row in {clinical}; clinical models skipped", err=True)
+            pred = b.predict(gray, mask=m, clinical=clin, heatmap=heatmap)
         except (BuscadError, ValueError) as exc:
             typer.echo(f"skipped: {exc}", err=True)
             rows.append({"image": str(img), "error": str(exc)})
@@ -81,6 +92,7 @@ def predict_cmd(
                 "decision": pred.decision,
                 "band": pred.band.category,
                 "roi_source": pred.roi_source,
+                **{f"p_{k}": v for k, v in pred.model_scores.items() if k != "deep"},
                 "ms": round(sum(pred.timings_ms.values()), 1),
             }
         )
@@ -95,6 +107,26 @@ def predict_cmd(
     writer.writerows(rows)
     atomic_write_text(out / "summary.csv", buf.getvalue())
     typer.echo(f"wrote {out / 'summary.csv'}")
+
+
+def _clinical_table(path: Path) -> dict[str, dict[str, str]]:
+    """Rows of a clinical CSV keyed by ``image`` (file name) or ``image_id`` (stem)."""
+    import csv
+
+    from buscad.errors import InputFileError
+
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputFileError(path, f"cannot read the clinical CSV ({exc})") from exc
+    if not rows or not ({"image", "image_id"} & set(rows[0])):
+        raise InputFileError(path, "clinical CSV needs an 'image' or 'image_id' column")
+    out = {}
+    for r in rows:
+        key = Path(r.get("image") or "").name or str(r.get("image_id") or "")
+        out[key] = {k: v for k, v in r.items() if k not in ("image", "image_id") and v != ""}
+    return out
 
 
 def register(app: typer.Typer) -> None:
