@@ -240,3 +240,22 @@ def test_real_busi_images_with_several_masks_extract(busi_dir: Path, tmp_path: P
     gray, _ = read_image(man.image_path(0))
     union = read_mask(man.mask_paths(0), gray.shape)
     assert res.features["original_shape2D_PixelSurface"].iloc[0] == union.sum()
+
+
+def test_restricted_params_compute_only_the_named_features_with_the_same_values(
+    tmp_path: Path,
+) -> None:
+    from buscad.data.io import read_image, read_mask
+    from buscad.radiomics import extract_arrays, restrict_params
+
+    man = generate_cohort(2, tmp_path, seed=3)
+    gray, _ = read_image(man.image_path(0))
+    mask = read_mask(man.mask_paths(0), gray.shape)
+    params = load_params(None)
+    full = extract_arrays(gray, mask, params)
+    cols = ["original_glcm_Contrast", "original_shape2D_Perimeter", "original_firstorder_Mean"]
+    some = extract_arrays(gray, mask, restrict_params(params, cols))
+    assert sorted(some) == sorted(cols)
+    assert all(some[c] == pytest.approx(full[c], rel=1e-12) for c in cols)
+    with pytest.raises(ValueError, match="'wavelet-LH_glcm_Contrast' is not a feature"):
+        restrict_params(params, ["wavelet-LH_glcm_Contrast"])

@@ -262,6 +262,7 @@ class Bundle:
         self._lock = threading.Lock()
         self._model: Any = None
         self._onnx: Any = None
+        self._radiomics_params: dict | None = None
         deep = doc["models"]["deep"]
         if engine == "onnx":
             from buscad.models.onnx import OnnxClassifier
@@ -432,10 +433,18 @@ class Bundle:
         return scores, skipped
 
     def _radiomics(self, gray: np.ndarray, mask: np.ndarray | None) -> dict[str, float]:
-        from buscad.radiomics import extract_arrays
+        """The radiomics features the bundled models read (only those are computed)."""
+        from buscad.radiomics import extract_arrays, restrict_params
 
         assert mask is not None
-        return extract_arrays(gray, mask, self.doc["radiomics_params"])
+        if self._radiomics_params is None:
+            cols = {
+                c
+                for i in self.doc["models"].values()
+                for c in i.get("inputs", {}).get("radiomics", [])
+            }
+            self._radiomics_params = restrict_params(self.doc["radiomics_params"], sorted(cols))
+        return extract_arrays(gray, mask, self._radiomics_params)
 
     def predict(
         self,

@@ -277,6 +277,36 @@ def _extractor(params: dict[str, Any]) -> Any:
     return ex
 
 
+_COLUMN_RE = re.compile(
+    r"^(?P<img>[A-Za-z0-9.-]+)_(?P<cls>"
+    + "|".join(FEATURE_CLASSES_2D)
+    + r")_(?P<feat>[A-Za-z0-9]+)$"
+)
+_IMAGE_TYPE_OF = {t.lower(): t for t in IMAGE_TYPES} | {"lbp": "LBP2D"}
+
+
+def restrict_params(params: dict[str, Any], columns: Sequence[str]) -> dict[str, Any]:
+    """Params that compute only ``columns`` (pyradiomics names such as ``original_glcm_Contrast``).
+
+    A deployed radiomics model reads the handful of features its LASSO kept;
+    enabling only those (and only their image types) gives the same values in a
+    fraction of the time. Unparseable names raise ``ValueError``.
+    """
+    classes: dict[str, set[str]] = {}
+    types: set[str] = set()
+    for c in columns:
+        m = _COLUMN_RE.match(c)
+        kind = _IMAGE_TYPE_OF.get(m.group("img").split("-")[0].lower()) if m else None
+        if m is None or kind is None or kind not in params["imageType"]:
+            raise ValueError(f"{c!r} is not a feature these radiomics params compute")
+        classes.setdefault(m.group("cls"), set()).add(m.group("feat"))
+        types.add(kind)
+    out = copy.deepcopy(params)
+    out["imageType"] = {t: v for t, v in params["imageType"].items() if t in types}
+    out["featureClass"] = {k: sorted(v) for k, v in classes.items()}
+    return out
+
+
 def extract_arrays(gray: np.ndarray, mask: np.ndarray, params: dict[str, Any]) -> dict[str, float]:
     """pyradiomics features of one 2-D image and mask (no cache, no perturbation).
 
