@@ -326,7 +326,38 @@ def main() -> None:
                 flush=True,
             )
     result["complete"] = complete and fold_list == [0, 1, 2, 3, 4]
+    if result["complete"] and len(models) >= 2:
+        result["comparison"] = _compare(args.work, models)
     atomic_write_json(args.out, result)
+
+
+def _compare(work: Path, models: list[str]) -> dict:
+    """Paired DeLong test of the first two models and their pre-specified mean (no tuning).
+
+    The ensemble score of a case is the mean of the models' out-of-fold
+    probabilities; its threshold is not reported (AUC only).
+    """
+    from buscad.evaluate.metrics import delong_test
+
+    oof = {
+        m: pd.concat(
+            [pd.read_csv(work / m / f"fold{k}" / "oof.csv") for k in range(5)], ignore_index=True
+        ).set_index("image_id")
+        for m in models
+    }
+    a, b = models[:2]
+    j = oof[a].join(oof[b][["score"]], rsuffix="_b").dropna(subset=["score", "score_b"])
+    y = j["y"].to_numpy()
+    t = delong_test(y, j["score"].to_numpy(), j["score_b"].to_numpy())
+    mean = (j["score"] + j["score_b"]).to_numpy() / 2
+    return {
+        "models": [a, b],
+        "n": len(j),
+        "delong_auc_difference": float(t.diff),
+        "delong_z": float(t.z),
+        "delong_p": float(t.p),
+        "mean_of_two": summarise(y, mean),
+    }
 
 
 class FrozenCache:
