@@ -1,0 +1,72 @@
+"""Wall time of ``buscad predict`` from the shell: one BUSI image, its mask, heatmap on.
+
+Runs ``.venv/bin/buscad predict BUNDLE IMAGE --mask MASK -o TMP`` ``--repeats`` times
+(a fresh process each time: interpreter start, imports, bundle load, prediction,
+overlay PNG, JSON and summary CSV) and records each wall time, the models that ran
+and the load average. Data: BUSI (Al-Dhabyani et al., Data in Brief 28:104863,
+2020), read in place; the overlay goes to a temporary folder that is deleted.
+
+Example::
+
+    .venv/bin/python benchmarks/predict_cli.py --bundle runs/busi_breast/study/bundle
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from buscad.utils import atomic_write_json
+
+REPO = Path(__file__).resolve().parents[1]
+BUSI = REPO.parent / "shared" / "data" / "BUSI" / "Dataset_BUSI_with_GT"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bundle", type=Path, required=True)
+    ap.add_argument("--image", type=Path, default=BUSI / "malignant" / "malignant (5).png")
+    ap.add_argument("--mask", type=Path, default=BUSI / "malignant" / "malignant (5)_mask.png")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks/results/predict_cli.json")
+    args = ap.parse_args()
+    exe = REPO / ".venv" / "bin" / "buscad"
+    load0 = os.getloadavg()[0]
+    walls, doc = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [str(exe), "predict", str(args.bundle), str(args.image), "--mask", str(args.mask)]
+        cmd += ["-o", tmp]
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True)
+            walls.append(time.perf_counter() - t)
+        doc = json.loads(next(Path(tmp).glob("*.json")).read_text())
+    res = {
+        "command": "buscad predict BUNDLE 'malignant (5).png' --mask 'malignant (5)_mask.png' -o TMP",
+        "data": "BUSI (Al-Dhabyani et al., Data in Brief 28:104863, 2020)",
+        "bundle": str(args.bundle),
+        "bundle_name": doc.get("bundle"),
+        "engine": doc.get("engine"),
+        "models_run": [k for k, v in doc["model_scores"].items() if v is not None],
+        "models_skipped": doc["skipped_models"],
+        "wall_s": [round(w, 3) for w in walls],
+        "wall_s_median": float(np.median(walls)),
+        "wall_s_max": float(max(walls)),
+        "in_process_ms": doc.get("timings_ms"),
+        "target_s": 1.0,
+        "loadavg_1min_start_end": [load0, os.getloadavg()[0]],
+        "cpus_visible": len(os.sched_getaffinity(0)),
+    }
+    atomic_write_json(args.out, res)
+    print(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
