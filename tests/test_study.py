@@ -201,7 +201,7 @@ def test_bundle_predict_and_serve(small_run, tmp_path):
     assert {p.suffix for p in (bdir / "models").iterdir()} == {".json", ".safetensors"}
     assert doc["models"]["deep"]["onnx_cam"] == "gradcam"
     classical = {"radiomics", "dlr", "clinical", "us", "cldlr", "integrated"}
-    assert set(doc["models"]) == {"deep", *classical} and doc["not_exported"] == []
+    assert set(doc["models"]) == {"deep", *classical} and doc["not_exported"] == {}
     b = Bundle.load(bdir)
     assert b.engine == "onnx"
     man = Manifest.load(next((out / "cache").glob("split-*/manifest.csv")))

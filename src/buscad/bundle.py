@@ -92,7 +92,7 @@ def write_bundle(
     onnx: bool = True,
     classical: dict[str, dict] | None = None,
     radiomics_params: dict | None = None,
-    configured: list[str] | None = None,
+    configured: list[str] | dict[str, str] | None = None,
 ) -> Path:
     """Write a bundle from a deep checkpoint and its out-of-fold training scores.
 
@@ -107,9 +107,10 @@ def write_bundle(
         the model's JSON metadata must list its ``inputs``.
     radiomics_params : dict, optional
         Validated pyradiomics settings (needed when a model reads radiomics).
-    configured : list of str, optional
+    configured : list of str or dict, optional
         The study's non-deep models; those not in ``classical`` are listed as
-        not exported.
+        not exported (a dict gives the reason for each, e.g. "not built: no
+        clinical values in the training rows").
 
     Returns
     -------
@@ -160,7 +161,11 @@ def write_bundle(
         },
         "threshold": float(threshold),
         "threshold_rule": "youden on calibrated out-of-fold training scores",
-        "not_exported": [n for n in (configured or []) if n not in models],
+        "not_exported": {
+            n: (configured.get(n) if isinstance(configured, dict) else None) or NOT_EXPORTED
+            for n in (configured or [])
+            if n not in models
+        },
         "radiomics_params": radiomics_params if needs_radiomics else None,
         "metrics": metrics or [],
         "provenance": provenance or {},
@@ -253,7 +258,12 @@ class Bundle:
                 from buscad.portable import load_portable
 
                 self.classical[mname] = load_portable(path / info["file"])
-        self.not_exported = [n for n in doc.get("not_exported", []) if n not in self.classical]
+        ne = doc.get("not_exported") or {}
+        self.not_exported: dict[str, str] = {
+            n: (ne[n] if isinstance(ne, dict) else NOT_EXPORTED)
+            for n in ne
+            if n not in self.classical
+        }
         self.model_names = ["deep", *self.classical, *self.not_exported]
         self.clinical_inputs: list[str] = list(
             dict.fromkeys(c for n in self.classical for c in doc["models"][n]["inputs"]["clinical"])
@@ -482,7 +492,7 @@ class Bundle:
                 g, mask if source == "mask" else None, clinical or {}, raw, feats
             )
             timings["classical"] = (time.perf_counter() - t3) * 1000
-        skipped.update(dict.fromkeys(self.not_exported, NOT_EXPORTED))
+        skipped.update(self.not_exported)
         cal = self.doc["calibration"]
         p = float(calibrate(raw, cal["a"], cal["b"])[0])
         return Prediction(

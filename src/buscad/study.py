@@ -53,8 +53,8 @@ SHORTCUT_MODELS = ("shortcut: mask geometry", "shortcut: image size")
 #: Columns of the CNN's penultimate features (``deep_0000``...; not ``deep_fold`` or ``deep_oof``).
 DEEP_FEATURES = r"^deep_\d+$"
 #: Bumped when the bundle stage writes something new (2: model.onnx with Grad-CAM;
-#: 3: the classical and fusion models).
-BUNDLE_VERSION = 3
+#: 3: the classical and fusion models; 4: why a configured model is not in it).
+BUNDLE_VERSION = 4
 #: Bumped when the models stage exports something new (1: portable refit models).
 MODELS_EXPORT_VERSION = 1
 READER_MODEL = "reader BI-RADS"
@@ -792,6 +792,7 @@ class StudyRun:
                     "stem": f.with_suffix(""),
                     "threshold": float(youden_threshold(ptr["label"].to_numpy()[ok], oof[ok])),
                 }
+            notes = json.loads((cls_res.path / "notes.json").read_text())
             params = None
             if "radiomics" in classical:
                 from buscad.radiomics import load_params
@@ -816,7 +817,11 @@ class StudyRun:
                 cam_method=cfg.deep.gradcam,
                 classical=classical,
                 radiomics_params=params,
-                configured=[n for n in cfg.models if n != "deep"],
+                configured={
+                    n: next((x for x in notes if x.lower().startswith(n.lower() + " ")), "")
+                    for n in cfg.models
+                    if n != "deep"
+                },
             )
 
         res = self.runner.run(
