@@ -346,7 +346,8 @@ def _compare(work: Path, models: list[str]) -> dict:
         for m in models
     }
     a, b = models[:2]
-    j = oof[a].join(oof[b][["score"]], rsuffix="_b").dropna(subset=["score", "score_b"])
+    j = oof[a].join(oof[b][["score"]].rename(columns={"score": "score_b"}))
+    j = j.dropna(subset=["score", "score_b"])
     y = j["y"].to_numpy()
     t = delong_test(y, j["score"].to_numpy(), j["score_b"].to_numpy())
     mean = (j["score"] + j["score_b"]).to_numpy() / 2

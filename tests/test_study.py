@@ -255,12 +255,12 @@ def test_bundle_predict_and_serve(small_run, tmp_path):
     assert got["ai_score"] == pytest.approx(p.ai_score, abs=1e-6)
     assert (tmp_path / "pred" / f"{stem}_overlay.png").exists()
     assert pd.read_csv(tmp_path / "pred" / "summary.csv")["decision"].iat[0] == p.decision
-    # from the shell, predict loads neither PyTorch nor SciPy nor scikit-learn (that makes it quick),
+    # from the shell, predict loads neither PyTorch, pandas, SciPy nor scikit-learn (that makes it quick),
     # and with --mask and --clinical every bundled model runs
     code = (
         "import sys; from buscad.cli import main\n"
         "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-        "heavy = sorted({'torch', 'scipy', 'sklearn'} & set(sys.modules))\n"
+        "heavy = sorted({'torch', 'pandas', 'scipy', 'sklearn'} & set(sys.modules))\n"
         "assert not heavy, heavy"
     )
     clin_csv = tmp_path / "clinical.csv"

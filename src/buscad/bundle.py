@@ -411,8 +411,6 @@ class Bundle:
         feats: np.ndarray,
     ) -> tuple[dict[str, float | None], dict[str, str]]:
         """Each bundled classical/fusion model's P(malignant), or why it did not run."""
-        import pandas as pd
-
         scores: dict[str, float | None] = {}
         skipped: dict[str, str] = {}
         given = {k: v for k, v in clinical.items() if v is not None and str(v).strip() != ""}
@@ -438,8 +436,8 @@ class Bundle:
             if need["radiomics"] and not radiomics:
                 scores[name], skipped[name] = None, "radiomics failed"
                 continue
-            frame = pd.DataFrame([{**row, **(radiomics or {})}])
-            scores[name] = float(model.predict_proba(frame)[0, 1])
+            one_row = {**row, **(radiomics or {})}  # column -> value: no pandas needed
+            scores[name] = float(model.predict_proba(one_row)[0, 1])
         return scores, skipped
 
     def _radiomics(self, gray: np.ndarray, mask: np.ndarray | None) -> dict[str, float]:

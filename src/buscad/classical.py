@@ -69,7 +69,8 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
-from buscad.data.manifest import LEXICON_COLUMNS, LEXICON_MISSING, lexicon_tokens
+from buscad.data.lexicon import LEXICON_MISSING, lexicon_tokens
+from buscad.data.manifest import LEXICON_COLUMNS
 from buscad.utils import atomic_write_table
 
 VIEW_SEP = "@"

@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from buscad.errors import ModelFileError
 from buscad.utils import atomic_path, atomic_write_json
@@ -324,14 +323,19 @@ class PortableModel:
         return self.arrays[name]
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        """Class probabilities ``(n, 2)`` (benign, malignant)."""
-        p1 = self._run(self.spec, X, final=True)
+        """Class probabilities ``(n, 2)`` (benign, malignant).
+
+        ``X``: a 2-D array, a pandas DataFrame, or a dict of column name ->
+        values (a list per column, or one scalar per column for one row); named
+        input is matched to the training columns by name.
+        """
+        p1 = self._run(self.spec, _Table.of(X), final=True)
         p1 = np.asarray(p1, dtype=float).ravel()
         return np.column_stack([1 - p1, p1])
 
     def transform(self, X: Any) -> np.ndarray:
         """Run a transformer-only model and return its output."""
-        return np.asarray(self._run(self.spec, X, final=False), dtype=float)
+        return np.asarray(self._run(self.spec, _Table.of(X), final=False), dtype=float)
 
     def _run(self, spec: dict, X: Any, final: bool) -> Any:
         t = spec["type"]
@@ -345,36 +349,34 @@ class PortableModel:
             return _as_float(X)
         if t == "select":
             idx = self._a(spec["index"]).astype(int)
-            if isinstance(X, pd.DataFrame):
-                return X.iloc[:, idx]
+            if isinstance(X, _Table):
+                return X.take(idx)
             return np.asarray(X)[:, idx]
         if t == "frame":  # a named table is reordered by name; an array is positional already
-            if isinstance(X, pd.DataFrame) and spec.get("columns") is not None:
-                X = X.reindex(columns=spec["columns"])
+            if isinstance(X, _Table) and X.names is not None and spec.get("columns") is not None:
+                X = X.reindex(spec["columns"])
             return self._run(spec["inner"], X, final=final)
         if t == "select_names":
-            return _frame_of(X)[spec["names"]]
+            return _Table.of(X).pick(spec["names"])
         if t == "tostr":
-            arr = _frame_of(X).to_numpy(dtype=object)
+            arr = _objects(X)
             return np.array(
                 [[v if _is_nan(v) else str(v) for v in row] for row in arr], dtype=object
             ).reshape(arr.shape)
         if t == "fill":
-            arr = np.asarray(X, dtype=object).copy()
-            if arr.ndim == 1:
-                arr = arr[:, None]
+            arr = _objects(X).copy()
             for j, v in enumerate(spec["values"]):
                 col = arr[:, j]
                 col[[_is_nan(c) for c in col]] = v
             return arr
         if t == "lexicon":
-            from buscad.data.manifest import lexicon_tokens
+            from buscad.data.lexicon import lexicon_tokens
 
-            df = _frame_of(X)
+            tab = _Table.of(X)
             pos = {v: i for i, v in enumerate(spec["vocabulary"])}
-            out = np.zeros((len(df), len(pos)))
+            out = np.zeros((tab.n, len(pos)))
             for c in spec["columns"]:
-                vals = df[c].tolist() if c in df.columns else [None] * len(df)
+                vals = tab.column(c) if tab.has(c) else [None] * tab.n
                 for r, v in enumerate(vals):
                     for tok in lexicon_tokens(v, spec["sep"]):
                         j = pos.get(f"{c}={tok}")
@@ -382,10 +384,10 @@ class PortableModel:
                             out[r, j] = 1.0
             return out
         if t == "constant":
-            return np.full(len(X), float(spec["p"]))
+            return np.full(_Table.of(X).n, float(spec["p"]))
         if t == "column":
-            col = _frame_of(X)[spec["column"]]
-            return np.clip(pd.to_numeric(col, errors="coerce").to_numpy(float), 0.0, 1.0)
+            col = _as_float(np.asarray(_Table.of(X).column(spec["column"]), dtype=object))
+            return np.clip(col.ravel(), 0.0, 1.0)
         if t == "stack":
             base = np.column_stack(
                 [
@@ -410,9 +412,7 @@ class PortableModel:
                 out = np.hstack([out, miss[:, feats].astype(float)])
             return out
         if t == "onehot":
-            arr = np.asarray(X, dtype=object)
-            if arr.ndim == 1:
-                arr = arr[:, None]
+            arr = _objects(X)
             cols = []
             for j, cats in enumerate(spec["categories"]):
                 col = [None if _is_nan(v) else v for v in arr[:, j]]
@@ -424,16 +424,12 @@ class PortableModel:
             return np.hstack(cols) if cols else np.zeros((len(arr), 0))
         if t == "columns":
             names = spec.get("feature_names_in")
-            if isinstance(X, pd.DataFrame) and names:
-                missing = [n for n in names if n not in X.columns]
+            if isinstance(X, _Table) and X.names is not None and names:
+                missing = [n for n in names if not X.has(n)]
                 if missing:
                     raise ValueError(f"input lacks column(s) {', '.join(missing)}")
-                X = X[names]
-            arr = (
-                X.to_numpy(dtype=object)
-                if isinstance(X, pd.DataFrame)
-                else np.asarray(X, dtype=object)
-            )
+                X = X.pick(names)
+            arr = _objects(X)
             outs = [
                 np.asarray(self._run(p["inner"], arr[:, p["columns"]], final=False), dtype=float)
                 for p in spec["parts"]
@@ -503,25 +499,93 @@ def _libsvm_binary_proba(f: np.ndarray, a: float, b: float) -> np.ndarray:
     return out
 
 
+class _Table:
+    """Named columns as one object array: the part of a DataFrame the forward pass needs.
+
+    Keeps :class:`PortableModel` free of pandas (loading it for one prediction
+    costs more than the prediction).
+    """
+
+    def __init__(self, values: np.ndarray, names: list[str] | None) -> None:
+        self.values = values
+        self.names = names
+        self._pos = {n: i for i, n in enumerate(names)} if names is not None else {}
+
+    @classmethod
+    def of(cls, X: Any) -> _Table:
+        if isinstance(X, _Table):
+            return X
+        if isinstance(X, dict):
+            cols = {str(k): np.atleast_1d(np.asarray(v, dtype=object)) for k, v in X.items()}
+            n = max((len(v) for v in cols.values()), default=0)
+            vals = np.empty((n, len(cols)), dtype=object)
+            for j, v in enumerate(cols.values()):
+                vals[:, j] = v
+            return cls(vals, list(cols))
+        if hasattr(X, "columns") and hasattr(X, "to_numpy"):  # a pandas DataFrame
+            return cls(X.to_numpy(dtype=object), [str(c) for c in X.columns])
+        arr = np.asarray(X)
+        return cls(arr[:, None] if arr.ndim == 1 else arr, None)
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    def has(self, name: str) -> bool:
+        return name in self._pos
+
+    def column(self, name: str) -> np.ndarray:
+        if name not in self._pos:
+            raise ValueError(f"input lacks column {name!r}")
+        return self.values[:, self._pos[name]]
+
+    def take(self, idx: np.ndarray) -> _Table:
+        names = [self.names[i] for i in idx] if self.names is not None else None
+        return _Table(self.values[:, idx], names)
+
+    def pick(self, names: list[str]) -> _Table:
+        missing = [n for n in names if n not in self._pos]
+        if missing:
+            raise ValueError(f"input lacks column(s) {', '.join(missing)}")
+        return _Table(self.values[:, [self._pos[n] for n in names]], list(names))
+
+    def reindex(self, names: list[str]) -> _Table:
+        """Columns ``names`` in that order; absent ones are missing (NaN)."""
+        vals = np.full((self.n, len(names)), np.nan, dtype=object)
+        for j, c in enumerate(names):
+            if c in self._pos:
+                vals[:, j] = self.values[:, self._pos[c]]
+        return _Table(vals, list(names))
+
+
+def _objects(X: Any) -> np.ndarray:
+    arr = X.values if isinstance(X, _Table) else np.asarray(X, dtype=object)
+    return arr[:, None] if arr.ndim == 1 else arr
+
+
+def _to_float(v: Any) -> float:
+    """``pandas.to_numeric(v, errors="coerce")`` for one cell: numbers and numeric text, else NaN."""
+    if v is None:
+        return np.nan
+    try:
+        return float(v.strip() if isinstance(v, str) else v)
+    except (TypeError, ValueError):
+        return np.nan
+
+
 def _as_float(X: Any) -> np.ndarray:
-    if isinstance(X, pd.DataFrame):
-        X = X.to_numpy()
-    arr = np.asarray(X)
+    arr = X.values if isinstance(X, _Table) else np.asarray(X)
     if arr.dtype == object:
-        arr = pd.DataFrame(arr).apply(pd.to_numeric, errors="coerce").to_numpy()
+        try:
+            arr = arr.astype(float)
+        except (TypeError, ValueError):
+            arr = np.vectorize(_to_float, otypes=[float])(arr) if arr.size else arr.astype(float)
     arr = arr.astype(float)
     return arr[:, None] if arr.ndim == 1 else arr
 
 
 def _is_nan(v: Any) -> bool:
     return v is None or (isinstance(v, float) and np.isnan(v))
-
-
-def _frame_of(X: Any) -> pd.DataFrame:
-    if isinstance(X, pd.DataFrame):
-        return X
-    arr = np.asarray(X, dtype=object)
-    return pd.DataFrame(arr[:, None] if arr.ndim == 1 else arr)
 
 
 def _eq(v: Any, c: Any) -> bool:

@@ -51,13 +51,15 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from buscad.errors import BuscadError, ConfigError
 from buscad.utils import array_sha256, atomic_write_text, file_sha256, stable_hash
+
+if TYPE_CHECKING:  # pandas is imported where tables are built: one image's features need none
+    import pandas as pd
 
 #: Separator between a feature name and its mask perturbation in column names.
 VIEW_SEP = "@"
@@ -524,6 +526,8 @@ def extract_features(
                 bar.update(1)
     bar.close()
     order = [j[0] for j in jobs if j[0] in results]
+    import pandas as pd
+
     df = pd.DataFrame([results[i] for i in order], index=pd.Index(order, name="image_id"))
     if len(df.columns):
         base = [c for c in df.columns if VIEW_SEP not in c]
