@@ -58,10 +58,10 @@ def overlay(gray: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarra
 
 
 def save_png(rgb: np.ndarray, path: str | os.PathLike[str]) -> Path:
-    """Write an RGB uint8 array as PNG (atomically)."""
+    """Write an RGB uint8 array as PNG (atomically; fast zlib level 1)."""
     p = Path(path)
     with atomic_path(p) as tmp:
-        Image.fromarray(rgb).save(tmp, format="PNG")
+        Image.fromarray(rgb).save(tmp, format="PNG", compress_level=1)
     return p
 
 
