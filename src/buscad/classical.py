@@ -1713,9 +1713,9 @@ class RadiomicsExtractor(TransformerMixin, BaseEstimator):
     Parameters
     ----------
     params : str, path-like or None
-        YAML params file (None: :data:`DEFAULT_PARAMS`).
+        YAML params file (None: :data:`buscad.radiomics.DEFAULT_PARAMS`).
     cache_dir : str, path-like, bool or None
-        See :func:`extract_features`.
+        See :func:`buscad.radiomics.extract_features`.
     n_jobs : int, default 1
         Worker processes.
     progress : bool, default False
