@@ -411,33 +411,37 @@ class Bundle:
         feats: np.ndarray,
     ) -> tuple[dict[str, float | None], dict[str, str]]:
         """Each bundled classical/fusion model's P(malignant), or why it did not run."""
-        scores: dict[str, float | None] = {}
-        skipped: dict[str, str] = {}
+        from buscad.portable import as_table
+
         given = {k: v for k, v in clinical.items() if v is not None and str(v).strip() != ""}
-        row: dict[str, Any] = {f"deep_{j:04d}": float(v) for j, v in enumerate(feats)}
-        row[DEEP_SCORE] = raw
-        row.update(given)
-        radiomics: dict[str, float] | None = None
-        for name, model in self.classical.items():
-            need = self.doc["models"][name]["inputs"]
+        needs = {n: self.doc["models"][n]["inputs"] for n in self.classical}
+        skipped: dict[str, str] = {}
+        for name, need in needs.items():
             if need["radiomics"] and mask is None:
                 skipped[name] = "needs the lesion mask (radiomics reads its outline and texture)"
             elif need["clinical"] and not any(c in given for c in need["clinical"]):
                 skipped[name] = "needs clinical input(s): " + ", ".join(need["clinical"])
-            elif need["radiomics"] and radiomics is None:
-                try:
-                    radiomics = self._radiomics(gray, mask)
-                except ValueError as exc:
-                    skipped[name] = f"radiomics failed: {exc}"
-                    radiomics = {}
-            if name in skipped:
-                scores[name] = None
-                continue
-            if need["radiomics"] and not radiomics:
-                scores[name], skipped[name] = None, "radiomics failed"
-                continue
-            one_row = {**row, **(radiomics or {})}  # column -> value: no pandas needed
-            scores[name] = float(model.predict_proba(one_row)[0, 1])
+        radiomics: dict[str, float] = {}
+        if any(needs[n]["radiomics"] for n in needs if n not in skipped):
+            try:
+                radiomics = self._radiomics(gray, mask)
+            except ValueError as exc:
+                for n in needs:
+                    if needs[n]["radiomics"] and n not in skipped:
+                        skipped[n] = f"radiomics failed: {exc}"
+        # one table (column -> value, no pandas) for every model
+        row = as_table(
+            {
+                **{f"deep_{j:04d}": float(v) for j, v in enumerate(feats)},
+                DEEP_SCORE: raw,
+                **given,
+                **radiomics,
+            }
+        )
+        scores = {
+            n: None if n in skipped else float(m.predict_proba(row)[0, 1])
+            for n, m in self.classical.items()
+        }
         return scores, skipped
 
     def _radiomics(self, gray: np.ndarray, mask: np.ndarray | None) -> dict[str, float]:

@@ -222,11 +222,13 @@ class _WrappedClassifier(_BinaryClassifierMixin, BaseEstimator):
     """Shared predict/predict_proba for classifiers that hold a fitted ``pipeline_``."""
 
     def to_portable(self) -> tuple[dict, dict]:
-        """Portable form (:mod:`buscad.portable`): the named input columns, then ``pipeline_``."""
+        """Portable form (:mod:`buscad.portable`): ``pipeline_``.
+
+        It was fitted on the same table as this model, so its export already
+        finds the input columns by name.
+        """
         check_is_fitted(self, "pipeline_")
-        names = getattr(self, "feature_names_in_", None)
-        cols = [str(c) for c in names] if names is not None else None
-        return {"type": "frame", "columns": cols, "inner": self.pipeline_}, {}
+        return {"type": "pipeline", "steps": [self.pipeline_]}, {}
 
     def _check_X(self, X: Any) -> Any:
         check_is_fitted(self, "pipeline_")

@@ -558,6 +558,15 @@ class _Table:
         return _Table(vals, list(names))
 
 
+def as_table(X: Any) -> _Table:
+    """``X`` (array, DataFrame or dict of columns) in the form the forward pass reads.
+
+    Convert once when several models score the same rows (a bundle's models
+    all read one image's row).
+    """
+    return _Table.of(X)
+
+
 def _objects(X: Any) -> np.ndarray:
     arr = X.values if isinstance(X, _Table) else np.asarray(X, dtype=object)
     return arr[:, None] if arr.ndim == 1 else arr
