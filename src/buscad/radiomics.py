@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from buscad._lazy import lazy_exports
 from buscad.errors import BuscadError, ConfigError
 from buscad.utils import array_sha256, atomic_write_text, file_sha256, stable_hash
 
@@ -552,11 +553,6 @@ def original_columns(columns: Sequence[str]) -> list[str]:
 # ----------------------------------------------------------------------------- estimator
 
 
-def __getattr__(name: str) -> Any:
-    # the scikit-learn transformer lives in buscad.classical, so that extracting one
-    # image's features (buscad predict) does not import scikit-learn
-    if name == "RadiomicsExtractor":
-        from buscad.classical import RadiomicsExtractor
-
-        return RadiomicsExtractor
-    raise AttributeError(f"module 'buscad.radiomics' has no attribute {name!r}")
+# the scikit-learn transformer lives in buscad.classical, so that extracting one
+# image's features (buscad predict) does not import scikit-learn
+__getattr__, _dir = lazy_exports(__name__, {"RadiomicsExtractor": "buscad.classical"}, globals())

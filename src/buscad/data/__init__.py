@@ -6,7 +6,7 @@ The names below are imported on first use (PEP 562), so reading one image
 
 from __future__ import annotations
 
-from typing import Any
+from buscad._lazy import lazy_exports
 
 _LAZY = {
     "ImageMeta": "buscad.data.io",
@@ -19,13 +19,4 @@ _LAZY = {
 __all__ = ["LABELS", "ImageMeta", "Manifest", "read_image", "read_mask"]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'buscad.data' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

@@ -9,7 +9,7 @@ self-contained HTML report. The statistics are importable on their own.
 
 from __future__ import annotations
 
-from typing import Any
+from buscad._lazy import lazy_exports
 
 #: Public name -> defining module; imported on first use (PEP 562) so that the
 #: command line does not pay for SciPy when it runs another command.
@@ -80,13 +80,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'buscad.evaluate' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
