@@ -135,6 +135,29 @@ def array_sha256(arr: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def connected_components(n: int, pairs: Any) -> np.ndarray:
+    """Union-find over ``pairs`` of node indices: one component id per node.
+
+    Ids are numbered in order of each component's first (lowest-index) member,
+    so the labelling does not depend on the order of ``pairs``.
+    """
+    parent = list(range(n))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in pairs:
+        ra, rb = find(int(a)), find(int(b))
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    roots = [find(i) for i in range(n)]
+    ids: dict[int, int] = {}
+    return np.array([ids.setdefault(r, len(ids)) for r in roots], dtype=np.int64)
+
+
 def seed_everything(seed: int) -> np.random.Generator:
     """Seed Python, NumPy and (when imported) torch; return a NumPy Generator."""
     import random

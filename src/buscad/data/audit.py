@@ -155,6 +155,7 @@ from buscad.utils import (
     atomic_write_json,
     atomic_write_table,
     atomic_write_text,
+    connected_components,
     file_sha256,
     stable_hash,
 )
@@ -610,25 +611,6 @@ def annotation_marks(
 # --------------------------------------------------------------------------- duplicates
 
 
-def _components(n: int, pairs: Sequence[tuple[int, int]]) -> np.ndarray:
-    """Union-find over ``pairs``: component label per node, numbered by first member."""
-    parent = list(range(n))
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for a, b in pairs:
-        ra, rb = find(int(a)), find(int(b))
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    roots = [find(i) for i in range(n)]
-    ids: dict[int, int] = {}
-    return np.array([ids.setdefault(r, len(ids)) for r in roots], dtype=np.int64)
-
-
 def exact_duplicate_pairs(records: Sequence[ImageRecord]) -> pd.DataFrame:
     """Pairs of rows with identical file bytes or identical decoded pixels.
 
@@ -923,7 +905,7 @@ def duplicate_groups(
     ex = [(int(a), int(b)) for a, b in zip(exact.get("i", []), exact.get("j", []), strict=True)]
     acc = near[near["accepted"].astype(bool)] if len(near) else near
     nr = [(int(a), int(b)) for a, b in zip(acc.get("i", []), acc.get("j", []), strict=True)]
-    return _components(n, ex + nr), _components(n, ex)
+    return connected_components(n, ex + nr), connected_components(n, ex)
 
 
 def group_names(

@@ -41,22 +41,14 @@ import pandas as pd
 
 from buscad.data.manifest import Manifest, _is_missing
 from buscad.errors import ManifestError
+from buscad.utils import connected_components
 
 METHODS: tuple[str, ...] = ("holdout", "kfold", "external")
 
 
 def _union_find(n: int, keys: Sequence[np.ndarray]) -> np.ndarray:
     """Connected components of rows sharing a value in any of ``keys``."""
-    parent = np.arange(n)
-
-    def find(x: int) -> int:
-        root = x
-        while parent[root] != root:
-            root = parent[root]
-        while parent[x] != root:
-            parent[x], x = root, parent[x]
-        return root
-
+    pairs = []
     for key in keys:
         first: dict[Any, int] = {}
         for i, v in enumerate(key):
@@ -64,12 +56,8 @@ def _union_find(n: int, keys: Sequence[np.ndarray]) -> np.ndarray:
                 continue
             j = first.setdefault(v, i)
             if j != i:
-                ri, rj = find(i), find(j)
-                if ri != rj:
-                    parent[max(ri, rj)] = min(ri, rj)
-    roots = [find(i) for i in range(n)]
-    ids: dict[int, int] = {}
-    return np.array([ids.setdefault(r, len(ids)) for r in roots], dtype=np.int64)
+                pairs.append((i, j))
+    return connected_components(n, pairs)
 
 
 def split_groups(
