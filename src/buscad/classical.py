@@ -290,7 +290,15 @@ def _named_frame(X: Any) -> bool:
 # =============================================================================== selectors
 
 
-class FeatureSubset(SelectorMixin, BaseEstimator):
+class _FittedSupport(SelectorMixin, BaseEstimator):
+    """A selector whose ``fit`` sets ``support_`` (boolean mask of the kept columns)."""
+
+    def _get_support_mask(self) -> np.ndarray:
+        check_is_fitted(self, "support_")
+        return self.support_
+
+
+class FeatureSubset(_FittedSupport):
     """Keep columns whose name matches ``include`` and not ``exclude`` (regular expressions).
 
     Parameters
@@ -327,10 +335,6 @@ class FeatureSubset(SelectorMixin, BaseEstimator):
             )
         self.support_ = keep
         return self
-
-    def _get_support_mask(self) -> np.ndarray:
-        check_is_fitted(self, "support_")
-        return self.support_
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -379,7 +383,7 @@ def icc_3_1(table: np.ndarray) -> float | np.ndarray:
     return float(icc[0]) if squeeze else icc
 
 
-class ICCFilter(SelectorMixin, BaseEstimator):
+class ICCFilter(_FittedSupport):
     """Keep radiomics features that are stable under mask perturbation: ICC(3,1) ≥ threshold.
 
     The input holds, for every feature ``f``, its value on the original mask
@@ -468,10 +472,6 @@ class ICCFilter(SelectorMixin, BaseEstimator):
         self.support_ = support
         return self
 
-    def _get_support_mask(self) -> np.ndarray:
-        check_is_fitted(self, "support_")
-        return self.support_
-
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = True
@@ -488,7 +488,7 @@ def _spearman_matrix(X: np.ndarray) -> np.ndarray:
     return np.nan_to_num(c, nan=0.0)
 
 
-class SpearmanRedundancyFilter(SelectorMixin, BaseEstimator):
+class SpearmanRedundancyFilter(_FittedSupport):
     """Drop redundant features: of each pair with ``|rho| > threshold`` keep the more relevant.
 
     Spearman's ``rho`` is Pearson's correlation of the ranks (average ranks for
@@ -540,12 +540,8 @@ class SpearmanRedundancyFilter(SelectorMixin, BaseEstimator):
         self.support_ = support
         return self
 
-    def _get_support_mask(self) -> np.ndarray:
-        check_is_fitted(self, "support_")
-        return self.support_
 
-
-class LassoSelector(SelectorMixin, BaseEstimator):
+class LassoSelector(_FittedSupport):
     """LASSO selection: L1-penalised logistic regression, penalty ``C`` chosen by inner CV.
 
     Minimises ``Σ_i log(1 + exp(-s_i (b0 + x_i·b))) / C... `` i.e. scikit-learn's
@@ -647,10 +643,6 @@ class LassoSelector(SelectorMixin, BaseEstimator):
         self.Cs_ = Cs
         self.support_ = support
         return self
-
-    def _get_support_mask(self) -> np.ndarray:
-        check_is_fitted(self, "support_")
-        return self.support_
 
 
 # =============================================================================== rad-score
