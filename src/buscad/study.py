@@ -980,23 +980,16 @@ def fit_and_predict(
             notes.append(
                 "CLDLR not built: no clinical values in the training rows (it would equal DLR)"
             )
-    geo = [c for c in GEOMETRY_FEATURES if c in X]
-    size = [c for c in SIZE_FEATURES if c in X]
     shortcut = {}
-    if geo:
-        shortcut[SHORTCUT_MODELS[0]] = make_pipeline(
-            C.FeatureSubset(include=[f"^{c}$" for c in geo]),
-            SimpleImputer(strategy="median"),
-            StandardScaler(),
-            LogisticRegression(max_iter=2000),
-        )
-    if size:
-        shortcut[SHORTCUT_MODELS[1]] = make_pipeline(
-            C.FeatureSubset(include=[f"^{c}$" for c in size]),
-            SimpleImputer(strategy="median"),
-            StandardScaler(),
-            LogisticRegression(max_iter=2000),
-        )
+    for name, features in zip(SHORTCUT_MODELS, (GEOMETRY_FEATURES, SIZE_FEATURES), strict=True):
+        cols = [c for c in features if c in X]
+        if cols:
+            shortcut[name] = make_pipeline(
+                C.FeatureSubset(include=[f"^{c}$" for c in cols]),
+                SimpleImputer(strategy="median"),
+                StandardScaler(),
+                LogisticRegression(max_iter=2000),
+            )
     Xn = X.select_dtypes(include=[np.number, "bool"]).astype(float)
     fitted: dict[str, Any] = {}
     for name, est in {**models, **shortcut}.items():
