@@ -44,3 +44,14 @@ class ConfigError(InputFileError):
 
 class ModelFileError(InputFileError):
     """A model checkpoint or bundle is missing, corrupt or incompatible."""
+
+
+class DecodeBudgetError(ImageReadError):
+    """An image or mask would decode to more pixels or bytes than the budget allows.
+
+    Raised from header fields before any full decode (decompression bombs).
+    """
+
+
+class UnsupportedModalityError(ImageReadError):
+    """A DICOM file is not ultrasound (the message names the modality)."""

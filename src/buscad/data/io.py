@@ -76,6 +76,9 @@ class ImageMeta:
         Physical size of a pixel when the file says (DICOM ultrasound regions).
     photometric : str
         Source colour model (``L``, ``RGB``, ``RGBA``, ``P``, ``MONOCHROME1``...).
+    burned_in_annotation : bool or None
+        DICOM ``BurnedInAnnotation`` (0028,0301): True for ``YES``, False for ``NO``,
+        None when absent or not DICOM.
     """
 
     path: str
@@ -89,6 +92,7 @@ class ImageMeta:
     pixel_spacing_mm: float | None = None
     photometric: str = "L"
     extra: dict = field(default_factory=dict)
+    burned_in_annotation: bool | None = None
 
     def as_dict(self) -> dict:
         """Return the metadata as a plain dict (JSON-serialisable)."""
@@ -192,6 +196,29 @@ def read_image(path: str | Path) -> tuple[np.ndarray, ImageMeta]:
     raise ImageReadError(
         p, "not a recognised image (expected PNG, JPEG, BMP, TIFF or DICOM content)"
     )
+
+
+def burned_in_warning(gray: np.ndarray, meta: ImageMeta) -> str | None:
+    """One-line warning when the pixels may carry burned-in text (dates, IDs, names).
+
+    Parameters
+    ----------
+    gray : numpy.ndarray
+        The decoded grayscale pixels.
+    meta : ImageMeta
+        What the reader learnt about the file.
+
+    Returns
+    -------
+    str or None
+        The warning, or None when nothing suggests burned-in text.
+    """
+    if meta.burned_in_annotation:
+        return (
+            "the DICOM header says BurnedInAnnotation = YES: the pixels may show patient "
+            "text (names, IDs, dates)"
+        )
+    return None
 
 
 def _short(exc: BaseException, limit: int = 200) -> str:
