@@ -40,9 +40,11 @@ from buscad.errors import (
     UnsupportedModalityError,
 )
 
-#: Largest image accepted, in pixels (guards against decompression bombs).
-#: 64 Mpx is far above any ultrasound frame (typically < 1 Mpx).
-MAX_PIXELS = 2**23
+#: Default largest decoded frame, in pixels (decompression-bomb guard): 4 Mpx = 2048 x 2048,
+#: above any ultrasound frame (typically < 1 Mpx) and full-HD screen captures. Reading an
+#: image at this limit adds about 200 MB of memory (benchmarks/fuzz.py, budget edge);
+#: larger images need ``read_image(..., budget=DecodeBudget(max_pixels=...))``.
+MAX_PIXELS = 2**22
 
 #: A pixel counts as coloured when it departs from the image's gray tint by more than
 #: this many 8-bit levels in some channel (see :func:`colour_fraction`).
