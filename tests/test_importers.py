@@ -464,7 +464,7 @@ def dicom_folder(tmp_path: Path) -> Path:
     write_dicom(d / "a" / "IM0001.dcm", gradient(), sop_uid="1.2.3.4.5.1")
     write_dicom(d / "a" / "IM0002.dcm", gradient()[::-1].copy(), sop_uid="1.2.3.4.5.2")
     write_dicom(d / "b" / "IM0003", gradient(), patient_id="OTHER-77", sop_uid="1.2.3.4.5.3")
-    write_dicom(d / "b" / "cine.dcm", np.stack([gradient()] * 2), frames=2)
+    write_dicom(d / "b" / "ct.dcm", gradient(), extra={"Modality": "CT"})  # not ultrasound
     write_dicom(d / "b" / "nopix.dcm", None)
     (d / "b" / "report.txt").write_text("free text")
     return d
@@ -474,7 +474,7 @@ def test_dicom_import_is_deidentified(dicom_folder, tmp_path):
     labels = tmp_path / "labels.csv"
     pd.DataFrame(
         {
-            "file": ["a/IM0001.dcm", "IM0002.dcm", "b/IM0003", "cine.dcm", "nopix.dcm"],
+            "file": ["a/IM0001.dcm", "IM0002.dcm", "b/IM0003", "ct.dcm", "nopix.dcm"],
             "label": ["malignant", "benign", "benign", "benign", "benign"],
         }
     ).to_csv(labels, index=False)
@@ -506,7 +506,8 @@ def test_dicom_import_is_deidentified(dicom_folder, tmp_path):
     ):
         assert secret not in written, secret
     why = {Path(f).name: r for f, r in pd.read_csv(out.with_name("dicom.skipped.csv")).values}
-    assert "multi-frame" in why["cine.dcm"] and "no pixel data" in why["nopix.dcm"]
+    assert "modality CT (computed tomography) is not ultrasound" in why["ct.dcm"]
+    assert "no pixel data" in why["nopix.dcm"]
     assert "not a DICOM file" in why["report.txt"]
 
 

@@ -202,11 +202,16 @@ def test_dicom_palette_colour(tmp_path):
     assert meta.has_colour and meta.colour_fraction == pytest.approx((idx == 1).mean())
 
 
-def test_dicom_multiframe_refused(tmp_path):
-    cine = np.stack([gradient()] * 3)
+def test_dicom_multiframe_reads_one_frame(tmp_path):
+    cine = np.stack([gradient(), gradient()[::-1].copy(), gradient() // 2])
     f = write_dicom(tmp_path / "cine.dcm", cine, frames=3)
-    with pytest.raises(ImageReadError, match=r"multi-frame DICOM \(3 frames") as err:
-        read_image(f)
+    gray, meta = read_image(f)
+    assert np.array_equal(gray, cine[0])
+    assert meta.extra["n_frames"] == 3 and meta.extra["frame"] == 0
+    gray2, meta2 = read_image(f, frame=2)
+    assert np.array_equal(gray2, cine[2]) and meta2.extra["frame"] == 2
+    with pytest.raises(ImageReadError, match=r"frame 3 asked for, but the DICOM has 3") as err:
+        read_image(f, frame=3)
     assert_one_line(err, f)
 
 

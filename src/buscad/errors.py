@@ -55,3 +55,7 @@ class DecodeBudgetError(ImageReadError):
 
 class UnsupportedModalityError(ImageReadError):
     """A DICOM file is not ultrasound (the message names the modality)."""
+
+
+class MaskDecodeBudgetError(DecodeBudgetError, MaskError):
+    """A mask would decode beyond the budget: both a :class:`DecodeBudgetError` and a :class:`MaskError`."""

@@ -41,18 +41,30 @@ def predict_cmd(
         "auto",
         help="auto (ONNX Runtime when the bundle has an ONNX model, else PyTorch), onnx or torch.",
     ),
+    any_modality: bool = typer.Option(
+        False,
+        "--any-modality",
+        help="Score DICOM files of any modality (default: ultrasound, or no Modality, only).",
+    ),
 ) -> None:
     """AI score, decision at the bundle's threshold, Grad-CAM overlay and a JSON per image; summary CSV.
 
     Every model in the bundle scores each image it has the inputs for (radiomics
     needs --mask; clinical and US models need --clinical); the JSON says why a
     model did not run. PyTorch is not loaded on the ONNX engine.
+
+    Every image gets a row in summary.csv: a failed one has an ``error`` (its
+    typed reader error, or ``internal error reading FILE: <ExcType>: message``)
+    and the run goes on. Images that may show burned-in text (DICOM
+    ``BurnedInAnnotation = YES`` or text-like marks) get a ``warnings`` list in
+    their JSON, a ``warnings`` summary column and a line on stderr.
     """
     import csv
     import io
 
     from buscad.bundle import Bundle
-    from buscad.data.io import read_image, read_mask, to_uint8
+    from buscad.data.importers import internal_error
+    from buscad.data.io import burned_in_warning, read_image, read_mask, reader_settings, to_uint8
     from buscad.errors import BuscadError
     from buscad.heatmap import overlay, save_png
     from buscad.utils import atomic_write_json, atomic_write_text
@@ -67,23 +79,39 @@ def predict_cmd(
     rows = []
     for i, img in enumerate(images):
         try:
-            gray, _ = read_image(img)
-            m = read_mask(mask[i], shape=gray.shape) if mask else None
+            with reader_settings(allow_modality=True if any_modality else None):
+                gray, meta = read_image(img)
+                m = read_mask(mask[i], shape=gray.shape) if mask else None
+            warning = burned_in_warning(gray, meta)
             clin = table.get(img.name, table.get(img.stem, {}))
             if clinical and not clin:
                 typer.echo(f"{img}: no row in {clinical}; clinical models skipped", err=True)
             pred = b.predict(gray, mask=m, clinical=clin, heatmap=heatmap)
+            stem = img.stem
+            warnings = [warning] if warning else []
+            doc = {
+                "image": str(img),
+                "bundle": b.name,
+                "engine": b.engine,
+                **pred.to_json(),
+                "warnings": warnings,
+            }
+            if heatmap and pred.heatmap is not None:
+                doc["overlay"] = str(
+                    save_png(overlay(to_uint8(gray), pred.heatmap), out / f"{stem}_overlay.png")
+                )
+            atomic_write_json(out / f"{stem}.json", doc)
         except (BuscadError, ValueError) as exc:
             typer.echo(f"skipped: {exc}", err=True)
-            rows.append({"image": str(img), "error": str(exc)})
+            rows.append({"image": str(img), "error": " ".join(str(exc).split())})
             continue
-        stem = img.stem
-        doc = {"image": str(img), "bundle": b.name, "engine": b.engine, **pred.to_json()}
-        if heatmap and pred.heatmap is not None:
-            doc["overlay"] = str(
-                save_png(overlay(to_uint8(gray), pred.heatmap), out / f"{stem}_overlay.png")
-            )
-        atomic_write_json(out / f"{stem}.json", doc)
+        except Exception as exc:  # never abort the batch: report and go on
+            reason = internal_error(img, exc)
+            typer.echo(f"skipped: {reason}", err=True)
+            rows.append({"image": str(img), "error": reason})
+            continue
+        if warning:
+            typer.echo(f"WARNING: {img}: {warning}", err=True)
         rows.append(
             {
                 "image": str(img),
@@ -94,6 +122,8 @@ def predict_cmd(
                 "roi_source": pred.roi_source,
                 **{f"p_{k}": v for k, v in pred.model_scores.items() if k != "deep"},
                 "ms": round(sum(pred.timings_ms.values()), 1),
+                "warnings": "; ".join(warnings),
+                "error": "",
             }
         )
         typer.echo(

@@ -44,11 +44,13 @@ import pandas as pd
 from buscad.data.io import (
     IMAGE_SUFFIXES,
     MASK_SUFFIXES,
+    burned_in_warning,
     dicom_pixel_spacing_mm,
     quiet_dicom,
     read_dicom_header,
     read_image,
     read_mask,
+    reader_settings,
     split_mask_paths,
 )
 from buscad.data.manifest import LABELS, Manifest, normalize_birads, normalize_label
@@ -60,8 +62,10 @@ PATH_COLUMNS: tuple[str, ...] = ("image_path", "mask_path", "other_mask_path")
 #: Path columns holding masks that are read and checked against the image size.
 MASK_COLUMNS: tuple[str, ...] = ("mask_path", "other_mask_path")
 
-#: Columns the importer adds from what it read: size and colour of each image.
-IMAGE_INFO_COLUMNS: tuple[str, ...] = ("image_height", "image_width", "has_colour")
+#: Columns the importer adds from what it read: size, colour and burned-in text of each
+#: image (``burned_in``: DICOM ``BurnedInAnnotation = YES`` or text-like marks found by
+#: :func:`~buscad.data.io.burned_in_warning`).
+IMAGE_INFO_COLUMNS: tuple[str, ...] = ("image_height", "image_width", "has_colour", "burned_in")
 
 #: Environment variable holding the salt for DICOM patient and image keys.
 SALT_ENV = "BUSCAD_SALT"
@@ -86,12 +90,15 @@ class ImportContext:
         ``(file, note)``: non-fatal remarks (e.g. an image without a mask).
     progress : bool or None
         Show progress bars (None: only on a terminal).
+    burned_in : int
+        Kept images flagged with burned-in text (see :data:`IMAGE_INFO_COLUMNS`).
     """
 
     out_manifest: Path
     skipped: list[tuple[str, str]] = field(default_factory=list)
     notes: list[tuple[str, str]] = field(default_factory=list)
     progress: bool | None = None
+    burned_in: int = 0
 
     def skip(self, file: str | os.PathLike[str], reason: str) -> None:
         """Record a rejected file and why."""
@@ -124,6 +131,8 @@ class ImportReport:
         The ``<manifest>.skipped.csv`` written, if any.
     seconds : float
         Wall time of the import.
+    n_burned_in : int
+        Kept images that may show burned-in text (``burned_in`` column).
     """
 
     fmt: str
@@ -134,6 +143,7 @@ class ImportReport:
     manifest_path: Path | None
     skipped_path: Path | None
     seconds: float
+    n_burned_in: int = 0
 
     @property
     def n_kept(self) -> int:
@@ -213,6 +223,7 @@ def import_dataset(
     *,
     progress: bool | None = None,
     write_skipped: bool = True,
+    any_modality: bool = False,
     **options: Any,
 ) -> ImportReport:
     """Import a dataset into a manifest, checking every image and mask.
@@ -232,6 +243,9 @@ def import_dataset(
     write_skipped : bool, default True
         Write ``<manifest stem>.skipped.csv`` (columns ``file, reason``) beside the
         manifest when something was skipped (a stale one is removed otherwise).
+    any_modality : bool, default False
+        Accept DICOM files of any modality (default: ultrasound only; see
+        :func:`~buscad.data.io.read_image`).
     **options
         The format's options (see :func:`importer_options`).
 
@@ -264,8 +278,9 @@ def import_dataset(
     if out.suffix.lower() not in (".csv", ".parquet"):
         raise ConfigError(out, "manifest must end in .csv or .parquet")
     ctx = ImportContext(out_manifest=out, progress=progress)
-    rows = fn(src, ctx, **{k: v for k, v in options.items() if v is not None})
-    kept = _check_rows(rows, ctx, desc=f"import {fmt}")
+    with reader_settings(allow_modality=True if any_modality else None):
+        rows = fn(src, ctx, **{k: v for k, v in options.items() if v is not None})
+        kept = _check_rows(rows, ctx, desc=f"import {fmt}")
     df = _frame(kept, root=out.parent.resolve())
     manifest = Manifest(df, root=out.parent, source=out)
     manifest_path = None
@@ -282,6 +297,7 @@ def import_dataset(
         manifest_path=manifest_path,
         skipped_path=skipped_path,
         seconds=time.perf_counter() - t0,
+        n_burned_in=ctx.burned_in,
     )
 
 
@@ -306,7 +322,9 @@ def _check_rows(rows: list[dict[str, Any]], ctx: ImportContext, desc: str) -> li
 
     An image listed more than once under different labels is skipped every
     time (no label can be trusted); listed more than once under the same label,
-    its first row is kept.
+    its first row is kept. Every per-file failure is caught: buscad's typed
+    errors give their own reason, anything else is recorded as
+    ``internal error reading FILE: <ExcType>: message``, and the import goes on.
     """
     kept: list[dict[str, Any]] = []
     ids: dict[str, str] = {}
@@ -352,8 +370,12 @@ def _check_rows(rows: list[dict[str, Any]], ctx: ImportContext, desc: str) -> li
                 paths = split_mask_paths(row.get(col))
                 if paths:
                     read_mask(paths, shape=gray.shape)
+            warning = burned_in_warning(gray, meta)
         except (ImageReadError, MaskError) as exc:
             ctx.skip(exc.path, exc.problem)
+            continue
+        except Exception as exc:  # a reader bug must not abort the batch
+            ctx.skip(img, internal_error(img, exc))
             continue
         row = {k: v for k, v in row.items() if not k.startswith("_")}
         if str(row.get("label")).strip() != label and "label_raw" not in row:
@@ -361,12 +383,22 @@ def _check_rows(rows: list[dict[str, Any]], ctx: ImportContext, desc: str) -> li
         row["label"] = label
         row["image_height"], row["image_width"] = int(gray.shape[0]), int(gray.shape[1])
         row["has_colour"] = bool(meta.has_colour)
+        row["burned_in"] = warning is not None
+        if warning is not None:
+            ctx.burned_in += 1
+            ctx.note(img, f"burned-in text: {warning}")
         if meta.pixel_spacing_mm is not None and _missing(row.get("pixel_spacing_mm")):
             row["pixel_spacing_mm"] = meta.pixel_spacing_mm
         ids[iid] = img
         images[key] = (iid, label)
         kept.append(row)
     return kept
+
+
+def internal_error(file: object, exc: BaseException) -> str:
+    """``internal error reading FILE: <ExcType>: message`` (one line, bounded)."""
+    msg = " ".join(str(exc).split())[:200]
+    return f"internal error reading {file}: {type(exc).__name__}: {msg}"
 
 
 def _path_key(path: str) -> str:
@@ -1068,6 +1100,9 @@ def import_dicom(
         except ImageReadError as exc:
             ctx.skip(exc.path, exc.problem)
             continue
+        except Exception as exc:  # a reader bug must not abort the batch
+            ctx.skip(f, internal_error(f, exc))
+            continue
         rel = f.relative_to(source).as_posix() if source.is_dir() else f.name
         if mapping:
             lab = mapping.get(rel.lower(), mapping.get(f.name.lower()))
@@ -1147,6 +1182,11 @@ def register(data_app: Any) -> None:
         progress: bool | None = typer.Option(
             None, "--progress/--no-progress", help="Progress bar (default: on a terminal)."
         ),
+        any_modality: bool = typer.Option(
+            False,
+            "--any-modality",
+            help="dicom: accept every modality (default: ultrasound, or no Modality, only).",
+        ),
     ) -> None:
         """Import a dataset into a manifest; every image and mask is read and checked."""
         from buscad.errors import BuscadError
@@ -1171,12 +1211,24 @@ def register(data_app: Any) -> None:
         options = {k: v for k, v in given.items() if v is not None}
         try:
             report = import_dataset(
-                fmt, source, out, progress=progress, write_skipped=skipped_file, **options
+                fmt,
+                source,
+                out,
+                progress=progress,
+                write_skipped=skipped_file,
+                any_modality=any_modality,
+                **options,
             )
         except BuscadError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
         typer.echo(report.summary())
+        if report.n_burned_in:
+            typer.echo(
+                f"WARNING: {report.n_burned_in} image(s) may show burned-in text (names, IDs, "
+                "dates): see the burned_in column and the notes below",
+                err=True,
+            )
         for file, reason in report.skipped:
             typer.echo(f"  skipped {file}: {reason}")
         for file, note in report.notes:
