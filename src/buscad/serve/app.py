@@ -72,7 +72,7 @@ STATIC_DIR = Path(__file__).with_name("static")
 _FORM_SLACK = 256 * 1024
 
 #: Host names always accepted (this machine); ``allowed_hosts`` adds more.
-LOCAL_HOSTS: tuple[str, ...] = ("127.0.0.1", "localhost", "::1")
+LOCAL_HOSTS: tuple[str, ...] = ("127.0.0.1", "localhost", "::1", "[::1]")
 #: Manifest names and other client-given names: full match only.
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _BEARER = HTTPBearer(auto_error=False, description="Organiser or reader token of the study")

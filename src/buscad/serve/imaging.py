@@ -34,6 +34,9 @@ IMAGE_FORMATS = ("png", "jpeg", "bmp", "tiff", "dicom")
 MASK_FORMATS = ("png", "bmp", "tiff")
 _MEMORY_DIR = "/dev/shm"
 UPLOAD_PREFIX = "buscad-upload-"
+#: Use an anonymous memfd for uploads where the OS has one (tests turn it off to
+#: exercise the temporary-file fallback).
+USE_MEMFD = True
 
 
 class UploadError(ValueError):
@@ -80,7 +83,7 @@ def _upload_dirs() -> list[Path]:
 def _memory_file(data: bytes, suffix: str) -> Iterator[Path]:
     """A path holding ``data``: an anonymous memfd where possible, else a temp file; removed on exit."""
     memfd = getattr(os, "memfd_create", None)
-    if memfd is not None and os.path.isdir(f"/proc/{os.getpid()}/fd"):
+    if USE_MEMFD and memfd is not None and os.path.isdir(f"/proc/{os.getpid()}/fd"):
         fd = memfd(UPLOAD_PREFIX + "memfd", getattr(os, "MFD_CLOEXEC", 0))
         try:
             with os.fdopen(os.dup(fd), "wb") as fh:
