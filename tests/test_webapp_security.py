@@ -626,3 +626,14 @@ def test_reader_cli_tokens(tmp_path, cohort):
     r = run(cli_app, ["reader", "organiser-token", str(db)])
     assert st.authenticate(org) is None
     assert st.authenticate(re.search(r"organiser token: (\S+)", r.output).group(1)).is_organiser
+
+
+def test_fuzz_campaign_gets_no_5xx():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from fuzz_web import run_web_campaign
+
+    res = run_web_campaign(60, seed=1)
+    assert res["n_5xx"] == 0, res["first_5xx"]
+    assert res["alive_at_end"] and res["n_no_answer"] == 0
+    assert sum(res["status_counts"].values()) == 60
+    assert set(res["status_counts"]) - {"200"}  # malformed input was refused, not all accepted
