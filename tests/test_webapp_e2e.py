@@ -288,51 +288,60 @@ def test_reader_screens(browser, server, shots):
 
 
 def test_new_case_starts_from_a_clean_slate(browser, server, cohort, tmp_path):
-    """Case A with a mask and an age, then case B: B's request carries nothing of A."""
+    """Case A with a mask and an age, then case B: B's request carries nothing of A.
+
+    The predictor is spied on in the server (Playwright does not expose multipart
+    bodies with files), so the check is what the model really received.
+    """
     server, predictor = server
     page, outside = _page(browser, server)
-    bodies: list[bytes] = []
-    page.on(
-        "request",
-        lambda req: (
-            bodies.append(req.post_data_buffer or b"") if req.url.endswith("/api/predict") else None
-        ),
-    )
-    page.goto(server + "/")
-    page.wait_for_selector(f"#model-line:has-text('{predictor.name}')")
-    page.set_input_files("#image-input", str(cohort.image_path(0)))
-    page.wait_for_selector("#analyse:enabled")
-    page.set_input_files("#mask-input", str(cohort.mask_paths(0)[0]))
-    page.wait_for_selector("#message:has-text('Mask outlined')")
-    # the mask's outline is drawn on the canvas
-    drawn = page.evaluate(
-        "(() => { const c = document.getElementById('draw');"
-        " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
-        " let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n; })()"
-    )
-    assert drawn > 20
-    with_age = "age" in predictor.clinical_inputs
-    if with_age:
-        page.fill("#clinical-age", "77")
-    page.click("#analyse")
-    page.wait_for_selector("#message.ok")
-    assert b'name="mask"' in bodies[-1]
-    assert (b'name="clinical"' in bodies[-1]) == with_age
-    # case B: another image of another size is opened
-    from PIL import Image
+    seen: list[dict] = []
+    orig = predictor.predict
 
-    b = tmp_path / "case_b.png"
-    Image.open(cohort.image_path(1)).resize((200, 150)).save(b)
-    page.set_input_files("#image-input", str(b))
-    page.wait_for_selector("#analyse:enabled")
-    assert page.input_value("#mask-input") == ""
-    if with_age:
-        assert page.input_value("#clinical-age") == ""
-    assert page.locator("#results").is_hidden()
-    page.click("#analyse")
-    page.wait_for_selector("#message.ok")
-    last = bodies[-1]
-    assert b'name="mask"' not in last and b'name="clinical"' not in last and b"77" not in last
-    assert "whole image" in page.inner_text("#roi-note")  # no region of case A
-    assert outside == []
-    page.close()
+    def spy(gray, mask=None, box=None, clinical=None, heatmap=True):
+        seen.append({"mask": mask is not None, "box": box, "clinical": clinical})
+        return orig(gray, mask=mask, box=box, clinical=clinical, heatmap=heatmap)
+
+    predictor.predict = spy
+    try:
+        page.goto(server + "/")
+        page.wait_for_selector(f"#model-line:has-text('{predictor.name}')")
+        page.set_input_files("#image-input", str(cohort.image_path(0)))
+        page.wait_for_selector("#analyse:enabled")
+        page.set_input_files("#mask-input", str(cohort.mask_paths(0)[0]))
+        page.wait_for_selector("#message:has-text('Mask outlined')")
+        # the mask's outline is drawn on the canvas
+        drawn = page.evaluate(
+            "(() => { const c = document.getElementById('draw');"
+            " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+            " let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n; })()"
+        )
+        assert drawn > 20
+        with_age = "age" in predictor.clinical_inputs
+        if with_age:
+            page.fill("#clinical-age", "77")
+        page.click("#analyse")
+        page.wait_for_selector("#message.ok")
+        assert seen[-1]["mask"] is True
+        assert (seen[-1]["clinical"] == {"age": 77}) == with_age
+        # case B: another image, of another size
+        from PIL import Image
+
+        b = tmp_path / "case_b.png"
+        Image.open(cohort.image_path(1)).resize((200, 150)).save(b)
+        page.set_input_files("#image-input", str(b))
+        page.wait_for_selector("#analyse:enabled")
+        assert page.input_value("#mask-input") == ""
+        if with_age:
+            assert page.input_value("#clinical-age") == ""
+        assert page.locator("#results").is_hidden()
+        n = len(seen)
+        page.click("#analyse")
+        page.wait_for_selector("#message.ok")
+        assert len(seen) == n + 1
+        assert seen[-1] == {"mask": False, "box": None, "clinical": None}  # nothing of case A
+        assert "whole image" in page.inner_text("#roi-note")
+        assert outside == []
+    finally:
+        predictor.predict = orig
+        page.close()
