@@ -345,3 +345,17 @@ def test_new_case_starts_from_a_clean_slate(browser, server, cohort, tmp_path):
     finally:
         predictor.predict = orig
         page.close()
+
+
+def test_api_docs_render_offline(browser, server):
+    """/docs renders every operation from local Swagger UI files, with no CSP error."""
+    server, _ = server
+    page, outside = _page(browser, server)
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.goto(server + "/docs")
+    page.wait_for_selector(".opblock")
+    n_ops = sum(len(v) for v in httpx.get(server + "/openapi.json").json()["paths"].values())
+    assert page.locator(".opblock").count() == n_ops
+    assert errors == [] and outside == []
+    page.close()

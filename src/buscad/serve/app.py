@@ -659,19 +659,16 @@ def create_app(
     async def favicon() -> FileResponse:
         return FileResponse(STATIC_DIR / "favicon.svg", media_type="image/svg+xml")
 
-    try:
-        from swagger_ui_bundle import swagger_ui_path
-    except ImportError:  # pragma: no cover - a dependency; /openapi.json still works
-        swagger_ui_path = None
+    swagger_ui_path = _swagger_ui_dir()
     if swagger_ui_path is not None:
         app.mount("/docs-assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> Response:
-        """Swagger UI from local files (the swagger-ui-bundle package); no CDN."""
+        """Swagger UI 5 from local files (the fastapi-offline package's copy); no CDN."""
         if swagger_ui_path is None:  # pragma: no cover
             raise HTTPException(
-                404, "API docs need the swagger-ui-bundle package; see /openapi.json"
+                404, "API docs need the fastapi-offline package; see /openapi.json"
             )
         return FileResponse(STATIC_DIR / "docs.html")
 
@@ -1303,6 +1300,21 @@ def parse_clinical(text: str) -> dict[str, Any]:
         if isinstance(v, str) and len(v) > 256:
             raise UploadError(422, "clinical text values must be at most 256 characters")
     return obj
+
+
+def _swagger_ui_dir() -> Path | None:
+    """The folder of Swagger UI's JS and CSS shipped by ``fastapi-offline`` (None if absent).
+
+    Located without importing the package. Swagger UI 5 reads OpenAPI 3.1, which
+    FastAPI writes (the ``swagger-ui-bundle`` package's Swagger UI 4 cannot).
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("fastapi_offline")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    d = Path(next(iter(spec.submodule_search_locations))) / "static"
+    return d if (d / "swagger-ui-bundle.js").is_file() else None
 
 
 def _bundle_version(predictor: Predictor) -> str | None:

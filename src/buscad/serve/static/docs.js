@@ -1,4 +1,4 @@
-// Swagger UI for /docs, from the local swagger-ui-bundle files (no CDN, no inline script).
+// Swagger UI for /docs, from the local Swagger UI files (fastapi-offline) (no CDN, no inline script).
 "use strict";
 window.ui = SwaggerUIBundle({
   url: "/openapi.json",
