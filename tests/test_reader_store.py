@@ -268,3 +268,67 @@ def test_open_refuses_a_file_that_is_not_a_study(tmp_path):
     sqlite3.connect(empty).close()
     with pytest.raises(ReaderStudyError, match=r"empty\.db: not a reader-study database"):
         ReaderStudy.open(empty)
+
+
+# ------------------------------------------------------------------ tokens
+
+
+def test_reader_id_is_full_matched(study):
+    study, _ = study
+    for bad in ("R01\n", "R01\r", " R01", "R 01", "", "R" * 65, "Jane Doe"):
+        with pytest.raises(ReaderStudyError, match="pseudonym"):
+            study.add_reader(bad)
+    assert study.readers() == ["R01", "R02"]
+
+
+def test_tokens_hashed_rotated_revoked(study, tmp_path):
+    from buscad.reader.store import Identity, token_hash
+
+    study, _ = study
+    org = study.issue_organiser_token()
+    tok = study.issue_reader_token("R01")
+    assert len(tok) >= 43  # 32 random bytes, base64url
+    assert study.authenticate(org) == Identity("organiser", None)
+    assert study.authenticate(tok) == Identity("reader", "R01")
+    assert study.authenticate(tok + "x") is None and study.authenticate("") is None
+    raw = (tmp_path / "study.db").read_bytes()
+    assert tok.encode() not in raw and org.encode() not in raw  # only hashes stored
+    with sqlite3.connect(tmp_path / "study.db") as con:
+        hashes = {r[0] for r in con.execute("SELECT token_sha256 FROM tokens")}
+    assert token_hash(tok) in hashes
+    new = study.issue_reader_token("R01")  # rotation revokes the old token
+    assert study.authenticate(tok) is None and study.authenticate(new).reader_id == "R01"
+    assert study.revoke_reader_token("R01") == 1
+    assert study.authenticate(new) is None
+    org2 = study.issue_organiser_token()
+    assert study.authenticate(org) is None and study.authenticate(org2).is_organiser
+    with pytest.raises(ReaderStudyError, match="unknown reader"):
+        study.issue_reader_token("R99")
+
+
+def test_version_1_database_is_migrated(tmp_path, manifest_path):
+    db = tmp_path / "old.db"
+    s = ReaderStudy.create(db, manifest_path, washout_days=0, seed=1)
+    s.add_reader("R01")
+    with sqlite3.connect(db) as con:  # make it look like a version-1 file
+        con.execute("DROP TABLE tokens")
+        con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    s = ReaderStudy.open(db)
+    tok = s.issue_reader_token("R01")
+    assert s.authenticate(tok).reader_id == "R01"
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("2",)
+        con.execute("UPDATE meta SET value = '9' WHERE key = 'schema_version'")
+    with pytest.raises(ReaderStudyError, match="newer than this buscad"):
+        ReaderStudy.open(db)
+
+
+def test_prepare_allows_organiser_token_before_the_study(tmp_path, manifest_path):
+    db = tmp_path / "new.db"
+    s = ReaderStudy.prepare(db)
+    assert not s.has_study() and not s.has_organiser_token()
+    org = s.issue_organiser_token()
+    assert s.has_organiser_token()
+    ReaderStudy.create(db, manifest_path, washout_days=0)
+    assert ReaderStudy.open(db).has_study()
+    assert ReaderStudy.open(db).authenticate(org).is_organiser  # the token survives creation

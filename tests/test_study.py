@@ -274,7 +274,7 @@ def test_bundle_predict_and_serve(small_run, tmp_path):
     for name in classical:
         assert got2["model_scores"][name] == pytest.approx(row[name], abs=1e-4), name
     # the web app serves the real bundle
-    with TestClient(create_app(b)) as client:
+    with TestClient(create_app(b), base_url="http://127.0.0.1") as client:  # Host is checked
         resp = client.post(
             "/api/predict",
             files={

@@ -22,6 +22,11 @@ from buscad.serve.app import WHOLE_IMAGE_NOTE, create_app
 from serve_predictor import DATES, PATIENT_ID, PATIENT_NAME, ContrastPredictor, make_dicom
 
 
+def local(app) -> TestClient:
+    """A test client that calls the app as 127.0.0.1 (the Host header is checked)."""
+    return TestClient(app, base_url="http://127.0.0.1")
+
+
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory):
     return generate_cohort(4, tmp_path_factory.mktemp("serve_api"), seed=3, normal_fraction=0.0)
@@ -43,7 +48,7 @@ def predictor() -> ContrastPredictor:
 
 @pytest.fixture()
 def client(predictor):
-    with TestClient(create_app(predictor)) as c:
+    with local(create_app(predictor)) as c:
         yield c
 
 
@@ -194,7 +199,7 @@ def test_60mb_upload_refused_then_predict_works(client, case):
 
 
 def test_upload_limit_is_configurable(case, predictor):
-    with TestClient(create_app(predictor, max_upload_mb=0.05)) as c:
+    with local(create_app(predictor, max_upload_mb=0.05)) as c:
         r = post(c, image=case[0] + b"\0" * 60_000)
         assert r.status_code == 413
         assert r.json()["detail"] == "uploaded image is 0.1 MB, above the 0.05 MB limit"
@@ -279,7 +284,7 @@ def test_inference_runs_off_the_event_loop(case):
 
     async def go() -> tuple[float, float]:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
             t0 = time.perf_counter()
             task = asyncio.create_task(c.post("/api/predict", files={"image": ("a.png", case[0])}))
             await asyncio.sleep(0.1)
@@ -309,7 +314,7 @@ def test_serve_command(monkeypatch, tmp_path):
     assert r.exit_code == 0, r.output
     assert seen["host"] == "127.0.0.1" and seen["port"] == 8000  # local only by default
     assert "serving contrast-test on http://127.0.0.1:8000/" in r.output
-    with TestClient(seen["app"]) as c:
+    with local(seen["app"]) as c:
         assert c.get("/api/info").json()["reader_study"] is True
     r = CliRunner().invoke(cli_app, ["serve", str(tmp_path), "--max-upload-mb", "0"])
     assert r.exit_code != 0 and "must be > 0" in r.output
@@ -345,7 +350,7 @@ def test_predictor_refusal_is_a_422_and_app_survives_restart(case):
 
     app = create_app(Picky())
     for _ in range(2):  # the same app, started and stopped twice
-        with TestClient(app) as c:
+        with local(app) as c:
             r = post(c, image=case[0], clinical='{"age": 300}')
             assert r.status_code == 422
             assert (

@@ -33,6 +33,8 @@ from buscad.serve.app import create_app
 from serve_predictor import ContrastPredictor
 
 CHROMIUM = Path("/usr/bin/chromium")
+#: The study tokens of the module's server (the reader R07's and the organiser's).
+_TOKENS: dict[str, str] = {}
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -88,7 +90,9 @@ def server(cohort, tmp_path_factory: pytest.TempPathFactory):
     import uvicorn
 
     db = tmp_path_factory.mktemp("e2e_db") / "study.sqlite"
-    ReaderStudy.create(db, cohort.source, washout_days=0, seed=4)
+    st = ReaderStudy.create(db, cohort.source, washout_days=0, seed=4)
+    st.add_reader("R07")
+    tokens = {"R07": st.issue_reader_token("R07"), "organiser": st.issue_organiser_token()}
     bundle = os.environ.get("BUSCAD_SCREENSHOT_BUNDLE")
     if bundle:
         from buscad.bundle import Bundle
@@ -96,7 +100,7 @@ def server(cohort, tmp_path_factory: pytest.TempPathFactory):
         predictor = Bundle.load(bundle)
     else:
         predictor = ContrastPredictor()
-    app = create_app(predictor, study_db=db)
+    app = create_app(predictor, study_db=db, open_case_screen=True)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -107,6 +111,7 @@ def server(cohort, tmp_path_factory: pytest.TempPathFactory):
     while not srv.started and time.monotonic() < deadline:
         time.sleep(0.05)
     assert srv.started, "uvicorn did not start"
+    _TOKENS.update(tokens)
     yield f"http://127.0.0.1:{port}", predictor
     srv.should_exit = True
     th.join(10)
@@ -118,6 +123,10 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = Path(d) if d else tmp_path_factory.mktemp("shots")
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def _server_tokens() -> dict[str, str]:
+    return _TOKENS
 
 
 def _shot(page, path: Path) -> None:
@@ -239,11 +248,13 @@ def test_bad_file_shows_message(browser, server, tmp_path):
 
 def test_reader_screens(browser, server, shots):
     server, _ = server
+    tok = _server_tokens()
+    h = {"Authorization": f"Bearer {tok['R07']}"}
     page, outside = _page(browser, server)
-    page.goto(server + "/reader")
-    page.fill("#reader-id", "R07")
-    page.click("#start")
+    page.goto(server + "/reader#token=" + tok["R07"])  # the reader's personal link
     page.wait_for_selector("#read-form:visible")
+    assert "#token" not in page.url  # the token leaves the address bar at once
+    assert page.inner_text("#session") == "Reader R07."
     assert page.inner_text("#round") == "Round 1: without AI"
     assert page.locator("#ai-panel").is_hidden()
     assert page.locator("#opacity-row").is_hidden() and page.locator("#heat-img").is_hidden()
@@ -254,22 +265,97 @@ def test_reader_screens(browser, server, shots):
     page.wait_for_selector("#position:has-text('Case 2 of 3')")
     # finish round 1 through the API (washout 0: round 2 opens at once)
     for _ in range(2):
-        case = httpx.get(f"{server}/api/study/readers/R07/next").json()["case"]
+        case = httpx.get(f"{server}/api/study/readers/R07/next", headers=h).json()["case"]
         httpx.post(
             f"{server}/api/study/readers/R07/reads",
             json={"case_id": case["case_id"], "round": 1, "birads": "3"},
+            headers=h,
         ).raise_for_status()
-    page.reload()
-    page.click("#start")  # resume
+    page.reload()  # resume: the token is kept in this tab's sessionStorage
     page.wait_for_selector("#ai-panel:visible")
     assert page.inner_text("#round") == "Round 2: with AI"
     assert page.inner_text("#score").endswith("%")
     page.wait_for_function("document.getElementById('heat-img').naturalWidth > 0")
     page.locator("details#organiser").evaluate("d => d.open = true")
     _shot(page, shots / "reader-round2.png")
-    csv = httpx.get(f"{server}/api/study/export.csv").text.splitlines()
+    org = {"Authorization": f"Bearer {tok['organiser']}"}
+    csv = httpx.get(f"{server}/api/study/export.csv", headers=org).text.splitlines()
     first = next(line for line in csv if ",R07," in line).split(",")
     assert first[5:7] == ["4a", "50.0"]  # BI-RADS and confidence from the browser
     assert float(first[8]) > 0  # time taken
     assert outside == []
+    page.close()
+
+
+def test_new_case_starts_from_a_clean_slate(browser, server, cohort, tmp_path):
+    """Case A with a mask and an age, then case B: B's request carries nothing of A.
+
+    The predictor is spied on in the server (Playwright does not expose multipart
+    bodies with files), so the check is what the model really received.
+    """
+    server, predictor = server
+    page, outside = _page(browser, server)
+    seen: list[dict] = []
+    orig = predictor.predict
+
+    def spy(gray, mask=None, box=None, clinical=None, heatmap=True):
+        seen.append({"mask": mask is not None, "box": box, "clinical": clinical})
+        return orig(gray, mask=mask, box=box, clinical=clinical, heatmap=heatmap)
+
+    predictor.predict = spy
+    try:
+        page.goto(server + "/")
+        page.wait_for_selector(f"#model-line:has-text('{predictor.name}')")
+        page.set_input_files("#image-input", str(cohort.image_path(0)))
+        page.wait_for_selector("#analyse:enabled")
+        page.set_input_files("#mask-input", str(cohort.mask_paths(0)[0]))
+        page.wait_for_selector("#message:has-text('Mask outlined')")
+        # the mask's outline is drawn on the canvas
+        drawn = page.evaluate(
+            "(() => { const c = document.getElementById('draw');"
+            " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+            " let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n; })()"
+        )
+        assert drawn > 20
+        with_age = "age" in predictor.clinical_inputs
+        if with_age:
+            page.fill("#clinical-age", "77")
+        page.click("#analyse")
+        page.wait_for_selector("#message.ok")
+        assert seen[-1]["mask"] is True
+        assert (seen[-1]["clinical"] == {"age": 77}) == with_age
+        # case B: another image, of another size
+        from PIL import Image
+
+        b = tmp_path / "case_b.png"
+        Image.open(cohort.image_path(1)).resize((200, 150)).save(b)
+        page.set_input_files("#image-input", str(b))
+        page.wait_for_selector("#analyse:enabled")
+        assert page.input_value("#mask-input") == ""
+        if with_age:
+            assert page.input_value("#clinical-age") == ""
+        assert page.locator("#results").is_hidden()
+        n = len(seen)
+        page.click("#analyse")
+        page.wait_for_selector("#message.ok")
+        assert len(seen) == n + 1
+        assert seen[-1] == {"mask": False, "box": None, "clinical": None}  # nothing of case A
+        assert "whole image" in page.inner_text("#roi-note")
+        assert outside == []
+    finally:
+        predictor.predict = orig
+        page.close()
+
+
+def test_api_docs_render_offline(browser, server):
+    """/docs renders every operation from local Swagger UI files, with no CSP error."""
+    server, _ = server
+    page, outside = _page(browser, server)
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.goto(server + "/docs")
+    page.wait_for_selector(".opblock")
+    n_ops = sum(len(v) for v in httpx.get(server + "/openapi.json").json()["paths"].values())
+    assert page.locator(".opblock").count() == n_ops
+    assert errors == [] and outside == []
     page.close()

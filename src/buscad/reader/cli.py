@@ -12,6 +12,10 @@ reader_app = typer.Typer(
 )
 
 
+def _link(server: str, token: str) -> str:
+    return f"{server.rstrip('/')}/reader#token={token}"
+
+
 @reader_app.command("create")
 def create_cmd(
     db: Path = typer.Argument(..., help="New SQLite database for the study."),
@@ -19,18 +23,68 @@ def create_cmd(
     washout_days: float = typer.Option(14.0, help="Days between round 1 and round 2."),
     seed: int = typer.Option(0, help="Study seed for the readers' case orders."),
     readers: str = typer.Option("", help="Comma-separated reader pseudonyms to enrol."),
+    server: str = typer.Option(
+        "http://127.0.0.1:8000", help="Address of `buscad serve`, for the readers' links."
+    ),
 ) -> None:
-    """Create a reader study over the manifest's cases (case ids = image_id)."""
+    """Create a reader study; print the organiser token and each reader's link ONCE.
+
+    Only hashes of the tokens are stored: write them down now (``buscad reader
+    token`` / ``organiser-token`` issue new ones).
+    """
     from buscad.reader.store import ReaderStudy
 
+    study = ReaderStudy.prepare(db)
     study = ReaderStudy.create(db, manifest, washout_days=washout_days, seed=seed)
+    org = study.issue_organiser_token()
+    issued = []
     for rid in (r.strip() for r in readers.split(",")):
         if rid:
             study.add_reader(rid)
+            issued.append((rid, study.issue_reader_token(rid)))
     typer.echo(
         f"created study {study.study_id} with {len(study.case_ids())} cases and "
         f"{len(study.readers())} reader(s) in {db}"
     )
+    typer.echo("tokens are shown once; only their hashes are stored:")
+    typer.echo(f"organiser token: {org}")
+    for rid, tok in issued:
+        typer.echo(f"reader {rid}: {_link(server, tok)}")
+
+
+@reader_app.command("token")
+def token_cmd(
+    db: Path = typer.Argument(..., help="Reader-study database."),
+    reader: str = typer.Option(..., "--reader", help="Reader pseudonym (enrolled if new)."),
+    server: str = typer.Option("http://127.0.0.1:8000", help="Address of `buscad serve`."),
+) -> None:
+    """Issue (or rotate) a reader's token and print their link once; the old token stops working."""
+    from buscad.reader.store import ReaderStudy
+
+    study = ReaderStudy.open(db)
+    if reader not in study.readers():
+        study.add_reader(reader)
+    typer.echo(f"reader {reader}: {_link(server, study.issue_reader_token(reader))}")
+
+
+@reader_app.command("revoke")
+def revoke_cmd(
+    db: Path = typer.Argument(..., help="Reader-study database."),
+    reader: str = typer.Option(..., "--reader", help="Reader pseudonym."),
+) -> None:
+    """Revoke a reader's token (their reads are kept)."""
+    from buscad.reader.store import ReaderStudy
+
+    n = ReaderStudy.open(db).revoke_reader_token(reader)
+    typer.echo(f"revoked {n} token(s) of reader {reader}")
+
+
+@reader_app.command("organiser-token")
+def organiser_token_cmd(db: Path = typer.Argument(..., help="Reader-study database.")) -> None:
+    """Issue (or rotate) the organiser's token and print it once; the old one stops working."""
+    from buscad.reader.store import ReaderStudy
+
+    typer.echo(f"organiser token: {ReaderStudy.prepare(db).issue_organiser_token()}")
 
 
 @reader_app.command("progress")

@@ -17,14 +17,23 @@ Privacy: the store keeps the manifest's ``image_id`` values as case ids and
 nothing else from the manifest (no ``patient_id``, no clinical columns).
 
 One database file holds one study.
+
+Access: the organiser and each reader hold a random bearer token
+(:func:`secrets.token_urlsafe`, 256 bits). The database keeps only the token's
+SHA-256 (a fast hash is right for random, high-entropy secrets), compares with
+:func:`hmac.compare_digest`, and a token can be rotated or revoked. Schema
+version 2 added the ``tokens`` table; a version-1 file is migrated on open.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import math
 import os
 import re
+import secrets
 import sqlite3
 import uuid
 import zlib
@@ -43,7 +52,7 @@ from buscad.errors import BuscadError
 #: 6 = known biopsy-proven cancer are not assessments of an unknown lesion).
 READ_CATEGORIES: tuple[str, ...] = ("1", "2", "3", "4", "4a", "4b", "4c", "5")
 ROUNDS: tuple[int, ...] = (1, 2)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 READS_COLUMNS: tuple[str, ...] = (
     "study_id",
     "reader_id",
@@ -56,7 +65,12 @@ READS_COLUMNS: tuple[str, ...] = (
     "time_taken_s",
     "recorded_at",
 )
-_READER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: Reader pseudonyms; always used with ``fullmatch`` (``$`` would accept a trailing newline).
+_READER_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+#: Roles a token can carry.
+ROLES: tuple[str, ...] = ("organiser", "reader")
+#: Random bytes in a token (256 bits).
+TOKEN_BYTES = 32
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -110,6 +124,15 @@ CREATE TABLE IF NOT EXISTS reads (
     FOREIGN KEY (study_id, reader_id) REFERENCES readers(study_id, reader_id),
     FOREIGN KEY (study_id, case_id) REFERENCES study_cases(study_id, case_id)
 );
+CREATE TABLE IF NOT EXISTS tokens (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    role TEXT NOT NULL CHECK (role IN ('organiser', 'reader')),
+    reader_id TEXT,
+    token_sha256 TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL,
+    revoked_at TEXT,
+    CHECK ((role = 'reader') = (reader_id IS NOT NULL))
+);
 CREATE TRIGGER IF NOT EXISTS reads_no_update BEFORE UPDATE ON reads
 BEGIN SELECT RAISE(ABORT, 'reads are append-only: a read cannot be changed'); END;
 CREATE TRIGGER IF NOT EXISTS reads_no_delete BEFORE DELETE ON reads
@@ -130,6 +153,29 @@ class RoundNotOpenError(ReaderStudyError):
 
 
 Clock = Callable[[], datetime]
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a valid token belongs to: ``role`` is ``organiser`` or ``reader``."""
+
+    role: str
+    reader_id: str | None = None
+
+    @property
+    def is_organiser(self) -> bool:
+        """The organiser's token."""
+        return self.role == "organiser"
+
+
+def token_hash(token: str) -> str:
+    """SHA-256 (hex) of a token's UTF-8 bytes: what the database stores."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def valid_reader_id(reader_id: object) -> bool:
+    """A reader pseudonym: 1-64 of letters, digits, ``_ . -``, starting with a letter or digit."""
+    return isinstance(reader_id, str) and _READER_ID_RE.fullmatch(reader_id) is not None
 
 
 def utc_now() -> datetime:
@@ -344,10 +390,137 @@ class ReaderStudy:
             raise ReaderStudyError(f"{p}: reader-study database not found")
         study = cls(p, clock=clock)
         try:
+            study._migrate()
             study._study_row()
         except sqlite3.DatabaseError as exc:
             raise ReaderStudyError(f"{p}: not a reader-study database ({exc})") from exc
         return study
+
+    @classmethod
+    def prepare(cls, db_path: str | os.PathLike[str], clock: Clock | None = None) -> ReaderStudy:
+        """Open or create the database's tables without requiring a study yet.
+
+        The server calls this at start-up so that the organiser's token can be
+        issued before the study is created from the web page.
+
+        Raises
+        ------
+        ReaderStudyError
+            The file exists but is not a reader-study database, or is newer than this code.
+        """
+        study = cls(db_path, clock=clock)
+        study.db_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with study._connect() as con:
+                con.executescript(_SCHEMA)
+            study._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise ReaderStudyError(f"{study.db_path}: not a reader-study database ({exc})") from exc
+        return study
+
+    def _migrate(self) -> None:
+        """Bring an older database to :data:`SCHEMA_VERSION` (1 -> 2 adds ``tokens``)."""
+        with self._connect() as con:
+            has_meta = con.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+            ).fetchone()
+            if not has_meta:
+                return  # not ours: the caller's query fails with a clear message
+            row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            version = int(row[0]) if row is not None else 1
+            if version > SCHEMA_VERSION:
+                raise ReaderStudyError(
+                    f"{self.db_path}: schema version {version} is newer than this buscad "
+                    f"({SCHEMA_VERSION}); upgrade buscad"
+                )
+            if version < SCHEMA_VERSION:
+                con.executescript(_SCHEMA)  # idempotent: adds the tables that are missing
+            if row is None or version < SCHEMA_VERSION:
+                con.execute(
+                    "INSERT INTO meta VALUES ('schema_version', ?)"
+                    " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    (str(SCHEMA_VERSION),),
+                )
+
+    def has_study(self) -> bool:
+        """Whether the database holds a study (False for a prepared, empty one)."""
+        if not self.db_path.is_file():
+            return False
+        try:
+            with self._connect() as con:
+                return bool(con.execute("SELECT COUNT(*) FROM studies").fetchone()[0])
+        except sqlite3.DatabaseError:
+            return False
+
+    # --------------------------------------------------------------- tokens
+    def _issue(self, con: sqlite3.Connection, role: str, reader_id: str | None) -> str:
+        token = secrets.token_urlsafe(TOKEN_BYTES)
+        now = _iso(self.clock())
+        con.execute(
+            "UPDATE tokens SET revoked_at = ? WHERE role = ? AND reader_id IS ?"
+            " AND revoked_at IS NULL",
+            (now, role, reader_id),
+        )
+        con.execute(
+            "INSERT INTO tokens (role, reader_id, token_sha256, created_at) VALUES (?, ?, ?, ?)",
+            (role, reader_id, token_hash(token), now),
+        )
+        return token
+
+    def issue_organiser_token(self) -> str:
+        """A new organiser token (any earlier one is revoked). Shown once: only its hash is kept."""
+        with self._transaction() as con:
+            return self._issue(con, "organiser", None)
+
+    def has_organiser_token(self) -> bool:
+        """Whether an unrevoked organiser token exists."""
+        with self._connect() as con:
+            return bool(
+                con.execute(
+                    "SELECT 1 FROM tokens WHERE role = 'organiser' AND revoked_at IS NULL"
+                ).fetchone()
+            )
+
+    def issue_reader_token(self, reader_id: str) -> str:
+        """A new token for an enrolled reader (their earlier one is revoked). Shown once.
+
+        Raises
+        ------
+        ReaderStudyError
+            Unknown reader.
+        """
+        with self._transaction() as con:
+            self._require_reader(con, reader_id)
+            return self._issue(con, "reader", reader_id)
+
+    def revoke_reader_token(self, reader_id: str) -> int:
+        """Revoke the reader's tokens; returns how many were active. Their reads are kept."""
+        with self._transaction() as con:
+            self._require_reader(con, reader_id)
+            cur = con.execute(
+                "UPDATE tokens SET revoked_at = ? WHERE role = 'reader' AND reader_id = ?"
+                " AND revoked_at IS NULL",
+                (_iso(self.clock()), reader_id),
+            )
+            return int(cur.rowcount)
+
+    def authenticate(self, token: str | None) -> Identity | None:
+        """The identity of an active token, else None.
+
+        Every active hash is compared with :func:`hmac.compare_digest` (no early exit).
+        """
+        if not token or not isinstance(token, str) or len(token) > 256:
+            return None
+        want = token_hash(token)
+        with self._connect() as con:
+            rows = con.execute(
+                "SELECT role, reader_id, token_sha256 FROM tokens WHERE revoked_at IS NULL"
+            ).fetchall()
+        found = None
+        for role, rid, h in rows:
+            if hmac.compare_digest(h, want):
+                found = Identity(str(role), None if rid is None else str(rid))
+        return found
 
     # --------------------------------------------------------------- access
     def _study_row(self, con: sqlite3.Connection | None = None) -> sqlite3.Row:
@@ -423,7 +596,7 @@ class ReaderStudy:
             Malformed id (letters, digits, ``_ . -``; at most 64; use a
             pseudonym, not a name) or a reader already enrolled.
         """
-        if not isinstance(reader_id, str) or not _READER_ID_RE.match(reader_id):
+        if not valid_reader_id(reader_id):
             raise ReaderStudyError(
                 f"reader id {reader_id!r} is invalid: use 1-64 letters, digits, '_', '.', '-' "
                 "(a pseudonym such as 'R01')"

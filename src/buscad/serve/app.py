@@ -11,10 +11,20 @@ its OpenAPI description is at ``/openapi.json`` and ``/docs``.
 
 Robustness: request bodies above the upload limit are refused with 413 before
 they are read; file types are checked by content; a corrupt or unsupported
-file gets a 4xx with a one-line message; model inference runs in a worker
-thread (``workers`` at a time), never on the event loop. Nothing uploaded is
-written to disk: uploads are decoded from memory and forgotten when the
-response is sent; a report is saved only when the user downloads it.
+file gets a 4xx with a one-line message; uploads are decoded on a bounded pool
+(``max_decodes`` at a time, each within ``decode_timeout_s``); model inference
+runs in a worker thread (``workers`` at a time), never on the event loop.
+Nothing uploaded is written to disk: uploads are decoded from an anonymous
+in-memory file and forgotten when the response is sent; a report is saved only
+when the user downloads it.
+
+Security: every response carries a Content-Security-Policy (no inline script,
+no framing), ``X-Content-Type-Options: nosniff``, ``X-Frame-Options: DENY`` and
+``Referrer-Policy: no-referrer``; the Host header must name this machine
+(``allowed_hosts``), against DNS rebinding. Reader-study routes need a bearer
+token (the organiser's, or the reader's own); study manifests are chosen by
+name inside the server's ``study_dir``, never by a client path; and while a
+study is served the open case screen is off unless ``open_case_screen``.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ import functools
 import json
 import logging
 import math
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -33,16 +44,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 import numpy as np
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
-from starlette.datastructures import UploadFile
+from pydantic import AfterValidator, BaseModel, Field, StrictInt
+from starlette.datastructures import MutableHeaders, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from buscad import __version__
@@ -50,12 +64,46 @@ from buscad.bundle_types import Prediction, Predictor
 from buscad.errors import BuscadError, InputFileError
 from buscad.serve import imaging
 from buscad.serve.imaging import UploadError
-from buscad.serve.report import ReportContext, render_html, render_pdf
+from buscad.serve.report import REPORT_CSS, ReportContext, render_html, render_pdf
 
 log = logging.getLogger("buscad.serve")
 STATIC_DIR = Path(__file__).with_name("static")
 #: Slack on top of the file limit for the multipart envelope and form fields.
 _FORM_SLACK = 256 * 1024
+
+#: Host names always accepted (this machine); ``allowed_hosts`` adds more.
+LOCAL_HOSTS: tuple[str, ...] = ("127.0.0.1", "localhost", "::1", "[::1]")
+#: Manifest names and other client-given names: full match only.
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_BEARER = HTTPBearer(auto_error=False, description="Organiser or reader token of the study")
+#: Clinical inputs: at most this many keys, characters, and digits in a number.
+CLINICAL_MAX_KEYS, CLINICAL_MAX_CHARS, CLINICAL_MAX_DIGITS = 64, 4096, 30
+
+
+def _sha256_b64(text: str) -> str:
+    import base64
+    import hashlib
+
+    return base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii")
+
+
+#: The app's Content-Security-Policy. The hash admits the case report's one
+#: ``<style>`` block (printed from an ``srcdoc`` frame); no inline script anywhere.
+CSP = (
+    "default-src 'self'; script-src 'self'; "
+    f"style-src 'self' 'sha256-{_sha256_b64(REPORT_CSS)}'; "
+    "img-src 'self' data: blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+#: Swagger UI sets inline styles: /docs alone also allows them (scripts stay 'self').
+DOCS_CSP = CSP.replace("style-src 'self'", "style-src 'self' 'unsafe-inline'")
+SECURITY_HEADERS: dict[str, str] = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
 
 WHOLE_IMAGE_NOTE = (
     "No box or mask was given: the whole image was read. Draw a box around the lesion "
@@ -64,6 +112,29 @@ WHOLE_IMAGE_NOTE = (
 
 
 # ------------------------------------------------------------------ limits
+
+
+class SecurityHeaders:
+    """ASGI middleware adding :data:`CSP` and :data:`SECURITY_HEADERS` to every response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        csp = DOCS_CSP if scope.get("path") == "/docs" else CSP
+
+        async def send_with_headers(msg: Message) -> None:
+            if msg["type"] == "http.response.start":
+                h = MutableHeaders(scope=msg)
+                h["Content-Security-Policy"] = csp
+                for k, v in SECURITY_HEADERS.items():
+                    h[k] = v
+            await send(msg)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 class BodySizeLimit:
@@ -195,29 +266,65 @@ _UPLOAD_SCHEMA = {
 # ----------------------------------------------------------- study models
 
 
+def _reader_id(value: str) -> str:
+    from buscad.reader.store import valid_reader_id
+
+    if not valid_reader_id(value):
+        raise ValueError(
+            "reader id must be a pseudonym of 1-64 letters, digits, '_', '.', '-' (e.g. R01)"
+        )
+    return value
+
+
+#: A reader pseudonym, checked with ``re.fullmatch`` (a trailing newline is refused).
+ReaderId = Annotated[
+    str,
+    Field(max_length=64, description="Pseudonym, e.g. R01 (never a name)"),
+    AfterValidator(_reader_id),
+]
+
+
 class StudyCreate(BaseModel):
     """Organiser's request to create the reader study."""
 
-    manifest: str = Field(..., description="Manifest path on the server")
-    washout_days: float = Field(14.0, ge=0, description="Days between rounds 1 and 2")
-    seed: int = Field(0, description="Study seed for the readers' case orders")
-    readers: list[str] = Field(default_factory=list, description="Reader pseudonyms to enrol")
+    manifest: str = Field(
+        ...,
+        max_length=128,
+        description="Manifest file NAME in the server's study folder (--study-dir), not a path",
+    )
+    washout_days: float = Field(
+        14.0, ge=0, le=3650, allow_inf_nan=False, description="Days between rounds 1 and 2"
+    )
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Study seed for the readers' case orders")
+    readers: list[ReaderId] = Field(
+        default_factory=list, max_length=200, description="Reader pseudonyms to enrol"
+    )
+
+
+class ReaderRequest(BaseModel):
+    """The organiser enrolling a reader or renewing their token."""
+
+    reader_id: ReaderId
 
 
 class SessionRequest(BaseModel):
-    """A reader opening (or resuming) their session."""
+    """A reader opening (or resuming) their session (the reader comes from the token)."""
 
-    reader_id: str = Field(..., description="Pseudonym, e.g. R01 (never a name)")
+    reader_id: ReaderId | None = Field(None, description="Optional; must be the token's reader")
 
 
 class ReadRequest(BaseModel):
     """One read submitted by a reader."""
 
-    case_id: str
-    round: int = Field(..., description="1 = without AI, 2 = with AI")
-    birads: str = Field(..., description="BI-RADS category: 1, 2, 3, 4a, 4b, 4c or 5")
+    case_id: str = Field(..., min_length=1, max_length=128)
+    round: StrictInt = Field(..., ge=1, le=2, description="1 = without AI, 2 = with AI")
+    birads: str = Field(..., max_length=8, description="BI-RADS category: 1, 2, 3, 4a, 4b, 4c or 5")
     confidence: float | None = Field(
-        None, description="Reader's probability of malignancy 0-100 (optional)"
+        None,
+        ge=0,
+        le=100,
+        allow_inf_nan=False,
+        description="Reader's probability of malignancy 0-100 (optional)",
     )
     client_time_s: float | None = Field(
         None, description="Seconds from the case being shown to submission, measured in the browser"
@@ -254,9 +361,14 @@ def create_app(
     predictor: Predictor,
     *,
     study_db: Path | str | None = None,
+    study_dir: Path | str | None = None,
     max_upload_mb: float = 50,
     workers: int = 1,
     study_clock: Callable[[], datetime] | None = None,
+    open_case_screen: bool | None = None,
+    allowed_hosts: list[str] | tuple[str, ...] = (),
+    decode_timeout_s: float = 20.0,
+    max_decodes: int = 2,
 ) -> FastAPI:
     """Build the web app around a predictor.
 
@@ -267,6 +379,10 @@ def create_app(
     study_db : path-like, optional
         SQLite file of the reader study (created by the organiser from the app
         or with ``buscad reader create``); None disables reader-study mode.
+    study_dir : path-like, optional
+        Folder of the manifests the organiser may create a study from in the
+        app (by file name only); None: studies are created with ``buscad reader
+        create`` only.
     max_upload_mb : float, default 50
         Largest accepted request: the image and an optional mask together (plus a
         small allowance for the form); larger bodies are refused with 413 before
@@ -277,6 +393,18 @@ def create_app(
         nothing from more.
     study_clock : callable, optional
         Clock for the reader study (tests inject a fake one).
+    open_case_screen : bool, optional
+        Serve the open case screen (``/``, ``/api/predict``, ``/api/heatmap``,
+        ``/api/report``, ``/api/preview``). Default: on without a study, off with
+        one (a reader in round 1 must not get AI output for a study case).
+    allowed_hosts : sequence of str
+        Host names accepted besides :data:`LOCAL_HOSTS` (e.g. the name the server
+        is reached by); any other ``Host`` header gets 400 (DNS rebinding).
+    decode_timeout_s : float, default 20
+        Longest wait for a decoding slot (then 503) and longest decode of one
+        upload (then 422).
+    max_decodes : int, default 2
+        Uploads decoded at once; a slot is freed only when its decode has ended.
 
     Returns
     -------
@@ -284,7 +412,10 @@ def create_app(
     """
     if max_upload_mb <= 0:
         raise ValueError(f"max_upload_mb must be > 0, got {max_upload_mb}")
+    if decode_timeout_s <= 0 or max_decodes < 1:
+        raise ValueError("decode_timeout_s must be > 0 and max_decodes >= 1")
     max_bytes = int(max_upload_mb * 2**20)
+    imaging.clear_stale_uploads()  # files a killed earlier process left behind
     # Inference runs on its own small pool: the same thread(s) every time (torch keeps
     # per-thread state and the allocator per-thread arenas, so memory stays flat).
     pool: list[ThreadPoolExecutor] = []
@@ -300,15 +431,66 @@ def create_app(
                 )
             return pool[0]
 
+    decode_slots = threading.BoundedSemaphore(int(max_decodes))
+    decode_pool: list[ThreadPoolExecutor] = []
+
+    def decoder() -> ThreadPoolExecutor:
+        with pool_lock:
+            if not decode_pool:
+                decode_pool.append(
+                    ThreadPoolExecutor(
+                        max_workers=int(max_decodes) + 1, thread_name_prefix="decode"
+                    )
+                )
+            return decode_pool[0]
+
+    async def run_decode(fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a decode with a bounded number at once and a time limit.
+
+        The slot is released by the decode thread itself when it really ends, so
+        a decode that outlives its request still counts against the limit.
+        """
+        deadline = time.monotonic() + decode_timeout_s
+        while not decode_slots.acquire(blocking=False):
+            if time.monotonic() >= deadline:
+                raise UploadError(
+                    503, "the server is busy decoding other uploads; try again in a moment"
+                )
+            await asyncio.sleep(0.01)
+
+        def job() -> Any:
+            try:
+                return fn(*args)
+            finally:
+                decode_slots.release()
+
+        try:
+            fut = decoder().submit(job)
+        except BaseException:
+            decode_slots.release()
+            raise
+        try:
+            return await asyncio.wait_for(
+                asyncio.shield(asyncio.wrap_future(fut)), timeout=decode_timeout_s
+            )
+        except TimeoutError as exc:
+            raise UploadError(
+                422, f"the upload took longer than {decode_timeout_s:g} s to decode; it was refused"
+            ) from exc
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         with pool_lock:
             while pool:
                 pool.pop().shutdown(wait=False, cancel_futures=True)
+            while decode_pool:
+                decode_pool.pop().shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
         title="buscad",
         version=__version__,
         description=(
@@ -318,9 +500,19 @@ def create_app(
         ),
     )
     app.add_middleware(BodySizeLimit, max_bytes=max_bytes + _FORM_SLACK)
+    app.add_middleware(
+        TrustedHostMiddleware, allowed_hosts=[*LOCAL_HOSTS, *[h for h in allowed_hosts if h]]
+    )
+    app.add_middleware(SecurityHeaders)  # outermost: also on 400/413 answers of the others
     app.state.predictor = predictor
     app.state.max_bytes = max_bytes
     study_path = Path(study_db) if study_db is not None else None
+    study_dir = Path(study_dir) if study_dir is not None else None
+    case_screen = (study_path is None) if open_case_screen is None else bool(open_case_screen)
+    if study_path is not None:
+        from buscad.reader.store import ReaderStudy
+
+        ReaderStudy.prepare(study_path)  # tables for the tokens, before any study exists
     cases = _CaseCache()
     served: dict[tuple[str, int, str], float] = {}
 
@@ -342,10 +534,39 @@ def create_app(
     async def _upload_error(_: Request, exc: UploadError) -> JSONResponse:
         return JSONResponse({"detail": exc.message}, status_code=exc.status)
 
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        """422 naming the fields and problems; never echoes the input (it may be NaN or huge)."""
+        errors = [
+            {
+                "loc": [str(x)[:64] for x in e.get("loc", ())],
+                "msg": str(e.get("msg", ""))[:200],
+                "type": str(e.get("type", ""))[:64],
+            }
+            for e in exc.errors()[:20]
+        ]
+        text = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors)
+        return JSONResponse(
+            {"detail": " ".join(f"invalid request: {text}".split()), "errors": errors}, 422
+        )
+
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:  # pragma: no cover
         log.error("internal error: %s", type(exc).__name__)
-        return JSONResponse({"detail": "internal error; the server keeps running"}, 500)
+        # this answer bypasses the middleware: add the security headers here
+        return JSONResponse(
+            {"detail": "internal error; the server keeps running"},
+            500,
+            headers={"Content-Security-Policy": CSP, **SECURITY_HEADERS},
+        )
+
+    def require_case_screen() -> None:
+        if not case_screen:
+            raise UploadError(
+                403,
+                "the open case screen is off while a reader study is served "
+                "(the organiser may start the server with --open-case-screen)",
+            )
 
     # ---------------------------------------------------------- parsing
     async def read_form(request: Request) -> UploadForm:
@@ -382,14 +603,7 @@ def create_app(
             fields = {k: v for k, v in form.items() if isinstance(v, str)}
         finally:
             await form.close()
-        clinical: dict[str, Any] = {}
-        if fields.get("clinical", "").strip():
-            try:
-                clinical = json.loads(fields["clinical"])
-            except json.JSONDecodeError as exc:
-                raise UploadError(422, f"clinical must be a JSON object ({exc.msg})") from exc
-            if not isinstance(clinical, dict):
-                raise UploadError(422, 'clinical must be a JSON object such as {"age": 54}')
+        clinical = parse_clinical(fields.get("clinical", ""))
         hm = fields.get("heatmap", "true").strip().lower() not in ("0", "false", "no", "off")
         return UploadForm(
             image=data,
@@ -401,12 +615,10 @@ def create_app(
         )
 
     async def predict_upload(form: UploadForm, heatmap: bool | None = None):
-        img = await anyio.to_thread.run_sync(imaging.decode_image, form.image, max_bytes)
+        img = await run_decode(imaging.decode_image, form.image, max_bytes)
         mask = None
         if form.mask is not None:
-            mask = await anyio.to_thread.run_sync(
-                imaging.decode_mask, form.mask, img.shape, max_bytes
-            )
+            mask = await run_decode(imaging.decode_mask, form.mask, img.shape, max_bytes)
         box = imaging.parse_box(form.box, img.shape)
         pred = await run_predict(
             gray=img.gray,
@@ -424,6 +636,7 @@ def create_app(
         if img is not None:
             h, w = img.shape
             d["image"] = {"width": w, "height": h, "format": img.format}
+            d["warnings"] = list(img.warnings)
         return d
 
     def report_ctx(img: imaging.DecodedImage) -> ReportContext:
@@ -432,12 +645,32 @@ def create_app(
             bundle_version=_bundle_version(predictor),
             created_at=datetime.now(UTC),
             image_size=img.shape,
+            warnings=img.warnings,
         )
 
     # ------------------------------------------------------------ pages
     @app.get("/", include_in_schema=False)
-    async def index() -> FileResponse:
+    async def index() -> Response:
+        if not case_screen:
+            return RedirectResponse("/reader", status_code=303)
         return FileResponse(STATIC_DIR / "index.html")
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> FileResponse:
+        return FileResponse(STATIC_DIR / "favicon.svg", media_type="image/svg+xml")
+
+    swagger_ui_path = _swagger_ui_dir()
+    if swagger_ui_path is not None:
+        app.mount("/docs-assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        """Swagger UI 5 from local files (the fastapi-offline package's copy); no CDN."""
+        if swagger_ui_path is None:  # pragma: no cover
+            raise HTTPException(
+                404, "API docs need the fastapi-offline package; see /openapi.json"
+            )
+        return FileResponse(STATIC_DIR / "docs.html")
 
     @app.get("/reader", include_in_schema=False)
     async def reader_page() -> FileResponse:
@@ -463,17 +696,26 @@ def create_app(
             "clinical_inputs": list(predictor.clinical_inputs),
             "max_upload_mb": max_upload_mb,
             "reader_study": study_path is not None,
+            "case_screen": case_screen,
             "decision_support_note": _note(),
             "whole_image_note": WHOLE_IMAGE_NOTE,
         }
 
     @app.post("/api/preview", tags=["predict"], openapi_extra=_UPLOAD_SCHEMA)
     async def preview(request: Request) -> Response:
-        """The uploaded image as a de-identified 8-bit PNG (pixels only; DICOM headers dropped)."""
+        """The uploaded image as a de-identified 8-bit PNG (pixels only; DICOM headers dropped).
+
+        Warnings about the image (e.g. possible burned-in patient text) come in the
+        ``X-Buscad-Warnings`` header as a JSON list.
+        """
+        require_case_screen()
         form = await read_form(request)
-        img = await anyio.to_thread.run_sync(imaging.decode_image, form.image, max_bytes)
+        img = await run_decode(imaging.decode_image, form.image, max_bytes)
         png = await anyio.to_thread.run_sync(imaging.gray_png, img.gray)
-        return Response(png, media_type="image/png", headers=_no_store())
+        warn = json.dumps(list(img.warnings), ensure_ascii=True)
+        return Response(
+            png, media_type="image/png", headers={**_no_store(), "X-Buscad-Warnings": warn}
+        )
 
     @app.post("/api/predict", tags=["predict"], openapi_extra=_UPLOAD_SCHEMA)
     async def predict(request: Request) -> JSONResponse:
@@ -482,7 +724,9 @@ def create_app(
         The region read is the mask if given, else the box, else the whole image
         (``roi_source``; ``roi_note`` says so). With ``heatmap`` (default) the
         response carries ``heatmap_png``: a base64 RGBA PNG to stack over the image.
+        ``warnings`` lists concerns about the image (e.g. burned-in patient text).
         """
+        require_case_screen()
         form = await read_form(request)
         img, pred = await predict_upload(form)
         d = prediction_json(pred, img)
@@ -496,6 +740,7 @@ def create_app(
     @app.post("/api/heatmap", tags=["predict"], openapi_extra=_UPLOAD_SCHEMA)
     async def heatmap(request: Request) -> Response:
         """The Grad-CAM heatmap as an RGBA PNG (image size; transparent outside the region)."""
+        require_case_screen()
         form = await read_form(request)
         _, pred = await predict_upload(form, heatmap=True)
         if pred.heatmap is None:
@@ -509,8 +754,9 @@ def create_app(
 
         Nothing is stored on the server: the report is the response.
         """
+        require_case_screen()
         if format not in ("html", "pdf"):
-            raise UploadError(422, f"format must be html or pdf, got {format!r}")
+            raise UploadError(422, f"format must be html or pdf, got {format[:20]!r}")
         form = await read_form(request)
         img, pred = await predict_upload(form, heatmap=True)
         ctx = report_ctx(img)
@@ -528,6 +774,8 @@ def create_app(
         return Response(body, media_type=media, headers=headers)
 
     # ------------------------------------------------------ reader study
+    from buscad.reader.store import Identity
+
     def study():
         from buscad.reader.store import ReaderStudy, ReaderStudyError
 
@@ -536,7 +784,41 @@ def create_app(
         try:
             return ReaderStudy.open(study_path, clock=study_clock)
         except ReaderStudyError as exc:
-            raise HTTPException(404, f"no reader study yet: {exc.args[0]}") from exc
+            raise HTTPException(404, "no reader study yet: the organiser creates it") from exc
+
+    def prepared():
+        from buscad.reader.store import ReaderStudy
+
+        if study_path is None:
+            raise HTTPException(404, "reader-study mode is off: start with --study-db PATH")
+        return ReaderStudy.prepare(study_path, clock=study_clock)
+
+    def identify(st, cred: HTTPAuthorizationCredentials | None) -> Identity:
+        """The token's identity: 401 without a valid ``Authorization: Bearer`` token."""
+        challenge = {"WWW-Authenticate": "Bearer"}
+        if cred is None or not cred.credentials:
+            raise HTTPException(
+                401, "this needs a study token: send 'Authorization: Bearer <token>'", challenge
+            )
+        who = st.authenticate(cred.credentials)
+        if who is None:
+            raise HTTPException(
+                401, "the study token is not valid (wrong, rotated or revoked)", challenge
+            )
+        return who
+
+    def as_organiser(st, cred: HTTPAuthorizationCredentials | None) -> Identity:
+        who = identify(st, cred)
+        if not who.is_organiser:
+            raise HTTPException(403, "this needs the organiser's token")
+        return who
+
+    def as_reader(st, cred: HTTPAuthorizationCredentials | None, reader_id: str) -> Identity:
+        """A reader acting for themself only (the reader id comes from the token)."""
+        who = identify(st, cred)
+        if who.role != "reader" or who.reader_id != reader_id:
+            raise HTTPException(403, "a reader's token acts for that reader only")
+        return who
 
     async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
         from buscad.reader.store import (
@@ -554,8 +836,11 @@ def create_app(
         except ReaderStudyError as exc:
             msg = str(exc)
             raise HTTPException(404 if msg.startswith("unknown reader") else 422, msg) from exc
-        except InputFileError as exc:  # a study image, mask or manifest went missing
-            raise HTTPException(500, f"study case could not be read: {exc.problem}") from exc
+        except InputFileError as exc:  # a study image or mask went missing on the server
+            log.warning("study case could not be read: %s", exc.problem)
+            raise HTTPException(
+                500, "a study case could not be read on the server; the organiser can check the log"
+            ) from exc
 
     def reader_state(st, rid: str) -> dict[str, Any]:
         p = st.progress(rid)
@@ -569,20 +854,54 @@ def create_app(
             status, rnd = "washout", None
         return {**p.as_dict(), "status": status, "round": rnd}
 
+    def link(request: Request, token: str) -> str:
+        return f"{str(request.base_url).rstrip('/')}/reader#token={token}"
+
+    def manifest_file(name: str) -> Path:
+        """The manifest NAME inside --study-dir (never a client path)."""
+        if study_dir is None:
+            raise HTTPException(
+                404, "creating a study from the web needs `buscad serve --study-dir DIR`"
+            )
+        if not _NAME_RE.fullmatch(name):
+            raise HTTPException(
+                422,
+                "manifest must be a file name in the server's study folder "
+                "(letters, digits, '_', '.', '-'; at most 128), not a path",
+            )
+        root = study_dir.resolve()
+        p = (root / name).resolve()
+        if p.parent != root or not p.is_file():
+            raise HTTPException(404, f"no manifest named {name!r} in the study folder")
+        return p
+
     @app.get("/api/study", tags=["reader study"])
-    async def study_info() -> dict[str, Any]:
-        """The study (cases, washout) and every reader's progress."""
+    async def study_info(
+        request: Request, cred: HTTPAuthorizationCredentials | None = Depends(_BEARER)
+    ) -> dict[str, Any]:
+        """Whether a study exists; with the organiser's token, the study and every reader's progress."""
         if study_path is None:
             return {"enabled": False, "exists": False}
-        if not study_path.is_file():
-            return {"enabled": True, "exists": False}
 
         def get() -> dict[str, Any]:
+            st = prepared()
+            out: dict[str, Any] = {
+                "enabled": True,
+                "exists": st.has_study(),
+                "create_from_web": study_dir is not None,
+            }
+            if cred is None:
+                return out
+            who = identify(st, cred)
+            out["role"] = who.role
+            if who.role == "reader":
+                out["reader_id"] = who.reader_id
+            if not who.is_organiser or not out["exists"]:
+                return out
             st = study()
             inf = st.info()
             return {
-                "enabled": True,
-                "exists": True,
+                **out,
                 "study_id": inf["id"],
                 "n_cases": int(inf["n_cases"]),
                 "washout_days": float(inf["washout_days"]),
@@ -592,85 +911,184 @@ def create_app(
 
         return await in_thread(get)
 
-    @app.post("/api/study", tags=["reader study"], status_code=201)
-    async def study_create(req: StudyCreate) -> dict[str, Any]:
-        """Create the study from a manifest on the server (organiser)."""
-        from buscad.errors import BuscadError
-        from buscad.reader.store import ReaderStudy
+    @app.get("/api/study/manifests", tags=["reader study"])
+    async def study_manifests(
+        cred: HTTPAuthorizationCredentials | None = Depends(_BEARER),
+    ) -> dict[str, Any]:
+        """Manifest names in the server's study folder (organiser)."""
 
-        if study_path is None:
-            raise HTTPException(404, "reader-study mode is off: start with --study-db PATH")
+        def names() -> dict[str, Any]:
+            as_organiser(prepared(), cred)
+            if study_dir is None:
+                return {"manifests": []}
+            found = sorted(
+                p.name
+                for p in study_dir.iterdir()
+                if p.is_file() and p.suffix in (".csv", ".parquet") and _NAME_RE.fullmatch(p.name)
+            )
+            return {"manifests": found}
+
+        return await in_thread(names)
+
+    @app.post("/api/study", tags=["reader study"], status_code=201)
+    async def study_create(
+        req: StudyCreate,
+        request: Request,
+        cred: HTTPAuthorizationCredentials | None = Depends(_BEARER),
+    ) -> dict[str, Any]:
+        """Create the study from a manifest NAME in the server's study folder (organiser).
+
+        Each reader listed gets a token, returned here once.
+        """
+        from buscad.reader.store import ReaderStudy, ReaderStudyError
 
         def create() -> dict[str, Any]:
+            as_organiser(prepared(), cred)
+            path = manifest_file(req.manifest)
             try:
                 st = ReaderStudy.create(
-                    study_path,
-                    Path(req.manifest).expanduser(),
+                    study_path,  # type: ignore[arg-type]
+                    path,
                     washout_days=req.washout_days,
                     seed=req.seed,
                     clock=study_clock,
                 )
-            except BuscadError as exc:
+            except ReaderStudyError as exc:
                 if "already holds" in str(exc):
-                    raise HTTPException(409, str(exc)) from exc
-                raise HTTPException(422, str(exc)) from exc
+                    raise HTTPException(409, "the study database already holds a study") from exc
+                log.warning("study not created: %s", exc)
+                raise HTTPException(
+                    422, f"manifest {req.manifest!r} cannot make a study (no usable case)"
+                ) from exc
+            except BuscadError as exc:
+                log.warning("study not created: %s", exc)
+                raise HTTPException(
+                    422,
+                    f"manifest {req.manifest!r} is not a valid manifest; check it on the server "
+                    "with `buscad audit`",
+                ) from exc
+            tokens = {}
             for rid in req.readers:
                 st.add_reader(rid)
-            return {"study_id": st.study_id, "n_cases": len(st.case_ids()), "readers": st.readers()}
+                tok = st.issue_reader_token(rid)
+                tokens[rid] = {"token": tok, "link": link(request, tok)}
+            return {
+                "study_id": st.study_id,
+                "n_cases": len(st.case_ids()),
+                "readers": st.readers(),
+                "tokens": tokens,
+            }
 
         return await in_thread(create)
 
-    @app.post("/api/study/sessions", tags=["reader study"])
-    async def session(req: SessionRequest) -> dict[str, Any]:
-        """Open a reader's session: enrols a new pseudonym, resumes a known one."""
+    @app.post("/api/study/readers", tags=["reader study"], status_code=201)
+    async def enrol(
+        req: ReaderRequest,
+        request: Request,
+        cred: HTTPAuthorizationCredentials | None = Depends(_BEARER),
+    ) -> dict[str, Any]:
+        """Enrol a reader (if new) and issue their token, shown once; an old token stops working."""
 
-        def open_session() -> dict[str, Any]:
+        def issue() -> dict[str, Any]:
             st = study()
+            as_organiser(st, cred)
             new = req.reader_id not in st.readers()
             if new:
                 st.add_reader(req.reader_id)
-            return {"reader_id": req.reader_id, "new": new, **reader_state(st, req.reader_id)}
+            tok = st.issue_reader_token(req.reader_id)
+            return {
+                "reader_id": req.reader_id,
+                "new": new,
+                "token": tok,
+                "link": link(request, tok),
+            }
+
+        return await in_thread(issue)
+
+    @app.delete("/api/study/readers/{reader_id}/token", tags=["reader study"])
+    async def revoke(
+        reader_id: str, cred: HTTPAuthorizationCredentials | None = Depends(_BEARER)
+    ) -> dict[str, Any]:
+        """Revoke a reader's token (organiser); their reads are kept."""
+
+        def rv() -> dict[str, Any]:
+            st = study()
+            as_organiser(st, cred)
+            return {"reader_id": reader_id, "revoked": st.revoke_reader_token(reader_id)}
+
+        return await in_thread(rv)
+
+    @app.post("/api/study/sessions", tags=["reader study"])
+    async def session(
+        cred: HTTPAuthorizationCredentials | None = Depends(_BEARER),
+        req: SessionRequest | None = None,
+    ) -> dict[str, Any]:
+        """Open or resume the session of the token's reader."""
+
+        def open_session() -> dict[str, Any]:
+            st = study()
+            who = identify(st, cred)
+            if who.role != "reader":
+                raise HTTPException(403, "a reader's session needs that reader's token")
+            if req is not None and req.reader_id is not None and req.reader_id != who.reader_id:
+                raise HTTPException(403, "a reader's token acts for that reader only")
+            rid = str(who.reader_id)
+            return {"reader_id": rid, **reader_state(st, rid)}
 
         return await in_thread(open_session)
 
     @app.get("/api/study/readers/{reader_id}", tags=["reader study"])
-    async def reader_progress(reader_id: str) -> dict[str, Any]:
-        """A reader's progress and which round is open."""
-        return await in_thread(lambda: reader_state(study(), reader_id))
+    async def reader_progress(
+        reader_id: str, cred: HTTPAuthorizationCredentials | None = Depends(_BEARER)
+    ) -> dict[str, Any]:
+        """A reader's progress and which round is open (that reader or the organiser)."""
 
-    def load_case(st, case_id: str) -> tuple[np.ndarray, np.ndarray | None]:
-        from buscad.data.io import read_image, read_mask
+        def get() -> dict[str, Any]:
+            st = study()
+            who = identify(st, cred)
+            if not who.is_organiser:
+                as_reader(st, cred, reader_id)
+            return reader_state(st, reader_id)
+
+        return await in_thread(get)
+
+    def load_case(st, case_id: str) -> tuple[np.ndarray, np.ndarray | None, tuple[str, ...]]:
+        from buscad.data.io import burned_in_warning, read_image, read_mask
         from buscad.data.manifest import Manifest
 
+        if case_id not in set(st.case_ids()):
+            raise HTTPException(404, "this case is not in the study")
         hit = cases.get(("img", case_id))
         if hit is not None:
             return hit
-        if case_id not in set(st.case_ids()):
-            raise HTTPException(404, f"case {case_id!r} is not in the study")
         man = cases.get(("manifest", str(st.manifest_path)))
         if man is None:
             man = Manifest.load(st.manifest_path)
             cases.put(("manifest", str(st.manifest_path)), man)
         idx = int(np.flatnonzero(man.df["image_id"].astype(str).to_numpy() == case_id)[0])
-        gray, _ = read_image(man.image_path(idx))
+        gray, meta = read_image(man.image_path(idx))
         mpaths = man.mask_paths(idx)
         mask = read_mask(mpaths, gray.shape) if mpaths else None
         if mask is not None and not mask.any():
             mask = None
-        cases.put(("img", case_id), (gray, mask))
-        return gray, mask
+        warn = burned_in_warning(gray, meta)
+        out = (gray, mask, (warn,) if warn else ())
+        cases.put(("img", case_id), out)
+        return out
 
     def case_prediction(st, case_id: str) -> Prediction:
         hit = cases.get(("pred", case_id))
         if hit is not None:
             return hit
-        gray, mask = load_case(st, case_id)
+        gray, mask, _ = load_case(st, case_id)
         pred = predict_blocking(gray=gray, mask=mask, heatmap=True)
         cases.put(("pred", case_id), pred)
         return pred
 
     @app.get("/api/study/readers/{reader_id}/next", tags=["reader study"])
-    async def next_case(reader_id: str) -> dict[str, Any]:
+    async def next_case(
+        reader_id: str, cred: HTTPAuthorizationCredentials | None = Depends(_BEARER)
+    ) -> dict[str, Any]:
         """The reader's next case in their random order (round 2 carries the AI result).
 
         ``case`` is null when nothing is open: round 1 and 2 done, or the washout
@@ -679,6 +1097,7 @@ def create_app(
 
         def nxt() -> dict[str, Any]:
             st = study()
+            as_reader(st, cred, reader_id)
             state = reader_state(st, reader_id)
             if state["round"] is None:
                 return {**state, "case": None}
@@ -687,48 +1106,56 @@ def create_app(
             if cid is None:  # pragma: no cover - state says otherwise
                 return {**state, "case": None}
             done = state["round1_done"] if rnd == 1 else state["round2_done"]
+            _, _, warnings = load_case(st, cid)
             case: dict[str, Any] = {
                 "case_id": cid,
                 "round": rnd,
                 "position": done + 1,
                 "n_cases": state["n_cases"],
                 "image_url": f"/api/study/cases/{cid}/image.png",
+                "warnings": list(warnings),
                 "ai": None,
             }
             if rnd == 2:
                 pred = case_prediction(st, cid)
                 ai = prediction_json(pred, None)
                 ai["heatmap_url"] = (
-                    f"/api/study/cases/{cid}/heatmap.png?reader_id={reader_id}"
-                    if pred.heatmap is not None
-                    else None
+                    f"/api/study/cases/{cid}/heatmap.png" if pred.heatmap is not None else None
                 )
                 case["ai"] = ai
-            else:
-                load_case(st, cid)
             served[(reader_id, rnd, cid)] = time.monotonic()
             return {**state, "case": case}
 
         return await in_thread(nxt)
 
     @app.get("/api/study/cases/{case_id}/image.png", tags=["reader study"])
-    async def case_image(case_id: str) -> Response:
-        """A study case's image as an 8-bit PNG (pixels only)."""
+    async def case_image(
+        case_id: str, cred: HTTPAuthorizationCredentials | None = Depends(_BEARER)
+    ) -> Response:
+        """A study case's image as an 8-bit PNG (pixels only; any study token)."""
 
         def png() -> bytes:
-            gray, _ = load_case(study(), case_id)
+            st = study()
+            identify(st, cred)
+            gray, _, _ = load_case(st, case_id)
             return imaging.gray_png(gray)
 
         return Response(await in_thread(png), media_type="image/png", headers=_no_store())
 
     @app.get("/api/study/cases/{case_id}/heatmap.png", tags=["reader study"])
-    async def case_heatmap(case_id: str, reader_id: str) -> Response:
-        """A case's heatmap, only for a reader whose round 2 is open (no AI in round 1)."""
+    async def case_heatmap(
+        case_id: str, cred: HTTPAuthorizationCredentials | None = Depends(_BEARER)
+    ) -> Response:
+        """A case's heatmap, only for the token's reader once their round 2 is open."""
 
         def png() -> bytes:
             st = study()
-            if reader_state(st, reader_id)["status"] not in ("round2", "done"):
-                raise HTTPException(403, "the AI heatmap is shown in round 2 only")
+            who = identify(st, cred)
+            if who.role != "reader" or reader_state(st, str(who.reader_id))["status"] not in (
+                "round2",
+                "done",
+            ):
+                raise HTTPException(403, "the AI heatmap is shown to readers in round 2 only")
             pred = case_prediction(st, case_id)
             if pred.heatmap is None:
                 raise HTTPException(404, "no heatmap for this case")
@@ -737,8 +1164,12 @@ def create_app(
         return Response(await in_thread(png), media_type="image/png", headers=_no_store())
 
     @app.post("/api/study/readers/{reader_id}/reads", tags=["reader study"], status_code=201)
-    async def submit(reader_id: str, req: ReadRequest) -> dict[str, Any]:
-        """Record one read at once (append-only, synced to disk before the answer).
+    async def submit(
+        reader_id: str,
+        req: ReadRequest,
+        cred: HTTPAuthorizationCredentials | None = Depends(_BEARER),
+    ) -> dict[str, Any]:
+        """Record one read of the token's reader at once (append-only, synced to disk).
 
         ``time_taken_s`` stored is the browser's measure when given and consistent
         with the server's (served -> submitted), else the server's.
@@ -747,6 +1178,7 @@ def create_app(
 
         def record() -> dict[str, Any]:
             st = study()
+            as_reader(st, cred, reader_id)
             t0 = served.get((reader_id, req.round, req.case_id))
             server_s = None if t0 is None else max(0.0, now - t0)
             client_s = req.client_time_s
@@ -758,6 +1190,7 @@ def create_app(
                 taken = server_s
             ai = None
             if req.round == 2:
+                st.next_case(reader_id, 2)  # refuses a closed round 2 before any AI runs
                 pred = cases.get(("pred", req.case_id))
                 if pred is None and req.case_id in set(st.case_ids()):
                     pred = case_prediction(st, req.case_id)
@@ -783,11 +1216,13 @@ def create_app(
         return await in_thread(record)
 
     @app.get("/api/study/export.csv", tags=["reader study"])
-    async def export() -> Response:
-        """Every read as CSV (reader, case, round, BI-RADS, confidence, AI score, time, when)."""
+    async def export(cred: HTTPAuthorizationCredentials | None = Depends(_BEARER)) -> Response:
+        """Every read as CSV (organiser): reader, case, round, BI-RADS, confidence, AI score, time."""
 
         def csv() -> str:
-            return study().reads().to_csv(index=False)
+            st = study()
+            as_organiser(st, cred)
+            return st.reads().to_csv(index=False)
 
         return Response(
             await in_thread(csv),
@@ -799,6 +1234,87 @@ def create_app(
 
 
 # --------------------------------------------------------------- helpers
+
+
+class _ClinicalError(ValueError):
+    pass
+
+
+def _clinical_int(text: str) -> int:
+    if len(text.lstrip("-")) > CLINICAL_MAX_DIGITS:
+        raise _ClinicalError(f"a number has more than {CLINICAL_MAX_DIGITS} digits")
+    return int(text)
+
+
+def _clinical_float(text: str) -> float:
+    if len(text) > CLINICAL_MAX_DIGITS + 10:
+        raise _ClinicalError(f"a number has more than {CLINICAL_MAX_DIGITS} digits")
+    x = float(text)
+    if not math.isfinite(x):
+        raise _ClinicalError("numbers must be finite")
+    return x
+
+
+def _clinical_constant(text: str) -> float:
+    raise _ClinicalError(f"{text} is not a number")
+
+
+def parse_clinical(text: str) -> dict[str, Any]:
+    """Parse the ``clinical`` form field: a flat JSON object of numbers, text, booleans or nulls.
+
+    Bounds: at most :data:`CLINICAL_MAX_CHARS` characters, :data:`CLINICAL_MAX_KEYS`
+    keys of at most 64 characters, text values of at most 256 characters, numbers
+    of at most :data:`CLINICAL_MAX_DIGITS` digits and finite; no nesting.
+
+    Raises
+    ------
+    UploadError
+        422 with a one-line reason.
+    """
+    if not text or not text.strip():
+        return {}
+    if len(text) > CLINICAL_MAX_CHARS:
+        raise UploadError(422, f"clinical is longer than {CLINICAL_MAX_CHARS} characters")
+    try:
+        obj = json.loads(
+            text,
+            parse_int=_clinical_int,
+            parse_float=_clinical_float,
+            parse_constant=_clinical_constant,
+        )
+    except _ClinicalError as exc:
+        raise UploadError(422, f"clinical: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise UploadError(422, f"clinical must be a JSON object ({exc.msg})") from exc
+    except (ValueError, RecursionError) as exc:
+        raise UploadError(422, 'clinical must be a flat JSON object such as {"age": 54}') from exc
+    if not isinstance(obj, dict):
+        raise UploadError(422, 'clinical must be a JSON object such as {"age": 54}')
+    if len(obj) > CLINICAL_MAX_KEYS:
+        raise UploadError(422, f"clinical has more than {CLINICAL_MAX_KEYS} keys")
+    for k, v in obj.items():
+        if len(k) > 64:
+            raise UploadError(422, "clinical keys must be at most 64 characters")
+        if isinstance(v, (dict, list)):
+            raise UploadError(422, "clinical values must be numbers or short text, not nested")
+        if isinstance(v, str) and len(v) > 256:
+            raise UploadError(422, "clinical text values must be at most 256 characters")
+    return obj
+
+
+def _swagger_ui_dir() -> Path | None:
+    """The folder of Swagger UI's JS and CSS shipped by ``fastapi-offline`` (None if absent).
+
+    Located without importing the package. Swagger UI 5 reads OpenAPI 3.1, which
+    FastAPI writes (the ``swagger-ui-bundle`` package's Swagger UI 4 cannot).
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("fastapi_offline")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    d = Path(next(iter(spec.submodule_search_locations))) / "static"
+    return d if (d / "swagger-ui-bundle.js").is_file() else None
 
 
 def _bundle_version(predictor: Predictor) -> str | None:
@@ -838,4 +1354,12 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
-__all__ = ["WHOLE_IMAGE_NOTE", "BodySizeLimit", "create_app"]
+__all__ = [
+    "CSP",
+    "LOCAL_HOSTS",
+    "WHOLE_IMAGE_NOTE",
+    "BodySizeLimit",
+    "SecurityHeaders",
+    "create_app",
+    "parse_clinical",
+]

@@ -31,8 +31,23 @@ def serve_cmd(
     study_db: Path | None = typer.Option(
         None, "--study-db", help="Reader-study SQLite file (enables the /reader pages)."
     ),
+    study_dir: Path | None = typer.Option(
+        None,
+        "--study-dir",
+        help="Folder of manifests the organiser may create a study from in the app (by name).",
+    ),
+    open_case_screen: bool = typer.Option(
+        False,
+        "--open-case-screen",
+        help="Keep the open case screen (/ and /api/predict...) on while a study is served.",
+    ),
+    allowed_host: list[str] = typer.Option(
+        [], "--allowed-host", help="Host name clients use besides 127.0.0.1/localhost (repeat)."
+    ),
     max_upload_mb: float = typer.Option(50.0, help="Largest accepted upload, in MB."),
     workers: int = typer.Option(1, help="Predictions run at once (worker threads)."),
+    max_decodes: int = typer.Option(2, help="Uploads decoded at once."),
+    decode_timeout_s: float = typer.Option(20.0, help="Longest decode of one upload, seconds."),
 ) -> None:
     """Serve the web app: AI score, likelihood band, heatmap, case reports, reader studies."""
     import uvicorn
@@ -41,11 +56,39 @@ def serve_cmd(
 
     if max_upload_mb <= 0:
         raise typer.BadParameter("must be > 0", param_hint="--max-upload-mb")
+    if max_decodes < 1 or decode_timeout_s <= 0:
+        raise typer.BadParameter(
+            "must be >= 1 and > 0", param_hint="--max-decodes/--decode-timeout-s"
+        )
+    if study_dir is not None and not study_dir.is_dir():
+        raise typer.BadParameter(f"{study_dir} is not a folder", param_hint="--study-dir")
+    hosts = [h for h in allowed_host if h]
+    if host not in ("0.0.0.0", "::", ""):
+        hosts.append(host)
     predictor = load_predictor(bundle)
-    app = create_app(predictor, study_db=study_db, max_upload_mb=max_upload_mb, workers=workers)
+    app = create_app(
+        predictor,
+        study_db=study_db,
+        study_dir=study_dir,
+        max_upload_mb=max_upload_mb,
+        workers=workers,
+        open_case_screen=True if open_case_screen else None,
+        allowed_hosts=hosts,
+        decode_timeout_s=decode_timeout_s,
+        max_decodes=max_decodes,
+    )
     typer.echo(f"buscad: serving {predictor.name} on http://{host}:{port}/ (Ctrl+C stops)")
     if study_db is not None:
+        from buscad.reader.store import ReaderStudy
+
+        st = ReaderStudy.prepare(study_db)
         typer.echo(f"buscad: reader study at http://{host}:{port}/reader ({study_db})")
+        if not st.has_organiser_token():
+            typer.echo(f"buscad: organiser token (shown once): {st.issue_organiser_token()}")
+        if not open_case_screen:
+            typer.echo("buscad: the open case screen is off while a study is served")
+    if host in ("0.0.0.0", "::") and not allowed_host:
+        typer.echo("buscad: bound to all interfaces; give --allowed-host NAME for remote clients")
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=True)
 
 

@@ -1,8 +1,12 @@
 """Decoding uploads and drawing the web app's images, with no file kept on disk.
 
 Uploaded bytes are handed to :func:`buscad.data.io.read_image` /
-:func:`~buscad.data.io.read_mask` through a named temporary file that lives in
-memory (``/dev/shm`` where it exists) and is deleted as soon as it is read.
+:func:`~buscad.data.io.read_mask` through an anonymous in-memory file
+(``memfd_create``, read through ``/proc/self/fd/N``): it has no name in any
+folder and the kernel frees it when the process ends, even after ``kill -9``.
+Where memfd is missing, a temporary file ``buscad-upload-<pid>-*`` is used (in
+``/dev/shm`` where it exists), deleted as soon as it is read; files of dead
+processes are removed by :func:`clear_stale_uploads` when the app starts.
 Errors never repeat the uploaded file's name or any DICOM header value: they
 say "uploaded image" or "uploaded mask" and the problem.
 """
@@ -20,8 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from buscad.data.io import _sniff_bytes, read_image, read_mask, to_uint8
-from buscad.errors import ImageReadError, MaskError
+from buscad.data.io import _sniff_bytes, burned_in_warning, read_image, read_mask, to_uint8
+from buscad.errors import DecodeBudgetError, ImageReadError, MaskError
 from buscad.heatmap import JET
 
 #: Formats accepted as images (detected from content).
@@ -29,6 +33,10 @@ IMAGE_FORMATS = ("png", "jpeg", "bmp", "tiff", "dicom")
 #: Formats accepted as uploaded masks (detected from content).
 MASK_FORMATS = ("png", "bmp", "tiff")
 _MEMORY_DIR = "/dev/shm"
+UPLOAD_PREFIX = "buscad-upload-"
+#: Use an anonymous memfd for uploads where the OS has one (tests turn it off to
+#: exercise the temporary-file fallback).
+USE_MEMFD = True
 
 
 class UploadError(ValueError):
@@ -56,6 +64,7 @@ class DecodedImage:
     gray: np.ndarray
     format: str
     bit_depth: int
+    warnings: tuple[str, ...] = ()
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -63,11 +72,28 @@ class DecodedImage:
         return int(self.gray.shape[0]), int(self.gray.shape[1])
 
 
+def _upload_dirs() -> list[Path]:
+    dirs = [Path(tempfile.gettempdir())]
+    if os.path.isdir(_MEMORY_DIR):
+        dirs.insert(0, Path(_MEMORY_DIR))
+    return dirs
+
+
 @contextlib.contextmanager
 def _memory_file(data: bytes, suffix: str) -> Iterator[Path]:
-    """A named temporary file holding ``data``, in RAM where possible, removed on exit."""
+    """A path holding ``data``: an anonymous memfd where possible, else a temp file; removed on exit."""
+    memfd = getattr(os, "memfd_create", None)
+    if USE_MEMFD and memfd is not None and os.path.isdir(f"/proc/{os.getpid()}/fd"):
+        fd = memfd(UPLOAD_PREFIX + "memfd", getattr(os, "MFD_CLOEXEC", 0))
+        try:
+            with os.fdopen(os.dup(fd), "wb") as fh:
+                fh.write(data)
+            yield Path(f"/proc/{os.getpid()}/fd/{fd}")
+        finally:
+            os.close(fd)
+        return
     tmpdir = _MEMORY_DIR if os.path.isdir(_MEMORY_DIR) and os.access(_MEMORY_DIR, os.W_OK) else None
-    fd, name = tempfile.mkstemp(prefix="buscad-upload-", suffix=suffix, dir=tmpdir)
+    fd, name = tempfile.mkstemp(prefix=f"{UPLOAD_PREFIX}{os.getpid()}-", suffix=suffix, dir=tmpdir)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -75,6 +101,54 @@ def _memory_file(data: bytes, suffix: str) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clear_stale_uploads(dirs: list[Path] | None = None, max_age_s: float = 3600.0) -> list[Path]:
+    """Remove buscad's upload files left behind by dead processes (e.g. after ``kill -9``).
+
+    Only ``buscad-upload-*`` plain files owned by this user are touched: those
+    named ``buscad-upload-<pid>-*`` whose process is gone, and older unnamed
+    ones (``buscad-upload-<random>``, from earlier versions) not modified for
+    ``max_age_s`` seconds.
+
+    Returns
+    -------
+    list of Path
+        The files removed.
+    """
+    import re
+    import time
+
+    removed = []
+    for d in dirs if dirs is not None else _upload_dirs():
+        try:
+            entries = list(d.glob(UPLOAD_PREFIX + "*"))
+        except OSError:
+            continue
+        for p in entries:
+            try:
+                st = p.lstat()
+            except OSError:
+                continue
+            if not p.is_file() or p.is_symlink() or st.st_uid != os.getuid():
+                continue
+            m = re.fullmatch(re.escape(UPLOAD_PREFIX) + r"(\d+)-.*", p.name, flags=re.S)
+            stale = not _alive(int(m.group(1))) if m else time.time() - st.st_mtime > max_age_s
+            if stale:
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    removed.append(p)
+    return removed
 
 
 def sniff(data: bytes) -> str:
@@ -117,11 +191,24 @@ def decode_image(data: bytes, max_bytes: int | None = None) -> DecodedImage:
     try:
         with _memory_file(data, suffix) as p:
             gray, meta = read_image(p)
+    except DecodeBudgetError as exc:
+        raise UploadError(413, f"uploaded image: {_problem(exc)}") from exc
     except ImageReadError as exc:
-        raise UploadError(422, f"uploaded image: {exc.problem}") from exc
+        raise UploadError(422, f"uploaded image: {_problem(exc)}") from exc
     if gray.ndim != 2 or min(gray.shape) < 8:
         raise UploadError(422, f"uploaded image is {gray.shape[::-1]} pixels; at least 8x8 needed")
-    return DecodedImage(gray=gray, format=meta.format, bit_depth=int(meta.bit_depth))
+    warn = burned_in_warning(gray, meta)
+    return DecodedImage(
+        gray=gray,
+        format=meta.format,
+        bit_depth=int(meta.bit_depth),
+        warnings=(warn,) if warn else (),
+    )
+
+
+def _problem(exc: ImageReadError) -> str:
+    """The reader's problem text without the server-side path it was read from."""
+    return exc.problem.replace(exc.path, "the upload")
 
 
 def decode_mask(data: bytes, shape: tuple[int, int], max_bytes: int | None = None) -> np.ndarray:
@@ -142,8 +229,10 @@ def decode_mask(data: bytes, shape: tuple[int, int], max_bytes: int | None = Non
     try:
         with _memory_file(data, f".{fmt}") as p:
             mask = read_mask([p], shape)
-    except MaskError as exc:
-        raise UploadError(422, f"uploaded mask: {exc.problem}") from exc
+    except DecodeBudgetError as exc:
+        raise UploadError(413, f"uploaded mask: {_problem(exc)}") from exc
+    except (MaskError, ImageReadError) as exc:
+        raise UploadError(422, f"uploaded mask: {_problem(exc)}") from exc
     if not mask.any():
         raise UploadError(422, "uploaded mask is blank: no lesion pixel (nonzero) in it")
     return mask
@@ -165,6 +254,8 @@ def parse_box(text: str | None, shape: tuple[int, int]) -> tuple[int, int, int, 
     """
     if text is None or not str(text).strip():
         return None
+    if len(str(text)) > 100:
+        raise UploadError(422, "box must be four numbers x0,y0,x1,y1 (at most 100 characters)")
     parts = [s for s in str(text).replace(";", ",").split(",") if s.strip()]
     try:
         vals = [float(s) for s in parts]

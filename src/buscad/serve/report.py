@@ -23,6 +23,27 @@ from buscad import __version__
 from buscad.bundle_types import Prediction
 from buscad.serve.imaging import composite, encode_png
 
+#: The report's one style block (the web app's CSP admits it by its SHA-256).
+REPORT_CSS = """
+@page { size: A4; margin: 12mm; }
+body { font-family: system-ui, sans-serif; font-size: 11pt; color: #111; max-width: 190mm;
+  margin: 0 auto; }
+h1 { font-size: 15pt; margin: 0 0 2mm; }
+.sub { color: #444; font-size: 9pt; margin-bottom: 3mm; }
+.figs { display: flex; gap: 4mm; }
+figure { margin: 0; flex: 1; }
+figure img { width: 100%; max-height: 90mm; object-fit: contain; background: #000; }
+figcaption { font-size: 8.5pt; color: #333; }
+table { border-collapse: collapse; width: 100%; margin-top: 3mm; font-size: 10pt; }
+th, td { border: 1px solid #bbb; padding: 1.2mm 2mm; text-align: left; vertical-align: top; }
+th { background: #f2f2f2; width: 45%; }
+.note { border: 2px solid #b26a00; background: #fff6e5; padding: 2mm; margin-top: 3mm;
+  font-size: 9.5pt; }
+.foot { font-size: 8pt; color: #555; margin-top: 3mm; }
+.warn { border: 2px solid #b00020; background: #fdecea; padding: 2mm; margin-top: 3mm;
+  font-size: 9.5pt; }
+"""
+
 ROI_TEXT = {
     "mask": "the uploaded lesion mask",
     "box": "the box drawn on the image",
@@ -38,6 +59,7 @@ class ReportContext:
     bundle_version: str | None
     created_at: datetime
     image_size: tuple[int, int]  # (height, width)
+    warnings: tuple[str, ...] = ()
 
     @property
     def date_text(self) -> str:
@@ -100,30 +122,15 @@ def render_html(pred: Prediction, gray: np.ndarray, ctx: ReportContext) -> str:
         if overlay
         else "<figure><figcaption>No heatmap for this prediction.</figcaption></figure>"
     )
+    warn_html = "".join(f'<div class="warn">Warning: {e(w)}</div>' for w in ctx.warnings)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>buscad case report</title>
-<style>
-@page {{ size: A4; margin: 12mm; }}
-body {{ font-family: system-ui, sans-serif; font-size: 11pt; color: #111; max-width: 190mm;
-  margin: 0 auto; }}
-h1 {{ font-size: 15pt; margin: 0 0 2mm; }}
-.sub {{ color: #444; font-size: 9pt; margin-bottom: 3mm; }}
-.figs {{ display: flex; gap: 4mm; }}
-figure {{ margin: 0; flex: 1; }}
-figure img {{ width: 100%; max-height: 90mm; object-fit: contain; background: #000; }}
-figcaption {{ font-size: 8.5pt; color: #333; }}
-table {{ border-collapse: collapse; width: 100%; margin-top: 3mm; font-size: 10pt; }}
-th, td {{ border: 1px solid #bbb; padding: 1.2mm 2mm; text-align: left; vertical-align: top; }}
-th {{ background: #f2f2f2; width: 45%; }}
-.note {{ border: 2px solid #b26a00; background: #fff6e5; padding: 2mm; margin-top: 3mm;
-  font-size: 9.5pt; }}
-.foot {{ font-size: 8pt; color: #555; margin-top: 3mm; }}
-</style></head><body>
+<style>{REPORT_CSS}</style></head><body>
 <h1>buscad case report: AI decision support</h1>
 <div class="sub">Report date {e(ctx.date_text)} · model bundle {e(ctx.bundle_name)}{version}
  · buscad {e(__version__)} · image {w}×{h} pixels · no patient identifiers are shown or stored</div>
-<div class="figs">
+{warn_html}<div class="figs">
 <figure><img src="{img}" alt="Image with the region read"><figcaption>Image; green box: the
 region the models read ({e(ROI_TEXT.get(pred.roi_source, pred.roi_source))})</figcaption></figure>
 {overlay_fig}
@@ -155,6 +162,8 @@ def render_pdf(pred: Prediction, gray: np.ndarray, ctx: ReportContext) -> bytes:
         fontsize=8,
         color="#444",
     )
+    for i, w in enumerate(ctx.warnings[:2]):
+        fig.text(0.06, 0.93 - 0.015 * i, f"Warning: {w}", fontsize=8, color="#b00020")
     panels: list[tuple[Any, str]] = [
         (composite(gray, None, pred.roi), "Image; green box: region read"),
     ]

@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { file: null, box: null, natural: null, drag: null, info: null };
+const state = { file: null, box: null, natural: null, drag: null, info: null, maskEdge: null };
 
 async function loadInfo() {
   const r = await fetch("/api/info");
@@ -36,11 +36,31 @@ function resetResult() {
   $("heat-img").style.display = "none";
 }
 
-async function openImage(file) {
+function showWarnings(list) {
+  const w = $("image-warning");
+  w.hidden = !(list && list.length);
+  w.textContent = list && list.length ? "Warning: " + list.join(" · ") : "";
+}
+
+// A new case starts from a clean slate: nothing of the previous patient's case is kept
+// (mask file, box, clinical and lexicon inputs, result, warnings).
+function clearCase() {
   resetResult();
-  state.file = file;
+  state.file = null;
   state.box = null;
+  state.drag = null;
+  state.natural = null;
+  state.maskEdge = null;
+  $("mask-input").value = "";
+  for (const inp of document.querySelectorAll("[data-clinical]")) inp.value = "";
+  showWarnings([]);
   updateBoxText();
+  drawBox();
+}
+
+async function openImage(file) {
+  clearCase();
+  state.file = file;
   setMessage($("message"), "Reading image…");
   const fd = new FormData();
   fd.append("image", file);
@@ -51,6 +71,9 @@ async function openImage(file) {
     setMessage($("message"), await apiError(r), "error");
     return;
   }
+  try {
+    showWarnings(JSON.parse(r.headers.get("X-Buscad-Warnings") || "[]"));
+  } catch (e) { showWarnings([]); }
   const blob = await r.blob();
   const img = $("base-img");
   img.onload = () => {
@@ -87,6 +110,10 @@ function drawBox() {
   const c = $("draw");
   const ctx = c.getContext("2d");
   ctx.clearRect(0, 0, c.width, c.height);
+  if (state.maskEdge && state.natural) {
+    ctx.imageSmoothingEnabled = false;
+    ctx.drawImage(state.maskEdge, 0, 0, c.width, c.height);
+  }
   const b = state.drag || state.box;
   if (!b || !state.natural) return;
   const sx = c.width / state.natural.w;
@@ -131,6 +158,56 @@ function bindDrawing() {
   $("clear-box").addEventListener("click", () => { state.box = null; updateBoxText(); drawBox(); });
 }
 
+// Outline an uploaded mask on the image (its edge pixels), after checking its size.
+async function openMask(file) {
+  state.maskEdge = null;
+  drawBox();
+  if (!file || !state.natural) return;
+  let bmp;
+  try {
+    bmp = await createImageBitmap(file);
+  } catch (e) {
+    $("mask-input").value = "";
+    setMessage($("message"), "The mask could not be read as an image.", "error");
+    return;
+  }
+  const { w, h } = state.natural;
+  if (bmp.width !== w || bmp.height !== h) {
+    $("mask-input").value = "";
+    setMessage($("message"), "This mask is " + bmp.width + "×" + bmp.height + " but the image is " +
+      w + "×" + h + ": choose the mask of this image.", "error");
+    return;
+  }
+  const src = document.createElement("canvas");
+  src.width = w;
+  src.height = h;
+  const sctx = src.getContext("2d");
+  sctx.drawImage(bmp, 0, 0);
+  const px = sctx.getImageData(0, 0, w, h).data;
+  const on = (x, y) => x >= 0 && y >= 0 && x < w && y < h &&
+    (px[4 * (y * w + x)] + px[4 * (y * w + x) + 1] + px[4 * (y * w + x) + 2]) > 0;
+  const edge = sctx.createImageData(w, h);
+  let n = 0;
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) {
+      if (on(x, y) && (!on(x - 1, y) || !on(x + 1, y) || !on(x, y - 1) || !on(x, y + 1))) {
+        const i = 4 * (y * w + x);
+        edge.data[i] = 255; edge.data[i + 1] = 214; edge.data[i + 2] = 0; edge.data[i + 3] = 255;
+        n++;
+      }
+    }
+  }
+  if (n === 0) {
+    $("mask-input").value = "";
+    setMessage($("message"), "This mask is blank: no lesion pixel in it.", "error");
+    return;
+  }
+  sctx.putImageData(edge, 0, 0);
+  state.maskEdge = src;
+  setMessage($("message"), "Mask outlined in yellow; it is the region the models will read.");
+  drawBox();
+}
+
 function formData() {
   const fd = new FormData();
   fd.append("image", state.file);
@@ -158,6 +235,7 @@ async function analyse() {
     }
     const res = await r.json();
     showResult(res);
+    showWarnings(res.warnings);
     setMessage($("message"), "Done (" + Math.round(Object.values(res.timings_ms || {}).reduce((a, b) => a + b, 0)) + " ms).", "ok");
   } finally {
     $("analyse").disabled = false;
@@ -223,6 +301,7 @@ document.addEventListener("DOMContentLoaded", () => {
   bindDrawing();
   bindOpacity($("opacity"), $("opacity-value"), $("heat-img"));
   $("image-input").addEventListener("change", (ev) => ev.target.files[0] && openImage(ev.target.files[0]));
+  $("mask-input").addEventListener("change", (ev) => openMask(ev.target.files[0]));
   $("analyse").addEventListener("click", analyse);
   $("save-html").addEventListener("click", () => saveReport("html"));
   $("save-pdf").addEventListener("click", () => saveReport("pdf"));
