@@ -846,48 +846,35 @@ def _infer_columns(
 def univariate_test(x: pd.Series, y: np.ndarray, kind: str) -> tuple[str, float]:
     """P-value of one clinical variable against the binary label (missing values left out).
 
-    ``kind="numeric"``: when both classes have ≥ 3 values and Shapiro-Wilk does
-    not reject normality in either (P > 0.05), Welch's t-test
-    ``t = (m1 - m0) / sqrt(s1²/n1 + s0²/n0)``; otherwise the Mann-Whitney U
-    test (two-sided). ``kind="categorical"``: the contingency table of
-    category × class; a 2 × 2 table with an expected count < 5 uses Fisher's
-    exact test, any other table Pearson's chi-square test
-    ``Σ (O - E)² / E`` (Yates-corrected for 2 × 2). Returns ``(test name, P)``;
-    P = 1 when the variable has fewer than 2 observed values per class or a
-    single category.
+    Delegates to buscad's one univariate-test policy,
+    :func:`buscad.evaluate.univariate.univariate_test` (the test Table 1 uses
+    too): ``kind="numeric"``: Welch's t ``t = (m1 - m0) / sqrt(s1²/n1 + s0²/n0)``
+    when Shapiro-Wilk does not reject normality (P > 0.05) in either class
+    (each with ≥ 3 values), else the two-sided Mann-Whitney U test;
+    ``kind="categorical"``: Pearson's chi-square ``Σ (O - E)² / E`` without
+    continuity correction, Fisher's exact test for a 2 × 2 table with an
+    expected count < 5. Returns ``(test name, P)``; ``("none", 1.0)`` when the
+    variable has fewer than 2 observed values in a class, is constant or has a
+    single category (it cannot be selected).
     """
+    from buscad.evaluate.univariate import univariate_test as policy
+
     ok = x.notna().to_numpy()
-    xv, yv = x[ok], y[ok]
-    if kind == "numeric":
-        v = pd.to_numeric(xv, errors="coerce").to_numpy(float)
-        a, b = v[yv == 1], v[yv == 0]
-        if len(a) < 2 or len(b) < 2 or np.ptp(v) == 0:
-            return "none", 1.0
-        normal = (
-            len(a) >= 3
-            and len(b) >= 3
-            and np.ptp(a) > 0
-            and np.ptp(b) > 0
-            and stats.shapiro(a).pvalue > 0.05
-            and stats.shapiro(b).pvalue > 0.05
-        )
-        if normal:
-            return "welch_t", float(stats.ttest_ind(a, b, equal_var=False).pvalue)
-        return "mann_whitney", float(stats.mannwhitneyu(a, b, alternative="two-sided").pvalue)
-    table = pd.crosstab(xv.astype(str), yv).reindex(columns=[0, 1], fill_value=0).to_numpy()
-    if table.shape[0] < 2 or (table.sum(axis=0) == 0).any():
+    yv = np.asarray(y)[ok]
+    if kind == "numeric" and min((yv == 1).sum(), (yv == 0).sum()) < 2:
         return "none", 1.0
-    expected = stats.contingency.expected_freq(table)
-    if table.shape == (2, 2) and expected.min() < 5:
-        return "fisher", float(stats.fisher_exact(table).pvalue)
-    return "chi2", float(stats.chi2_contingency(table).pvalue)
+    name, p = policy(x, np.asarray(y), kind)
+    if not np.isfinite(p):
+        return "none", 1.0
+    return name, p
 
 
 class ClinicalSelector(TransformerMixin, BaseEstimator):
     """Keep clinical variables that differ between the classes on the training rows (P < alpha).
 
-    Tests per :func:`univariate_test` (Welch t or Mann-Whitney U for numbers,
-    chi-square or Fisher's exact test for categories), on the observed values
+    Tests per :func:`univariate_test` (buscad's one policy, shared with Table 1:
+    Welch t or Mann-Whitney U for numbers, chi-square without continuity
+    correction or Fisher's exact test for categories), on the observed values
     of the rows passed to ``fit``. As in Yang et al. 2024, variables with
     P < 0.05 enter the clinical model.
 
