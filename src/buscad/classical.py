@@ -480,11 +480,15 @@ class ICCFilter(_FittedSupport):
 
 
 def _spearman_matrix(X: np.ndarray) -> np.ndarray:
-    r = np.apply_along_axis(stats.rankdata, 0, X)
-    r = r - r.mean(axis=0)
-    sd = np.sqrt((r**2).sum(axis=0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        c = (r.T @ r) / np.outer(sd, sd)
+    """Spearman's rho between every pair of columns (``scipy.stats.spearmanr``); 0 where
+    a column is constant (rho undefined)."""
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        rho = stats.spearmanr(X, axis=0).statistic
+    c = np.atleast_2d(rho)
+    if c.shape != (X.shape[1], X.shape[1]):  # two columns: spearmanr returns a scalar
+        d = np.where(np.ptp(X, axis=0) > 0, 1.0, np.nan)
+        c = np.array([[d[0], float(rho)], [float(rho), d[1]]])
     return np.nan_to_num(c, nan=0.0)
 
 
