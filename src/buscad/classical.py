@@ -155,13 +155,36 @@ def make_classifier(name: str, C: float = 1.0, random_state: int | None = 0) -> 
     return factory(C, random_state)
 
 
-class _BinaryClassifierMixin(ClassifierMixin):
-    """Tags of buscad's binary (benign/malignant) classifiers."""
+class _TagsMixin:
+    """scikit-learn tags declared by class attributes: the one ``__sklearn_tags__`` of buscad.
+
+    ``_allow_nan``: accepts NaN in X; ``_string_input``: accepts string
+    columns; ``_requires_y``: whether ``fit`` needs ``y`` (None: scikit-learn's
+    default); ``_binary_only``: a classifier for two classes only.
+    """
+
+    _allow_nan: bool = False
+    _string_input: bool = False
+    _requires_y: bool | None = None
+    _binary_only: bool = False
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.classifier_tags.multi_class = False
+        if self._allow_nan:
+            tags.input_tags.allow_nan = True
+        if self._string_input:
+            tags.input_tags.string = True
+        if self._requires_y is not None:
+            tags.target_tags.required = self._requires_y
+        if self._binary_only and tags.classifier_tags is not None:
+            tags.classifier_tags.multi_class = False
         return tags
+
+
+class _BinaryClassifierMixin(_TagsMixin, ClassifierMixin):
+    """Tags of buscad's binary (benign/malignant) classifiers."""
+
+    _binary_only = True
 
 
 class PlattSVC(_BinaryClassifierMixin, BaseEstimator):
@@ -298,7 +321,7 @@ class _FittedSupport(SelectorMixin, BaseEstimator):
         return self.support_
 
 
-class FeatureSubset(_FittedSupport):
+class FeatureSubset(_TagsMixin, _FittedSupport):
     """Keep columns whose name matches ``include`` and not ``exclude`` (regular expressions).
 
     Parameters
@@ -336,12 +359,9 @@ class FeatureSubset(_FittedSupport):
         self.support_ = keep
         return self
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = True
-        tags.input_tags.string = True
-        tags.target_tags.required = False
-        return tags
+    _allow_nan = True
+    _string_input = True
+    _requires_y = False
 
 
 def icc_3_1(table: np.ndarray) -> float | np.ndarray:
@@ -383,7 +403,7 @@ def icc_3_1(table: np.ndarray) -> float | np.ndarray:
     return float(icc[0]) if squeeze else icc
 
 
-class ICCFilter(_FittedSupport):
+class ICCFilter(_TagsMixin, _FittedSupport):
     """Keep radiomics features that are stable under mask perturbation: ICC(3,1) ≥ threshold.
 
     The input holds, for every feature ``f``, its value on the original mask
@@ -472,11 +492,8 @@ class ICCFilter(_FittedSupport):
         self.support_ = support
         return self
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = True
-        tags.target_tags.required = False
-        return tags
+    _allow_nan = True
+    _requires_y = False
 
 
 def _spearman_matrix(X: np.ndarray) -> np.ndarray:
@@ -873,7 +890,7 @@ def univariate_test(x: pd.Series, y: np.ndarray, kind: str) -> tuple[str, float]
     return name, p
 
 
-class ClinicalSelector(TransformerMixin, BaseEstimator):
+class ClinicalSelector(_TagsMixin, TransformerMixin, BaseEstimator):
     """Keep clinical variables that differ between the classes on the training rows (P < alpha).
 
     Tests per :func:`univariate_test` (buscad's one policy, shared with Table 1:
@@ -956,11 +973,8 @@ class ClinicalSelector(TransformerMixin, BaseEstimator):
         check_is_fitted(self, "selected_")
         return {"type": "select_names", "names": list(self.selected_)}, {}
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = True
-        tags.input_tags.string = True
-        return tags
+    _allow_nan = True
+    _string_input = True
 
 
 def clinical_preprocessor(numeric: Sequence[str], categorical: Sequence[str]) -> ColumnTransformer:
@@ -1098,11 +1112,8 @@ class ClinicalModel(_WrappedClassifier):
         self.pipeline_.steps[2][1].fit(self.pipeline_.steps[1][1].transform(Xt), yb)
         return self
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = True
-        tags.input_tags.string = True
-        return tags
+    _allow_nan = True
+    _string_input = True
 
 
 # =============================================================================== US model
@@ -1221,11 +1232,8 @@ class USModel(_WrappedClassifier):
         ).fit(df, yb)
         return self
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = True
-        tags.input_tags.string = True
-        return tags
+    _allow_nan = True
+    _string_input = True
 
 
 # =============================================================================== DLR / CLDLR
@@ -1274,10 +1282,7 @@ class DLR(_WrappedClassifier):
         self.pipeline_.fit(df, yb)
         return self
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = True  # median imputation inside
-        return tags
+    _allow_nan = True
 
 
 class CLDLR(_WrappedClassifier):
@@ -1358,11 +1363,8 @@ class CLDLR(_WrappedClassifier):
         ).fit(df, yb)
         return self
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = True
-        tags.input_tags.string = True
-        return tags
+    _allow_nan = True
+    _string_input = True
 
 
 # =============================================================================== CV helpers
