@@ -61,22 +61,57 @@ _LASSO_XFAIL = {
 _XFAIL = {"LassoSelector": _LASSO_XFAIL}
 
 
-# ICCFilter (needs paired original/perturbed columns), ClinicalSelector and
-# LexiconEncoder (DataFrame/string building blocks) are checked through the
-# estimators that use them and by the tests below.
+# Estimators of classical.py that scikit-learn's checks do not run on, each with the
+# reason; they are checked through the estimators that use them and by the tests below.
+# (check_estimator on them in scikit-learn 1.9: ICCFilter fails 26 of 46 checks,
+# ClinicalSelector 19/46, LexiconEncoder 12/47, ColumnScore 33/56.)
+_NOT_CHECKED = {
+    "ICCFilter": "needs paired original/perturbed columns named 'f', 'f@view'; the "
+    "generic checks give unpaired numeric columns",
+    "ClinicalSelector": "DataFrame-in/DataFrame-out building block of ClinicalModel "
+    "(checked through it); binary target only",
+    "LexiconEncoder": "string DataFrame building block of USModel (checked through it); "
+    "its output is a DataFrame of token indicators",
+    "ColumnScore": "passes one named column through as the score; the generic checks "
+    "give unnamed arrays",
+    "RadiomicsExtractor": "transforms image/mask file paths, not a numeric matrix",
+}
+_CHECKED = [
+    FeatureSubset(),
+    SpearmanRedundancyFilter(),
+    LassoSelector(Cs=4, cv=3),
+    RadScore(),
+    ClinicalModel(),
+    USModel(),
+    PlattSVC(),
+    DLR(),
+    CLDLR(include="^x", numeric=None),
+    StackingIntegrator([("lr", LogisticRegression())], cv=2),
+]
+
+
+def test_every_public_estimator_is_checked_or_listed_with_a_reason() -> None:
+    import inspect
+
+    from sklearn.base import BaseEstimator
+
+    import buscad.classical as classical
+
+    public = {
+        name
+        for name, obj in vars(classical).items()
+        if inspect.isclass(obj)
+        and issubclass(obj, BaseEstimator)
+        and obj.__module__ == classical.__name__
+        and not name.startswith("_")
+    }
+    checked = {type(e).__name__ for e in _CHECKED}
+    assert public == checked | set(_NOT_CHECKED)
+    assert not checked & set(_NOT_CHECKED)
+
+
 @parametrize_with_checks(
-    [
-        FeatureSubset(),
-        SpearmanRedundancyFilter(),
-        LassoSelector(Cs=4, cv=3),
-        RadScore(),
-        ClinicalModel(),
-        USModel(),
-        PlattSVC(),
-        DLR(),
-        CLDLR(include="^x", numeric=None),
-        StackingIntegrator([("lr", LogisticRegression())], cv=2),
-    ],
+    _CHECKED,
     expected_failed_checks=lambda est: _XFAIL.get(type(est).__name__, {}),
 )
 def test_sklearn_estimator_checks(estimator, check) -> None:
