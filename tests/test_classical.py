@@ -61,22 +61,57 @@ _LASSO_XFAIL = {
 _XFAIL = {"LassoSelector": _LASSO_XFAIL}
 
 
-# ICCFilter (needs paired original/perturbed columns), ClinicalSelector and
-# LexiconEncoder (DataFrame/string building blocks) are checked through the
-# estimators that use them and by the tests below.
+# Estimators of classical.py that scikit-learn's checks do not run on, each with the
+# reason; they are checked through the estimators that use them and by the tests below.
+# (check_estimator on them in scikit-learn 1.9: ICCFilter fails 26 of 46 checks,
+# ClinicalSelector 19/46, LexiconEncoder 12/47, ColumnScore 33/56.)
+_NOT_CHECKED = {
+    "ICCFilter": "needs paired original/perturbed columns named 'f', 'f@view'; the "
+    "generic checks give unpaired numeric columns",
+    "ClinicalSelector": "DataFrame-in/DataFrame-out building block of ClinicalModel "
+    "(checked through it); binary target only",
+    "LexiconEncoder": "string DataFrame building block of USModel (checked through it); "
+    "its output is a DataFrame of token indicators",
+    "ColumnScore": "passes one named column through as the score; the generic checks "
+    "give unnamed arrays",
+    "RadiomicsExtractor": "transforms image/mask file paths, not a numeric matrix",
+}
+_CHECKED = [
+    FeatureSubset(),
+    SpearmanRedundancyFilter(),
+    LassoSelector(Cs=4, cv=3),
+    RadScore(),
+    ClinicalModel(),
+    USModel(),
+    PlattSVC(),
+    DLR(),
+    CLDLR(include="^x", numeric=None),
+    StackingIntegrator([("lr", LogisticRegression())], cv=2),
+]
+
+
+def test_every_public_estimator_is_checked_or_listed_with_a_reason() -> None:
+    import inspect
+
+    from sklearn.base import BaseEstimator
+
+    import buscad.classical as classical
+
+    public = {
+        name
+        for name, obj in vars(classical).items()
+        if inspect.isclass(obj)
+        and issubclass(obj, BaseEstimator)
+        and obj.__module__ == classical.__name__
+        and not name.startswith("_")
+    }
+    checked = {type(e).__name__ for e in _CHECKED}
+    assert public == checked | set(_NOT_CHECKED)
+    assert not checked & set(_NOT_CHECKED)
+
+
 @parametrize_with_checks(
-    [
-        FeatureSubset(),
-        SpearmanRedundancyFilter(),
-        LassoSelector(Cs=4, cv=3),
-        RadScore(),
-        ClinicalModel(),
-        USModel(),
-        PlattSVC(),
-        DLR(),
-        CLDLR(include="^x", numeric=None),
-        StackingIntegrator([("lr", LogisticRegression())], cv=2),
-    ],
+    _CHECKED,
     expected_failed_checks=lambda est: _XFAIL.get(type(est).__name__, {}),
 )
 def test_sklearn_estimator_checks(estimator, check) -> None:
@@ -149,7 +184,9 @@ def test_icc_filter_params_and_clone() -> None:
     assert f.get_params() == {"threshold": 0.8, "n_views": None, "sep": "@"}
     g = clone(f.set_params(threshold=0.9))
     assert g.threshold == 0.9 and not hasattr(g, "icc_")
-    assert ICCFilter().fit(_views()) is not None
+    f = ICCFilter()
+    assert f.fit(_views()) is f  # fit returns the estimator itself
+    assert f.support_.dtype == bool and f.support_.any()
 
 
 # ------------------------------------------------------------------------ selection
@@ -282,23 +319,48 @@ def test_univariate_test_choice_and_p_values() -> None:
     y = np.repeat([0, 1], 60)
     normal = pd.Series(np.r_[rng.normal(50, 10, 60), rng.normal(56, 10, 60)])
     name, p = univariate_test(normal, y, "numeric")
-    assert name == "welch_t"
+    assert name == "Welch t"
     assert p == pytest.approx(
         stats.ttest_ind(normal[y == 1], normal[y == 0], equal_var=False).pvalue
     )
     skewed = pd.Series(np.r_[rng.exponential(1, 60), rng.exponential(2, 60)])
     name, p = univariate_test(skewed, y, "numeric")
-    assert name == "mann_whitney"
+    assert name == "Mann–Whitney U"
     assert p == pytest.approx(
         stats.mannwhitneyu(skewed[y == 1], skewed[y == 0], alternative="two-sided").pvalue
     )
     y_small = np.array([0] * 10 + [1] * 10)
     rare = pd.Series(["a"] * 9 + ["b"] + ["a"] * 6 + ["b"] * 4)
     name, p = univariate_test(rare, y_small, "categorical")
-    assert name == "fisher"
+    assert name == "Fisher exact"
     assert p == pytest.approx(stats.fisher_exact([[9, 6], [1, 4]]).pvalue)
     cat = pd.Series(rng.choice(["x", "y", "z"], 120))
-    assert univariate_test(cat, y, "categorical")[0] == "chi2"
+    assert univariate_test(cat, y, "categorical")[0] == "chi-square"
+
+
+def test_clinical_selector_and_table1_give_one_p_value() -> None:
+    """One variable, one P: the selector and Table 1 run the same test (no Yates correction)."""
+    from buscad.evaluate.tables import fmt_p, table1
+
+    # 2 x 2 table [[30, 20], [18, 32]]: every expected count >= 5 -> chi-square.
+    y = np.array([1] * 50 + [0] * 50)
+    sex = pd.Series(["F"] * 30 + ["M"] * 20 + ["F"] * 18 + ["M"] * 32)
+    rng = np.random.default_rng(0)
+    age = pd.Series(np.r_[rng.normal(55, 10, 50), rng.normal(50, 10, 50)])
+    X = pd.DataFrame({"sex": sex, "age": age})
+    sel = ClinicalSelector(numeric=["age"], categorical=["sex"]).fit(X, y)
+    uncorrected = stats.chi2_contingency([[30, 18], [20, 32]], correction=False).pvalue
+    yates = stats.chi2_contingency([[30, 18], [20, 32]], correction=True).pvalue
+    assert sel.tests_["sex"] == "chi-square"
+    assert sel.p_values_["sex"] == pytest.approx(uncorrected, rel=1e-12)
+    assert abs(uncorrected - yates) > 0.01  # the two policies would disagree here
+    t1 = table1(X.assign(g=np.where(y == 1, "malignant", "benign")), "g", ["sex", "age"])
+    rows = t1.set_index("Characteristic")
+    assert rows.loc["sex, n (%)", "P value"] == fmt_p(sel.p_values_["sex"])
+    assert rows.loc["sex, n (%)", "Test"] == sel.tests_["sex"]
+    age_row = rows.loc[next(i for i in rows.index if i.startswith("age, "))]
+    assert age_row["P value"] == fmt_p(sel.p_values_["age"])
+    assert age_row["Test"] == sel.tests_["age"]
 
 
 def test_clinical_model_imputes_inside_and_never_drops_rows() -> None:
@@ -311,7 +373,7 @@ def test_clinical_model_imputes_inside_and_never_drops_rows() -> None:
     tr, te = np.arange(100), np.arange(100, n)
     m = ClinicalModel(numeric=["age", "noise"], categorical=["site"]).fit(X.iloc[tr], y[tr])
     assert m.selector_.selected_ == ["age"]
-    assert m.selector_.tests_["site"] in ("chi2", "fisher")
+    assert m.selector_.tests_["site"] in ("chi-square", "Fisher exact")
     imputer = m.pipeline_.named_steps["prep"].named_transformers_["num"][0]
     assert imputer.statistics_[0] == pytest.approx(np.nanmedian(age[tr]))
     assert "num__missingindicator_age" in m.pipeline_.named_steps["prep"].get_feature_names_out()

@@ -18,9 +18,41 @@ def test_demo_cli_writes_every_output(tmp_path):
     man = pd.read_csv(out / "manifest.csv")
     planted = pd.read_csv(out / "phantoms" / "manifest.csv")
     assert len(man) == len(planted)  # nothing skipped: every phantom imports
+    # the CLI lists its five outputs, each of which exists
+    for key in ("phantoms", "manifest", "audit_dir", "audit_report", "split_manifest"):
+        assert f"  {key}" in res.output, key
+    for f in ("manifest.csv", "manifest_split.csv", "audit/flags.csv", "audit/shortcuts.csv"):
+        assert (out / f).is_file(), f
+    # the audit's numbers agree with what the phantom generator planted
     summary = json.loads((out / "audit" / "summary.json").read_text())
-    assert summary  # the audit wrote its numbers
-    assert (out / "audit" / "report.html").stat().st_size > 10_000
+    assert summary["n_images"] == len(planted) and summary["n_unreadable"] == 0
+    assert summary["labels"] == planted["label"].value_counts().to_dict()
+    assert summary["cohorts"] == planted["cohort"].value_counts().to_dict()
+    n_dups = int((planted["phantom_source"].fillna("") != "").sum())
+    assert n_dups > 0
+    # each planted near-duplicate forms a group of two with its source
+    assert summary["duplicate_groups"] == n_dups
+    assert summary["images_in_duplicate_groups"] == 2 * n_dups
+    assert summary["largest_duplicate_group"] == 2
+    assert summary["exact_duplicate_pairs"] == 0
+    flags = pd.read_csv(out / "audit" / "flags.csv").set_index("image_id")
+    dup_rows = planted[planted["phantom_source"].fillna("") != ""]
+    assert (
+        flags.loc[dup_rows["image_id"], "dup_group"].to_numpy()
+        == flags.loc[dup_rows["phantom_source"], "dup_group"].to_numpy()
+    ).all()
+    # no false alarms: every image flagged as annotated or coloured was planted so
+    truth = planted.set_index("image_id")
+    flagged = flags.index[flags["has_annotations"].astype(bool)]
+    assert truth.loc[flagged, "has_annotations"].astype(bool).all()
+    assert summary["annotated_images"] == len(flagged) <= int(truth["has_annotations"].sum())
+    assert summary["colour_images"] == int(truth["has_colour_box"].sum())
+    # shortcut AUCs: the mask-geometry and image-size probes, each a valid AUC
+    sc = summary["shortcuts"]
+    assert {"mask geometry", "image size", "mask geometry: solidity"} <= set(sc)
+    assert all(0.0 <= v <= 1.0 for v in sc.values())
+    report = (out / "audit" / "report.html").read_text(encoding="utf-8")
+    assert len(report) > 10_000 and "mask geometry" in report
     split = pd.read_csv(out / "manifest_split.csv")
     assert set(split["split"]) == {"train", "test"}
     # grouped: no leakage group and no patient on both sides

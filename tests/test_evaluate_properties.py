@@ -215,3 +215,23 @@ def test_hosmer_lemeshow_invariant_to_row_order_with_ties(data, rnd):
     rnd.shuffle(perm)
     a, b = hosmer_lemeshow(y, s), hosmer_lemeshow(y[perm], s[perm])
     assert a.statistic == pytest.approx(b.statistic, abs=1e-9) and a.df == b.df
+
+
+def test_figures_leave_the_matplotlib_backend_and_rcparams_alone(tmp_path):
+    import matplotlib
+
+    from buscad.evaluate.plots import plot_roc, roc_points, save_figure
+
+    before_backend = matplotlib.rcParams["backend"]
+    before_font = matplotlib.rcParams["font.size"]
+    y = np.array([0, 0, 1, 1, 0, 1])
+    s = np.array([0.1, 0.4, 0.35, 0.8, 0.2, 0.9])
+    fig = plot_roc({"m": (y, s)}, {"m": "0.89"}, "t")
+    paths = save_figure(fig, tmp_path / "roc")
+    assert [p.suffix for p in paths] == [".png", ".svg"] and all(p.stat().st_size for p in paths)
+    # buscad's style, applied locally: titles are "large" = 1.2 x font.size 9
+    assert fig.axes[0].title.get_fontsize() == pytest.approx(1.2 * 9)
+    assert matplotlib.rcParams["backend"] == before_backend
+    assert matplotlib.rcParams["font.size"] == before_font
+    fpr, tpr = roc_points(y, s)
+    assert fpr[0] == 0 and tpr[0] == 0 and fpr[-1] == 1 and tpr[-1] == 1

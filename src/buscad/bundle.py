@@ -51,6 +51,8 @@ from buscad.utils import atomic_write_json, atomic_write_text
 
 FORMAT = "buscad-bundle"
 VERSION = 1
+#: Bundle versions :meth:`Bundle.load` reads.
+SUPPORTED_VERSIONS = (1,)
 NOT_EXPORTED = "evaluated in the study report; not in this bundle"
 #: Inputs that are neither deep features, radiomics features nor the CNN score.
 DEEP_FEATURE = re.compile(r"^deep_\d+$")
@@ -318,7 +320,7 @@ class Bundle:
             Not a bundle, an unknown version, missing/corrupt model files, or
             ``engine="onnx"`` for a bundle without an ONNX model.
         """
-        from buscad.utils import file_sha256
+        from buscad.utils import file_sha256, load_versioned_json
 
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
@@ -326,12 +328,7 @@ class Bundle:
         f = p / "bundle.json"
         if not f.is_file():
             raise ModelFileError(p, "not a buscad bundle (no bundle.json)")
-        try:
-            doc = json.loads(f.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise ModelFileError(f, f"not valid JSON ({exc})") from exc
-        if doc.get("format") != FORMAT or int(doc.get("version", 0)) > VERSION:
-            raise ModelFileError(f, f"not a {FORMAT} v{VERSION} file")
+        doc = load_versioned_json(f, FORMAT, SUPPORTED_VERSIONS, error=ModelFileError)
         deep = doc["models"]["deep"]
         spec_file = (p / deep["checkpoint"]).with_suffix(".json")
         try:

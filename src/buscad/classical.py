@@ -155,13 +155,36 @@ def make_classifier(name: str, C: float = 1.0, random_state: int | None = 0) -> 
     return factory(C, random_state)
 
 
-class _BinaryClassifierMixin(ClassifierMixin):
-    """Tags of buscad's binary (benign/malignant) classifiers."""
+class _TagsMixin:
+    """scikit-learn tags declared by class attributes: the one ``__sklearn_tags__`` of buscad.
+
+    ``_allow_nan``: accepts NaN in X; ``_string_input``: accepts string
+    columns; ``_requires_y``: whether ``fit`` needs ``y`` (None: scikit-learn's
+    default); ``_binary_only``: a classifier for two classes only.
+    """
+
+    _allow_nan: bool = False
+    _string_input: bool = False
+    _requires_y: bool | None = None
+    _binary_only: bool = False
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.classifier_tags.multi_class = False
+        if self._allow_nan:
+            tags.input_tags.allow_nan = True
+        if self._string_input:
+            tags.input_tags.string = True
+        if self._requires_y is not None:
+            tags.target_tags.required = self._requires_y
+        if self._binary_only and tags.classifier_tags is not None:
+            tags.classifier_tags.multi_class = False
         return tags
+
+
+class _BinaryClassifierMixin(_TagsMixin, ClassifierMixin):
+    """Tags of buscad's binary (benign/malignant) classifiers."""
+
+    _binary_only = True
 
 
 class PlattSVC(_BinaryClassifierMixin, BaseEstimator):
@@ -298,7 +321,7 @@ class _FittedSupport(SelectorMixin, BaseEstimator):
         return self.support_
 
 
-class FeatureSubset(_FittedSupport):
+class FeatureSubset(_TagsMixin, _FittedSupport):
     """Keep columns whose name matches ``include`` and not ``exclude`` (regular expressions).
 
     Parameters
@@ -336,12 +359,9 @@ class FeatureSubset(_FittedSupport):
         self.support_ = keep
         return self
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = True
-        tags.input_tags.string = True
-        tags.target_tags.required = False
-        return tags
+    _allow_nan = True
+    _string_input = True
+    _requires_y = False
 
 
 def icc_3_1(table: np.ndarray) -> float | np.ndarray:
@@ -383,7 +403,7 @@ def icc_3_1(table: np.ndarray) -> float | np.ndarray:
     return float(icc[0]) if squeeze else icc
 
 
-class ICCFilter(_FittedSupport):
+class ICCFilter(_TagsMixin, _FittedSupport):
     """Keep radiomics features that are stable under mask perturbation: ICC(3,1) ≥ threshold.
 
     The input holds, for every feature ``f``, its value on the original mask
@@ -472,19 +492,20 @@ class ICCFilter(_FittedSupport):
         self.support_ = support
         return self
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = True
-        tags.target_tags.required = False
-        return tags
+    _allow_nan = True
+    _requires_y = False
 
 
 def _spearman_matrix(X: np.ndarray) -> np.ndarray:
-    r = np.apply_along_axis(stats.rankdata, 0, X)
-    r = r - r.mean(axis=0)
-    sd = np.sqrt((r**2).sum(axis=0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        c = (r.T @ r) / np.outer(sd, sd)
+    """Spearman's rho between every pair of columns (``scipy.stats.spearmanr``); 0 where
+    a column is constant (rho undefined)."""
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        rho = stats.spearmanr(X, axis=0).statistic
+    c = np.atleast_2d(rho)
+    if c.shape != (X.shape[1], X.shape[1]):  # two columns: spearmanr returns a scalar
+        d = np.where(np.ptp(X, axis=0) > 0, 1.0, np.nan)
+        c = np.array([[d[0], float(rho)], [float(rho), d[1]]])
     return np.nan_to_num(c, nan=0.0)
 
 
@@ -846,48 +867,35 @@ def _infer_columns(
 def univariate_test(x: pd.Series, y: np.ndarray, kind: str) -> tuple[str, float]:
     """P-value of one clinical variable against the binary label (missing values left out).
 
-    ``kind="numeric"``: when both classes have ≥ 3 values and Shapiro-Wilk does
-    not reject normality in either (P > 0.05), Welch's t-test
-    ``t = (m1 - m0) / sqrt(s1²/n1 + s0²/n0)``; otherwise the Mann-Whitney U
-    test (two-sided). ``kind="categorical"``: the contingency table of
-    category × class; a 2 × 2 table with an expected count < 5 uses Fisher's
-    exact test, any other table Pearson's chi-square test
-    ``Σ (O - E)² / E`` (Yates-corrected for 2 × 2). Returns ``(test name, P)``;
-    P = 1 when the variable has fewer than 2 observed values per class or a
-    single category.
+    Delegates to buscad's one univariate-test policy,
+    :func:`buscad.evaluate.univariate.univariate_test` (the test Table 1 uses
+    too): ``kind="numeric"``: Welch's t ``t = (m1 - m0) / sqrt(s1²/n1 + s0²/n0)``
+    when Shapiro-Wilk does not reject normality (P > 0.05) in either class
+    (each with ≥ 3 values), else the two-sided Mann-Whitney U test;
+    ``kind="categorical"``: Pearson's chi-square ``Σ (O - E)² / E`` without
+    continuity correction, Fisher's exact test for a 2 × 2 table with an
+    expected count < 5. Returns ``(test name, P)``; ``("none", 1.0)`` when the
+    variable has fewer than 2 observed values in a class, is constant or has a
+    single category (it cannot be selected).
     """
+    from buscad.evaluate.univariate import univariate_test as policy
+
     ok = x.notna().to_numpy()
-    xv, yv = x[ok], y[ok]
-    if kind == "numeric":
-        v = pd.to_numeric(xv, errors="coerce").to_numpy(float)
-        a, b = v[yv == 1], v[yv == 0]
-        if len(a) < 2 or len(b) < 2 or np.ptp(v) == 0:
-            return "none", 1.0
-        normal = (
-            len(a) >= 3
-            and len(b) >= 3
-            and np.ptp(a) > 0
-            and np.ptp(b) > 0
-            and stats.shapiro(a).pvalue > 0.05
-            and stats.shapiro(b).pvalue > 0.05
-        )
-        if normal:
-            return "welch_t", float(stats.ttest_ind(a, b, equal_var=False).pvalue)
-        return "mann_whitney", float(stats.mannwhitneyu(a, b, alternative="two-sided").pvalue)
-    table = pd.crosstab(xv.astype(str), yv).reindex(columns=[0, 1], fill_value=0).to_numpy()
-    if table.shape[0] < 2 or (table.sum(axis=0) == 0).any():
+    yv = np.asarray(y)[ok]
+    if kind == "numeric" and min((yv == 1).sum(), (yv == 0).sum()) < 2:
         return "none", 1.0
-    expected = stats.contingency.expected_freq(table)
-    if table.shape == (2, 2) and expected.min() < 5:
-        return "fisher", float(stats.fisher_exact(table).pvalue)
-    return "chi2", float(stats.chi2_contingency(table).pvalue)
+    name, p = policy(x, np.asarray(y), kind)
+    if not np.isfinite(p):
+        return "none", 1.0
+    return name, p
 
 
-class ClinicalSelector(TransformerMixin, BaseEstimator):
+class ClinicalSelector(_TagsMixin, TransformerMixin, BaseEstimator):
     """Keep clinical variables that differ between the classes on the training rows (P < alpha).
 
-    Tests per :func:`univariate_test` (Welch t or Mann-Whitney U for numbers,
-    chi-square or Fisher's exact test for categories), on the observed values
+    Tests per :func:`univariate_test` (buscad's one policy, shared with Table 1:
+    Welch t or Mann-Whitney U for numbers, chi-square without continuity
+    correction or Fisher's exact test for categories), on the observed values
     of the rows passed to ``fit``. As in Yang et al. 2024, variables with
     P < 0.05 enter the clinical model.
 
@@ -965,11 +973,8 @@ class ClinicalSelector(TransformerMixin, BaseEstimator):
         check_is_fitted(self, "selected_")
         return {"type": "select_names", "names": list(self.selected_)}, {}
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = True
-        tags.input_tags.string = True
-        return tags
+    _allow_nan = True
+    _string_input = True
 
 
 def clinical_preprocessor(numeric: Sequence[str], categorical: Sequence[str]) -> ColumnTransformer:
@@ -1107,11 +1112,8 @@ class ClinicalModel(_WrappedClassifier):
         self.pipeline_.steps[2][1].fit(self.pipeline_.steps[1][1].transform(Xt), yb)
         return self
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = True
-        tags.input_tags.string = True
-        return tags
+    _allow_nan = True
+    _string_input = True
 
 
 # =============================================================================== US model
@@ -1230,11 +1232,8 @@ class USModel(_WrappedClassifier):
         ).fit(df, yb)
         return self
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = True
-        tags.input_tags.string = True
-        return tags
+    _allow_nan = True
+    _string_input = True
 
 
 # =============================================================================== DLR / CLDLR
@@ -1283,10 +1282,7 @@ class DLR(_WrappedClassifier):
         self.pipeline_.fit(df, yb)
         return self
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = True  # median imputation inside
-        return tags
+    _allow_nan = True
 
 
 class CLDLR(_WrappedClassifier):
@@ -1367,11 +1363,8 @@ class CLDLR(_WrappedClassifier):
         ).fit(df, yb)
         return self
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = True
-        tags.input_tags.string = True
-        return tags
+    _allow_nan = True
+    _string_input = True
 
 
 # =============================================================================== CV helpers

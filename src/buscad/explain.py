@@ -143,13 +143,13 @@ def make_gallery(
     path: str | os.PathLike[str],
 ) -> Path:
     """One PNG page: a row per image (input, then each method's overlay)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     n, k = len(crops), 1 + len(maps)
-    fig, axes = plt.subplots(n, k, figsize=(2.2 * k, 2.2 * n), squeeze=False)
+    fig = Figure(figsize=(2.2 * k, 2.2 * n))
+    FigureCanvasAgg(fig)  # object-oriented API: no pyplot, no global backend switch
+    axes = fig.subplots(n, k, squeeze=False)
     for i in range(n):
         axes[i, 0].imshow(crops[i], cmap="gray")
         axes[i, 0].set_title(f"{ids[i]}\nscore {scores[i]:.2f}", fontsize=7)
@@ -162,7 +162,6 @@ def make_gallery(
     p = Path(path)
     with atomic_path(p) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
     return p
 
 

@@ -38,7 +38,6 @@ The forward formulas:
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -46,10 +45,12 @@ from typing import Any
 import numpy as np
 
 from buscad.errors import ModelFileError
-from buscad.utils import atomic_path, atomic_write_json
+from buscad.utils import atomic_path, atomic_write_json, load_versioned_json
 
 FORMAT = "buscad-portable-sklearn"
 VERSION = 1
+#: Versions :func:`load_portable` reads.
+SUPPORTED_VERSIONS = (1,)
 
 
 class _Builder:
@@ -288,12 +289,7 @@ def load_portable(stem: str | os.PathLike[str]) -> PortableModel:
     for p in (js_path, st_path):
         if not p.exists():
             raise ModelFileError(p, "model file not found")
-    try:
-        doc = json.loads(js_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelFileError(js_path, f"not valid JSON ({exc})") from exc
-    if doc.get("format") != FORMAT or int(doc.get("version", 0)) > VERSION:
-        raise ModelFileError(js_path, f"not a {FORMAT} v{VERSION} file")
+    doc = load_versioned_json(js_path, FORMAT, SUPPORTED_VERSIONS, error=ModelFileError)
     try:
         arrays = load_file(str(st_path))
     except Exception as exc:

@@ -25,9 +25,10 @@ pyradiomics version. A small index keyed by the image and mask *file* bytes
 (SHA-256) and the perturbations points straight at a row's features, so a
 second run over the same files only hashes them and loads one JSON per image
 (an image re-encoded to other bytes with the same pixels still hits the
-per-array cache). Default folder
-``~/.cache/buscad/radiomics``, or ``$BUSCAD_CACHE/radiomics``; ``cache_dir``
-overrides both, ``cache_dir=False`` disables caching.
+per-array cache). Default folder: ``radiomics/`` under
+:func:`buscad.utils.cache_root` (``$BUSCAD_CACHE``, else
+``$XDG_CACHE_HOME/buscad`` or ``~/.cache/buscad``); ``cache_dir`` overrides
+it, ``cache_dir=False`` disables caching.
 
 Failures (unreadable image, missing/empty mask, lesion below the minimum ROI
 size, a pyradiomics error) are reported in :attr:`ExtractionResult.failures`
@@ -255,10 +256,10 @@ def perturb_mask(mask: np.ndarray, spec: str) -> np.ndarray:
 
 
 def default_cache_dir() -> Path:
-    """``$BUSCAD_CACHE/radiomics`` when set, else ``~/.cache/buscad/radiomics``."""
-    root = os.environ.get("BUSCAD_CACHE")
-    base = Path(root) if root else Path.home() / ".cache" / "buscad"
-    return base / "radiomics"
+    """``radiomics/`` under buscad's cache folder (:func:`buscad.utils.cache_root`)."""
+    from buscad.utils import cache_root
+
+    return cache_root() / "radiomics"
 
 
 def _quiet_pyradiomics() -> None:

@@ -24,7 +24,7 @@ def extract_cmd(
     cache_dir: Path | None = typer.Option(
         None,
         "--cache-dir",
-        help="Feature cache folder (default $BUSCAD_CACHE/radiomics or ~/.cache/buscad/radiomics).",
+        help="Feature cache folder (default radiomics/ under $BUSCAD_CACHE or ~/.cache/buscad).",
     ),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the cache."),
     lesions_only: bool = typer.Option(

@@ -7,11 +7,14 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from buscad.errors import InputFileError, ModelFileError
 
 
 @contextlib.contextmanager
@@ -110,13 +113,85 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"cannot serialise {type(o).__name__} to JSON")
 
 
-def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    """SHA-256 hex digest of a file's bytes."""
-    h = hashlib.sha256()
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 hex digest of a file's bytes (``hashlib.file_digest``)."""
     with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def cache_root() -> Path:
+    """buscad's one cache folder (not created here).
+
+    ``$BUSCAD_CACHE`` when set; else the deprecated ``$BUSCAD_CACHE_DIR`` (with a
+    ``DeprecationWarning``); else ``$XDG_CACHE_HOME/buscad``, or
+    ``~/.cache/buscad`` when ``XDG_CACHE_HOME`` is unset. Each user of the cache
+    takes a subfolder: ``audit/``, ``radiomics/``, ``weights/``.
+    """
+    root = os.environ.get("BUSCAD_CACHE")
+    if root:
+        return Path(root).expanduser()
+    old = os.environ.get("BUSCAD_CACHE_DIR")
+    if old:
+        warnings.warn(
+            "BUSCAD_CACHE_DIR is deprecated; set BUSCAD_CACHE instead",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return Path(old).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "buscad"
+
+
+def load_versioned_json(
+    path: str | os.PathLike[str],
+    kind: str,
+    supported_versions: int | Iterable[int],
+    error: type[InputFileError] = ModelFileError,
+) -> dict[str, Any]:
+    """Read a JSON document that declares ``{"format": kind, "version": v, ...}``.
+
+    The one loader of buscad's versioned files (bundles, portable models,
+    checkpoints).
+
+    Parameters
+    ----------
+    path : path-like
+        The JSON file.
+    kind : str
+        The expected ``format`` value, e.g. ``"buscad-bundle"``.
+    supported_versions : int or iterable of int
+        Versions this buscad reads.
+    error : type of InputFileError, default ModelFileError
+        Raised, naming the file, on a missing file, bad JSON, another format
+        or an unsupported version.
+
+    Returns
+    -------
+    dict
+        The document.
+    """
+    p = Path(path)
+    versions = (
+        {int(supported_versions)}
+        if isinstance(supported_versions, int)
+        else {int(v) for v in supported_versions}
+    )
+    if not p.is_file():
+        raise error(p, f"{kind} file not found")
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        raise error(p, f"not valid JSON ({exc})") from exc
+    if not isinstance(doc, dict) or doc.get("format") != kind:
+        found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise error(p, f"not a {kind} file (format={found!r})")
+    version = doc.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version not in versions:
+        readable = ", ".join(str(v) for v in sorted(versions))
+        raise error(
+            p, f"{kind} version {version!r} is not supported (this buscad reads {readable})"
+        )
+    return doc
 
 
 def stable_hash(obj: Any, length: int = 16) -> str:

@@ -293,14 +293,13 @@ class ImageRecord:
 def default_cache_dir() -> Path:
     """Folder of the audit's per-image cache.
 
-    ``$BUSCAD_CACHE_DIR`` when set, else ``$XDG_CACHE_HOME/buscad`` or
-    ``~/.cache/buscad``; the audit uses its ``audit/`` subfolder.
+    buscad's one cache folder, :func:`buscad.utils.cache_root` (``$BUSCAD_CACHE``,
+    else the deprecated ``$BUSCAD_CACHE_DIR``, else ``$XDG_CACHE_HOME/buscad`` or
+    ``~/.cache/buscad``); the audit uses its ``audit/`` subfolder.
     """
-    env = os.environ.get("BUSCAD_CACHE_DIR")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "buscad"
+    from buscad.utils import cache_root
+
+    return cache_root()
 
 
 def _record_key(sha: str, nd: NearDuplicateParams, ap: AnnotationParams) -> str:
@@ -1846,7 +1845,7 @@ def register(data_app: Any) -> None:
         ),
         seed: int = typer.Option(0, help="Seed of the shortcut cross-validation."),
         cache_dir: Path | None = typer.Option(
-            None, help="Cache folder (default $BUSCAD_CACHE_DIR or ~/.cache/buscad)."
+            None, help="Cache folder (default $BUSCAD_CACHE or ~/.cache/buscad)."
         ),
         no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the cache."),
     ) -> None:

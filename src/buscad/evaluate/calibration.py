@@ -36,9 +36,15 @@ def _rank_groups(p: np.ndarray, g: int) -> np.ndarray:
 
 
 def brier_score(y: np.ndarray, p: np.ndarray) -> float:
-    """Brier score ``BS = 1/N sum_i (p_i - y_i)^2`` (0 is perfect)."""
+    """Brier score ``BS = 1/N sum_i (p_i - y_i)^2`` (0 is perfect).
+
+    Computed by ``sklearn.metrics.brier_score_loss`` (positive class 1) after
+    buscad's checks (same length, no NaN, inside [0, 1]).
+    """
+    from sklearn.metrics import brier_score_loss
+
     y, p = _check_prob(y, p)
-    return float(np.mean((p - y) ** 2))
+    return float(brier_score_loss(y, p, pos_label=1))
 
 
 def reliability_curve(

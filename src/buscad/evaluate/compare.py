@@ -105,7 +105,8 @@ def mcnemar_test(
     (``correct=True``, R ``mcnemar.test`` default) or ``(b - c)^2/(b + c)``,
     referred to chi-square with 1 df. ``exact_p`` is the two-sided exact
     binomial p, ``min(1, 2 P(Bin(b + c, 1/2) <= min(b, c)))``. No discordant
-    pair gives ``X2 = 0, p = 1``.
+    pair gives ``X2 = 0, p = 1``. Computed by statsmodels'
+    :func:`statsmodels.stats.contingency_tables.mcnemar`.
     """
     if b is None or c is None:
         if pred1 is None or pred2 is None:
@@ -115,14 +116,16 @@ def mcnemar_test(
         if p1.shape != p2.shape:
             raise ValueError(f"mcnemar_test: {len(p1)} vs {len(p2)} decisions (not paired)")
         b, c = int(np.sum(p1 & ~p2)), int(np.sum(~p1 & p2))
-    nd = b + c
-    if nd == 0:
-        return McNemarTest(b, c, 0.0, 1.0, 1.0, correct)
-    num = (abs(b - c) - 1) ** 2 if correct else (b - c) ** 2
-    stat = float(num / nd)
-    p = float(stats.chi2.sf(stat, 1))
-    exact = float(min(1.0, 2 * stats.binom.cdf(min(b, c), nd, 0.5)))
-    return McNemarTest(int(b), int(c), stat, p, exact, correct)
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    if b + c == 0:
+        return McNemarTest(int(b), int(c), 0.0, 1.0, 1.0, correct)
+    table = np.array([[0, b], [c, 0]])
+    asym = mcnemar(table, exact=False, correction=correct)
+    exact = mcnemar(table, exact=True)
+    return McNemarTest(
+        int(b), int(c), float(asym.statistic), float(asym.pvalue), float(exact.pvalue), correct
+    )
 
 
 def delong_matrix(y: np.ndarray, scores: dict[str, np.ndarray]) -> pd.DataFrame:

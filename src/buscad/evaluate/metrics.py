@@ -279,20 +279,20 @@ def wilson_ci(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
     ``centre = (p + z^2/(2n)) / (1 + z^2/n)``,
     ``half = z/(1 + z^2/n) * sqrt(p(1-p)/n + z^2/(4 n^2))``,
     interval ``centre ± half``. Identical to R's ``prop.test(k, n, correct=FALSE)``.
-    ``n = 0`` gives ``(nan, nan)``.
+    ``n = 0`` gives ``(nan, nan)``. Computed by statsmodels'
+    ``proportion_confint(k, n, alpha, method="wilson")``; the bounds are
+    exactly 0 at ``k = 0`` and 1 at ``k = n``.
     """
     if n <= 0:
         return float("nan"), float("nan")
     if not 0 <= k <= n:
         raise ValueError(f"wilson_ci: need 0 <= k <= n, got k={k}, n={n}")
-    z = float(stats.norm.ppf(1 - alpha / 2))
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z / denom * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    lo = 0.0 if k == 0 else max(0.0, centre - half)
-    hi = 1.0 if k == n else min(1.0, centre + half)
-    return float(lo), float(hi)
+    from statsmodels.stats.proportion import proportion_confint
+
+    lo, hi = proportion_confint(k, n, alpha=alpha, method="wilson")
+    lo = 0.0 if k == 0 else max(0.0, float(lo))
+    hi = 1.0 if k == n else min(1.0, float(hi))
+    return lo, hi
 
 
 def proportion(k: int, n: int, alpha: float = 0.05) -> Proportion:

@@ -1,15 +1,19 @@
 """Figures: ROC, calibration and decision curves, confusion matrices.
 
-matplotlib with the Agg backend only. Figures are readable in greyscale print:
+matplotlib's object-oriented API only (``Figure`` + ``FigureCanvasAgg``): no
+pyplot, no global backend switch, no global rcParams change. Figures are readable in greyscale print:
 every model gets its own line style and marker, not only its own colour.
 Each figure is saved as PNG and SVG.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import warnings
+from collections.abc import Callable, Sequence
 from itertools import cycle
 from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -22,14 +26,38 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 COLOURS = ("#000000", "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9")
 
 
-def _plt():
-    import matplotlib
+P = ParamSpec("P")
+R = TypeVar("R")
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+#: Style of every figure, applied with ``matplotlib.rc_context`` (never globally).
+RC = {"font.size": 9, "svg.fonttype": "none", "savefig.dpi": 200}
 
-    plt.rcParams.update({"font.size": 9, "svg.fonttype": "none", "savefig.dpi": 200})
-    return plt
+
+def new_figure(figsize: tuple[float, float], **kw: Any) -> tuple[Any, Any]:
+    """A ``(Figure, Axes)`` pair drawn by its own Agg canvas (no pyplot, no backend switch).
+
+    Create it inside ``matplotlib.rc_context(RC)`` (the plot functions here do)
+    for buscad's style.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, **kw)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots()
+
+
+def _styled(fn: Callable[P, R]) -> Callable[P, R]:
+    """Run a plot function inside ``matplotlib.rc_context(RC)``."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        import matplotlib
+
+        with matplotlib.rc_context(RC):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def styles(n: int) -> list[dict]:
@@ -42,12 +70,13 @@ def styles(n: int) -> list[dict]:
 
 
 def save_figure(fig, stem: str | Path, formats: Sequence[str] = ("png", "svg")) -> list[Path]:
-    """Save ``fig`` as ``stem.png`` and ``stem.svg`` atomically and close it."""
-    plt = _plt()
+    """Save ``fig`` as ``stem.png`` and ``stem.svg`` atomically."""
+    import matplotlib
+
     paths = []
     for fmt in formats:
         path = Path(stem).with_suffix(f".{fmt}")
-        with atomic_path(path) as tmp:
+        with atomic_path(path) as tmp, matplotlib.rc_context(RC):
             fig.savefig(
                 tmp,
                 format=fmt,
@@ -55,7 +84,6 @@ def save_figure(fig, stem: str | Path, formats: Sequence[str] = ("png", "svg")) 
                 metadata={"Date": None} if fmt == "svg" else None,
             )
         paths.append(path)
-    plt.close(fig)
     return paths
 
 
@@ -63,23 +91,25 @@ def roc_points(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Empirical ROC curve ``(1 - specificity, sensitivity)`` over all distinct thresholds.
 
     Starts at (0, 0) (threshold above every score); one point per distinct score
-    (calls are ``score >= threshold``), so tied scores move the curve diagonally.
+    (calls are ``score >= threshold``), so tied scores move the curve diagonally:
+    ``sklearn.metrics.roc_curve(y, s, drop_intermediate=False)``. With one class
+    only, the undefined rate is 0.
     """
+    from sklearn.metrics import roc_curve
+
     y = np.asarray(y).astype(int).ravel()
     s = np.asarray(s, float).ravel()
-    order = np.argsort(-s, kind="mergesort")
-    ss, yy = s[order], y[order]
-    last = np.r_[ss[1:] != ss[:-1], True]
-    tp = np.cumsum(yy)[last]
-    fp = np.cumsum(1 - yy)[last]
-    n_pos, n_neg = max(int(y.sum()), 1), max(int(len(y) - y.sum()), 1)
-    return np.r_[0.0, fp / n_neg], np.r_[0.0, tp / n_pos]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # one class only: that rate is undefined, drawn as 0
+        fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
+    return np.nan_to_num(fpr, nan=0.0), np.nan_to_num(tpr, nan=0.0)
 
 
 def _markevery(n: int) -> int:
     return max(1, n // 8)
 
 
+@_styled
 def plot_roc(
     curves: dict[str, tuple[np.ndarray, np.ndarray]],
     aucs: dict[str, str],
@@ -92,8 +122,7 @@ def plot_roc(
     cases it scored); ``thresholds`` marks each model's operating point
     (filled marker).
     """
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    fig, ax = new_figure((4.2, 4.2))
     ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, linestyle=":", label="Chance")
     for (name, (y, s)), st in zip(curves.items(), styles(len(curves)), strict=True):
         fpr, tpr = roc_points(y, s)
@@ -131,10 +160,10 @@ def plot_roc(
     return fig
 
 
+@_styled
 def plot_calibration(curves: dict[str, pd.DataFrame], title: str):
     """Reliability curves (observed against mean predicted probability) with Wilson CIs."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    fig, ax = new_figure((4.2, 4.2))
     ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, linestyle=":", label="Ideal")
     for (name, c), st in zip(curves.items(), styles(len(curves)), strict=True):
         ax.errorbar(
@@ -161,10 +190,10 @@ def plot_calibration(curves: dict[str, pd.DataFrame], title: str):
     return fig
 
 
+@_styled
 def plot_decision_curve(dc: pd.DataFrame, title: str):
     """Net benefit against threshold probability for each model, treat-all and treat-none."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.0, 3.6))
+    fig, ax = new_figure((5.0, 3.6))
     models = [m for m in pd.unique(dc["strategy"]) if m not in ("treat all", "treat none")]
     ref = {
         "treat all": dict(color="0.45", lw=1.0, linestyle="--"),
@@ -198,13 +227,13 @@ def plot_decision_curve(dc: pd.DataFrame, title: str):
     return fig
 
 
+@_styled
 def plot_confusion(tp: int, fp: int, tn: int, fn: int, title: str):
     """Confusion matrix with counts and row percentages, greyscale shading."""
-    plt = _plt()
     m = np.array([[tn, fp], [fn, tp]], float)
     rows = m.sum(axis=1, keepdims=True)
     frac = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
-    fig, ax = plt.subplots(figsize=(2.8, 2.6))
+    fig, ax = new_figure((2.8, 2.6))
     ax.imshow(frac, cmap="Greys", vmin=0, vmax=1.4)
     for i in range(2):
         for j in range(2):

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
+from buscad.evaluate.univariate import (  # noqa: F401 - re-exported: Table 1 uses the one policy
+    MIN_EXPECTED,
+    NORMALITY_ALPHA,
+    compare_categorical,
+    compare_continuous,
+)
 from buscad.utils import atomic_write_table
-
-#: Shapiro–Wilk p above which a group is treated as normal (Table 1).
-NORMALITY_ALPHA = 0.05
-#: Smallest expected count for which the chi-square test is used (else Fisher).
-MIN_EXPECTED = 5.0
 
 
 def fmt_p(p: float) -> str:
@@ -33,55 +33,6 @@ def fmt_ci(v: float, lo: float, hi: float, digits: int = 3) -> str:
     return f"{v:.{digits}f} ({lo:.{digits}f}{sep}{hi:.{digits}f})"
 
 
-def _is_normal(groups: list[np.ndarray]) -> bool:
-    for g in groups:
-        if len(g) < 3:
-            return False
-        if np.ptp(g) == 0:
-            return False
-        if len(g) <= 5000 and stats.shapiro(g).pvalue <= NORMALITY_ALPHA:
-            return False
-    return True
-
-
-def compare_continuous(groups: list[np.ndarray]) -> tuple[str, float]:
-    """Test for a continuous variable across groups, chosen by normality.
-
-    All groups normal (Shapiro–Wilk p > 0.05): Welch's t test (2 groups) or
-    one-way ANOVA (> 2); otherwise Mann–Whitney U (2) or Kruskal–Wallis (> 2).
-    Returns ``(test name, p)``.
-    """
-    groups = [np.asarray(g, float)[~np.isnan(np.asarray(g, float))] for g in groups]
-    groups = [g for g in groups if len(g)]
-    if len(groups) < 2 or np.ptp(np.concatenate(groups)) == 0:
-        return "—", float("nan")
-    if _is_normal(groups):
-        if len(groups) == 2:
-            return "Welch t", float(stats.ttest_ind(*groups, equal_var=False).pvalue)
-        return "ANOVA", float(stats.f_oneway(*groups).pvalue)
-    if len(groups) == 2:
-        return "Mann–Whitney U", float(stats.mannwhitneyu(*groups).pvalue)
-    return "Kruskal–Wallis", float(stats.kruskal(*groups).pvalue)
-
-
-def compare_categorical(table: pd.DataFrame) -> tuple[str, float]:
-    """Test of independence for a levels x groups count table, chosen by expected counts.
-
-    Chi-square (no continuity correction) when every expected count is at
-    least 5; otherwise Fisher's exact test for a 2 x 2 table, or the
-    chi-square test flagged ``(low counts)`` for larger tables.
-    """
-    t = table.loc[table.sum(axis=1) > 0, table.sum(axis=0) > 0]
-    if t.shape[0] < 2 or t.shape[1] < 2:
-        return "—", float("nan")
-    _chi2, p, _, expected = stats.chi2_contingency(t.to_numpy(), correction=False)
-    if expected.min() >= MIN_EXPECTED:
-        return "chi-square", float(p)
-    if t.shape == (2, 2):
-        return "Fisher exact", float(stats.fisher_exact(t.to_numpy()).pvalue)
-    return "chi-square (low counts)", float(p)
-
-
 def table1(
     df: pd.DataFrame,
     group_col: str,
@@ -91,9 +42,11 @@ def table1(
     """Table 1: baseline characteristics per group with a P value per variable.
 
     Continuous variables: mean ± SD when every group is normal, else median
-    [IQR], with the test of :func:`compare_continuous`; categorical variables
-    (non-numeric, or listed in ``categorical``, or numeric with <= 5 levels):
-    n (%) per level with :func:`compare_categorical`. Missing values are counted
+    [IQR]; categorical variables (non-numeric, or listed in ``categorical``, or
+    numeric with <= 5 levels): n (%) per level. P values follow buscad's one
+    univariate-test policy (:mod:`buscad.evaluate.univariate`, also used by the
+    clinical model's selector): :func:`compare_continuous` and
+    :func:`compare_categorical`. Missing values are counted
     in a ``missing`` row when present.
     """
     categorical = set(categorical or [])

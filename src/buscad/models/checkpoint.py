@@ -24,7 +24,7 @@ import buscad._compat  # noqa: F401
 from buscad.errors import ModelFileError
 from buscad.models.heads import CLASS_ORDER, BuscadClassifier
 from buscad.preprocess import Preprocessor
-from buscad.utils import atomic_path, atomic_write_json, file_sha256
+from buscad.utils import atomic_path, atomic_write_json, file_sha256, load_versioned_json
 
 FORMAT = "buscad-classifier"
 VERSION = 1
@@ -100,21 +100,11 @@ def save_checkpoint(
 
 
 def read_spec(path: str | os.PathLike[str]) -> dict:
-    """The JSON spec of a checkpoint (validated)."""
-    import json
-
+    """The JSON spec of a checkpoint (validated: format and version, as every versioned file)."""
     jpath = _stem(path).with_suffix(".json")
     if not jpath.is_file():
         raise ModelFileError(jpath, "checkpoint spec (JSON) not found")
-    try:
-        doc = json.loads(jpath.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelFileError(jpath, f"unreadable checkpoint spec ({exc})") from exc
-    if doc.get("format") != FORMAT:
-        raise ModelFileError(
-            jpath, f"not a buscad classifier checkpoint (format={doc.get('format')!r})"
-        )
-    return doc
+    return load_versioned_json(jpath, FORMAT, (VERSION,), error=ModelFileError)
 
 
 def load_checkpoint(

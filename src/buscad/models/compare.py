@@ -88,13 +88,11 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 def plot_roc(preds: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     """ROC curves of every backbone on the test set (solid) and train set (dotted)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from sklearn.metrics import roc_curve
 
-    fig, ax = plt.subplots(figsize=(5, 5))
+    from buscad.evaluate.plots import new_figure
+
+    fig, ax = new_figure((5, 5))
     for i, (name, g) in enumerate(preds.groupby("backbone", sort=False)):
         colour = f"C{i % 10}"
         for split, style in (("test", "-"), ("train", ":")):
@@ -111,7 +109,6 @@ def plot_roc(preds: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     with atomic_path(p) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
     return p
 
 

@@ -28,15 +28,12 @@ from torch import nn
 
 import buscad._compat  # noqa: F401
 from buscad.errors import ModelFileError
-from buscad.utils import file_sha256
+from buscad.utils import cache_root, file_sha256
 
 
 def cache_dir() -> Path:
-    """buscad's weights cache: ``$BUSCAD_CACHE`` or ``~/.cache/buscad``, plus ``/weights``."""
-    base = os.environ.get("BUSCAD_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "buscad"
-    )
-    return Path(base) / "weights"
+    """buscad's weights cache: ``weights/`` under :func:`buscad.utils.cache_root`."""
+    return cache_root() / "weights"
 
 
 def load_weights_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:

@@ -747,14 +747,6 @@ def model_metrics(y: np.ndarray, s: np.ndarray, threshold: float = 0.5) -> dict:
 
 
 # --------------------------------------------------------------------- figure
-def _roc_points(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    thr = np.unique(s)[::-1]
-    pos, neg = max(int(y.sum()), 1), max(int((1 - y).sum()), 1)
-    tpr = [0.0] + [float(np.sum((s >= t) & (y == 1)) / pos) for t in thr]
-    fpr = [0.0] + [float(np.sum((s >= t) & (y == 0)) / neg) for t in thr]
-    return np.asarray(fpr), np.asarray(tpr)
-
-
 def roc_figure(
     reads: pd.DataFrame,
     truth: pd.Series,
@@ -766,13 +758,13 @@ def roc_figure(
     filled: with AI) and the model's ROC curve when given."""
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from buscad.evaluate.plots import new_figure
+    from buscad.evaluate.plots import roc_points as _roc_points
 
     df, _ = _with_truth(reads, truth)
     thr = cut_rank(cut)
-    fig, ax = plt.subplots(figsize=(5.5, 5.5), dpi=110)
-    colours = plt.get_cmap("tab10")
+    fig, ax = new_figure((5.5, 5.5), dpi=110)
+    colours = matplotlib.colormaps["tab10"]
     for k, (rid, g) in enumerate(df.groupby("reader_id", sort=True)):
         col = colours(k % 10)
         for rnd, ls, mk in ((1, "--", "o"), (2, "-", "o")):
@@ -801,7 +793,6 @@ def roc_figure(
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    plt.close(fig)
     return buf.getvalue()
 
 
