@@ -3,9 +3,11 @@
 The report holds the image with the region read, the Grad-CAM overlay, the AI
 score with the bundle's threshold and decision, the BI-RADS-aligned likelihood
 band with its decision-support note, each model's score, the bundle's name and
-version, and the date of the report. It holds no patient identifier: no file
-name, no DICOM header value, nothing the user typed except clinical inputs the
-models used.
+version, and the date of the report. It copies no file name and no DICOM header
+value, and nothing the user typed except clinical inputs the models used. The
+image itself is shown as uploaded: text burned into its pixels (names, IDs,
+dates) is not removed, so the report carries the reader's burned-in-text
+warning when there is one.
 """
 
 from __future__ import annotations
@@ -129,7 +131,7 @@ def render_html(pred: Prediction, gray: np.ndarray, ctx: ReportContext) -> str:
 <style>{REPORT_CSS}</style></head><body>
 <h1>buscad case report: AI decision support</h1>
 <div class="sub">Report date {e(ctx.date_text)} · model bundle {e(ctx.bundle_name)}{version}
- · buscad {e(__version__)} · image {w}×{h} pixels · no patient identifiers are shown or stored</div>
+ · buscad {e(__version__)} · image {w}×{h} pixels · no file name or DICOM header value; text burned into the image is not removed</div>
 {warn_html}<div class="figs">
 <figure><img src="{img}" alt="Image with the region read"><figcaption>Image; green box: the
 region the models read ({e(ROI_TEXT.get(pred.roi_source, pred.roi_source))})</figcaption></figure>
@@ -158,7 +160,7 @@ def render_pdf(pred: Prediction, gray: np.ndarray, ctx: ReportContext) -> bytes:
         0.06,
         0.945,
         f"Report date {ctx.date_text} · model bundle {ctx.bundle_name}{version} · "
-        f"buscad {__version__} · no patient identifiers",
+        f"buscad {__version__} · no file name or DICOM header value (burned-in text is not removed)",
         fontsize=8,
         color="#444",
     )
