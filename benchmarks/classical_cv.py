@@ -46,19 +46,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from buscad.classical import (
-    CLDLR,
-    DLR,
-    ClinicalModel,
-    StackingIntegrator,
-    USModel,
-    cross_val_predict_grouped,
-    export_radscore_formula,
-    make_folds,
-    radiomics_pipeline,
-)
+from buscad.classical.clinical import ClinicalModel
+from buscad.classical.cv import cross_val_predict_grouped, make_folds
+from buscad.classical.deep import CLDLR, DLR
+from buscad.classical.fusion import StackingIntegrator
+from buscad.classical.lexicon import USModel
+from buscad.classical.radscore import export_radscore_formula, radiomics_pipeline
 from buscad.data.manifest import Manifest
-from buscad.evaluate.metrics import auc_ci, delong_test
+from buscad.evaluate.delong import auc_ci, delong_test
 from buscad.utils import atomic_write_json, atomic_write_table, atomic_write_text
 
 BASELINE = {"busi_to_breast_mean_fusion": 0.823}
@@ -185,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         rad = pd.read_parquet(args.radiomics)
         rad = rad.set_index("image_id") if "image_id" in rad.columns else rad
     else:
-        from buscad.radiomics import extract_features
+        from buscad.radiomics.extract import extract_features
 
         res = extract_features(man, args.params, n_jobs=args.jobs, progress=True)
         for line in res.failures:

@@ -50,9 +50,10 @@ import pandas as pd
 import buscad._compat  # noqa: F401
 from buscad.data.io import read_image, read_mask
 from buscad.data.manifest import Manifest
-from buscad.evaluate.metrics import auc_ci, binary_metrics, youden_threshold
+from buscad.evaluate.delong import auc_ci
+from buscad.evaluate.metrics import binary_metrics, youden_threshold
+from buscad.models.preprocess import resize, roi_box
 from buscad.models.train import TrainConfig, load_crops, predict_crops, train_model
-from buscad.preprocess import resize, roi_box
 from buscad.utils import atomic_write_json, atomic_write_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -337,7 +338,7 @@ def _compare(work: Path, models: list[str]) -> dict:
     The ensemble score of a case is the mean of the models' out-of-fold
     probabilities; its threshold is not reported (AUC only).
     """
-    from buscad.evaluate.metrics import delong_test
+    from buscad.evaluate.delong import delong_test
 
     oof = {
         m: pd.concat(
@@ -445,7 +446,7 @@ def train_partial(sub: Manifest, cfg: TrainConfig, cache: FrozenCache, wd: Path)
     import torch
     from torch import nn
 
-    from buscad.evaluate.metrics import roc_auc
+    from buscad.evaluate.delong import roc_auc
     from buscad.models.checkpoint import save_checkpoint
     from buscad.models.registry import create_backbone
     from buscad.models.train import _lr_lambda, split_train_val

@@ -36,10 +36,10 @@ import numpy as np
 import torch
 
 import buscad._compat  # noqa: F401
-from buscad.explain import compute_cam
+from buscad.explain.cam import compute_cam
 from buscad.models.onnx import OnnxClassifier, export_onnx, scale_cam
+from buscad.models.preprocess import Preprocessor
 from buscad.models.registry import create_backbone, get_spec
-from buscad.preprocess import Preprocessor
 from buscad.utils import atomic_write_json
 
 REPO = Path(__file__).resolve().parents[1]

@@ -106,7 +106,7 @@ class TorchStandIn:
         import torch.nn.functional as F
         from PIL import Image
 
-        from buscad.bundle_types import Prediction, likelihood_band
+        from buscad.bundle.types import Prediction, likelihood_band
 
         t0 = time.perf_counter()
         h, w = gray.shape

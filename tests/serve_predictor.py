@@ -1,6 +1,6 @@
 """Web-app test helpers: a small real (non-constant) predictor, and a DICOM with patient data.
 
-It follows :class:`buscad.bundle_types.Predictor` honestly: the region read is
+It follows :class:`buscad.bundle.types.Predictor` honestly: the region read is
 the mask's bounding box, else the box, else the whole image; the score of the
 ``contrast`` model rises when the region is darker than its surroundings (as
 malignant-looking phantom lesions are), the ``texture`` model's score rises
@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from scipy import ndimage
 
-from buscad.bundle_types import Prediction, likelihood_band
+from buscad.bundle.types import Prediction, likelihood_band
 
 
 def _sigmoid(x: float) -> float:

@@ -12,16 +12,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from buscad.data.audit import (
-    AnnotationParams,
-    annotation_marks,
-    colour_overlay_fraction,
-    mask_geometry,
-    near_duplicate_groups,
-    run_audit,
-    scan_images,
-    shortcut_auc,
-)
+from buscad.data.audit.annotations import AnnotationParams, annotation_marks
+from buscad.data.audit.duplicates import near_duplicate_groups
+from buscad.data.audit.masks import mask_geometry
+from buscad.data.audit.run import run_audit
+from buscad.data.audit.scan import colour_overlay_fraction, scan_images
+from buscad.data.audit.shortcuts import shortcut_auc
 from buscad.data.manifest import Manifest
 from buscad.data.phantom import generate_cohort
 

@@ -14,8 +14,8 @@ from tests.synth_files import gradient, write_png
 from typer.testing import CliRunner
 
 from buscad.cli import app
-from buscad.data import importers
-from buscad.data.importers import import_dataset
+from buscad.data.importers import registry as importers
+from buscad.data.importers.registry import import_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import malformed

@@ -16,27 +16,24 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from buscad.classical import (
-    CLDLR,
-    DLR,
-    ClinicalModel,
-    ClinicalSelector,
+from buscad.classical.base import PlattSVC
+from buscad.classical.clinical import ClinicalModel, ClinicalSelector, univariate_test
+from buscad.classical.cv import cross_val_predict_grouped, make_folds
+from buscad.classical.deep import CLDLR, DLR
+from buscad.classical.fusion import StackingIntegrator
+from buscad.classical.lexicon import LexiconEncoder, USModel
+from buscad.classical.radscore import (
+    RadScore,
+    apply_radscore_formula,
+    export_radscore_formula,
+    radiomics_pipeline,
+)
+from buscad.classical.selection import (
     FeatureSubset,
     ICCFilter,
     LassoSelector,
-    LexiconEncoder,
-    PlattSVC,
-    RadScore,
     SpearmanRedundancyFilter,
-    StackingIntegrator,
-    USModel,
-    apply_radscore_formula,
-    cross_val_predict_grouped,
-    export_radscore_formula,
     icc_3_1,
-    make_folds,
-    radiomics_pipeline,
-    univariate_test,
 )
 
 _BINARY_TRANSFORMER = "LassoSelector needs a binary target; transformer checks feed 3-4 classes"
@@ -96,13 +93,17 @@ def test_every_public_estimator_is_checked_or_listed_with_a_reason() -> None:
     from sklearn.base import BaseEstimator
 
     import buscad.classical as classical
+    import buscad.radiomics as radiomics
 
+    # every estimator defined in the classical package (and the radiomics transformer)
+    exported = {n: getattr(classical, n) for n in classical.__all__}
+    exported["RadiomicsExtractor"] = radiomics.RadiomicsExtractor
     public = {
         name
-        for name, obj in vars(classical).items()
+        for name, obj in exported.items()
         if inspect.isclass(obj)
         and issubclass(obj, BaseEstimator)
-        and obj.__module__ == classical.__name__
+        and obj.__module__.startswith(("buscad.classical.", "buscad.radiomics."))
         and not name.startswith("_")
     }
     checked = {type(e).__name__ for e in _CHECKED}
@@ -228,7 +229,7 @@ def _leak_data(seed: int = 0) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
 def test_lasso_inside_cv_never_sees_test_rows() -> None:
     from sklearn.preprocessing import StandardScaler
 
-    from buscad.evaluate.metrics import roc_auc
+    from buscad.evaluate.delong import roc_auc
 
     X, y, folds = _leak_data()
     pipe = Pipeline(
@@ -456,7 +457,7 @@ def _deep_table(n: int = 150, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray, 
 
 def test_dlr_cldlr_and_grouped_cv() -> None:
     X, y, groups = _deep_table()
-    from buscad.evaluate.metrics import roc_auc
+    from buscad.evaluate.delong import roc_auc
 
     dlr = cross_val_predict_grouped(DLR(include="^deep_"), X, y, groups=groups)
     cld = cross_val_predict_grouped(CLDLR(include="^deep_", numeric=["age"]), X, y, groups=groups)

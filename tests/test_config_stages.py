@@ -9,7 +9,7 @@ import pytest
 
 from buscad.config import load_config
 from buscad.errors import ConfigError
-from buscad.stages import StageRunner
+from buscad.study.stages import StageRunner
 
 
 def _write(tmp_path, text):
@@ -104,14 +104,14 @@ def test_stage_runner_failed_stage_leaves_no_folder(tmp_path):
     ],
 )
 def test_likelihood_band_boundaries(p, cat):
-    from buscad.bundle_types import likelihood_band
+    from buscad.bundle.types import likelihood_band
 
     band = likelihood_band(p)
     assert band.category == cat and "Decision support only" in band.note
 
 
 def test_likelihood_band_rejects():
-    from buscad.bundle_types import likelihood_band
+    from buscad.bundle.types import likelihood_band
 
     with pytest.raises(ValueError, match="within"):
         likelihood_band(float("nan"))

@@ -79,7 +79,7 @@ def test_registry_lists_every_required_backbone():
 
 @pytest.mark.parametrize("name", list(REGISTRY))
 def test_backbone_forward_softmax_features_and_cam(name):
-    from buscad.explain import compute_cam
+    from buscad.explain.cam import compute_cam
 
     m = built(name)
     s = small_size(name)
@@ -115,7 +115,7 @@ def test_rcdnet_has_cbam_and_depthwise_convs():
 
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++", "hirescam", "saliency"])
 def test_every_explanation_method_has_input_shape(method):
-    from buscad.explain import compute_cam
+    from buscad.explain.cam import compute_cam
 
     m = built("rcdnet")
     x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(2))
@@ -125,7 +125,7 @@ def test_every_explanation_method_has_input_shape(method):
 
 
 def test_unknown_cam_method_is_an_error():
-    from buscad.explain import compute_cam
+    from buscad.explain.cam import compute_cam
 
     with pytest.raises(ConfigError, match="unknown explanation 'grad'"):
         compute_cam(built("rcdnet"), torch.zeros(1, 3, 64, 64), "grad")
@@ -194,7 +194,7 @@ def test_weights_from_user_file_and_from_hub_cache(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", ["rcdnet", "efficientnet_lite0", "vit_b_16"])
 def test_checkpoint_round_trips_bit_for_bit(tmp_path, name):
     from buscad.models.checkpoint import load_checkpoint, save_checkpoint
-    from buscad.preprocess import Preprocessor
+    from buscad.models.preprocess import Preprocessor
 
     m = built(name)
     s = small_size(name)
@@ -257,7 +257,7 @@ def test_onnx_matches_pytorch(tmp_path, name):
 @pytest.mark.parametrize("name", ["rcdnet", "efficientnet_lite0", "mobilenet_v3_large", "resnet50"])
 def test_onnx_explain_gives_score_features_and_pytorch_grad_cam(tmp_path, name):
     """The exported graph's analytic Grad-CAM equals pytorch-grad-cam's (autograd) map."""
-    from buscad.explain import compute_cam
+    from buscad.explain.cam import compute_cam
     from buscad.models.onnx import OnnxClassifier, export_onnx, scale_cam
 
     m = built(name)
@@ -286,7 +286,7 @@ def test_onnx_explain_refuses_layers_not_average_pooled(tmp_path, name):
 def test_heatmap_colours_are_matplotlib_jet():
     from matplotlib import colormaps
 
-    from buscad.heatmap import colorize
+    from buscad.explain.heatmap import colorize
 
     v = np.linspace(0, 1, 10001)
     np.testing.assert_allclose(colorize(v), colormaps["jet"](v)[:, :3], atol=1e-12)
@@ -294,7 +294,7 @@ def test_heatmap_colours_are_matplotlib_jet():
 
 # ------------------------------------------------------------- preprocessing
 def test_roi_box_adds_margin_and_clips():
-    from buscad.preprocess import roi_box
+    from buscad.models.preprocess import roi_box
 
     mask = np.zeros((100, 200), bool)
     mask[40:60, 50:150] = True  # 20 x 100 box
@@ -306,7 +306,7 @@ def test_roi_box_adds_margin_and_clips():
 
 
 def test_preprocessor_roi_whole_and_json(phantom_cohort):
-    from buscad.preprocess import Preprocessor
+    from buscad.models.preprocess import Preprocessor
 
     pre = Preprocessor(input_size=48, margin=0.2)
     crop = pre.load(phantom_cohort.image_path(0), phantom_cohort.mask_paths(0))
@@ -324,7 +324,7 @@ def test_preprocessor_roi_whole_and_json(phantom_cohort):
 
 
 def test_augment_is_seeded_and_stays_in_range():
-    from buscad.preprocess import Augment
+    from buscad.models.preprocess import Augment
 
     x = torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(0))
     aug = Augment()
@@ -397,8 +397,8 @@ def test_training_is_deterministic_and_resumes(tmp_path, split_cohort):
 
 
 def test_predict_scores_on_manifest_skips_unreadable(tmp_path, split_cohort):
+    from buscad.models.preprocess import Preprocessor
     from buscad.models.train import predict_scores
-    from buscad.preprocess import Preprocessor
 
     m = split_cohort.subset(np.arange(4))
     df = m.df.copy()
@@ -411,7 +411,7 @@ def test_predict_scores_on_manifest_skips_unreadable(tmp_path, split_cohort):
 
 
 def test_compare_backbones_writes_table_and_roc(tmp_path, split_cohort):
-    from buscad.models.compare import TABLE_COLUMNS, compare_backbones
+    from buscad.models.select import TABLE_COLUMNS, compare_backbones
 
     t = compare_backbones(split_cohort, ["rcdnet", "mobilenet_v2"], _cfg(max_steps=2), tmp_path)
     assert list(t.columns) == TABLE_COLUMNS
@@ -433,7 +433,7 @@ def test_compare_backbones_writes_table_and_roc(tmp_path, split_cohort):
 
 def test_features_parquet_keyed_by_image_id(tmp_path, split_cohort):
     from buscad.models.features import extract_features, write_features
-    from buscad.preprocess import Preprocessor
+    from buscad.models.preprocess import Preprocessor
 
     m = split_cohort.subset(np.arange(5))
     pre = Preprocessor(input_size=64, mean=(0.5,) * 3, std=(0.5,) * 3)
@@ -452,8 +452,8 @@ def test_features_parquet_keyed_by_image_id(tmp_path, split_cohort):
 def test_explain_manifest_writes_overlays_and_gallery(tmp_path, split_cohort):
     from PIL import Image
 
-    from buscad.explain import explain_manifest
-    from buscad.preprocess import Preprocessor
+    from buscad.explain.cam import explain_manifest
+    from buscad.models.preprocess import Preprocessor
 
     pre = Preprocessor(input_size=64, mean=(0.5,) * 3, std=(0.5,) * 3)
     t = explain_manifest(

@@ -11,7 +11,7 @@ from tests.synth_files import gradient, write_dicom
 from typer.testing import CliRunner
 
 from buscad.cli import app
-from buscad.data.importers import import_dataset
+from buscad.data.importers.registry import import_dataset
 from buscad.data.io import (
     ImageMeta,
     burned_in_warning,

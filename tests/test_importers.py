@@ -16,7 +16,12 @@ from typer.testing import CliRunner
 
 from buscad.cli import app
 from buscad.data import importers as imp
-from buscad.data.importers import IMPORTERS, import_dataset, importer_options, register_importer
+from buscad.data.importers.registry import (
+    IMPORTERS,
+    import_dataset,
+    importer_options,
+    register_importer,
+)
 from buscad.data.io import quiet_dicom, read_image, read_mask
 from buscad.data.manifest import Manifest
 from buscad.errors import ConfigError, InputFileError

@@ -6,14 +6,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from buscad.evaluate.metrics import (
-    auc_ci,
-    binary_metrics,
-    delong_components,
-    delong_test,
-    roc_auc,
-    youden_threshold,
-)
+from buscad.evaluate.delong import auc_ci, delong_components, delong_test, roc_auc
+from buscad.evaluate.metrics import binary_metrics, youden_threshold
 
 
 @pytest.mark.parametrize("seed", range(5))

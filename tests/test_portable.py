@@ -16,8 +16,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
+from buscad.bundle.portable import load_portable, save_portable
 from buscad.errors import ModelFileError
-from buscad.portable import load_portable, save_portable
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +176,7 @@ def test_classical_models_round_trip(tmp_path, name):
     if name == "clinical_prior":  # no age in training: the prior-only fallback
         Xtr = Xtr.assign(age=np.nan)
     est = _classical_models()[name].fit(Xtr, y[:100])
-    from buscad.classical import model_inputs
+    from buscad.classical.inputs import model_inputs
 
     used = model_inputs(est)
     expect = {

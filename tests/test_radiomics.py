@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 from buscad.data.manifest import Manifest
 from buscad.data.phantom import generate_cohort
 from buscad.errors import ConfigError
-from buscad.radiomics import (
+from buscad.radiomics.estimator import RadiomicsExtractor
+from buscad.radiomics.extract import (
     DEFAULT_PARAMS,
-    RadiomicsExtractor,
     extract_arrays,
     extract_features,
     load_params,
@@ -227,7 +227,7 @@ def test_a_phantom_gives_finite_features_of_every_class(tmp_path: Path) -> None:
 def test_second_run_reads_everything_from_the_cache(
     small_cohort: Manifest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import buscad.radiomics as rad
+    import buscad.radiomics.extract as rad
 
     cache = tmp_path / "cache"
     first = extract_features(small_cohort, cache_dir=cache)
@@ -346,7 +346,7 @@ def test_restricted_params_compute_only_the_named_features_with_the_same_values(
     tmp_path: Path,
 ) -> None:
     from buscad.data.io import read_image, read_mask
-    from buscad.radiomics import extract_arrays, restrict_params
+    from buscad.radiomics.extract import extract_arrays, restrict_params
 
     man = generate_cohort(2, tmp_path, seed=3)
     gray, _ = read_image(man.image_path(0))

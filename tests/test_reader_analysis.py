@@ -12,17 +12,13 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
+from buscad.data.birads import BIRADS_RANK, birads_rank, cut_rank
+from buscad.evaluate.mrmc import jackknife_auc_cov, or_analysis, or_analysis_long
 from buscad.reader.analysis import (
-    BIRADS_RANK,
     analyze,
-    birads_rank,
     check_reads,
-    cut_rank,
-    jackknife_auc_cov,
     load_truth,
     mcnemar,
-    or_analysis,
-    or_analysis_long,
     paired_tests,
     reader_metrics,
 )

@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from buscad.data.groups import split_groups
 from buscad.data.manifest import Manifest
-from buscad.data.splits import _greedy_assign, assign_splits, describe_splits, split_groups
+from buscad.data.splits import _greedy_assign, assign_splits, describe_splits
 
 
 def _cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -21,7 +22,7 @@ def _cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def messy_grouped(messy_phantoms, tmp_path_factory):
     """The messy phantoms with their near-duplicate groups computed once."""
-    from buscad.data.audit import near_duplicate_groups
+    from buscad.data.audit.duplicates import near_duplicate_groups
 
     dup = near_duplicate_groups(messy_phantoms, cache_dir=_cache(tmp_path_factory))
     return messy_phantoms.with_columns(dup_group=dup.to_numpy())
@@ -227,7 +228,7 @@ def test_busi_grouped_split_keeps_groups_together(busi_dir, tmp_path_factory):
     are the near-duplicate groups."""
     import re
 
-    from buscad.data.audit import near_duplicate_groups
+    from buscad.data.audit.duplicates import near_duplicate_groups
 
     rows = []
     for label in ("benign", "malignant", "normal"):

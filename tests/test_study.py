@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from buscad.config import config_from_dict
-from buscad.study import READER_MODEL, SHORTCUT_MODELS, run_study
+from buscad.study.runner import READER_MODEL, SHORTCUT_MODELS, run_study
 
 SMALL = {
     "name": "small",
@@ -164,8 +164,8 @@ def test_deep_feature_columns_exclude_fold_and_score_columns():
     """DLR/CLDLR must read only the CNN's features, never the CV fold index or the AI score."""
     import numpy as np
 
-    from buscad.classical import FeatureSubset
-    from buscad.study import DEEP_FEATURES
+    from buscad.classical.selection import FeatureSubset
+    from buscad.study.fit import DEEP_FEATURES
 
     cols = ["deep_0000", "deep_0001", "deep_fold", "deep_oof", "deep_final", "age"]
     df = pd.DataFrame(np.ones((4, len(cols))), columns=cols)
@@ -182,7 +182,7 @@ def test_bundle_predict_and_serve(small_run, tmp_path):
     from fastapi.testclient import TestClient
     from typer.testing import CliRunner
 
-    from buscad.bundle import Bundle
+    from buscad.bundle.bundle import Bundle
     from buscad.cli import app
     from buscad.data.io import read_image, read_mask
     from buscad.data.manifest import Manifest
@@ -304,7 +304,7 @@ def test_bundle_predict_and_serve(small_run, tmp_path):
 def test_manifest_fingerprint_follows_content_not_mtime(tmp_path):
     """Re-extracting a dataset (new mtimes, same bytes) keeps the cache; new bytes do not."""
     from buscad.data.phantom import generate_cohort
-    from buscad.study import _manifest_fingerprint
+    from buscad.study.cohorts import _manifest_fingerprint
 
     m = generate_cohort(6, tmp_path / "d", seed=1)
     mf = tmp_path / "d" / "manifest.csv"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from buscad.bundle import Bundle
+from buscad.bundle.bundle import Bundle
 from buscad.errors import ConfigError, ModelFileError
 from buscad.utils import cache_root, file_sha256, load_versioned_json
 
@@ -93,9 +93,9 @@ def test_cache_root_rules(monkeypatch, tmp_path):
 
 
 def test_every_cache_user_follows_cache_root(monkeypatch, tmp_path):
-    from buscad.data.audit import default_cache_dir as audit_cache
+    from buscad.data.audit.scan import default_cache_dir as audit_cache
     from buscad.models.weights import cache_dir as weights_cache
-    from buscad.radiomics import default_cache_dir as radiomics_cache
+    from buscad.radiomics.extract import default_cache_dir as radiomics_cache
 
     monkeypatch.delenv("BUSCAD_CACHE_DIR", raising=False)
     monkeypatch.delenv("BUSCAD_CACHE", raising=False)

@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from buscad.bundle_types import DECISION_SUPPORT_NOTE, likelihood_band
+from buscad.bundle.types import DECISION_SUPPORT_NOTE, likelihood_band
 from buscad.data.io import read_image, read_mask
 from buscad.data.phantom import generate_cohort
 from buscad.serve.app import WHOLE_IMAGE_NOTE, create_app

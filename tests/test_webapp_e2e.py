@@ -95,7 +95,7 @@ def server(cohort, tmp_path_factory: pytest.TempPathFactory):
     tokens = {"R07": st.issue_reader_token("R07"), "organiser": st.issue_organiser_token()}
     bundle = os.environ.get("BUSCAD_SCREENSHOT_BUNDLE")
     if bundle:
-        from buscad.bundle import Bundle
+        from buscad.bundle.bundle import Bundle
 
         predictor = Bundle.load(bundle)
     else:

@@ -2,7 +2,7 @@
 
 Used where importing the defining module eagerly would make a light command
 heavy: ``buscad.data`` (pandas), ``buscad.evaluate`` (SciPy),
-``buscad.radiomics.RadiomicsExtractor`` (scikit-learn).
+``buscad.radiomics.estimator.RadiomicsExtractor`` (scikit-learn).
 """
 
 from __future__ import annotations

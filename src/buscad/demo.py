@@ -36,8 +36,8 @@ def run_demo(out: Path, n: int = 120, seed: int = 0, echo=print) -> dict[str, Pa
         Paths of the outputs: ``phantoms``, ``manifest``, ``audit_report``,
         ``audit_dir``, ``split_manifest``.
     """
-    from buscad.data.audit import run_audit
-    from buscad.data.importers import import_dataset
+    from buscad.data.audit.run import run_audit
+    from buscad.data.importers.registry import import_dataset
     from buscad.data.manifest import Manifest
     from buscad.data.phantom import PhantomSpec, generate_cohort
     from buscad.data.splits import assign_splits, describe_splits

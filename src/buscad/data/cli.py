@@ -14,9 +14,8 @@ data_app = typer.Typer(
 
 #: Data modules that add subcommands to ``buscad data`` through ``register(data_app)``.
 DATA_COMMAND_MODULES: tuple[str, ...] = (
-    "buscad.data.importers",
-    "buscad.data.audit",
-    "buscad.data.splits",
+    "buscad.data.importers.cli",
+    "buscad.data.audit.cli",
 )
 
 
@@ -88,3 +87,62 @@ register_modules(data_app, DATA_COMMAND_MODULES)
 def register(app: typer.Typer) -> None:
     """Attach ``buscad data`` to the top-level app."""
     app.add_typer(data_app, name="data")
+
+
+@data_app.command("split")
+def split_cmd(
+    manifest: Path = typer.Argument(..., help="Manifest CSV or Parquet."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output manifest (CSV or Parquet)."),
+    method: str = typer.Option("holdout", help="holdout | kfold | external."),
+    test_size: float = typer.Option(0.3, help="Test share for holdout (7:3 by default)."),
+    k: int = typer.Option(5, "--k", help="Folds for kfold."),
+    seed: int = typer.Option(0, help="Seed: the same seed gives the same split."),
+    external_cohort: list[str] = typer.Option(
+        [],
+        "--external-cohort",
+        help="Cohort(s) that become 'external' (repeat or comma-separate).",
+    ),
+    stratify: str = typer.Option("label", help="Column to balance; 'none' for sizes only."),
+    cache_dir: Path | None = typer.Option(
+        None, help="Audit cache folder, used when the manifest has no dup_group column."
+    ),
+) -> None:
+    """Grouped (patient and near-duplicate) stratified split; writes 'split' and 'group'."""
+    import warnings
+
+    from buscad.data.manifest import Manifest
+    from buscad.data.splits import assign_splits, describe_splits
+    from buscad.errors import ManifestError
+
+    man = Manifest.load(manifest)
+    dup_groups = None
+    if "dup_group" not in man.df.columns:
+        from buscad.data.audit.duplicates import near_duplicate_groups
+
+        typer.echo(
+            f"no dup_group column: searching near-duplicates among {len(man.df)} images "
+            "(run `buscad data audit` first to reuse its groups)",
+            err=True,
+        )
+        dup_groups = near_duplicate_groups(man, cache_dir=cache_dir).to_numpy()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res = assign_splits(
+                man,
+                method=method,
+                test_size=test_size,
+                k=k,
+                seed=seed,
+                external_cohorts=external_cohort or None,
+                stratify=None if stratify.lower() == "none" else stratify,
+                dup_groups=dup_groups,
+            )
+    except ValueError as exc:
+        raise ManifestError(manifest, str(exc)) from exc
+    for w in caught:
+        typer.echo(f"WARNING: {w.message}", err=True)
+    res.save(out)
+    tab = describe_splits(res, stratify if stratify.lower() != "none" else "label")
+    typer.echo(tab.to_string())
+    typer.echo(f"{res.df['group'].nunique()} leakage groups; wrote {out}")

@@ -272,7 +272,7 @@ def burned_in_warning(gray: np.ndarray, meta: ImageMeta) -> str | None:
 
     Two sources: the DICOM header's ``BurnedInAnnotation = YES``
     (:attr:`ImageMeta.burned_in_annotation`), and the audit's text detector
-    (:func:`buscad.data.audit.annotation_marks` on the 8-bit image), which
+    (:func:`buscad.data.audit.annotations.annotation_marks` on the 8-bit image), which
     finds bright, thin, text-like strokes; ``N`` words found give
     ``"N text-like marks burned into the pixels"``.
 
@@ -295,7 +295,9 @@ def burned_in_warning(gray: np.ndarray, meta: ImageMeta) -> str | None:
             "text (names, IDs, dates)"
         )
     try:
-        from buscad.data.audit import annotation_marks  # lazy: audit imports this module
+        from buscad.data.audit.annotations import (
+            annotation_marks,  # lazy: audit imports this module
+        )
 
         g = np.asarray(gray)
         if g.ndim == 2 and g.size:

@@ -1,6 +1,6 @@
 """Grouped, stratified splits: no patient and no scan ever sits on both sides.
 
-A *leakage group* (:func:`split_groups`) is a connected component (union-find)
+A *leakage group* (:func:`buscad.data.groups.split_groups`) is a connected component (union-find)
 of two relations: same ``patient_id``, and same near-duplicate group
 (``dup_group`` from :mod:`buscad.data.audit`: exact copies, re-crops, resized
 copies and adjacent frames of one scan). Whole groups are assigned to one side.
@@ -33,71 +33,14 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from buscad.data.manifest import Manifest, _is_missing
-from buscad.errors import ManifestError
-from buscad.utils import connected_components
+from buscad.data.groups import split_groups
+from buscad.data.manifest import Manifest
 
 METHODS: tuple[str, ...] = ("holdout", "kfold", "external")
-
-
-def _union_find(n: int, keys: Sequence[np.ndarray]) -> np.ndarray:
-    """Connected components of rows sharing a value in any of ``keys``."""
-    pairs = []
-    for key in keys:
-        first: dict[Any, int] = {}
-        for i, v in enumerate(key):
-            if _is_missing(v) or v == "":
-                continue
-            j = first.setdefault(v, i)
-            if j != i:
-                pairs.append((i, j))
-    return connected_components(n, pairs)
-
-
-def split_groups(
-    manifest: Manifest,
-    dup_groups: pd.Series | np.ndarray | None = None,
-    **near_duplicate_options: Any,
-) -> pd.Series:
-    """Leakage group of every row: union of same patient and same near-duplicate group.
-
-    Parameters
-    ----------
-    manifest : Manifest
-        Rows to group (``patient_id`` defaults to ``image_id``).
-    dup_groups : Series or array, optional
-        Near-duplicate group per row. When None, the manifest's ``dup_group``
-        column is used if present, else :func:`buscad.data.audit.near_duplicate_groups`
-        is computed (reads every image; ``near_duplicate_options`` are passed on).
-
-    Returns
-    -------
-    pandas.Series
-        Integer ``group`` per row (numbered by first appearance), index aligned
-        with ``manifest.df``.
-    """
-    df = manifest.df
-    if dup_groups is None:
-        if "dup_group" in df.columns:
-            dup = df["dup_group"].to_numpy()
-        else:
-            from buscad.data.audit import near_duplicate_groups
-
-            dup = near_duplicate_groups(manifest, **near_duplicate_options).to_numpy()
-    else:
-        dup = np.asarray(dup_groups)
-        if len(dup) != len(df):
-            raise ValueError(f"dup_groups has {len(dup)} values for {len(df)} rows")
-    # prefix so that a patient id and a group id never collide
-    pid = np.array(["p:" + str(v) for v in df["patient_id"]], dtype=object)
-    dg = np.array([None if _is_missing(v) else "d:" + str(v) for v in dup], dtype=object)
-    return pd.Series(_union_find(len(df), [pid, dg]), index=df.index, name="group")
 
 
 def _greedy_assign(
@@ -146,7 +89,6 @@ def assign_splits(
     external_cohorts: str | Sequence[str] | None = None,
     stratify: str | None = "label",
     dup_groups: pd.Series | np.ndarray | None = None,
-    **near_duplicate_options: Any,
 ) -> Manifest:
     """Grouped, stratified split of a manifest into the ``split`` column.
 
@@ -168,7 +110,8 @@ def assign_splits(
     stratify : str or None
         Column to balance across sides (default ``label``); None balances sizes only.
     dup_groups : Series or array, optional
-        Near-duplicate groups (see :func:`split_groups`).
+        Near-duplicate groups (see :func:`buscad.data.groups.split_groups`); default
+        the manifest's ``dup_group`` column.
 
     Returns
     -------
@@ -197,7 +140,7 @@ def assign_splits(
     ext = [c.strip() for e in ext for c in str(e).split(",") if c.strip()]
     if method == "external" and not ext:
         raise ValueError("method 'external' needs the external cohort name(s)")
-    groups = split_groups(manifest, dup_groups, **near_duplicate_options).to_numpy()
+    groups = split_groups(manifest, dup_groups).to_numpy()
     split = np.array([""] * len(df), dtype=object)
     is_ext = np.zeros(len(df), dtype=bool)
     if ext:
@@ -266,56 +209,4 @@ def describe_splits(manifest: Manifest, stratify: str = "label") -> pd.DataFrame
     return tab
 
 
-def register(data_app: Any) -> None:
-    """Add ``buscad data split`` to the ``buscad data`` group."""
-    import typer
-
-    @data_app.command("split")
-    def split_cmd(
-        manifest: Path = typer.Argument(..., help="Manifest CSV or Parquet."),
-        out: Path = typer.Option(..., "-o", "--out", help="Output manifest (CSV or Parquet)."),
-        method: str = typer.Option("holdout", help="holdout | kfold | external."),
-        test_size: float = typer.Option(0.3, help="Test share for holdout (7:3 by default)."),
-        k: int = typer.Option(5, "--k", help="Folds for kfold."),
-        seed: int = typer.Option(0, help="Seed: the same seed gives the same split."),
-        external_cohort: list[str] = typer.Option(
-            [],
-            "--external-cohort",
-            help="Cohort(s) that become 'external' (repeat or comma-separate).",
-        ),
-        stratify: str = typer.Option("label", help="Column to balance; 'none' for sizes only."),
-        cache_dir: Path | None = typer.Option(
-            None, help="Audit cache folder, used when the manifest has no dup_group column."
-        ),
-    ) -> None:
-        """Grouped (patient and near-duplicate) stratified split; writes 'split' and 'group'."""
-        man = Manifest.load(manifest)
-        if "dup_group" not in man.df.columns:
-            typer.echo(
-                "no dup_group column: searching near-duplicates (run `buscad data audit` to reuse)",
-                err=True,
-            )
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                res = assign_splits(
-                    man,
-                    method=method,
-                    test_size=test_size,
-                    k=k,
-                    seed=seed,
-                    external_cohorts=external_cohort or None,
-                    stratify=None if stratify.lower() == "none" else stratify,
-                    cache_dir=cache_dir,
-                )
-        except ValueError as exc:
-            raise ManifestError(manifest, str(exc)) from exc
-        for w in caught:
-            typer.echo(f"WARNING: {w.message}", err=True)
-        res.save(out)
-        tab = describe_splits(res, stratify if stratify.lower() != "none" else "label")
-        typer.echo(tab.to_string())
-        typer.echo(f"{res.df['group'].nunique()} leakage groups; wrote {out}")
-
-
-__all__ = ["METHODS", "assign_splits", "describe_splits", "split_groups"]
+__all__ = ["METHODS", "assign_splits", "describe_splits"]

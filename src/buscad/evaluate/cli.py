@@ -56,7 +56,7 @@ def evaluate_command(
     import pandas as pd
 
     from buscad.errors import InputFileError
-    from buscad.evaluate.api import evaluate_predictions, read_predictions
+    from buscad.evaluate.result import evaluate_predictions, read_predictions
     from buscad.utils import file_sha256
 
     df, merge_issues = read_predictions(

@@ -2,8 +2,7 @@
 
 References: DeLong, DeLong & Clarke-Pearson (1988) Biometrics 44:837; the
 unpaired form follows R pROC's ``roc.test(paired = FALSE)`` (Robin et al. 2011,
-BMC Bioinformatics 12:77); McNemar (1947) Psychometrika 12:153.
-"""
+BMC Bioinformatics 12:77); McNemar (1947) Psychometrika 12:153."""
 
 from __future__ import annotations
 
@@ -12,65 +11,8 @@ from itertools import combinations
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
-from buscad.evaluate.metrics import DeLongTest, delong_components, delong_test
-
-__all__ = [
-    "DeLongTest",
-    "McNemarTest",
-    "UnpairedDeLongTest",
-    "delong_matrix",
-    "delong_test",
-    "delong_unpaired_test",
-    "mcnemar_test",
-    "pairwise_comparisons",
-]
-
-
-@dataclass(frozen=True)
-class UnpairedDeLongTest:
-    """DeLong's test for two AUCs measured on different (independent) cases."""
-
-    auc1: float
-    auc2: float
-    diff: float
-    se: float
-    d: float
-    df: float
-    p: float
-
-    def as_dict(self) -> dict:
-        """Plain dict of the fields."""
-        return asdict(self)
-
-
-def delong_unpaired_test(
-    y1: np.ndarray, s1: np.ndarray, y2: np.ndarray, s2: np.ndarray
-) -> UnpairedDeLongTest:
-    """Test ``H0: AUC1 = AUC2`` for two ROC curves on independent cohorts.
-
-    ``D = (AUC1 - AUC2) / sqrt(V1 + V2)`` with ``Vk`` the DeLong variance of
-    each AUC; ``D`` is referred to Student's t with the Welch–Satterthwaite
-    degrees of freedom ``df = (V1 + V2)^2 / (V1^2/(N1 - 1) + V2^2/(N2 - 1))``,
-    ``Nk`` the number of cases of curve ``k`` (as pROC); two-sided
-    ``p = 2 P(T_df > |D|)``.
-    """
-    a1, v10a, v01a = delong_components(y1, s1)
-    a2, v10b, v01b = delong_components(y2, s2)
-    var1 = np.var(v10a, ddof=1) / len(v10a) + np.var(v01a, ddof=1) / len(v01a)
-    var2 = np.var(v10b, ddof=1) / len(v10b) + np.var(v01b, ddof=1) / len(v01b)
-    n1, n2 = len(v10a) + len(v01a), len(v10b) + len(v01b)
-    se = float(np.sqrt(var1 + var2))
-    diff = a1 - a2
-    if se == 0.0:
-        return UnpairedDeLongTest(
-            a1, a2, diff, 0.0, 0.0 if diff == 0 else np.inf, np.nan, 1.0 if diff == 0 else 0.0
-        )
-    d = diff / se
-    df = (var1 + var2) ** 2 / (var1**2 / (n1 - 1) + var2**2 / (n2 - 1))
-    p = float(2 * stats.t.sf(abs(d), df))
-    return UnpairedDeLongTest(a1, a2, diff, se, float(d), float(df), p)
+from buscad.evaluate.delong import delong_test
 
 
 @dataclass(frozen=True)
@@ -126,20 +68,6 @@ def mcnemar_test(
     return McNemarTest(
         int(b), int(c), float(asym.statistic), float(asym.pvalue), float(exact.pvalue), correct
     )
-
-
-def delong_matrix(y: np.ndarray, scores: dict[str, np.ndarray]) -> pd.DataFrame:
-    """Pairwise paired DeLong p values of all models on one cohort.
-
-    A square DataFrame (models x models): cell ``[a, b]`` is the two-sided
-    p of ``H0: AUC_a = AUC_b`` (:func:`delong_test`); the diagonal is 1.
-    """
-    names = list(scores)
-    mat = pd.DataFrame(np.ones((len(names), len(names))), index=names, columns=names)
-    for a, b in combinations(names, 2):
-        t = delong_test(y, scores[a], scores[b])
-        mat.loc[a, b] = mat.loc[b, a] = t.p
-    return mat
 
 
 def pairwise_comparisons(

@@ -1,4 +1,4 @@
-"""Write an :class:`~buscad.evaluate.api.EvaluationResult`: tables, figures, model
+"""Write an :class:`~buscad.evaluate.result.EvaluationResult`: tables, figures, model
 card, TRIPOD+AI checklist and one self-contained HTML report."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from buscad.report import (
 from buscad.utils import atomic_write_text
 
 if TYPE_CHECKING:
-    from buscad.evaluate.api import EvaluationResult
+    from buscad.evaluate.result import EvaluationResult
 
 METHODS_TEXT = (
     "AUC: Mann–Whitney estimate with a {ci} 95% confidence interval (DeLong et al., 1988; "
@@ -132,7 +132,7 @@ def write_evaluation_outputs(
     CSV, XLSX, Markdown), ``figures/`` (PNG and SVG), ``model_card.md``,
     ``config.json``, ``issues.txt`` and ``report.html``.
     """
-    from buscad.evaluate.api import config_json
+    from buscad.evaluate.result import config_json
 
     out_dir.mkdir(parents=True, exist_ok=True)
     tdir, fdir = out_dir / "tables", out_dir / "figures"

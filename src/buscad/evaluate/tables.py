@@ -111,7 +111,7 @@ def table2(metrics: pd.DataFrame) -> pd.DataFrame:
     """Table 2: every model on every cohort, formatted for publication.
 
     ``metrics`` is the raw long table (one row per cohort and model, as
-    :func:`buscad.evaluate.api.evaluate_predictions` builds it). Proportions are
+    :func:`buscad.evaluate.result.evaluate_predictions` builds it). Proportions are
     given with Wilson 95% CIs, the AUC with its DeLong (or bootstrap) 95% CI.
     """
     out = pd.DataFrame(

@@ -6,7 +6,7 @@ A checkpoint ``STEM`` is two files:
     The model's ``state_dict`` (bit-exact tensors).
 ``STEM.json``
     ``format``, ``version``, ``backbone`` (the registry spec), ``head``,
-    ``preprocessing`` (a :class:`buscad.preprocess.Preprocessor`), ``class_order``,
+    ``preprocessing`` (a :class:`buscad.models.preprocess.Preprocessor`), ``class_order``,
     ``provenance`` (initial weights, training data, seed, software versions) and
     the SHA-256 of the weights file, checked on load.
 """
@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 import buscad._compat  # noqa: F401
 from buscad.errors import ModelFileError
 from buscad.models.heads import CLASS_ORDER, BuscadClassifier
-from buscad.preprocess import Preprocessor
+from buscad.models.preprocess import Preprocessor
 from buscad.utils import atomic_path, atomic_write_json, file_sha256, load_versioned_json
 
 FORMAT = "buscad-classifier"

@@ -1,4 +1,4 @@
-"""Commands ``train``, ``compare-backbones``, ``features``, ``explain``, ``export-onnx``."""
+"""Commands ``train``, ``compare-backbones``, ``features``, ``export-onnx``."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def register(app: typer.Typer) -> None:
         """Train each backbone on the same split; write the comparison table and ROC curves."""
         opts = dict(locals())
         from buscad.data.manifest import Manifest
-        from buscad.models.compare import compare_backbones, to_markdown
+        from buscad.models.select import compare_backbones, to_markdown
         from buscad.models.train import parse_backbones
 
         names = parse_backbones(backbones)
@@ -119,34 +119,12 @@ def register(app: typer.Typer) -> None:
         from buscad.data.manifest import Manifest
         from buscad.models.features import extract_features, write_features
 
-        model, pre = _model_and_pre(checkpoint, backbone, pretrained, weights, roi, margin)
+        model, pre = model_and_preprocessor(checkpoint, backbone, pretrained, weights, roi, margin)
         table, skipped = extract_features(model, Manifest.load(manifest), pre, batch_size)
         for s in skipped:
             typer.echo(f"skipped {s}", err=True)
         p = write_features(table, out)
         typer.echo(f"wrote {len(table)} x {table.shape[1] - 1} features to {p}")
-
-    @app.command("explain")
-    def explain_cmd(
-        manifest: Path = typer.Argument(...),
-        checkpoint: Path = typer.Option(..., help="Trained checkpoint (JSON or stem)."),
-        out: Path = typer.Option(Path("runs/explain"), "-o", "--out"),
-        methods: str = typer.Option("gradcam", help="gradcam,gradcam++,hirescam,saliency"),
-        max_images: int | None = typer.Option(16),
-        gallery: bool = typer.Option(True),
-    ) -> None:
-        """Heatmap overlays (PNG) and a gallery for the manifest's images."""
-        from buscad.data.manifest import Manifest
-        from buscad.errors import ConfigError
-        from buscad.explain import METHODS, explain_manifest
-
-        ms = [m.strip() for m in methods.split(",") if m.strip()]
-        bad = [m for m in ms if m not in METHODS]
-        if bad:
-            raise ConfigError("--methods", f"unknown {bad}; choose from {METHODS}")
-        model, pre = _model_and_pre(checkpoint, None, "imagenet", None, "roi", 0.1)
-        t = explain_manifest(model, Manifest.load(manifest), pre, out, ms, gallery, max_images)
-        typer.echo(f"wrote {len(t)} overlays to {out}")
 
     @app.command("export-onnx")
     def export_cmd(
@@ -184,11 +162,11 @@ def register(app: typer.Typer) -> None:
         typer.echo(msg)
 
 
-def _model_and_pre(checkpoint, backbone, pretrained, weights, roi, margin):
+def model_and_preprocessor(checkpoint, backbone, pretrained, weights, roi, margin):
     from buscad.errors import ConfigError
     from buscad.models.checkpoint import load_checkpoint
+    from buscad.models.preprocess import Preprocessor
     from buscad.models.registry import create_backbone, get_spec
-    from buscad.preprocess import Preprocessor
 
     if checkpoint is not None:
         model, spec = load_checkpoint(checkpoint)

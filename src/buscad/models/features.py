@@ -18,8 +18,8 @@ import torch
 import buscad._compat  # noqa: F401
 from buscad.data.manifest import Manifest
 from buscad.models.heads import BuscadClassifier
+from buscad.models.preprocess import Preprocessor
 from buscad.models.train import load_crops
-from buscad.preprocess import Preprocessor
 from buscad.utils import atomic_write_table
 
 

@@ -24,7 +24,7 @@ identity at inference), the gradient is the same at every position:
 ``α = g / hw`` exactly. :func:`export_onnx` checks that the target layer really
 is pooled that way (``f == mean(A)`` on a test input) and refuses otherwise
 (VGG's and AlexNet's max-pooling, DenseNet's final ReLU, the ViT's tokens): those
-models explain through pytorch-grad-cam instead (:func:`buscad.explain.compute_cam`).
+models explain through pytorch-grad-cam instead (:func:`buscad.explain.cam.compute_cam`).
 
 This module imports PyTorch only to export; :class:`OnnxClassifier` needs only
 NumPy and ONNX Runtime, which keeps ``buscad predict`` quick to start.

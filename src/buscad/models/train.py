@@ -27,11 +27,11 @@ from torch import nn
 import buscad._compat  # noqa: F401
 from buscad.data.manifest import Manifest
 from buscad.errors import BuscadError, ConfigError, ManifestError
-from buscad.evaluate.metrics import roc_auc
+from buscad.evaluate.delong import roc_auc
 from buscad.models import checkpoint as ckpt
 from buscad.models.heads import BuscadClassifier
+from buscad.models.preprocess import Augment, Preprocessor
 from buscad.models.registry import create_backbone, get_spec
-from buscad.preprocess import Augment, Preprocessor
 from buscad.utils import atomic_write_table, stable_hash
 
 

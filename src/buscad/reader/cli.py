@@ -132,8 +132,9 @@ def analyze_cmd(
     title: str = typer.Option("Reader study", help="Report title."),
 ) -> None:
     """Per-reader metrics, paired DeLong/McNemar, OR MRMC, Table 3, ROC and an HTML report."""
+    from buscad.data.birads import cut_rank
     from buscad.errors import InputFileError
-    from buscad.reader.analysis import analyze, cut_rank, load_model_scores, load_reads, load_truth
+    from buscad.reader.analysis import analyze, load_model_scores, load_reads, load_truth
 
     try:
         cut_rank(binarize)

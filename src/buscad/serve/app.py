@@ -1,7 +1,7 @@
 """The buscad web app: AI decision support for one image, and reader-study sessions.
 
 ``create_app(predictor)`` builds a FastAPI app around any object that follows
-:class:`buscad.bundle_types.Predictor` (normally a loaded model bundle).
+:class:`buscad.bundle.types.Predictor` (normally a loaded model bundle).
 
 Pages: ``/`` (open an image, draw a box or upload a mask, see the AI score,
 the likelihood band, the Grad-CAM overlay and each model's score, print or
@@ -60,7 +60,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from buscad import __version__
-from buscad.bundle_types import Prediction, Predictor
+from buscad.bundle.types import Prediction, Predictor
 from buscad.errors import BuscadError, InputFileError
 from buscad.serve import imaging
 from buscad.serve.imaging import UploadError
@@ -667,9 +667,7 @@ def create_app(
     async def docs() -> Response:
         """Swagger UI 5 from local files (the fastapi-offline package's copy); no CDN."""
         if swagger_ui_path is None:  # pragma: no cover
-            raise HTTPException(
-                404, "API docs need the fastapi-offline package; see /openapi.json"
-            )
+            raise HTTPException(404, "API docs need the fastapi-offline package; see /openapi.json")
         return FileResponse(STATIC_DIR / "docs.html")
 
     @app.get("/reader", include_in_schema=False)
@@ -1323,7 +1321,7 @@ def _bundle_version(predictor: Predictor) -> str | None:
 
 
 def _note() -> str:
-    from buscad.bundle_types import DECISION_SUPPORT_NOTE
+    from buscad.bundle.types import DECISION_SUPPORT_NOTE
 
     return DECISION_SUPPORT_NOTE
 

@@ -8,7 +8,7 @@ import typer
 
 
 def load_predictor(path: Path):
-    """Load a model bundle folder as a :class:`~buscad.bundle_types.Predictor`.
+    """Load a model bundle folder as a :class:`~buscad.bundle.types.Predictor`.
 
     Raises
     ------
@@ -18,7 +18,7 @@ def load_predictor(path: Path):
     from buscad.errors import ModelFileError
 
     try:
-        from buscad.bundle import Bundle
+        from buscad.bundle.bundle import Bundle
     except ModuleNotFoundError as exc:
         raise ModelFileError(path, f"cannot load model bundles: {exc}") from exc
     return Bundle.load(path)

@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw
 
 from buscad.data.io import _sniff_bytes, burned_in_warning, read_image, read_mask, to_uint8
 from buscad.errors import DecodeBudgetError, ImageReadError, MaskError
-from buscad.heatmap import JET
+from buscad.explain.heatmap import JET
 
 #: Formats accepted as images (detected from content).
 IMAGE_FORMATS = ("png", "jpeg", "bmp", "tiff", "dicom")

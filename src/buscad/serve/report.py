@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from buscad import __version__
-from buscad.bundle_types import Prediction
+from buscad.bundle.types import Prediction
 from buscad.serve.imaging import composite, encode_png
 
 #: The report's one style block (the web app's CSP admits it by its SHA-256).

@@ -20,8 +20,9 @@ import pandas as pd
 from buscad.data.manifest import normalize_label
 from buscad.errors import BuscadError
 from buscad.evaluate import calibration as cal
-from buscad.evaluate.compare import delong_matrix, delong_unpaired_test, pairwise_comparisons
+from buscad.evaluate.compare import pairwise_comparisons
 from buscad.evaluate.dca import decision_curve
+from buscad.evaluate.delong import delong_matrix, delong_unpaired_test
 from buscad.evaluate.metrics import cohort_metrics, parse_threshold_rule, select_threshold
 from buscad.evaluate.tables import table1, table2, table3
 

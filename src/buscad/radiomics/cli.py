@@ -35,7 +35,7 @@ def extract_cmd(
     import time
 
     from buscad.data.manifest import Manifest
-    from buscad.radiomics import extract_features, load_params
+    from buscad.radiomics.extract import extract_features, load_params
     from buscad.utils import atomic_write_table
 
     man = Manifest.load(manifest)

@@ -14,7 +14,7 @@ Besides the original mask it extracts each *mask perturbation* of the params
 file (``erode:2`` and ``dilate:2`` by default: the mask eroded / dilated by a
 disc of that radius, standing in for a second annotator). Those columns are
 named ``<feature>@<perturbation>`` (e.g. ``original_glcm_Contrast@erode2``) and
-feed :class:`buscad.classical.ICCFilter`, which is fitted on training rows only
+feed :class:`buscad.classical.selection.ICCFilter`, which is fitted on training rows only
 and drops every ``@`` column, so the wide table is the ``X`` of the radiomics
 pipeline as it stands.
 

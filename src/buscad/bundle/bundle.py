@@ -6,7 +6,7 @@ A bundle is a folder::
     model.safetensors    the chosen CNN (weights)      ┐ written by
     model.json           its spec and preprocessing    ┘ buscad.models.checkpoint
     model.onnx           the same CNN for ONNX Runtime, with its Grad-CAM in the graph
-    models/NAME.*        each classical/fusion model (buscad.portable: safetensors + JSON)
+    models/NAME.*        each classical/fusion model (buscad.bundle.portable: safetensors + JSON)
     model_card.md        intended use, data, metrics, limitations
 
 Nothing in it is a pickle. The AI score is the CNN's malignant probability
@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from buscad.bundle_types import Prediction, likelihood_band
+from buscad.bundle.types import Prediction, likelihood_band
 from buscad.errors import MaskError, ModelFileError
 from buscad.utils import atomic_write_json, atomic_write_text
 
@@ -105,7 +105,7 @@ def write_bundle(
         reason in ``bundle.json``, for backbones whose Grad-CAM cannot be in the
         graph).
     classical : dict, optional
-        ``name -> {"stem": path of a buscad.portable model, "threshold": float}``;
+        ``name -> {"stem": path of a buscad.bundle.portable model, "threshold": float}``;
         the model's JSON metadata must list its ``inputs``.
     radiomics_params : dict, optional
         Validated pyradiomics settings (needed when a model reads radiomics).
@@ -181,7 +181,7 @@ def write_bundle(
 
 def group_inputs(inputs: list[str]) -> dict[str, Any]:
     """Sort a model's input columns by where they come from at prediction time."""
-    from buscad.classical import RADIOMICS_COLUMNS
+    from buscad.classical.radscore import RADIOMICS_COLUMNS
 
     deep = [c for c in inputs if DEEP_FEATURE.match(c)]
     rad = [c for c in inputs if re.match(RADIOMICS_COLUMNS, c) and c not in deep]
@@ -232,7 +232,7 @@ ENGINES: tuple[str, ...] = ("auto", "onnx", "torch")
 
 
 class Bundle:
-    """A loaded bundle; implements :class:`buscad.bundle_types.Predictor`.
+    """A loaded bundle; implements :class:`buscad.bundle.types.Predictor`.
 
     Use :meth:`load`. ``predict`` is thread-safe (one inference at a time).
 
@@ -244,7 +244,7 @@ class Bundle:
     """
 
     def __init__(self, path: Path, doc: dict, spec: dict, engine: str, num_threads: int | None):
-        from buscad.preprocess import Preprocessor
+        from buscad.models.preprocess import Preprocessor
 
         self.path = path
         self.doc = doc
@@ -257,7 +257,7 @@ class Bundle:
         self.classical: dict[str, Any] = {}
         for mname, info in doc["models"].items():
             if mname != "deep":
-                from buscad.portable import load_portable
+                from buscad.bundle.portable import load_portable
 
                 self.classical[mname] = load_portable(path / info["file"])
         ne = doc.get("not_exported") or {}
@@ -355,7 +355,7 @@ class Bundle:
     def _roi(
         self, gray: np.ndarray, mask: np.ndarray | None, box: tuple[int, int, int, int] | None
     ) -> tuple[tuple[int, int, int, int], str]:
-        from buscad.preprocess import roi_box
+        from buscad.models.preprocess import roi_box
 
         h, w = gray.shape
         if mask is not None:
@@ -388,7 +388,7 @@ class Bundle:
             return float(probs[0, 1]), (cam[0] if heatmap else None), feats[0]
         import torch
 
-        from buscad.explain import compute_cam
+        from buscad.explain.cam import compute_cam
 
         x = self.pre(crop[None])
         with torch.no_grad():
@@ -408,7 +408,7 @@ class Bundle:
         feats: np.ndarray,
     ) -> tuple[dict[str, float | None], dict[str, str]]:
         """Each bundled classical/fusion model's P(malignant), or why it did not run."""
-        from buscad.portable import as_table
+        from buscad.bundle.portable import as_table
 
         given = {k: v for k, v in clinical.items() if v is not None and str(v).strip() != ""}
         needs = {n: self.doc["models"][n]["inputs"] for n in self.classical}
@@ -443,7 +443,7 @@ class Bundle:
 
     def _radiomics(self, gray: np.ndarray, mask: np.ndarray | None) -> dict[str, float]:
         """The radiomics features the bundled models read (only those are computed)."""
-        from buscad.radiomics import extract_arrays, restrict_params
+        from buscad.radiomics.extract import extract_arrays, restrict_params
 
         assert mask is not None
         if self._radiomics_params is None:
@@ -466,7 +466,7 @@ class Bundle:
         """Score one grayscale image (mask wins over box; neither: the whole image)."""
         from buscad.data.io import to_uint8
         from buscad.models.onnx import scale_cam
-        from buscad.preprocess import resize
+        from buscad.models.preprocess import resize
 
         t0 = time.perf_counter()
         g = to_uint8(gray)

@@ -1,26 +1,10 @@
-"""``buscad study run CONFIG``: the whole study from one config."""
+"""``buscad predict BUNDLE IMAGES...``: score images with a model bundle."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import typer
-
-study_app = typer.Typer(help="Run a whole study from one YAML config.", no_args_is_help=True)
-
-
-@study_app.command("run")
-def run_cmd(
-    config: Path = typer.Argument(..., help="Study YAML (see configs/)."),
-    out: Path | None = typer.Option(None, "-o", "--out", help="Run folder (default runs/<name>)."),
-) -> None:
-    """Audit, split, train and compare, evaluate and report; cached and resumable."""
-    from buscad.study import run_study
-
-    res = run_study(config, out)
-    for w in res.warnings:
-        typer.echo(f"WARNING: {w}", err=True)
-    typer.echo(f"study finished in {res.seconds:.0f} s; report: {res.report}")
 
 
 def predict_cmd(
@@ -62,11 +46,11 @@ def predict_cmd(
     import csv
     import io
 
-    from buscad.bundle import Bundle
-    from buscad.data.importers import internal_error
+    from buscad.bundle.bundle import Bundle
+    from buscad.data.importers.registry import internal_error
     from buscad.data.io import burned_in_warning, read_image, read_mask, reader_settings, to_uint8
     from buscad.errors import BuscadError
-    from buscad.heatmap import overlay, save_png
+    from buscad.explain.heatmap import overlay, save_png
     from buscad.utils import atomic_write_json, atomic_write_text
 
     if mask and len(mask) != len(images):
@@ -160,6 +144,5 @@ def _clinical_table(path: Path) -> dict[str, dict[str, str]]:
 
 
 def register(app: typer.Typer) -> None:
-    """Attach ``buscad study`` and ``buscad predict`` to the top-level app."""
-    app.add_typer(study_app, name="study")
+    """Attach ``buscad predict`` to the top-level app."""
     app.command("predict")(predict_cmd)

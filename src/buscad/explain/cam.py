@@ -21,11 +21,11 @@ import torch
 import buscad._compat  # noqa: F401  (before pytorch_grad_cam)
 from buscad.data.manifest import Manifest
 from buscad.errors import ConfigError
-from buscad.heatmap import overlay, save_png
+from buscad.explain.heatmap import overlay, save_png
 from buscad.models.heads import BuscadClassifier
+from buscad.models.preprocess import Preprocessor
 from buscad.models.registry import RESHAPES, get_spec, target_layer
 from buscad.models.train import load_crops
-from buscad.preprocess import Preprocessor
 from buscad.utils import atomic_path
 
 

@@ -20,7 +20,8 @@ import pandas as pd
 
 from buscad.data.manifest import Manifest
 from buscad.errors import ManifestError
-from buscad.evaluate.metrics import auc_ci, binary_metrics, youden_threshold
+from buscad.evaluate.delong import auc_ci
+from buscad.evaluate.metrics import binary_metrics, youden_threshold
 from buscad.models.train import TrainConfig, load_crops, predict_crops, train_model
 from buscad.utils import atomic_path, atomic_write_table, atomic_write_text
 

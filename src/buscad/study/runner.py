@@ -1,38 +1,9 @@
-"""The study runner: one config reproduces a whole study, resumably and without leakage.
-
-Flow (each step a cached stage of :class:`buscad.stages.StageRunner`, keyed by
-the hash of its inputs, so a rerun with nothing changed is instant and a killed
-run resumes at the stage it was in)::
-
-    cohorts (manifests or phantoms) ─► audit (duplicates, overlays, mask problems,
-    shortcuts) + audit policy ─► grouped split (patient ∪ near-duplicate group):
-    development cohorts → train / internal test, external cohorts → external
-      ├─ deep: each backbone fine-tuned in grouped K-fold CV on the training rows
-      │        (out-of-fold AI scores) → best backbone by CV AUC (never a test
-      │        cohort) → refit on all training rows → scores + penultimate
-      │        features for every row
-      ├─ radiomics: pyradiomics features of the image + mask (original and
-      │        perturbed masks for the ICC filter), cached per image
-      └─ classical: radiomics (ICC → z-score → Spearman → LASSO → rad-score),
-               DLR, clinical, US (lexicon), CLDLR, integrated (stacking of
-               out-of-fold probabilities), and the audit's shortcut references
-               (mask geometry alone, image size alone)
-    ─► predictions of every model on every cohort (training rows out-of-fold)
-    ─► statistics (buscad.evaluate), Grad-CAM galleries, one HTML report
-
-Honesty rules enforced here: everything that is fitted (feature selection,
-scalers, imputers, thresholds, backbone choice, stacking weights) sees training
-rows only; the training cohort's reported predictions are out-of-fold; the
-threshold is chosen on those and applied unchanged elsewhere; external cohorts
-are never used to fit or choose anything.
-"""
+"""The study runner: one config -> audit, split, deep models, radiomics, classical and fusion models, statistics, galleries, report and bundle; cached stage by stage and resumable."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -44,55 +15,22 @@ import pandas as pd
 
 from buscad.config import StudyConfig
 from buscad.data.manifest import Manifest
-from buscad.errors import ConfigError
-from buscad.stages import StageResult, StageRunner
-from buscad.utils import atomic_write_json, atomic_write_table, file_sha256, stable_hash
+from buscad.study.cohorts import Arm, _apply_audit_policy, _folds, _stage_cohort, study_arms
+from buscad.study.fit import (
+    MODELS_EXPORT_VERSION,
+    READER_MODEL,
+    SHORTCUT_MODELS,
+    _safe,
+    _youden,
+    export_models,
+    fit_and_predict,
+)
+from buscad.study.stages import StageResult, StageRunner
+from buscad.utils import atomic_write_json, atomic_write_table, file_sha256
 
-#: Prediction columns of the shortcut references (never candidates for "best model").
-SHORTCUT_MODELS = ("shortcut: mask geometry", "shortcut: image size")
-#: Columns of the CNN's penultimate features (``deep_0000``...; not ``deep_fold`` or ``deep_oof``).
-DEEP_FEATURES = r"^deep_\d+$"
 #: Bumped when the bundle stage writes something new (2: model.onnx with Grad-CAM;
 #: 3: the classical and fusion models; 4: why a configured model is not in it).
 BUNDLE_VERSION = 4
-#: Bumped when the models stage exports something new (1: portable refit models).
-MODELS_EXPORT_VERSION = 1
-READER_MODEL = "reader BI-RADS"
-
-
-@dataclass(frozen=True)
-class Arm:
-    """One direction of a study: the cohorts trained on and those validated externally."""
-
-    name: str
-    development: tuple[str, ...]
-    external: tuple[str, ...]
-
-    @property
-    def train_label(self) -> str:
-        """Cohort label of the training rows in the predictions table."""
-        return f"{'+'.join(self.development)} train (CV)"
-
-    @property
-    def test_label(self) -> str:
-        """Cohort label of the internal test rows."""
-        return f"{'+'.join(self.development)} internal test"
-
-    def external_label(self, cohort: str) -> str:
-        """Cohort label of an external cohort."""
-        return f"{cohort} external"
-
-
-def study_arms(cfg: StudyConfig) -> list[Arm]:
-    """The arms of a study: as configured, plus the reverse direction when asked."""
-    dev = tuple(c.name for c in cfg.cohorts if c.role == "development")
-    ext = tuple(c.name for c in cfg.cohorts if c.role == "external")
-    arms = [Arm("→".join(["+".join(dev), "+".join(ext)]) if ext else "+".join(dev), dev, ext)]
-    if cfg.reverse_external:
-        if not ext:
-            raise ConfigError("reverse_external", "needs at least one external cohort")
-        arms.append(Arm("→".join(["+".join(ext), "+".join(dev)]), ext, dev))
-    return arms
 
 
 @dataclass
@@ -106,117 +44,6 @@ class StudyResult:
     warnings: list[str] = field(default_factory=list)
     stages: list[dict] = field(default_factory=list)
     seconds: float = 0.0
-
-
-# ============================================================== data stages
-def _manifest_fingerprint(path: Path, memo: Path | None = None) -> dict:
-    """Fingerprint of a manifest and its files: table hash + SHA-256 of each image and mask.
-
-    Content, not modification time: a dataset copied or re-extracted with new
-    mtimes keeps its cache. Hashes are remembered in ``memo`` (JSON keyed by path,
-    size and mtime), so an unchanged dataset is not read again.
-    """
-    man = Manifest.load(path, validate=False)
-    known: dict[str, str] = {}
-    if memo is not None and memo.is_file():
-        with contextlib.suppress(OSError, ValueError):
-            known = dict(json.loads(memo.read_text(encoding="utf-8")))
-    n_known = len(known)
-    files = []
-    for i in range(len(man)):
-        for p in [man.image_path(i), *man.mask_paths(i)]:
-            try:
-                st = p.stat()
-            except OSError:
-                files.append((str(p), "missing"))
-                continue
-            k = f"{p}|{st.st_size}|{st.st_mtime_ns}"
-            if k not in known:
-                known[k] = file_sha256(p)
-            files.append((str(p), known[k]))
-    if memo is not None and len(known) != n_known:
-        atomic_write_json(memo, known)
-    return {"table": file_sha256(path), "files": stable_hash(files, 32)}
-
-
-def _stage_cohort(runner: StageRunner, cfg: StudyConfig, cohort) -> tuple[StageResult, Manifest]:
-    if cohort.phantom is not None:
-        ph = cohort.phantom
-
-        def make(folder: Path) -> None:
-            from buscad.data.phantom import PhantomSpec, generate_cohort
-
-            spec = PhantomSpec(
-                size=tuple(ph.size),
-                malignant_fraction=ph.malignant_fraction,
-                duplicate_fraction=ph.duplicate_fraction,
-                conflict_fraction=ph.conflict_fraction,
-                annotation_fraction=ph.annotation_fraction,
-                colour_fraction=ph.colour_fraction,
-                atypical=ph.atypical,
-                cohorts=(cohort.name,),
-                seed=ph.seed,
-            )
-            generate_cohort(ph.n, folder, spec)
-
-        res = runner.run(f"data-{cohort.name}", {"phantom": ph.model_dump(mode="json")}, make)
-        man = Manifest.load(res.path / "manifest.csv")
-    else:
-        path = cfg.resolve(cohort.manifest)
-        if path is None or not path.exists():
-            raise ConfigError(
-                cfg.base_dir / "<config>", f"cohorts: {cohort.name}: manifest {path} not found"
-            )
-        fp = _manifest_fingerprint(path, runner.root / "file-hashes.json")
-
-        def copy(folder: Path) -> None:
-            m = Manifest.load(path)
-            m.save(folder / "manifest.csv")
-
-        res = runner.run(f"data-{cohort.name}", {"manifest": str(path), **fp}, copy)
-        man = Manifest.load(res.path / "manifest.csv")
-    df = man.df.copy()
-    df["cohort"] = cohort.name
-    df = df[df["label"].isin(cohort.labels)]
-    return res, Manifest(df, root=man.root, source=man.source)
-
-
-def _apply_audit_policy(
-    cfg: StudyConfig, audited: pd.DataFrame
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Rows kept and rows dropped (with the reason) under the config's audit policy."""
-    drop = pd.Series("", index=audited.index, dtype=object)
-    pol = cfg.audit
-    if pol.duplicates == "drop_conflicts" and "audit_label_conflict" in audited:
-        drop[audited["audit_label_conflict"].fillna(False).astype(bool)] = (
-            "duplicate group with conflicting labels"
-        )
-    if pol.duplicates == "keep_one" and "dup_group" in audited:
-        first = ~audited.duplicated("dup_group", keep="first")
-        drop[~first & (drop == "")] = "near-duplicate of a kept image"
-    if pol.drop_colour and "audit_colour_overlay" in audited:
-        drop[audited["audit_colour_overlay"].fillna(False).astype(bool) & (drop == "")] = (
-            "colour overlay"
-        )
-    if pol.drop_annotated and "audit_has_annotations" in audited:
-        drop[audited["audit_has_annotations"].fillna(False).astype(bool) & (drop == "")] = (
-            "burned-in annotations"
-        )
-    dropped = audited.loc[drop != "", ["image_id", "label", "cohort"]].assign(
-        reason=drop[drop != ""]
-    )
-    return audited.loc[drop == ""].copy(), dropped
-
-
-# ============================================================== helpers
-def _folds(y: np.ndarray, groups: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """Fold number of each row: grouped, stratified K-fold."""
-    from buscad.classical import make_folds
-
-    fold = np.full(len(y), -1, dtype=int)
-    for f, (_, te) in enumerate(make_folds(y, groups, None, k, seed)):
-        fold[te] = f
-    return fold
 
 
 def _train_config(cfg: StudyConfig, backbone: str, seed: int):
@@ -345,7 +172,7 @@ class StudyRun:
         cfg = self.cfg
 
         def work(folder: Path) -> None:
-            from buscad.data.audit import run_audit
+            from buscad.data.audit.run import run_audit
 
             res = run_audit(
                 pooled,
@@ -355,7 +182,7 @@ class StudyRun:
                 cache_dir=self.run_dir / "cache" / "audit-descriptors",
                 log=None,
             )
-            from buscad.data.audit import GEOMETRY_FEATURES, SIZE_FEATURES
+            from buscad.data.audit.masks import GEOMETRY_FEATURES, SIZE_FEATURES
 
             full = res.manifest.df.copy()
             for c in (*GEOMETRY_FEATURES, *SIZE_FEATURES):  # inputs of the shortcut references
@@ -485,7 +312,7 @@ class StudyRun:
                 )
                 oof[b][pos] = o["score"].to_numpy()
         # choose the backbone by pooled out-of-fold AUC on the training rows only
-        from buscad.evaluate.metrics import auc_ci
+        from buscad.evaluate.delong import auc_ci
 
         y = (df["label"] == "malignant").to_numpy().astype(int)
         cv_table = []
@@ -537,7 +364,7 @@ class StudyRun:
         params_path = cfg.resolve(cfg.radiomics.params)
 
         def work(folder: Path) -> None:
-            from buscad.radiomics import extract_features, load_params
+            from buscad.radiomics.extract import extract_features, load_params
 
             params = load_params(params_path)
             res = extract_features(
@@ -774,7 +601,7 @@ class StudyRun:
         cfg = self.cfg
 
         def work(folder: Path) -> None:
-            from buscad.bundle import write_bundle
+            from buscad.bundle.bundle import write_bundle
             from buscad.evaluate.metrics import youden_threshold
 
             sc = pd.read_csv(deep_res.path / "scores.csv").set_index("image_id")
@@ -795,7 +622,7 @@ class StudyRun:
             notes = json.loads((cls_res.path / "notes.json").read_text())
             params = None
             if "radiomics" in classical:
-                from buscad.radiomics import load_params
+                from buscad.radiomics.extract import load_params
 
                 params = load_params(cfg.resolve(cfg.radiomics.params))
             write_bundle(
@@ -851,9 +678,9 @@ class StudyRun:
             return []
 
         def work(folder: Path) -> None:
-            from buscad.explain import explain_manifest
+            from buscad.explain.cam import explain_manifest
             from buscad.models.checkpoint import load_checkpoint
-            from buscad.preprocess import Preprocessor
+            from buscad.models.preprocess import Preprocessor
 
             model, spec = load_checkpoint(deep_res.path / "model")
             pre = Preprocessor.from_dict(spec["preprocessing"])
@@ -884,185 +711,6 @@ class StudyRun:
             work,
         )
         return sorted(res.path.glob("*/gallery.png"))
-
-
-def _youden(pred: pd.DataFrame, arm: Arm) -> float:
-    from buscad.evaluate.metrics import youden_threshold
-
-    tr = pred[pred["cohort"] == arm.train_label]
-    return youden_threshold(tr["label"].to_numpy(), tr["deep"].to_numpy())
-
-
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name.replace("→", "-to-"))
-
-
-# ============================================================== models
-def fit_and_predict(
-    cfg: StudyConfig, df: pd.DataFrame, table: pd.DataFrame
-) -> tuple[pd.DataFrame, list[str], dict[str, Any]]:
-    """Fit every configured classical/fusion model on the training rows and predict all rows.
-
-    Training rows get out-of-fold predictions (grouped ``cv_fold``); other rows
-    get the prediction of the model refit on all training rows. Returns the
-    predictions table (``case_id, label, cohort, age, <model>...``), notes on
-    models that could not be built (e.g. no clinical data in the training rows)
-    and the refit models (name -> fitted estimator; not the shortcut references).
-    """
-    from sklearn.impute import SimpleImputer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    from buscad import classical as C
-    from buscad.data.audit import GEOMETRY_FEATURES, SIZE_FEATURES
-
-    notes: list[str] = []
-    idx = df["image_id"].to_numpy()
-    X = table.loc[idx]
-    y = (df["label"] == "malignant").to_numpy().astype(int)
-    tr = (df["split"] == "train").to_numpy()
-    folds = df["cv_fold"].to_numpy()[tr]
-    groups = df["group"].astype(str).to_numpy()[tr]
-    out = pd.DataFrame({"case_id": idx, "label": y, "cohort": df["eval_cohort"].to_numpy()})
-    if "age" in df:
-        out["age"] = pd.to_numeric(df["age"], errors="coerce").to_numpy()
-    models: dict[str, Any] = {}
-
-    def present(cols: list[str]) -> list[str]:
-        return [c for c in cols if c in X.columns and X.loc[tr, c].notna().any()]
-
-    deep_cols = [c for c in X.columns if re.match(DEEP_FEATURES, str(c))]
-    if "deep" in cfg.models and "deep_final" in X:
-        out["deep"] = np.where(tr, X["deep_oof"].to_numpy(), X["deep_final"].to_numpy())
-    if "radiomics" in cfg.models:
-        models["radiomics"] = C.radiomics_pipeline(
-            icc_threshold=cfg.radiomics.icc_threshold,
-            spearman_threshold=cfg.radiomics.rho_threshold,
-            exclude=None if cfg.radiomics.shape_features else "_shape2D_",
-            random_state=cfg.seed,
-        )
-    if "dlr" in cfg.models and deep_cols:
-        models["dlr"] = C.DLR(include=DEEP_FEATURES)
-    num = [c for c in cfg.clinical.columns if c in X and pd.api.types.is_numeric_dtype(X[c])]
-    cat = [c for c in cfg.clinical.columns if c in X and not pd.api.types.is_numeric_dtype(X[c])]
-    clin = present(num + cat)
-    if "clinical" in cfg.models:
-        if clin:
-            models["clinical"] = C.ClinicalModel(
-                numeric=[c for c in num if c in clin],
-                categorical=[c for c in cat if c in clin],
-                alpha=cfg.clinical.p_threshold,
-                random_state=cfg.seed,
-            )
-        else:
-            notes.append(
-                f"clinical model not built: no values of {cfg.clinical.columns} in the training rows"
-            )
-    us_cols = present(
-        list(cfg.clinical.us_columns)
-        + ([cfg.clinical.reader_column] if cfg.clinical.reader_column else [])
-    )
-    if "us" in cfg.models:
-        if us_cols:
-            models["us"] = C.USModel(columns=us_cols, random_state=cfg.seed)
-        else:
-            notes.append("US model not built: no BI-RADS lexicon columns in the training rows")
-    if "cldlr" in cfg.models and deep_cols:
-        if clin:
-            models["cldlr"] = C.CLDLR(
-                include=DEEP_FEATURES,
-                numeric=[c for c in num if c in clin],
-                categorical=[c for c in cat if c in clin] or None,
-                alpha=cfg.clinical.p_threshold,
-            )
-        else:
-            notes.append(
-                "CLDLR not built: no clinical values in the training rows (it would equal DLR)"
-            )
-    shortcut = {}
-    for name, features in zip(SHORTCUT_MODELS, (GEOMETRY_FEATURES, SIZE_FEATURES), strict=True):
-        cols = [c for c in features if c in X]
-        if cols:
-            shortcut[name] = make_pipeline(
-                C.FeatureSubset(include=[f"^{c}$" for c in cols]),
-                SimpleImputer(strategy="median"),
-                StandardScaler(),
-                LogisticRegression(max_iter=2000),
-            )
-    Xn = X.select_dtypes(include=[np.number, "bool"]).astype(float)
-    fitted: dict[str, Any] = {}
-    for name, est in {**models, **shortcut}.items():
-        Xm = X if name in ("clinical", "us", "cldlr") else Xn
-        out[name], fit = _oof_and_predict(est, Xm, y, tr, folds, cfg.seed)
-        if name in models:
-            fitted[name] = fit
-    if "integrated" in cfg.models:
-        bases = [(n, models[n]) for n in models]
-        if "deep" in out:
-            Xn = Xn.assign(_deep_score=out["deep"].to_numpy())
-            bases.append(("deep", C.ColumnScore("_deep_score")))
-        if len(bases) >= 2:
-            stack = C.StackingIntegrator(
-                estimators=bases, cv=cfg.split.cv_folds, random_state=cfg.seed
-            )
-            Xs = pd.concat([X.drop(columns=[c for c in Xn.columns if c in X.columns]), Xn], axis=1)
-            out["integrated"], fitted["integrated"] = _oof_and_predict(
-                stack, Xs, y, tr, folds, cfg.seed, groups=groups
-            )
-        else:
-            notes.append("integrated model not built: fewer than two single models")
-    reader = cfg.clinical.reader_column
-    if reader and reader in df and df[reader].notna().any():
-        from buscad.reader.analysis import birads_rank
-
-        out[READER_MODEL] = birads_rank(df[reader])
-    return out, notes, fitted
-
-
-def export_models(fitted: dict[str, Any], folder: Path) -> list[str]:
-    """Write each refit model pickle-free (:mod:`buscad.portable`) with the inputs it reads.
-
-    ``folder/<name>.safetensors`` + ``.json``; the JSON's metadata holds
-    ``inputs`` (:func:`buscad.classical.model_inputs`). Returns notes on models
-    that could not be exported.
-    """
-    from buscad.classical import model_inputs
-    from buscad.errors import ModelFileError
-    from buscad.portable import save_portable
-
-    notes = []
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, est in fitted.items():
-        try:
-            save_portable(est, folder / name, metadata={"inputs": model_inputs(est)})
-        except ModelFileError as exc:
-            notes.append(f"{name} model not exported to the bundle: {exc}")
-    return notes
-
-
-def _oof_and_predict(
-    est,
-    X: pd.DataFrame,
-    y: np.ndarray,
-    tr: np.ndarray,
-    folds: np.ndarray,
-    seed: int,
-    groups: np.ndarray | None = None,
-) -> tuple[np.ndarray, Any]:
-    """Out-of-fold P(malignant) on training rows, refit-on-all prediction elsewhere; the refit model."""
-    from sklearn.base import clone
-
-    from buscad.classical import cross_val_predict_grouped
-
-    s = np.full(len(y), np.nan)
-    Xtr = X.loc[X.index[tr]]
-    s[tr] = cross_val_predict_grouped(clone(est), Xtr, y[tr], folds=folds)
-    kw = {"groups": groups} if groups is not None else {}
-    fitted = clone(est).fit(Xtr, y[tr], **kw)
-    if (~tr).any():
-        s[~tr] = fitted.predict_proba(X.loc[X.index[~tr]])[:, 1]
-    return s, fitted
 
 
 def run_study(
