@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "buscad.serve.cli",
     "buscad.demo",
     "buscad.reader.cli",
+    "buscad.segment.cli",
 )
 
 #: Top-level command -> the module that registers it. ``main`` imports only that
@@ -45,6 +46,7 @@ COMMANDS: dict[str, str] = {
     "serve": "buscad.serve.cli",
     "demo": "buscad.demo",
     "reader": "buscad.reader.cli",
+    "segment": "buscad.segment.cli",
 }
 
 
