@@ -166,7 +166,9 @@ def run_one(
         seg = Segmenter.load(wd, backend="torch")
         hist = seg.spec.get("training", {})
     else:
-        seg, hist = train_segmenter(train_items, wd, cfg, tcfg, log=lambda s: print(name, s))
+        seg, hist = train_segmenter(
+            train_items, wd, cfg, tcfg, log=lambda s: print(name, s, flush=True)
+        )
         hist = seg.spec.get("training", {})
     t_train = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -211,7 +213,9 @@ def main() -> None:
     }
     m = build_manifest(DATA)
     t0 = time.perf_counter()
-    items = load_items(m, cache_side=2 * args.size, on_skip=lambda s: print("skipped:", s))
+    items = load_items(
+        m, cache_side=2 * args.size, on_skip=lambda s: print("skipped:", s, flush=True)
+    )
     result["load_seconds"] = time.perf_counter() - t0
     df = m.df.set_index("image_id")
     cohort = {it.image_id: it.cohort for it in items}
