@@ -141,7 +141,8 @@ def predict_items(
     -------
     table : pandas.DataFrame
         One row per image: ``image_id``, ``cohort``, ``label``, ``box_dice``,
-        ``box_iou``, ``box_hd95_px``, ``box_hd95_mm``, ``n_lesions``, ``n_found``,
+        ``box_iou``, ``box_hd95_px``, ``box_hd95_mm`` (spacing from ``spacing`` by image id,
+        else the item's ``spacing_mm``), ``n_lesions``, ``n_found``,
         ``n_false``, ``n_candidates``, ``auto_dice`` and ``all_found``.
     results : dict
         ``image_id -> (box result or None, automatic result)`` when ``keep``.
@@ -149,7 +150,7 @@ def predict_items(
     rng = np.random.default_rng(seed)
     rows, kept = [], {}
     for it in items:
-        sp = (spacing or {}).get(it.image_id)
+        sp = (spacing or {}).get(it.image_id, it.spacing_mm)
         row: dict = {"image_id": it.image_id, "cohort": it.cohort, "label": it.label}
         box_res = None
         if it.mask.any():

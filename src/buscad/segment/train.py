@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 import buscad._compat  # noqa: F401
 from buscad._compat import torch
@@ -105,13 +106,18 @@ class TrainConfig:
 
 @dataclass
 class Item:
-    """One training row in memory: uint8 gray image, boolean mask, label."""
+    """One manifest row in memory: uint8 gray image, boolean mask, label.
+
+    ``spacing_mm`` is the pixel spacing of the stored (possibly shrunk) arrays:
+    the manifest's ``pixel_spacing_mm`` times original height / stored height.
+    """
 
     image_id: str
     gray: np.ndarray
     mask: np.ndarray
     label: str
     cohort: str = ""
+    spacing_mm: float | None = None
 
 
 def _shrink(gray: np.ndarray, mask: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
@@ -155,9 +161,12 @@ def load_items(
             continue
         if label == "normal":
             mask = np.zeros_like(mask)
+        h0 = gray.shape[0]
         gray, mask = _shrink(gray, mask, cache_side)
         cohort = str(row.get("cohort", "")) if "cohort" in df.columns else ""
-        items.append(Item(str(row["image_id"]), gray, mask, label, cohort))
+        sp = pd.to_numeric(row.get("pixel_spacing_mm"), errors="coerce")
+        sp = float(sp) * h0 / gray.shape[0] if pd.notna(sp) and sp > 0 else None
+        items.append(Item(str(row["image_id"]), gray, mask, label, cohort, sp))
     return items
 
 
