@@ -48,6 +48,13 @@ def test_segment_commands(tmp_path: Path) -> None:
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     assert json.loads((out / "results.json").read_text())["results"][0]["mode"] == "box"
+    r = runner.invoke(
+        app,
+        ["segment", "predict", "--model", str(model), images[0], "-o", str(out),
+         "--point", "30,30", "--backend", "torch"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "results.json").read_text())["results"][0]["mode"] == "box"
     ev = tmp_path / "eval"
     r = runner.invoke(
         app,

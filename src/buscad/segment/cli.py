@@ -29,6 +29,21 @@ def _items(manifest: Path, split: str | None, cache_side: int) -> list:
     return load_items(m, cache_side, on_skip=lambda s: typer.echo(f"skipped: {s}", err=True))
 
 
+def _numbers(text: str, n: int, option: str, form: str, n_images: int) -> tuple | None:
+    """``n`` comma-separated numbers of a prompt option (None when empty)."""
+    from buscad.errors import ConfigError
+
+    if not text:
+        return None
+    try:
+        vals = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        vals = ()
+    if len(vals) != n or n_images != 1:
+        raise ConfigError(option, f"give {form} ({n} numbers) and exactly one image")
+    return vals
+
+
 @segment_app.command("train")
 def train_cmd(
     manifest: Path = typer.Option(..., "--manifest", "-m", help="buscad manifest with mask_path."),
@@ -70,23 +85,18 @@ def predict_cmd(
     images: list[Path] = typer.Argument(..., help="Images to outline."),
     out: Path = typer.Option(..., "-o", "--out", help="Folder for masks and results.json."),
     box: str = typer.Option("", help="x0,y0,x1,y1 prompt box (one image only)."),
+    point: str = typer.Option("", help="x,y click on the lesion (one image only)."),
     backend: str = typer.Option("auto", help="auto, onnx or torch."),
 ) -> None:
     """Outline lesions: with --box around the box, else automatic candidates."""
     from buscad.data.io import read_image, write_mask_png
-    from buscad.errors import BuscadError, ConfigError
+    from buscad.errors import BuscadError
     from buscad.segment.infer import Segmenter
     from buscad.segment.morphology import describe
     from buscad.utils import atomic_write_json
 
-    prompt = None
-    if box:
-        try:
-            prompt = tuple(float(v) for v in box.split(","))
-        except ValueError:
-            prompt = ()
-        if len(prompt) != 4 or len(images) != 1:
-            raise ConfigError("--box", "give x0,y0,x1,y1 (four numbers) and exactly one image")
+    prompt = _numbers(box, 4, "--box", "x0,y0,x1,y1", len(images))
+    click = _numbers(point, 2, "--point", "x,y", len(images))
     seg = Segmenter.load(model, backend=backend)
     out.mkdir(parents=True, exist_ok=True)
     results, skipped = [], []
@@ -97,7 +107,7 @@ def predict_cmd(
             skipped.append(str(exc))
             typer.echo(f"skipped: {exc}", err=True)
             continue
-        r = seg.predict(gray, box=prompt)
+        r = seg.predict(gray, box=prompt, point=click)
         name = f"{i:04d}_{Path(path).stem}_mask.png"
         write_mask_png(r.mask, out / name)
         cands = []
