@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "buscad.serve.cli",
     "buscad.demo",
     "buscad.reader.cli",
+    "buscad.segment.cli",
 )
 
 #: Top-level command -> the module that registers it. ``main`` imports only that
@@ -47,6 +48,7 @@ COMMANDS: dict[str, str] = {
     "serve": "buscad.serve.cli",
     "demo": "buscad.demo",
     "reader": "buscad.reader.cli",
+    "segment": "buscad.segment.cli",
 }
 
 

@@ -1,0 +1,173 @@
+"""``buscad segment train | predict | evaluate | export``: automatic lesion outlines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+segment_app = typer.Typer(
+    help="Lesion outlines: train a segmenter, outline images (box or automatic), evaluate it.",
+    no_args_is_help=True,
+)
+
+
+def _items(manifest: Path, split: str | None, cache_side: int) -> list:
+    from buscad.data.manifest import Manifest
+    from buscad.segment.train import load_items
+
+    m = Manifest.load(manifest)
+    if split:
+        if "split" not in m.df.columns:
+            from buscad.errors import ManifestError
+
+            raise ManifestError(
+                manifest, f"--split {split} given but the manifest has no split column"
+            )
+        m = m.subset(m.df["split"].astype(str) == split)
+    return load_items(m, cache_side, on_skip=lambda s: typer.echo(f"skipped: {s}", err=True))
+
+
+def _numbers(text: str, n: int, option: str, form: str, n_images: int) -> tuple | None:
+    """``n`` comma-separated numbers of a prompt option (None when empty)."""
+    from buscad.errors import ConfigError
+
+    if not text:
+        return None
+    try:
+        vals = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        vals = ()
+    if len(vals) != n or n_images != 1:
+        raise ConfigError(option, f"give {form} ({n} numbers) and exactly one image")
+    return vals
+
+
+@segment_app.command("train")
+def train_cmd(
+    manifest: Path = typer.Option(..., "--manifest", "-m", help="buscad manifest with mask_path."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output folder (resumable)."),
+    split: str = typer.Option("", help="Train on rows whose split column equals this."),
+    epochs: int = typer.Option(30),
+    batch_size: int = typer.Option(16),
+    lr: float = typer.Option(1e-3),
+    input_size: int = typer.Option(256, help="Network input side in pixels."),
+    pretrained: str = typer.Option("imagenet", help="imagenet (packaged, offline) or random."),
+    max_steps: int = typer.Option(0, help="Stop after this many steps (0: no limit)."),
+    threads: int = typer.Option(0, help="torch threads (0: default)."),
+    seed: int = typer.Option(0),
+    onnx: bool = typer.Option(True, help="Also export segmenter.onnx."),
+) -> None:
+    """Train a segmenter on the manifest's lesion masks (normals as negatives)."""
+    from buscad.segment.infer import SegConfig
+    from buscad.segment.train import TrainConfig, train_segmenter
+
+    items = _items(manifest, split or None, 2 * input_size)
+    tcfg = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        pretrained=pretrained,
+        max_steps=max_steps or None,
+        threads=threads or None,
+        seed=seed,
+    )
+    seg, hist = train_segmenter(items, out, SegConfig(input_size=input_size), tcfg, log=typer.echo)
+    if onnx:
+        seg.export_onnx(out)
+    typer.echo(f"trained on {len(items)} images ({hist['steps']} steps); wrote {out}")
+
+
+@segment_app.command("predict")
+def predict_cmd(
+    model: Path = typer.Option(..., "--model", help="Segmenter folder or file."),
+    images: list[Path] = typer.Argument(..., help="Images to outline."),
+    out: Path = typer.Option(..., "-o", "--out", help="Folder for masks and results.json."),
+    box: str = typer.Option("", help="x0,y0,x1,y1 prompt box (one image only)."),
+    point: str = typer.Option("", help="x,y click on the lesion (one image only)."),
+    backend: str = typer.Option("auto", help="auto, onnx or torch."),
+) -> None:
+    """Outline lesions: with --box around the box, else automatic candidates."""
+    from buscad.data.io import read_image, write_mask_png
+    from buscad.errors import BuscadError
+    from buscad.segment.infer import Segmenter
+    from buscad.segment.morphology import describe
+    from buscad.utils import atomic_write_json
+
+    prompt = _numbers(box, 4, "--box", "x0,y0,x1,y1", len(images))
+    click = _numbers(point, 2, "--point", "x,y", len(images))
+    seg = Segmenter.load(model, backend=backend)
+    out.mkdir(parents=True, exist_ok=True)
+    results, skipped = [], []
+    for i, path in enumerate(images):
+        try:
+            gray, meta = read_image(path)
+        except BuscadError as exc:
+            skipped.append(str(exc))
+            typer.echo(f"skipped: {exc}", err=True)
+            continue
+        r = seg.predict(gray, box=prompt, point=click)
+        name = f"{i:04d}_{Path(path).stem}_mask.png"
+        write_mask_png(r.mask, out / name)
+        cands = []
+        for c in r.candidates:
+            try:
+                morph = describe(c.mask, meta.pixel_spacing_mm).as_dict()
+            except BuscadError:
+                morph = None
+            cands.append({"box": list(c.box), "confidence": c.confidence, "morphology": morph})
+        results.append(
+            {
+                "image": str(path),
+                "mask": name,
+                "mode": r.mode,
+                "found": r.found,
+                "candidates": cands,
+            }
+        )
+        typer.echo(f"{path}: {'no lesion found' if not r.found else f'{len(cands)} lesion(s)'}")
+    atomic_write_json(out / "results.json", {"results": results, "skipped": skipped})
+
+
+@segment_app.command("evaluate")
+def evaluate_cmd(
+    model: Path = typer.Option(..., "--model", help="Segmenter folder or file."),
+    manifest: Path = typer.Option(..., "--manifest", "-m", help="Manifest with expert masks."),
+    out: Path = typer.Option(..., "-o", "--out", help="Folder for metrics, table and gallery."),
+    split: str = typer.Option("", help="Evaluate rows whose split column equals this."),
+    jitter: float = typer.Option(0.15, help="Box side jitter (fraction of the side)."),
+    n_boot: int = typer.Option(1000, help="Bootstrap resamples for the CIs."),
+    gallery: int = typer.Option(12, help="Worst cases in the HTML gallery (0: none)."),
+    backend: str = typer.Option("auto"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Dice, IoU, HD95, detection sensitivity and false candidates/image with 95% CIs."""
+    from buscad.segment.evaluate import evaluate_segmenter
+    from buscad.segment.infer import Segmenter
+
+    seg = Segmenter.load(model, backend=backend)
+    items = _items(manifest, split or None, 10**9)
+    summary = evaluate_segmenter(seg, items, out, jitter, seed, n_boot, gallery=gallery)
+    o = summary["overall"]
+    typer.echo(json.dumps({k: o[k] for k in o if k.startswith(("box_dice", "detection", "false"))}))
+    typer.echo(f"wrote {out}")
+
+
+@segment_app.command("export")
+def export_cmd(
+    model: Path = typer.Option(..., "--model", help="Segmenter folder (with safetensors)."),
+) -> None:
+    """Export segmenter.onnx beside the weights."""
+    from buscad.segment.infer import Segmenter
+
+    seg = Segmenter.load(model, backend="torch")
+    typer.echo(f"wrote {seg.export_onnx(model if model.is_dir() else model.parent)}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``buscad segment`` to the top-level app."""
+    app.add_typer(segment_app, name="segment")
+
+
+__all__ = ["register", "segment_app"]

