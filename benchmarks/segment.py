@@ -47,8 +47,9 @@ import pandas as pd
 
 import buscad._compat  # noqa: F401
 from buscad.data.manifest import Manifest
+from buscad.segment.base import SegConfig
 from buscad.segment.evaluate import evaluate_segmenter
-from buscad.segment.infer import SegConfig, Segmenter
+from buscad.segment.infer import Segmenter
 from buscad.segment.train import TrainConfig, load_items, train_segmenter
 from buscad.utils import atomic_write_json
 
@@ -109,7 +110,7 @@ def morphology_kappas(seg: Segmenter | None, items: list, ref: pd.DataFrame, see
     out: dict = {}
     sources = {"expert_mask": lambda it: it.mask}
     if seg is not None:
-        from buscad.segment.infer import mask_box
+        from buscad.segment.base import mask_box
 
         sources["box_outline"] = lambda it: seg.predict(it.gray, box=mask_box(it.mask)).mask
     for name, get in sources.items():
@@ -126,7 +127,7 @@ def morphology_kappas(seg: Segmenter | None, items: list, ref: pd.DataFrame, see
 
 def onnx_speed(seg: Segmenter, work: Path, threads: int = 2, repeats: int = 50) -> dict:
     """ms per 256 px box-prompted pass with ONNX Runtime (median and p95)."""
-    from buscad.segment.infer import OnnxRunner
+    from buscad.segment.base import OnnxRunner
 
     path = seg.export_onnx(work / "speed")
     run = OnnxRunner(path, threads=threads)

@@ -17,19 +17,14 @@ pytest.importorskip("segmentation_models_pytorch")
 
 from buscad.data.phantom import generate_cohort  # noqa: E402
 from buscad.errors import ModelFileError  # noqa: E402
+from buscad.segment.base import SegConfig, crop_region, make_input, mask_box  # noqa: E402
 from buscad.segment.evaluate import (  # noqa: E402
     bootstrap_ci,
     evaluate_segmenter,
     match_candidates,
     overlap_metrics,
 )
-from buscad.segment.infer import (  # noqa: E402
-    SegConfig,
-    Segmenter,
-    crop_region,
-    make_input,
-    mask_box,
-)
+from buscad.segment.infer import Segmenter  # noqa: E402
 from buscad.segment.train import (  # noqa: E402
     TrainConfig,
     jitter_box,

@@ -2,6 +2,10 @@
 
 The names below are imported on first use (PEP 562), so reading one image
 (``buscad.data.io``) does not import pandas.
+
+Owns: the manifest contract, image and mask readers (with the decode budget), importers,
+the audit, leakage groups, splits, BI-RADS ranks, lexicon tokens, phantoms and ``buscad data``.
+May import: utils, errors, _lazy, _cliutil; nothing above it.
 """
 
 from __future__ import annotations

@@ -5,6 +5,11 @@ predictions (case id, label, cohort, one column per model) and returns an
 :class:`EvaluationResult` whose ``write(out_dir)`` produces Tables 1–3 (CSV,
 XLSX, Markdown), figures (PNG, SVG), a model card, a TRIPOD+AI checklist and a
 self-contained HTML report. The statistics are importable on their own.
+
+Owns: the statistics (AUC and DeLong tests, proportions and thresholds, calibration, decision
+curves, MRMC, the univariate-test policy), Tables 1-3, figures and the evaluation report.
+May import: report (the HTML builder), data (manifest), utils, errors. It sits low because
+models, classical, bundle, study and reader all use its statistics; it never imports them.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ card, TRIPOD+AI checklist and one self-contained HTML report."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -132,7 +133,6 @@ def write_evaluation_outputs(
     CSV, XLSX, Markdown), ``figures/`` (PNG and SVG), ``model_card.md``,
     ``config.json``, ``issues.txt`` and ``report.html``.
     """
-    from buscad.evaluate.result import config_json
 
     out_dir.mkdir(parents=True, exist_ok=True)
     tdir, fdir = out_dir / "tables", out_dir / "figures"
@@ -387,3 +387,13 @@ def _audit_block(audit: Any) -> Any:
             "Data audit summary.",
         )
     return Text(str(audit))
+
+
+def config_json(result: EvaluationResult) -> str:
+    """The run's configuration and thresholds as JSON text."""
+    obj: Mapping[str, Any] = {
+        **result.config,
+        "thresholds": result.thresholds,
+        "issues": result.issues,
+    }
+    return json.dumps(obj, indent=2, default=str) + "\n"

@@ -8,8 +8,7 @@ malignant). Predictions made elsewhere can be evaluated the same way.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -516,13 +515,3 @@ def read_predictions(
             )
         merged = both
     return merged, issues
-
-
-def config_json(result: EvaluationResult) -> str:
-    """The run's configuration and thresholds as JSON text."""
-    obj: Mapping[str, Any] = {
-        **result.config,
-        "thresholds": result.thresholds,
-        "issues": result.issues,
-    }
-    return json.dumps(obj, indent=2, default=str) + "\n"

@@ -4,6 +4,9 @@ The builder is generic: a report is a list of :class:`Section` objects holding
 blocks (:class:`Text`, :class:`Table`, :class:`Figure`, :class:`KeyValue`,
 :class:`Html`). The HTML has all CSS inline and figures embedded as base64 PNG,
 so it opens offline with no external scripts, fonts or images.
+
+Owns: the generic HTML report builder, model cards and TRIPOD+AI checklists. May import:
+utils only.
 """
 
 from buscad.report.builder import (

@@ -60,7 +60,7 @@ def train_cmd(
     onnx: bool = typer.Option(True, help="Also export segmenter.onnx."),
 ) -> None:
     """Train a segmenter on the manifest's lesion masks (normals as negatives)."""
-    from buscad.segment.infer import SegConfig
+    from buscad.segment.base import SegConfig
     from buscad.segment.train import TrainConfig, train_segmenter
 
     items = _items(manifest, split or None, 2 * input_size)

@@ -33,7 +33,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from buscad.segment.infer import Segmenter, SegResult, box_iou, components, mask_box
+from buscad.segment.base import SegResult, box_iou, components, mask_box
+from buscad.segment.infer import Segmenter
 from buscad.segment.train import Item, jitter_box
 from buscad.utils import atomic_path, atomic_write_text
 

@@ -27,7 +27,7 @@ import numpy as np
 import buscad._compat  # noqa: F401  (before timm / smp import torchvision)
 from buscad._compat import torch
 from buscad.errors import ModelFileError
-from buscad.segment.infer import Runner, SegConfig
+from buscad.segment.base import Runner, SegConfig
 
 #: Encoder names whose ImageNet weights buscad can load offline -> registry backbone.
 PRETRAINED_ENCODERS: dict[str, str] = {"tu-tf_efficientnet_lite0": "efficientnet_lite0"}

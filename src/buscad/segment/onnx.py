@@ -2,7 +2,7 @@
 
 The graph maps ``image`` float32 ``(N, 2, S, S)`` to ``logits`` ``(N, 1, S, S)``
 (dynamic batch; ``S`` fixed at export). Running it needs only ONNX Runtime
-(:class:`buscad.segment.infer.OnnxRunner`).
+(:class:`buscad.segment.base.OnnxRunner`).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def parity(module: Any, onnx_path: str | os.PathLike[str], x: np.ndarray) -> dic
         ``max_abs_logit`` = max |l_torch - l_onnx| and ``max_abs_prob`` =
         max |sigmoid(l_torch) - sigmoid(l_onnx)|.
     """
-    from buscad.segment.infer import OnnxRunner, sigmoid
+    from buscad.segment.base import OnnxRunner, sigmoid
     from buscad.segment.model import torch_runner
 
     a = torch_runner(module)(x)

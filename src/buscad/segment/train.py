@@ -6,7 +6,7 @@ Each training sample is drawn from one manifest row:
   *box-prompted* sample with probability ``box_fraction``: one lesion (a
   connected component of the mask) is picked, its box's four sides are moved
   independently by ``U(-jitter, +jitter)`` times the box width (height), and the
-  crop/prompt is built by the same :func:`buscad.segment.infer.make_input` used
+  crop/prompt is built by the same :func:`buscad.segment.base.make_input` used
   at inference; the target is that lesion only. Otherwise it is an
   *automatic* sample: whole image, empty prompt, target = the whole mask;
 - a ``normal`` image (empty or no mask) is an automatic sample with an empty
@@ -46,15 +46,8 @@ from buscad._compat import torch
 from buscad.data.io import read_image, read_mask, split_mask_paths, to_uint8
 from buscad.data.manifest import Manifest
 from buscad.errors import BuscadError, ModelFileError
-from buscad.segment.infer import (
-    SegConfig,
-    Segmenter,
-    _resize,
-    components,
-    make_input,
-    mask_box,
-    normalise,
-)
+from buscad.segment.base import SegConfig, _resize, components, make_input, mask_box, normalise
+from buscad.segment.infer import Segmenter
 from buscad.segment.model import build_module, load_imagenet_encoder, torch_runner
 from buscad.utils import atomic_path, atomic_write_json, seed_everything
 

@@ -2,6 +2,11 @@
 
 FastAPI is imported only when :func:`create_app` is first used, so the CLI
 stays fast.
+
+Owns: the FastAPI app (pages, the predict/report API, reader-study routes), upload decoding
+with its limits, the one-page case report and ``buscad serve``. May import: bundle (the
+Predictor it serves), reader (the study store), explain (colour map), data (readers), errors,
+utils. Nothing imports serve except the command line.
 """
 
 from __future__ import annotations

@@ -140,13 +140,13 @@ from buscad._lazy import lazy_exports
 #: Public name -> defining module, imported on first use (PEP 562).
 _LAZY = {
     "AnnotationParams": "buscad.data.audit.annotations",
-    "AuditResult": "buscad.data.audit.run",
+    "AuditResult": "buscad.data.audit.report",
     "COLOUR_OVERLAY_DEVIATION": "buscad.data.audit.scan",
     "COLOUR_OVERLAY_MIN_FRACTION": "buscad.data.audit.scan",
     "GEOMETRY_FEATURES": "buscad.data.audit.masks",
     "ImageRecord": "buscad.data.audit.scan",
     "MASK_FLAGS": "buscad.data.audit.masks",
-    "NearDuplicateParams": "buscad.data.audit.duplicates",
+    "NearDuplicateParams": "buscad.data.audit.scan",
     "SIZE_FEATURES": "buscad.data.audit.masks",
     "annotation_marks": "buscad.data.audit.annotations",
     "colour_overlay_fraction": "buscad.data.audit.scan",

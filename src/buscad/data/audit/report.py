@@ -7,7 +7,9 @@ import html
 import io as _io
 import json
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -17,9 +19,6 @@ from buscad.data.audit.scan import ImageRecord
 from buscad.data.io import read_image, read_mask, to_uint8
 from buscad.data.manifest import Manifest
 from buscad.errors import ImageReadError, MaskError
-
-if TYPE_CHECKING:
-    from buscad.data.audit.run import AuditResult
 
 
 def _thumb_png(
@@ -268,3 +267,46 @@ def render_report(
         + "\n".join(parts)
         + "</body></html>\n"
     )
+
+
+@dataclass
+class AuditResult:
+    """Everything :func:`run_audit` found and wrote.
+
+    Attributes
+    ----------
+    out_dir : pathlib.Path
+        Output folder.
+    flags : pandas.DataFrame
+        One row per image with every flag (``flags.csv``).
+    duplicates : pandas.DataFrame
+        Group ids per image (``duplicates.csv``).
+    pairs : pandas.DataFrame
+        Exact and accepted near-duplicate pairs (``duplicate_pairs.csv``).
+    conflicts : pandas.DataFrame
+        Members of groups with more than one label (``conflicts.csv``).
+    shortcuts : pandas.DataFrame
+        Shortcut AUCs (``shortcuts.csv``).
+    distribution : pandas.DataFrame
+        Counts, sizes and lesion areas per cohort and label (``distribution.csv``).
+    summary : dict
+        The numbers of ``summary.json``.
+    warnings : list of str
+        Plain-language warnings (also in the summary and the report).
+    manifest : Manifest
+        Input plus ``dup_group`` and the audit flags (``manifest_audited.csv``).
+    report : pathlib.Path
+        ``report.html``.
+    """
+
+    out_dir: Path
+    flags: pd.DataFrame
+    duplicates: pd.DataFrame
+    pairs: pd.DataFrame
+    conflicts: pd.DataFrame
+    shortcuts: pd.DataFrame
+    distribution: pd.DataFrame
+    summary: dict
+    warnings: list[str]
+    manifest: Manifest
+    report: Path

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from buscad.data.audit.duplicates import (
     group_names,
 )
 from buscad.data.audit.masks import GEOMETRY_FEATURES, MASK_FLAGS, SIZE_FEATURES, mask_findings
-from buscad.data.audit.report import render_report
+from buscad.data.audit.report import AuditResult, render_report
 from buscad.data.audit.scan import COLOUR_OVERLAY_MIN_FRACTION, NearDuplicateParams, scan_images
 from buscad.data.audit.shortcuts import shortcut_auc
 from buscad.data.manifest import LESION_LABELS, Manifest
@@ -30,49 +30,6 @@ from buscad.utils import (
     atomic_write_table,
     atomic_write_text,
 )
-
-
-@dataclass
-class AuditResult:
-    """Everything :func:`run_audit` found and wrote.
-
-    Attributes
-    ----------
-    out_dir : pathlib.Path
-        Output folder.
-    flags : pandas.DataFrame
-        One row per image with every flag (``flags.csv``).
-    duplicates : pandas.DataFrame
-        Group ids per image (``duplicates.csv``).
-    pairs : pandas.DataFrame
-        Exact and accepted near-duplicate pairs (``duplicate_pairs.csv``).
-    conflicts : pandas.DataFrame
-        Members of groups with more than one label (``conflicts.csv``).
-    shortcuts : pandas.DataFrame
-        Shortcut AUCs (``shortcuts.csv``).
-    distribution : pandas.DataFrame
-        Counts, sizes and lesion areas per cohort and label (``distribution.csv``).
-    summary : dict
-        The numbers of ``summary.json``.
-    warnings : list of str
-        Plain-language warnings (also in the summary and the report).
-    manifest : Manifest
-        Input plus ``dup_group`` and the audit flags (``manifest_audited.csv``).
-    report : pathlib.Path
-        ``report.html``.
-    """
-
-    out_dir: Path
-    flags: pd.DataFrame
-    duplicates: pd.DataFrame
-    pairs: pd.DataFrame
-    conflicts: pd.DataFrame
-    shortcuts: pd.DataFrame
-    distribution: pd.DataFrame
-    summary: dict
-    warnings: list[str]
-    manifest: Manifest
-    report: Path
 
 
 def _distribution(flags: pd.DataFrame) -> pd.DataFrame:
