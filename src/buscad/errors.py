@@ -59,3 +59,9 @@ class UnsupportedModalityError(ImageReadError):
 
 class MaskDecodeBudgetError(DecodeBudgetError, MaskError):
     """A mask would decode beyond the budget: both a :class:`DecodeBudgetError` and a :class:`MaskError`."""
+
+
+def internal_error(file: object, exc: BaseException) -> str:
+    """``internal error reading FILE: <ExcType>: message`` (one line, bounded)."""
+    msg = " ".join(str(exc).split())[:200]
+    return f"internal error reading {file}: {type(exc).__name__}: {msg}"

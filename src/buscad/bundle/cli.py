@@ -47,9 +47,8 @@ def predict_cmd(
     import io
 
     from buscad.bundle.bundle import Bundle
-    from buscad.data.importers.registry import internal_error
     from buscad.data.io import burned_in_warning, read_image, read_mask, reader_settings, to_uint8
-    from buscad.errors import BuscadError
+    from buscad.errors import BuscadError, internal_error
     from buscad.explain.heatmap import overlay, save_png
     from buscad.utils import atomic_write_json, atomic_write_text
 

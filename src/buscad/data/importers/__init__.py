@@ -51,7 +51,6 @@ _LAZY = {
     "import_dicom": "buscad.data.importers.dicom",
     "import_folders": "buscad.data.importers.folders",
     "importer_options": "buscad.data.importers.registry",
-    "internal_error": "buscad.data.importers.registry",
     "register_importer": "buscad.data.importers.registry",
 }
 

@@ -19,7 +19,6 @@ from buscad.data.importers.registry import (
     _files,
     _missing,
     _progress,
-    internal_error,
     register_importer,
 )
 from buscad.data.importers.tables import _read_table
@@ -28,7 +27,7 @@ from buscad.data.io import (
     quiet_dicom,
     read_dicom_header,
 )
-from buscad.errors import ConfigError, ImageReadError, InputFileError
+from buscad.errors import ConfigError, ImageReadError, InputFileError, internal_error
 
 
 def _salt(ctx: ImportContext, salt: str | None) -> str:

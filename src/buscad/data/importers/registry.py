@@ -25,7 +25,7 @@ from buscad.data.io import (
     split_mask_paths,
 )
 from buscad.data.manifest import LABELS, Manifest, normalize_label
-from buscad.errors import ConfigError, ImageReadError, InputFileError, MaskError
+from buscad.errors import ConfigError, ImageReadError, InputFileError, MaskError, internal_error
 
 #: Columns holding ``;``-separated file paths; written relative to the manifest.
 PATH_COLUMNS: tuple[str, ...] = ("image_path", "mask_path", "other_mask_path")
@@ -361,12 +361,6 @@ def _check_rows(rows: list[dict[str, Any]], ctx: ImportContext, desc: str) -> li
         images[key] = (iid, label)
         kept.append(row)
     return kept
-
-
-def internal_error(file: object, exc: BaseException) -> str:
-    """``internal error reading FILE: <ExcType>: message`` (one line, bounded)."""
-    msg = " ".join(str(exc).split())[:200]
-    return f"internal error reading {file}: {type(exc).__name__}: {msg}"
 
 
 def _path_key(path: str) -> str:
