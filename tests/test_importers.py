@@ -350,7 +350,10 @@ def test_csv_xlsx_with_named_columns_keeps_other_columns(tmp_path):
     assert list(df["image_id"]) == ["101", "102"]
     assert list(df["patient_id"]) == ["W1", "W1"]
     assert list(df["label"]) == ["malignant", "benign"]
-    assert list(df["BI-RADS"]) == ["4C", "3"] and list(df["image_path_src"]) == ["old", "old"]
+    # a clinical sheet's "BI-RADS" header becomes the contract's birads column, with a note
+    assert "BI-RADS" not in df.columns and list(df["birads"].str.lower()) == ["4c", "3"]
+    assert any("'BI-RADS' read as 'birads'" in msg for _, msg in rep.notes)
+    assert list(df["image_path_src"]) == ["old", "old"]
     assert set(df["cohort"]) == {"clinic"}
     assert read_mask(back.mask_paths(0), shape=SHAPE).sum() == 9 + 4
     assert back.mask_paths(1) == []

@@ -49,6 +49,46 @@ OPTIONAL_COLUMNS: tuple[str, ...] = (
     *LEXICON_COLUMNS,
     "device",
 )
+#: Spellings of the contract's clinical and lexicon columns met in clinical sheets (compared after
+#: lower-casing and dropping everything but letters and digits) -> the contract's name.
+_HEADER_ALIASES: dict[str, str] = {
+    "birads": "birads",
+    "biradscategory": "birads",
+    "biradsassessment": "birads",
+    "acrbirads": "birads",
+    "age": "age",
+    "ageyears": "age",
+    "patientage": "age",
+    "cohort": "cohort",
+    "centre": "cohort",
+    "center": "cohort",
+    "site": "cohort",
+    "device": "device",
+    "scanner": "device",
+    "shape": "shape",
+    "margin": "margin",
+    "margins": "margin",
+    "echogenicity": "echogenicity",
+    "echopattern": "echogenicity",
+    "posteriorfeatures": "posterior_features",
+    "posterioracousticfeatures": "posterior_features",
+    "calcifications": "calcifications",
+    "calcification": "calcifications",
+    "orientation": "orientation",
+}
+
+
+def canonical_column(name: object) -> str | None:
+    """The manifest column a clinical sheet's header means, or None.
+
+    ``"BI-RADS"``, ``"BIRADS category"`` -> ``"birads"``; ``"Age (years)"`` -> ``"age"``;
+    ``"Posterior features"`` -> ``"posterior_features"``. Headers are compared after
+    lower-casing and dropping everything but letters and digits.
+    """
+    key = "".join(ch for ch in str(name).lower() if ch.isalnum())
+    return _HEADER_ALIASES.get(key)
+
+
 _LABEL_ALIASES = {
     "b": "benign",
     "benign": "benign",

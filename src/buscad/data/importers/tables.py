@@ -19,6 +19,7 @@ from buscad.data.importers.registry import (
 from buscad.data.io import (
     split_mask_paths,
 )
+from buscad.data.manifest import canonical_column
 from buscad.errors import InputFileError
 
 
@@ -106,6 +107,16 @@ def import_csv(
         col = maybe(opt, default, what)
         if col:
             mapping[col] = target
+    # common spellings of the contract's clinical and lexicon columns ("BI-RADS", "Age")
+    for c in cols:
+        target = canonical_column(c)
+        if c in mapping or target is None or target == c:
+            continue
+        if target in cols or target in mapping.values():
+            ctx.note(source, f"column {c!r} kept as it is: the table also has {target!r}")
+            continue
+        mapping[c] = target
+        ctx.note(source, f"column {c!r} read as {target!r}")
     base = Path(os.path.abspath(base_dir)) if base_dir else source.parent
     renamed = {c: (mapping.get(c) or (f"{c}_src" if c in mapping.values() else c)) for c in cols}
     taken: set[str] = set()
