@@ -1532,10 +1532,11 @@ def read_mask(
     return union
 
 
-def _read_one_mask_safe(p: Path, shape: tuple[int, int] | None, b: DecodeBudget) -> np.ndarray:
-    """:func:`_read_one_mask` with every failure turned into a MaskError."""
+@contextlib.contextmanager
+def _mask_errors(p: Path, what: str) -> Iterator[None]:
+    """Turn every failure inside the block into a :class:`MaskError` about ``what`` in ``p``."""
     try:
-        return _read_one_mask(p, shape, b)
+        yield
     except MaskError:
         raise
     except DecodeBudgetError as exc:
@@ -1543,11 +1544,17 @@ def _read_one_mask_safe(p: Path, shape: tuple[int, int] | None, b: DecodeBudget)
     except ImageReadError as exc:
         raise MaskError(exc.path, exc.problem) from exc
     except MemoryError as exc:
-        raise MaskError(_safe_name(p), "not enough memory to read the mask") from exc
+        raise MaskError(_safe_name(p), f"not enough memory to read the {what}") from exc
     except Exception as exc:
         raise MaskError(
-            _safe_name(p), f"cannot read the mask ({type(exc).__name__}: {_short(exc)})"
+            _safe_name(p), f"cannot read the {what} ({type(exc).__name__}: {_short(exc)})"
         ) from exc
+
+
+def _read_one_mask_safe(p: Path, shape: tuple[int, int] | None, b: DecodeBudget) -> np.ndarray:
+    """:func:`_read_one_mask` with every failure turned into a MaskError."""
+    with _mask_errors(p, "mask"):
+        return _read_one_mask(p, shape, b)
 
 
 def _read_one_mask(p: Path, shape: tuple[int, int] | None, b: DecodeBudget) -> np.ndarray:
@@ -1720,20 +1727,8 @@ def read_labelme(
         ``..``), bad shapes, and any other failure. Nothing else escapes.
     """
     p = Path(path)
-    try:
+    with _mask_errors(p, "LabelMe file"):
         return _read_labelme(p, require_image, _budget(budget))
-    except MaskError:
-        raise
-    except DecodeBudgetError as exc:
-        raise MaskDecodeBudgetError(exc.path, exc.problem) from exc
-    except ImageReadError as exc:
-        raise MaskError(exc.path, exc.problem) from exc
-    except MemoryError as exc:
-        raise MaskError(_safe_name(p), "not enough memory to read the LabelMe file") from exc
-    except Exception as exc:
-        raise MaskError(
-            _safe_name(p), f"cannot read the LabelMe file ({type(exc).__name__}: {_short(exc)})"
-        ) from exc
 
 
 def _read_labelme(p: Path, require_image: bool, b: DecodeBudget) -> tuple[np.ndarray, Path | None]:
