@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 import warnings
 from pathlib import Path
 
@@ -543,16 +542,14 @@ def test_dicom_keys_follow_the_salt(dicom_folder, tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def busi_import(busi_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("busi") / "busi.csv"
-    t0 = time.perf_counter()
-    rep = import_dataset("busi", busi_dir, out, progress=False)
-    return rep, time.perf_counter() - t0
+    return import_dataset("busi", busi_dir, out, progress=False)
 
 
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_real_busi_import(busi_import):
-    rep, seconds = busi_import
-    print(f"BUSI import: {rep.summary()} in {seconds:.1f} s")
+    rep = busi_import
+    print(f"BUSI import: {rep.summary()}")
     assert rep.n_kept == 780 and rep.n_skipped == 0
     assert rep.label_counts() == {"benign": 437, "malignant": 210, "normal": 133}
     n_masks = rep.manifest.df["mask_path"].str.count(";") + 1
@@ -560,22 +557,20 @@ def test_real_busi_import(busi_import):
     assert int(n_masks.max()) == 3
     assert rep.manifest.df["image_id"].is_unique
     assert int(rep.manifest.df["has_colour"].sum()) == 14
-    assert seconds < 45
 
 
 @pytest.fixture(scope="module")
 def breast_import(breast_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("breast") / "breast.csv"
-    t0 = time.perf_counter()
     rep = import_dataset("breast-lesions-usg", breast_dir, out, progress=False)
-    return rep, time.perf_counter() - t0, out
+    return rep, out
 
 
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_real_breast_import(breast_import, breast_dir):
-    rep, seconds, out = breast_import
-    print(f"BrEaST import: {rep.summary()} in {seconds:.1f} s")
+    rep, out = breast_import
+    print(f"BrEaST import: {rep.summary()}")
     assert rep.n_kept == 256 and rep.n_skipped == 0
     assert rep.label_counts() == {"benign": 154, "malignant": 98, "normal": 4}
     clinical = pd.read_csv(next(breast_dir.glob("*clinical-data*.csv")), dtype=str)
@@ -588,7 +583,6 @@ def test_real_breast_import(breast_import, breast_dir):
     n_other = df["other_mask_path"].fillna("").str.len().gt(0).sum()
     assert n_other == int(clinical["Mask_other_filename"].notna().sum()) == 7
     assert not df["has_colour"].any()  # the blue-tinted gray map is not colour
-    assert seconds < 45
 
 
 def test_dicom_malformed_header_values_never_reach_logs_or_warnings(tmp_path, caplog):

@@ -6,5 +6,6 @@ into per-reader metrics, paired tests and a multi-reader multi-case analysis.
 
 Owns: the reader-study store (tokens, case orders, append-only reads), the reader analysis
 and report, and ``buscad reader``. May import: evaluate (DeLong, McNemar, MRMC), data
-(manifest, BI-RADS ranks), errors, utils; never serve, study or the models.
+(manifest, BI-RADS ranks), report (the HTML template), errors, utils; never serve, study or
+the models.
 """

@@ -34,6 +34,7 @@ import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -44,6 +45,7 @@ from buscad.errors import InputFileError
 from buscad.evaluate.delong import auc_ci, delong_test, roc_auc
 from buscad.evaluate.metrics import binary_metrics
 from buscad.evaluate.mrmc import ORResult, or_analysis
+from buscad.report.render import render_page, trusted
 
 ROUND_NAMES: dict[int, str] = {1: "without AI", 2: "with AI"}
 
@@ -466,18 +468,18 @@ def roc_figure(
 
 
 # --------------------------------------------------------------------- report
-_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
-table{border-collapse:collapse;font-size:13px;margin:0.6em 0}td,th{border:1px solid #bbb;
-padding:3px 6px;text-align:right}th{background:#eee}caption{text-align:left;font-weight:600}
-.note{font-size:13px;color:#444}code{background:#f3f3f3;padding:0 3px}"""
-
-
-def _fmt_table(df: pd.DataFrame, caption: str) -> str:
+def _fmt_table(df: pd.DataFrame, caption: str) -> Any:
+    """A numeric table with its caption, as trusted markup for the report template."""
     body = df.to_html(
         index=False, float_format=lambda v: f"{v:.3f}", na_rep="–", border=0, escape=True
     )
-    return re.sub(
-        r"^<table[^>]*>", f"<table><caption>{html.escape(caption)}</caption>", body, count=1
+    return trusted(
+        re.sub(
+            r"^<table[^>]*>",
+            f'<table class="num"><caption>{html.escape(caption)}</caption>',
+            body,
+            count=1,
+        )
     )
 
 
@@ -508,45 +510,29 @@ def render_html(
     title: str = "Reader study",
     model_threshold: float | None = None,
 ) -> str:
-    """A self-contained HTML report (inline CSS, figure as a data URI, no external assets)."""
-    img = base64.b64encode(png).decode("ascii")
-    parts = [
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
-        "<p class='note'>Round 1: BI-RADS without AI; round 2: after the washout, with the AI "
-        f"score and heatmap. Binary call: malignant when BI-RADS &ge; "
-        f"<code>{html.escape(normalize_birads(cut) or cut).upper()}</code>. Ordinal scale for ROC: "
-        "1 &lt; 2 &lt; 3 &lt; 4 &lt; 4A &lt; 4B &lt; 4C &lt; 5; a plain 4 (not subcategorised) "
-        "ranks below 4A, so it is never scored above a 4A. "
-        f"Reads: {notes['reads_total']} total, {notes['reads_used']} used; "
-        f"{notes['reads_without_lesion_truth']} without benign/malignant truth (normal or unknown) "
-        f"and {notes['reads_birads_0_or_missing']} with BI-RADS 0/missing excluded; "
-        f"{notes['plain_4_reads']} plain-4 read(s).</p>",
-        "<h2>Table 3</h2>",
-        _fmt_table(_table3_display(t3), "Model and readers without / with AI"),
-        "<p class='note'>Reader rows: means over readers; their AUC CI is the "
-        "Obuchowski–Rockette single-treatment interval (random readers and cases) when an MRMC "
-        "analysis was possible."
-        + (
-            f" Model: malignant when score &ge; {model_threshold:g}; DeLong CI."
-            if model_threshold is not None and (t3["group"] == "Model").any()
-            else ""
-        )
-        + "</p>",
-        f"<img alt='ROC curves' src='data:image/png;base64,{img}'>",
-        "<h2>Per reader and round</h2>",
-        _fmt_table(metrics, "Metrics per reader and round (AUC: BI-RADS rank, DeLong 95% CI)"),
-        "<h2>With vs without AI, per reader</h2>",
-        _fmt_table(paired, "Paired DeLong test (with - without AI) and McNemar tests")
-        if not paired.empty
-        else "<p>No reader has paired reads.</p>",
-        "<h2>Multi-reader multi-case analysis</h2>",
-    ]
-    if mrmc is None:
-        parts.append(f"<p>Not done: {html.escape(mrmc_note)}.</p>")
-    else:
-        d = mrmc.differences[0]
+    """A self-contained HTML report (figure as a data URI, no external assets).
+
+    Rendered from ``buscad/report/templates/reader.html.j2`` with the shared report
+    stylesheet inlined.
+    """
+    show_threshold = model_threshold is not None and bool((t3["group"] == "Model").any())
+    ctx: dict[str, Any] = {
+        "title": title,
+        "cut": (normalize_birads(cut) or cut).upper(),
+        "notes": notes,
+        "table3": _fmt_table(_table3_display(t3), "Model and readers without / with AI"),
+        "model_threshold": f"{model_threshold:g}" if show_threshold else None,
+        "roc_png": base64.b64encode(png).decode("ascii"),
+        "metrics": _fmt_table(
+            metrics, "Metrics per reader and round (AUC: BI-RADS rank, DeLong 95% CI)"
+        ),
+        "paired": None
+        if paired.empty
+        else _fmt_table(paired, "Paired DeLong test (with - without AI) and McNemar tests"),
+        "mrmc": mrmc,
+        "mrmc_note": mrmc_note,
+    }
+    if mrmc is not None:
         vc = pd.DataFrame(
             {
                 "component": ["Var(error)", "Cov1", "Cov2", "Cov3", "sigma2_R", "sigma2_TR"],
@@ -560,22 +546,12 @@ def render_html(
                 ],
             }
         )
-        parts += [
-            f"<p>Obuchowski–Rockette, random readers and random cases, {mrmc.cov_method} "
-            f"covariances, Hillis (2008) denominator degrees of freedom; {html.escape(mrmc_note)} "
-            f"({mrmc.n_pos} malignant, {mrmc.n_neg} benign).</p>",
-            f"<p>F = {mrmc.f:.4f}, df = ({mrmc.df1}, {mrmc.df2:.2f}), p = {mrmc.p:.4g}. "
-            f"Difference {html.escape(d['comparison'])}: {d['estimate']:.4f} "
-            f"(95% CI {d['lo']:.4f} to {d['hi']:.4f}).</p>",
-            _fmt_table(pd.DataFrame(mrmc.treatment_cis), "Reader-averaged AUC per condition"),
-            _fmt_table(vc, "Variance components"),
-        ]
-    parts += [
-        "<p class='note'>Methods: DeLong, DeLong &amp; Clarke-Pearson, Biometrics 1988; "
-        "McNemar, Psychometrika 1947; Obuchowski &amp; Rockette, Commun Stat Simul Comput 1995; "
-        "Hillis, Stat Med 2008;27:4368-81.</p></body></html>",
-    ]
-    return "\n".join(parts)
+        ctx["diff"] = mrmc.differences[0]
+        ctx["treatment_cis"] = _fmt_table(
+            pd.DataFrame(mrmc.treatment_cis), "Reader-averaged AUC per condition"
+        )
+        ctx["variance"] = _fmt_table(vc, "Variance components")
+    return render_page("reader.html.j2", **ctx)
 
 
 # --------------------------------------------------------------------- driver

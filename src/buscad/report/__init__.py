@@ -5,8 +5,14 @@ blocks (:class:`Text`, :class:`Table`, :class:`Figure`, :class:`KeyValue`,
 :class:`Html`). The HTML has all CSS inline and figures embedded as base64 PNG,
 so it opens offline with no external scripts, fonts or images.
 
-Owns: the generic HTML report builder, model cards and TRIPOD+AI checklists. May import:
-utils only.
+Every HTML page buscad writes (this builder's reports, the data audit, the reader-study
+analysis, the web app's case report) is a Jinja2 template in ``templates/`` extending
+``base.html.j2``, with the one stylesheet ``templates/buscad.css`` inlined
+(:mod:`buscad.report.render`).
+
+Owns: the generic HTML report builder, the report templates and their shared stylesheet,
+model cards and TRIPOD+AI checklists. May import: utils only (it sits below data, so the
+audit can render its page here).
 """
 
 from buscad.report.builder import (

@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from buscad.report.render import render_page, trusted
 from buscad.utils import atomic_write_text
 
 #: Packages whose versions go into every report's environment section.
@@ -179,30 +180,18 @@ def environment_info(
     return info
 
 
-def _env():
-    from jinja2 import Environment, PackageLoader, select_autoescape
-
-    return Environment(
-        loader=PackageLoader("buscad.report", "templates"),
-        autoescape=select_autoescape(["html", "j2"]),
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-
-
 def render_report(
     sections: Sequence[Section], title: str, subtitle: str = "", footer: str = ""
 ) -> str:
     """Render sections to a self-contained HTML string (see :func:`build_report`)."""
-    from markupsafe import Markup
-
     used: set[str] = set()
     rendered = []
     for s in sections:
         anchor = s.anchor or _slug(s.title, used)
-        rendered.append({"title": s.title, "anchor": anchor, "body": Markup(s.render_blocks())})
-    tmpl = _env().get_template("report.html.j2")
-    return tmpl.render(title=title, subtitle=subtitle, sections=rendered, footer=footer)
+        rendered.append({"title": s.title, "anchor": anchor, "body": trusted(s.render_blocks())})
+    return render_page(
+        "report.html.j2", title=title, subtitle=subtitle, sections=rendered, footer=footer
+    )
 
 
 def build_report(

@@ -5,8 +5,9 @@ stays fast.
 
 Owns: the FastAPI app (pages, the predict/report API, reader-study routes), upload decoding
 with its limits, the one-page case report and ``buscad serve``. May import: bundle (the
-Predictor it serves), reader (the study store), explain (colour map), data (readers), errors,
-utils. Nothing imports serve except the command line.
+Predictor it serves), reader (the study store), explain (colour map), data (readers), report
+(the case report's template and stylesheet), errors, utils. Nothing imports serve except the
+command line. Layout: ``app`` (create_app), ``routes/`` (one router per area), ``middleware``.
 """
 
 from __future__ import annotations

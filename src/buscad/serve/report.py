@@ -13,7 +13,6 @@ warning when there is one.
 from __future__ import annotations
 
 import base64
-import html
 import io
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,28 +22,12 @@ import numpy as np
 
 from buscad import __version__
 from buscad.bundle.types import Prediction
+from buscad.report.render import render_page, stylesheet
 from buscad.serve.imaging import composite, encode_png
 
-#: The report's one style block (the web app's CSP admits it by its SHA-256).
-REPORT_CSS = """
-@page { size: A4; margin: 12mm; }
-body { font-family: system-ui, sans-serif; font-size: 11pt; color: #111; max-width: 190mm;
-  margin: 0 auto; }
-h1 { font-size: 15pt; margin: 0 0 2mm; }
-.sub { color: #444; font-size: 9pt; margin-bottom: 3mm; }
-.figs { display: flex; gap: 4mm; }
-figure { margin: 0; flex: 1; }
-figure img { width: 100%; max-height: 90mm; object-fit: contain; background: #000; }
-figcaption { font-size: 8.5pt; color: #333; }
-table { border-collapse: collapse; width: 100%; margin-top: 3mm; font-size: 10pt; }
-th, td { border: 1px solid #bbb; padding: 1.2mm 2mm; text-align: left; vertical-align: top; }
-th { background: #f2f2f2; width: 45%; }
-.note { border: 2px solid #b26a00; background: #fff6e5; padding: 2mm; margin-top: 3mm;
-  font-size: 9.5pt; }
-.foot { font-size: 8pt; color: #555; margin-top: 3mm; }
-.warn { border: 2px solid #b00020; background: #fdecea; padding: 2mm; margin-top: 3mm;
-  font-size: 9.5pt; }
-"""
+#: The report's one style block: the shared report stylesheet (the web app's CSP admits it
+#: by its SHA-256, :func:`buscad.report.render.stylesheet_sha256`).
+REPORT_CSS = stylesheet()
 
 ROI_TEXT = {
     "mask": "the uploaded lesion mask",
@@ -106,45 +89,36 @@ def render_html(pred: Prediction, gray: np.ndarray, ctx: ReportContext) -> str:
         if pred.heatmap is not None
         else None
     )
-    e = html.escape
-    rows = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in summary_rows(pred))
-    models = "".join(
-        f"<tr><td>{e(m)}{' (primary)' if m == pred.primary_model else ''}</td>"
-        f"<td>{e(_fmt(s))}</td><td>{e(pred.skipped_models.get(m, ''))}</td></tr>"
+    models = [
+        {
+            "name": m + (" (primary)" if m == pred.primary_model else ""),
+            "score": _fmt(s),
+            "note": pred.skipped_models.get(m, ""),
+        }
         for m, s in pred.model_scores.items()
-    )
-    for m, why in pred.skipped_models.items():
-        if m not in pred.model_scores:
-            models += f"<tr><td>{e(m)}</td><td>not run</td><td>{e(why)}</td></tr>"
+    ]
+    models += [
+        {"name": m, "score": "not run", "note": why}
+        for m, why in pred.skipped_models.items()
+        if m not in pred.model_scores
+    ]
     h, w = ctx.image_size
-    version = f" (version {e(ctx.bundle_version)})" if ctx.bundle_version else ""
-    overlay_fig = (
-        f'<figure><img src="{overlay}" alt="Grad-CAM overlay"><figcaption>Grad-CAM overlay '
-        "(50% opacity): where the primary model looked</figcaption></figure>"
-        if overlay
-        else "<figure><figcaption>No heatmap for this prediction.</figcaption></figure>"
+    return render_page(
+        "case.html.j2",
+        date=ctx.date_text,
+        bundle_name=ctx.bundle_name,
+        bundle_version=ctx.bundle_version,
+        buscad_version=__version__,
+        width=w,
+        height=h,
+        warnings=ctx.warnings,
+        image_url=img,
+        overlay_url=overlay,
+        roi_text=ROI_TEXT.get(pred.roi_source, pred.roi_source),
+        rows=summary_rows(pred),
+        band_note=pred.band.note,
+        models=models,
     )
-    warn_html = "".join(f'<div class="warn">Warning: {e(w)}</div>' for w in ctx.warnings)
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<title>buscad case report</title>
-<style>{REPORT_CSS}</style></head><body>
-<h1>buscad case report: AI decision support</h1>
-<div class="sub">Report date {e(ctx.date_text)} · model bundle {e(ctx.bundle_name)}{version}
- · buscad {e(__version__)} · image {w}×{h} pixels · no file name or DICOM header value; text burned into the image is not removed</div>
-{warn_html}<div class="figs">
-<figure><img src="{img}" alt="Image with the region read"><figcaption>Image; green box: the
-region the models read ({e(ROI_TEXT.get(pred.roi_source, pred.roi_source))})</figcaption></figure>
-{overlay_fig}
-</div>
-<table>{rows}</table>
-<div class="note">{e(pred.band.note)}</div>
-<table><tr><th>Model</th><th>Malignant probability</th><th>Note</th></tr>{models}</table>
-<div class="foot">The AI score is the calibrated probability of malignancy from the primary
-model; the decision compares it with the bundle's threshold. Research software: not a medical
-device; the reading clinician makes the assessment.</div>
-</body></html>
-"""
 
 
 def render_pdf(pred: Prediction, gray: np.ndarray, ctx: ReportContext) -> bytes:

@@ -1,0 +1,96 @@
+"""The open case screen's API: ``/api/preview``, ``/api/predict``, ``/api/heatmap``, ``/api/report``.
+
+Each reads one multipart upload (:meth:`AppState.read_form`), decodes it on the bounded
+decode pool and runs the predictor on the inference pool; nothing is stored.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import anyio
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import JSONResponse, Response
+
+from buscad.serve import imaging
+from buscad.serve.imaging import UploadError
+from buscad.serve.report import render_html, render_pdf
+from buscad.serve.routes.state import UPLOAD_SCHEMA, AppState, _b64, _no_store, get_state
+
+router = APIRouter(tags=["predict"])
+State = Annotated[AppState, Depends(get_state)]
+
+
+@router.post("/api/preview", openapi_extra=UPLOAD_SCHEMA)
+async def preview(request: Request, state: State) -> Response:
+    """The uploaded image as a de-identified 8-bit PNG (pixels only; DICOM headers dropped).
+
+    Warnings about the image (e.g. possible burned-in patient text) come in the
+    ``X-Buscad-Warnings`` header as a JSON list.
+    """
+    state.require_case_screen()
+    form = await state.read_form(request)
+    img = await state.run_decode(imaging.decode_image, form.image, state.max_bytes)
+    png = await anyio.to_thread.run_sync(imaging.gray_png, img.gray)
+    warn = json.dumps(list(img.warnings), ensure_ascii=True)
+    return Response(png, media_type="image/png", headers={**_no_store(), "X-Buscad-Warnings": warn})
+
+
+@router.post("/api/predict", openapi_extra=UPLOAD_SCHEMA)
+async def predict(request: Request, state: State) -> JSONResponse:
+    """Score one image: AI score, threshold, decision, likelihood band, model scores.
+
+    The region read is the mask if given, else the box, else the whole image
+    (``roi_source``; ``roi_note`` says so). With ``heatmap`` (default) the
+    response carries ``heatmap_png``: a base64 RGBA PNG to stack over the image.
+    ``warnings`` lists concerns about the image (e.g. burned-in patient text).
+    """
+    state.require_case_screen()
+    form = await state.read_form(request)
+    img, pred = await state.predict_upload(form)
+    d = state.prediction_json(pred, img)
+    if pred.heatmap is not None:
+        png = await anyio.to_thread.run_sync(imaging.heatmap_png, pred.heatmap)
+        d["heatmap_png"] = _b64(png)
+    else:
+        d["heatmap_png"] = None
+    return JSONResponse(d, headers=_no_store())
+
+
+@router.post("/api/heatmap", openapi_extra=UPLOAD_SCHEMA)
+async def heatmap(request: Request, state: State) -> Response:
+    """The Grad-CAM heatmap as an RGBA PNG (image size; transparent outside the region)."""
+    state.require_case_screen()
+    form = await state.read_form(request)
+    _, pred = await state.predict_upload(form, heatmap=True)
+    if pred.heatmap is None:
+        raise HTTPException(422, "the model gave no heatmap for this image")
+    png = await anyio.to_thread.run_sync(imaging.heatmap_png, pred.heatmap)
+    return Response(png, media_type="image/png", headers=_no_store())
+
+
+@router.post("/api/report", openapi_extra=UPLOAD_SCHEMA)
+async def report(request: Request, state: State, format: str = "html") -> Response:
+    """One-page case report as HTML (``format=html``) or PDF (``format=pdf``).
+
+    Nothing is stored on the server: the report is the response.
+    """
+    state.require_case_screen()
+    if format not in ("html", "pdf"):
+        raise UploadError(422, f"format must be html or pdf, got {format[:20]!r}")
+    form = await state.read_form(request)
+    img, pred = await state.predict_upload(form, heatmap=True)
+    ctx = state.report_ctx(img)
+    stamp = ctx.created_at.strftime("%Y%m%d-%H%M%S")
+    if format == "pdf":
+        body = await anyio.to_thread.run_sync(render_pdf, pred, img.gray, ctx)
+        media = "application/pdf"
+    else:
+        body = (await anyio.to_thread.run_sync(render_html, pred, img.gray, ctx)).encode()
+        media = "text/html; charset=utf-8"
+    headers = {
+        "Content-Disposition": f'attachment; filename="buscad-report-{stamp}.{format}"',
+        **_no_store(),
+    }
+    return Response(body, media_type=media, headers=headers)
