@@ -22,6 +22,8 @@ from buscad.data.manifest import LEXICON_COLUMNS
 from buscad.errors import ConfigError
 
 ModelName = Literal["deep", "radiomics", "dlr", "clinical", "us", "cldlr", "integrated"]
+#: Where the lesion outline every mask-reading model uses comes from.
+RoiMode = Literal["expert", "auto", "box"]
 
 
 class _Strict(BaseModel):
@@ -119,6 +121,23 @@ class ClinicalConfig(_Strict):
     reader_column: str | None = "birads"
 
 
+class SegmentConfig(_Strict):
+    """The lesion segmenter used by ``roi: auto`` and ``roi: box`` (:mod:`buscad.segment`).
+
+    ``model`` is a segmenter folder (``segmenter.json`` + ``.onnx`` or ``.safetensors``)
+    trained on other data. It is applied to every row, training rows included: a
+    documented simplification of out-of-fold outlines (the segmenter never saw these
+    cohorts, so training rows get the same kind of outline noise as deployment); the
+    study records the segmenter's training data. ``box_jitter``: in ``roi: box`` each
+    side of the expert box (the mask's bounding box) moves by up to this fraction of
+    the box width/height (seeded) before prompting.
+    """
+
+    model: Path | None = None
+    box_jitter: float = Field(0.0, ge=0, le=0.5)
+    threads: int = Field(1, ge=1)
+
+
 class EvaluationConfig(_Strict):
     """Statistics: threshold rule (chosen on training data only) and CI method."""
 
@@ -152,6 +171,8 @@ class StudyConfig(_Strict):
     evaluation: EvaluationConfig = EvaluationConfig()
     gallery_size: int = Field(8, ge=0)
     reverse_external: bool = False
+    roi: RoiMode | list[RoiMode] = "expert"
+    segment: SegmentConfig = SegmentConfig()
     base_dir: Path = Field(default=Path("."), exclude=True)
 
     @model_validator(mode="after")
@@ -161,7 +182,20 @@ class StudyConfig(_Strict):
             raise ValueError(f"cohort names must be unique, got {names}")
         if not any(c.role == "development" for c in self.cohorts):
             raise ValueError("at least one cohort needs role 'development'")
+        modes = self.roi_modes
+        if len(set(modes)) != len(modes) or not modes:
+            raise ValueError(f"roi: give each of expert, auto, box at most once, got {modes}")
+        if any(m != "expert" for m in modes) and self.segment.model is None:
+            raise ValueError(
+                "roi: auto and box need segment.model (a segmenter folder); training a "
+                "segmenter per fold inside the study is not implemented"
+            )
         return self
+
+    @property
+    def roi_modes(self) -> list[str]:
+        """The ROI modes run, in config order (``roi: expert`` -> ``["expert"]``)."""
+        return [self.roi] if isinstance(self.roi, str) else list(self.roi)
 
     def resolve(self, p: Path | str | None) -> Path | None:
         """Resolve a config-relative path."""
