@@ -256,3 +256,26 @@ def test_bundle_auto_roi_imports_no_torch(roi_run) -> None:
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == "ok"
+
+
+def test_jitter_box_moves_each_side_within_the_fraction() -> None:
+    from buscad.study.roi import jitter_box
+
+    rng = np.random.default_rng(0)
+    box = (10, 20, 50, 40)  # 40 wide, 20 high
+    assert jitter_box(box, 0.0, rng) == (10, 20, 50, 40)
+    got = np.array([jitter_box(box, 0.1, rng) for _ in range(200)])
+    d = np.abs(got - np.array(box, float))
+    assert d[:, [0, 2]].max() <= 4.0 and d[:, [1, 3]].max() <= 2.0
+    assert d[:, [0, 2]].max() > 3.0  # it does move
+
+
+def test_computed_descriptors_of_an_outline() -> None:
+    from buscad.bundle.bundle import computed_descriptors
+
+    yy, xx = np.mgrid[:80, :100]
+    ellipse = ((xx - 50) / 30.0) ** 2 + ((yy - 40) / 12.0) ** 2 <= 1  # wide, smooth, parallel
+    d = computed_descriptors(ellipse, ["morph_shape", "morph_orientation", "morph_solidity"])
+    assert d["morph_shape"] == "oval" and d["morph_orientation"] == "parallel"
+    assert 0.95 < d["morph_solidity"] <= 1.0
+    assert computed_descriptors(np.zeros((8, 8), bool), ["morph_shape"]) == {}
