@@ -68,6 +68,7 @@ def test_roi_config_defaults_and_errors(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------- outlines
+@pytest.mark.slow
 def test_outline_manifest_auto_box_and_expert(segmenter_dir: Path, tmp_path: Path) -> None:
     from buscad.data.io import read_mask
     from buscad.data.manifest import Manifest
@@ -230,6 +231,18 @@ def test_bundle_carries_segmenter_and_predicts_without_mask(roi_run, tmp_path: P
     assert pz.notes and "no lesion found" in pz.notes[0] and "whole image" in pz.notes[0]
     assert pz.roi == (0, 0, gray.shape[1], gray.shape[0])
     assert "radiomics" in pz.skipped_models
+    # a damaged segmenter is refused when the bundle is loaded, naming the file
+    import shutil
+
+    from buscad.errors import ModelFileError
+
+    bad = shutil.copytree(out / "bundle", tmp_path / "bad")
+    (bad / "segmenter" / "segmenter.onnx").write_bytes(b"not onnx")
+    with pytest.raises(ModelFileError, match=r"segmenter\.onnx.*SHA-256 does not match"):
+        Bundle.load(bad, engine="onnx")
+    (bad / "segmenter" / "segmenter.onnx").unlink()
+    with pytest.raises(ModelFileError, match="segmenter ONNX model not found"):
+        Bundle.load(bad, engine="onnx")
 
 
 @pytest.mark.slow

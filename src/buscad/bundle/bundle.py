@@ -383,8 +383,8 @@ class Bundle:
         Raises
         ------
         ModelFileError
-            Not a bundle, an unknown version, missing/corrupt model files, or
-            ``engine="onnx"`` for a bundle without an ONNX model.
+            Not a bundle, an unknown version, missing/corrupt model files (the
+            segmenter's included), or ``engine="onnx"`` for a bundle without an ONNX model.
         """
         from buscad.utils import file_sha256, load_versioned_json
 
@@ -416,6 +416,13 @@ class Bundle:
                 raise ModelFileError(onnx_file, "ONNX model not found")
             if deep.get("onnx_sha256") and file_sha256(onnx_file) != deep["onnx_sha256"]:
                 raise ModelFileError(onnx_file, "SHA-256 does not match bundle.json")
+        seg = doc.get("segmenter")
+        if seg:  # checked now, loaded on first use (a prediction with a mask never needs it)
+            seg_file = p / seg["folder"] / "segmenter.onnx"
+            if not seg_file.is_file():
+                raise ModelFileError(seg_file, "segmenter ONNX model not found")
+            if seg.get("onnx_sha256") and file_sha256(seg_file) != seg["onnx_sha256"]:
+                raise ModelFileError(seg_file, "SHA-256 does not match bundle.json")
         return cls(p, doc, spec, engine, num_threads)
 
     @property
