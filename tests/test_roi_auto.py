@@ -54,7 +54,9 @@ def test_roi_config_defaults_and_errors(tmp_path: Path) -> None:
     base = {"cohorts": [{"name": "a", "phantom": {"n": 8}}]}
     cfg = config_from_dict(base)
     assert cfg.roi == "expert" and cfg.roi_modes == ["expert"] and cfg.segment.model is None
-    with pytest.raises(ConfigError, match=r"roi: auto and box need segment\.model"):
+    with pytest.raises(
+        ConfigError, match=r"roi: auto and box need segment\.model .* or segment\.train"
+    ):
         config_from_dict({**base, "roi": "auto"})
     with pytest.raises(ConfigError, match="at most once"):
         config_from_dict({**base, "roi": ["expert", "expert"]})
@@ -292,3 +294,48 @@ def test_computed_descriptors_of_an_outline() -> None:
     assert d["morph_shape"] == "oval" and d["morph_orientation"] == "parallel"
     assert 0.95 < d["morph_solidity"] <= 1.0
     assert computed_descriptors(np.zeros((8, 8), bool), ["morph_shape"]) == {}
+
+
+@pytest.mark.slow
+def test_study_trains_segmenters_per_fold_for_out_of_fold_outlines(tmp_path: Path) -> None:
+    """``segment.train``: a training row of fold k is outlined by the segmenter of the other folds."""
+    from buscad.study.runner import run_study
+
+    raw = {
+        "name": "oof",
+        "cohorts": [
+            {"name": "a", "phantom": {"n": 30, "seed": 21, "size": SIZE}},
+            {"name": "b", "role": "external", "phantom": {"n": 10, "seed": 22, "size": SIZE}},
+        ],
+        "models": ["radiomics"],
+        "split": {"cv_folds": 3},
+        "gallery_size": 0,
+        "roi": "auto",
+        "segment": {
+            "train": {"input_size": 64, "epochs": 40, "max_steps": 40, "lr": 3e-3, "threads": 1}
+        },
+    }
+    res = run_study(config_from_dict(raw, base_dir=tmp_path), tmp_path / "run")
+    cache = tmp_path / "run" / "cache"
+    names = sorted(p.name.rsplit("-", 1)[0] for p in cache.glob("segmenter-*"))
+    assert names == [f"segmenter-a-to-b-{n}" for n in ("all", "f0", "f1", "f2")]
+    stage = next(cache.glob("roi-auto-*"))
+    roi = pd.read_csv(stage / "roi.csv")
+    split = pd.read_csv(next(cache.glob("split-*")) / "manifest.csv")
+    both = split.merge(roi, on="image_id")
+    assert len(both) == len(split) == len(roi)
+    tr = both["split"] == "train"
+    assert (both.loc[tr, "roi_model"] == "f" + both.loc[tr, "cv_fold"].astype(str)).all()
+    assert (both.loc[~tr, "roi_model"] == "all").all()
+    info = json.loads((stage / "roi.json").read_text())
+    assert info["outlines"].startswith("out-of-fold") and info["simplification"] is None
+    assert set(info["segmenters"]) == {"all", "f0", "f1", "f2"}
+    assert info["found"] + info["whole_image_fallback"] == len(roi)
+    m = res.metrics
+    assert set(m["roi"]) == {"auto"}
+    assert set(m.loc[m["model"] == "radiomics", "cohort"]) == {
+        "a train (CV)",
+        "a internal test",
+        "b external",
+    }
+    assert any("out-of-fold" in w for w in res.warnings)

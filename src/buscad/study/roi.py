@@ -9,6 +9,9 @@ radiomics, geometry reference, DLR/CLDLR, integrated) reads the same outlines un
 - ``box``: the expert box (bounding box of the expert mask, each side optionally moved by up
   to ``jitter`` of the box width/height, seeded) prompted through the segmenter.
 
+:func:`outline_by_segmenter` does the same with a segmenter chosen per row (out-of-fold
+outlines from segmenters trained inside the study, ``segment.train``).
+
 When the segmenter finds no lesion the outline is the whole image (``roi_source = whole``),
 as :meth:`buscad.bundle.bundle.Bundle.predict` does at deployment.
 
@@ -224,3 +227,69 @@ def _morph(mask: np.ndarray) -> dict:
     except (BuscadError, ValueError):
         m = None
     return {c: (m or {}).get(c.removeprefix("morph_"), None) for c in MORPH_COLUMNS}
+
+
+def outline_by_segmenter(
+    man: Manifest,
+    mode: str,
+    folder: str | os.PathLike[str],
+    segmenters: dict[str, Path],
+    which: list[str],
+    *,
+    jitter: float = 0.0,
+    seed: int = 0,
+    threads: int = 1,
+    morphology: bool = False,
+) -> dict:
+    """Outline each row with the segmenter ``segmenters[which[row]]`` (out-of-fold outlines).
+
+    ``which`` names, per row of ``man``, the segmenter that outlines it (e.g. ``f2`` for a
+    training row of CV fold 2: the segmenter trained on the other folds; ``all`` for test
+    and external rows). Writes ``folder/manifest.csv`` (rows in ``man``'s order, with a
+    ``roi_model`` column), ``roi.csv`` and ``roi.json`` like :func:`outline_manifest`.
+    """
+    from buscad.data.manifest import concat
+
+    out = Path(folder)
+    names = np.asarray(which, dtype=object)
+    parts, summaries = [], {}
+    for name in sorted(set(which)):
+        sub = man.subset(names == name)
+        summaries[name] = outline_manifest(
+            sub,
+            mode,
+            out / name,
+            segmenters[name],
+            jitter=jitter,
+            seed=seed,
+            threads=threads,
+            morphology=morphology,
+        )
+        m = Manifest.load(out / name / "manifest.csv")
+        m.df["roi_model"] = name
+        parts.append(m)
+    merged = concat(parts, root=out)
+    df = merged.df.set_index("image_id").loc[man.df["image_id"]].reset_index()
+    Manifest(df, root=out, source=man.source).save(out / "manifest.csv")
+    atomic_write_table(
+        df[["image_id", "roi_model", *[c for c in ROI_COLUMNS if c in df]]], out / "roi.csv"
+    )
+    src = df["roi_source"]
+    summary = {
+        "mode": mode,
+        "rows": len(df),
+        "found": int(src.isin(["auto", "box"]).sum()),
+        "whole_image_fallback": int((src == "whole").sum()),
+        "unreadable": sum(s["unreadable"] for s in summaries.values()),
+        "skipped": [x for s in summaries.values() for x in s["skipped"]][:20],
+        "mean_confidence": _nanmean(df["roi_confidence"]),
+        "median_dice_vs_expert": _nanmedian(df["roi_dice"]),
+        "segmenters": {k: s["segmenter"] for k, s in summaries.items()},
+        "jitter": jitter if mode == "box" else None,
+        "simplification": None,
+        "outlines": "out-of-fold: a training row of CV fold k is outlined by the segmenter "
+        "trained on the other folds; test and external rows by the one trained on all "
+        "training rows",
+    }
+    atomic_write_json(out / "roi.json", summary)
+    return summary

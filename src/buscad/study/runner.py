@@ -41,6 +41,7 @@ class Roi:
 
     mode: str = "expert"
     res: StageResult | None = None
+    segmenter: Path | None = None
 
     def tag(self, arm: Arm) -> str:
         """Stage-name part of an arm under this mode (the arm's name alone for expert masks)."""
@@ -133,6 +134,8 @@ class StudyRun:
         bundle = int("deep" in cfg.models)
         modes = cfg.roi_modes
         n_roi = sum(m != "expert" or self._needs_morphology() for m in modes)
+        if cfg.segment.train is not None:  # per arm: a segmenter per fold + all, outlines
+            n_roi += sum(m != "expert" for m in modes) * len(self.arms) * (cfg.split.cv_folds + 1)
         return (
             len(cfg.cohorts)
             + 1
@@ -164,17 +167,37 @@ class StudyRun:
         self.rois: list[Roi] = []
         multi = cfg.roi_modes != ["expert"]
         for mode in cfg.roi_modes:
-            roi = Roi(mode, self._outlines(mode, audited, audit_res.key))
-            self.rois.append(roi)
-            data = Manifest.load(roi.res.path / "manifest.csv") if roi.res else audited
-            radiomics_res = (
-                self._radiomics(data, roi.data_key(audit_res.key), roi)
-                if self._needs_radiomics()
-                else None
-            )
+            per_fold = mode != "expert" and cfg.segment.model is None
+            if not per_fold:
+                shared = Roi(
+                    mode,
+                    self._outlines(mode, audited, audit_res.key),
+                    cfg.resolve(cfg.segment.model),
+                )
+                self.rois.append(shared)
+                shared_data = (
+                    Manifest.load(shared.res.path / "manifest.csv") if shared.res else audited
+                )
+                shared_rad = (
+                    self._radiomics(shared_data, shared.data_key(audit_res.key), shared)
+                    if self._needs_radiomics()
+                    else None
+                )
             for arm in self.arms:
                 split_res = splits[arm.name]
                 man = Manifest.load(split_res.path / "manifest.csv")
+                if per_fold:  # segmenters trained inside the study: out-of-fold outlines
+                    roi = self._outlines_oof(mode, arm, man, split_res)
+                    self.rois.append(roi)
+                    assert roi.res is not None
+                    data = Manifest.load(roi.res.path / "manifest.csv")
+                    radiomics_res = (
+                        self._radiomics(data, roi.data_key(split_res.key), roi)
+                        if self._needs_radiomics()
+                        else None
+                    )
+                else:
+                    roi, data, radiomics_res = shared, shared_data, shared_rad
                 if roi.res is not None:
                     man = _with_outlines(man, data)
                 deep_res = (
@@ -271,15 +294,97 @@ class StudyRun:
             work,
         )
         info = json.loads((res.path / "roi.json").read_text())
-        if mode != "expert":
+        self._roi_warnings(mode, info)
+        return res
+
+    def _roi_warnings(self, label: str, info: dict) -> None:
+        if info["mode"] != "expert":
             self.warnings.append(
-                f"roi {mode}: {info['found']} of {info['rows']} outlines from the segmenter, "
+                f"roi {label}: {info['found']} of {info['rows']} outlines from the segmenter, "
                 f"{info['whole_image_fallback']} with no lesion found (whole image used); "
-                f"{info['simplification']}"
+                f"{info.get('simplification') or info.get('outlines')}"
             )
         if info["unreadable"]:
-            self.warnings.append(f"roi {mode}: {info['unreadable']} unreadable row(s)")
-        return res
+            self.warnings.append(f"roi {label}: {info['unreadable']} unreadable row(s)")
+
+    def _outlines_oof(self, mode: str, arm: Arm, man: Manifest, split_res: StageResult) -> Roi:
+        """Train a segmenter per CV fold and one on all training rows; outline out-of-fold."""
+        cfg = self.cfg
+        st = cfg.segment.train
+        assert st is not None
+        df = man.df
+        tr = (df["split"] == "train").to_numpy()
+        fold = df["cv_fold"].to_numpy()
+        names = [f"f{k}" for k in sorted(set(fold[tr].tolist()))] + ["all"]
+        segs: dict[str, Path] = {}
+        for name in names:
+            rows = tr & (fold != int(name[1:])) if name != "all" else tr
+
+            def work(folder: Path, rows=rows) -> None:
+                import torch
+
+                from buscad.segment.base import SegConfig
+                from buscad.segment.train import TrainConfig, load_items, train_segmenter
+
+                threads = torch.get_num_threads()
+                try:
+                    seg, _ = train_segmenter(
+                        load_items(man.subset(rows)),
+                        folder / "segmenter",
+                        SegConfig(input_size=st.input_size),
+                        TrainConfig(
+                            epochs=st.epochs,
+                            max_steps=st.max_steps,
+                            batch_size=st.batch_size,
+                            lr=st.lr,
+                            pretrained=st.pretrained,
+                            threads=st.threads,
+                            seed=cfg.seed,
+                        ),
+                    )
+                finally:
+                    torch.set_num_threads(threads)
+                seg.export_onnx(folder / "segmenter")
+
+            r = self.runner.run(
+                f"segmenter-{_safe(arm.name)}-{name}",
+                {"split": split_res.key, "rows": name, "train": st.model_dump(), "seed": cfg.seed},
+                work,
+            )
+            segs[name] = r.path / "segmenter"
+        which = [f"f{f}" if t else "all" for t, f in zip(tr.tolist(), fold.tolist(), strict=True)]
+        morph = self._needs_morphology()
+
+        def outline(folder: Path) -> None:
+            from buscad.study.roi import outline_by_segmenter
+
+            outline_by_segmenter(
+                man,
+                mode,
+                folder,
+                segs,
+                which,
+                jitter=cfg.segment.box_jitter,
+                seed=cfg.seed,
+                threads=cfg.segment.threads,
+                morphology=morph,
+            )
+
+        res = self.runner.run(
+            f"roi-{mode}-{_safe(arm.name)}",
+            {
+                "split": split_res.key,
+                "mode": mode,
+                "segmenters": {n: str(p.parent.name) for n, p in segs.items()},
+                "jitter": cfg.segment.box_jitter if mode == "box" else None,
+                "seed": cfg.seed,
+                "morphology": morph,
+                "v": ROI_VERSION,
+            },
+            outline,
+        )
+        self._roi_warnings(f"{mode} ({arm.name})", json.loads((res.path / "roi.json").read_text()))
+        return Roi(mode, res, segs["all"])
 
     # --------------------------------------------------------------- audit
     def _audit(self, pooled: Manifest, data_keys: list[str]) -> StageResult:
@@ -651,7 +756,8 @@ class StudyRun:
             aggfunc="first",
             sort=False,
         )
-        wide = wide[[r.mode for r in self.rois if r.mode in wide.columns]]
+        modes = dict.fromkeys(r.mode for r in self.rois)
+        wide = wide[[m for m in modes if m in wide.columns]]
         wide.columns = [f"roi: {c}" for c in wide.columns]
         return Section(
             "Expert vs automatic lesion outlines",
@@ -686,7 +792,7 @@ class StudyRun:
                     if isinstance(v, (int, float, str, bool))
                 }
             )
-            blocks.append(Text(f"roi: {r.mode}"))
+            blocks.append(Text(f"roi: {r.mode} (stage {r.res.path.name})"))
             blocks.append(KeyValue(flat))
         if self._needs_morphology():
             blocks.append(
@@ -705,7 +811,7 @@ class StudyRun:
         sections = []
         warn = self.warnings or ["none"]
         sections.append(Section("Warnings", [Text("\n".join(f"• {w}" for w in warn))]))
-        if len(self.rois) > 1:
+        if len({r.mode for r in self.rois}) > 1:
             sections.append(self._roi_comparison(metrics))
         if any(r.res is not None for r in self.rois):
             sections.append(self._roi_section())
@@ -852,7 +958,7 @@ class StudyRun:
                 roi=roi.mode,
             )
 
-        seg_path = cfg.resolve(cfg.segment.model)
+        seg_path = roi.segmenter if roi.segmenter is not None else cfg.resolve(cfg.segment.model)
         key: dict[str, Any] = {
             "deep": deep_res.key,
             "models": cls_res.key,
