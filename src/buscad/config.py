@@ -22,6 +22,8 @@ from buscad.data.manifest import LEXICON_COLUMNS
 from buscad.errors import ConfigError
 
 ModelName = Literal["deep", "radiomics", "dlr", "clinical", "us", "cldlr", "integrated"]
+#: Where the lesion outline every mask-reading model uses comes from.
+RoiMode = Literal["expert", "auto", "box"]
 
 
 class _Strict(BaseModel):
@@ -119,6 +121,46 @@ class ClinicalConfig(_Strict):
     reader_column: str | None = "birads"
 
 
+class SegmentTrainConfig(_Strict):
+    """Segmenters trained inside the study (``segment.train``): one per CV fold and one on all
+    training rows of each arm (:class:`buscad.segment.train.TrainConfig` settings)."""
+
+    input_size: int = Field(128, ge=32, le=1024)
+    epochs: int = Field(20, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    pretrained: Literal["imagenet", "random"] = "imagenet"
+    threads: int | None = Field(None, ge=1)
+
+
+class SegmentConfig(_Strict):
+    """The lesion segmenter used by ``roi: auto`` and ``roi: box`` (:mod:`buscad.segment`).
+
+    Either ``model``, a segmenter folder (``segmenter.json`` + ``.onnx`` or
+    ``.safetensors``) trained on other data, applied to every row, training rows
+    included: a documented simplification of out-of-fold outlines (the segmenter
+    never saw these cohorts, so training rows get the same kind of outline noise as
+    deployment); the study records the segmenter's training data. Or ``train``:
+    segmenters trained inside the study on each arm's training rows; a training row
+    of CV fold k is outlined by the one trained on the other folds (out-of-fold), test
+    and external rows by the one trained on all training rows (also the bundle's).
+    ``box_jitter``: in ``roi: box`` each side of the expert box (the mask's bounding
+    box) moves by up to this fraction of the box width/height (seeded) before prompting.
+    """
+
+    model: Path | None = None
+    train: SegmentTrainConfig | None = None
+    box_jitter: float = Field(0.0, ge=0, le=0.5)
+    threads: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _one(self) -> SegmentConfig:
+        if self.model is not None and self.train is not None:
+            raise ValueError("give segment.model or segment.train, not both")
+        return self
+
+
 class EvaluationConfig(_Strict):
     """Statistics: threshold rule (chosen on training data only) and CI method."""
 
@@ -152,6 +194,8 @@ class StudyConfig(_Strict):
     evaluation: EvaluationConfig = EvaluationConfig()
     gallery_size: int = Field(8, ge=0)
     reverse_external: bool = False
+    roi: RoiMode | list[RoiMode] = "expert"
+    segment: SegmentConfig = SegmentConfig()
     base_dir: Path = Field(default=Path("."), exclude=True)
 
     @model_validator(mode="after")
@@ -161,7 +205,22 @@ class StudyConfig(_Strict):
             raise ValueError(f"cohort names must be unique, got {names}")
         if not any(c.role == "development" for c in self.cohorts):
             raise ValueError("at least one cohort needs role 'development'")
+        modes = self.roi_modes
+        if len(set(modes)) != len(modes) or not modes:
+            raise ValueError(f"roi: give each of expert, auto, box at most once, got {modes}")
+        if any(m != "expert" for m in modes) and (
+            self.segment.model is None and self.segment.train is None
+        ):
+            raise ValueError(
+                "roi: auto and box need segment.model (a segmenter folder) or segment.train "
+                "(segmenters trained per fold inside the study)"
+            )
         return self
+
+    @property
+    def roi_modes(self) -> list[str]:
+        """The ROI modes run, in config order (``roi: expert`` -> ``["expert"]``)."""
+        return [self.roi] if isinstance(self.roi, str) else list(self.roi)
 
     def resolve(self, p: Path | str | None) -> Path | None:
         """Resolve a config-relative path."""

@@ -7,6 +7,7 @@ A bundle is a folder::
     model.json           its spec and preprocessing    ┘ buscad.models.checkpoint
     model.onnx           the same CNN for ONNX Runtime, with its Grad-CAM in the graph
     models/NAME.*        each classical/fusion model (buscad.bundle.portable: safetensors + JSON)
+    segmenter/           optional lesion segmenter: segmenter.onnx + segmenter.json
     model_card.md        intended use, data, metrics, limitations
 
 Nothing in it is a pickle. The AI score is the CNN's malignant probability
@@ -31,6 +32,13 @@ skipped), and the CNN's raw score plus the other models' inputs (integrated).
 Their probabilities are reported as the models give them, with each model's
 Youden threshold on its out-of-fold training scores; the AI score stays the
 calibrated CNN. A model that cannot run says why in ``skipped_models``.
+
+Automatic ROI: a bundle with a segmenter (:mod:`buscad.segment`, ONNX Runtime only,
+no PyTorch) outlines the lesion itself when no mask is given: box-prompted when a
+box is given (``roi_source = "box"``), automatic otherwise (``roi_source = "auto"``,
+the most confident candidate). The outline's confidence (mean lesion probability
+inside it) is in the prediction, and radiomics reads the predicted outline. When
+no lesion is found, the box (if any) or the whole image is read and a note says so.
 """
 
 from __future__ import annotations
@@ -95,6 +103,8 @@ def write_bundle(
     classical: dict[str, dict] | None = None,
     radiomics_params: dict | None = None,
     configured: list[str] | dict[str, str] | None = None,
+    segmenter: str | os.PathLike[str] | None = None,
+    roi: str = "expert",
 ) -> Path:
     """Write a bundle from a deep checkpoint and its out-of-fold training scores.
 
@@ -113,6 +123,11 @@ def write_bundle(
         The study's non-deep models; those not in ``classical`` are listed as
         not exported (a dict gives the reason for each, e.g. "not built: no
         clinical values in the training rows").
+    segmenter : path-like, optional
+        A segmenter folder (:class:`buscad.segment.Segmenter`); its ONNX file (exported
+        from the PyTorch weights when missing) and JSON go to ``segmenter/``.
+    roi : str
+        Where the models' training outlines came from (``expert``, ``auto`` or ``box``).
 
     Returns
     -------
@@ -169,6 +184,7 @@ def write_bundle(
             if n not in models
         },
         "radiomics_params": radiomics_params if needs_radiomics else None,
+        "segmenter": add_segmenter(out, segmenter, roi) if segmenter is not None else None,
         "metrics": metrics or [],
         "provenance": provenance or {},
     }
@@ -177,6 +193,38 @@ def write_bundle(
     if onnx:
         add_onnx(out)
     return out
+
+
+def add_segmenter(out: Path, segmenter: str | os.PathLike[str], roi: str = "expert") -> dict:
+    """Copy a segmenter into ``out/segmenter`` as ONNX + JSON; its ``bundle.json`` entry.
+
+    A segmenter without an ONNX file is exported from its PyTorch weights.
+    """
+    import shutil
+
+    from buscad.segment.base import JSON_NAME, ONNX_NAME, _sidecar_paths, read_spec
+    from buscad.utils import file_sha256
+
+    spec = read_spec(segmenter)
+    jpath, _, opath = _sidecar_paths(segmenter)
+    dest = out / "segmenter"
+    dest.mkdir(parents=True, exist_ok=True)
+    if opath.is_file():
+        shutil.copyfile(opath, dest / ONNX_NAME)
+        shutil.copyfile(jpath, dest / JSON_NAME)
+    else:
+        from buscad.segment.infer import Segmenter
+
+        Segmenter.load(segmenter, backend="torch").export_onnx(dest)
+        spec = read_spec(dest)
+    training = dict(spec.get("training") or {})
+    training.pop("loss", None)
+    return {
+        "folder": "segmenter",
+        "onnx_sha256": file_sha256(dest / ONNX_NAME),
+        "training": training,
+        "models_trained_on": roi,
+    }
 
 
 def group_inputs(inputs: list[str]) -> dict[str, Any]:
@@ -231,6 +279,22 @@ def add_onnx(bundle: str | os.PathLike[str]) -> dict:
 ENGINES: tuple[str, ...] = ("auto", "onnx", "torch")
 
 
+def computed_descriptors(mask: np.ndarray, columns: list[str]) -> dict[str, Any]:
+    """``morph_<field>`` values of :func:`buscad.segment.morphology.describe` for ``columns``.
+
+    Computed from the outline by fixed geometric rules; never the reader's lexicon.
+    Empty when the outline cannot be described.
+    """
+    from buscad.errors import BuscadError
+    from buscad.segment.morphology import describe
+
+    try:
+        d = describe(mask).as_dict()
+    except (BuscadError, ValueError):
+        return {}
+    return {c: d[c.removeprefix("morph_")] for c in columns if c.removeprefix("morph_") in d}
+
+
 class Bundle:
     """A loaded bundle; implements :class:`buscad.bundle.types.Predictor`.
 
@@ -275,6 +339,8 @@ class Bundle:
         self._model: Any = None
         self._onnx: Any = None
         self._radiomics_params: dict | None = None
+        self._segmenter: Any = None
+        self._num_threads = num_threads
         deep = doc["models"]["deep"]
         if engine == "onnx":
             from buscad.models.onnx import OnnxClassifier
@@ -317,8 +383,8 @@ class Bundle:
         Raises
         ------
         ModelFileError
-            Not a bundle, an unknown version, missing/corrupt model files, or
-            ``engine="onnx"`` for a bundle without an ONNX model.
+            Not a bundle, an unknown version, missing/corrupt model files (the
+            segmenter's included), or ``engine="onnx"`` for a bundle without an ONNX model.
         """
         from buscad.utils import file_sha256, load_versioned_json
 
@@ -350,7 +416,58 @@ class Bundle:
                 raise ModelFileError(onnx_file, "ONNX model not found")
             if deep.get("onnx_sha256") and file_sha256(onnx_file) != deep["onnx_sha256"]:
                 raise ModelFileError(onnx_file, "SHA-256 does not match bundle.json")
+        seg = doc.get("segmenter")
+        if seg:  # checked now, loaded on first use (a prediction with a mask never needs it)
+            seg_file = p / seg["folder"] / "segmenter.onnx"
+            if not seg_file.is_file():
+                raise ModelFileError(seg_file, "segmenter ONNX model not found")
+            if seg.get("onnx_sha256") and file_sha256(seg_file) != seg["onnx_sha256"]:
+                raise ModelFileError(seg_file, "SHA-256 does not match bundle.json")
         return cls(p, doc, spec, engine, num_threads)
+
+    @property
+    def has_segmenter(self) -> bool:
+        """Whether the bundle carries a lesion segmenter (automatic ROI without a mask)."""
+        return bool(self.doc.get("segmenter"))
+
+    @property
+    def segmenter(self) -> Any:
+        """The bundle's :class:`buscad.segment.Segmenter` (ONNX Runtime; loaded on first use)."""
+        if self._segmenter is None and self.has_segmenter:
+            from buscad.segment.infer import Segmenter
+            from buscad.utils import file_sha256
+
+            info = self.doc["segmenter"]
+            folder = self.path / info["folder"]
+            onnx_file = folder / "segmenter.onnx"
+            if not onnx_file.is_file():
+                raise ModelFileError(onnx_file, "segmenter ONNX model not found")
+            if info.get("onnx_sha256") and file_sha256(onnx_file) != info["onnx_sha256"]:
+                raise ModelFileError(onnx_file, "SHA-256 does not match bundle.json")
+            self._segmenter = Segmenter.load(folder, backend="onnx", threads=self._num_threads)
+        return self._segmenter
+
+    def outline(
+        self, gray: np.ndarray, box: tuple[int, int, int, int] | None = None
+    ) -> tuple[np.ndarray | None, float | None, str | None]:
+        """The segmenter's outline: ``(mask or None, confidence, note)``.
+
+        Box-prompted when ``box`` is given, else automatic (the most confident
+        candidate); ``mask`` is None when no lesion is found, with a note saying so.
+        """
+        res = self.segmenter.predict(gray, box=box)
+        if not res.found:
+            where = "in the box" if box is not None else "in the image"
+            fallback = "the box" if box is not None else "the whole image"
+            return None, None, f"no lesion found {where} by the segmenter; {fallback} was read"
+        best = res.candidates[0]
+        note = None
+        if len(res.candidates) > 1:
+            note = (
+                f"the segmenter found {len(res.candidates)} candidate lesions; the most "
+                f"confident ({best.confidence:.2f}) was read"
+            )
+        return best.mask.astype(bool), float(best.confidence), note
 
     def _roi(
         self, gray: np.ndarray, mask: np.ndarray | None, box: tuple[int, int, int, int] | None
@@ -412,6 +529,9 @@ class Bundle:
 
         given = {k: v for k, v in clinical.items() if v is not None and str(v).strip() != ""}
         needs = {n: self.doc["models"][n]["inputs"] for n in self.classical}
+        morph = sorted({c for n in needs for c in needs[n]["clinical"] if c.startswith("morph_")})
+        if morph and mask is not None:  # computed descriptors of the outline, never the reader's
+            given = {**computed_descriptors(mask, morph), **given}
         skipped: dict[str, str] = {}
         for name, need in needs.items():
             if need["radiomics"] and mask is None:
@@ -462,17 +582,41 @@ class Bundle:
         box: tuple[int, int, int, int] | None = None,
         clinical: dict[str, Any] | None = None,
         heatmap: bool = True,
+        auto_roi: bool = True,
     ) -> Prediction:
-        """Score one grayscale image (mask wins over box; neither: the whole image)."""
+        """Score one grayscale image.
+
+        A mask wins over a box. Without a mask, a bundle with a segmenter outlines
+        the lesion (box-prompted with a box, automatic without; ``auto_roi=False``
+        turns this off); otherwise the box, else the whole image, is read.
+        """
         from buscad.data.io import to_uint8
         from buscad.models.onnx import scale_cam
         from buscad.models.preprocess import resize
 
         t0 = time.perf_counter()
         g = to_uint8(gray)
-        (x0, y0, x1, y1), source = self._roi(g, mask, box)
+        confidence: float | None = None
+        notes: list[str] = []
+        outline = None
+        seg_ms = None
+        if mask is None and auto_roi and self.has_segmenter:
+            t = time.perf_counter()
+            with self._lock:
+                outline, confidence, note = self.outline(g, box)
+            seg_ms = (time.perf_counter() - t) * 1000
+            if note:
+                notes.append(note)
+        if outline is not None:
+            (x0, y0, x1, y1), _ = self._roi(g, outline, None)
+            source = "box" if box is not None else "auto"
+            mask = outline
+        else:
+            (x0, y0, x1, y1), source = self._roi(g, mask, box)
         crop = resize(g[y0:y1, x0:x1], self.pre.input_size)
         timings = {"preprocess": (time.perf_counter() - t0) * 1000}
+        if seg_ms is not None:
+            timings["segment"] = seg_ms
         with self._lock:
             t1 = time.perf_counter()
             raw, cam, feats = self._score_and_cam(crop, heatmap)
@@ -488,7 +632,11 @@ class Bundle:
         if self.classical:
             t3 = time.perf_counter()
             others, skipped = self._classical_scores(
-                g, mask if source == "mask" else None, clinical or {}, raw, feats
+                g,
+                mask if (source == "mask" or outline is not None) else None,
+                clinical or {},
+                raw,
+                feats,
             )
             timings["classical"] = (time.perf_counter() - t3) * 1000
         skipped.update(self.not_exported)
@@ -504,6 +652,9 @@ class Bundle:
             skipped_models=skipped,
             roi=(int(x0), int(y0), int(x1), int(y1)),
             roi_source=source,
+            roi_confidence=confidence,
+            notes=notes,
+            outline=outline,
             heatmap=hm,
             timings_ms={k: round(v, 2) for k, v in timings.items()},
         )

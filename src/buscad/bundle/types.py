@@ -78,7 +78,15 @@ class Prediction:
     roi : tuple of int
         ``(x0, y0, x1, y1)`` of the region the models read, in image pixels.
     roi_source : str
-        ``mask``, ``box`` or ``whole`` (no mask and no box: the whole image).
+        ``mask`` (given), ``auto`` (the bundle's segmenter found the lesion), ``box``
+        (the given box, or the segmenter's outline inside it) or ``whole`` (the whole image).
+    roi_confidence : float or None
+        The segmenter's confidence in its outline (mean lesion probability inside
+        it, in [0, 1]); None when no outline was predicted.
+    notes : list of str
+        What the reader should know (e.g. no lesion found, whole image read).
+    outline : numpy.ndarray or None
+        Boolean ``(H, W)`` predicted outline (not in the JSON).
     heatmap : numpy.ndarray or None
         ``(H, W)`` float32 in [0, 1], full-image coordinates, zero outside the ROI.
     timings_ms : dict
@@ -94,13 +102,17 @@ class Prediction:
     skipped_models: dict[str, str] = field(default_factory=dict)
     roi: tuple[int, int, int, int] = (0, 0, 0, 0)
     roi_source: str = "whole"
+    roi_confidence: float | None = None
+    notes: list[str] = field(default_factory=list)
+    outline: np.ndarray | None = None
     heatmap: np.ndarray | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict (the heatmap is left out: it is served as an image)."""
+        """JSON-ready dict (the heatmap and the outline are left out: they are served as images)."""
         d = asdict(self)
         d.pop("heatmap")
+        d.pop("outline")
         d["roi"] = list(self.roi)
         return d
 

@@ -1,6 +1,7 @@
 """The study runner: one YAML config -> audit, grouped split, deep models, radiomics, classical and fusion models, statistics, galleries, report and model bundle.
 
-Owns: study arms and cohorts, stage caching (stages), model fitting (fit), the runner and ``buscad study``. May import every layer below it: data, models, radiomics, explain, classical, evaluate, report and bundle; never reader or serve.
+Owns: study arms and cohorts, stage caching (stages), lesion outlines per ROI mode (roi: expert
+masks or the segmenter's), model fitting (fit), the runner and ``buscad study``. May import every layer below it: data, models, radiomics, explain, classical, evaluate, report and bundle; never reader or serve.
 
 The study runner: one config reproduces a whole study, resumably and without leakage.
 
@@ -11,6 +12,8 @@ run resumes at the stage it was in)::
     cohorts (manifests or phantoms) ─► audit (duplicates, overlays, mask problems,
     shortcuts) + audit policy ─► grouped split (patient ∪ near-duplicate group):
     development cohorts → train / internal test, external cohorts → external
+    ─► per ROI mode (``roi: expert | auto | box``; the segmenter's outlines replace
+    the masks for every stage below):
       ├─ deep: each backbone fine-tuned in grouped K-fold CV on the training rows
       │        (out-of-fold AI scores) → best backbone by CV AUC (never a test
       │        cohort) → refit on all training rows → scores + penultimate
@@ -38,6 +41,9 @@ from buscad._lazy import lazy_exports
 #: Public name -> defining module, imported on first use (PEP 562).
 _LAZY = {
     "Arm": "buscad.study.cohorts",
+    "MORPH_COLUMNS": "buscad.study.roi",
+    "Roi": "buscad.study.runner",
+    "outline_manifest": "buscad.study.roi",
     "BUNDLE_VERSION": "buscad.study.runner",
     "CACHE_VERSION": "buscad.study.stages",
     "DEEP_FEATURES": "buscad.study.fit",

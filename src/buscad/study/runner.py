@@ -26,11 +26,36 @@ from buscad.study.fit import (
     fit_and_predict,
 )
 from buscad.study.stages import StageResult, StageRunner
-from buscad.utils import atomic_write_json, atomic_write_table, file_sha256
+from buscad.utils import atomic_write_json, atomic_write_table, file_sha256, stable_hash
 
 #: Bumped when the bundle stage writes something new (2: model.onnx with Grad-CAM;
 #: 3: the classical and fusion models; 4: why a configured model is not in it).
 BUNDLE_VERSION = 4
+#: Bumped when the outline stage writes something new.
+ROI_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Roi:
+    """The outlines one pass of the study reads: its mode and the outline stage (None: expert masks, nothing added)."""
+
+    mode: str = "expert"
+    res: StageResult | None = None
+    segmenter: Path | None = None
+
+    def tag(self, arm: Arm) -> str:
+        """Stage-name part of an arm under this mode (the arm's name alone for expert masks)."""
+        return _safe(arm.name) + ("" if self.mode == "expert" else f"-roi-{self.mode}")
+
+    def label(self, arm: Arm) -> str:
+        """Display name of an arm under this mode."""
+        return arm.name if self.mode == "expert" else f"{arm.name} [roi: {self.mode}]"
+
+    def data_key(self, key: str) -> str:
+        """``key`` of a stage that reads masks, combined with the outline stage's when not expert."""
+        if self.res is None or self.mode == "expert":
+            return key
+        return stable_hash([key, self.res.key])
 
 
 @dataclass
@@ -102,13 +127,22 @@ class StudyRun:
 
     def _n_stages(self) -> int:
         cfg = self.cfg
-        per_arm = 3  # split, models, evaluate
+        per_arm = 2  # models, evaluate
         if self._needs_deep():
             per_arm += len(cfg.deep.backbones) * cfg.deep.selection_folds + 1
             per_arm += 1 if cfg.gallery_size and "deep" in cfg.models else 0
         bundle = int("deep" in cfg.models)
+        modes = cfg.roi_modes
+        n_roi = sum(m != "expert" or self._needs_morphology() for m in modes)
+        if cfg.segment.train is not None:  # per arm: a segmenter per fold + all, outlines
+            n_roi += sum(m != "expert" for m in modes) * len(self.arms) * (cfg.split.cv_folds + 1)
         return (
-            len(cfg.cohorts) + 1 + int(self._needs_radiomics()) + len(self.arms) * per_arm + bundle
+            len(cfg.cohorts)
+            + 1
+            + n_roi
+            + len(modes) * (int(self._needs_radiomics()) + len(self.arms) * per_arm)
+            + len(self.arms)
+            + bundle
         )
 
     # ---------------------------------------------------------------- run
@@ -126,24 +160,68 @@ class StudyRun:
         pooled = concat(mans, root=self.run_dir)
         audit_res = self._audit(pooled, keys)
         audited = Manifest.load(audit_res.path / "kept.csv")
-        radiomics_res = self._radiomics(audited, audit_res.key) if self._needs_radiomics() else None
         preds: dict[str, Path] = {}
         metrics = []
         arm_outputs = []
-        for arm in self.arms:
-            split_res = self._split(arm, audited, audit_res.key)
-            man = Manifest.load(split_res.path / "manifest.csv")
-            deep_res = self._deep(arm, man, split_res.key) if self._needs_deep() else None
-            cls_res = self._classical(arm, man, split_res, deep_res, radiomics_res, audit_res)
-            ev_res = self._evaluate(arm, cls_res, man, audit_res, split_res)
-            preds[arm.name] = cls_res.path / "predictions.csv"
-            m = pd.read_csv(ev_res.path / "metrics.csv")
-            m.insert(0, "arm", arm.name)
-            metrics.append(m)
-            arm_outputs.append((arm, man, deep_res, cls_res, ev_res))
+        splits = {arm.name: self._split(arm, audited, audit_res.key) for arm in self.arms}
+        self.rois: list[Roi] = []
+        multi = cfg.roi_modes != ["expert"]
+        for mode in cfg.roi_modes:
+            per_fold = mode != "expert" and cfg.segment.model is None
+            if not per_fold:
+                shared = Roi(
+                    mode,
+                    self._outlines(mode, audited, audit_res.key),
+                    cfg.resolve(cfg.segment.model),
+                )
+                self.rois.append(shared)
+                shared_data = (
+                    Manifest.load(shared.res.path / "manifest.csv") if shared.res else audited
+                )
+                shared_rad = (
+                    self._radiomics(shared_data, shared.data_key(audit_res.key), shared)
+                    if self._needs_radiomics()
+                    else None
+                )
+            for arm in self.arms:
+                split_res = splits[arm.name]
+                man = Manifest.load(split_res.path / "manifest.csv")
+                if per_fold:  # segmenters trained inside the study: out-of-fold outlines
+                    roi = self._outlines_oof(mode, arm, man, split_res)
+                    self.rois.append(roi)
+                    assert roi.res is not None
+                    data = Manifest.load(roi.res.path / "manifest.csv")
+                    radiomics_res = (
+                        self._radiomics(data, roi.data_key(split_res.key), roi)
+                        if self._needs_radiomics()
+                        else None
+                    )
+                else:
+                    roi, data, radiomics_res = shared, shared_data, shared_rad
+                if roi.res is not None:
+                    man = _with_outlines(man, data)
+                deep_res = (
+                    self._deep(arm, man, roi.data_key(split_res.key), roi)
+                    if self._needs_deep()
+                    else None
+                )
+                cls_res = self._classical(
+                    arm, man, split_res, deep_res, radiomics_res, audit_res, roi
+                )
+                ev_res = self._evaluate(arm, cls_res, man, audit_res, split_res, roi)
+                preds[roi.label(arm)] = cls_res.path / "predictions.csv"
+                m = pd.read_csv(ev_res.path / "metrics.csv")
+                m.insert(0, "arm", arm.name)
+                if multi:
+                    m.insert(1, "roi", mode)
+                metrics.append(m)
+                arm_outputs.append((arm, man, deep_res, cls_res, ev_res, roi))
         metrics_df = pd.concat(metrics, ignore_index=True)
         self._shortcut_warnings(metrics_df)
-        bundle = self._bundle(*arm_outputs[0], metrics_df) if "deep" in cfg.models else None
+        # the bundle of the first arm; under automatic outlines when run (what deployment sees)
+        first = [o for o in arm_outputs if o[0] == self.arms[0]]
+        chosen = next((o for o in first if o[5].mode == "auto"), first[0])
+        bundle = self._bundle(*chosen, metrics_df) if "deep" in cfg.models else None
         report = self._report(arm_outputs, audit_res, metrics_df)
         secs = time.monotonic() - t0
         summary = {
@@ -166,6 +244,147 @@ class StudyRun:
 
     def _needs_radiomics(self) -> bool:
         return "radiomics" in self.cfg.models
+
+    def _needs_morphology(self) -> bool:
+        from buscad.study.roi import wants_morphology
+
+        c = self.cfg.clinical
+        return wants_morphology([*c.columns, *c.us_columns])
+
+    # ------------------------------------------------------------ outlines
+    def _outlines(self, mode: str, audited: Manifest, audit_key: str) -> StageResult | None:
+        """Outline every kept row under ``mode`` (None: expert masks and no descriptors wanted)."""
+        cfg = self.cfg
+        morph = self._needs_morphology()
+        if mode == "expert" and not morph:
+            return None
+        seg_path = cfg.resolve(cfg.segment.model) if mode != "expert" else None
+
+        def work(folder: Path) -> None:
+            from buscad.study.roi import outline_manifest
+
+            outline_manifest(
+                audited,
+                mode,
+                folder,
+                seg_path,
+                jitter=cfg.segment.box_jitter,
+                seed=cfg.seed,
+                threads=cfg.segment.threads,
+                morphology=morph,
+            )
+
+        seg_key = None
+        if seg_path is not None:
+            from buscad.study.roi import segmenter_record
+
+            rec = segmenter_record(seg_path)
+            seg_key = [rec["json_sha256"], rec["onnx_sha256"], rec["weights_sha256"]]
+        res = self.runner.run(
+            f"roi-{mode}",
+            {
+                "audit": audit_key,
+                "mode": mode,
+                "segmenter": seg_key,
+                "jitter": cfg.segment.box_jitter if mode == "box" else None,
+                "seed": cfg.seed,
+                "morphology": morph,
+                "v": ROI_VERSION,
+            },
+            work,
+        )
+        info = json.loads((res.path / "roi.json").read_text())
+        self._roi_warnings(mode, info)
+        return res
+
+    def _roi_warnings(self, label: str, info: dict) -> None:
+        if info["mode"] != "expert":
+            self.warnings.append(
+                f"roi {label}: {info['found']} of {info['rows']} outlines from the segmenter, "
+                f"{info['whole_image_fallback']} with no lesion found (whole image used); "
+                f"{info.get('simplification') or info.get('outlines')}"
+            )
+        if info["unreadable"]:
+            self.warnings.append(f"roi {label}: {info['unreadable']} unreadable row(s)")
+
+    def _outlines_oof(self, mode: str, arm: Arm, man: Manifest, split_res: StageResult) -> Roi:
+        """Train a segmenter per CV fold and one on all training rows; outline out-of-fold."""
+        cfg = self.cfg
+        st = cfg.segment.train
+        assert st is not None
+        df = man.df
+        tr = (df["split"] == "train").to_numpy()
+        fold = df["cv_fold"].to_numpy()
+        names = [f"f{k}" for k in sorted(set(fold[tr].tolist()))] + ["all"]
+        segs: dict[str, Path] = {}
+        for name in names:
+            rows = tr & (fold != int(name[1:])) if name != "all" else tr
+
+            def work(folder: Path, rows=rows) -> None:
+                import torch
+
+                from buscad.segment.base import SegConfig
+                from buscad.segment.train import TrainConfig, load_items, train_segmenter
+
+                threads = torch.get_num_threads()
+                try:
+                    seg, _ = train_segmenter(
+                        load_items(man.subset(rows)),
+                        folder / "segmenter",
+                        SegConfig(input_size=st.input_size),
+                        TrainConfig(
+                            epochs=st.epochs,
+                            max_steps=st.max_steps,
+                            batch_size=st.batch_size,
+                            lr=st.lr,
+                            pretrained=st.pretrained,
+                            threads=st.threads,
+                            seed=cfg.seed,
+                        ),
+                    )
+                finally:
+                    torch.set_num_threads(threads)
+                seg.export_onnx(folder / "segmenter")
+
+            r = self.runner.run(
+                f"segmenter-{_safe(arm.name)}-{name}",
+                {"split": split_res.key, "rows": name, "train": st.model_dump(), "seed": cfg.seed},
+                work,
+            )
+            segs[name] = r.path / "segmenter"
+        which = [f"f{f}" if t else "all" for t, f in zip(tr.tolist(), fold.tolist(), strict=True)]
+        morph = self._needs_morphology()
+
+        def outline(folder: Path) -> None:
+            from buscad.study.roi import outline_by_segmenter
+
+            outline_by_segmenter(
+                man,
+                mode,
+                folder,
+                segs,
+                which,
+                jitter=cfg.segment.box_jitter,
+                seed=cfg.seed,
+                threads=cfg.segment.threads,
+                morphology=morph,
+            )
+
+        res = self.runner.run(
+            f"roi-{mode}-{_safe(arm.name)}",
+            {
+                "split": split_res.key,
+                "mode": mode,
+                "segmenters": {n: str(p.parent.name) for n, p in segs.items()},
+                "jitter": cfg.segment.box_jitter if mode == "box" else None,
+                "seed": cfg.seed,
+                "morphology": morph,
+                "v": ROI_VERSION,
+            },
+            outline,
+        )
+        self._roi_warnings(f"{mode} ({arm.name})", json.loads((res.path / "roi.json").read_text()))
+        return Roi(mode, res, segs["all"])
 
     # --------------------------------------------------------------- audit
     def _audit(self, pooled: Manifest, data_keys: list[str]) -> StageResult:
@@ -269,7 +488,7 @@ class StudyRun:
         )
 
     # ---------------------------------------------------------------- deep
-    def _deep(self, arm: Arm, man: Manifest, split_key: str) -> StageResult:
+    def _deep(self, arm: Arm, man: Manifest, split_key: str, roi: Roi) -> StageResult:
         """CV of every backbone, choice of the best, final fit, scores and features."""
         cfg = self.cfg
         df = man.df
@@ -299,7 +518,7 @@ class StudyRun:
                     )
 
                 r = self.runner.run(
-                    f"deep-cv-{_safe(arm.name)}-{b}-f{f}",
+                    f"deep-cv-{roi.tag(arm)}-{b}-f{f}",
                     {"split": split_key, "train": _train_cfg_dict(tc), "fold": f},
                     work,
                 )
@@ -353,13 +572,13 @@ class StudyRun:
             atomic_write_table(cv_df, folder / "backbone_cv.csv")
 
         return self.runner.run(
-            f"deep-final-{_safe(arm.name)}",
+            f"deep-final-{roi.tag(arm)}",
             {"split": split_key, "train": _train_cfg_dict(tc), "cv": cv_keys, "best": best},
             final,
         )
 
     # ----------------------------------------------------------- radiomics
-    def _radiomics(self, audited: Manifest, audit_key: str) -> StageResult:
+    def _radiomics(self, audited: Manifest, audit_key: str, roi: Roi) -> StageResult:
         cfg = self.cfg
         params_path = cfg.resolve(cfg.radiomics.params)
 
@@ -379,7 +598,8 @@ class StudyRun:
             atomic_write_json(folder / "failures.json", res.failures)
 
         params_hash = file_sha256(params_path) if params_path else "default"
-        res = self.runner.run("radiomics", {"audit": audit_key, "params": params_hash}, work)
+        name = "radiomics" if roi.mode == "expert" else f"radiomics-roi-{roi.mode}"
+        res = self.runner.run(name, {"audit": audit_key, "params": params_hash}, work)
         fails = json.loads((res.path / "failures.json").read_text())
         if fails:
             self.warnings.append(f"radiomics: {len(fails)} image(s) skipped, e.g. {fails[0]}")
@@ -394,6 +614,7 @@ class StudyRun:
         deep_res: StageResult | None,
         radiomics_res: StageResult | None,
         audit_res: StageResult,
+        roi: Roi,
     ) -> StageResult:
         cfg = self.cfg
 
@@ -416,15 +637,19 @@ class StudyRun:
             "seed": cfg.seed,
             "export_version": MODELS_EXPORT_VERSION,
         }
-        res = self.runner.run(f"models-{_safe(arm.name)}", key, work)
+        if roi.res is not None:
+            key["roi"] = roi.res.key
+        res = self.runner.run(f"models-{roi.tag(arm)}", key, work)
         self.warnings += [
-            f"{arm.name}: {n}" for n in json.loads((res.path / "notes.json").read_text())
+            f"{roi.label(arm)}: {n}" for n in json.loads((res.path / "notes.json").read_text())
         ]
         return res
 
     def _feature_table(self, man: Manifest, deep_res, radiomics_res, audit_res) -> pd.DataFrame:
+        from buscad.study.roi import ROI_COLUMNS
+
         df = man.df.set_index("image_id")
-        parts = [df]
+        parts = [df.drop(columns=[c for c in ROI_COLUMNS if c in df])]
         if deep_res is not None:
             sc = pd.read_csv(deep_res.path / "scores.csv").set_index("image_id")
             parts.append(sc)
@@ -445,6 +670,7 @@ class StudyRun:
         man: Manifest,
         audit_res: StageResult,
         split_res: StageResult,
+        roi: Roi,
     ) -> StageResult:
         cfg = self.cfg
 
@@ -468,13 +694,19 @@ class StudyRun:
             split_txt = pd.read_csv(split_res.path / "split_summary.csv").to_string(index=False)
             ev.write(
                 folder / "evaluation",
-                title=f"{cfg.name}: {arm.name}",
+                title=f"{cfg.name}: {roi.label(arm)}",
                 audit_summary=json.loads((audit_res.path / "audit" / "summary.json").read_text()),
                 split_description=(
                     f"Grouped (patient ∪ near-duplicate group) stratified {1 - cfg.split.test_size:.0%}:"
                     f"{cfg.split.test_size:.0%} split of {', '.join(arm.development)}; training-cohort "
                     f"predictions are out-of-fold ({cfg.split.cv_folds}-fold grouped CV; deep models "
                     f"{cfg.deep.selection_folds}-fold). External: {', '.join(arm.external) or 'none'}.\n"
+                    + (
+                        ""
+                        if roi.mode == "expert"
+                        else f"Lesion outlines: roi {roi.mode} (segmenter {cfg.segment.model}, "
+                        "applied to every row).\n"
+                    )
                     + split_txt
                 ),
                 seed=cfg.seed,
@@ -482,7 +714,7 @@ class StudyRun:
             atomic_write_table(ev.metrics, folder / "metrics.csv")
 
         return self.runner.run(
-            f"evaluate-{_safe(arm.name)}",
+            f"evaluate-{roi.tag(arm)}",
             {"predictions": cls_res.key, "eval": cfg.evaluation.model_dump()},
             work,
         )
@@ -508,6 +740,70 @@ class StudyRun:
                 )
 
     # ------------------------------------------------------------- report
+    def _roi_comparison(self, metrics: pd.DataFrame):
+        """Side by side: each model's AUC (95 % CI) under each ROI mode, per arm and cohort."""
+        from buscad.report import Section, Table
+
+        m = metrics[metrics["auc"].notna()].copy()
+        m["auc (95% CI)"] = [
+            f"{a:.3f} ({lo:.3f}–{hi:.3f})"
+            for a, lo, hi in zip(m["auc"], m["auc_lo"], m["auc_hi"], strict=True)
+        ]
+        wide = m.pivot_table(
+            index=["arm", "cohort", "model"],
+            columns="roi",
+            values="auc (95% CI)",
+            aggfunc="first",
+            sort=False,
+        )
+        modes = dict.fromkeys(r.mode for r in self.rois)
+        wide = wide[[m for m in modes if m in wide.columns]]
+        wide.columns = [f"roi: {c}" for c in wide.columns]
+        return Section(
+            "Expert vs automatic lesion outlines",
+            [
+                Table(
+                    wide.reset_index(),
+                    caption="AUC (95 % CI) of every model with the expert's masks and with the "
+                    "segmenter's outlines (same split, same settings; only the outlines differ).",
+                )
+            ],
+        )
+
+    def _roi_section(self):
+        """What each outline stage did, the outline model's training data, computed descriptors."""
+        from buscad.report import KeyValue, Section, Text
+
+        blocks: list[Any] = []
+        for r in self.rois:
+            if r.res is None:
+                continue
+            info = json.loads((r.res.path / "roi.json").read_text())
+            seg = info.get("segmenter") or {}
+            flat = {
+                k: v
+                for k, v in info.items()
+                if isinstance(v, (int, float, str, bool)) and v is not None
+            }
+            flat.update(
+                {
+                    f"segmenter {k}": v
+                    for k, v in (seg.get("training") or {}).items()
+                    if isinstance(v, (int, float, str, bool))
+                }
+            )
+            blocks.append(Text(f"roi: {r.mode} (stage {r.res.path.name})"))
+            blocks.append(KeyValue(flat))
+        if self._needs_morphology():
+            blocks.append(
+                Text(
+                    "morph_* columns are computed descriptors (buscad.segment.morphology, fixed "
+                    "geometric rules) of the outline each model read; they are never the "
+                    "reader's BI-RADS lexicon."
+                )
+            )
+        return Section("Lesion outlines", blocks)
+
     def _report(self, arm_outputs: list, audit_res: StageResult, metrics: pd.DataFrame) -> Path:
         from buscad.report import Figure, KeyValue, Section, Table, Text, build_report
 
@@ -515,9 +811,15 @@ class StudyRun:
         sections = []
         warn = self.warnings or ["none"]
         sections.append(Section("Warnings", [Text("\n".join(f"• {w}" for w in warn))]))
-        for arm, man, deep_res, cls_res, ev_res in arm_outputs:
+        if len({r.mode for r in self.rois}) > 1:
+            sections.append(self._roi_comparison(metrics))
+        if any(r.res is not None for r in self.rois):
+            sections.append(self._roi_section())
+        for arm, man, deep_res, cls_res, ev_res, roi in arm_outputs:
             blocks: list[Any] = []
             m = metrics[metrics["arm"] == arm.name]
+            if "roi" in m:
+                m = m[m["roi"] == roi.mode]
             cols = [
                 c
                 for c in (
@@ -555,7 +857,7 @@ class StudyRun:
             figs = sorted((ev_res.path / "evaluation" / "figures").glob("roc_*.png"))
             for f in figs[:6]:
                 blocks.append(Figure(f, caption=f.stem.replace("_", " ")))
-            gal = self._gallery(arm, man, deep_res, cls_res)
+            gal = self._gallery(arm, man, deep_res, cls_res, roi)
             for g in gal:
                 blocks.append(Figure(g, caption=g.stem.replace("_", " ")))
             blocks.append(
@@ -564,7 +866,7 @@ class StudyRun:
                     f"TRIPOD+AI): {ev_res.path / 'evaluation' / 'report.html'}"
                 )
             )
-            sections.append(Section(f"Results: {arm.name}", blocks))
+            sections.append(Section(f"Results: {roi.label(arm)}", blocks))
         audit_sum = json.loads((audit_res.path / "audit" / "summary.json").read_text())
         flat = {k: v for k, v in audit_sum.items() if isinstance(v, (int, float, str, bool))}
         sections.append(
@@ -592,6 +894,7 @@ class StudyRun:
         deep_res: StageResult | None,
         cls_res: StageResult,
         ev_res: StageResult,
+        roi: Roi,
         metrics: pd.DataFrame,
     ) -> Path | None:
         """Write ``RUN_DIR/bundle``: the deep model (calibrated on out-of-fold training scores)
@@ -609,6 +912,8 @@ class StudyRun:
             y = (tr["label"] == "malignant").to_numpy().astype(int)
             card = ev_res.path / "evaluation" / "model_card.md"
             m = metrics[metrics["arm"] == arm.name]
+            if "roi" in m:
+                m = m[m["roi"] == roi.mode].drop(columns=["roi"])
             pred = pd.read_csv(cls_res.path / "predictions.csv")
             ptr = pred[pred["cohort"] == arm.train_label]
             classical = {}
@@ -649,18 +954,23 @@ class StudyRun:
                     for n in cfg.models
                     if n != "deep"
                 },
+                segmenter=seg_path,
+                roi=roi.mode,
             )
 
-        res = self.runner.run(
-            f"bundle-{_safe(arm.name)}",
-            {
-                "deep": deep_res.key,
-                "models": cls_res.key,
-                "eval": ev_res.key,
-                "bundle_version": BUNDLE_VERSION,
-            },
-            work,
-        )
+        seg_path = roi.segmenter if roi.segmenter is not None else cfg.resolve(cfg.segment.model)
+        key: dict[str, Any] = {
+            "deep": deep_res.key,
+            "models": cls_res.key,
+            "eval": ev_res.key,
+            "bundle_version": BUNDLE_VERSION,
+        }
+        if seg_path is not None:
+            from buscad.study.roi import segmenter_record
+
+            key["segmenter"] = segmenter_record(seg_path)["json_sha256"]
+            key["roi"] = roi.mode
+        res = self.runner.run(f"bundle-{roi.tag(arm)}", key, work)
         import shutil
 
         out = self.run_dir / "bundle"
@@ -670,7 +980,12 @@ class StudyRun:
         return out
 
     def _gallery(
-        self, arm: Arm, man: Manifest, deep_res: StageResult | None, cls_res: StageResult
+        self,
+        arm: Arm,
+        man: Manifest,
+        deep_res: StageResult | None,
+        cls_res: StageResult,
+        roi: Roi,
     ) -> list[Path]:
         """Grad-CAM galleries of correct and incorrect non-training cases (``man``: the arm's split)."""
         cfg = self.cfg
@@ -701,7 +1016,7 @@ class StudyRun:
                 )
 
         res = self.runner.run(
-            f"gallery-{_safe(arm.name)}",
+            f"gallery-{roi.tag(arm)}",
             {
                 "deep": deep_res.key,
                 "pred": cls_res.key,
@@ -711,6 +1026,27 @@ class StudyRun:
             work,
         )
         return sorted(res.path.glob("*/gallery.png"))
+
+
+def _with_outlines(man: Manifest, outlined: Manifest) -> Manifest:
+    """The arm's rows with ``mask_path`` and the outline columns of the outline stage."""
+    from buscad.data.audit.masks import GEOMETRY_FEATURES
+    from buscad.study.roi import MORPH_COLUMNS, ROI_COLUMNS
+
+    src = outlined.df.set_index("image_id")
+    df = man.df.copy()
+    for c in ("mask_path", *GEOMETRY_FEATURES, *ROI_COLUMNS, *MORPH_COLUMNS):
+        if c in src:
+            v = src[c].reindex(df["image_id"]).to_numpy()
+            if c == "mask_path":
+                v = [
+                    ";".join(str(outlined.resolve(p)) for p in x.split(";") if p)
+                    if isinstance(x, str) and x
+                    else x
+                    for x in v
+                ]
+            df[c] = v
+    return Manifest(df, root=man.root, source=man.source)
 
 
 def run_study(
