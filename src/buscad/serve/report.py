@@ -31,7 +31,8 @@ REPORT_CSS = stylesheet()
 
 ROI_TEXT = {
     "mask": "the uploaded lesion mask",
-    "box": "the box drawn on the image",
+    "box": "the box drawn on the image (outlined inside it when the bundle has a segmenter)",
+    "auto": "the lesion outlined automatically by the bundle's segmenter (no box or mask given)",
     "whole": "the whole image (no box or mask was given)",
 }
 

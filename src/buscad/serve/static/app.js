@@ -261,7 +261,7 @@ function showResult(res) {
   } else {
     heat.style.display = "none";
   }
-  if (res.roi_source === "mask" || res.roi_source === "whole") {
+  if (res.roi_source === "mask" || res.roi_source === "auto" || res.roi_source === "whole") {
     state.drag = null;
   }
 }
