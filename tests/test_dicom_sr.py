@@ -94,3 +94,29 @@ def test_sr_written_only_when_asked_and_skipped_for_non_dicom(scored, tmp_path):
     doc = {"ai_score": 0.3, "threshold": 0.5, "decision": "benign", "roi": [0, 0, 20, 20]}
     with pytest.raises(ImageReadError, match="no StudyInstanceUID"):
         write_sr(bare, doc, bundle, tmp_path / "sr")
+
+
+def test_sr_from_a_manifest_run(scored, tmp_path):
+    import pandas as pd
+
+    from buscad.bundle.sr import read_sr_result
+
+    m = tmp_path / "m.csv"
+    pd.DataFrame({"image_id": ["us1"], "image_path": [str(scored["dcm"])]}).to_csv(m, index=False)
+    out, sr_dir = tmp_path / "p", tmp_path / "sr"
+    res = CliRunner().invoke(
+        app,
+        ["predict", str(scored["root"] / "bundle"), "--manifest", str(m), "-o", str(out),
+         "--no-heatmap", "--dicom-sr", str(sr_dir)],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    row = pd.read_csv(out / "summary.csv").iloc[0]
+    got = read_sr_result(sr_dir / "us1_sr.dcm")
+    assert got["ai_score"] == pytest.approx(row["ai_score"], abs=1e-9)
+    x0, _y0, _x1, y1 = map(int, row["roi"].split())  # no mask: the whole image
+    assert (got["outline"][:, 0].min(), got["outline"][:, 1].max()) == (x0, y1)
+    for f in out.rglob("*"):
+        if f.is_file():
+            assert (
+                PHI_ID.encode() not in f.read_bytes() and PHI_BIRTH.encode() not in f.read_bytes()
+            )

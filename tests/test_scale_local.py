@@ -60,7 +60,8 @@ def test_manifest_run_matches_image_list_and_resumes_exactly_once(setup, tmp_pat
     df.to_csv(manifest.with_name("m2.csv"), index=False)
     m2 = manifest.with_name("m2.csv")
     full = tmp_path / "full"
-    _run([bundle, "--manifest", m2, "-o", full, "--no-heatmap", "--batch-size", "4"])
+    _run([bundle, "--manifest", m2, "-o", full, "--no-heatmap", "--batch-size", "4",
+          "--per-image-json"])  # fmt: skip
     s = json.loads((full / "summary.json").read_text())
     assert (s["n_items"], s["n_rows"], s["n_failed"], s["duplicates"], s["missing"]) == (
         24,
@@ -73,7 +74,9 @@ def test_manifest_run_matches_image_list_and_resumes_exactly_once(setup, tmp_pat
     assert rows["image_id"].tolist() == df["image_id"].tolist()
     assert "missing.png" in rows.loc[5, "error"] and np.isnan(rows.loc[5, "ai_score"])
     assert rows["error"].isna().sum() == 23
-    assert (full / "case_00000.json").is_file()
+    doc = json.loads((full / "case_00000.json").read_text())
+    assert doc["image_id"] == "case_00000" and doc["ai_score"] == pytest.approx(rows["ai_score"][0])
+    assert rows.loc[0, "roi"] == " ".join(map(str, doc["roi"]))
 
     # the image-list path (one Bundle.predict per image) gives the same scores
     imgs = [manifest.parent / p for p in df["image_path"][:3]]
@@ -104,6 +107,8 @@ def test_manifest_run_matches_image_list_and_resumes_exactly_once(setup, tmp_pat
     _run([bundle, "--manifest", m2, "-o", part, "--no-heatmap"])
     assert json.loads((part / "summary.json").read_text())["this_run_rows"] == 0
     assert len(batch.collect(part)) == 24
+    assert not list(part.glob("*.json"))[1:]  # only summary.json: no per-image JSON by default
+    assert [f.name for f in part.glob("*.json")] == ["summary.json"]
 
 
 def test_manifest_needs_image_path_and_unique_ids(tmp_path):

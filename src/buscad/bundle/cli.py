@@ -43,6 +43,12 @@ def predict_cmd(
     batch_size: int = typer.Option(
         32, "--batch-size", min=1, help="Images per ONNX pass (--manifest runs)."
     ),
+    per_image_json: bool = typer.Option(
+        False,
+        "--per-image-json",
+        help="--manifest runs: also write each image's JSON (always with --heatmap); the "
+        "Parquet rows hold the scores, ROI and skipped models either way.",
+    ),
     dicom_sr: Path | None = typer.Option(
         None,
         "--dicom-sr",
@@ -107,6 +113,7 @@ def predict_cmd(
             batch_size=batch_size,
             heatmap=heatmap,
             any_modality=any_modality,
+            write_json=per_image_json,
             log=log,
         )
         typer.echo(_summary_line(summary, out))
@@ -124,6 +131,7 @@ def predict_cmd(
             heatmap=heatmap,
             any_modality=any_modality,
             batch_size=batch_size,
+            write_json=per_image_json,
             log=log,
         )
         typer.echo(_summary_line(summary, out))
@@ -158,18 +166,31 @@ def _summary_line(summary: dict, out: Path) -> str:
 
 
 def _write_srs(bundle: Path, items: list, out: Path, sr_dir: Path, keyed: bool) -> None:
-    """A DICOM SR for each scored DICOM item, from its JSON (see :mod:`buscad.bundle.sr`)."""
+    """A DICOM SR for each scored DICOM item (see :mod:`buscad.bundle.sr`).
+
+    The result comes from the image's JSON (image list) or its Parquet row (--manifest).
+    """
     import json
 
-    from buscad.bundle.batch import safe_name
     from buscad.bundle.sr import is_dicom, write_sr
 
+    docs: dict[str, dict] = {}
+    if keyed:
+        from buscad.bundle.batch import collect
+
+        df = collect(out)
+        for r in df.to_dict("records") if len(df) else []:
+            if not r["error"]:
+                docs[r["image_id"]] = {**r, "roi": [int(v) for v in str(r["roi"]).split()]}
     n = 0
     for it in items:
-        f = out / f"{safe_name(it.image_id) if keyed else it.image.stem}.json"
-        if not f.is_file() or not is_dicom(it.image):
+        if keyed:
+            doc = docs.get(it.image_id)
+        else:
+            f = out / f"{it.image.stem}.json"
+            doc = json.loads(f.read_text(encoding="utf-8")) if f.is_file() else None
+        if doc is None or not is_dicom(it.image):
             continue
-        doc = json.loads(f.read_text(encoding="utf-8"))
         try:
             write_sr(it.image, doc, bundle, sr_dir, mask=it.mask)
             n += 1

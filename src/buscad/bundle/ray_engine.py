@@ -43,13 +43,19 @@ class _Scorer:
     """A Ray actor: the bundle loaded once, scoring one batch of rows per call."""
 
     def __init__(
-        self, bundle: str, out: str, heatmap: bool, any_modality: bool, threads: int
+        self,
+        bundle: str,
+        out: str,
+        heatmap: bool,
+        any_modality: bool,
+        threads: int,
+        write_json: bool = False,
     ) -> None:
         from buscad.bundle.bundle import Bundle
 
         self.b = Bundle.load(bundle, engine="auto", num_threads=threads)
         self.out = Path(out)
-        self.heatmap, self.any_modality = heatmap, any_modality
+        self.heatmap, self.any_modality, self.write_json = heatmap, any_modality, write_json
         self.columns = row_columns(self.b)
 
     def __call__(self, batch: Any) -> Any:
@@ -70,6 +76,7 @@ class _Scorer:
             any_modality=self.any_modality,
             keyed=True,
             batch_size=len(items),
+            write_json=self.write_json,
         )
         return rows_frame(rows, self.columns)
 
@@ -85,6 +92,7 @@ def run_ray(
     heatmap: bool = True,
     any_modality: bool = False,
     threads_per_worker: int = 1,
+    write_json: bool = False,
     log: Log | None = None,
 ) -> dict[str, Any]:
     """Score items on Ray Data, resumably; returns the run summary (see :func:`finish`).
@@ -157,6 +165,7 @@ def run_ray(
                     heatmap,
                     any_modality,
                     threads_per_worker,
+                    write_json,
                 ),
                 batch_size=batch_size,
                 batch_format="pandas",
