@@ -295,21 +295,23 @@ def score_items(
                     log(it.note, True)
                 warning = burned_in_warning(gray, meta)
                 warnings = [warning] if warning else []
-                doc = {
-                    "image": str(it.image),
-                    "bundle": b.name,
-                    "engine": b.engine,
-                    **pred.to_json(),
-                    "warnings": warnings,
-                }
-                stem = safe_name(it.image_id) if keyed else it.image.stem
-                if heatmap and pred.heatmap is not None:
-                    doc["overlay"] = str(
-                        save_png(overlay(to_uint8(gray), pred.heatmap), out / f"{stem}_overlay.png")
-                    )
-                if keyed:
-                    doc = {"image_id": it.image_id, **doc}
-                if write_json or heatmap:
+                if write_json or heatmap:  # the JSON (to_json copies every field: skip it)
+                    doc = {
+                        "image": str(it.image),
+                        "bundle": b.name,
+                        "engine": b.engine,
+                        **pred.to_json(),
+                        "warnings": warnings,
+                    }
+                    stem = safe_name(it.image_id) if keyed else it.image.stem
+                    if heatmap and pred.heatmap is not None:
+                        doc["overlay"] = str(
+                            save_png(
+                                overlay(to_uint8(gray), pred.heatmap), out / f"{stem}_overlay.png"
+                            )
+                        )
+                    if keyed:
+                        doc = {"image_id": it.image_id, **doc}
                     atomic_write_json(out / f"{stem}.json", doc)
             except (BuscadError, ValueError) as exc:
                 log(f"skipped: {exc}", True)
