@@ -12,6 +12,10 @@ import pandas as pd
 import pytest
 from tests.scale_fixtures import make_manifest
 
+torch = pytest.importorskip("torch")
+if not torch.distributed.is_available():  # pragma: no cover - platform builds without it
+    pytest.skip("this PyTorch build has no torch.distributed", allow_module_level=True)
+
 SCRIPT = """
 import json, os, sys
 from buscad.data.manifest import Manifest
