@@ -9,7 +9,9 @@ import typer
 
 def predict_cmd(
     bundle: Path = typer.Argument(..., help="Bundle folder (RUN_DIR/bundle of a study run)."),
-    images: list[Path] = typer.Argument(..., help="Image files (PNG, JPEG, BMP, TIFF, DICOM)."),
+    images: list[Path] = typer.Argument(
+        None, help="Image files (PNG, JPEG, BMP, TIFF, DICOM); or give --manifest."
+    ),
     mask: list[Path] = typer.Option([], "--mask", help="Lesion mask per image, in the same order."),
     clinical: Path | None = typer.Option(
         None,
@@ -17,13 +19,40 @@ def predict_cmd(
         help="CSV of clinical/lexicon inputs: an 'image' column (file name) or 'image_id' (file "
         "stem), then one column per input the bundle's models read (see bundle.json).",
     ),
+    manifest: Path | None = typer.Option(
+        None,
+        "--manifest",
+        help="Score the rows of a buscad manifest (image_path, optional mask_path, clinical/"
+        "lexicon columns; paths relative to it): batched, resumable Parquet shards in OUT/parts.",
+    ),
     out: Path = typer.Option(Path("predictions"), "-o", "--out", help="Output folder."),
     heatmap: bool = typer.Option(
         True, "--heatmap/--no-heatmap", help="Write the Grad-CAM overlay."
     ),
     engine: str = typer.Option(
         "auto",
-        help="auto (ONNX Runtime when the bundle has an ONNX model, else PyTorch), onnx or torch.",
+        help="auto (ONNX Runtime when the bundle has an ONNX model, else PyTorch), onnx or torch; "
+        "ray: score --manifest on Ray Data actors (needs buscad[ray]).",
+    ),
+    address: str | None = typer.Option(
+        None, "--address", help="Ray cluster address (--engine ray; default: a local Ray)."
+    ),
+    workers: int = typer.Option(
+        0, "--workers", min=0, help="Ray scoring actors (--engine ray; 0: one per CPU)."
+    ),
+    batch_size: int = typer.Option(
+        32, "--batch-size", min=1, help="Images per ONNX pass (--manifest runs)."
+    ),
+    per_image_json: bool = typer.Option(
+        False,
+        "--per-image-json",
+        help="--manifest runs: also write each image's JSON (always with --heatmap); the "
+        "Parquet rows hold the scores, ROI and skipped models either way.",
+    ),
+    dicom_sr: Path | None = typer.Option(
+        None,
+        "--dicom-sr",
+        help="Also write a DICOM Structured Report (TID 1500) per scored DICOM image here.",
     ),
     any_modality: bool = typer.Option(
         False,
@@ -42,77 +71,82 @@ def predict_cmd(
     and the run goes on. Images that may show burned-in text (DICOM
     ``BurnedInAnnotation = YES`` or text-like marks) get a ``warnings`` list in
     their JSON, a ``warnings`` summary column and a line on stderr.
+
+    With --manifest the images are scored in batches and each finished chunk
+    is an atomically written Parquet shard in OUT/parts: a killed run, run
+    again, scores only the images without a row (exactly one row per image);
+    summary.csv (manifest order) and summary.json are rewritten at the end.
+    --engine ray does the same on Ray Data (see docs/scale.md).
     """
     import csv
     import io
 
+    from buscad.bundle.batch import Item, items_from_manifest, run_local, score_items
     from buscad.bundle.bundle import Bundle
-    from buscad.data.io import burned_in_warning, read_image, read_mask, reader_settings, to_uint8
-    from buscad.errors import BuscadError, internal_error
-    from buscad.explain.heatmap import overlay, save_png
-    from buscad.utils import atomic_write_json, atomic_write_text
+    from buscad.utils import atomic_write_text
 
+    def log(msg: str, err: bool) -> None:
+        typer.echo(msg, err=err)
+
+    images = list(images or [])
+    if manifest is None and not images:
+        raise typer.BadParameter("give image files or --manifest")
+    if manifest is not None and (images or mask or clinical):
+        raise typer.BadParameter("--manifest carries the images, masks and clinical inputs")
+    if engine == "ray" and manifest is None:
+        raise typer.BadParameter("--engine ray scores a --manifest")
     if mask and len(mask) != len(images):
         raise typer.BadParameter(
             f"{len(mask)} masks for {len(images)} images: give one per image or none"
         )
+    if engine == "ray":
+        from buscad.bundle.ray_engine import run_ray
+
+        probe = Bundle.load(bundle, engine="auto")
+        items = items_from_manifest(manifest, probe.clinical_inputs)
+        summary = run_ray(
+            bundle,
+            items,
+            out,
+            address=address,
+            workers=workers or None,
+            batch_size=batch_size,
+            heatmap=heatmap,
+            any_modality=any_modality,
+            write_json=per_image_json,
+            log=log,
+        )
+        typer.echo(_summary_line(summary, out))
+        if dicom_sr is not None:
+            _write_srs(bundle, items, out, dicom_sr, keyed=True)
+        return
     b = Bundle.load(bundle, engine=engine)
-    table = _clinical_table(clinical) if clinical else {}
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    if manifest is not None:
+        items = items_from_manifest(manifest, b.clinical_inputs)
+        summary = run_local(
+            b,
+            items,
+            out,
+            heatmap=heatmap,
+            any_modality=any_modality,
+            batch_size=batch_size,
+            write_json=per_image_json,
+            log=log,
+        )
+        typer.echo(_summary_line(summary, out))
+        if dicom_sr is not None:
+            _write_srs(bundle, items, out, dicom_sr, keyed=True)
+        return
+    table = _clinical_table(clinical) if clinical else {}
+    items = []
     for i, img in enumerate(images):
-        try:
-            with reader_settings(allow_modality=True if any_modality else None):
-                gray, meta = read_image(img)
-                m = read_mask(mask[i], shape=gray.shape) if mask else None
-            warning = burned_in_warning(gray, meta)
-            clin = table.get(img.name, table.get(img.stem, {}))
-            if clinical and not clin:
-                typer.echo(f"{img}: no row in {clinical}; clinical models skipped", err=True)
-            pred = b.predict(gray, mask=m, clinical=clin, heatmap=heatmap)
-            stem = img.stem
-            warnings = [warning] if warning else []
-            doc = {
-                "image": str(img),
-                "bundle": b.name,
-                "engine": b.engine,
-                **pred.to_json(),
-                "warnings": warnings,
-            }
-            if heatmap and pred.heatmap is not None:
-                doc["overlay"] = str(
-                    save_png(overlay(to_uint8(gray), pred.heatmap), out / f"{stem}_overlay.png")
-                )
-            atomic_write_json(out / f"{stem}.json", doc)
-        except (BuscadError, ValueError) as exc:
-            typer.echo(f"skipped: {exc}", err=True)
-            rows.append({"image": str(img), "error": " ".join(str(exc).split())})
-            continue
-        except Exception as exc:  # never abort the batch: report and go on
-            reason = internal_error(img, exc)
-            typer.echo(f"skipped: {reason}", err=True)
-            rows.append({"image": str(img), "error": reason})
-            continue
-        if warning:
-            typer.echo(f"WARNING: {img}: {warning}", err=True)
-        rows.append(
-            {
-                "image": str(img),
-                "ai_score": pred.ai_score,
-                "threshold": pred.threshold,
-                "decision": pred.decision,
-                "band": pred.band.category,
-                "roi_source": pred.roi_source,
-                **{f"p_{k}": v for k, v in pred.model_scores.items() if k != "deep"},
-                "ms": round(sum(pred.timings_ms.values()), 1),
-                "warnings": "; ".join(warnings),
-                "error": "",
-            }
+        clin = table.get(img.name, table.get(img.stem, {}))
+        note = (
+            f"{img}: no row in {clinical}; clinical models skipped" if clinical and not clin else ""
         )
-        typer.echo(
-            f"{img}: AI score {pred.ai_score:.3f} ({pred.decision}, band {pred.band.category}) "
-            f"in {sum(pred.timings_ms.values()):.0f} ms"
-        )
+        items.append(Item(img.stem, img, mask[i] if mask else None, clin, note))
+    rows = score_items(b, items, out, heatmap=heatmap, any_modality=any_modality, log=log)
     fields = list(dict.fromkeys(k for r in rows for k in r))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
@@ -120,6 +154,49 @@ def predict_cmd(
     writer.writerows(rows)
     atomic_write_text(out / "summary.csv", buf.getvalue())
     typer.echo(f"wrote {out / 'summary.csv'}")
+    if dicom_sr is not None:
+        _write_srs(bundle, items, out, dicom_sr, keyed=False)
+
+
+def _summary_line(summary: dict, out: Path) -> str:
+    return (
+        f"wrote {out / 'summary.csv'}: {summary['n_rows']} rows ({summary['n_failed']} failed, "
+        f"{summary['resumed_skipped']} already scored)"
+    )
+
+
+def _write_srs(bundle: Path, items: list, out: Path, sr_dir: Path, keyed: bool) -> None:
+    """A DICOM SR for each scored DICOM item (see :mod:`buscad.bundle.sr`).
+
+    The result comes from the image's JSON (image list) or its Parquet row (--manifest).
+    """
+    import json
+
+    from buscad.bundle.sr import is_dicom, write_sr
+
+    docs: dict[str, dict] = {}
+    if keyed:
+        from buscad.bundle.batch import collect
+
+        df = collect(out)
+        for r in df.to_dict("records") if len(df) else []:
+            if not r["error"]:
+                docs[r["image_id"]] = {**r, "roi": [int(v) for v in str(r["roi"]).split()]}
+    n = 0
+    for it in items:
+        if keyed:
+            doc = docs.get(it.image_id)
+        else:
+            f = out / f"{it.image.stem}.json"
+            doc = json.loads(f.read_text(encoding="utf-8")) if f.is_file() else None
+        if doc is None or not is_dicom(it.image):
+            continue
+        try:
+            write_sr(it.image, doc, bundle, sr_dir, mask=it.mask)
+            n += 1
+        except Exception as exc:  # a report that cannot be built never stops the run
+            typer.echo(f"no DICOM SR for {it.image}: {type(exc).__name__}: {exc}", err=True)
+    typer.echo(f"wrote {n} DICOM SR file(s) to {sr_dir}")
 
 
 def _clinical_table(path: Path) -> dict[str, dict[str, str]]:

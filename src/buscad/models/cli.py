@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -54,6 +55,8 @@ def register(app: typer.Typer) -> None:
 
         cfg = _config(**{k: v for k, v in opts.items() if k not in ("manifest", "out")})
         res = train_model(Manifest.load(manifest), cfg, out)
+        if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+            return
         for s in res.skipped:
             typer.echo(f"skipped {s}", err=True)
         typer.echo(

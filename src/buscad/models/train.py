@@ -7,6 +7,20 @@ validation AUC, deterministic seeds, CPU or CUDA (automatic mixed precision on
 CUDA), a progress bar, per-epoch metrics in ``metrics.csv``, and a resumable
 state (``last.*``) written after every epoch. The best epoch (highest validation
 AUC) is saved as the checkpoint ``model.safetensors`` + ``model.json``.
+
+Distributed data-parallel training: launched by ``torchrun`` (``WORLD_SIZE`` >
+1 in the environment), :func:`train_model` joins the process group (NCCL on
+CUDA, gloo on CPU), wraps the model in ``DistributedDataParallel`` and gives
+each rank its share of every global batch through a ``DistributedSampler``
+over the epoch's permutation (the same on every rank: identical seeds), so
+global batch ``k`` holds the same images as in one process; ``batch_size``
+stays the *global* batch (``batch_size // world`` per rank). On CUDA the
+BatchNorm layers become ``SyncBatchNorm`` (statistics of the global batch);
+on CPU (gloo) each rank normalises its own share, so the loss curve matches
+one process within tolerance rather than exactly. BatchNorm
+buffers are broadcast from rank 0 before validation, so every rank takes the
+same early-stopping decision; only rank 0 writes ``metrics.csv``, the
+checkpoints and the progress. See docs/scale.md for the launch lines.
 """
 
 from __future__ import annotations
@@ -120,6 +134,32 @@ def load_crops(manifest: Manifest, pre: Preprocessor) -> tuple[np.ndarray, np.nd
     s = pre.input_size
     arr = np.stack(crops) if crops else np.zeros((0, s, s), np.uint8)
     return arr, np.asarray(keep, dtype=int), skipped
+
+
+def distributed_context(device: str = "auto") -> tuple[int, int, int, bool]:
+    """Join the ``torchrun`` process group when ``WORLD_SIZE`` > 1.
+
+    Returns
+    -------
+    rank, world, local_rank : int
+        0, 1, 0 without ``torchrun``.
+    created : bool
+        This call initialised the process group (the caller destroys it).
+    """
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or not dist.is_available():
+        return 0, 1, 0, False
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    created = False
+    if not dist.is_initialized():
+        cuda = torch.cuda.is_available() and device != "cpu"
+        if cuda:
+            torch.cuda.set_device(local)
+        dist.init_process_group("nccl" if cuda else "gloo")
+        created = True
+    return dist.get_rank(), dist.get_world_size(), local, created
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -277,6 +317,7 @@ def train_model(
     if len(train_idx) == 0:
         raise ManifestError(manifest.source, "no training rows (split == 'train')")
     pre = config.preprocessor()
+    rank, world, local_rank, created_group = distributed_context(config.device)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % 2**32)  # noqa: NPY002
     crops, keep, skipped = load_crops(manifest, pre)
@@ -289,6 +330,8 @@ def train_model(
         raise ManifestError(manifest.source, "training rows need both benign and malignant cases")
 
     dev = resolve_device(config.device)
+    if world > 1 and dev.type == "cuda":
+        dev = torch.device("cuda", local_rank)
     use_amp = config.amp and dev.type == "cuda"
     model = create_backbone(
         config.backbone,
@@ -298,6 +341,17 @@ def train_model(
         hidden=config.hidden,
         dropout=config.dropout,
     ).to(dev)
+    net: nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        if dev.type == "cuda":  # BatchNorm over the global batch (SyncBatchNorm is CUDA-only)
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+        net = DistributedDataParallel(
+            model, device_ids=[local_rank] if dev.type == "cuda" else None
+        )
+    per_rank = max(1, config.batch_size // world)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(tr) / config.batch_size)
     total = steps_per_epoch * config.epochs
@@ -343,6 +397,7 @@ def train_model(
 
     from tqdm.auto import tqdm
 
+    progress = config.progress and rank == 0
     stop = bool(config.max_steps and step >= config.max_steps)
     for epoch in range(start_epoch, config.epochs):
         if stop:
@@ -350,15 +405,22 @@ def train_model(
         model.train()
         t0 = time.perf_counter()
         perm = torch.randperm(len(tr), generator=gen).numpy()
+        if world > 1:  # this rank's share of every global batch (same perm on every rank)
+            from torch.utils.data import DistributedSampler
+
+            share = DistributedSampler(
+                range(len(perm)), num_replicas=world, rank=rank, shuffle=False
+            )
+            perm = perm[list(share)]
         losses = []
         bar = tqdm(
-            range(0, len(perm), config.batch_size),
+            range(0, len(perm), per_rank),
             desc=f"{config.backbone} epoch {epoch + 1}/{config.epochs}",
-            disable=not config.progress,
+            disable=not progress,
             leave=False,
         )
         for b in bar:
-            idx = tr[perm[b : b + config.batch_size]]
+            idx = tr[perm[b : b + per_rank]]
             if len(idx) < 2 and len(tr) >= 2:
                 continue  # BatchNorm needs 2+ samples
             x = pre.to_tensor(crops[idx])
@@ -367,18 +429,29 @@ def train_model(
             x = pre.normalise(x).to(dev, non_blocking=True)
             yb = torch.as_tensor(y_all[idx], dtype=torch.long, device=dev)
             with torch.autocast(dev.type, dtype=torch.float16, enabled=use_amp):
-                loss = loss_fn(model(x).float(), yb)
+                loss = loss_fn(net(x).float(), yb)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
             sched.step()
             step += 1
-            losses.append(float(loss.detach()))
+            lv = loss.detach().float()
+            if world > 1:  # the mean of the ranks' losses: the loss of the global batch
+                import torch.distributed as dist
+
+                dist.all_reduce(lv)
+                lv = lv / world
+            losses.append(float(lv))
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
             if config.max_steps and step >= config.max_steps:
                 stop = True
                 break
+        if world > 1:  # same BatchNorm statistics everywhere -> same validation on every rank
+            import torch.distributed as dist
+
+            for buf in model.buffers():
+                dist.broadcast(buf, 0)
         val_scores = predict_crops(model, crops[va], pre, 64, dev) if len(va) else np.zeros(0)
         val_auc = roc_auc(yva, val_scores) if len(np.unique(yva)) == 2 else float("nan")
         val_loss = _log_loss(yva, val_scores)
@@ -401,13 +474,13 @@ def train_model(
             bad_epochs += 1
         if bad_epochs >= config.patience:
             stop = True
-        if config.progress:
+        if progress:
             print(
                 f"{config.backbone} epoch {epoch + 1}: loss {row['train_loss']:.4f} "
                 f"val AUC {val_auc:.4f} ({row['seconds']:.0f} s)",
                 flush=True,
             )
-        if out is not None:
+        if out is not None and rank == 0:
             atomic_write_table(pd.DataFrame(history), out / "metrics.csv")
             if improved:
                 _save_best(model, out, pre, config, manifest, epoch + 1, best_auc)
@@ -432,6 +505,12 @@ def train_model(
                     "stopped": stop,
                 },
             )
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # rank 0 has written its files
+        if created_group:
+            dist.destroy_process_group()
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
