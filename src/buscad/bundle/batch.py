@@ -247,8 +247,8 @@ def score_items(
     list of dict
         One row per item, in order: the scores, or ``error`` with the reason.
     """
-    from buscad.errors import internal_error
     from buscad.data.io import burned_in_warning, to_uint8
+    from buscad.errors import internal_error
     from buscad.explain.heatmap import overlay, save_png
     from buscad.utils import atomic_write_json
 
