@@ -49,15 +49,13 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def trained(data: dict) -> tuple[Segmenter, dict]:
-    """A small U-Net trained for 100 steps at 64 px on one thread (the ImageNet encoder)."""
-    threads = torch.get_num_threads()
-    cfg = SegConfig(input_size=64, min_area=0.01)
-    tcfg = TrainConfig(epochs=100, batch_size=8, lr=3e-3, max_steps=100, threads=1, seed=0)
-    try:
-        seg, hist = train_segmenter(data["train"], None, cfg, tcfg)
-    finally:
-        torch.set_num_threads(threads)
+def trained(tiny_segmenter) -> tuple[Segmenter, dict]:
+    """A small U-Net trained for 100 steps at 64 px on one thread (the ImageNet encoder).
+
+    The session's :func:`tiny_segmenter` (tests/conftest.py), trained on the same 40
+    phantoms (seed 3) as ``data["train"]``.
+    """
+    seg, hist, _ = tiny_segmenter
     return seg, hist
 
 
