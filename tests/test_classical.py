@@ -232,11 +232,12 @@ def test_every_public_estimator_is_checked_or_listed_with_a_reason() -> None:
     assert not checked & set(_NOT_CHECKED)
 
 
-@parametrize_with_checks(
-    _CHECKED,
-    expected_failed_checks=lambda est: _XFAIL.get(type(est).__name__, {}),
-)
+@parametrize_with_checks(_CHECKED)
 def test_sklearn_estimator_checks(estimator, check) -> None:
+    name = getattr(check, "func", check).__name__
+    reason = _XFAIL.get(type(estimator).__name__, {}).get(name)
+    if reason is not None:  # each check an estimator cannot pass is skipped, with its reason
+        pytest.skip(reason)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         check(estimator)

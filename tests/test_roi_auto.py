@@ -287,8 +287,8 @@ def test_study_trains_segmenters_per_fold_for_out_of_fold_outlines(tmp_path: Pat
     raw = {
         "name": "oof",
         "cohorts": [
-            {"name": "a", "phantom": {"n": 30, "seed": 21, "size": SIZE}},
-            {"name": "b", "role": "external", "phantom": {"n": 10, "seed": 22, "size": SIZE}},
+            {"name": "a", "phantom": {"n": 20, "seed": 21, "size": SIZE}},
+            {"name": "b", "role": "external", "phantom": {"n": 8, "seed": 22, "size": SIZE}},
         ],
         "models": ["radiomics"],
         "split": {"cv_folds": 2},
