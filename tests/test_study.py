@@ -105,8 +105,8 @@ KILL_CFG = """
 name: killme
 seed: 3
 cohorts:
-  - {name: a, phantom: {n: 40, seed: 4, size: [128, 144]}}
-  - {name: b, role: external, phantom: {n: 20, seed: 5, size: [128, 144]}}
+  - {name: a, phantom: {n: 40, seed: 4, size: [96, 112]}}
+  - {name: b, role: external, phantom: {n: 20, seed: 5, size: [96, 112]}}
 models: [radiomics, clinical, us, integrated]
 split: {cv_folds: 3}
 gallery_size: 0
