@@ -1,4 +1,12 @@
-"""delong."""
+"""The AUC and DeLong's tests: paired (two scores, the same cases) and unpaired (two cohorts).
+
+AUC is the Mann-Whitney estimate ``P(X > Y) + 1/2 P(X = Y)`` computed with
+mid-ranks (Sun & Xu's fast algorithm); its variance is DeLong's
+``Var = S10/m + S01/n`` from the structural components. The paired test uses the
+covariance of the two scores' components; the unpaired test (two independent
+cohorts) uses a Welch t on the two DeLong variances. Each function states its
+formula.
+"""
 
 from __future__ import annotations
 

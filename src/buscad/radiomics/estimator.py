@@ -1,4 +1,4 @@
-"""extractor."""
+"""RadiomicsExtractor: pyradiomics extraction as a scikit-learn transformer (image and mask paths in, features out)."""
 
 from __future__ import annotations
 
