@@ -116,9 +116,7 @@ def predict_cmd(
             write_json=per_image_json,
             log=log,
         )
-        typer.echo(_summary_line(summary, out))
-        if dicom_sr is not None:
-            _write_srs(bundle, items, out, dicom_sr, keyed=True)
+        _finish_manifest_run(summary, bundle, items, out, dicom_sr)
         return
     b = Bundle.load(bundle, engine=engine)
     out.mkdir(parents=True, exist_ok=True)
@@ -134,9 +132,7 @@ def predict_cmd(
             write_json=per_image_json,
             log=log,
         )
-        typer.echo(_summary_line(summary, out))
-        if dicom_sr is not None:
-            _write_srs(bundle, items, out, dicom_sr, keyed=True)
+        _finish_manifest_run(summary, bundle, items, out, dicom_sr)
         return
     table = _clinical_table(clinical) if clinical else {}
     items = []
@@ -156,6 +152,13 @@ def predict_cmd(
     typer.echo(f"wrote {out / 'summary.csv'}")
     if dicom_sr is not None:
         _write_srs(bundle, items, out, dicom_sr, keyed=False)
+
+
+def _finish_manifest_run(summary, bundle: Path, items, out: Path, dicom_sr: Path | None) -> None:
+    """Print a manifest run's summary line and write its DICOM SRs when asked (both engines)."""
+    typer.echo(_summary_line(summary, out))
+    if dicom_sr is not None:
+        _write_srs(bundle, items, out, dicom_sr, keyed=True)
 
 
 def _summary_line(summary: dict, out: Path) -> str:
