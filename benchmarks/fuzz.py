@@ -72,27 +72,9 @@ def _on_alarm(signum: int, frame: Any) -> None:
 
 def run_one(path: Path, timeout_s: float) -> dict[str, Any]:
     """All readers on one file: ``{"s": seconds, "mb": peak MB added, "untyped": [...], ...}``."""
-    from buscad.data.io import (
-        burned_in_warning,
-        image_size,
-        read_dicom_header,
-        read_image,
-        read_labelme,
-        read_mask,
-        sniff_format,
-    )
     from buscad.errors import InputFileError
 
-    calls = [
-        ("sniff", lambda: sniff_format(path)),
-        ("image", lambda: burned_in_warning(*read_image(path))),
-        ("size", lambda: image_size(path)),
-        ("mask", lambda: read_mask(path)),
-    ]
-    if path.suffix == ".json":
-        calls.append(("labelme", lambda: read_labelme(path, require_image=False)))
-    if path.suffix == ".dcm":
-        calls.append(("dicom_header", lambda: read_dicom_header(path)))
+    calls = malformed.reader_calls(path)
     untyped, outcomes = [], {}
     _reset_peak()
     before = _status_kb("VmRSS")

@@ -231,6 +231,36 @@ def malformed_inputs(n: int, seed: int = 0) -> Iterator[tuple[str, str, bytes]]:
 # ------------------------------------------------------------------------------ bombs
 
 
+def reader_calls(path: Path) -> list[tuple[str, object]]:
+    """Every buscad reader that applies to ``path``, as ``(name, zero-argument call)`` pairs.
+
+    Shared by ``tests/test_reader_fuzz.py`` and ``benchmarks/fuzz.py`` so both exercise
+    the same readers: sniffing, image (+ burned-in warning), size and mask on every
+    file, plus LabelMe for ``.json`` and the DICOM header for ``.dcm``.
+    """
+    from buscad.data.io import (
+        burned_in_warning,
+        image_size,
+        read_dicom_header,
+        read_image,
+        read_labelme,
+        read_mask,
+        sniff_format,
+    )
+
+    calls: list[tuple[str, object]] = [
+        ("sniff", lambda: sniff_format(path)),
+        ("image", lambda: burned_in_warning(*read_image(path))),
+        ("size", lambda: image_size(path)),
+        ("mask", lambda: read_mask(path)),
+    ]
+    if path.suffix == ".json":
+        calls.append(("labelme", lambda: read_labelme(path, require_image=False)))
+    if path.suffix == ".dcm":
+        calls.append(("dicom_header", lambda: read_dicom_header(path)))
+    return calls
+
+
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return (
         struct.pack(">I", len(data))

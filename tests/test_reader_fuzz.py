@@ -15,18 +15,14 @@ import pytest
 
 from buscad.data.io import (
     DecodeBudget,
-    burned_in_warning,
     image_size,
-    read_dicom_header,
     read_image,
-    read_labelme,
     read_mask,
-    sniff_format,
 )
 from buscad.errors import DecodeBudgetError, ImageReadError, InputFileError, MaskError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from malformed import malformed_inputs, seed_files
+from malformed import malformed_inputs, reader_calls, seed_files
 
 N_INPUTS = 2000
 
@@ -34,16 +30,7 @@ N_INPUTS = 2000
 def run_readers(path: Path) -> list[str]:
     """Every reader on one file; returns the outcome of each (``ok`` or the error class)."""
     out = []
-    calls = [
-        ("sniff", lambda: sniff_format(path)),
-        ("image", lambda: burned_in_warning(*read_image(path))),
-        ("size", lambda: image_size(path)),
-        ("mask", lambda: read_mask(path)),
-    ]
-    if path.suffix == ".json":
-        calls.append(("labelme", lambda: read_labelme(path, require_image=False)))
-    if path.suffix == ".dcm":
-        calls.append(("dicom_header", lambda: read_dicom_header(path)))
+    calls = reader_calls(path)
     for name, call in calls:
         try:
             call()
