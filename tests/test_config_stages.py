@@ -48,6 +48,14 @@ def test_config_loads_and_resolves_paths(tmp_path):
             r"evaluation\.threshold",
         ),
         ("cohorts: [{name: a, manifest: m.csv}]\nmodels: [deep, magic]\n", r"models\.1"),
+        (
+            "cohorts: [{name: a, manifest: m.csv}]\nintegrated: {models: [outline]}\n",
+            r"integrated\.models: .*two or more single models",
+        ),
+        (
+            "cohorts: [{name: a, manifest: m.csv}]\nintegrated: {weights: median}\n",
+            r"integrated\.weights",
+        ),
         ("- just a list\n", "must be a mapping"),
         ("cohorts: [\n", "not valid YAML"),
     ],

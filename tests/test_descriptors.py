@@ -134,3 +134,20 @@ def test_positive_stacking_drops_an_inverted_model():
     # same weights through the portable (pickle-free) form
     _spec, arrays = pos.to_portable()
     assert np.array_equal(arrays["coef"], pos.coef_)
+
+
+def test_equal_weight_fusion_is_the_mean_of_the_base_logits():
+    from buscad.classical import ColumnScore, StackingIntegrator
+
+    rng = np.random.default_rng(1)
+    X = pd.DataFrame({"a": rng.uniform(0.05, 0.95, 50), "b": rng.uniform(0.05, 0.95, 50)})
+    y = rng.integers(0, 2, 50)
+    m = StackingIntegrator(
+        [("a", ColumnScore("a")), ("b", ColumnScore("b"))], stack_method="logit", weights="equal"
+    ).fit(X, y)
+    lg = np.log(X / (1 - X)).to_numpy()
+    want = 1 / (1 + np.exp(-lg.mean(1)))
+    np.testing.assert_allclose(m.predict_proba(X)[:, 1], want, rtol=1e-9)
+    assert m.oof_proba_ is None and list(m.coef_) == [0.5, 0.5] and m.intercept_ == 0.0
+    with pytest.raises(ValueError, match="weights must be"):
+        StackingIntegrator([("a", ColumnScore("a"))], weights="median").fit(X, y)

@@ -67,6 +67,7 @@ def test_small_study_tables_and_report(small_run):
         "clinical",
         "us",
         "cldlr",
+        "outline",
         "integrated",
         READER_MODEL,
     } <= models
@@ -202,7 +203,7 @@ def test_bundle_predict_and_serve(small_run, tmp_path):
     ]
     assert {p.suffix for p in (bdir / "models").iterdir()} == {".json", ".safetensors"}
     assert doc["models"]["deep"]["onnx_cam"] == "gradcam"
-    classical = {"radiomics", "dlr", "clinical", "us", "cldlr", "integrated"}
+    classical = {"radiomics", "dlr", "clinical", "us", "cldlr", "outline", "integrated"}
     assert set(doc["models"]) == {"deep", *classical} and doc["not_exported"] == {}
     b = Bundle.load(bdir)
     assert b.engine == "onnx"

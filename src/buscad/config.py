@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from buscad.data.manifest import LEXICON_COLUMNS
 from buscad.errors import ConfigError
 
-ModelName = Literal["deep", "radiomics", "dlr", "clinical", "us", "cldlr", "integrated"]
+ModelName = Literal["deep", "radiomics", "dlr", "clinical", "us", "cldlr", "outline", "integrated"]
 #: Where the lesion outline every mask-reading model uses comes from.
 RoiMode = Literal["expert", "auto", "box"]
 
@@ -161,6 +161,33 @@ class SegmentConfig(_Strict):
         return self
 
 
+class IntegratedConfig(_Strict):
+    """How the integrated model fuses the single models (:class:`buscad.classical.StackingIntegrator`).
+
+    ``weights: equal`` (default) averages the single models' logits,
+    ``logit P = (1/M) Σ_m logit p_m``: nothing is learnt, so the fusion cannot
+    over-fit the training cohort's idea of which model is best (on BUSI↔BrEaST
+    it transferred better than a learnt stack; ``benchmarks/results/external.md``).
+    ``weights: fit`` learns a logistic regression on the models' inner
+    out-of-fold ``stack_method`` values (``proba`` or ``logit``), with
+    ``positive: true`` keeping every weight ≥ 0. ``models`` names the single
+    models fused (default: every single model built).
+    """
+
+    weights: Literal["equal", "fit"] = "equal"
+    stack_method: Literal["proba", "logit"] = "logit"
+    positive: bool = True
+    C: float = Field(1.0, gt=0)
+    models: list[ModelName] | None = None
+
+    @field_validator("models")
+    @classmethod
+    def _bases(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and ("integrated" in v or len(v) < 2):
+            raise ValueError("integrated.models: give two or more single models")
+        return v
+
+
 class EvaluationConfig(_Strict):
     """Statistics: threshold rule (chosen on training data only) and CI method."""
 
@@ -187,10 +214,20 @@ class StudyConfig(_Strict):
     cohorts: list[CohortConfig]
     audit: AuditConfig = AuditConfig()
     split: SplitConfig = SplitConfig()
-    models: list[ModelName] = ["deep", "radiomics", "dlr", "clinical", "us", "cldlr", "integrated"]
+    models: list[ModelName] = [
+        "deep",
+        "radiomics",
+        "dlr",
+        "clinical",
+        "us",
+        "cldlr",
+        "outline",
+        "integrated",
+    ]
     deep: DeepConfig = DeepConfig()
     radiomics: RadiomicsConfig = RadiomicsConfig()
     clinical: ClinicalConfig = ClinicalConfig()
+    integrated: IntegratedConfig = IntegratedConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     gallery_size: int = Field(8, ge=0)
     reverse_external: bool = False

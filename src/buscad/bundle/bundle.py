@@ -22,13 +22,15 @@ Runtime pass and PyTorch is not even imported; otherwise (or with
 ``engine="torch"``) the PyTorch checkpoint and pytorch-grad-cam are used. Both
 give the same numbers (``tests/test_study.py::test_bundle_predict_and_serve``).
 
-The classical and fusion models (radiomics, DLR, clinical, US, CLDLR,
+The classical and fusion models (radiomics, DLR, clinical, US, CLDLR, outline,
 integrated) are the study's models refit on all training rows; each scores an
 image from what it read in training: the CNN's deep features of the same ROI
 (DLR, CLDLR), pyradiomics features of the lesion mask (radiomics: needs a mask,
 not a box), clinical or BI-RADS lexicon inputs (clinical, US, CLDLR: missing
 values are imputed as in training, but a model none of whose inputs is given is
-skipped), and the CNN's raw score plus the other models' inputs (integrated).
+skipped), the outline's geometry, smoothed shape and echo ratios computed from
+whatever outline the prediction uses (outline: :func:`computed_descriptors`), and
+the CNN's raw score plus the other models' inputs (integrated).
 Their probabilities are reported as the models give them, with each model's
 Youden threshold on its out-of-fold training scores; the AI score stays the
 calibrated CNN. A model that cannot run says why in ``skipped_models``.
@@ -43,6 +45,7 @@ no lesion is found, the box (if any) or the whole image is read and a note says 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -279,20 +282,35 @@ def add_onnx(bundle: str | os.PathLike[str]) -> dict:
 ENGINES: tuple[str, ...] = ("auto", "onnx", "torch")
 
 
-def computed_descriptors(mask: np.ndarray, columns: list[str]) -> dict[str, Any]:
-    """``morph_<field>`` values of :func:`buscad.segment.morphology.describe` for ``columns``.
+def computed_descriptors(
+    mask: np.ndarray, columns: list[str], gray: np.ndarray | None = None
+) -> dict[str, Any]:
+    """Values of ``columns`` that are computed from the outline (and image), never read.
 
-    Computed from the outline by fixed geometric rules; never the reader's lexicon.
-    Empty when the outline cannot be described.
+    ``morph_<field>``: :func:`buscad.segment.morphology.describe` and, with the
+    image, :func:`buscad.segment.descriptors.lesion_descriptors`; the audit's
+    mask-geometry names (:data:`buscad.data.geometry.GEOMETRY_FEATURES`):
+    :func:`buscad.data.geometry.mask_geometry`. Computed by fixed rules, never
+    the reader's lexicon. Columns that cannot be computed are left out.
     """
-    from buscad.errors import BuscadError
-    from buscad.segment.morphology import describe
+    from buscad.data.geometry import GEOMETRY_FEATURES, mask_geometry
+    from buscad.segment.descriptors import DESCRIPTOR_NAMES, lesion_descriptors
 
-    try:
-        d = describe(mask).as_dict()
-    except (BuscadError, ValueError):
+    if not mask.any():
         return {}
-    return {c: d[c.removeprefix("morph_")] for c in columns if c.removeprefix("morph_") in d}
+    d: dict[str, Any] = {}
+    morph = [c.removeprefix("morph_") for c in columns if c.startswith("morph_")]
+    if any(m not in DESCRIPTOR_NAMES for m in morph):
+        from buscad.errors import BuscadError
+        from buscad.segment.morphology import describe  # pandas and SciPy: only when asked for
+
+        with contextlib.suppress(BuscadError, ValueError):
+            d.update({f"morph_{k}": v for k, v in describe(mask).as_dict().items()})
+    if gray is not None and any(m in DESCRIPTOR_NAMES for m in morph):
+        d.update({f"morph_{k}": v for k, v in lesion_descriptors(gray, mask).items()})
+    if any(c in GEOMETRY_FEATURES for c in columns):
+        d.update(mask_geometry(mask))
+    return {c: d[c] for c in columns if c in d}
 
 
 class Bundle:
@@ -331,8 +349,16 @@ class Bundle:
             if n not in self.classical
         }
         self.model_names = ["deep", *self.classical, *self.not_exported]
+        from buscad.data.geometry import GEOMETRY_FEATURES
+
+        # what a user is asked for; outline measures (morph_*, mask geometry) are computed
         self.clinical_inputs: list[str] = list(
-            dict.fromkeys(c for n in self.classical for c in doc["models"][n]["inputs"]["clinical"])
+            dict.fromkeys(
+                c
+                for n in self.classical
+                for c in doc["models"][n]["inputs"]["clinical"]
+                if not c.startswith("morph_") and c not in GEOMETRY_FEATURES
+            )
         )
         self.version = str(doc.get("version"))
         self._lock = threading.Lock()
@@ -526,16 +552,22 @@ class Bundle:
     ) -> tuple[dict[str, float | None], dict[str, str]]:
         """Each bundled classical/fusion model's P(malignant), or why it did not run."""
         from buscad.bundle.portable import as_table
+        from buscad.data.geometry import GEOMETRY_FEATURES
 
         given = {k: v for k, v in clinical.items() if v is not None and str(v).strip() != ""}
         needs = {n: self.doc["models"][n]["inputs"] for n in self.classical}
-        morph = sorted({c for n in needs for c in needs[n]["clinical"] if c.startswith("morph_")})
-        if morph and mask is not None:  # computed descriptors of the outline, never the reader's
-            given = {**computed_descriptors(mask, morph), **given}
+        computed = sorted(
+            {c for n in needs for c in needs[n]["clinical"] if c.startswith("morph_")}
+            | {c for n in needs for c in needs[n]["clinical"] if c in GEOMETRY_FEATURES}
+        )
+        if computed and mask is not None:  # computed from the outline, never the reader's
+            given = {**computed_descriptors(mask, computed, gray), **given}
         skipped: dict[str, str] = {}
         for name, need in needs.items():
             if need["radiomics"] and mask is None:
                 skipped[name] = "needs the lesion mask (radiomics reads its outline and texture)"
+            elif mask is None and need["clinical"] and set(need["clinical"]) <= set(computed):
+                skipped[name] = "needs the lesion outline (a mask, a box or the bundle's segmenter)"
             elif need["clinical"] and not any(c in given for c in need["clinical"]):
                 skipped[name] = "needs clinical input(s): " + ", ".join(need["clinical"])
         radiomics: dict[str, float] = {}

@@ -63,6 +63,27 @@ class ColumnScore(_BinaryClassifierMixin, BaseEstimator):
         return {"type": "column", "column": self.column}, {}
 
 
+def _nonnegative_logistic(F: np.ndarray, y: np.ndarray, C: float) -> tuple[float, np.ndarray]:
+    """``argmin Σ logloss(y, b0 + F b) + ||b||² / (2C)`` subject to ``b >= 0``."""
+    from scipy.optimize import minimize
+
+    def f(w: np.ndarray) -> tuple[float, np.ndarray]:
+        z = w[0] + F @ w[1:]
+        loss = float(np.sum(np.logaddexp(0, z) - y * z) + w[1:] @ w[1:] / (2 * C))
+        g = 1 / (1 + np.exp(-z)) - y
+        return loss, np.r_[g.sum(), F.T @ g + w[1:] / C]
+
+    k = F.shape[1]
+    res = minimize(
+        f,
+        np.zeros(k + 1),
+        jac=True,
+        method="L-BFGS-B",
+        bounds=[(None, None)] + [(0.0, None)] * k,
+    )
+    return float(res.x[0]), np.asarray(res.x[1:], dtype=float)
+
+
 class StackingIntegrator(_BinaryClassifierMixin, BaseEstimator):
     """Integrated model: logistic regression on the single models' out-of-fold probabilities.
 
@@ -83,6 +104,19 @@ class StackingIntegrator(_BinaryClassifierMixin, BaseEstimator):
     stack_method : {"proba", "logit"}, default "proba"
     C : float, default 1.0
         Inverse L2 strength of the final logistic regression.
+    weights : {"fit", "equal"}, default "fit"
+        ``fit``: the final logistic regression above. ``equal``: no weights are
+        learnt, ``b0 = 0`` and ``b_m = 1/M`` (with ``stack_method="logit"`` the
+        mean of the base models' logits, ``logit P = (1/M) Σ_m logit p_m``);
+        no inner folds are run. Equal weights cannot over-fit the training
+        cohort's idea of which model is best, and transferred best between
+        scanners in ``benchmarks/external.py``.
+    positive : bool, default False
+        Constrain every base model's weight to ``b_m >= 0`` (the intercept is
+        free): the weights minimise ``Σ_i logloss_i + ||b||² / (2C)`` subject to
+        ``b >= 0`` (L-BFGS-B). A base model that does not help on the inner folds
+        gets weight 0 and none can enter inverted, so on new data the fusion
+        does not fall far below its best part.
     random_state : int, default 0
 
     Attributes
@@ -102,12 +136,16 @@ class StackingIntegrator(_BinaryClassifierMixin, BaseEstimator):
         cv: int = 5,
         stack_method: str = "proba",
         C: float = 1.0,
+        positive: bool = False,
+        weights: str = "fit",
         random_state: int | None = 0,
     ):
         self.estimators = estimators
         self.cv = cv
         self.stack_method = stack_method
         self.C = C
+        self.positive = positive
+        self.weights = weights
         self.random_state = random_state
 
     def _f(self, p: np.ndarray) -> np.ndarray:
@@ -127,12 +165,24 @@ class StackingIntegrator(_BinaryClassifierMixin, BaseEstimator):
         else:
             self.n_features_in_ = X.shape[1]
         yb = _binary_y(self, y)
+        if self.weights not in ("fit", "equal"):
+            raise ValueError(f"weights must be 'fit' or 'equal', got {self.weights!r}")
         names = [n for n, _ in self.estimators]
+        g = None if groups is None else np.asarray(groups)
+        if self.weights == "equal":
+            self._f(np.zeros(1))  # checks stack_method
+            self.oof_proba_ = None
+            final = LogisticRegression(C=self.C)
+            final.classes_ = np.array([0, 1])
+            final.coef_ = np.full((1, len(names)), 1.0 / len(names))
+            final.intercept_ = np.zeros(1)
+            final.n_features_in_ = len(names)
+            self.final_estimator_ = final
+            return self._refit_bases(X, yb, g)
         splits = make_folds(
             yb, None if groups is None else np.asarray(groups), None, self.cv, self.random_state
         )
         oof = np.full((len(yb), len(names)), np.nan)
-        g = None if groups is None else np.asarray(groups)
         for j, (_, est) in enumerate(self.estimators):
             for tr, te in splits:
                 e = clone(est)
@@ -143,6 +193,13 @@ class StackingIntegrator(_BinaryClassifierMixin, BaseEstimator):
         self.final_estimator_ = LogisticRegression(
             C=self.C, max_iter=5000, random_state=self.random_state
         ).fit(self._f(oof), yb)
+        if self.positive and (self.final_estimator_.coef_ < 0).any():
+            b0, b = _nonnegative_logistic(self._f(oof), yb, self.C)
+            self.final_estimator_.coef_ = b[None, :]
+            self.final_estimator_.intercept_ = np.array([b0])
+        return self._refit_bases(X, yb, g)
+
+    def _refit_bases(self, X: Any, yb: np.ndarray, g: np.ndarray | None) -> StackingIntegrator:
         self.estimators_ = []
         for n, est in self.estimators:
             e = clone(est)

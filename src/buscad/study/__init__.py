@@ -21,9 +21,10 @@ run resumes at the stage it was in)::
       ├─ radiomics: pyradiomics features of the image + mask (original and
       │        perturbed masks for the ICC filter), cached per image
       └─ classical: radiomics (ICC → z-score → Spearman → LASSO → rad-score),
-               DLR, clinical, US (lexicon), CLDLR, integrated (stacking of
-               out-of-fold probabilities), and the audit's shortcut references
-               (mask geometry alone, image size alone)
+               DLR, clinical, US (lexicon), CLDLR, outline (geometry, smoothed
+               shape and echo ratios of the outline), integrated (mean of the
+               models' logits, or stacking weights learnt out-of-fold), and the
+               audit's shortcut references (mask geometry alone, image size alone)
     ─► predictions of every model on every cohort (training rows out-of-fold)
     ─► statistics (buscad.evaluate), Grad-CAM galleries, one HTML report
 

@@ -18,8 +18,21 @@ SHORTCUT_MODELS = ("shortcut: mask geometry", "shortcut: image size")
 DEEP_FEATURES = r"^deep_\d+$"
 READER_MODEL = "reader BI-RADS"
 
-#: Bumped when the models stage exports something new (1: portable refit models).
-MODELS_EXPORT_VERSION = 1
+#: Bumped when the models stage exports something new (1: portable refit models;
+#: 2: the outline model and the integrated model's options).
+MODELS_EXPORT_VERSION = 2
+
+
+def _outline_features() -> tuple[str, ...]:
+    from buscad.data.audit.masks import GEOMETRY_FEATURES
+    from buscad.segment.descriptors import DESCRIPTOR_NAMES
+
+    return (*GEOMETRY_FEATURES, *(f"morph_{n}" for n in DESCRIPTOR_NAMES))
+
+
+#: Inputs of the ``outline`` model: the outline's geometry (the audit's mask geometry),
+#: its smoothed shape and the gain-free echo ratios (:mod:`buscad.segment.descriptors`).
+OUTLINE_FEATURES: tuple[str, ...] = _outline_features()
 
 
 def _youden(pred: pd.DataFrame, arm: Arm) -> float:
@@ -116,6 +129,17 @@ def fit_and_predict(
             notes.append(
                 "CLDLR not built: no clinical values in the training rows (it would equal DLR)"
             )
+    if "outline" in cfg.models:
+        cols = present(list(OUTLINE_FEATURES))
+        if cols:
+            models["outline"] = make_pipeline(
+                C.FeatureSubset(include=[f"^{c}$" for c in cols]),
+                SimpleImputer(strategy="median", keep_empty_features=True),
+                StandardScaler(),
+                LogisticRegression(max_iter=5000),
+            )
+        else:
+            notes.append("outline model not built: no outline descriptors in the training rows")
     shortcut = {}
     for name, features in zip(SHORTCUT_MODELS, (GEOMETRY_FEATURES, SIZE_FEATURES), strict=True):
         cols = [c for c in features if c in X]
@@ -134,13 +158,20 @@ def fit_and_predict(
         if name in models:
             fitted[name] = fit
     if "integrated" in cfg.models:
-        bases = [(n, models[n]) for n in models]
-        if "deep" in out:
+        wanted = cfg.integrated.models
+        bases = [(n, models[n]) for n in models if wanted is None or n in wanted]
+        if "deep" in out and (wanted is None or "deep" in wanted):
             Xn = Xn.assign(_deep_score=out["deep"].to_numpy())
             bases.append(("deep", C.ColumnScore("_deep_score")))
         if len(bases) >= 2:
             stack = C.StackingIntegrator(
-                estimators=bases, cv=cfg.split.cv_folds, random_state=cfg.seed
+                estimators=bases,
+                cv=cfg.split.cv_folds,
+                stack_method=cfg.integrated.stack_method,
+                positive=cfg.integrated.positive,
+                weights=cfg.integrated.weights,
+                C=cfg.integrated.C,
+                random_state=cfg.seed,
             )
             Xs = pd.concat([X.drop(columns=[c for c in Xn.columns if c in X.columns]), Xn], axis=1)
             out["integrated"], fitted["integrated"] = _oof_and_predict(

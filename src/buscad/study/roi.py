@@ -18,7 +18,8 @@ as :meth:`buscad.bundle.bundle.Bundle.predict` does at deployment.
 The geometry-reference columns (:data:`buscad.data.audit.masks.GEOMETRY_FEATURES`) are
 recomputed from the outline used, and the BI-RADS-aligned descriptors of
 :func:`buscad.segment.morphology.describe` become ``morph_*`` columns (computed
-descriptors, never the reader's). Per row: ``roi_source``, ``roi_confidence`` (mean
+descriptors, never the reader's), with the smoothed-shape and echo descriptors of
+:func:`buscad.segment.descriptors.lesion_descriptors`. Per row: ``roi_source``, ``roi_confidence`` (mean
 lesion probability inside the outline) and ``roi_dice`` = ``2 |A ∩ E| / (|A| + |E|)``
 against the expert mask ``E``.
 """
@@ -33,9 +34,11 @@ import pandas as pd
 
 from buscad.data.manifest import Manifest
 from buscad.errors import BuscadError
+from buscad.segment.descriptors import DESCRIPTOR_NAMES
 from buscad.utils import atomic_write_json, atomic_write_table, file_sha256
 
-#: The ``morph_*`` columns (``morph_<field>`` of :class:`buscad.segment.morphology.Morphology`).
+#: The ``morph_*`` columns: ``morph_<field>`` of :class:`buscad.segment.morphology.Morphology`
+#: and of :func:`buscad.segment.descriptors.lesion_descriptors`.
 MORPH_COLUMNS: tuple[str, ...] = (
     "morph_shape",
     "morph_orientation",
@@ -45,6 +48,7 @@ MORPH_COLUMNS: tuple[str, ...] = (
     "morph_ellipse_misfit",
     "morph_axis_ratio",
     "morph_depth_width_ratio",
+    *(f"morph_{n}" for n in DESCRIPTOR_NAMES),
 )
 #: Per-row outline columns added to the manifest.
 ROI_COLUMNS: tuple[str, ...] = ("roi_source", "roi_confidence", "roi_dice")
@@ -178,7 +182,7 @@ def outline_manifest(
         else:
             masks.append(df["mask_path"].iat[i] if "mask_path" in df else None)
         if morphology:
-            rec.update(_morph(mask))
+            rec.update(_morph(mask, gray))
         rows.append(rec)
     add = pd.DataFrame(rows, index=df.index)
     for c in add.columns:
@@ -218,15 +222,17 @@ def _nanmedian(s: pd.Series) -> float | None:
     return round(float(v.median()), 4) if v.notna().any() else None
 
 
-def _morph(mask: np.ndarray) -> dict:
+def _morph(mask: np.ndarray, gray: np.ndarray) -> dict:
     """``morph_*`` columns of an outline (missing when it cannot be described)."""
+    from buscad.segment.descriptors import lesion_descriptors
     from buscad.segment.morphology import describe
 
     try:
         m = describe(mask).as_dict() if mask.any() else None
     except (BuscadError, ValueError):
         m = None
-    return {c: (m or {}).get(c.removeprefix("morph_"), None) for c in MORPH_COLUMNS}
+    m = {**(m or {}), **(lesion_descriptors(gray, mask) if mask.any() else {})}
+    return {c: m.get(c.removeprefix("morph_")) for c in MORPH_COLUMNS}
 
 
 def outline_by_segmenter(

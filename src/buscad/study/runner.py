@@ -32,7 +32,7 @@ from buscad.utils import atomic_write_json, atomic_write_table, file_sha256, sta
 #: 3: the classical and fusion models; 4: why a configured model is not in it).
 BUNDLE_VERSION = 4
 #: Bumped when the outline stage writes something new.
-ROI_VERSION = 1
+ROI_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -249,7 +249,7 @@ class StudyRun:
         from buscad.study.roi import wants_morphology
 
         c = self.cfg.clinical
-        return wants_morphology([*c.columns, *c.us_columns])
+        return "outline" in self.cfg.models or wants_morphology([*c.columns, *c.us_columns])
 
     # ------------------------------------------------------------ outlines
     def _outlines(self, mode: str, audited: Manifest, audit_key: str) -> StageResult | None:
