@@ -541,6 +541,12 @@ def candidates(families: set[str]) -> tuple[dict, list[tuple[str, str, str]]]:
         )
     ]
     add(Combo("deep ensemble, members C=0.01", reg_members))
+    add(
+        Combo(
+            "deep ensemble lite0/1/2 ROI, C=0.01",
+            reg_members[:1] + reg_members[3:4] + reg_members[5:6],
+        )
+    )
     add(Candidate("lite0 ROI LR, CLAHE", ["deep_lite0_m0.1_s224_clahe:^g_"], C=0.1))
     add(Candidate("lite0 ROI+50% LR, CLAHE", ["deep_lite0_m0.5_s224_clahe:^g_"], C=0.1))
     lite0 = ["lite0 ROI LR C=0.1", "lite0 ROI+50% LR", "lite0 ROI 320px LR"]
@@ -558,6 +564,12 @@ def candidates(families: set[str]) -> tuple[dict, list[tuple[str, str, str]]]:
     ens = "deep ensemble (lite0/1/2 × 2 crops, mean logit)"
     ens01 = "deep ensemble, members C=0.01"
     add(Combo("fusion mean: descriptors + deep ensemble C=0.01", [desc, ens01]))
+    add(
+        Combo(
+            "fusion mean: descriptors + lite0/1/2 ROI C=0.01",
+            [desc, "deep ensemble lite0/1/2 ROI, C=0.01"],
+        )
+    )
     add(Combo("fusion stack: descriptors + deep ensemble C=0.01", [desc, ens01], how="stack"))
     add(
         Combo(
@@ -776,6 +788,8 @@ def targets_section(res: dict) -> list[str]:
         v = r[p][ch]["auc"]
         L.append(f"| {p} AUC ≥ {t} | {v:.3f} | {'yes' if v >= t else '**no**'} |")
     for p in ("BUSI→BrEaST", "BrEaST→BUSI"):
+        if "ref: mask geometry" not in r[p]:  # a partial run (--only)
+            continue
         v, g = r[p][ch]["auc"], r[p]["ref: mask geometry"]["auc"]
         L.append(
             f"| {p}: not below mask geometry ({g:.3f}) | {v:.3f} | {'yes' if v >= g else '**no**'} |"
@@ -908,10 +922,12 @@ def main(argv: list[str] | None = None) -> int:
     fams = {p.stem for p in (a.out / "features").glob("*.parquet")} | {"geometry", "size"}
     cands, ablation = candidates(fams)
     if a.only:
-        keep = set(a.only)
-        for n in list(keep):
-            if isinstance(cands.get(n), Combo):
-                keep |= set(cands[n].members)
+        keep, todo = set(), list(a.only)
+        while todo:  # the candidates asked for and, recursively, their members
+            n = todo.pop()
+            if n not in keep:
+                keep.add(n)
+                todo += list(getattr(cands.get(n), "members", []))
         cands = {k: v for k, v in cands.items() if k in keep}
         ablation = [x for x in ablation if x[1] in cands and x[2] in cands]
     res = run(data, cands, ablation, a.seed)
