@@ -12,9 +12,18 @@ BACKBONE_HELP = (
 )
 
 
+def _allow_download(flag: object) -> None:
+    """``--download-weights``: let :func:`buscad.models.weights.resolve_imagenet` fetch."""
+    if flag:
+        from buscad.models.weights import DOWNLOAD_ENV
+
+        os.environ[DOWNLOAD_ENV] = "1"
+
+
 def _config(**kw: object):
     from buscad.models.train import TrainConfig
 
+    _allow_download(kw.pop("download_weights", False))
     pre = kw.pop("pretrained")
     kw["pretrained"] = None if pre in ("random", "none") else pre
     kw["weights_file"] = str(kw.pop("weights")) if kw.get("weights") else None
@@ -33,6 +42,12 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("runs/train"), "-o", "--out", help="Output folder."),
         pretrained: str = typer.Option("imagenet", help="imagenet | random | PATH to weights."),
         weights: Path | None = typer.Option(None, help="Local ImageNet weights file."),
+        download_weights: bool = typer.Option(
+            False,
+            "--download-weights",
+            help="If no ImageNet weights are found locally, let torchvision/timm download them "
+            "(needs internet access; off by default).",
+        ),
         epochs: int = typer.Option(30),
         batch_size: int = typer.Option(16),
         lr: float = typer.Option(3e-4, help="Peak AdamW learning rate."),
@@ -72,6 +87,12 @@ def register(app: typer.Typer) -> None:
         pretrained: str = typer.Option("imagenet", help="imagenet | random"),
         weights: Path | None = typer.Option(
             None, help="Local ImageNet weights file (tried for every backbone)."
+        ),
+        download_weights: bool = typer.Option(
+            False,
+            "--download-weights",
+            help="If no ImageNet weights are found locally, let torchvision/timm download them "
+            "(needs internet access; off by default).",
         ),
         epochs: int = typer.Option(30),
         batch_size: int = typer.Option(16),
@@ -114,11 +135,18 @@ def register(app: typer.Typer) -> None:
         backbone: str | None = typer.Option(None, help="Or: a registered backbone ..."),
         pretrained: str = typer.Option("imagenet", help="... with these weights."),
         weights: Path | None = typer.Option(None),
+        download_weights: bool = typer.Option(
+            False,
+            "--download-weights",
+            help="If no ImageNet weights are found locally, let torchvision/timm download them "
+            "(needs internet access; off by default).",
+        ),
         roi: str = typer.Option("roi"),
         margin: float = typer.Option(0.1),
         batch_size: int = typer.Option(32),
     ) -> None:
         """Pooled backbone (penultimate) features to Parquet, keyed by image_id."""
+        _allow_download(download_weights)
         from buscad.data.manifest import Manifest
         from buscad.models.features import extract_features, write_features
 

@@ -1,4 +1,4 @@
-"""Finding and loading ImageNet weights without any network access.
+"""Finding and loading ImageNet weights, offline unless a download is asked for.
 
 ``pretrained="imagenet"`` resolves, in order:
 
@@ -11,8 +11,10 @@
    Hugging Face cache of timm (``~/.cache/huggingface/hub``).
 
 When none is there, :class:`~buscad.errors.ModelFileError` says so and how to
-provide one. Nothing here downloads. Weights files are safetensors or
-tensor-only PyTorch state dicts (never unpickled beyond tensors).
+provide one. Nothing downloads unless asked (``--download-weights`` or
+``BUSCAD_DOWNLOAD_WEIGHTS=1``): then torchvision's or timm's own loader fetches
+the weights, and an offline machine gets a one-line error saying so. Weights files
+are safetensors or tensor-only PyTorch state dicts (never unpickled beyond tensors).
 """
 
 from __future__ import annotations
@@ -172,9 +174,16 @@ def _hub_candidates(spec: object) -> list[Path]:
 
 
 def resolve_imagenet(
-    spec: object, weights_file: str | os.PathLike[str] | None = None
+    spec: object,
+    weights_file: str | os.PathLike[str] | None = None,
+    download: bool | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict]:
-    """ImageNet weights for ``spec``: packaged, then ``weights_file``, then caches.
+    """ImageNet weights for ``spec``: packaged, then ``weights_file``, then caches, then (opt-in) a download.
+
+    ``download`` (default: the environment variable ``BUSCAD_DOWNLOAD_WEIGHTS=1``)
+    lets torchvision or timm fetch the weights with their own loaders when none is
+    found locally; it is off by default, and without network access it fails with a
+    one-line message that says so.
 
     Returns
     -------
@@ -200,16 +209,76 @@ def resolve_imagenet(
         if c.is_file():
             return load_weights_file(c), file_provenance(c, "local cache")
     where = ", ".join(str(c) for c in cands[:2]) or "(no known cache path)"
+    if download is None:
+        download = os.environ.get(DOWNLOAD_ENV, "").strip().lower() in ("1", "true", "yes")
+    if download and spec.family in ("torchvision", "timm"):  # type: ignore[attr-defined]
+        return _download(spec, where)
     hint = f"install the package `{pkg}`, or " if pkg else ""
+    fetch = (
+        f"; on a machine with internet access, --download-weights (or {DOWNLOAD_ENV}=1) lets "
+        f"{spec.family} fetch them"  # type: ignore[attr-defined]
+        if spec.family in ("torchvision", "timm")  # type: ignore[attr-defined]
+        else ""
+    )
     raise ModelFileError(
         spec.name,  # type: ignore[attr-defined]
-        f"no ImageNet weights found locally (buscad never downloads): {hint}pass a weights "
+        f"no ImageNet weights found locally: {hint}pass a weights "
         f"file with --weights PATH, or place the file in the cache ({where}); "
-        "use --pretrained random for random initialisation",
+        f"use --pretrained random for random initialisation{fetch}",
     )
 
 
+#: Environment variable that allows :func:`resolve_imagenet` to download (off by default).
+DOWNLOAD_ENV = "BUSCAD_DOWNLOAD_WEIGHTS"
+
+
+def _download(spec: object, where: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """Fetch ImageNet weights through torchvision's or timm's own loader (opt-in only).
+
+    torchvision: the first ``IMAGENET1K`` weights enum of the architecture, read with
+    ``weights_only=True`` (tensors only) into the hub cache; timm: the model built with
+    ``pretrained=True`` (Hugging Face cache). Any network failure becomes a one-line
+    :class:`~buscad.errors.ModelFileError` that says the machine looks offline.
+    """
+    name = spec.name  # type: ignore[attr-defined]
+    try:
+        if spec.family == "torchvision":  # type: ignore[attr-defined]
+            import torchvision.models as tvm
+
+            enum = [
+                w
+                for w in tvm.get_model_weights(spec.arch)  # type: ignore[attr-defined]
+                if "IMAGENET1K" in w.name and "SWAG" not in w.name
+            ]
+            if not enum:
+                raise ModelFileError(name, "torchvision has no ImageNet-1k weights for it")
+            state = enum[0].get_state_dict(progress=False, check_hash=True, weights_only=True)
+            path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(enum[0].url)
+            source = f"downloaded by torchvision ({enum[0]})"
+            prov = (
+                file_provenance(path, source)
+                if path.is_file()
+                else {"weights": "imagenet", "source": source, "path": str(path), "sha256": None}
+            )
+        else:
+            import timm
+
+            state = timm.create_model(spec.arch, pretrained=True).state_dict()  # type: ignore[attr-defined]
+            prov = {"weights": "imagenet", "source": f"downloaded by timm ({spec.arch})"}  # type: ignore[attr-defined]
+    except ModelFileError:
+        raise
+    except Exception as exc:  # URLError, HTTPError, OSError, hub errors: all mean "no weights"
+        raise ModelFileError(
+            name,
+            f"could not download ImageNet weights ({type(exc).__name__}: {exc}); this machine "
+            f"looks offline: pass a weights file with --weights PATH or place it in the cache "
+            f"({where})",
+        ) from exc
+    return dict(state), prov
+
+
 __all__ = [
+    "DOWNLOAD_ENV",
     "cache_dir",
     "file_provenance",
     "load_into",

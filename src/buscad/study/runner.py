@@ -797,9 +797,11 @@ class StudyRun:
         if self._needs_morphology():
             blocks.append(
                 Text(
-                    "morph_* columns are computed descriptors (buscad.segment.morphology, fixed "
-                    "geometric rules) of the outline each model read; they are never the "
-                    "reader's BI-RADS lexicon."
+                    "morph_* columns are computed from the outline each model read (shape, "
+                    "orientation and margin by fixed geometric rules, buscad.segment.morphology; "
+                    "smoothed-outline shape and echo ratios, buscad.segment.descriptors); they "
+                    "are never the reader's BI-RADS lexicon. The outline model reads them with "
+                    "the outline's mask geometry."
                 )
             )
         return Section("Lesion outlines", blocks)
