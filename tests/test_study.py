@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -90,6 +91,11 @@ def test_small_study_tables_and_report(small_run):
     dropped = next((out / "cache").glob("audit-*/dropped.csv"))
     assert len(pd.read_csv(dropped)) >= 2
     assert not set(pd.read_csv(dropped)["image_id"]) & set(pred["case_id"])
+    # the AI score never folds in the radiologist's own category unless the config says so
+    assert any("integrated model leaves out the US model" in w for w in res.warnings)
+    bundle_doc = json.loads((out / "bundle" / "bundle.json").read_text())
+    assert "birads" in bundle_doc["models"]["us"]["inputs"]["clinical"]
+    assert "birads" not in bundle_doc["models"]["integrated"]["inputs"]["clinical"]
 
 
 @pytest.mark.slow

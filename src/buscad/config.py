@@ -171,7 +171,9 @@ class IntegratedConfig(_Strict):
     ``weights: fit`` learns a logistic regression on the models' inner
     out-of-fold ``stack_method`` values (``proba`` or ``logit``), with
     ``positive: true`` keeping every weight ≥ 0. ``models`` names the single
-    models fused (default: every single model built).
+    models fused (default: every single model built, except the US model when it
+    reads the reader's BI-RADS: the AI score never folds in the radiologist's
+    own category unless the config lists it).
     """
 
     weights: Literal["equal", "fit"] = "equal"

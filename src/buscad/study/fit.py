@@ -157,8 +157,17 @@ def fit_and_predict(
         out[name], fit = _oof_and_predict(est, Xm, y, tr, folds, cfg.seed)
         if name in models:
             fitted[name] = fit
+    reader = cfg.clinical.reader_column
     if "integrated" in cfg.models:
         wanted = cfg.integrated.models
+        reader_in_us = bool(reader) and reader in us_cols and "us" in models
+        if wanted is None and reader_in_us:
+            # by default the AI score never reads the radiologist's own category
+            wanted = [n for n in (*models, "deep") if n != "us"]
+            notes.append(
+                f"integrated model leaves out the US model: it reads the reader's BI-RADS "
+                f"('{reader}'); list it in integrated.models to fuse it anyway"
+            )
         bases = [(n, models[n]) for n in models if wanted is None or n in wanted]
         if "deep" in out and (wanted is None or "deep" in wanted):
             Xn = Xn.assign(_deep_score=out["deep"].to_numpy())
@@ -179,7 +188,6 @@ def fit_and_predict(
             )
         else:
             notes.append("integrated model not built: fewer than two single models")
-    reader = cfg.clinical.reader_column
     if reader and reader in df and df[reader].notna().any():
         from buscad.data.birads import birads_rank
 

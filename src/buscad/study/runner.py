@@ -797,7 +797,7 @@ class StudyRun:
         if self._needs_morphology():
             blocks.append(
                 Text(
-                    "morph_* columns are computed from the outline each model read (shape, "
+                    "morph_* columns are computed descriptors of the outline each model read (shape, "
                     "orientation and margin by fixed geometric rules, buscad.segment.morphology; "
                     "smoothed-outline shape and echo ratios, buscad.segment.descriptors); they "
                     "are never the reader's BI-RADS lexicon. The outline model reads them with "
