@@ -72,13 +72,6 @@ def _load(man: Manifest, i: int) -> tuple[np.ndarray, np.ndarray]:
     return g, mask.astype(bool)
 
 
-def _largest(mask: np.ndarray) -> np.ndarray:
-    n, lab, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    if n <= 1:
-        return mask.astype(bool)
-    return lab == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-
-
 # -------------------------------------------------------------------- deep
 def _deep_table(
     man: Manifest, backbone: str, margin: float | None, size: int, norm: bool = False
