@@ -258,6 +258,23 @@ def _platt(p: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return fit_platt(p, y)
 
 
+def _fuse(how: str, P: np.ndarray, fit_on: np.ndarray | None, y: np.ndarray) -> np.ndarray:
+    """A :class:`Combo`'s rule applied to member scores ``P`` (one column per member).
+
+    ``platt`` and ``stack`` fit their parameters on ``fit_on``, the members' out-of-fold
+    scores of the training rows with labels ``y``.
+    """
+    if how == "mean":
+        return 1 / (1 + np.exp(-_logit(P).mean(1)))
+    if how == "pmean":
+        return P.mean(1)
+    if how == "platt":
+        a, b = _platt(fit_on[:, 0], y)
+        return 1 / (1 + np.exp(-(a * _logit(P[:, 0]) + b)))
+    b0, b = _nonnegative_logistic(_logit(fit_on), y, C=1.0)
+    return 1 / (1 + np.exp(-(b0 + _logit(P) @ b)))
+
+
 def _logit(p: np.ndarray) -> np.ndarray:
     p = np.clip(p, 1e-6, 1 - 1e-6)
     return np.log(p / (1 - p))
@@ -341,18 +358,9 @@ class Engine:
         c = self.cands[name]
         if isinstance(c, Combo):
             P = np.column_stack([self.predict(m, tr, te) for m in c.members])
-            if c.how == "mean":
-                s = 1 / (1 + np.exp(-_logit(P).mean(1)))
-            elif c.how == "pmean":
-                s = P.mean(1)
-            elif c.how == "platt":
-                a, b = _platt(self.oof(c.members[0], tr), self.data.y[tr])
-                s = 1 / (1 + np.exp(-(a * _logit(P[:, 0]) + b)))
-            else:
-                oof = np.column_stack([self.oof(m, tr) for m in c.members])
-                b0, b = _nonnegative_logistic(_logit(oof), self.data.y[tr], C=1.0)
-                w = np.r_[b0, b]
-                s = 1 / (1 + np.exp(-(w[0] + _logit(P) @ w[1:])))
+            needs_fit = c.how in ("platt", "stack")
+            fit_on = np.column_stack([self.oof(m, tr) for m in c.members]) if needs_fit else None
+            s = _fuse(c.how, P, fit_on, self.data.y[tr])
         else:
             X = self._X(name)
             est = c.estimator(self.seed)
@@ -379,16 +387,7 @@ class Engine:
             # a fusion's training-row scores: its rule applied to the members' out-of-fold
             # scores (no second level of nesting; a stack's few weights are fit on them)
             mo = np.column_stack([self.oof(m, tr) for m in c.members])
-            if c.how == "pmean":
-                s = mo.mean(1)
-            elif c.how == "platt":
-                a, b = _platt(mo[:, 0], self.data.y[tr])
-                s = 1 / (1 + np.exp(-(a * _logit(mo[:, 0]) + b)))
-            elif c.how == "mean":
-                s = 1 / (1 + np.exp(-_logit(mo).mean(1)))
-            else:
-                b0, b = _nonnegative_logistic(_logit(mo), self.data.y[tr], C=1.0)
-                s = 1 / (1 + np.exp(-(b0 + _logit(mo) @ b)))
+            s = _fuse(c.how, mo, mo, self.data.y[tr])
             self.memo[key] = s
             return s
         s = np.full(len(tr), np.nan)
@@ -421,9 +420,16 @@ def protocols(data: Data, seed: int, folds: int = 5) -> dict[str, list]:
     }
 
 
+def reader_calls(y: np.ndarray, ranks: np.ndarray):
+    """Metrics of the radiologist's calls: BI-RADS rank ≥ :data:`READER_CUT_CATEGORY` is malignant."""
+    from buscad.data.birads import cut_rank
+    from buscad.evaluate.metrics import binary_metrics
+
+    return binary_metrics(y, (ranks >= cut_rank(READER_CUT_CATEGORY)).astype(float), 0.5)
+
+
 def evaluate(eng: Engine, name: str, pairs: list, thresholds: bool = True) -> dict:
     """Scores of the test rows (out-of-fold for CV) and their metrics."""
-    from buscad.data.birads import cut_rank
     from buscad.evaluate.calibration import calibration_slope_intercept
     from buscad.evaluate.delong import auc_ci
     from buscad.evaluate.metrics import binary_metrics, sensitivity_threshold, youden_threshold
@@ -447,7 +453,7 @@ def evaluate(eng: Engine, name: str, pairs: list, thresholds: bool = True) -> di
     row["calibration_slope"] = calibration_slope_intercept(y, s).slope
     rs = d.reader[te_all]
     if np.isfinite(rs).all():
-        r = binary_metrics(y, (rs >= cut_rank(READER_CUT_CATEGORY)).astype(float), 0.5)
+        r = reader_calls(y, rs)
         t = sensitivity_threshold(y, s, r.sensitivity)
         row["spec_at_reader_sens"] = binary_metrics(y, s, t).specificity
         row["reader_sens"], row["reader_spec"] = r.sensitivity, r.specificity
@@ -722,12 +728,8 @@ def run(data: Data, cands: dict, ablation: list, seed: int, log=print) -> dict:
     # the radiologist's BI-RADS on BrEaST rows (external in BUSI→BrEaST)
     br = np.flatnonzero(data.cohort == "BrEaST")
     if np.isfinite(data.reader[br]).all():
-        from buscad.data.birads import cut_rank
-        from buscad.evaluate.metrics import binary_metrics
-
         a = auc_ci(data.y[br], data.reader[br])
-        call = (data.reader[br] >= cut_rank(READER_CUT_CATEGORY)).astype(float)
-        r = binary_metrics(data.y[br], call, 0.5)
+        r = reader_calls(data.y[br], data.reader[br])
         results["BUSI→BrEaST"]["ref: BrEaST radiologist BI-RADS"] = {
             "n": len(br),
             "auc": a.auc,

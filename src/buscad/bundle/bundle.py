@@ -282,6 +282,13 @@ def add_onnx(bundle: str | os.PathLike[str]) -> dict:
 ENGINES: tuple[str, ...] = ("auto", "onnx", "torch")
 
 
+def is_computed(column: str) -> bool:
+    """Whether a model input is computed from the outline (``morph_*``, mask geometry), never asked."""
+    from buscad.data.geometry import GEOMETRY_FEATURES
+
+    return column.startswith("morph_") or column in GEOMETRY_FEATURES
+
+
 def computed_descriptors(
     mask: np.ndarray, columns: list[str], gray: np.ndarray | None = None
 ) -> dict[str, Any]:
@@ -349,15 +356,13 @@ class Bundle:
             if n not in self.classical
         }
         self.model_names = ["deep", *self.classical, *self.not_exported]
-        from buscad.data.geometry import GEOMETRY_FEATURES
-
         # what a user is asked for; outline measures (morph_*, mask geometry) are computed
         self.clinical_inputs: list[str] = list(
             dict.fromkeys(
                 c
                 for n in self.classical
                 for c in doc["models"][n]["inputs"]["clinical"]
-                if not c.startswith("morph_") and c not in GEOMETRY_FEATURES
+                if not is_computed(c)
             )
         )
         self.version = str(doc.get("version"))
@@ -552,14 +557,10 @@ class Bundle:
     ) -> tuple[dict[str, float | None], dict[str, str]]:
         """Each bundled classical/fusion model's P(malignant), or why it did not run."""
         from buscad.bundle.portable import as_table
-        from buscad.data.geometry import GEOMETRY_FEATURES
 
         given = {k: v for k, v in clinical.items() if v is not None and str(v).strip() != ""}
         needs = {n: self.doc["models"][n]["inputs"] for n in self.classical}
-        computed = sorted(
-            {c for n in needs for c in needs[n]["clinical"] if c.startswith("morph_")}
-            | {c for n in needs for c in needs[n]["clinical"] if c in GEOMETRY_FEATURES}
-        )
+        computed = sorted({c for n in needs for c in needs[n]["clinical"] if is_computed(c)})
         if computed and mask is not None:  # computed from the outline, never the reader's
             given = {**computed_descriptors(mask, computed, gray), **given}
         skipped: dict[str, str] = {}

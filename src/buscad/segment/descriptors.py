@@ -18,6 +18,31 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+#: Names of :func:`smooth_shape`'s values.
+SHAPE_NAMES: tuple[str, ...] = (
+    "sm_solidity",
+    "sm_convexity",
+    "sm_circularity",
+    "sm_axis_ratio",
+    "sm_depth_width",
+    "sm_ellipse_misfit",
+    "sm_hf_energy",
+    "sm_angle",
+)
+#: Names of :func:`echo_features`' values.
+ECHO_NAMES: tuple[str, ...] = (
+    "echo_lesion_ring",
+    "echo_lesion_image",
+    "echo_cv",
+    "echo_posterior",
+    "echo_posterior_lesion",
+    "echo_edge",
+    "echo_dark_frac",
+    "echo_entropy",
+)
+#: Names of :func:`lesion_descriptors`' values, in order.
+DESCRIPTOR_NAMES: tuple[str, ...] = SHAPE_NAMES + ECHO_NAMES
+
 
 def _largest(mask: np.ndarray) -> np.ndarray:
     n, lab, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
@@ -46,21 +71,11 @@ def smooth_shape(mask: np.ndarray, n_harmonics: int = 12, n_points: int = 256) -
     m = _largest(mask).astype(np.uint8)
     contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     nan = float("nan")
-    keys = [
-        "sm_solidity",
-        "sm_convexity",
-        "sm_circularity",
-        "sm_axis_ratio",
-        "sm_depth_width",
-        "sm_ellipse_misfit",
-        "sm_hf_energy",
-        "sm_angle",
-    ]
     if not contours:
-        return dict.fromkeys(keys, nan)
+        return dict.fromkeys(SHAPE_NAMES, nan)
     c = max(contours, key=cv2.contourArea).reshape(-1, 2).astype(float)
     if len(c) < 8:
-        return dict.fromkeys(keys, nan)
+        return dict.fromkeys(SHAPE_NAMES, nan)
     seg = np.r_[0, np.cumsum(np.hypot(*np.diff(np.vstack([c, c[:1]]), axis=0).T))]
     t = np.linspace(0, seg[-1], n_points, endpoint=False)
     closed = np.vstack([c, c[:1]])
@@ -164,27 +179,6 @@ def echo_features(gray: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     }
 
 
-#: Names of :func:`lesion_descriptors`' values, in order.
-DESCRIPTOR_NAMES: tuple[str, ...] = (
-    "sm_solidity",
-    "sm_convexity",
-    "sm_circularity",
-    "sm_axis_ratio",
-    "sm_depth_width",
-    "sm_ellipse_misfit",
-    "sm_hf_energy",
-    "sm_angle",
-    "echo_lesion_ring",
-    "echo_lesion_image",
-    "echo_cv",
-    "echo_posterior",
-    "echo_posterior_lesion",
-    "echo_edge",
-    "echo_dark_frac",
-    "echo_entropy",
-)
-
-
 def lesion_descriptors(gray: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     """:func:`smooth_shape` and :func:`echo_features` of one lesion (NaN where undefined).
 
@@ -206,4 +200,11 @@ def lesion_descriptors(gray: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     return {k: float(out[k]) for k in DESCRIPTOR_NAMES}
 
 
-__all__ = ["DESCRIPTOR_NAMES", "echo_features", "lesion_descriptors", "smooth_shape"]
+__all__ = [
+    "DESCRIPTOR_NAMES",
+    "ECHO_NAMES",
+    "SHAPE_NAMES",
+    "echo_features",
+    "lesion_descriptors",
+    "smooth_shape",
+]
