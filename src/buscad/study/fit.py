@@ -105,9 +105,17 @@ def fit_and_predict(
                 random_state=cfg.seed,
             )
         else:
-            notes.append(
-                f"clinical model not built: no values of {cfg.clinical.columns} in the training rows"
+            absent = [c for c in cfg.clinical.columns if c not in X.columns]
+            empty = [c for c in cfg.clinical.columns if c in X.columns]
+            why = "; ".join(
+                part
+                for part in (
+                    f"no column {', '.join(map(repr, absent))}" if absent else "",
+                    f"{', '.join(map(repr, empty))} empty in every training row" if empty else "",
+                )
+                if part
             )
+            notes.append(f"clinical model not built: {why or 'clinical.columns is empty'}")
     us_cols = present(
         list(cfg.clinical.us_columns)
         + ([cfg.clinical.reader_column] if cfg.clinical.reader_column else [])
