@@ -27,13 +27,25 @@ def _fail(exc: ConfigError, config: Path, what: str) -> None:
 @study_app.command("init")
 def init_cmd(
     manifest: list[Path] = typer.Option(
-        ..., "--manifest", "-m", help="A development cohort's manifest (repeat for several)."
+        ...,
+        "--manifest",
+        "-m",
+        metavar="MANIFEST",
+        help="A development cohort's manifest (repeat for several).",
     ),
     external: list[Path] = typer.Option(
-        [], "--external", "-e", help="An external cohort's manifest (repeat for several)."
+        [],
+        "--external",
+        "-e",
+        metavar="MANIFEST",
+        help="An external cohort's manifest (repeat for several).",
     ),
-    out: Path = typer.Option(Path("my_study.yaml"), "-o", "--out", help="Config file to write."),
-    name: str | None = typer.Option(None, help="Study name (default: the file's name)."),
+    out: Path = typer.Option(
+        Path("my_study.yaml"), "-o", "--out", metavar="FILE", help="Config file to write."
+    ),
+    name: str | None = typer.Option(
+        None, metavar="NAME", help="Study name (default: the file's name)."
+    ),
     quick: bool = typer.Option(
         False, "--quick", help="Small inputs, few epochs and folds: a first look in minutes."
     ),
