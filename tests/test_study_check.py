@@ -107,7 +107,7 @@ def test_check_command_lists_cohorts_and_notes(tmp_path, dev_manifest):
         cohorts:
           - {{name: a, manifest: {dev_manifest}}}
           - {{name: b, role: external, manifest: {no_reader}}}
-        clinical: {{reader_column: birads}}
+        clinical: {{reader_column: birads, us_columns: [shape, morph_shape, morph_margin]}}
         """,
         "two.yaml",
     )

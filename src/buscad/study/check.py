@@ -4,7 +4,9 @@
 running anything: each cohort's manifest exists and reads (with its resolved
 path when not), the backbones are registered, the params, weights and segmenter
 files exist, and every clinical, lexicon and reader column named in the config is
-a column of the manifests (with a "did you mean" from the columns they have).
+a column of the manifests (with a "did you mean" from the columns they have), unless
+it is computed from each row's outline (``morph_*``, mask geometry:
+:func:`buscad.bundle.bundle.is_computed`).
 Problems are errors (the study does not start: :func:`require_valid` raises
 :class:`~buscad.errors.ConfigProblems` listing them all); what only changes what
 the study can show (no reader column, so no reader comparison) is a note.
@@ -184,6 +186,8 @@ def _absent(col: str, res: CheckResult) -> str:
 
 
 def _columns(cfg: StudyConfig, res: CheckResult) -> None:
+    from buscad.bundle.bundle import is_computed
+
     if not res.cohorts:
         return  # no manifest could be read: their columns are unknown
     cl = cfg.clinical
@@ -194,7 +198,7 @@ def _columns(cfg: StudyConfig, res: CheckResult) -> None:
     ):
         name = key.split(".")[1]
         if name not in explicit:
-            if used and not any(_present(res, c)[0] for c in cols):
+            if used and not any(_present(res, c)[0] or is_computed(c) for c in cols):
                 which = "clinical model and CLDLR" if name == "columns" else "US (lexicon) model"
                 res.notes.append(
                     f"{key}: none of {', '.join(cols)} is a column of {_where(res.cohorts)}, "
@@ -202,6 +206,8 @@ def _columns(cfg: StudyConfig, res: CheckResult) -> None:
                 )
             continue
         for k, c in enumerate(cols):
+            if is_computed(c):  # morph_* and mask geometry: computed from each row's outline
+                continue
             have, lack = _present(res, c)
             if not have:
                 res.errors.append(f"{key}.{k}: {_absent(c, res)}")
