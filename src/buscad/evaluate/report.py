@@ -453,7 +453,7 @@ def _audit_blocks(audit: Any) -> list[Any]:
                 if ":" not in str(k)
             }
         other = {
-            k: v
+            str(k).replace("_", " "): v
             for k, v in audit.items()
             if k not in AUDIT_ITEMS
             and k not in ("method", "timings_s", "warnings")
