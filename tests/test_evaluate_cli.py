@@ -89,7 +89,7 @@ def test_cli_writes_tables_figures_and_offline_report(tmp_path):
         assert heading in html
     assert html.count("data:image/png;base64,") == 8  # 3 kinds x 2 cohorts + 2 confusion grids
     assert str(pred) in html  # input hash recorded under its path
-    assert "near_duplicates" in html and "Patient-level split by centre." in html
+    assert "near duplicates" in html and "Patient-level split by centre." in html
     assert "rule sens:0.9, chosen on train" in html
     card = (out / "model_card.md").read_text()
     assert "# Model card: cnn" in card and "chosen on train" in card

@@ -190,7 +190,7 @@ def test_reports_speak_in_words(reports):
     assert re.search(r"BI-RADS 4[ABC]? or higher|BI-RADS [35] or higher", ev)
     assert "Radiologist (BI-RADS)" in ev and '<abbr title="reader BI-RADS' in ev
     # one grid of confusion matrices per cohort
-    assert ev.count("Confusion matrices, cohort") == 3
+    assert ev.count("<figcaption>Confusion matrices, cohort") == 3
     study = reports["study"].read_text(encoding="utf-8")
     # the evaluation and audit reports are copied into the run folder and linked relatively
     run = reports["study"].parent

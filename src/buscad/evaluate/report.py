@@ -258,7 +258,7 @@ def write_evaluation_outputs(
                 f"{r['Cohort']}: {r['Cases']} cases ({r['Malignant']} malignant)"
                 for _, r in _split_description(result).iterrows()
             ),
-            metrics=t2[t2["Model"] == mod].drop(columns="Model") if len(t2) else None,
+            metrics=_t2_parts(t2[t2["Model"] == mod])[0].drop(columns="Model") if len(t2) else None,
             thresholds={mod: thr_text[mod]},
             limitations=lims,
             details={"score column": mod, "evaluated by": "buscad evaluate"},
@@ -329,7 +329,18 @@ def write_evaluation_outputs(
         Section("Table 1. Baseline characteristics", [Table(t1)]),
         Section(
             "Table 2. Performance per cohort",
-            [Table(t2, "Values with 95% CIs.", model_columns=["Model"])],
+            [
+                Table(part, cap, model_columns=["Model"])
+                for part, cap in zip(
+                    _t2_parts(t2),
+                    (
+                        "Discrimination and decisions at each model's threshold (95% CIs).",
+                        "Calibration (models whose scores are probabilities; 95% CIs).",
+                    ),
+                    strict=False,
+                )
+                if len(part.columns) > 2
+            ],
         ),
         Section(
             "Table 3. DeLong matrix",
@@ -398,6 +409,17 @@ def _fmt_unpaired(df: pd.DataFrame) -> pd.DataFrame:
             "P": df["p"].map(fmt_p),
         }
     )
+
+
+#: Table 2 columns shown in its second (calibration) part of the HTML report.
+CALIBRATION_COLUMNS = ("Brier", "Calibration slope", "Calibration intercept", "Hosmer–Lemeshow P")
+
+
+def _t2_parts(t2: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Table 2 split in two for the page width: discrimination/decisions, then calibration."""
+    cal = [c for c in t2.columns if c in CALIBRATION_COLUMNS]
+    keys = [c for c in ("Cohort", "Model") if c in t2.columns]
+    return t2.drop(columns=cal), t2[[*keys, *cal]]
 
 
 def _label_matrix(t3: pd.DataFrame) -> pd.DataFrame:
