@@ -86,6 +86,11 @@ def test_small_study_tables_and_report(small_run):
     html = res.report.read_text()
     assert "shortcut: mask geometry" in html and "Backbone comparison" in html
     assert "http://" not in html and "https://" not in html.replace("https://doi", "")
+    # Grad-CAM tiles carry their truth, score and cohort; linked reports live in the run folder
+    assert 'class="tile correct"' in html or 'class="tile incorrect"' in html
+    assert "true: " in html and "AI score" in html and "cohort: " in html
+    assert 'href="audit/report.html"' in html and (out / "audit" / "report.html").is_file()
+    assert len(list((out / "evaluation").glob("*/report.html"))) == 1
     pred = pd.read_csv(res.predictions[next(iter(res.predictions))])
     # audit policy: the relabelled duplicates (conflicting groups) never reach the models
     dropped = next((out / "cache").glob("audit-*/dropped.csv"))

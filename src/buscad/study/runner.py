@@ -33,6 +33,10 @@ from buscad.utils import atomic_write_json, atomic_write_table, file_sha256, sta
 BUNDLE_VERSION = 4
 #: Bumped when the outline stage writes something new.
 ROI_VERSION = 2
+#: Bumped when the gallery stage writes something new (2: cases.csv labels every tile).
+GALLERY_VERSION = 2
+#: Bumped when the evaluation stage's report changes (2: BI-RADS cuts as categories, words).
+EVALUATE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -690,8 +694,8 @@ class StudyRun:
                 ci_method=cfg.evaluation.ci,
                 seed=cfg.seed,
                 covariates=["age"] if "age" in pred and pred["age"].notna().any() else None,
+                birads_columns=[READER_MODEL] if READER_MODEL in model_cols else (),
             )
-            split_txt = pd.read_csv(split_res.path / "split_summary.csv").to_string(index=False)
             ev.write(
                 folder / "evaluation",
                 title=f"{cfg.name}: {roi.label(arm)}",
@@ -700,14 +704,13 @@ class StudyRun:
                     f"Grouped (patient ∪ near-duplicate group) stratified {1 - cfg.split.test_size:.0%}:"
                     f"{cfg.split.test_size:.0%} split of {', '.join(arm.development)}; training-cohort "
                     f"predictions are out-of-fold ({cfg.split.cv_folds}-fold grouped CV; deep models "
-                    f"{cfg.deep.selection_folds}-fold). External: {', '.join(arm.external) or 'none'}.\n"
+                    f"{cfg.deep.selection_folds}-fold). External: {', '.join(arm.external) or 'none'}."
                     + (
                         ""
                         if roi.mode == "expert"
-                        else f"Lesion outlines: roi {roi.mode} (segmenter {cfg.segment.model}, "
-                        "applied to every row).\n"
+                        else f" Lesion outlines: roi {roi.mode} (segmenter {cfg.segment.model}, "
+                        "applied to every row)."
                     )
-                    + split_txt
                 ),
                 seed=cfg.seed,
             )
@@ -715,7 +718,11 @@ class StudyRun:
 
         return self.runner.run(
             f"evaluate-{roi.tag(arm)}",
-            {"predictions": cls_res.key, "eval": cfg.evaluation.model_dump()},
+            {
+                "predictions": cls_res.key,
+                "eval": cfg.evaluation.model_dump(),
+                "v": EVALUATE_VERSION,
+            },
             work,
         )
 
@@ -806,13 +813,122 @@ class StudyRun:
             )
         return Section("Lesion outlines", blocks)
 
+    def _publish(self, src: Path, rel: str) -> str:
+        """Copy a stage's report folder into the run folder (replacing an older copy).
+
+        Returns ``rel``, the copy's path relative to the run folder, for a report link.
+        """
+        import shutil
+
+        dest = self.run_dir / rel
+        tmp = dest.with_name(dest.name + ".tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        shutil.copytree(src, tmp)
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+        return rel
+
+    def _metrics_table(self, m: pd.DataFrame) -> pd.DataFrame:
+        """The per-cohort metrics in words: AUC with its CI, thresholds as scores or BI-RADS cuts."""
+        from buscad.data.birads import cut_words
+
+        def ci(v: float, lo: float, hi: float) -> str:
+            return "n/a" if pd.isna(v) else f"{v:.3f} ({lo:.3f}–{hi:.3f})"
+
+        out = pd.DataFrame(
+            {
+                "Cohort": m["cohort"],
+                "Model": m["model"],
+                "Cases": m["n"],
+                "AUC (95% CI)": [
+                    ci(a, lo, hi)
+                    for a, lo, hi in zip(m["auc"], m["auc_lo"], m["auc_hi"], strict=True)
+                ],
+            }
+        )
+        for c, name in (
+            ("accuracy", "Accuracy"),
+            ("sensitivity", "Sensitivity"),
+            ("specificity", "Specificity"),
+            ("ppv", "PPV"),
+            ("npv", "NPV"),
+            ("f1", "F1"),
+        ):
+            if c in m:
+                out[name] = [f"{v:.3f}" if pd.notna(v) else "n/a" for v in m[c]]
+        if "threshold" in m:
+            out["Malignant when"] = [
+                "n/a" if pd.isna(t) else cut_words(t) if mod == READER_MODEL else f"score ≥ {t:.3g}"
+                for mod, t in zip(m["model"], m["threshold"], strict=True)
+            ]
+        return out.reset_index(drop=True)
+
+    @staticmethod
+    def _gallery_blocks(cases: pd.DataFrame, label: str) -> list[Any]:
+        """Grad-CAM tiles, correct and incorrect apart, each with its truth, score and cohort."""
+        from buscad.labels import model_label
+        from buscad.report import Gallery, Tile
+
+        if cases.empty:
+            return []
+        blocks: list[Any] = []
+        for kind, title in (
+            ("correct", "correctly classified"),
+            ("incorrect", "misclassified"),
+        ):
+            rows = cases[cases["kind"] == kind]
+            if rows.empty:
+                continue
+            tiles = [
+                Tile(
+                    r.overlay,
+                    [
+                        f"{r.image_id}: {'correct' if kind == 'correct' else 'incorrect'}",
+                        f"true: {r.label}",
+                        f"AI score {r.score:.2f} "
+                        f"({'malignant' if r.score >= r.threshold else 'benign'} call)",
+                        f"cohort: {r.cohort}",
+                    ],
+                    kind,
+                )
+                for r in rows.itertuples(index=False)
+            ]
+            thr = float(rows["threshold"].iat[0])
+            blocks.append(
+                Gallery(
+                    tiles,
+                    caption=f"Grad-CAM of the CNN ({model_label('deep')}), {len(tiles)} "
+                    f"{title} case(s) outside the training rows ({label}); a case is called "
+                    f"malignant when its AI score ≥ {thr:.2f}. Warm colours: where the CNN looked.",
+                )
+            )
+        return blocks
+
     def _report(self, arm_outputs: list, audit_res: StageResult, metrics: pd.DataFrame) -> Path:
-        from buscad.report import Figure, KeyValue, Section, Table, Text, build_report
+        import yaml
+
+        from buscad.report import (
+            Bullets,
+            Details,
+            Figure,
+            KeyValue,
+            Links,
+            Section,
+            Table,
+            build_report,
+        )
 
         cfg = self.cfg
         sections = []
-        warn = self.warnings or ["none"]
-        sections.append(Section("Warnings", [Text("\n".join(f"• {w}" for w in warn))]))
+        audit_rel = self._publish(audit_res.path / "audit", "audit")
+        sections.append(
+            Section(
+                "Warnings",
+                [Bullets(self.warnings, cls="warnings") if self.warnings else "None."],
+            )
+        )
         if len({r.mode for r in self.rois}) > 1:
             sections.append(self._roi_comparison(metrics))
         if any(r.res is not None for r in self.rois):
@@ -822,70 +938,124 @@ class StudyRun:
             m = metrics[metrics["arm"] == arm.name]
             if "roi" in m:
                 m = m[m["roi"] == roi.mode]
-            cols = [
-                c
-                for c in (
-                    "cohort",
-                    "model",
-                    "n",
-                    "auc",
-                    "auc_lo",
-                    "auc_hi",
-                    "accuracy",
-                    "sensitivity",
-                    "specificity",
-                    "ppv",
-                    "npv",
-                    "f1",
-                    "threshold",
+            ev_rel = self._publish(ev_res.path / "evaluation", f"evaluation/{roi.tag(arm)}")
+            blocks.append(
+                Links(
+                    [
+                        (
+                            "Full evaluation report",
+                            f"{ev_rel}/report.html",
+                            "Tables 1–3, calibration, decision curves, confusion matrices, "
+                            f"model card, TRIPOD+AI; tables as CSV/XLSX in {ev_rel}/tables",
+                        )
+                    ]
                 )
-                if c in m.columns
-            ]
+            )
             blocks.append(
                 Table(
-                    m[cols].round(3),
-                    caption="Every model on every cohort (shortcut references "
-                    "and the reader included). Threshold chosen on the training cohort.",
+                    self._metrics_table(m),
+                    caption="Every model on every cohort, beside the shortcut references "
+                    "(what the annotations alone give) and the radiologist's BI-RADS where the "
+                    "data has it. Thresholds chosen on the training cohort (out-of-fold scores) "
+                    "and applied unchanged to the other cohorts.",
+                    model_columns=["Model"],
                 )
             )
             if deep_res is not None:
+                cv = pd.read_csv(deep_res.path / "backbone_cv.csv")
                 blocks.append(
                     Table(
-                        pd.read_csv(deep_res.path / "backbone_cv.csv").round(3),
+                        pd.DataFrame(
+                            {
+                                "Backbone": cv["backbone"],
+                                "Out-of-fold AUC (95% CI)": [
+                                    f"{a:.3f} ({lo:.3f}–{hi:.3f})"
+                                    for a, lo, hi in zip(
+                                        cv["cv_auc"], cv["lo"], cv["hi"], strict=True
+                                    )
+                                ],
+                                "Training images": cv["n"],
+                            }
+                        ),
                         caption="Backbone comparison: pooled out-of-fold AUC on the training rows "
                         "(the choice is made here, never on a test cohort).",
                     )
                 )
-            figs = sorted((ev_res.path / "evaluation" / "figures").glob("roc_*.png"))
-            for f in figs[:6]:
-                blocks.append(Figure(f, caption=f.stem.replace("_", " ")))
-            gal = self._gallery(arm, man, deep_res, cls_res, roi)
-            for g in gal:
-                blocks.append(Figure(g, caption=g.stem.replace("_", " ")))
-            blocks.append(
-                Text(
-                    f"Full evaluation (Tables 1–3, calibration, decision curves, model card, "
-                    f"TRIPOD+AI): {ev_res.path / 'evaluation' / 'report.html'}"
-                )
+            cohorts = list(dict.fromkeys(m["cohort"]))
+            fdir = ev_res.path / "evaluation" / "figures"
+            for c in cohorts:
+                f = fdir / f"roc_{_eval_safe(c)}.png"
+                if f.exists():
+                    blocks.append(
+                        Figure(
+                            f,
+                            caption=f"ROC curves of every model, cohort {c}; filled markers: "
+                            "each model's operating point at its threshold.",
+                            width="560px",
+                        )
+                    )
+            blocks += self._gallery_blocks(
+                self._gallery(arm, man, deep_res, cls_res, roi), roi.label(arm)
             )
             sections.append(Section(f"Results: {roi.label(arm)}", blocks))
         audit_sum = json.loads((audit_res.path / "audit" / "summary.json").read_text())
-        flat = {k: v for k, v in audit_sum.items() if isinstance(v, (int, float, str, bool))}
+        from buscad.evaluate.report import _audit_blocks
+
         sections.append(
             Section(
                 "Data audit",
-                [KeyValue(flat), Text(f"Audit report: {audit_res.path / 'audit' / 'report.html'}")],
+                [
+                    Links(
+                        [
+                            (
+                                "Data audit report",
+                                f"{audit_rel}/report.html",
+                                "duplicates, label conflicts, overlays, annotations, "
+                                f"mask problems, shortcut AUCs; CSV tables in {audit_rel}",
+                            )
+                        ]
+                    ),
+                    *_audit_blocks(audit_sum),
+                ],
             )
         )
-        sections.append(
-            Section("Configuration", [Text(json.dumps(cfg.model_dump(mode="json"), indent=1))])
+        cfg_yaml = yaml.safe_dump(
+            cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True, width=100
         )
-        sections.append(Section("Run", [Table(pd.DataFrame(self.runner.summary()))]))
+        sections.append(
+            Section(
+                "Configuration",
+                [
+                    KeyValue(
+                        {
+                            "study": cfg.name,
+                            "seed": cfg.seed,
+                            "models": cfg.models,
+                            "cohorts": [f"{c.name} ({c.role})" for c in cfg.cohorts],
+                        }
+                    ),
+                    Details("The whole configuration (YAML)", cfg_yaml),
+                ],
+            )
+        )
+        run = pd.DataFrame(self.runner.summary())
+        if len(run):
+            run = pd.DataFrame(
+                {
+                    "Stage": run["stage"],
+                    "Cache key": run["key"],
+                    "Reused from the cache": run["cached"].map({True: "yes", False: "no"}),
+                    "Seconds": run["seconds"],
+                }
+            )
+        sections.append(
+            Section("Run", [Table(run, "Stages of this run (cache/ under the run folder).")])
+        )
         out = build_report(
             sections,
             self.run_dir / "report.html",
             title=f"buscad study: {cfg.name}",
-            subtitle="Breast ultrasound benign vs malignant",
+            subtitle="Breast ultrasound: benign vs malignant. Research software, not a medical device.",
         )
         return out
 
@@ -988,11 +1158,15 @@ class StudyRun:
         deep_res: StageResult | None,
         cls_res: StageResult,
         roi: Roi,
-    ) -> list[Path]:
-        """Grad-CAM galleries of correct and incorrect non-training cases (``man``: the arm's split)."""
+    ) -> pd.DataFrame:
+        """Grad-CAM galleries of correct and incorrect non-training cases (``man``: the arm's split).
+
+        Returns one row per case shown: ``image_id, cohort, label, score, threshold, kind``
+        (correct / incorrect) and ``overlay`` (the Grad-CAM overlay PNG).
+        """
         cfg = self.cfg
         if deep_res is None or cfg.gallery_size == 0 or "deep" not in cfg.models:
-            return []
+            return pd.DataFrame()
 
         def work(folder: Path) -> None:
             from buscad.explain.cam import explain_manifest
@@ -1005,6 +1179,7 @@ class StudyRun:
             thr = _youden(pred, arm)
             test = pred[pred["cohort"] != arm.train_label].copy()
             test["correct"] = (test["deep"] >= thr).astype(int) == test["label"]
+            cases = []
             for kind, rows in (
                 ("correct", test[test["correct"]]),
                 ("incorrect", test[~test["correct"]]),
@@ -1016,6 +1191,35 @@ class StudyRun:
                 explain_manifest(
                     model, sub, pre, folder / kind, methods=(cfg.deep.gradcam,), gallery=True
                 )
+                ex = pd.read_csv(folder / kind / "explanations.csv").set_index("image_id")
+                for r in rows.itertuples(index=False):
+                    if r.case_id in ex.index:
+                        cases.append(
+                            {
+                                "image_id": r.case_id,
+                                "cohort": r.cohort,
+                                "label": "malignant" if int(r.label) == 1 else "benign",
+                                "score": float(r.deep),
+                                "threshold": float(thr),
+                                "kind": kind,
+                                "overlay": f"{kind}/{ex.loc[r.case_id, 'path']}",
+                            }
+                        )
+            atomic_write_table(
+                pd.DataFrame(
+                    cases,
+                    columns=[
+                        "image_id",
+                        "cohort",
+                        "label",
+                        "score",
+                        "threshold",
+                        "kind",
+                        "overlay",
+                    ],
+                ),
+                folder / "cases.csv",
+            )
 
         res = self.runner.run(
             f"gallery-{roi.tag(arm)}",
@@ -1024,10 +1228,20 @@ class StudyRun:
                 "pred": cls_res.key,
                 "n": cfg.gallery_size,
                 "method": cfg.deep.gradcam,
+                "v": GALLERY_VERSION,
             },
             work,
         )
-        return sorted(res.path.glob("*/gallery.png"))
+        return pd.read_csv(res.path / "cases.csv").assign(
+            overlay=lambda d: [str(res.path / o) for o in d["overlay"]]
+        )
+
+
+def _eval_safe(name: str) -> str:
+    """File-name part the evaluation gives a cohort's figures (``evaluate.report._safe``)."""
+    from buscad.evaluate.report import _safe as safe
+
+    return safe(name)
 
 
 def _with_outlines(man: Manifest, outlined: Manifest) -> Manifest:
