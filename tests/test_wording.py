@@ -117,6 +117,7 @@ def test_case_report_lists_inputs_and_plain_names():
     assert "AI call: benign (score below the 40.0% threshold)" in html
     assert "4B (&gt; 10% to ≤ 50%: moderate suspicion range)" in html
     assert "Ultrasound-features model (us)" in html
+    assert "Clinical + deep features (CLDLR)<" in html  # no second (cldlr)
     assert "Deep-learning AI score (deep), gives the AI score" in html
     rows = re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td></tr>", html)
     assert ("Age (years)", "61", "entered") in rows

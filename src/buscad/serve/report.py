@@ -74,19 +74,24 @@ def summary_rows(pred: Prediction) -> list[tuple[str, str]]:
     ]
 
 
+def _named(m: str) -> str:
+    """A model's plain name with its short name in brackets (unless the label already has it)."""
+    label = model_label(m)
+    return label if f"({m.upper()})" in label or label == m else f"{label} ({m})"
+
+
 def model_rows(pred: Prediction) -> list[dict[str, str]]:
     """Each model's plain name (short name in brackets), score and why it did not run."""
     rows = [
         {
-            "name": f"{model_label(m)} ({m})"
-            + (", gives the AI score" if m == pred.primary_model else ""),
+            "name": _named(m) + (", gives the AI score" if m == pred.primary_model else ""),
             "score": _fmt(s),
             "note": pred.skipped_models.get(m, ""),
         }
         for m, s in pred.model_scores.items()
     ]
     rows += [
-        {"name": f"{model_label(m)} ({m})", "score": "not run", "note": why}
+        {"name": _named(m), "score": "not run", "note": why}
         for m, why in pred.skipped_models.items()
         if m not in pred.model_scores
     ]
