@@ -166,6 +166,7 @@ def test_case_screen(browser, server, cohort, shots):
     page.wait_for_selector("#roi-note:visible")
     assert "whole image" in page.inner_text("#roi-note")
     # draw a box on the image
+    page.evaluate("window.scrollTo(0, 0)")  # the first result may have scrolled the page
     bb = page.locator("#draw").bounding_box()
     assert bb and bb["width"] > 100
     page.mouse.move(bb["x"] + bb["width"] * 0.25, bb["y"] + bb["height"] * 0.25)
