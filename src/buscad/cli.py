@@ -12,7 +12,7 @@ import sys
 import typer
 
 from buscad import __version__
-from buscad._cliutil import register_modules
+from buscad._cliutil import HelpGroup, register_modules
 from buscad.errors import BuscadError
 
 #: Modules that add commands to the top-level app through ``register(app)``.
@@ -65,6 +65,7 @@ def build_app(modules: tuple[str, ...] = COMMAND_MODULES) -> typer.Typer:
         help="Breast UltraSound Computer-Aided Diagnosis: honest benign/malignant studies from one config.",
         no_args_is_help=True,
         add_completion=False,
+        cls=HelpGroup,
         pretty_exceptions_enable=False,
     )
 

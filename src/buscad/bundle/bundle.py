@@ -554,15 +554,28 @@ class Bundle:
         clinical: dict[str, Any],
         raw: float,
         feats: np.ndarray,
-    ) -> tuple[dict[str, float | None], dict[str, str]]:
-        """Each bundled classical/fusion model's P(malignant), or why it did not run."""
+    ) -> tuple[dict[str, float | None], dict[str, str], list[dict[str, Any]]]:
+        """Each bundled classical/fusion model's P(malignant) or why it did not run, and the inputs.
+
+        The inputs are :func:`buscad.bundle.types.input_sources` of every clinical,
+        lexicon and outline column the models read.
+        """
         from buscad.bundle.portable import as_table
+        from buscad.bundle.types import input_sources
 
         given = {k: v for k, v in clinical.items() if v is not None and str(v).strip() != ""}
         needs = {n: self.doc["models"][n]["inputs"] for n in self.classical}
         computed = sorted({c for n in needs for c in needs[n]["clinical"] if is_computed(c)})
+        values: dict[str, Any] = {}
         if computed and mask is not None:  # computed from the outline, never the reader's
-            given = {**computed_descriptors(mask, computed, gray), **given}
+            values = computed_descriptors(mask, computed, gray)
+        inputs = input_sources(
+            [c for n in needs for c in needs[n]["clinical"]],
+            given,
+            values,
+            computed,
+        )
+        given = {**values, **given}
         skipped: dict[str, str] = {}
         for name, need in needs.items():
             if need["radiomics"] and mask is None:
@@ -592,7 +605,35 @@ class Bundle:
             n: None if n in skipped else float(m.predict_proba(row)[0, 1])
             for n, m in self.classical.items()
         }
-        return scores, skipped
+        return scores, skipped, inputs
+
+    def input_choices(self) -> dict[str, list[str]]:
+        """The values each categorical input may take: those the bundled models learnt.
+
+        Read from the models themselves (the BI-RADS lexicon encoder's vocabulary,
+        ``column=token``; ``missing`` is left out), so the web app offers exactly
+        the values a model can use. Inputs not listed are numbers or free text.
+        """
+        found: dict[str, list[str]] = {}
+
+        def walk(node: Any) -> None:
+            if isinstance(node, dict):
+                if node.get("type") == "lexicon":
+                    for v in node.get("vocabulary", []):
+                        col, _, tok = str(v).partition("=")
+                        if tok and tok != "missing":
+                            found.setdefault(col, [])
+                            if tok not in found[col]:
+                                found[col].append(tok)
+                for v in node.values():
+                    walk(v)
+            elif isinstance(node, list):
+                for v in node:
+                    walk(v)
+
+        for m in self.classical.values():
+            walk(getattr(m, "spec", None))
+        return {c: found[c] for c in self.clinical_inputs if c in found}
 
     def _radiomics(self, gray: np.ndarray, mask: np.ndarray | None) -> dict[str, float]:
         """The radiomics features the bundled models read (only those are computed)."""
@@ -662,9 +703,10 @@ class Bundle:
             timings["heatmap"] = (time.perf_counter() - t2) * 1000
         others: dict[str, float | None] = {}
         skipped: dict[str, str] = {}
+        inputs: list[dict[str, Any]] = []
         if self.classical:
             t3 = time.perf_counter()
-            others, skipped = self._classical_scores(
+            others, skipped, inputs = self._classical_scores(
                 g,
                 mask if (source == "mask" or outline is not None) else None,
                 clinical or {},
@@ -690,4 +732,5 @@ class Bundle:
             outline=outline,
             heatmap=hm,
             timings_ms={k: round(v, 2) for k, v in timings.items()},
+            inputs=inputs,
         )

@@ -12,7 +12,9 @@ study_app = typer.Typer(help="Run a whole study from one YAML config.", no_args_
 @study_app.command("run")
 def run_cmd(
     config: Path = typer.Argument(..., help="Study YAML (see configs/)."),
-    out: Path | None = typer.Option(None, "-o", "--out", help="Run folder (default runs/<name>)."),
+    out: Path | None = typer.Option(
+        None, "-o", "--out", help="Run folder (default: runs/ and the config's name)."
+    ),
 ) -> None:
     """Audit, split, train and compare, evaluate and report; cached and resumable."""
     from buscad.study.runner import run_study
