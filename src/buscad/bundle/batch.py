@@ -28,6 +28,7 @@ import numpy as np
 
 from buscad.bundle.types import Prediction, likelihood_band
 from buscad.errors import BuscadError, ManifestError
+from buscad.progress import Progress
 
 #: Folder of a resumable run's Parquet shards, inside the output folder.
 PARTS = "parts"
@@ -505,6 +506,7 @@ def run_local(
     writer = ShardWriter(out, row_columns(b))
     t0 = time.perf_counter()
     step = max(batch_size, 1) * 8  # rows per shard
+    bar = Progress(len(todo), "predict", "images")
     for s in range(0, len(todo), step):
         rows = score_items(
             b,
@@ -518,6 +520,8 @@ def run_local(
             log=log,
         )
         writer.write(rows)
+        bar.update(len(rows))
+    bar.close()
     secs = time.perf_counter() - t0
     return finish(
         out,

@@ -69,6 +69,8 @@ class StudyResult:
     warnings: list[str] = field(default_factory=list)
     stages: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    #: Every file or folder the run promises, by name, in the order ``buscad study run`` lists them.
+    outputs: dict[str, Path] = field(default_factory=dict)
 
 
 def _train_config(cfg: StudyConfig, backbone: str, seed: int):
@@ -91,7 +93,6 @@ def _train_config(cfg: StudyConfig, backbone: str, seed: int):
         margin=d.margin,
         input_size=d.input_size,
         seed=seed,
-        progress=False,
     )
 
 
@@ -124,6 +125,7 @@ class StudyRun:
         self.arms = study_arms(cfg)
         self.runner = StageRunner(self.run_dir / "cache", total=self._n_stages(), stream=stream)
         self.warnings: list[str] = []
+        self.outputs: dict[str, Path] = {}
 
     def _n_stages(self) -> int:
         cfg = self.cfg
@@ -147,7 +149,17 @@ class StudyRun:
 
     # ---------------------------------------------------------------- run
     def run(self) -> StudyResult:
-        """Execute every stage (cached ones are reused) and write the report."""
+        """Execute every stage (cached ones are reused) and write the report.
+
+        Progress (stage lines and the per-item progress of the long stages,
+        :mod:`buscad.progress`) goes to the runner's stream.
+        """
+        from buscad.progress import reporting
+
+        with reporting(self.runner.stream):
+            return self._run()
+
+    def _run(self) -> StudyResult:
         t0 = time.monotonic()
         cfg = self.cfg
         keys, mans = [], []
@@ -224,6 +236,7 @@ class StudyRun:
         bundle = self._bundle(*chosen, metrics_df) if "deep" in cfg.models else None
         report = self._report(arm_outputs, audit_res, metrics_df)
         secs = time.monotonic() - t0
+        outputs = self._outputs(report, bundle, arm_outputs, audit_res)
         summary = {
             "name": cfg.name,
             "seconds": round(secs, 1),
@@ -231,12 +244,48 @@ class StudyRun:
             "warnings": self.warnings,
             "report": str(report),
             "bundle": str(bundle) if bundle else None,
+            "outputs": {k: str(v) for k, v in outputs.items()},
         }
         atomic_write_json(self.run_dir / "run.json", summary)
         atomic_write_table(metrics_df, self.run_dir / "metrics.csv")
         return StudyResult(
-            self.run_dir, report, preds, metrics_df, self.warnings, self.runner.summary(), secs
+            self.run_dir,
+            report,
+            preds,
+            metrics_df,
+            self.warnings,
+            self.runner.summary(),
+            secs,
+            outputs,
         )
+
+    def _outputs(
+        self, report: Path, bundle: Path | None, arm_outputs: list, audit_res: StageResult
+    ) -> dict[str, Path]:
+        """Every output the run promises (README "Running a whole study"), by name.
+
+        The run folder's own files, then per arm (and outline mode) its evaluation
+        report, model card, TRIPOD+AI checklist, tables and predictions, then the
+        data audit's report. Only paths that exist are listed.
+        """
+        out: dict[str, Path] = {
+            "report": report,
+            "metrics": self.run_dir / "metrics.csv",
+            "run summary": self.run_dir / "run.json",
+        }
+        if bundle is not None:
+            out["bundle"] = bundle
+        several = len(arm_outputs) > 1
+        for arm, _man, _deep, cls_res, ev_res, roi in arm_outputs:
+            tag = f" ({roi.label(arm)})" if several else ""
+            ev = ev_res.path / "evaluation"
+            out[f"evaluation report{tag}"] = ev / "report.html"
+            out[f"model card{tag}"] = ev / "model_card.md"
+            out[f"TRIPOD+AI checklist{tag}"] = ev / "tables" / "tripod_ai_checklist.md"
+            out[f"tables{tag}"] = ev / "tables"
+            out[f"predictions{tag}"] = cls_res.path / "predictions.csv"
+        out["audit report"] = audit_res.path / "audit" / "report.html"
+        return {k: v for k, v in out.items() if v.exists()}
 
     def _needs_deep(self) -> bool:
         """The CNN is trained when a model that uses it is asked for (integrated stacks what exists)."""

@@ -47,7 +47,9 @@ def register(data_app: Any) -> None:
             True, "--skipped-file/--no-skipped-file", help="Write <manifest>.skipped.csv."
         ),
         progress: bool | None = typer.Option(
-            None, "--progress/--no-progress", help="Progress bar (default: on a terminal)."
+            None,
+            "--progress/--no-progress",
+            help="Progress (default: on; a bar on a terminal, plain lines in a log).",
         ),
         any_modality: bool = typer.Option(
             False,
