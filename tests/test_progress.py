@@ -166,3 +166,6 @@ def test_calibration_under_perfect_separation_is_nan_without_warning():
         fit = calibration_slope_intercept(y, np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9]))
     assert np.isnan(fit.slope) and np.isnan(fit.slope_lo)
     assert fit.intercept == pytest.approx(0.0, abs=1e-9)  # the offset fit is still estimable
+    # a constant score has no slope to fit: NaN, not an IndexError
+    const = calibration_slope_intercept(y, np.full(6, 0.4))
+    assert np.isnan(const.slope) and np.isfinite(const.intercept)

@@ -141,8 +141,13 @@ def _glm_fit(make: Callable[[], Any]) -> Any | None:
 
 
 def _coef(fit: Any, k: int) -> tuple[float, float, float]:
-    lo, hi = (float(v) for v in fit.conf_int()[k])
-    return float(fit.params[k]), lo, hi
+    """Coefficient ``k`` and its 95% Wald interval; NaN when the fit has no such
+    coefficient (a constant score: ``add_constant`` adds no column)."""
+    try:
+        lo, hi = (float(v) for v in fit.conf_int()[k])
+        return float(fit.params[k]), lo, hi
+    except Exception:
+        return (float("nan"),) * 3
 
 
 @dataclass(frozen=True)
