@@ -235,6 +235,7 @@ class StudyRun:
         chosen = next((o for o in first if o[5].mode == "auto"), first[0])
         bundle = self._bundle(*chosen, metrics_df) if "deep" in cfg.models else None
         report = self._report(arm_outputs, audit_res, metrics_df)
+        atomic_write_table(metrics_df, self.run_dir / "metrics.csv")
         secs = time.monotonic() - t0
         outputs = self._outputs(report, bundle, arm_outputs, audit_res)
         summary = {
@@ -247,7 +248,6 @@ class StudyRun:
             "outputs": {k: str(v) for k, v in outputs.items()},
         }
         atomic_write_json(self.run_dir / "run.json", summary)
-        atomic_write_table(metrics_df, self.run_dir / "metrics.csv")
         return StudyResult(
             self.run_dir,
             report,
@@ -266,7 +266,8 @@ class StudyRun:
 
         The run folder's own files, then per arm (and outline mode) its evaluation
         report, model card, TRIPOD+AI checklist, tables and predictions, then the
-        data audit's report. Only paths that exist are listed.
+        data audit's report. Only paths that exist are listed (``run.json`` is
+        written right after, with this list in it).
         """
         out: dict[str, Path] = {
             "report": report,
@@ -285,7 +286,7 @@ class StudyRun:
             out[f"tables{tag}"] = ev / "tables"
             out[f"predictions{tag}"] = cls_res.path / "predictions.csv"
         out["audit report"] = audit_res.path / "audit" / "report.html"
-        return {k: v for k, v in out.items() if v.exists()}
+        return {k: v for k, v in out.items() if v.exists() or k == "run summary"}
 
     def _needs_deep(self) -> bool:
         """The CNN is trained when a model that uses it is asked for (integrated stacks what exists)."""
