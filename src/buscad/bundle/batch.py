@@ -398,7 +398,7 @@ def rows_frame(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> Any:
         if c.startswith("p_") or c in ("ai_score", "threshold", "ms"):
             df[c] = pd.to_numeric(df[c], errors="coerce").astype(float)
         else:
-            df[c] = df[c].fillna("").astype(str)
+            df[c] = df[c].astype(object).fillna("").astype(str)  # an all-NaN column is float
     return df
 
 
