@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -52,10 +54,46 @@ SMALL = {
 
 
 @pytest.fixture(scope="module")
-def small_run(tmp_path_factory):
+def small_run_log(tmp_path_factory):
+    """The small study, its progress stream (not a terminal) and the warnings it raised."""
     cfg = config_from_dict(SMALL, base_dir=tmp_path_factory.mktemp("cfg"))
     out = tmp_path_factory.mktemp("run")
-    return run_study(cfg, out), out
+    log = io.StringIO()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = run_study(cfg, out, stream=log)
+    return res, out, log.getvalue(), caught
+
+
+@pytest.fixture(scope="module")
+def small_run(small_run_log):
+    return small_run_log[:2]
+
+
+@pytest.mark.slow
+def test_study_progress_is_plain_and_no_warning_leaks(small_run_log):
+    res, out, log, caught = small_run_log
+    leaked = [
+        f"{w.category.__name__}: {w.message} ({w.filename}:{w.lineno})"
+        for w in caught  # third-party DeprecationWarnings are hidden by Python's default filters
+        if not (issubclass(w.category, DeprecationWarning) and "buscad" not in w.filename)
+    ]
+    assert leaked == []
+    assert "\r" not in log
+    # stage start and end with timing, and per-item progress inside the long stages
+    assert re.search(r"\] radiomics: done in [0-9.]+ s", log)
+    assert re.search(r"^radiomics: \d+/\d+ images in ", log, re.M)
+    assert re.search(r"^audit: reading images: (\d+)/\1 images in ", log, re.M)
+    assert re.search(
+        r"^efficientnet_lite0 training: 1/1 epochs .*; loss [0-9.]+, val AUC", log, re.M
+    )
+    assert re.search(r"^deep features: \d+/\d+ images in ", log, re.M)
+    # every promised output exists and is listed
+    for key in ("report", "metrics", "bundle", "evaluation report", "model card", "predictions",
+                "audit report", "TRIPOD+AI checklist"):  # fmt: skip
+        assert res.outputs[key].exists(), key
+    assert res.outputs["report"] == out / "report.html"
+    assert json.loads((out / "run.json").read_text())["outputs"]["bundle"] == str(out / "bundle")
 
 
 @pytest.mark.slow
@@ -209,6 +247,21 @@ def test_killed_study_resumes_with_identical_tables(tmp_path):
     )
     assert r3.returncode == 0, r3.stdout + r3.stderr
     pd.testing.assert_frame_equal(m_resumed, pd.read_csv(fresh / "metrics.csv"))
+    # from the shell into a log: plain progress lines, no warning, and every output listed
+    assert "\r" not in r3.stderr
+    assert not re.search(r"\w*Warning: ", r3.stderr), (
+        r3.stderr
+    )  # Python warnings, not WARNING lines
+    assert re.search(r"^radiomics: \d+/\d+ images in ", r3.stderr, re.M)
+    listed = dict(
+        re.split(r"\s{2,}", line.strip(), maxsplit=1)
+        for line in r3.stdout.splitlines()
+        if line.startswith("  ")
+    )
+    for key in ("report", "metrics", "run summary", "evaluation report", "model card",
+                "predictions", "audit report"):  # fmt: skip
+        assert key in listed, (key, r3.stdout)
+        assert Path(listed[key]).exists(), listed[key]  # absolute: the run is outside the cwd
     assert Path(tmp_path / "run" / "report.html").exists()
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 import typer
 
@@ -135,3 +137,19 @@ class HelpGroup(typer.core.TyperGroup):
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         tidy_help(self)
+
+
+def display_path(path: str | os.PathLike[str], cwd: str | os.PathLike[str] | None = None) -> str:
+    """``path`` relative to the current folder when it lies inside it, else absolute."""
+    p = Path(path).absolute()
+    here = Path(cwd).absolute() if cwd is not None else Path.cwd()
+    try:
+        return str(p.relative_to(here))
+    except ValueError:
+        return str(p)
+
+
+def output_lines(outputs: Mapping[str, str | os.PathLike[str]]) -> list[str]:
+    """One aligned ``  name  path`` line per output (paths by :func:`display_path`)."""
+    width = max((len(k) for k in outputs), default=0)
+    return [f"  {k:<{width}}  {display_path(v)}" for k, v in outputs.items()]

@@ -71,11 +71,17 @@ def build_app(modules: tuple[str, ...] = COMMAND_MODULES) -> typer.Typer:
 
     @app.callback()
     def _root(
+        ctx: typer.Context,
         version: bool = typer.Option(
             False, "--version", callback=_version, is_eager=True, help="Print the version."
         ),
     ) -> None:
         """buscad command line."""
+        from buscad.progress import reporting
+
+        # every long loop of the command shows its progress on standard error: a bar on a
+        # terminal, plain periodic lines in a log (buscad.progress)
+        ctx.with_resource(reporting())
 
     register_modules(app, modules)
     return app

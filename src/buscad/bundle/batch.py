@@ -28,6 +28,7 @@ import numpy as np
 
 from buscad.bundle.types import Prediction, likelihood_band
 from buscad.errors import BuscadError, ManifestError
+from buscad.progress import Progress
 
 #: Folder of a resumable run's Parquet shards, inside the output folder.
 PARTS = "parts"
@@ -429,7 +430,7 @@ def rows_frame(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> Any:
         if c.startswith("p_") or c in ("ai_score", "threshold", "ms"):
             df[c] = pd.to_numeric(df[c], errors="coerce").astype(float)
         else:
-            df[c] = df[c].fillna("").astype(str)
+            df[c] = df[c].astype(object).fillna("").astype(str)  # an all-NaN column is float
     return df
 
 
@@ -537,6 +538,7 @@ def run_local(
     writer = ShardWriter(out, row_columns(b))
     t0 = time.perf_counter()
     step = max(batch_size, 1) * 8  # rows per shard
+    bar = Progress(len(todo), "predict", "images")
     for s in range(0, len(todo), step):
         rows = score_items(
             b,
@@ -550,6 +552,8 @@ def run_local(
             log=log,
         )
         writer.write(rows)
+        bar.update(len(rows))
+    bar.close()
     secs = time.perf_counter() - t0
     return finish(
         out,

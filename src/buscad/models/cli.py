@@ -71,7 +71,7 @@ def _config(**kw: object):
     kw["pretrained"] = None if pre in ("random", "none") else pre
     kw["weights_file"] = str(kw.pop("weights")) if kw.get("weights") else None
     kw.pop("weights", None)
-    kw["progress"] = not kw.pop("quiet")
+    kw["progress"] = False if kw.pop("quiet") else None  # None: shown (the CLI reports)
     return TrainConfig(**kw)
 
 

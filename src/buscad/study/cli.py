@@ -17,12 +17,15 @@ def run_cmd(
     ),
 ) -> None:
     """Audit, split, train and compare, evaluate and report; cached and resumable."""
+    from buscad._cliutil import output_lines
     from buscad.study.runner import run_study
 
     res = run_study(config, out)
     for w in res.warnings:
         typer.echo(f"WARNING: {w}", err=True)
-    typer.echo(f"study finished in {res.seconds:.0f} s; report: {res.report}")
+    typer.echo(f"study finished in {res.seconds:.0f} s. Outputs:")
+    for line in output_lines(res.outputs):
+        typer.echo(line)
 
 
 def register(app: typer.Typer) -> None:

@@ -73,6 +73,8 @@ class StudyResult:
     warnings: list[str] = field(default_factory=list)
     stages: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    #: Every file or folder the run promises, by name, in the order ``buscad study run`` lists them.
+    outputs: dict[str, Path] = field(default_factory=dict)
 
 
 def _train_config(cfg: StudyConfig, backbone: str, seed: int):
@@ -95,7 +97,6 @@ def _train_config(cfg: StudyConfig, backbone: str, seed: int):
         margin=d.margin,
         input_size=d.input_size,
         seed=seed,
-        progress=False,
     )
 
 
@@ -128,6 +129,7 @@ class StudyRun:
         self.arms = study_arms(cfg)
         self.runner = StageRunner(self.run_dir / "cache", total=self._n_stages(), stream=stream)
         self.warnings: list[str] = []
+        self.outputs: dict[str, Path] = {}
 
     def _n_stages(self) -> int:
         cfg = self.cfg
@@ -151,7 +153,17 @@ class StudyRun:
 
     # ---------------------------------------------------------------- run
     def run(self) -> StudyResult:
-        """Execute every stage (cached ones are reused) and write the report."""
+        """Execute every stage (cached ones are reused) and write the report.
+
+        Progress (stage lines and the per-item progress of the long stages,
+        :mod:`buscad.progress`) goes to the runner's stream.
+        """
+        from buscad.progress import reporting
+
+        with reporting(self.runner.stream):
+            return self._run()
+
+    def _run(self) -> StudyResult:
         t0 = time.monotonic()
         cfg = self.cfg
         keys, mans = [], []
@@ -227,7 +239,9 @@ class StudyRun:
         chosen = next((o for o in first if o[5].mode == "auto"), first[0])
         bundle = self._bundle(*chosen, metrics_df) if "deep" in cfg.models else None
         report = self._report(arm_outputs, audit_res, metrics_df)
+        atomic_write_table(metrics_df, self.run_dir / "metrics.csv")
         secs = time.monotonic() - t0
+        outputs = self._outputs(report, bundle, arm_outputs)
         summary = {
             "name": cfg.name,
             "seconds": round(secs, 1),
@@ -235,12 +249,46 @@ class StudyRun:
             "warnings": self.warnings,
             "report": str(report),
             "bundle": str(bundle) if bundle else None,
+            "outputs": {k: str(v) for k, v in outputs.items()},
         }
         atomic_write_json(self.run_dir / "run.json", summary)
-        atomic_write_table(metrics_df, self.run_dir / "metrics.csv")
         return StudyResult(
-            self.run_dir, report, preds, metrics_df, self.warnings, self.runner.summary(), secs
+            self.run_dir,
+            report,
+            preds,
+            metrics_df,
+            self.warnings,
+            self.runner.summary(),
+            secs,
+            outputs,
         )
+
+    def _outputs(self, report: Path, bundle: Path | None, arm_outputs: list) -> dict[str, Path]:
+        """Every output the run promises (README "Running a whole study"), by name.
+
+        The run folder's own files, then per arm (and outline mode) its evaluation
+        report, model card, TRIPOD+AI checklist, tables and predictions, then the
+        data audit's report. Only paths that exist are listed (``run.json`` is
+        written right after, with this list in it).
+        """
+        out: dict[str, Path] = {
+            "report": report,
+            "metrics": self.run_dir / "metrics.csv",
+            "run summary": self.run_dir / "run.json",
+        }
+        if bundle is not None:
+            out["bundle"] = bundle
+        several = len(arm_outputs) > 1
+        for arm, _man, _deep, cls_res, _ev, roi in arm_outputs:
+            tag = f" ({roi.label(arm)})" if several else ""
+            ev = self.run_dir / "evaluation" / roi.tag(arm)  # the copy the report links
+            out[f"evaluation report{tag}"] = ev / "report.html"
+            out[f"model card{tag}"] = ev / "model_card.md"
+            out[f"TRIPOD+AI checklist{tag}"] = ev / "tables" / "tripod_ai_checklist.md"
+            out[f"tables{tag}"] = ev / "tables"
+            out[f"predictions{tag}"] = cls_res.path / "predictions.csv"
+        out["audit report"] = self.run_dir / "audit" / "report.html"
+        return {k: v for k, v in out.items() if v.exists() or k == "run summary"}
 
     def _needs_deep(self) -> bool:
         """The CNN is trained when a model that uses it is asked for (integrated stacks what exists)."""

@@ -49,7 +49,9 @@ def register(data_app: Any) -> None:
             help="Write OUT.skipped.csv (the skipped files and why) beside the manifest.",
         ),
         progress: bool | None = typer.Option(
-            None, "--progress/--no-progress", help="Progress bar (default: on a terminal)."
+            None,
+            "--progress/--no-progress",
+            help="Progress (default: on; a bar on a terminal, plain lines in a log).",
         ),
         any_modality: bool = typer.Option(
             False,
