@@ -344,17 +344,7 @@ def write_evaluation_outputs(
         ),
         Section(
             "Table 3. DeLong matrix",
-            [
-                Table(
-                    _label_matrix(t3),
-                    "Above the diagonal: ΔAUC (row − column) with 95% CI and paired DeLong "
-                    "P; below: McNemar P of the paired decisions.",
-                )
-                if len(t3)
-                else Text(
-                    "Fewer than two models (or no cohort with both classes): no paired comparison."
-                )
-            ],
+            _table3_blocks(t3, result.comparisons),
         ),
         Section(
             "Comparisons between cohorts",
@@ -420,6 +410,53 @@ def _t2_parts(t2: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     cal = [c for c in t2.columns if c in CALIBRATION_COLUMNS]
     keys = [c for c in ("Cohort", "Model") if c in t2.columns]
     return t2.drop(columns=cal), t2[[*keys, *cal]]
+
+
+#: Most models Table 3 shows as a matrix in the report; with more, its columns would not fit an
+#: A4-landscape page, so the report lists the pairs per cohort (the files keep the matrix).
+MATRIX_MAX_MODELS = 6
+
+
+def _table3_blocks(t3: pd.DataFrame, pairs: pd.DataFrame) -> list[Any]:
+    """Table 3 as a matrix (few models) or as one table of model pairs per cohort."""
+    if not len(t3):
+        return [
+            Text("Fewer than two models (or no cohort with both classes): no paired comparison.")
+        ]
+    n_models = len([c for c in t3.columns if c not in ("Cohort", "Model")])
+    if n_models <= MATRIX_MAX_MODELS or not len(pairs):
+        return [
+            Table(
+                _label_matrix(t3),
+                "Above the diagonal: ΔAUC (row − column) with 95% CI and paired DeLong "
+                "P; below: McNemar P of the paired decisions.",
+            )
+        ]
+    blocks: list[Any] = []
+    for cohort, g in pairs.groupby("cohort", sort=False):
+        table = pd.DataFrame(
+            {
+                "Model": g["model_a"],
+                "Compared with": g["model_b"],
+                "ΔAUC (95% CI)": [
+                    fmt_ci(d, lo, hi)
+                    for d, lo, hi in zip(g["diff"], g["diff_lo"], g["diff_hi"], strict=True)
+                ],
+                "DeLong P": g["p_delong"].map(fmt_p),
+                "McNemar P": g["p_mcnemar"].map(fmt_p),
+            }
+        ).reset_index(drop=True)
+        blocks.append(
+            Table(
+                table,
+                f"Cohort {cohort}: every pair of models. ΔAUC = AUC of the model − AUC of the "
+                "one it is compared with (paired DeLong 95% CI and P); McNemar P of their "
+                "decisions at each model's threshold. The same numbers as a matrix are in "
+                "tables/table3_delong.csv and .xlsx.",
+                model_columns=["Model", "Compared with"],
+            )
+        )
+    return blocks
 
 
 def _label_matrix(t3: pd.DataFrame) -> pd.DataFrame:
