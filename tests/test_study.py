@@ -126,7 +126,8 @@ def test_reader_as_input_is_labelled_everywhere(small_run, tmp_path):
     from buscad.bundle.bundle import Bundle
     from buscad.data.io import read_image, read_mask
     from buscad.data.manifest import Manifest
-    from buscad.serve.report import ReportContext, render_html
+    from buscad.labels import model_label
+    from buscad.serve.report import ReportContext, model_rows, render_html
 
     _res, out = small_run
     shutil.copytree(out / "cache", tmp_path / "cache")  # only the models stage onwards reruns
@@ -141,9 +142,10 @@ def test_reader_as_input_is_labelled_everywhere(small_run, tmp_path):
     }
     assert INTEGRATED_WITHOUT_READER in set(res.metrics["model"])
     html = unescape(res.report.read_text())
-    for name in ("us", "integrated"):
-        assert f"{name} (uses the reader's BI-RADS)" in html, name
-    assert f"{INTEGRATED_WITHOUT_READER} (uses" not in html
+    for name in ("us", "integrated"):  # the plain label (short name as tooltip), then the mark
+        assert f"{model_label(name)}</abbr> (uses the reader's BI-RADS)" in html, name
+    assert f"{model_label(INTEGRATED_WITHOUT_READER)}</abbr> (uses" not in html
+    assert f"{model_label('clinical')}</abbr> (uses" not in html
     assert any("is an input of: us, integrated" in w for w in res.warnings)
     doc = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
     reads = {n for n, m in doc["models"].items() if m["reads_reader"]}
@@ -151,9 +153,9 @@ def test_reader_as_input_is_labelled_everywhere(small_run, tmp_path):
     assert "birads" in doc["models"]["us"]["inputs"]["clinical"]
     assert "birads" not in doc["models"][INTEGRATED_WITHOUT_READER]["inputs"]["clinical"]
     card = (tmp_path / "bundle" / "model_card.md").read_text()
-    us_card = card.split("# Model card: us")[1].split("# Model card:")[0]
+    us_card = card.split(f"# Model card: {model_label('us')}")[1].split("# Model card:")[0]
     assert "uses the reader's BI-RADS ('birads') as an input" in us_card
-    clin_card = card.split("# Model card: clinical")[1].split("# Model card:")[0]
+    clin_card = card.split(f"# Model card: {model_label('clinical')}")[1].split("# Model card:")[0]
     assert "reader's BI-RADS" not in clin_card
     # the app's rows and the case report carry the label
     b = Bundle.load(tmp_path / "bundle")
@@ -164,7 +166,9 @@ def test_reader_as_input_is_labelled_everywhere(small_run, tmp_path):
     assert p.to_json()["reader_models"] == p.reader_models
     ctx = ReportContext("b", None, __import__("datetime").datetime.now(), gray.shape)
     case = unescape(render_html(p, gray, ctx))
-    assert "us (uses the reader's BI-RADS)" in case and "clinical (uses" not in case
+    marked = {r["name"] for r in model_rows(p) if r["name"].endswith(", uses the reader's BI-RADS")}
+    assert {n.split(" (")[0] for n in marked} == {model_label("us"), model_label("integrated")}
+    assert all(n in case for n in marked)
 
 
 @pytest.mark.slow
