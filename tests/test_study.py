@@ -12,6 +12,7 @@ import sys
 import textwrap
 import time
 import warnings
+from html import unescape
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +20,8 @@ import pytest
 from tests.render import OVERFLOW_JS, check_page, open_page
 
 from buscad.config import config_from_dict
+from buscad.data.manifest import LEXICON_COLUMNS
+from buscad.study.fit import INTEGRATED_WITHOUT_READER
 from buscad.study.runner import READER_MODEL, SHORTCUT_MODELS, run_study
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,7 +128,7 @@ def test_small_study_tables_and_report(small_run):
     # one threshold per model, chosen on the training cohort and reused unchanged elsewhere
     thr = m.groupby("model")["threshold"].nunique(dropna=True)
     assert (thr <= 1).all()
-    html = res.report.read_text()
+    html = unescape(res.report.read_text())
     assert "shortcut: mask geometry" in html and "Backbone comparison" in html
     assert "http://" not in html and "https://" not in html.replace("https://doi", "")
     # Grad-CAM tiles carry their truth, score and cohort; linked reports live in the run folder
@@ -138,11 +141,72 @@ def test_small_study_tables_and_report(small_run):
     dropped = next((out / "cache").glob("audit-*/dropped.csv"))
     assert len(pd.read_csv(dropped)) >= 2
     assert not set(pd.read_csv(dropped)["image_id"]) & set(pred["case_id"])
-    # the AI score never folds in the radiologist's own category unless the config says so
-    assert any("integrated model leaves out the US model" in w for w in res.warnings)
+    # the reader's BI-RADS is the comparison row, never a model input unless the config says so
+    # (clinical.reader_as_input): no bundled model reads it, the US model reads the lexicon only
+    assert pred[READER_MODEL].notna().all() and INTEGRATED_WITHOUT_READER not in models
     bundle_doc = json.loads((out / "bundle" / "bundle.json").read_text())
-    assert "birads" in bundle_doc["models"]["us"]["inputs"]["clinical"]
-    assert "birads" not in bundle_doc["models"]["integrated"]["inputs"]["clinical"]
+    assert bundle_doc["reader_column"] == "birads"
+    for name, info in bundle_doc["models"].items():
+        assert info["reads_reader"] is False, name
+        assert "birads" not in info.get("inputs", {}).get("clinical", []), name
+    us_inputs = set(bundle_doc["models"]["us"]["inputs"]["clinical"])
+    assert us_inputs and us_inputs <= set(LEXICON_COLUMNS)
+    assert "No model reads the reader's BI-RADS ('birads')" in html
+    assert "uses the reader's BI-RADS" not in html
+
+
+@pytest.mark.slow
+def test_reader_as_input_is_labelled_everywhere(small_run, tmp_path):
+    """clinical.reader_as_input: true: the models reading the reader's BI-RADS are labelled in
+    the report, the model card, bundle.json and the app, beside the integrated model without them."""
+    import shutil
+
+    from buscad.bundle.bundle import Bundle
+    from buscad.data.io import read_image, read_mask
+    from buscad.data.manifest import Manifest
+    from buscad.labels import model_label
+    from buscad.serve.report import ReportContext, model_rows, render_html
+
+    _res, out = small_run
+    shutil.copytree(out / "cache", tmp_path / "cache")  # only the models stage onwards reruns
+    models = ["deep", "clinical", "us", "integrated"]  # fewer models: a quicker evaluation
+    raw = {**SMALL, "models": models, "clinical": {"reader_as_input": True}}
+    res = run_study(config_from_dict(raw, base_dir=tmp_path), tmp_path)
+    assert {s["stage"].split("-")[0] for s in res.stages if not s["cached"]} <= {
+        "models",
+        "evaluate",
+        "gallery",
+        "bundle",
+    }
+    assert INTEGRATED_WITHOUT_READER in set(res.metrics["model"])
+    html = unescape(res.report.read_text())
+    for name in ("us", "integrated"):  # the plain label (short name as tooltip), then the mark
+        assert f"{model_label(name)}</abbr> (uses the reader's BI-RADS)" in html, name
+    assert f"{model_label(INTEGRATED_WITHOUT_READER)}</abbr> (uses" not in html
+    assert f"{model_label('clinical')}</abbr> (uses" not in html
+    assert any("is an input of: us, integrated" in w for w in res.warnings)
+    doc = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
+    reads = {n for n, m in doc["models"].items() if m["reads_reader"]}
+    assert reads == {"us", "integrated"}
+    assert "birads" in doc["models"]["us"]["inputs"]["clinical"]
+    assert "birads" not in doc["models"][INTEGRATED_WITHOUT_READER]["inputs"]["clinical"]
+    card = (tmp_path / "bundle" / "model_card.md").read_text()
+    us_card = card.split(f"# Model card: {model_label('us')}")[1].split("# Model card:")[0]
+    assert "uses the reader's BI-RADS ('birads') as an input" in us_card
+    clin_card = card.split(f"# Model card: {model_label('clinical')}")[1].split("# Model card:")[0]
+    assert "reader's BI-RADS" not in clin_card
+    # the app's rows and the case report carry the label
+    b = Bundle.load(tmp_path / "bundle")
+    man = Manifest.load(next((tmp_path / "cache").glob("split-*/manifest.csv")))
+    gray, _ = read_image(man.image_path(0))
+    p = b.predict(gray, mask=read_mask(man.mask_paths(0), gray.shape), heatmap=False)
+    assert set(p.reader_models) == {"us", "integrated"}
+    assert p.to_json()["reader_models"] == p.reader_models
+    ctx = ReportContext("b", None, __import__("datetime").datetime.now(), gray.shape)
+    case = unescape(render_html(p, gray, ctx))
+    marked = {r["name"] for r in model_rows(p) if r["name"].endswith(", uses the reader's BI-RADS")}
+    assert {n.split(" (")[0] for n in marked} == {model_label("us"), model_label("integrated")}
+    assert all(n in case for n in marked)
 
 
 @pytest.mark.slow
@@ -421,3 +485,74 @@ def test_manifest_fingerprint_follows_content_not_mtime(tmp_path):
     assert _manifest_fingerprint(mf, memo) == fp
     img.write_bytes(img.read_bytes() + b"\0")
     assert _manifest_fingerprint(mf, memo)["files"] != fp["files"]
+
+
+def _reader_table(n: int = 48):
+    """A small training/test table with age, lexicon, the reader's BI-RADS and a deep score."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    lab = np.where(rng.random(n) < 0.4, "malignant", "benign")
+    m = lab == "malignant"
+    tr = np.arange(n) < 2 * n // 3
+    flip = rng.random(n) < 0.2
+    df = pd.DataFrame(
+        {
+            "image_id": [f"i{i}" for i in range(n)],
+            "label": lab,
+            "split": np.where(tr, "train", "test"),
+            "cv_fold": np.arange(n) % 3,
+            "group": np.arange(n),
+            "eval_cohort": np.where(tr, "train", "test"),
+            "age": rng.normal(50, 10, n) + 8 * m,
+            "shape": np.where(m ^ flip, "irregular", "oval"),
+            "margin": np.where(m ^ flip, "spiculated", "circumscribed"),
+            "birads": np.where(m, "4c", "3"),
+        }
+    )
+    table = df.set_index("image_id")
+    s = np.clip(0.5 + 0.3 * (m - 0.5) + rng.normal(0, 0.2, n), 0.01, 0.99)
+    return df, table.assign(deep_oof=s, deep_final=s)
+
+
+@pytest.mark.parametrize("as_input", [False, True])
+def test_reader_is_a_model_input_only_when_configured(as_input):
+    """Default: no model reads the reader's BI-RADS. reader_as_input: the US model reads it, the
+    integrated model through it, and integrated_without_reader fuses the others."""
+    from buscad.classical.inputs import model_inputs
+    from buscad.study.fit import fit_and_predict
+
+    df, table = _reader_table()
+    raw = {
+        "cohorts": [{"name": "a", "phantom": {"n": 10}}],
+        "models": ["deep", "clinical", "us", "integrated"],
+        "split": {"cv_folds": 3},
+        "clinical": {"reader_as_input": as_input},
+    }
+    out, notes, fitted, reader_models = fit_and_predict(config_from_dict(raw), df, table)
+    inputs = {n: model_inputs(est) for n, est in fitted.items()}
+    assert out[READER_MODEL].notna().all()  # always the comparison row
+    if not as_input:
+        assert reader_models == [] and not [n for n, c in inputs.items() if "birads" in c]
+        assert set(inputs["us"]) == {"shape", "margin"} and INTEGRATED_WITHOUT_READER not in out
+        assert "_deep_score" in inputs["integrated"] and "shape" in inputs["integrated"]
+        return
+    assert reader_models == ["us", "integrated"]
+    assert "birads" in inputs["us"] and "birads" in inputs["integrated"]
+    without = inputs[INTEGRATED_WITHOUT_READER]
+    assert "birads" not in without and set(without) == {"age", "_deep_score"}
+    assert out[INTEGRATED_WITHOUT_READER].notna().all()
+    assert any("is an input of: us, integrated" in n for n in notes)
+
+
+def test_reader_column_listed_as_a_model_input_needs_the_switch():
+    """Listing the reader's column among model inputs without reader_as_input is a config error."""
+    from buscad.errors import ConfigError
+
+    base = {"cohorts": [{"name": "a", "phantom": {"n": 10}}]}
+    with pytest.raises(ConfigError, match=r"clinical: columns lists 'birads'.*reader_as_input"):
+        config_from_dict({**base, "clinical": {"columns": ["age", "birads"]}})
+    with pytest.raises(ConfigError, match="reader_as_input: true needs a reader_column"):
+        config_from_dict({**base, "clinical": {"reader_as_input": True, "reader_column": None}})
+    cfg = config_from_dict({**base, "clinical": {"columns": ["birads"], "reader_as_input": True}})
+    assert cfg.clinical.reader_as_input and config_from_dict(base).clinical.reader_as_input is False

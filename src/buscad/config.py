@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from buscad.data.manifest import LEXICON_COLUMNS
 from buscad.errors import ConfigError
@@ -113,12 +114,39 @@ class RadiomicsConfig(_Strict):
 
 
 class ClinicalConfig(_Strict):
-    """Clinical and conventional-ultrasound (BI-RADS lexicon) columns."""
+    """Clinical and conventional-ultrasound (BI-RADS lexicon) columns, and the reader.
+
+    ``columns`` feed the clinical and CLDLR models, ``us_columns`` (the BI-RADS
+    lexicon descriptors) the US model. ``reader_column`` holds the radiologist's
+    own BI-RADS category: it is evaluated beside the models as the reader
+    comparison and, by default (``reader_as_input: false``), no model reads it, so
+    no model's score folds in the radiologist's call. ``reader_as_input: true``
+    makes it an input of the US model too; every model that then reads it is
+    labelled "uses the reader's BI-RADS" (report, model card, bundle, app) and the
+    integrated model is also fitted without those models
+    (``integrated_without_reader``).
+    """
 
     columns: list[str] = ["age"]
     p_threshold: float = Field(0.05, gt=0, le=1)
     us_columns: list[str] = [*LEXICON_COLUMNS, "halo", "skin_thickening"]
     reader_column: str | None = "birads"
+    reader_as_input: bool = False
+
+    @model_validator(mode="after")
+    def _reader(self) -> ClinicalConfig:
+        if self.reader_as_input and not self.reader_column:
+            raise PydanticCustomError("reader", "reader_as_input: true needs a reader_column")
+        if self.reader_column and not self.reader_as_input:
+            for key in ("columns", "us_columns"):
+                if self.reader_column in getattr(self, key):
+                    raise PydanticCustomError(
+                        "reader",
+                        "{key} lists '{col}', the reader's BI-RADS (reader_column); set "
+                        "reader_as_input: true to let models read it",
+                        {"key": key, "col": self.reader_column},
+                    )
+        return self
 
 
 class SegmentTrainConfig(_Strict):
@@ -171,9 +199,10 @@ class IntegratedConfig(_Strict):
     ``weights: fit`` learns a logistic regression on the models' inner
     out-of-fold ``stack_method`` values (``proba`` or ``logit``), with
     ``positive: true`` keeping every weight ≥ 0. ``models`` names the single
-    models fused (default: every single model built, except the US model when it
-    reads the reader's BI-RADS: the AI score never folds in the radiologist's
-    own category unless the config lists it).
+    models fused (default: every single model built). No model reads the
+    reader's BI-RADS unless ``clinical.reader_as_input: true``; then the
+    integrated model that fuses a reader-reading model is fitted a second time
+    without them (``integrated_without_reader``), so the report shows both.
     """
 
     weights: Literal["equal", "fit"] = "equal"

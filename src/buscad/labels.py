@@ -30,6 +30,10 @@ MODELS: dict[str, tuple[str, str]] = {
         "shape, margin and echo descriptors computed from the lesion outline",
     ),
     "integrated": ("Integrated AI score", "fusion of the single models' scores"),
+    "integrated_without_reader": (
+        "Integrated AI score without the reader",
+        "fusion of the single models that do not read the reader's BI-RADS",
+    ),
     "reader BI-RADS": ("Radiologist (BI-RADS)", "the reader's own BI-RADS category"),
     "shortcut: mask geometry": (
         "Reference: outline geometry only",
@@ -40,6 +44,11 @@ MODELS: dict[str, tuple[str, str]] = {
         "image width and height alone; a model scoring well here learnt a shortcut",
     ),
 }
+
+
+#: Label of a model that reads the radiologist's own BI-RADS category
+#: (``clinical.reader_as_input: true``; ``reads_reader`` in ``bundle.json``).
+READS_READER = "uses the reader's BI-RADS"
 
 
 def model_label(name: str) -> str:

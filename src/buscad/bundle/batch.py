@@ -219,6 +219,7 @@ def predict_batch(
             band=likelihood_band(p),
             model_scores={"deep": p, **others, **dict.fromkeys(b.not_exported)},
             skipped_models=skipped,
+            reader_models=list(b.reader_models),
             roi=(int(x0), int(y0), int(x1), int(y1)),
             roi_source=source,
             heatmap=hm,

@@ -108,6 +108,7 @@ def write_bundle(
     configured: list[str] | dict[str, str] | None = None,
     segmenter: str | os.PathLike[str] | None = None,
     roi: str = "expert",
+    reader_column: str | None = None,
 ) -> Path:
     """Write a bundle from a deep checkpoint and its out-of-fold training scores.
 
@@ -118,8 +119,11 @@ def write_bundle(
         reason in ``bundle.json``, for backbones whose Grad-CAM cannot be in the
         graph).
     classical : dict, optional
-        ``name -> {"stem": path of a buscad.bundle.portable model, "threshold": float}``;
-        the model's JSON metadata must list its ``inputs``.
+        ``name -> {"stem": path of a buscad.bundle.portable model, "threshold": float,
+        "reads_reader": bool}``; the model's JSON metadata must list its ``inputs``.
+        ``reads_reader`` (default: whether its inputs hold ``reader_column``) marks a
+        model that reads the radiologist's own BI-RADS; it is written to
+        ``bundle.json`` for every model and the app labels such a model.
     radiomics_params : dict, optional
         Validated pyradiomics settings (needed when a model reads radiomics).
     configured : list of str or dict, optional
@@ -131,6 +135,8 @@ def write_bundle(
         from the PyTorch weights when missing) and JSON go to ``segmenter/``.
     roi : str
         Where the models' training outlines came from (``expert``, ``auto`` or ``box``).
+    reader_column : str, optional
+        The column holding the reader's BI-RADS in the study (recorded in ``bundle.json``).
 
     Returns
     -------
@@ -150,7 +156,7 @@ def write_bundle(
     s, yy = np.asarray(oof_scores, dtype=float)[ok], np.asarray(y, dtype=int)[ok]
     a, b = fit_platt(s, yy)
     threshold = youden_threshold(yy, calibrate(s, a, b))
-    deep: dict[str, Any] = {"checkpoint": stem.name, "cam": cam_method}
+    deep: dict[str, Any] = {"checkpoint": stem.name, "cam": cam_method, "reads_reader": False}
     models: dict[str, Any] = {"deep": deep}
     for mname, info in (classical or {}).items():
         src = Path(info["stem"])
@@ -158,11 +164,15 @@ def write_bundle(
         for suffix in (".safetensors", ".json"):
             shutil.copyfile(src.with_suffix(suffix), out / "models" / f"{mname}{suffix}")
         meta = json.loads(src.with_suffix(".json").read_text(encoding="utf-8"))["metadata"]
+        reads = info.get("reads_reader")
         models[mname] = {
             "file": f"models/{mname}",
             "threshold": float(info["threshold"]),
             "threshold_rule": "youden on out-of-fold training scores",
             "inputs": group_inputs(meta["inputs"]),
+            "reads_reader": bool(
+                reads if reads is not None else reader_column and reader_column in meta["inputs"]
+            ),
         }
     needs_radiomics = any(m.get("inputs", {}).get("radiomics") for m in models.values())
     if needs_radiomics and radiomics_params is None:
@@ -172,6 +182,7 @@ def write_bundle(
         "version": VERSION,
         "name": name,
         "primary_model": "deep",
+        "reader_column": reader_column,
         "models": models,
         "calibration": {
             "method": "platt-logit",
@@ -356,6 +367,10 @@ class Bundle:
             if n not in self.classical
         }
         self.model_names = ["deep", *self.classical, *self.not_exported]
+        #: models that read the reader's own BI-RADS (``reads_reader`` in bundle.json)
+        self.reader_models: list[str] = [
+            n for n, m in doc["models"].items() if isinstance(m, dict) and m.get("reads_reader")
+        ]
         # what a user is asked for; outline measures (morph_*, mask geometry) are computed
         self.clinical_inputs: list[str] = list(
             dict.fromkeys(
@@ -725,6 +740,7 @@ class Bundle:
             band=likelihood_band(p),
             model_scores={"deep": p, **others, **dict.fromkeys(self.not_exported)},
             skipped_models=skipped,
+            reader_models=list(self.reader_models),
             roi=(int(x0), int(y0), int(x1), int(y1)),
             roi_source=source,
             roi_confidence=confidence,

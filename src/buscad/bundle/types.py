@@ -147,6 +147,10 @@ class Prediction:
         Each model's malignant probability (None when it could not run).
     skipped_models : dict
         Model name -> why it did not run (e.g. missing clinical inputs).
+    reader_models : list of str
+        The models that read the reader's own BI-RADS category (``reads_reader`` in
+        ``bundle.json``; empty unless the study set ``clinical.reader_as_input``),
+        shown as "uses the reader's BI-RADS".
     roi : tuple of int
         ``(x0, y0, x1, y1)`` of the region the models read, in image pixels.
     roi_source : str
@@ -177,6 +181,7 @@ class Prediction:
     band: LikelihoodBand
     model_scores: dict[str, float | None]
     skipped_models: dict[str, str] = field(default_factory=dict)
+    reader_models: list[str] = field(default_factory=list)
     roi: tuple[int, int, int, int] = (0, 0, 0, 0)
     roi_source: str = "whole"
     roi_confidence: float | None = None

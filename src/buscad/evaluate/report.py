@@ -128,12 +128,15 @@ def write_evaluation_outputs(
     limitations: Sequence[str] = (),
     seed: int | None = None,
     extra_sections: Sequence[Section] = (),
+    model_details: Mapping[str, Mapping[str, str]] | None = None,
 ) -> dict[str, list[Path]]:
     """Write every output of an evaluation under ``out_dir`` and return the paths by kind.
 
     Layout: ``tables/`` (Table 1–3, raw metrics, comparisons, TRIPOD+AI checklist;
     CSV, XLSX, Markdown), ``figures/`` (PNG and SVG), ``model_card.md``,
-    ``config.json``, ``issues.txt`` and ``report.html``.
+    ``config.json``, ``issues.txt`` and ``report.html``. ``model_details`` adds
+    lines to a model's card (model -> {field: text}, e.g. that it reads the
+    reader's BI-RADS).
     """
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -261,7 +264,11 @@ def write_evaluation_outputs(
             metrics=_t2_parts(t2[t2["Model"] == mod])[0].drop(columns="Model") if len(t2) else None,
             thresholds={mod: thr_text[mod]},
             limitations=lims,
-            details={"score column": mod, "evaluated by": "buscad evaluate"},
+            details={
+                "score column": mod,
+                "evaluated by": "buscad evaluate",
+                **(model_details or {}).get(mod, {}),
+            },
         )
         cards.append(model_card_markdown(card))
         card_blocks += model_card_blocks(card)

@@ -83,7 +83,8 @@ class Table:
 
     Cells are shown with :func:`plain_value` (no dict syntax, no newlines); the values
     of ``model_columns`` are model short names, shown as their plain label with the
-    short name as a tooltip (:func:`model_abbr`). Tables wrap to the page width.
+    short name as a tooltip (:func:`model_abbr`), followed by ``model_notes[name]`` in
+    brackets when given (e.g. "uses the reader's BI-RADS"). Tables wrap to the page width.
     """
 
     df: pd.DataFrame
@@ -91,6 +92,7 @@ class Table:
     index: bool = False
     float_format: str = "{:.4g}"
     model_columns: Sequence[str] = ()
+    model_notes: Mapping[str, str] = field(default_factory=dict)
 
     def to_html(self) -> str:
         df = self.df.copy()
@@ -105,7 +107,8 @@ class Table:
                 vals = []
                 for v in df[c]:
                     key = f"@@model{len(marks)}@@"
-                    marks[key] = model_abbr(v)
+                    note = self.model_notes.get(str(v))
+                    marks[key] = model_abbr(v) + (f" ({html.escape(note)})" if note else "")
                     vals.append(key)
                 df[c] = vals
         body = df.to_html(

@@ -25,7 +25,7 @@ import numpy as np
 
 from buscad import __version__
 from buscad.bundle.types import INPUT_COMPUTED, INPUT_NONE, Prediction
-from buscad.labels import model_label
+from buscad.labels import READS_READER, model_label
 from buscad.report.render import render_page, stylesheet
 from buscad.serve.imaging import composite, encode_png
 
@@ -81,17 +81,24 @@ def _named(m: str) -> str:
 
 
 def model_rows(pred: Prediction) -> list[dict[str, str]]:
-    """Each model's plain name (short name in brackets), score and why it did not run."""
+    """Each model's plain name (short name in brackets; marked when it reads the reader's
+    BI-RADS), score and why it did not run."""
     rows = [
         {
-            "name": _named(m) + (", gives the AI score" if m == pred.primary_model else ""),
+            "name": _named(m)
+            + (", gives the AI score" if m == pred.primary_model else "")
+            + (f", {READS_READER}" if m in pred.reader_models else ""),
             "score": _fmt(s),
             "note": pred.skipped_models.get(m, ""),
         }
         for m, s in pred.model_scores.items()
     ]
     rows += [
-        {"name": _named(m), "score": "not run", "note": why}
+        {
+            "name": _named(m) + (f", {READS_READER}" if m in pred.reader_models else ""),
+            "score": "not run",
+            "note": why,
+        }
         for m, why in pred.skipped_models.items()
         if m not in pred.model_scores
     ]

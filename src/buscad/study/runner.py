@@ -17,6 +17,7 @@ from buscad.config import StudyConfig
 from buscad.data.manifest import Manifest
 from buscad.study.cohorts import Arm, _apply_audit_policy, _folds, _stage_cohort, study_arms
 from buscad.study.fit import (
+    INTEGRATED_WITHOUT_READER,
     MODELS_EXPORT_VERSION,
     READER_MODEL,
     SHORTCUT_MODELS,
@@ -29,8 +30,9 @@ from buscad.study.stages import StageResult, StageRunner
 from buscad.utils import atomic_write_json, atomic_write_table, file_sha256, stable_hash
 
 #: Bumped when the bundle stage writes something new (2: model.onnx with Grad-CAM;
-#: 3: the classical and fusion models; 4: why a configured model is not in it).
-BUNDLE_VERSION = 4
+#: 3: the classical and fusion models; 4: why a configured model is not in it;
+#: 5: each model's ``reads_reader``).
+BUNDLE_VERSION = 5
 #: Bumped when the outline stage writes something new.
 ROI_VERSION = 2
 #: Bumped when the gallery stage writes something new (2: cases.csv labels every tile).
@@ -672,10 +674,11 @@ class StudyRun:
 
         def work(folder: Path) -> None:
             table = self._feature_table(man, deep_res, radiomics_res, audit_res)
-            out, notes, fitted = fit_and_predict(cfg, man.df, table)
+            out, notes, fitted, reader_models = fit_and_predict(cfg, man.df, table)
             notes += export_models(fitted, folder / "export")
             atomic_write_table(out, folder / "predictions.csv")
             atomic_write_json(folder / "notes.json", notes)
+            atomic_write_json(folder / "reader_models.json", reader_models)
 
         key = {
             "split": split_res.key,
@@ -728,8 +731,14 @@ class StudyRun:
 
         def work(folder: Path) -> None:
             from buscad.evaluate import evaluate_predictions
+            from buscad.labels import READS_READER
 
             pred = pd.read_csv(cls_res.path / "predictions.csv")
+            reader = cfg.clinical.reader_column
+            details = {
+                n: {"reader's BI-RADS": f"{READS_READER} ('{reader}') as an input"}
+                for n in _reader_models(cls_res)
+            }
             model_cols = [c for c in pred.columns if c not in ("case_id", "label", "cohort", "age")]
             ev = evaluate_predictions(
                 pred,
@@ -761,6 +770,7 @@ class StudyRun:
                     )
                 ),
                 seed=cfg.seed,
+                model_details=details,
             )
             atomic_write_table(ev.metrics, folder / "metrics.csv")
 
@@ -957,6 +967,7 @@ class StudyRun:
     def _report(self, arm_outputs: list, audit_res: StageResult, metrics: pd.DataFrame) -> Path:
         import yaml
 
+        from buscad.labels import READS_READER
         from buscad.report import (
             Bullets,
             Details,
@@ -999,14 +1010,17 @@ class StudyRun:
                     ]
                 )
             )
+            reading = _reader_models(cls_res)
             blocks.append(
                 Table(
                     self._metrics_table(m),
                     caption="Every model on every cohort, beside the shortcut references "
                     "(what the annotations alone give) and the radiologist's BI-RADS where the "
                     "data has it. Thresholds chosen on the training cohort (out-of-fold scores) "
-                    "and applied unchanged to the other cohorts.",
+                    "and applied unchanged to the other cohorts. "
+                    + _reader_caption(cfg, reading, INTEGRATED_WITHOUT_READER in set(m["model"])),
                     model_columns=["Model"],
+                    model_notes=dict.fromkeys(reading, READS_READER),
                 )
             )
             if deep_res is not None:
@@ -1136,6 +1150,7 @@ class StudyRun:
                 m = m[m["roi"] == roi.mode].drop(columns=["roi"])
             pred = pd.read_csv(cls_res.path / "predictions.csv")
             ptr = pred[pred["cohort"] == arm.train_label]
+            reading = _reader_models(cls_res)
             classical = {}
             for f in sorted((cls_res.path / "export").glob("*.json")):
                 oof = ptr[f.stem].to_numpy(float)
@@ -1143,6 +1158,7 @@ class StudyRun:
                 classical[f.stem] = {
                     "stem": f.with_suffix(""),
                     "threshold": float(youden_threshold(ptr["label"].to_numpy()[ok], oof[ok])),
+                    "reads_reader": f.stem in reading,
                 }
             notes = json.loads((cls_res.path / "notes.json").read_text())
             params = None
@@ -1176,6 +1192,7 @@ class StudyRun:
                 },
                 segmenter=seg_path,
                 roi=roi.mode,
+                reader_column=cfg.clinical.reader_column,
             )
 
         seg_path = roi.segmenter if roi.segmenter is not None else cfg.resolve(cfg.segment.model)
@@ -1290,6 +1307,34 @@ def _eval_safe(name: str) -> str:
     from buscad.evaluate.report import _safe as safe
 
     return safe(name)
+
+
+def _reader_models(cls_res: StageResult) -> list[str]:
+    """The models of a models stage that read the reader's BI-RADS (``clinical.reader_as_input``)."""
+    f = cls_res.path / "reader_models.json"
+    return list(json.loads(f.read_text())) if f.is_file() else []
+
+
+def _reader_caption(cfg: StudyConfig, reading: list[str], without: bool) -> str:
+    """One sentence on whether any model reads the reader's BI-RADS (``without``: the
+    integrated model without them was built)."""
+    from buscad.labels import READS_READER, model_label
+
+    reader = cfg.clinical.reader_column
+    if not reader:
+        return ""
+    if not reading:
+        return f"No model reads the reader's BI-RADS ('{reader}'); it is only compared."
+    return (
+        f"Models marked '{READS_READER}' read the radiologist's own category ('{reader}', "
+        "clinical.reader_as_input: true), so their scores partly reflect the radiologist."
+        + (
+            f" '{model_label(INTEGRATED_WITHOUT_READER)}' ({INTEGRATED_WITHOUT_READER}) fuses "
+            "the same models without them."
+            if without
+            else ""
+        )
+    )
 
 
 def _with_outlines(man: Manifest, outlined: Manifest) -> Manifest:
