@@ -37,6 +37,24 @@ def messy_phantoms(tmp_path_factory: pytest.TempPathFactory) -> Manifest:
     )
 
 
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium (``/usr/bin/chromium``) through Playwright; skips when either is missing."""
+    from tests.render import CHROMIUM
+
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="Playwright is not installed (pip install playwright)"
+    )
+    if not CHROMIUM.exists():
+        pytest.skip(f"headless Chromium not available: {CHROMIUM} is missing")
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(
+            executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox", "--disable-gpu"]
+        )
+        yield b
+        b.close()
+
+
 @pytest.fixture(scope="session")
 def busi_dir() -> Path:
     """The BUSI folder in ../shared/data; skips the test when it is absent."""

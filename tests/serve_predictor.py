@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from scipy import ndimage
 
-from buscad.bundle.types import Prediction, likelihood_band
+from buscad.bundle.types import Prediction, input_sources, likelihood_band
 
 
 def _sigmoid(x: float) -> float:
@@ -113,6 +113,7 @@ class ContrastPredictor:
             roi_source=source,
             heatmap=hm,
             timings_ms={"score": (t1 - t0) * 1e3, "heatmap": (t2 - t1) * 1e3},
+            inputs=input_sources(["age"], {} if age is None else {"age": age}, {}),
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pandas as pd
 from typer.testing import CliRunner
@@ -11,8 +12,22 @@ from buscad.cli import app
 
 
 def test_demo_cli_writes_every_output(tmp_path):
-    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), "-n", "40", "--seed", "3"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = CliRunner().invoke(
+            app, ["demo", "--out", str(tmp_path / "d"), "-n", "40", "--seed", "3"]
+        )
     assert res.exit_code == 0, res.output
+    # no warning reaches the user (third-party DeprecationWarnings are hidden by default)
+    leaked = [
+        f"{w.category.__name__}: {w.message} ({w.filename}:{w.lineno})"
+        for w in caught
+        if not (issubclass(w.category, DeprecationWarning) and "buscad" not in w.filename)
+    ]
+    assert leaked == []
+    # progress in a log: plain lines (the audit's per-image count), never a carriage return
+    assert "\r" not in res.output
+    assert "audit: reading images: 4" in res.output and " images in " in res.output
     out = tmp_path / "d"
     assert "demo finished" in res.output
     man = pd.read_csv(out / "manifest.csv")

@@ -267,6 +267,12 @@ def test_info_and_openapi(client):
     info = client.get("/api/info").json()
     assert info["threshold"] == 0.5 and info["clinical_inputs"] == ["age"]
     assert info["max_upload_mb"] == 50 and info["reader_study"] is False
+    assert info["inputs"] == [{"name": "age", "label": "Age (years)", "choices": None}]
+    assert info["models"][2] == {
+        "name": "clinical",
+        "label": "Clinical model",
+        "description": "logistic regression on the selected clinical variables",
+    }
     spec = client.get("/openapi.json").json()
     body = spec["paths"]["/api/predict"]["post"]["requestBody"]["content"]
     assert "image" in body["multipart/form-data"]["schema"]["properties"]
@@ -357,3 +363,28 @@ def test_predictor_refusal_is_a_422_and_app_survives_restart(case):
                 r.json()["detail"] == "the model could not read this input: age 300 is out of range"
             )
             assert post(c, image=case[0], clinical='{"age": 40}').status_code == 200
+
+
+class LexiconPredictor(ContrastPredictor):
+    """The test predictor with lexicon inputs whose allowed values the models learnt."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clinical_inputs = ["age", "margin", "birads", "skin_note"]
+
+    def input_choices(self) -> dict[str, list[str]]:
+        return {"margin": ["circumscribed", "not circumscribed"]}
+
+
+def test_info_sends_allowed_values_of_lexicon_inputs():
+    with local(create_app(LexiconPredictor())) as c:
+        fields = {f["name"]: f for f in c.get("/api/info").json()["inputs"]}
+    assert fields["margin"] == {
+        "name": "margin",
+        "label": "Margin",
+        "choices": ["circumscribed", "not circumscribed"],
+    }
+    # the reader's BI-RADS: the manifest contract's categories when no model lists them
+    assert fields["birads"]["choices"] == ["1", "2", "3", "4", "4a", "4b", "4c", "5", "6"]
+    assert fields["birads"]["label"] == "Radiologist's BI-RADS category"
+    assert fields["age"]["choices"] is None and fields["skin_note"]["label"] == "Skin note"

@@ -166,6 +166,7 @@ def test_case_screen(browser, server, cohort, shots):
     page.wait_for_selector("#roi-note:visible")
     assert "whole image" in page.inner_text("#roi-note")
     # draw a box on the image
+    page.evaluate("window.scrollTo(0, 0)")  # the first result may have scrolled the page
     bb = page.locator("#draw").bounding_box()
     assert bb and bb["width"] > 100
     page.mouse.move(bb["x"] + bb["width"] * 0.25, bb["y"] + bb["height"] * 0.25)
@@ -176,21 +177,34 @@ def test_case_screen(browser, server, cohort, shots):
     assert page.inner_text("#box-text").startswith("Box: ")
     for name in predictor.clinical_inputs:  # the phantom's own clinical and lexicon values
         if name in cohort.df and cohort.df[name].notna().iat[0]:
-            page.fill(f"#clinical-{name}", str(cohort.df[name].iat[0]))
+            field = f"#clinical-{name}"
+            value = str(cohort.df[name].iat[0])
+            if page.evaluate(f"document.querySelector('{field}').tagName") == "SELECT":
+                # a lexicon input offers the values the models learnt, under a plain label
+                options = page.eval_on_selector_all(f"{field} option", "os => os.map(o => o.value)")
+                if value in options:
+                    page.select_option(field, value)
+            else:
+                page.fill(field, value)
     page.click("#analyse")
     page.wait_for_selector("#message.ok")
     assert page.locator("#roi-note").is_hidden()
     score = page.inner_text("#score")
     assert score.endswith("%") and 0 <= float(score[:-1]) <= 100
-    assert page.inner_text("#band").split(":")[0] in ("3", "4A", "4B", "4C", "5")
+    assert page.inner_text("#band").split(" (")[0] in ("3", "4A", "4B", "4C", "5")
     assert "Decision support only" in page.inner_text("#band-note")
-    assert f"{predictor.primary_model} (primary)" in page.inner_text("#models")
+    assert "(gives the AI score)" in page.inner_text("#models")
+    # plain model names, the short name as the tooltip; one wording of the call and the band
+    assert page.get_attribute("#models tbody tr td", "title") in predictor.model_names
+    assert page.inner_text("#decision").startswith("AI call: ")
+    assert "(primary)" not in page.inner_text("#models")
     heat = page.locator("#heat-img")
     assert heat.is_visible()
     w = page.evaluate("document.getElementById('heat-img').naturalWidth")
     assert w == 256  # phantom width: the heatmap is in full-image coordinates
     page.locator("#opacity").fill("80")
     assert page.evaluate("document.getElementById('heat-img').style.opacity") == "0.8"
+    page.evaluate("window.scrollTo(0, 0)")  # choosing a lexicon value may have scrolled
     _shot(page, shots / "app-case.png")
     # the report downloads as a file
     with page.expect_download() as dl:
@@ -223,7 +237,7 @@ def test_dicom_shown_deidentified_and_clinical_input(browser, server, cohort, tm
     page.wait_for_selector("#message.ok")
     if with_age:  # the clinical model ran with the age
         rows = page.inner_text("#models").splitlines()
-        clinical_row = [r for r in rows if r.startswith("clinical")]
+        clinical_row = [r for r in rows if r.startswith("Clinical model")]
         assert clinical_row and "not run" not in clinical_row[0]
     text = page.inner_text("main")
     for secret in (PATIENT_NAME, "Janeqx", PATIENT_ID, *DATES):

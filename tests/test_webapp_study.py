@@ -185,6 +185,21 @@ def test_full_reader_session(setup, cohort):
             assert 0 <= ai["ai_score"] <= 1 and ai["band"]["note"].startswith("Decision support")
             shown[case["case_id"]] = ai["ai_score"]
             assert ai["roi_source"] == "mask"  # the manifest's lesion mask is used
+            # the models read the manifest row's inputs: the age-reading model runs
+            row = cohort.df.set_index(cohort.df["image_id"].astype(str)).loc[case["case_id"]]
+            if pd.notna(row["age"]):
+                assert "clinical" not in ai["skipped_models"], ai["skipped_models"]
+                assert ai["model_scores"]["clinical"] is not None
+                assert ai["inputs"] == [
+                    {
+                        "name": "age",
+                        "label": "Age (years)",
+                        "value": int(row["age"]),
+                        "source": "entered",
+                        "outline": False,
+                    }
+                ]
+            assert ai["decision_text"].startswith("AI call: ")
             hm = c.get(ai["heatmap_url"], headers=h)
             assert hm.status_code == 200
             assert Image.open(io.BytesIO(hm.content)).mode == "RGBA"

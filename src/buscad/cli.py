@@ -12,7 +12,7 @@ import sys
 import typer
 
 from buscad import __version__
-from buscad._cliutil import register_modules
+from buscad._cliutil import HelpGroup, register_modules
 from buscad.errors import BuscadError
 
 #: Modules that add commands to the top-level app through ``register(app)``.
@@ -65,16 +65,23 @@ def build_app(modules: tuple[str, ...] = COMMAND_MODULES) -> typer.Typer:
         help="Breast UltraSound Computer-Aided Diagnosis: honest benign/malignant studies from one config.",
         no_args_is_help=True,
         add_completion=False,
+        cls=HelpGroup,
         pretty_exceptions_enable=False,
     )
 
     @app.callback()
     def _root(
+        ctx: typer.Context,
         version: bool = typer.Option(
             False, "--version", callback=_version, is_eager=True, help="Print the version."
         ),
     ) -> None:
         """buscad command line."""
+        from buscad.progress import reporting
+
+        # every long loop of the command shows its progress on standard error: a bar on a
+        # terminal, plain periodic lines in a log (buscad.progress)
+        ctx.with_resource(reporting())
 
     register_modules(app, modules)
     return app

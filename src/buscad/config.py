@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from buscad.data.manifest import LEXICON_COLUMNS
 from buscad.errors import ConfigError, ConfigProblems
@@ -213,7 +214,18 @@ class RadiomicsConfig(_Strict):
 
 
 class ClinicalConfig(_Strict):
-    """Clinical and conventional-ultrasound (BI-RADS lexicon) columns."""
+    """Clinical and conventional-ultrasound (BI-RADS lexicon) columns, and the reader.
+
+    ``columns`` feed the clinical and CLDLR models, ``us_columns`` (the BI-RADS
+    lexicon descriptors) the US model. ``reader_column`` holds the radiologist's
+    own BI-RADS category: it is evaluated beside the models as the reader
+    comparison and, by default (``reader_as_input: false``), no model reads it, so
+    no model's score folds in the radiologist's call. ``reader_as_input: true``
+    makes it an input of the US model too; every model that then reads it is
+    labelled "uses the reader's BI-RADS" (report, model card, bundle, app) and the
+    integrated model is also fitted without those models
+    (``integrated_without_reader``).
+    """
 
     columns: list[str] = Field(
         ["age"],
@@ -236,10 +248,31 @@ class ClinicalConfig(_Strict):
     reader_column: str | None = Field(
         "birads",
         description="The radiologist's BI-RADS column, evaluated beside the models as "
-        "'reader BI-RADS' (today the US model reads it too; the integrated model leaves that "
-        "out by default). `null`: no reader. Named in the config and absent from every "
-        "manifest, an error; left at the default and absent, a note: no reader comparison.",
+        "'reader BI-RADS' and never a model input unless `reader_as_input`. `null`: no reader. "
+        "Named in the config and absent from every manifest, an error; left at the default and "
+        "absent, a note: no reader comparison.",
     )
+    reader_as_input: bool = Field(
+        False,
+        description="Let models read the reader's BI-RADS (the US model, and the integrated "
+        "model through it); they are then labelled so in the report, model card, bundle and "
+        "app, and the integrated model without it is fitted beside.",
+    )
+
+    @model_validator(mode="after")
+    def _reader(self) -> ClinicalConfig:
+        if self.reader_as_input and not self.reader_column:
+            raise PydanticCustomError("reader", "reader_as_input: true needs a reader_column")
+        if self.reader_column and not self.reader_as_input:
+            for key in ("columns", "us_columns"):
+                if self.reader_column in getattr(self, key):
+                    raise PydanticCustomError(
+                        "reader",
+                        "{key} lists '{col}', the reader's BI-RADS (reader_column); set "
+                        "reader_as_input: true to let models read it",
+                        {"key": key, "col": self.reader_column},
+                    )
+        return self
 
 
 class SegmentTrainConfig(_Strict):
@@ -310,9 +343,10 @@ class IntegratedConfig(_Strict):
     ``weights: fit`` learns a logistic regression on the models' inner
     out-of-fold ``stack_method`` values (``proba`` or ``logit``), with
     ``positive: true`` keeping every weight ≥ 0. ``models`` names the single
-    models fused (default: every single model built, except the US model when it
-    reads the reader's BI-RADS: the AI score never folds in the radiologist's
-    own category unless the config lists it).
+    models fused (default: every single model built). No model reads the
+    reader's BI-RADS unless ``clinical.reader_as_input: true``; then the
+    integrated model that fuses a reader-reading model is fitted a second time
+    without them (``integrated_without_reader``), so the report shows both.
     """
 
     weights: Literal["equal", "fit"] = Field(

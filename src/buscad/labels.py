@@ -1,9 +1,9 @@
-"""Plain-language names of buscad's models, shared by reports, the CLI and the web app.
+"""Plain-language names of buscad's models and model inputs, shared by reports, the CLI and the app.
 
-The code, configs and bundle files keep the short names (``dlr``, ``cldlr``, ``us``);
-everything a clinician reads shows :func:`model_label` with the short name as a
-tooltip or in brackets. No imports beyond the standard library: the web app and
-``buscad predict`` use it without pandas.
+The code, configs and bundle files keep the short names (``dlr``, ``cldlr``, ``us``,
+``posterior_features``); everything a clinician reads shows :func:`model_label` (or
+:func:`input_label`) with the short name as a tooltip or in brackets. No imports
+beyond the standard library: the web app and ``buscad predict`` use it without pandas.
 """
 
 from __future__ import annotations
@@ -30,6 +30,10 @@ MODELS: dict[str, tuple[str, str]] = {
         "shape, margin and echo descriptors computed from the lesion outline",
     ),
     "integrated": ("Integrated AI score", "fusion of the single models' scores"),
+    "integrated_without_reader": (
+        "Integrated AI score without the reader",
+        "fusion of the single models that do not read the reader's BI-RADS",
+    ),
     "reader BI-RADS": ("Radiologist (BI-RADS)", "the reader's own BI-RADS category"),
     "shortcut: mask geometry": (
         "Reference: outline geometry only",
@@ -42,6 +46,11 @@ MODELS: dict[str, tuple[str, str]] = {
 }
 
 
+#: Label of a model that reads the radiologist's own BI-RADS category
+#: (``clinical.reader_as_input: true``; ``reads_reader`` in ``bundle.json``).
+READS_READER = "uses the reader's BI-RADS"
+
+
 def model_label(name: str) -> str:
     """Plain label of a model's short name (the name itself when unknown)."""
     return MODELS.get(name, (name, ""))[0]
@@ -50,3 +59,51 @@ def model_label(name: str) -> str:
 def model_description(name: str) -> str:
     """One-line description of a model (empty when unknown)."""
     return MODELS.get(name, (name, ""))[1]
+
+
+#: Manifest column -> plain label of a clinical or BI-RADS lexicon input.
+INPUTS: dict[str, str] = {
+    "age": "Age (years)",
+    "birads": "Radiologist's BI-RADS category",
+    "shape": "Shape",
+    "margin": "Margin",
+    "echogenicity": "Echo pattern",
+    "posterior_features": "Posterior features",
+    "calcifications": "Calcifications",
+    "orientation": "Orientation",
+    "halo": "Echogenic halo",
+    "skin_thickening": "Skin thickening",
+    "log_area": "Outline area (log)",
+    "area_fraction": "Outline area / image area",
+    "bbox_width": "Outline box width",
+    "bbox_height": "Outline box height",
+    "bbox_cx": "Outline box centre (x)",
+    "bbox_cy": "Outline box centre (y)",
+}
+
+#: Prefixes of inputs computed from the outline -> the words that replace them.
+_INPUT_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("morph_sm_", "Smoothed outline: "),
+    ("morph_echo_", "Echo: "),
+    ("morph_", "Outline: "),
+)
+
+_GEOMETRY_WORDS = frozenset({"solidity", "convexity", "aspect_ratio"})
+
+
+def input_label(name: str) -> str:
+    """Plain label of a model input column (``posterior_features`` -> ``Posterior features``).
+
+    Known clinical and lexicon columns have a fixed label; outline measures read
+    ``Smoothed outline: solidity`` or ``Echo: lesion ring``; any other column has
+    its underscores turned into spaces and its first letter capitalised.
+    """
+    if name in INPUTS:
+        return INPUTS[name]
+    for prefix, words in _INPUT_PREFIXES:
+        if name.startswith(prefix):
+            return words + name.removeprefix(prefix).replace("_", " ")
+    if name in _GEOMETRY_WORDS:
+        return "Outline " + name.replace("_", " ")
+    text = name.replace("_", " ").strip()
+    return text[:1].upper() + text[1:]

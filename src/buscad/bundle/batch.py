@@ -28,6 +28,7 @@ import numpy as np
 
 from buscad.bundle.types import Prediction, likelihood_band
 from buscad.errors import BuscadError, ManifestError
+from buscad.progress import Progress
 
 #: Folder of a resumable run's Parquet shards, inside the output folder.
 PARTS = "parts"
@@ -98,18 +99,29 @@ def items_from_manifest(path: str | os.PathLike[str], inputs: Sequence[str] = ()
     dup = pd.Series(ids)[pd.Series(ids).duplicated()]
     if len(dup):
         raise ManifestError(m.source, f"duplicate image_id {dup.iloc[0]!r}")
-    cols = [c for c in inputs if c in df.columns]
     items = []
     for i, iid in enumerate(ids):
         masks = m.mask_paths(i)
-        clin = {}
-        for c in cols:
-            v = df[c].iat[i]
-            if v is None or (isinstance(v, float) and np.isnan(v)) or str(v).strip() == "":
-                continue
-            clin[c] = v.item() if isinstance(v, np.generic) else v
+        clin = row_inputs(df, i, inputs)
         items.append(Item(iid, m.image_path(i), masks[0] if masks else None, clin))
     return items
+
+
+def row_inputs(df: Any, i: int, inputs: Sequence[str]) -> dict[str, Any]:
+    """The clinical/lexicon inputs of row ``i`` of a manifest table (``buscad predict``, reader study).
+
+    Columns of ``inputs`` that the table has, empty cells left out, NumPy
+    scalars as Python values.
+    """
+    clin: dict[str, Any] = {}
+    for c in inputs:
+        if c not in df.columns:
+            continue
+        v = df[c].iat[i]
+        if v is None or (isinstance(v, float) and np.isnan(v)) or str(v).strip() == "":
+            continue
+        clin[c] = v.item() if isinstance(v, np.generic) else v
+    return clin
 
 
 def _decode(item: Item, any_modality: bool) -> tuple[np.ndarray, dict, np.ndarray | None]:
@@ -186,10 +198,11 @@ def predict_batch(
             timings["heatmap"] = (time.perf_counter() - t2) * 1000
         others: dict[str, float | None] = {}
         skipped: dict[str, str] = {}
+        inputs: list[dict[str, Any]] = []
         if b.classical:
             t3 = time.perf_counter()
             try:
-                others, skipped = b._classical_scores(
+                others, skipped, inputs = b._classical_scores(
                     g, masks[i] if source == "mask" else None, clinicals[i] or {}, raw, feats[j]
                 )
             except (BuscadError, ValueError) as exc:
@@ -206,10 +219,12 @@ def predict_batch(
             band=likelihood_band(p),
             model_scores={"deep": p, **others, **dict.fromkeys(b.not_exported)},
             skipped_models=skipped,
+            reader_models=list(b.reader_models),
             roi=(int(x0), int(y0), int(x1), int(y1)),
             roi_source=source,
             heatmap=hm,
             timings_ms={k: round(v, 2) for k, v in timings.items()},
+            inputs=inputs,
         )
     return res
 
@@ -354,12 +369,31 @@ def score_items(
                     "error": "",
                 }
             )
-            log(
-                f"{it.image}: AI score {pred.ai_score:.3f} ({pred.decision}, band "
-                f"{pred.band.category}) in {sum(pred.timings_ms.values()):.0f} ms",
-                False,
-            )
+            log(f"{it.image}: {pred.text()} ({sum(pred.timings_ms.values()):.0f} ms)", False)
+            if not keyed and len(pred.model_scores) + len(pred.skipped_models) > 1:
+                log("  " + models_text(pred), False)
     return rows
+
+
+def models_text(pred: Prediction) -> str:
+    """Every model's score in plain names, e.g. ``Radiomics score 41.0%; Clinical model: not run (...)``.
+
+    The primary model (the AI score) is left out: the result line gives it.
+    """
+    from buscad.labels import model_label
+
+    parts = []
+    names = [*pred.model_scores, *(n for n in pred.skipped_models if n not in pred.model_scores)]
+    for n in names:
+        if n == pred.primary_model:
+            continue
+        s = pred.model_scores.get(n)
+        if s is None or not np.isfinite(s):
+            why = pred.skipped_models.get(n, "")
+            parts.append(f"{model_label(n)}: not run" + (f" ({why})" if why else ""))
+        else:
+            parts.append(f"{model_label(n)} {100 * s:.1f}%")
+    return "; ".join(parts)
 
 
 # ------------------------------------------------------------- resumable output
@@ -397,7 +431,7 @@ def rows_frame(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> Any:
         if c.startswith("p_") or c in ("ai_score", "threshold", "ms"):
             df[c] = pd.to_numeric(df[c], errors="coerce").astype(float)
         else:
-            df[c] = df[c].fillna("").astype(str)
+            df[c] = df[c].astype(object).fillna("").astype(str)  # an all-NaN column is float
     return df
 
 
@@ -505,6 +539,7 @@ def run_local(
     writer = ShardWriter(out, row_columns(b))
     t0 = time.perf_counter()
     step = max(batch_size, 1) * 8  # rows per shard
+    bar = Progress(len(todo), "predict", "images")
     for s in range(0, len(todo), step):
         rows = score_items(
             b,
@@ -518,6 +553,8 @@ def run_local(
             log=log,
         )
         writer.write(rows)
+        bar.update(len(rows))
+    bar.close()
     secs = time.perf_counter() - t0
     return finish(
         out,
@@ -541,8 +578,10 @@ __all__ = [
     "done_ids",
     "finish",
     "items_from_manifest",
+    "models_text",
     "predict_batch",
     "row_columns",
+    "row_inputs",
     "rows_frame",
     "run_local",
     "safe_name",

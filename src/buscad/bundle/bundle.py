@@ -108,6 +108,7 @@ def write_bundle(
     configured: list[str] | dict[str, str] | None = None,
     segmenter: str | os.PathLike[str] | None = None,
     roi: str = "expert",
+    reader_column: str | None = None,
 ) -> Path:
     """Write a bundle from a deep checkpoint and its out-of-fold training scores.
 
@@ -118,8 +119,11 @@ def write_bundle(
         reason in ``bundle.json``, for backbones whose Grad-CAM cannot be in the
         graph).
     classical : dict, optional
-        ``name -> {"stem": path of a buscad.bundle.portable model, "threshold": float}``;
-        the model's JSON metadata must list its ``inputs``.
+        ``name -> {"stem": path of a buscad.bundle.portable model, "threshold": float,
+        "reads_reader": bool}``; the model's JSON metadata must list its ``inputs``.
+        ``reads_reader`` (default: whether its inputs hold ``reader_column``) marks a
+        model that reads the radiologist's own BI-RADS; it is written to
+        ``bundle.json`` for every model and the app labels such a model.
     radiomics_params : dict, optional
         Validated pyradiomics settings (needed when a model reads radiomics).
     configured : list of str or dict, optional
@@ -131,6 +135,8 @@ def write_bundle(
         from the PyTorch weights when missing) and JSON go to ``segmenter/``.
     roi : str
         Where the models' training outlines came from (``expert``, ``auto`` or ``box``).
+    reader_column : str, optional
+        The column holding the reader's BI-RADS in the study (recorded in ``bundle.json``).
 
     Returns
     -------
@@ -150,7 +156,7 @@ def write_bundle(
     s, yy = np.asarray(oof_scores, dtype=float)[ok], np.asarray(y, dtype=int)[ok]
     a, b = fit_platt(s, yy)
     threshold = youden_threshold(yy, calibrate(s, a, b))
-    deep: dict[str, Any] = {"checkpoint": stem.name, "cam": cam_method}
+    deep: dict[str, Any] = {"checkpoint": stem.name, "cam": cam_method, "reads_reader": False}
     models: dict[str, Any] = {"deep": deep}
     for mname, info in (classical or {}).items():
         src = Path(info["stem"])
@@ -158,11 +164,15 @@ def write_bundle(
         for suffix in (".safetensors", ".json"):
             shutil.copyfile(src.with_suffix(suffix), out / "models" / f"{mname}{suffix}")
         meta = json.loads(src.with_suffix(".json").read_text(encoding="utf-8"))["metadata"]
+        reads = info.get("reads_reader")
         models[mname] = {
             "file": f"models/{mname}",
             "threshold": float(info["threshold"]),
             "threshold_rule": "youden on out-of-fold training scores",
             "inputs": group_inputs(meta["inputs"]),
+            "reads_reader": bool(
+                reads if reads is not None else reader_column and reader_column in meta["inputs"]
+            ),
         }
     needs_radiomics = any(m.get("inputs", {}).get("radiomics") for m in models.values())
     if needs_radiomics and radiomics_params is None:
@@ -172,6 +182,7 @@ def write_bundle(
         "version": VERSION,
         "name": name,
         "primary_model": "deep",
+        "reader_column": reader_column,
         "models": models,
         "calibration": {
             "method": "platt-logit",
@@ -356,6 +367,10 @@ class Bundle:
             if n not in self.classical
         }
         self.model_names = ["deep", *self.classical, *self.not_exported]
+        #: models that read the reader's own BI-RADS (``reads_reader`` in bundle.json)
+        self.reader_models: list[str] = [
+            n for n, m in doc["models"].items() if isinstance(m, dict) and m.get("reads_reader")
+        ]
         # what a user is asked for; outline measures (morph_*, mask geometry) are computed
         self.clinical_inputs: list[str] = list(
             dict.fromkeys(
@@ -554,15 +569,28 @@ class Bundle:
         clinical: dict[str, Any],
         raw: float,
         feats: np.ndarray,
-    ) -> tuple[dict[str, float | None], dict[str, str]]:
-        """Each bundled classical/fusion model's P(malignant), or why it did not run."""
+    ) -> tuple[dict[str, float | None], dict[str, str], list[dict[str, Any]]]:
+        """Each bundled classical/fusion model's P(malignant) or why it did not run, and the inputs.
+
+        The inputs are :func:`buscad.bundle.types.input_sources` of every clinical,
+        lexicon and outline column the models read.
+        """
         from buscad.bundle.portable import as_table
+        from buscad.bundle.types import input_sources
 
         given = {k: v for k, v in clinical.items() if v is not None and str(v).strip() != ""}
         needs = {n: self.doc["models"][n]["inputs"] for n in self.classical}
         computed = sorted({c for n in needs for c in needs[n]["clinical"] if is_computed(c)})
+        values: dict[str, Any] = {}
         if computed and mask is not None:  # computed from the outline, never the reader's
-            given = {**computed_descriptors(mask, computed, gray), **given}
+            values = computed_descriptors(mask, computed, gray)
+        inputs = input_sources(
+            [c for n in needs for c in needs[n]["clinical"]],
+            given,
+            values,
+            computed,
+        )
+        given = {**values, **given}
         skipped: dict[str, str] = {}
         for name, need in needs.items():
             if need["radiomics"] and mask is None:
@@ -592,7 +620,35 @@ class Bundle:
             n: None if n in skipped else float(m.predict_proba(row)[0, 1])
             for n, m in self.classical.items()
         }
-        return scores, skipped
+        return scores, skipped, inputs
+
+    def input_choices(self) -> dict[str, list[str]]:
+        """The values each categorical input may take: those the bundled models learnt.
+
+        Read from the models themselves (the BI-RADS lexicon encoder's vocabulary,
+        ``column=token``; ``missing`` is left out), so the web app offers exactly
+        the values a model can use. Inputs not listed are numbers or free text.
+        """
+        found: dict[str, list[str]] = {}
+
+        def walk(node: Any) -> None:
+            if isinstance(node, dict):
+                if node.get("type") == "lexicon":
+                    for v in node.get("vocabulary", []):
+                        col, _, tok = str(v).partition("=")
+                        if tok and tok != "missing":
+                            found.setdefault(col, [])
+                            if tok not in found[col]:
+                                found[col].append(tok)
+                for v in node.values():
+                    walk(v)
+            elif isinstance(node, list):
+                for v in node:
+                    walk(v)
+
+        for m in self.classical.values():
+            walk(getattr(m, "spec", None))
+        return {c: found[c] for c in self.clinical_inputs if c in found}
 
     def _radiomics(self, gray: np.ndarray, mask: np.ndarray | None) -> dict[str, float]:
         """The radiomics features the bundled models read (only those are computed)."""
@@ -662,9 +718,10 @@ class Bundle:
             timings["heatmap"] = (time.perf_counter() - t2) * 1000
         others: dict[str, float | None] = {}
         skipped: dict[str, str] = {}
+        inputs: list[dict[str, Any]] = []
         if self.classical:
             t3 = time.perf_counter()
-            others, skipped = self._classical_scores(
+            others, skipped, inputs = self._classical_scores(
                 g,
                 mask if (source == "mask" or outline is not None) else None,
                 clinical or {},
@@ -683,6 +740,7 @@ class Bundle:
             band=likelihood_band(p),
             model_scores={"deep": p, **others, **dict.fromkeys(self.not_exported)},
             skipped_models=skipped,
+            reader_models=list(self.reader_models),
             roi=(int(x0), int(y0), int(x1), int(y1)),
             roi_source=source,
             roi_confidence=confidence,
@@ -690,4 +748,5 @@ class Bundle:
             outline=outline,
             heatmap=hm,
             timings_ms={k: round(v, 2) for k, v in timings.items()},
+            inputs=inputs,
         )

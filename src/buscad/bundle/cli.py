@@ -12,7 +12,12 @@ def predict_cmd(
     images: list[Path] = typer.Argument(
         None, help="Image files (PNG, JPEG, BMP, TIFF, DICOM); or give --manifest."
     ),
-    mask: list[Path] = typer.Option([], "--mask", help="Lesion mask per image, in the same order."),
+    mask: list[Path] = typer.Option(
+        [],
+        "--mask",
+        help="Lesion mask of each image: one --mask per image, in the same order "
+        "(--mask a_mask.png --mask b_mask.png).",
+    ),
     clinical: Path | None = typer.Option(
         None,
         "--clinical",
@@ -67,7 +72,7 @@ def predict_cmd(
     model did not run. PyTorch is not loaded on the ONNX engine.
 
     Every image gets a row in summary.csv: a failed one has an ``error`` (its
-    typed reader error, or ``internal error reading FILE: <ExcType>: message``)
+    typed reader error, or ``internal error reading FILE: ERROR-TYPE: message``)
     and the run goes on. Images that may show burned-in text (DICOM
     ``BurnedInAnnotation = YES`` or text-like marks) get a ``warnings`` list in
     their JSON, a ``warnings`` summary column and a line on stderr.

@@ -41,6 +41,78 @@ class LikelihoodBand:
     note: str = DECISION_SUPPORT_NOTE
 
 
+def _pct(p: float) -> str:
+    return f"{100 * p:.1f}%"
+
+
+def decision_text(decision: str, threshold: float) -> str:
+    """The AI call at the decision threshold, in the words every screen uses.
+
+    The one wording shared by ``buscad predict``, the web app (``decision_text``
+    in its JSON) and the case report, e.g. ``"AI call: benign (score below the
+    40.0% threshold)"``. It says which side of the threshold the score is on and
+    nothing about suspicion: the likelihood band (:func:`band_text`) says that.
+    """
+    side = "at or above" if decision == "malignant" else "below"
+    return f"AI call: {decision} (score {side} the {_pct(threshold)} threshold)"
+
+
+def band_text(band: LikelihoodBand) -> str:
+    """The likelihood band in the words every screen uses, e.g. ``"4B (> 10% to ≤ 50%: ...)"``."""
+    return f"{band.category} ({band.text})"
+
+
+def result_text(ai_score: float, decision: str, threshold: float, band: LikelihoodBand) -> str:
+    """One line for a result: score, AI call and likelihood band (:func:`decision_text`)."""
+    return (
+        f"AI score {_pct(ai_score)} · {decision_text(decision, threshold)} · "
+        f"likelihood band {band_text(band)}"
+    )
+
+
+#: Where a model input came from (:attr:`Prediction.inputs`).
+INPUT_ENTERED = "entered"
+INPUT_COMPUTED = "computed from the outline"
+INPUT_NONE = "none"
+
+
+def input_sources(
+    columns: list[str],
+    entered: dict[str, Any],
+    computed: dict[str, Any],
+    outline_columns: Any = (),
+) -> list[dict[str, Any]]:
+    """Each input column with its value and source (entered, computed from the outline, none).
+
+    An entered value wins over a computed one, as in the models' input table.
+    ``outline`` is True for the columns of ``outline_columns`` (measures the
+    bundle computes from the lesion outline, never asks for).
+    """
+    from buscad.labels import input_label
+
+    outline = set(outline_columns)
+    out = []
+    for c in dict.fromkeys(columns):
+        if c in entered:
+            value, source = entered[c], INPUT_ENTERED
+        elif c in computed:
+            value, source = computed[c], INPUT_COMPUTED
+        else:
+            value, source = None, INPUT_NONE
+        if isinstance(value, np.generic):
+            value = value.item()
+        out.append(
+            {
+                "name": c,
+                "label": input_label(c),
+                "value": value,
+                "source": source,
+                "outline": c in outline,
+            }
+        )
+    return out
+
+
 def likelihood_band(p: float) -> LikelihoodBand:
     """Map a probability of malignancy to its BI-RADS-aligned band.
 
@@ -75,6 +147,10 @@ class Prediction:
         Each model's malignant probability (None when it could not run).
     skipped_models : dict
         Model name -> why it did not run (e.g. missing clinical inputs).
+    reader_models : list of str
+        The models that read the reader's own BI-RADS category (``reads_reader`` in
+        ``bundle.json``; empty unless the study set ``clinical.reader_as_input``),
+        shown as "uses the reader's BI-RADS".
     roi : tuple of int
         ``(x0, y0, x1, y1)`` of the region the models read, in image pixels.
     roi_source : str
@@ -91,6 +167,11 @@ class Prediction:
         ``(H, W)`` float32 in [0, 1], full-image coordinates, zero outside the ROI.
     timings_ms : dict
         Stage timings.
+    inputs : list of dict
+        Every clinical, lexicon and outline input the bundle's models read: ``name``,
+        ``label``, ``value``, ``source`` (:data:`INPUT_ENTERED`, :data:`INPUT_COMPUTED`
+        or :data:`INPUT_NONE`) and ``outline`` (a measure of the outline); see
+        :func:`input_sources`.
     """
 
     ai_score: float
@@ -100,6 +181,7 @@ class Prediction:
     band: LikelihoodBand
     model_scores: dict[str, float | None]
     skipped_models: dict[str, str] = field(default_factory=dict)
+    reader_models: list[str] = field(default_factory=list)
     roi: tuple[int, int, int, int] = (0, 0, 0, 0)
     roi_source: str = "whole"
     roi_confidence: float | None = None
@@ -107,13 +189,38 @@ class Prediction:
     outline: np.ndarray | None = None
     heatmap: np.ndarray | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def decision_text(self) -> str:
+        """The AI call in words (:func:`decision_text`)."""
+        return decision_text(self.decision, self.threshold)
+
+    @property
+    def band_text(self) -> str:
+        """The likelihood band in words (:func:`band_text`)."""
+        return band_text(self.band)
+
+    def text(self) -> str:
+        """One line: score, AI call and likelihood band (:func:`result_text`)."""
+        return result_text(self.ai_score, self.decision, self.threshold, self.band)
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict (the heatmap and the outline are left out: they are served as images)."""
+        """JSON-ready dict (the heatmap and the outline are left out: they are served as images).
+
+        Besides the fields: ``decision_text`` and ``band_text``, the wording every
+        screen shows, and ``model_labels``: each model's plain name.
+        """
+        from buscad.labels import model_label
+
         d = asdict(self)
         d.pop("heatmap")
         d.pop("outline")
         d["roi"] = list(self.roi)
+        d["decision_text"] = self.decision_text
+        d["band_text"] = self.band_text
+        names = [*self.model_scores, *self.skipped_models]
+        d["model_labels"] = {n: model_label(n) for n in names}
         return d
 
 

@@ -43,6 +43,23 @@ def birads_rank(values: Sequence[object] | pd.Series) -> np.ndarray:
     return out
 
 
+def rank_category(rank: float) -> str:
+    """The BI-RADS category of an ordinal rank, as written in reports (``7`` -> ``"4C"``).
+
+    A rank between categories is rounded up (a read is malignant when ``rank >= cut``).
+    """
+    r = int(np.ceil(rank - 1e-9))
+    for cat, v in BIRADS_RANK.items():
+        if v >= r:
+            return cat.upper()
+    return max(BIRADS_RANK, key=BIRADS_RANK.__getitem__).upper()
+
+
+def cut_words(rank: float) -> str:
+    """A threshold on BI-RADS ranks in words: ``"BI-RADS 4C or higher"``."""
+    return f"BI-RADS {rank_category(rank)} or higher"
+
+
 def cut_rank(cut: str) -> int:
     """Rank of the binarisation cut: a read is malignant when ``rank >= cut_rank``."""
     cat = normalize_birads(cut)

@@ -6,7 +6,10 @@ Predicted values must be probabilities in [0, 1].
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -114,16 +117,37 @@ def calibration_slope_intercept(y: np.ndarray, p: np.ndarray) -> CalibrationFit:
     y, p = _check_prob(y, p)
     lp = np.log(np.clip(p, _EPS, 1 - _EPS) / (1 - np.clip(p, _EPS, 1 - _EPS)))
     nan = float("nan")
-    try:
-        f1 = sm.GLM(y, sm.add_constant(lp), family=sm.families.Binomial()).fit()
-        slope = float(f1.params[1])
-        s_lo, s_hi = (float(v) for v in f1.conf_int()[1])
-        f2 = sm.GLM(y, np.ones((len(y), 1)), family=sm.families.Binomial(), offset=lp).fit()
-        icpt = float(f2.params[0])
-        i_lo, i_hi = (float(v) for v in f2.conf_int()[0])
-    except Exception:  # perfect separation, singular fits: report as not estimable
-        return CalibrationFit(nan, nan, nan, nan, nan, nan)
+    f1 = _glm_fit(lambda: sm.GLM(y, sm.add_constant(lp), family=sm.families.Binomial()))
+    f2 = _glm_fit(lambda: sm.GLM(y, np.ones((len(y), 1)), family=sm.families.Binomial(), offset=lp))
+    slope, s_lo, s_hi = (nan, nan, nan) if f1 is None else _coef(f1, 1)
+    icpt, i_lo, i_hi = (nan, nan, nan) if f2 is None else _coef(f2, 0)
     return CalibrationFit(slope, icpt, s_lo, s_hi, i_lo, i_hi)
+
+
+def _glm_fit(make: Callable[[], Any]) -> Any | None:
+    """Fit a statsmodels GLM; None when it is not estimable (perfect separation, singular).
+
+    statsmodels warns rather than fails on perfect separation; the coefficient is then
+    not identified, so the warning is turned into the documented NaN instead of leaking.
+    """
+    from statsmodels.tools.sm_exceptions import PerfectSeparationWarning
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PerfectSeparationWarning)
+            return make().fit()
+    except Exception:
+        return None
+
+
+def _coef(fit: Any, k: int) -> tuple[float, float, float]:
+    """Coefficient ``k`` and its 95% Wald interval; NaN when the fit has no such
+    coefficient (a constant score: ``add_constant`` adds no column)."""
+    try:
+        lo, hi = (float(v) for v in fit.conf_int()[k])
+        return float(fit.params[k]), lo, hi
+    except Exception:
+        return (float("nan"),) * 3
 
 
 @dataclass(frozen=True)

@@ -81,9 +81,22 @@ def delong_variance(y: np.ndarray, s: np.ndarray) -> tuple[float, float]:
     """
     auc, v10, v01 = delong_components(y, s)
     m, n = len(v10), len(v01)
-    s10 = np.var(v10, ddof=1) if m > 1 else 0.0
-    s01 = np.var(v01, ddof=1) if n > 1 else 0.0
-    return auc, float(s10 / m + s01 / n)
+    return auc, float(_component_var(v10) / m + _component_var(v01) / n)
+
+
+def _component_var(v: np.ndarray) -> float:
+    """Sample variance (ddof = 1) of one class's structural components; 0 for a single case.
+
+    One case of a class carries no information on that class's spread, so its
+    term of DeLong's variance is taken as 0 (as :func:`delong_variance` always did)
+    rather than NaN with NumPy's degrees-of-freedom warning.
+    """
+    return float(np.var(v, ddof=1)) if len(v) > 1 else 0.0
+
+
+def _component_cov(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """2x2 sample covariance (ddof = 1) of two scores' components; zeros for a single case."""
+    return np.cov(np.vstack([a, b]), ddof=1) if len(a) > 1 else np.zeros((2, 2))
 
 
 @dataclass(frozen=True)
@@ -169,9 +182,7 @@ def delong_test(y: np.ndarray, s1: np.ndarray, s2: np.ndarray, alpha: float = 0.
     a1, v10a, v01a = delong_components(y, s1)
     a2, v10b, v01b = delong_components(y, s2)
     m, n = len(v10a), len(v01a)
-    c10 = np.cov(np.vstack([v10a, v10b]), ddof=1)
-    c01 = np.cov(np.vstack([v01a, v01b]), ddof=1)
-    cov = c10 / m + c01 / n
+    cov = _component_cov(v10a, v10b) / m + _component_cov(v01a, v01b) / n
     var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
     diff = a1 - a2
     se = float(np.sqrt(max(var, 0.0)))
@@ -214,8 +225,8 @@ def delong_unpaired_test(
     """
     a1, v10a, v01a = delong_components(y1, s1)
     a2, v10b, v01b = delong_components(y2, s2)
-    var1 = np.var(v10a, ddof=1) / len(v10a) + np.var(v01a, ddof=1) / len(v01a)
-    var2 = np.var(v10b, ddof=1) / len(v10b) + np.var(v01b, ddof=1) / len(v01b)
+    var1 = _component_var(v10a) / len(v10a) + _component_var(v01a) / len(v01a)
+    var2 = _component_var(v10b) / len(v10b) + _component_var(v01b) / len(v01b)
     n1, n2 = len(v10a) + len(v01a), len(v10b) + len(v01b)
     se = float(np.sqrt(var1 + var2))
     diff = a1 - a2

@@ -228,6 +228,50 @@ def plot_decision_curve(dc: pd.DataFrame, title: str):
 
 
 @_styled
+def plot_confusion_grid(
+    panels: Sequence[tuple[str, int, int, int, int]], title: str, ncols: int = 4
+):
+    """Confusion matrices of several models in one grid (counts and row percentages, greyscale).
+
+    ``panels`` holds ``(panel title, tp, fp, tn, fn)`` per model; rows of ``ncols`` panels.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n = max(1, len(panels))
+    ncols = min(ncols, n)
+    nrows = -(-n // ncols)
+    fig = Figure(figsize=(2.5 * ncols, 2.45 * nrows + 0.4))
+    FigureCanvasAgg(fig)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    for ax, (name, tp, fp, tn, fn) in zip(axes, panels, strict=False):
+        m = np.array([[tn, fp], [fn, tp]], float)
+        rows = m.sum(axis=1, keepdims=True)
+        frac = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+        ax.imshow(frac, cmap="Greys", vmin=0, vmax=1.4)
+        for i in range(2):
+            for j in range(2):
+                ax.text(
+                    j,
+                    i,
+                    f"{int(m[i, j])}\n({100 * frac[i, j]:.0f}%)",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                )
+        ax.set_xticks([0, 1], ["Benign", "Malignant"], fontsize=7)
+        ax.set_yticks([0, 1], ["Benign", "Malignant"], fontsize=7)
+        ax.set_xlabel("Predicted", fontsize=7)
+        ax.set_ylabel("Reference", fontsize=7)
+        ax.set_title(name, fontsize=7.5)
+    for ax in axes[len(panels) :]:
+        ax.set_axis_off()
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+@_styled
 def plot_confusion(tp: int, fp: int, tn: int, fn: int, title: str):
     """Confusion matrix with counts and row percentages, greyscale shading."""
     m = np.array([[tn, fp], [fn, tp]], float)

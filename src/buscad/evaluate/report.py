@@ -13,7 +13,9 @@ import pandas as pd
 
 from buscad.evaluate import plots
 from buscad.evaluate.tables import fmt_ci, fmt_p, write_table
+from buscad.labels import model_label
 from buscad.report import (
+    Bullets,
     Figure,
     KeyValue,
     Section,
@@ -126,12 +128,15 @@ def write_evaluation_outputs(
     limitations: Sequence[str] = (),
     seed: int | None = None,
     extra_sections: Sequence[Section] = (),
+    model_details: Mapping[str, Mapping[str, str]] | None = None,
 ) -> dict[str, list[Path]]:
     """Write every output of an evaluation under ``out_dir`` and return the paths by kind.
 
     Layout: ``tables/`` (Table 1–3, raw metrics, comparisons, TRIPOD+AI checklist;
     CSV, XLSX, Markdown), ``figures/`` (PNG and SVG), ``model_card.md``,
-    ``config.json``, ``issues.txt`` and ``report.html``.
+    ``config.json``, ``issues.txt`` and ``report.html``. ``model_details`` adds
+    lines to a model's card (model -> {field: text}, e.g. that it reads the
+    reader's BI-RADS).
     """
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -167,14 +172,17 @@ def write_evaluation_outputs(
                 r["model"]: fmt_ci(r["auc"], r["auc_lo"], r["auc_hi"]) for _, r in mc.iterrows()
             }
             roc_data = {
-                k: (sub.loc[scored[k], "_y"].to_numpy(), sub.loc[scored[k], k].to_numpy(float))
+                model_label(k): (
+                    sub.loc[scored[k], "_y"].to_numpy(),
+                    sub.loc[scored[k], k].to_numpy(float),
+                )
                 for k in both
             }
             fig = plots.plot_roc(
                 roc_data,
-                aucs,
+                {model_label(k): v for k, v in aucs.items()},
                 f"ROC — {c}",
-                result.thresholds,
+                {model_label(k): v for k, v in result.thresholds.items()},
             )
             paths = plots.save_figure(fig, fdir / f"roc_{_safe(c)}")
             written["figures"] += paths
@@ -186,7 +194,7 @@ def write_evaluation_outputs(
                 )
             )
         curves = {
-            mod: result.calibration_curves[(c, mod)]
+            model_label(mod): result.calibration_curves[(c, mod)]
             for mod in result.models
             if (c, mod) in result.calibration_curves
         }
@@ -208,26 +216,35 @@ def write_evaluation_outputs(
             )
             written["figures"] += paths
             fig_sections.append(Figure(paths[0], f"Decision curves, cohort {c}."))
-        for _, r in mc.iterrows():
-            paths = plots.save_figure(
-                plots.plot_confusion(
+        if len(mc):
+            panels = [
+                (
+                    f"{model_label(r['model'])}\n{result.threshold_text(r['model'], r['threshold'])}",
                     r["tp"],
                     r["fp"],
                     r["tn"],
                     r["fn"],
-                    f"{r['model']} — {c}\n(threshold {r['threshold']:.3g})",
-                ),
-                fdir / f"confusion_{_safe(c)}_{_safe(r['model'])}",
+                )
+                for _, r in mc.iterrows()
+            ]
+            paths = plots.save_figure(
+                plots.plot_confusion_grid(panels, f"Confusion matrices — {c}"),
+                fdir / f"confusion_{_safe(c)}",
             )
             written["figures"] += paths
             fig_sections.append(
-                Figure(paths[0], f"Confusion matrix, {r['model']}, cohort {c}.", width="320px")
+                Figure(
+                    paths[0],
+                    f"Confusion matrices, cohort {c}: one panel per model at its threshold "
+                    "(counts and row percentages).",
+                )
             )
 
     # model card and checklist
     thr_text = {
-        mod: f"{t:.4g} (rule {result.threshold_rule}, chosen on {result.train_cohort})"
-        for mod, t in result.thresholds.items()
+        mod: f"malignant when {result.threshold_text(mod)} (rule {result.threshold_rule}, "
+        f"chosen on {result.train_cohort})"
+        for mod in result.thresholds
     }
     lims = list(limitations) or [
         "Performance is reported only for the cohorts evaluated here; other scanners, sites "
@@ -238,16 +255,20 @@ def write_evaluation_outputs(
     cards, card_blocks = [], []
     for mod in result.models:
         card = model_card(
-            mod,
+            model_label(mod),
             intended_use=intended_use,
             data=", ".join(
                 f"{r['Cohort']}: {r['Cases']} cases ({r['Malignant']} malignant)"
                 for _, r in _split_description(result).iterrows()
             ),
-            metrics=t2[t2["Model"] == mod].drop(columns="Model") if len(t2) else None,
+            metrics=_t2_parts(t2[t2["Model"] == mod])[0].drop(columns="Model") if len(t2) else None,
             thresholds={mod: thr_text[mod]},
             limitations=lims,
-            details={"score column": mod, "evaluated by": "buscad evaluate"},
+            details={
+                "score column": mod,
+                "evaluated by": "buscad evaluate",
+                **(model_details or {}).get(mod, {}),
+            },
         )
         cards.append(model_card_markdown(card))
         card_blocks += model_card_blocks(card)
@@ -267,9 +288,7 @@ def write_evaluation_outputs(
 
     # HTML report
     env = environment_info(seed=seed if seed is not None else result.config.get("seed"))
-    cfg = {
-        k: (", ".join(map(str, v)) if isinstance(v, list) else v) for k, v in result.config.items()
-    }
+    cfg = dict(result.config)
     sections = [
         Section(
             "Summary",
@@ -292,7 +311,7 @@ def write_evaluation_outputs(
                 ),
             ],
         ),
-        Section("Data audit", [_audit_block(audit_summary)]),
+        Section("Data audit", _audit_blocks(audit_summary)),
         Section(
             "Methods",
             [
@@ -305,27 +324,43 @@ def write_evaluation_outputs(
                 )
             ],
         ),
-        Section("Thresholds", [KeyValue(thr_text, "Decision thresholds per model.")]),
-        Section("Table 1. Baseline characteristics", [Table(t1)]),
-        Section("Table 2. Performance per cohort", [Table(t2, "Values with 95% CIs.")]),
         Section(
-            "Table 3. DeLong matrix",
+            "Thresholds",
             [
-                Table(
-                    t3,
-                    "Above the diagonal: ΔAUC (row − column) with 95% CI and paired DeLong "
-                    "P; below: McNemar P of the paired decisions.",
-                )
-                if len(t3)
-                else Text(
-                    "Fewer than two models (or no cohort with both classes): no paired comparison."
+                KeyValue(
+                    {f"{model_label(m)} ({m})": v for m, v in thr_text.items()},
+                    "Decision thresholds per model.",
                 )
             ],
+        ),
+        Section("Table 1. Baseline characteristics", [Table(t1)]),
+        Section(
+            "Table 2. Performance per cohort",
+            [
+                Table(part, cap, model_columns=["Model"])
+                for part, cap in zip(
+                    _t2_parts(t2),
+                    (
+                        "Discrimination and decisions at each model's threshold (95% CIs).",
+                        "Calibration (models whose scores are probabilities; 95% CIs).",
+                    ),
+                    strict=False,
+                )
+                if len(part.columns) > 2
+            ],
+        ),
+        Section(
+            "Table 3. DeLong matrix",
+            _table3_blocks(t3, result.comparisons),
         ),
         Section(
             "Comparisons between cohorts",
             [
-                Table(_fmt_unpaired(result.cohort_comparisons), "Unpaired DeLong tests.")
+                Table(
+                    _fmt_unpaired(result.cohort_comparisons),
+                    "Unpaired DeLong tests.",
+                    model_columns=["Model"],
+                )
                 if len(result.cohort_comparisons)
                 else Text("Only one cohort usable.")
             ],
@@ -336,7 +371,7 @@ def write_evaluation_outputs(
             "TRIPOD+AI checklist",
             [Table(checklist, "Items the run cannot know are marked for the author.")],
         ),
-        Section("Issues", [Text("\n\n".join(result.issues) or "No issues.")]),
+        Section("Issues", [Bullets(result.issues) if result.issues else Text("No issues.")]),
         Section(
             "Configuration and environment",
             [
@@ -373,20 +408,128 @@ def _fmt_unpaired(df: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def _audit_block(audit: Any) -> Any:
+#: Table 2 columns shown in its second (calibration) part of the HTML report.
+CALIBRATION_COLUMNS = ("Brier", "Calibration slope", "Calibration intercept", "Hosmer–Lemeshow P")
+
+
+def _t2_parts(t2: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Table 2 split in two for the page width: discrimination/decisions, then calibration."""
+    cal = [c for c in t2.columns if c in CALIBRATION_COLUMNS]
+    keys = [c for c in ("Cohort", "Model") if c in t2.columns]
+    return t2.drop(columns=cal), t2[[*keys, *cal]]
+
+
+#: Most models Table 3 shows as a matrix in the report; with more, its columns would not fit an
+#: A4-landscape page, so the report lists the pairs per cohort (the files keep the matrix).
+MATRIX_MAX_MODELS = 6
+
+
+def _table3_blocks(t3: pd.DataFrame, pairs: pd.DataFrame) -> list[Any]:
+    """Table 3 as a matrix (few models) or as one table of model pairs per cohort."""
+    if not len(t3):
+        return [
+            Text("Fewer than two models (or no cohort with both classes): no paired comparison.")
+        ]
+    n_models = len([c for c in t3.columns if c not in ("Cohort", "Model")])
+    if n_models <= MATRIX_MAX_MODELS or not len(pairs):
+        return [
+            Table(
+                _label_matrix(t3),
+                "Above the diagonal: ΔAUC (row − column) with 95% CI and paired DeLong "
+                "P; below: McNemar P of the paired decisions.",
+            )
+        ]
+    blocks: list[Any] = []
+    for cohort, g in pairs.groupby("cohort", sort=False):
+        table = pd.DataFrame(
+            {
+                "Model": g["model_a"],
+                "Compared with": g["model_b"],
+                "ΔAUC (95% CI)": [
+                    fmt_ci(d, lo, hi)
+                    for d, lo, hi in zip(g["diff"], g["diff_lo"], g["diff_hi"], strict=True)
+                ],
+                "DeLong P": g["p_delong"].map(fmt_p),
+                "McNemar P": g["p_mcnemar"].map(fmt_p),
+            }
+        ).reset_index(drop=True)
+        blocks.append(
+            Table(
+                table,
+                f"Cohort {cohort}: every pair of models. ΔAUC = AUC of the model − AUC of the "
+                "one it is compared with (paired DeLong 95% CI and P); McNemar P of their "
+                "decisions at each model's threshold. The same numbers as a matrix are in "
+                "tables/table3_delong.csv and .xlsx.",
+                model_columns=["Model", "Compared with"],
+            )
+        )
+    return blocks
+
+
+def _label_matrix(t3: pd.DataFrame) -> pd.DataFrame:
+    """Table 3 with plain model labels in its header and model column."""
+    if not len(t3):
+        return t3
+    out = t3.rename(columns={c: model_label(c) for c in t3.columns})
+    for c in out.columns:
+        if c.lower() in ("model", "row"):
+            out[c] = out[c].map(model_label)
+    return out
+
+
+#: Audit summary entries shown in the evaluation report, in words (the rest is in the
+#: audit's own report: method parameters, timings).
+AUDIT_ITEMS = {
+    "n_images": "images",
+    "labels": "labels",
+    "cohorts": "cohorts",
+    "duplicate_groups": "duplicate groups (near or exact)",
+    "images_in_duplicate_groups": "images in duplicate groups",
+    "conflict_groups": "duplicate groups with conflicting labels",
+    "colour_overlay_images": "images with colour overlays",
+    "annotated_images": "images with burned-in annotations",
+    "mask_problems": "mask problems",
+    "shortcuts": "shortcut AUCs (annotations alone)",
+    "n_unreadable": "unreadable images",
+}
+
+
+def _audit_blocks(audit: Any) -> list[Any]:
     if audit is None:
-        return Text(
-            "No data audit summary was supplied (run `buscad data audit` and pass "
-            "its summary with --audit)."
-        )
+        return [
+            Text(
+                "No data audit summary was supplied (run `buscad data audit` and pass "
+                "its summary with --audit)."
+            )
+        ]
     if isinstance(audit, pd.DataFrame):
-        return Table(audit, "Data audit summary.")
+        return [Table(audit, "Data audit summary.")]
     if isinstance(audit, Mapping):
-        return KeyValue(
-            {k: (v if not isinstance(v, dict | list) else str(v)) for k, v in audit.items()},
-            "Data audit summary.",
-        )
-    return Text(str(audit))
+        known = {label: audit[k] for k, label in AUDIT_ITEMS.items() if k in audit}
+        if isinstance(known.get("mask problems"), Mapping):
+            known["mask problems"] = {
+                str(k).removeprefix("mask_").replace("_", " "): v
+                for k, v in known["mask problems"].items()
+                if v
+            } or "none"
+        if isinstance(known.get("shortcut AUCs (annotations alone)"), Mapping):
+            known["shortcut AUCs (annotations alone)"] = {
+                k: f"{v:.3f}"
+                for k, v in known["shortcut AUCs (annotations alone)"].items()
+                if ":" not in str(k)
+            }
+        other = {
+            str(k).replace("_", " "): v
+            for k, v in audit.items()
+            if k not in AUDIT_ITEMS
+            and k not in ("method", "timings_s", "warnings")
+            and not isinstance(v, Mapping | list)
+        }
+        blocks: list[Any] = [KeyValue({**known, **other}, "Data audit summary.")]
+        if audit.get("warnings"):
+            blocks.append(Bullets(list(audit["warnings"]), cls="issues"))
+        return blocks
+    return [Text(str(audit))]
 
 
 def config_json(result: EvaluationResult) -> str:

@@ -100,8 +100,35 @@ class EvaluationResult:
         return self.baseline
 
     def table2(self) -> pd.DataFrame:
-        """Table 2: every model on every cohort (formatted)."""
-        return table2(self.metrics) if len(self.metrics) else pd.DataFrame()
+        """Table 2: every model on every cohort (formatted; BI-RADS cuts as categories)."""
+        if not len(self.metrics):
+            return pd.DataFrame()
+        out = table2(self.metrics)
+        out["Threshold"] = [
+            self.threshold_text(m, t, short=True)
+            for m, t in zip(self.metrics["model"], self.metrics["threshold"], strict=True)
+        ]
+        return out
+
+    @property
+    def birads_models(self) -> list[str]:
+        """Models whose scores are BI-RADS ranks (their thresholds are categories)."""
+        return list(self.config.get("birads_columns", []))
+
+    def threshold_text(self, model: str, value: float | None = None, short: bool = False) -> str:
+        """A model's threshold in words: ``"BI-RADS 4C or higher"`` or ``"score >= 0.42"``.
+
+        ``short`` gives ``"4C or higher"`` / ``"0.42"`` for table cells.
+        """
+        from buscad.data.birads import cut_words
+
+        t = self.thresholds.get(model, np.nan) if value is None else value
+        if t is None or not np.isfinite(t):
+            return "n/a"
+        if model in self.birads_models:
+            words = cut_words(t)
+            return words.removeprefix("BI-RADS ") if short else words
+        return f"{t:.3g}" if short else f"score ≥ {t:.3g}"
 
     def table3(self) -> pd.DataFrame:
         """Table 3: DeLong matrix per cohort (formatted)."""
@@ -113,11 +140,35 @@ class EvaluationResult:
 
         Keyword arguments go to :func:`buscad.evaluate.report.write_evaluation_report`
         (``title``, ``audit_summary``, ``split_description``, ``input_hashes``,
-        ``intended_use``, ``limitations``, ``seed``).
+        ``intended_use``, ``limitations``, ``seed``, ``model_details``).
         """
         from buscad.evaluate.report import write_evaluation_outputs
 
         return write_evaluation_outputs(self, Path(out_dir), **report_kwargs)
+
+
+def _birads_threshold(
+    y: np.ndarray, s: np.ndarray, rule: str, model: str, issues: list[str]
+) -> float:
+    """A threshold on BI-RADS ranks that is a category: the rule's cut rounded up to a rank.
+
+    Probability rules (``fixed:p``) do not apply to categories: the clinical cut
+    (:data:`buscad.data.birads.DEFAULT_CUT`) is used and the issue says so.
+    """
+    from buscad.data.birads import DEFAULT_CUT, cut_rank, cut_words
+
+    name, _ = parse_threshold_rule(rule)
+    if name != "fixed":
+        try:
+            return float(np.ceil(select_threshold(y, s, rule) - 1e-9))
+        except ValueError:
+            pass
+    t = float(cut_rank(DEFAULT_CUT))
+    issues.append(
+        f"model {model!r}: BI-RADS categories, not probabilities; rule {rule!r} replaced "
+        f"by the clinical cut ({cut_words(t)})"
+    )
+    return t
 
 
 def evaluate_predictions(
@@ -134,6 +185,7 @@ def evaluate_predictions(
     n_boot: int = 2000,
     seed: int = 0,
     alpha: float = 0.05,
+    birads_columns: Sequence[str] = (),
 ) -> EvaluationResult:
     """Evaluate per-case predictions of one or more models on one or more cohorts.
 
@@ -158,6 +210,11 @@ def evaluate_predictions(
         Columns for Table 1. Default: the remaining non-model columns.
     ci_method : {"delong", "bootstrap"}
         AUC confidence interval method.
+    birads_columns : sequence of str
+        Model columns holding BI-RADS ranks (``buscad.data.birads.birads_rank``), e.g. a
+        radiologist's reads. Their threshold is a category (a rule's cut rounded up to the
+        next category; ``fixed:`` rules, which are probabilities, use the clinical cut
+        ``DEFAULT_CUT`` = 4B) and is reported as "BI-RADS 4C or higher".
 
     Returns
     -------
@@ -274,9 +331,13 @@ def evaluate_predictions(
         )
     thresholds: dict[str, float] = {}
     tr = df[df[cohort_col] == train_cohort]
+    birads_columns = [c for c in birads_columns if c in models]
     for m in models:
         ok = tr[m].notna()
         yt, st = tr.loc[ok, "_y"].to_numpy(), tr.loc[ok, m].to_numpy(float)
+        if m in birads_columns:
+            thresholds[m] = _birads_threshold(yt, st, threshold_rule, m, issues)
+            continue
         try:
             thresholds[m] = select_threshold(yt, st, threshold_rule)
         except ValueError as exc:
@@ -423,6 +484,7 @@ def evaluate_predictions(
         "seed": seed,
         "alpha": alpha,
         "n_cases": len(df),
+        "birads_columns": birads_columns,
     }
     return EvaluationResult(
         data=df,

@@ -7,9 +7,52 @@ from pathlib import Path
 
 import typer
 
-BACKBONE_HELP = (
-    "Backbone name (see `buscad train --help`; e.g. efficientnet_lite0, rcdnet, resnet50)."
+#: Every registered backbone, for the help screens without importing PyTorch
+#: (``tests/test_cli.py`` checks it against :data:`buscad.models.registry.REGISTRY`).
+BACKBONE_NAMES: tuple[str, ...] = (
+    "alexnet",
+    "vgg11",
+    "vgg16",
+    "vgg19_bn",
+    "googlenet",
+    "resnet50",
+    "resnext50_32x4d",
+    "regnet_y_400mf",
+    "mobilenet_v2",
+    "mobilenet_v3_large",
+    "densenet121",
+    "densenet201",
+    "vit_b_16",
+    "efficientnet_lite0",
+    "efficientnet_lite1",
+    "efficientnet_lite2",
+    "rcdnet",
 )
+BACKBONE_HELP = "Backbone: one of " + ", ".join(BACKBONE_NAMES) + "."
+
+
+def split_note(df: object, val_fraction: float, seed: int) -> str | None:
+    """The one line ``buscad train`` prints when it makes its own validation split, else None.
+
+    With ``val`` rows in the ``split`` column those are the validation set and
+    nothing is said; otherwise :func:`buscad.models.train.split_train_val` holds
+    out ``val_fraction`` of the patient groups of each class.
+    """
+    cols = getattr(df, "columns", [])
+    if "split" in cols and (df["split"].astype(str).str.lower() == "val").any():  # type: ignore[index]
+        return None
+    rows = (
+        "every row is training data"
+        if "split" not in cols
+        else "the rows with split = train are training data (no split = val rows)"
+    )
+    group = next((c for c in ("group", "patient_id", "image_id") if c in cols), "image_id")
+    return (
+        f"note: {'no split column' if 'split' not in cols else 'no validation rows'}: {rows}, "
+        f"and {val_fraction:.0%} of the {group} groups of each class (seed {seed}) are held out "
+        "for validation; for a grouped split by patient and near-duplicates run "
+        "`buscad data audit` then `buscad data split` first"
+    )
 
 
 def _allow_download(flag: object) -> None:
@@ -28,7 +71,7 @@ def _config(**kw: object):
     kw["pretrained"] = None if pre in ("random", "none") else pre
     kw["weights_file"] = str(kw.pop("weights")) if kw.get("weights") else None
     kw.pop("weights", None)
-    kw["progress"] = not kw.pop("quiet")
+    kw["progress"] = False if kw.pop("quiet") else None  # None: shown (the CLI reports)
     return TrainConfig(**kw)
 
 
@@ -37,7 +80,11 @@ def register(app: typer.Typer) -> None:
 
     @app.command("train")
     def train_cmd(
-        manifest: Path = typer.Argument(..., help="Manifest with a split column (train/val/test)."),
+        manifest: Path = typer.Argument(
+            ...,
+            help="Manifest; its split column says the training (train) and validation (val) "
+            "rows; without one, buscad holds out validation groups itself and says so.",
+        ),
         backbone: str = typer.Option("efficientnet_lite0", help=BACKBONE_HELP),
         out: Path = typer.Option(Path("runs/train"), "-o", "--out", help="Output folder."),
         pretrained: str = typer.Option("imagenet", help="imagenet | random | PATH to weights."),
@@ -69,7 +116,11 @@ def register(app: typer.Typer) -> None:
         from buscad.models.train import train_model
 
         cfg = _config(**{k: v for k, v in opts.items() if k not in ("manifest", "out")})
-        res = train_model(Manifest.load(manifest), cfg, out)
+        m = Manifest.load(manifest)
+        note = split_note(m.df, cfg.val_fraction, cfg.seed)
+        if note and os.environ.get("RANK", "0") == "0":
+            typer.echo(note, err=True)
+        res = train_model(m, cfg, out)
         if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
             return
         for s in res.skipped:
@@ -82,7 +133,9 @@ def register(app: typer.Typer) -> None:
     @app.command("compare-backbones")
     def compare_cmd(
         manifest: Path = typer.Argument(..., help="Manifest with a split column (train/test)."),
-        backbones: str = typer.Option(..., help="Comma-separated backbone names."),
+        backbones: str = typer.Option(
+            ..., help="Comma-separated backbones, each one of " + ", ".join(BACKBONE_NAMES) + "."
+        ),
         out: Path = typer.Option(Path("runs/compare"), "-o", "--out"),
         pretrained: str = typer.Option("imagenet", help="imagenet | random"),
         weights: Path | None = typer.Option(
@@ -132,8 +185,12 @@ def register(app: typer.Typer) -> None:
         manifest: Path = typer.Argument(...),
         out: Path = typer.Option(..., "-o", "--out", help="Output .parquet file."),
         checkpoint: Path | None = typer.Option(None, help="Trained checkpoint (JSON or stem)."),
-        backbone: str | None = typer.Option(None, help="Or: a registered backbone ..."),
-        pretrained: str = typer.Option("imagenet", help="... with these weights."),
+        backbone: str | None = typer.Option(
+            None, help="Instead of --checkpoint: " + BACKBONE_HELP[0].lower() + BACKBONE_HELP[1:]
+        ),
+        pretrained: str = typer.Option(
+            "imagenet", help="Weights of --backbone: imagenet, random or a weights file."
+        ),
         weights: Path | None = typer.Option(None),
         download_weights: bool = typer.Option(
             False,

@@ -20,6 +20,7 @@ from buscad.data.manifest import Manifest
 from buscad.models.heads import BuscadClassifier
 from buscad.models.preprocess import Preprocessor
 from buscad.models.train import load_crops
+from buscad.progress import Progress
 from buscad.utils import atomic_write_table
 
 
@@ -44,9 +45,11 @@ def extract_features(
     crops, keep, skipped = load_crops(manifest, preprocessor)
     model.eval().to(device)
     feats = []
-    for i in range(0, len(crops), batch_size):
-        x = preprocessor(crops[i : i + batch_size]).to(device)
-        feats.append(model.features(x).float().cpu().numpy())
+    with Progress(len(crops), "deep features", "images") as bar:
+        for i in range(0, len(crops), batch_size):
+            x = preprocessor(crops[i : i + batch_size]).to(device)
+            feats.append(model.features(x).float().cpu().numpy())
+            bar.update(len(x))
     dim = model.feature_dim
     arr = np.concatenate(feats) if feats else np.zeros((0, dim), np.float32)
     cols = [f"{prefix}{j:04d}" for j in range(arr.shape[1])]

@@ -46,6 +46,7 @@ from buscad.models import checkpoint as ckpt
 from buscad.models.heads import BuscadClassifier
 from buscad.models.preprocess import Augment, Preprocessor
 from buscad.models.registry import create_backbone, get_spec
+from buscad.progress import Progress, track
 from buscad.utils import atomic_write_table, stable_hash
 
 
@@ -57,7 +58,10 @@ class TrainConfig:
     warm-up and then decayed by a cosine to ``lr * min_lr_ratio`` at the last step.
     ``patience`` epochs without a better validation AUC stop the run.
     ``input_size=None`` uses the backbone's default; ``max_steps`` caps the
-    optimisation steps (tests, smoke runs).
+    optimisation steps (tests, smoke runs). ``progress``: True shows the
+    epochs (loss, validation AUC, ETA) and batches, False hides them, None
+    (default) shows them inside :func:`buscad.progress.reporting` (the command
+    line, a study) only.
     """
 
     backbone: str = "efficientnet_lite0"
@@ -84,7 +88,7 @@ class TrainConfig:
     val_fraction: float = 0.15
     max_steps: int | None = None
     num_threads: int | None = None
-    progress: bool = True
+    progress: bool | None = None
 
     def preprocessor(self) -> Preprocessor:
         """The preprocessing for this backbone and these settings."""
@@ -125,7 +129,7 @@ def load_crops(manifest: Manifest, pre: Preprocessor) -> tuple[np.ndarray, np.nd
         One ``"image_id: problem"`` line per skipped row.
     """
     crops, keep, skipped = [], [], []
-    for i in range(len(manifest)):
+    for i in track(range(len(manifest)), "reading images", "images", closing=False):
         try:
             crops.append(pre.load(manifest.image_path(i), manifest.mask_paths(i)))
             keep.append(i)
@@ -395,10 +399,15 @@ def train_model(
             if meta.get("stopped"):
                 start_epoch = config.epochs
 
-    from tqdm.auto import tqdm
-
-    progress = config.progress and rank == 0
+    progress = False if rank != 0 else config.progress
     stop = bool(config.max_steps and step >= config.max_steps)
+    epochs = Progress(
+        config.epochs - start_epoch,
+        f"{config.backbone} training",
+        "epochs",
+        enabled=progress,
+        every=True,
+    )
     for epoch in range(start_epoch, config.epochs):
         if stop:
             break
@@ -413,13 +422,14 @@ def train_model(
             )
             perm = perm[list(share)]
         losses = []
-        bar = tqdm(
-            range(0, len(perm), per_rank),
-            desc=f"{config.backbone} epoch {epoch + 1}/{config.epochs}",
-            disable=not progress,
-            leave=False,
+        bar = Progress(
+            -(-len(perm) // per_rank),
+            f"{config.backbone} epoch {epoch + 1}/{config.epochs}",
+            "batches",
+            enabled=progress,
+            closing=False,
         )
-        for b in bar:
+        for b in range(0, len(perm), per_rank):
             idx = tr[perm[b : b + per_rank]]
             if len(idx) < 2 and len(tr) >= 2:
                 continue  # BatchNorm needs 2+ samples
@@ -443,10 +453,11 @@ def train_model(
                 dist.all_reduce(lv)
                 lv = lv / world
             losses.append(float(lv))
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            bar.update(loss=losses[-1])
             if config.max_steps and step >= config.max_steps:
                 stop = True
                 break
+        bar.close()
         if world > 1:  # same BatchNorm statistics everywhere -> same validation on every rank
             import torch.distributed as dist
 
@@ -474,12 +485,7 @@ def train_model(
             bad_epochs += 1
         if bad_epochs >= config.patience:
             stop = True
-        if progress:
-            print(
-                f"{config.backbone} epoch {epoch + 1}: loss {row['train_loss']:.4f} "
-                f"val AUC {val_auc:.4f} ({row['seconds']:.0f} s)",
-                flush=True,
-            )
+        epochs.update(loss=row["train_loss"], **{"val AUC": val_auc})
         if out is not None and rank == 0:
             atomic_write_table(pd.DataFrame(history), out / "metrics.csv")
             if improved:
@@ -505,6 +511,7 @@ def train_model(
                     "stopped": stop,
                 },
             )
+    epochs.close()
     if world > 1:
         import torch.distributed as dist
 

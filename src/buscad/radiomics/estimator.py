@@ -22,8 +22,8 @@ class RadiomicsExtractor(TransformerMixin, BaseEstimator):
         See :func:`buscad.radiomics.extract.extract_features`.
     n_jobs : int, default 1
         Worker processes.
-    progress : bool, default False
-        Show a progress bar.
+    progress : bool, optional
+        Show per-image progress (default: inside :func:`buscad.progress.reporting` only).
 
     Notes
     -----
@@ -37,7 +37,7 @@ class RadiomicsExtractor(TransformerMixin, BaseEstimator):
         params: str | os.PathLike[str] | None = None,
         cache_dir: str | os.PathLike[str] | bool | None = None,
         n_jobs: int = 1,
-        progress: bool = False,
+        progress: bool | None = None,
     ) -> None:
         self.params = params
         self.cache_dir = cache_dir

@@ -465,7 +465,7 @@ def extract_features(
     *,
     cache_dir: str | os.PathLike[str] | bool | None = None,
     n_jobs: int = 1,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> ExtractionResult:
     """Extract radiomics features for every row of a manifest (cached, parallel).
 
@@ -479,8 +479,9 @@ def extract_features(
         Cache folder; ``None`` / ``True``: :func:`default_cache_dir`; ``False``: no cache.
     n_jobs : int, default 1
         Worker processes (``concurrent.futures.ProcessPoolExecutor``); 1 runs in-process.
-    progress : bool, default False
-        Show a tqdm progress bar.
+    progress : bool, optional
+        Show per-image progress with ETA (:class:`buscad.progress.Progress`); default:
+        inside a :func:`buscad.progress.reporting` block (command line, study) only.
 
     Returns
     -------
@@ -508,9 +509,9 @@ def extract_features(
     results: dict[str, dict[str, float]] = {}
     failures: list[str] = []
     n_cached = n_computed = 0
-    from tqdm.auto import tqdm
+    from buscad.progress import Progress
 
-    bar = tqdm(total=len(jobs), desc="radiomics", unit="img", disable=not progress)
+    bar = Progress(len(jobs), "radiomics", "images", enabled=progress)
     if n_jobs <= 1:
         _quiet_pyradiomics()
         outs = (_extract_row(*job, params, cdir) for job in jobs)

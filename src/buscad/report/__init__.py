@@ -16,14 +16,21 @@ audit can render its page here).
 """
 
 from buscad.report.builder import (
+    Bullets,
+    Details,
     Figure,
+    Gallery,
     Html,
     KeyValue,
+    Links,
     Section,
     Table,
     Text,
+    Tile,
     build_report,
     environment_info,
+    model_abbr,
+    plain_value,
     render_report,
 )
 from buscad.report.cards import (
@@ -34,17 +41,24 @@ from buscad.report.cards import (
 )
 
 __all__ = [
+    "Bullets",
+    "Details",
     "Figure",
+    "Gallery",
     "Html",
     "KeyValue",
+    "Links",
     "Section",
     "Table",
     "Text",
+    "Tile",
     "build_report",
     "environment_info",
+    "model_abbr",
     "model_card",
     "model_card_blocks",
     "model_card_markdown",
+    "plain_value",
     "render_report",
     "tripod_ai_checklist",
 ]

@@ -46,17 +46,71 @@ class Text:
         return "".join(f"<p>{html.escape(p).replace(chr(10), '<br>')}</p>" for p in paras)
 
 
+def plain_value(v: Any) -> str:
+    """A value as words a reader can read: no Python dict/list syntax, no escaped newlines.
+
+    Mappings become ``key: value; key: value``, sequences ``a, b, c``, floats four
+    significant digits, booleans ``yes``/``no``, newlines spaces.
+    """
+    if isinstance(v, Mapping):
+        return "; ".join(f"{k}: {plain_value(x)}" for k, x in v.items()) or "none"
+    if isinstance(v, list | tuple | set):
+        return ", ".join(plain_value(x) for x in v) or "none"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if v is None:
+        return ""
+    return " ".join(str(v).split())
+
+
+def model_abbr(name: Any) -> str:
+    """HTML of a model's plain label with its short name (and description) as a tooltip."""
+    from buscad.labels import model_description, model_label
+
+    short = str(name)
+    label = model_label(short)
+    if label == short:
+        return html.escape(short)
+    tip = short + (f": {model_description(short)}" if model_description(short) else "")
+    return f'<abbr title="{html.escape(tip)}">{html.escape(label)}</abbr>'
+
+
 @dataclass
 class Table:
-    """A DataFrame rendered as an HTML table with an optional caption."""
+    """A DataFrame rendered as an HTML table with an optional caption.
+
+    Cells are shown with :func:`plain_value` (no dict syntax, no newlines); the values
+    of ``model_columns`` are model short names, shown as their plain label with the
+    short name as a tooltip (:func:`model_abbr`), followed by ``model_notes[name]`` in
+    brackets when given (e.g. "uses the reader's BI-RADS"). Tables wrap to the page width.
+    """
 
     df: pd.DataFrame
     caption: str = ""
     index: bool = False
     float_format: str = "{:.4g}"
+    model_columns: Sequence[str] = ()
+    model_notes: Mapping[str, str] = field(default_factory=dict)
 
     def to_html(self) -> str:
-        df = self.df
+        df = self.df.copy()
+        for c in df.columns:
+            if df[c].dtype == object:
+                df[c] = [v if isinstance(v, float) else plain_value(v) for v in df[c]]
+        if self.index and df.index.dtype == object:
+            df.index = [plain_value(v) for v in df.index]
+        marks: dict[str, str] = {}
+        for c in self.model_columns:
+            if c in df.columns:
+                vals = []
+                for v in df[c]:
+                    key = f"@@model{len(marks)}@@"
+                    note = self.model_notes.get(str(v))
+                    marks[key] = model_abbr(v) + (f" ({html.escape(note)})" if note else "")
+                    vals.append(key)
+                df[c] = vals
         body = df.to_html(
             index=self.index,
             escape=True,
@@ -65,6 +119,8 @@ class Table:
             classes="tbl",
             float_format=lambda v: self.float_format.format(v),
         )
+        for key, markup in marks.items():
+            body = body.replace(key, markup, 1)
         cap = f"<figcaption>{html.escape(self.caption)}</figcaption>" if self.caption else ""
         return f'<figure class="table">{cap}<div class="scroll">{body}</div></figure>'
 
@@ -108,18 +164,96 @@ class Figure:
 
 @dataclass
 class KeyValue:
-    """A two-column key/value table (configuration, environment, hashes)."""
+    """A two-column key/value table (configuration, environment, hashes).
+
+    Nested values are written out in words (:func:`plain_value`), never as Python syntax.
+    """
 
     items: Mapping[str, Any]
     caption: str = ""
 
     def to_html(self) -> str:
         rows = "".join(
-            f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+            f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(plain_value(v))}</td></tr>"
             for k, v in self.items.items()
         )
         cap = f"<figcaption>{html.escape(self.caption)}</figcaption>" if self.caption else ""
         return f'<figure class="table">{cap}<table class="kv">{rows}</table></figure>'
+
+
+@dataclass
+class Tile:
+    """One labelled image of a :class:`Gallery`: a caption line per item, a class for its frame."""
+
+    source: Any
+    lines: Sequence[str]
+    kind: str = ""
+
+
+@dataclass
+class Gallery:
+    """Labelled image tiles (e.g. Grad-CAM of correct and incorrect cases), each with its caption."""
+
+    tiles: Sequence[Tile]
+    caption: str = ""
+
+    def to_html(self) -> str:
+        cap = f"<figcaption>{html.escape(self.caption)}</figcaption>" if self.caption else ""
+        out = []
+        for t in self.tiles:
+            img = Figure(t.source)._data_uri()
+            lines = "<br>".join(html.escape(x) for x in t.lines)
+            cls = f"tile {html.escape(t.kind)}".strip()
+            alt = html.escape(t.lines[0] if t.lines else "image")
+            out.append(
+                f'<figure class="{cls}"><img src="{img}" alt="{alt}">'
+                f"<figcaption>{lines}</figcaption></figure>"
+            )
+        body = "".join(out) or "<p class='note'>no case</p>"
+        return f'<figure class="gallery">{cap}<div class="tiles">{body}</div></figure>'
+
+
+@dataclass
+class Details:
+    """A collapsible block (closed by default) holding preformatted text, e.g. a config as YAML."""
+
+    summary: str
+    text: str
+
+    def to_html(self) -> str:
+        return (
+            f"<details><summary>{html.escape(self.summary)}</summary>"
+            f"<pre>{html.escape(self.text)}</pre></details>"
+        )
+
+
+@dataclass
+class Links:
+    """A list of links (relative paths inside the run folder) with a line of text each."""
+
+    links: Sequence[tuple[str, str, str]]
+
+    def to_html(self) -> str:
+        items = "".join(
+            f'<li><a href="{html.escape(href, quote=True)}">{html.escape(text)}</a>'
+            + (f" ({html.escape(note)})" if note else "")
+            + "</li>"
+            for text, href, note in self.links
+        )
+        return f'<ul class="links">{items}</ul>'
+
+
+@dataclass
+class Bullets:
+    """A bulleted list of plain-text lines (HTML escaped)."""
+
+    items: Sequence[str]
+    cls: str = ""
+
+    def to_html(self) -> str:
+        items = "".join(f"<li>{html.escape(plain_value(x))}</li>" for x in self.items)
+        cls = f' class="{html.escape(self.cls)}"' if self.cls else ""
+        return f"<ul{cls}>{items}</ul>"
 
 
 @dataclass

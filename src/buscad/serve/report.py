@@ -2,8 +2,11 @@
 
 The report holds the image with the region read, the Grad-CAM overlay, the AI
 score with the bundle's threshold and decision, the BI-RADS-aligned likelihood
-band with its decision-support note, each model's score, the bundle's name and
-version, and the date of the report. It copies no file name and no DICOM header
+band with its decision-support note (worded by :func:`buscad.bundle.types.decision_text`
+and :func:`~buscad.bundle.types.band_text`, as on every screen), each model's score
+under its plain name, every input the models read with its source (entered,
+computed from the outline, none), the bundle's name and version, and the date of
+the report. It copies no file name and no DICOM header
 value, and nothing the user typed except clinical inputs the models used. The
 image itself is shown as uploaded: text burned into its pixels (names, IDs,
 dates) is not removed, so the report carries the reader's burned-in-text
@@ -21,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from buscad import __version__
-from buscad.bundle.types import Prediction
+from buscad.bundle.types import INPUT_COMPUTED, INPUT_NONE, Prediction
+from buscad.labels import READS_READER, model_label
 from buscad.report.render import render_page, stylesheet
 from buscad.serve.imaging import composite, encode_png
 
@@ -62,20 +66,75 @@ def summary_rows(pred: Prediction) -> list[tuple[str, str]]:
     return [
         ("AI score (calibrated probability of malignancy)", _fmt(pred.ai_score)),
         ("Decision threshold", _fmt(pred.threshold)),
-        (
-            "Decision at threshold",
-            "above threshold (suspicious)"
-            if pred.decision == "malignant"
-            else "below threshold (not suspicious)",
-        ),
-        (
-            "BI-RADS-aligned likelihood band",
-            f"{pred.band.category}: {pred.band.text}",
-        ),
-        ("Primary model", pred.primary_model),
+        ("Decision at threshold", pred.decision_text),
+        ("BI-RADS-aligned likelihood band", pred.band_text),
+        ("Model giving the AI score", f"{model_label(pred.primary_model)} ({pred.primary_model})"),
         ("Region read", ROI_TEXT.get(pred.roi_source, pred.roi_source)),
         ("Region (x0, y0, x1, y1)", ", ".join(str(v) for v in pred.roi)),
     ]
+
+
+def _named(m: str) -> str:
+    """A model's plain name with its short name in brackets (unless the label already has it)."""
+    label = model_label(m)
+    return label if f"({m.upper()})" in label or label == m else f"{label} ({m})"
+
+
+def model_rows(pred: Prediction) -> list[dict[str, str]]:
+    """Each model's plain name (short name in brackets; marked when it reads the reader's
+    BI-RADS), score and why it did not run."""
+    rows = [
+        {
+            "name": _named(m)
+            + (", gives the AI score" if m == pred.primary_model else "")
+            + (f", {READS_READER}" if m in pred.reader_models else ""),
+            "score": _fmt(s),
+            "note": pred.skipped_models.get(m, ""),
+        }
+        for m, s in pred.model_scores.items()
+    ]
+    rows += [
+        {
+            "name": _named(m) + (f", {READS_READER}" if m in pred.reader_models else ""),
+            "score": "not run",
+            "note": why,
+        }
+        for m, why in pred.skipped_models.items()
+        if m not in pred.model_scores
+    ]
+    return rows
+
+
+def _value(v: Any) -> str:
+    if v is None:
+        return "not given"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def input_rows(pred: Prediction) -> list[dict[str, str]]:
+    """Every input the models read, with its value and source (shared by HTML and PDF).
+
+    Entered clinical and lexicon inputs get a row each; the measures computed from
+    the outline are one row per source, naming them (there are often two dozen).
+    A model that reads the image itself (the CNN, radiomics) is not listed: the
+    region read says what it saw.
+    """
+    rows = [
+        {"name": i["label"], "value": _value(i["value"]), "source": i["source"]}
+        for i in pred.inputs
+        if not i.get("outline")
+    ]
+    for source in (INPUT_COMPUTED, INPUT_NONE):
+        got = [i for i in pred.inputs if i.get("outline") and i["source"] == source]
+        if got:
+            names = ", ".join(i["label"] for i in got)
+            value = "computed" if source == INPUT_COMPUTED else "no outline to measure"
+            rows.append(
+                {"name": f"{len(got)} outline measures ({names})", "value": value, "source": source}
+            )
+    return rows
 
 
 def _data_url(png: bytes) -> str:
@@ -90,19 +149,7 @@ def render_html(pred: Prediction, gray: np.ndarray, ctx: ReportContext) -> str:
         if pred.heatmap is not None
         else None
     )
-    models = [
-        {
-            "name": m + (" (primary)" if m == pred.primary_model else ""),
-            "score": _fmt(s),
-            "note": pred.skipped_models.get(m, ""),
-        }
-        for m, s in pred.model_scores.items()
-    ]
-    models += [
-        {"name": m, "score": "not run", "note": why}
-        for m, why in pred.skipped_models.items()
-        if m not in pred.model_scores
-    ]
+    models = model_rows(pred)
     h, w = ctx.image_size
     return render_page(
         "case.html.j2",
@@ -119,6 +166,7 @@ def render_html(pred: Prediction, gray: np.ndarray, ctx: ReportContext) -> str:
         rows=summary_rows(pred),
         band_note=pred.band.note,
         models=models,
+        inputs=input_rows(pred),
     )
 
 
@@ -170,16 +218,23 @@ def render_pdf(pred: Prediction, gray: np.ndarray, ctx: ReportContext) -> bytes:
     y -= 0.06
     fig.text(0.06, y, "Model", fontsize=9.5, weight="bold")
     fig.text(0.52, y, "Malignant probability", fontsize=9.5, weight="bold")
-    for m, s in pred.model_scores.items():
+    for m in model_rows(pred):
         y -= 0.022
-        note = pred.skipped_models.get(m, "")
-        fig.text(0.06, y, m + (" (primary)" if m == pred.primary_model else ""), fontsize=9)
-        fig.text(0.52, y, _fmt(s) + (f" — {note}" if note else ""), fontsize=9)
-    for m, why in pred.skipped_models.items():
-        if m not in pred.model_scores:
-            y -= 0.022
-            fig.text(0.06, y, m, fontsize=9)
-            fig.text(0.52, y, f"not run — {why}", fontsize=9)
+        fig.text(0.06, y, m["name"], fontsize=8.5)
+        fig.text(0.52, y, m["score"] + (f" — {m['note']}" if m["note"] else ""), fontsize=8.5)
+    rows = input_rows(pred)
+    if rows:
+        y -= 0.035
+        fig.text(0.06, y, "Input", fontsize=9.5, weight="bold")
+        fig.text(0.52, y, "Value · source", fontsize=9.5, weight="bold")
+        for r in rows:
+            if y < 0.09:  # the page ends: the HTML report lists the rest
+                fig.text(0.06, y - 0.02, "... (more inputs in the HTML report)", fontsize=8)
+                break
+            y -= 0.02
+            name = r["name"] if len(r["name"]) <= 70 else r["name"][:67] + "..."
+            fig.text(0.06, y, name, fontsize=8)
+            fig.text(0.52, y, f"{r['value']} · {r['source']}", fontsize=8)
     fig.text(
         0.06,
         0.04,

@@ -51,6 +51,7 @@ _LAZY = {
     "CACHE_VERSION": "buscad.study.stages",
     "DEEP_FEATURES": "buscad.study.fit",
     "MODELS_EXPORT_VERSION": "buscad.study.fit",
+    "INTEGRATED_WITHOUT_READER": "buscad.study.fit",
     "READER_MODEL": "buscad.study.fit",
     "SHORTCUT_MODELS": "buscad.study.fit",
     "StageResult": "buscad.study.stages",

@@ -81,9 +81,12 @@ def check_cmd(config: Path = typer.Argument(..., help="Study YAML.")) -> None:
 @study_app.command("run")
 def run_cmd(
     config: Path = typer.Argument(..., help="Study YAML (see configs/)."),
-    out: Path | None = typer.Option(None, "-o", "--out", help="Run folder (default runs/<name>)."),
+    out: Path | None = typer.Option(
+        None, "-o", "--out", help="Run folder (default: runs/ and the config's name)."
+    ),
 ) -> None:
     """Check the config, then audit, split, train and compare, evaluate and report; cached and resumable."""
+    from buscad._cliutil import output_lines
     from buscad.study.runner import run_study
 
     try:
@@ -94,7 +97,9 @@ def run_cmd(
         raise
     for w in res.warnings:
         typer.echo(f"WARNING: {w}", err=True)
-    typer.echo(f"study finished in {res.seconds:.0f} s; report: {res.report}")
+    typer.echo(f"study finished in {res.seconds:.0f} s. Outputs:")
+    for line in output_lines(res.outputs):
+        typer.echo(line)
 
 
 @study_app.command("reference")

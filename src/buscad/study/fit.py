@@ -17,10 +17,14 @@ SHORTCUT_MODELS = ("shortcut: mask geometry", "shortcut: image size")
 #: Columns of the CNN's penultimate features (``deep_0000``...; not ``deep_fold`` or ``deep_oof``).
 DEEP_FEATURES = r"^deep_\d+$"
 READER_MODEL = "reader BI-RADS"
+#: The integrated model fitted again without the models that read the reader's BI-RADS
+#: (built only when ``clinical.reader_as_input: true`` lets a model read it).
+INTEGRATED_WITHOUT_READER = "integrated_without_reader"
 
 #: Bumped when the models stage exports something new (1: portable refit models;
-#: 2: the outline model and the integrated model's options).
-MODELS_EXPORT_VERSION = 2
+#: 2: the outline model and the integrated model's options; 3: reader_models.json and
+#: the reader's BI-RADS no model input by default).
+MODELS_EXPORT_VERSION = 3
 
 
 def _outline_features() -> tuple[str, ...]:
@@ -49,14 +53,29 @@ def _safe(name: str) -> str:
 # ============================================================== models
 def fit_and_predict(
     cfg: StudyConfig, df: pd.DataFrame, table: pd.DataFrame
-) -> tuple[pd.DataFrame, list[str], dict[str, Any]]:
+) -> tuple[pd.DataFrame, list[str], dict[str, Any], list[str]]:
     """Fit every configured classical/fusion model on the training rows and predict all rows.
 
     Training rows get out-of-fold predictions (grouped ``cv_fold``); other rows
-    get the prediction of the model refit on all training rows. Returns the
-    predictions table (``case_id, label, cohort, age, <model>...``), notes on
-    models that could not be built (e.g. no clinical data in the training rows)
-    and the refit models (name -> fitted estimator; not the shortcut references).
+    get the prediction of the model refit on all training rows.
+
+    The reader's BI-RADS (``clinical.reader_column``) is never a model input
+    unless ``clinical.reader_as_input`` is true: then the US model reads it (and
+    the clinical/CLDLR models when ``clinical.columns`` lists it), the integrated
+    model reads it through them, and :data:`INTEGRATED_WITHOUT_READER` fuses the
+    same single models less those that read it.
+
+    Returns
+    -------
+    predictions : pandas.DataFrame
+        ``case_id, label, cohort, age, <model>...``.
+    notes : list of str
+        Models that could not be built (e.g. no clinical data in the training
+        rows) and which models read the reader's BI-RADS.
+    fitted : dict
+        The refit models (name -> fitted estimator; not the shortcut references).
+    reader_models : list of str
+        The models offered the reader's BI-RADS as an input (empty by default).
     """
     from sklearn.impute import SimpleImputer
     from sklearn.linear_model import LogisticRegression
@@ -93,8 +112,16 @@ def fit_and_predict(
         )
     if "dlr" in cfg.models and deep_cols:
         models["dlr"] = C.DLR(include=DEEP_FEATURES)
-    num = [c for c in cfg.clinical.columns if c in X and pd.api.types.is_numeric_dtype(X[c])]
-    cat = [c for c in cfg.clinical.columns if c in X and not pd.api.types.is_numeric_dtype(X[c])]
+    reader = cfg.clinical.reader_column
+    as_input = bool(reader) and cfg.clinical.reader_as_input
+
+    def allowed(cols: list[str]) -> list[str]:
+        """``cols`` without the reader's BI-RADS unless the config makes it an input."""
+        return [c for c in dict.fromkeys(cols) if as_input or c != reader]
+
+    clin_cfg = allowed(list(cfg.clinical.columns))
+    num = [c for c in clin_cfg if c in X and pd.api.types.is_numeric_dtype(X[c])]
+    cat = [c for c in clin_cfg if c in X and not pd.api.types.is_numeric_dtype(X[c])]
     clin = present(num + cat)
     if "clinical" in cfg.models:
         if clin:
@@ -105,8 +132,8 @@ def fit_and_predict(
                 random_state=cfg.seed,
             )
         else:
-            absent = [c for c in cfg.clinical.columns if c not in X.columns]
-            empty = [c for c in cfg.clinical.columns if c in X.columns]
+            absent = [c for c in clin_cfg if c not in X.columns]
+            empty = [c for c in clin_cfg if c in X.columns]
             why = "; ".join(
                 part
                 for part in (
@@ -116,10 +143,7 @@ def fit_and_predict(
                 if part
             )
             notes.append(f"clinical model not built: {why or 'clinical.columns is empty'}")
-    us_cols = present(
-        list(cfg.clinical.us_columns)
-        + ([cfg.clinical.reader_column] if cfg.clinical.reader_column else [])
-    )
+    us_cols = present(allowed([*cfg.clinical.us_columns, *([reader] if as_input else [])]))
     if "us" in cfg.models:
         if us_cols:
             models["us"] = C.USModel(columns=us_cols, random_state=cfg.seed)
@@ -165,22 +189,30 @@ def fit_and_predict(
         out[name], fit = _oof_and_predict(est, Xm, y, tr, folds, cfg.seed)
         if name in models:
             fitted[name] = fit
-    reader = cfg.clinical.reader_column
+    offered = {"clinical": clin, "us": us_cols, "cldlr": clin}
+    reader_models = [n for n in models if as_input and reader in offered.get(n, [])]
     if "integrated" in cfg.models:
         wanted = cfg.integrated.models
-        reader_in_us = bool(reader) and reader in us_cols and "us" in models
-        if wanted is None and reader_in_us:
-            # by default the AI score never reads the radiologist's own category
-            wanted = [n for n in (*models, "deep") if n != "us"]
-            notes.append(
-                f"integrated model leaves out the US model: it reads the reader's BI-RADS "
-                f"('{reader}'); list it in integrated.models to fuse it anyway"
-            )
-        bases = [(n, models[n]) for n in models if wanted is None or n in wanted]
+        names = [n for n in models if wanted is None or n in wanted]
         if "deep" in out and (wanted is None or "deep" in wanted):
+            names.append("deep")
             Xn = Xn.assign(_deep_score=out["deep"].to_numpy())
-            bases.append(("deep", C.ColumnScore("_deep_score")))
-        if len(bases) >= 2:
+        variants = [("integrated", names)]
+        if any(n in reader_models for n in names):
+            variants.append(
+                (INTEGRATED_WITHOUT_READER, [n for n in names if n not in reader_models])
+            )
+        Xs = pd.concat([X.drop(columns=[c for c in Xn.columns if c in X.columns]), Xn], axis=1)
+        for vname, vbases in variants:
+            if len(vbases) < 2:
+                notes.append(
+                    f"{vname} model not built: fewer than two single models"
+                    + (" that do not read the reader's BI-RADS" if vname != "integrated" else "")
+                )
+                continue
+            bases = [
+                (n, models[n] if n != "deep" else C.ColumnScore("_deep_score")) for n in vbases
+            ]
             stack = C.StackingIntegrator(
                 estimators=bases,
                 cv=cfg.split.cv_folds,
@@ -190,17 +222,27 @@ def fit_and_predict(
                 C=cfg.integrated.C,
                 random_state=cfg.seed,
             )
-            Xs = pd.concat([X.drop(columns=[c for c in Xn.columns if c in X.columns]), Xn], axis=1)
-            out["integrated"], fitted["integrated"] = _oof_and_predict(
+            out[vname], fitted[vname] = _oof_and_predict(
                 stack, Xs, y, tr, folds, cfg.seed, groups=groups
             )
-        else:
-            notes.append("integrated model not built: fewer than two single models")
+            if vname == "integrated" and len(variants) > 1:
+                reader_models.append("integrated")
+    if reader_models:
+        notes.append(
+            f"the reader's BI-RADS ('{reader}') is an input of: {', '.join(reader_models)} "
+            f"(clinical.reader_as_input: true); their scores partly reflect the radiologist's "
+            f"own call"
+            + (
+                f"; {INTEGRATED_WITHOUT_READER} fuses the same models without it"
+                if INTEGRATED_WITHOUT_READER in out
+                else ""
+            )
+        )
     if reader and reader in df and df[reader].notna().any():
         from buscad.data.birads import birads_rank
 
         out[READER_MODEL] = birads_rank(df[reader])
-    return out, notes, fitted
+    return out, notes, fitted, reader_models
 
 
 def export_models(fitted: dict[str, Any], folder: Path) -> list[str]:

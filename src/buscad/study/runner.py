@@ -17,6 +17,7 @@ from buscad.config import StudyConfig
 from buscad.data.manifest import Manifest
 from buscad.study.cohorts import Arm, _apply_audit_policy, _folds, _stage_cohort, study_arms
 from buscad.study.fit import (
+    INTEGRATED_WITHOUT_READER,
     MODELS_EXPORT_VERSION,
     READER_MODEL,
     SHORTCUT_MODELS,
@@ -29,10 +30,15 @@ from buscad.study.stages import StageResult, StageRunner
 from buscad.utils import atomic_write_json, atomic_write_table, file_sha256, stable_hash
 
 #: Bumped when the bundle stage writes something new (2: model.onnx with Grad-CAM;
-#: 3: the classical and fusion models; 4: why a configured model is not in it).
-BUNDLE_VERSION = 4
+#: 3: the classical and fusion models; 4: why a configured model is not in it;
+#: 5: each model's ``reads_reader``).
+BUNDLE_VERSION = 5
 #: Bumped when the outline stage writes something new.
 ROI_VERSION = 2
+#: Bumped when the gallery stage writes something new (2: cases.csv labels every tile).
+GALLERY_VERSION = 2
+#: Bumped when the evaluation stage's report changes (2: BI-RADS cuts as categories, words).
+EVALUATE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,8 @@ class StudyResult:
     warnings: list[str] = field(default_factory=list)
     stages: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    #: Every file or folder the run promises, by name, in the order ``buscad study run`` lists them.
+    outputs: dict[str, Path] = field(default_factory=dict)
 
 
 def _train_config(cfg: StudyConfig, backbone: str, seed: int):
@@ -91,7 +99,6 @@ def _train_config(cfg: StudyConfig, backbone: str, seed: int):
         margin=d.margin,
         input_size=d.input_size,
         seed=seed,
-        progress=False,
     )
 
 
@@ -124,6 +131,7 @@ class StudyRun:
         self.arms = study_arms(cfg)
         self.runner = StageRunner(self.run_dir / "cache", total=self._n_stages(), stream=stream)
         self.warnings: list[str] = []
+        self.outputs: dict[str, Path] = {}
 
     def _n_stages(self) -> int:
         cfg = self.cfg
@@ -147,7 +155,17 @@ class StudyRun:
 
     # ---------------------------------------------------------------- run
     def run(self) -> StudyResult:
-        """Execute every stage (cached ones are reused) and write the report."""
+        """Execute every stage (cached ones are reused) and write the report.
+
+        Progress (stage lines and the per-item progress of the long stages,
+        :mod:`buscad.progress`) goes to the runner's stream.
+        """
+        from buscad.progress import reporting
+
+        with reporting(self.runner.stream):
+            return self._run()
+
+    def _run(self) -> StudyResult:
         t0 = time.monotonic()
         cfg = self.cfg
         keys, mans = [], []
@@ -223,7 +241,9 @@ class StudyRun:
         chosen = next((o for o in first if o[5].mode == "auto"), first[0])
         bundle = self._bundle(*chosen, metrics_df) if "deep" in cfg.models else None
         report = self._report(arm_outputs, audit_res, metrics_df)
+        atomic_write_table(metrics_df, self.run_dir / "metrics.csv")
         secs = time.monotonic() - t0
+        outputs = self._outputs(report, bundle, arm_outputs)
         summary = {
             "name": cfg.name,
             "seconds": round(secs, 1),
@@ -231,12 +251,46 @@ class StudyRun:
             "warnings": self.warnings,
             "report": str(report),
             "bundle": str(bundle) if bundle else None,
+            "outputs": {k: str(v) for k, v in outputs.items()},
         }
         atomic_write_json(self.run_dir / "run.json", summary)
-        atomic_write_table(metrics_df, self.run_dir / "metrics.csv")
         return StudyResult(
-            self.run_dir, report, preds, metrics_df, self.warnings, self.runner.summary(), secs
+            self.run_dir,
+            report,
+            preds,
+            metrics_df,
+            self.warnings,
+            self.runner.summary(),
+            secs,
+            outputs,
         )
+
+    def _outputs(self, report: Path, bundle: Path | None, arm_outputs: list) -> dict[str, Path]:
+        """Every output the run promises (README "Running a whole study"), by name.
+
+        The run folder's own files, then per arm (and outline mode) its evaluation
+        report, model card, TRIPOD+AI checklist, tables and predictions, then the
+        data audit's report. Only paths that exist are listed (``run.json`` is
+        written right after, with this list in it).
+        """
+        out: dict[str, Path] = {
+            "report": report,
+            "metrics": self.run_dir / "metrics.csv",
+            "run summary": self.run_dir / "run.json",
+        }
+        if bundle is not None:
+            out["bundle"] = bundle
+        several = len(arm_outputs) > 1
+        for arm, _man, _deep, cls_res, _ev, roi in arm_outputs:
+            tag = f" ({roi.label(arm)})" if several else ""
+            ev = self.run_dir / "evaluation" / roi.tag(arm)  # the copy the report links
+            out[f"evaluation report{tag}"] = ev / "report.html"
+            out[f"model card{tag}"] = ev / "model_card.md"
+            out[f"TRIPOD+AI checklist{tag}"] = ev / "tables" / "tripod_ai_checklist.md"
+            out[f"tables{tag}"] = ev / "tables"
+            out[f"predictions{tag}"] = cls_res.path / "predictions.csv"
+        out["audit report"] = self.run_dir / "audit" / "report.html"
+        return {k: v for k, v in out.items() if v.exists() or k == "run summary"}
 
     def _needs_deep(self) -> bool:
         """The CNN is trained when a model that uses it is asked for (integrated stacks what exists)."""
@@ -620,10 +674,11 @@ class StudyRun:
 
         def work(folder: Path) -> None:
             table = self._feature_table(man, deep_res, radiomics_res, audit_res)
-            out, notes, fitted = fit_and_predict(cfg, man.df, table)
+            out, notes, fitted, reader_models = fit_and_predict(cfg, man.df, table)
             notes += export_models(fitted, folder / "export")
             atomic_write_table(out, folder / "predictions.csv")
             atomic_write_json(folder / "notes.json", notes)
+            atomic_write_json(folder / "reader_models.json", reader_models)
 
         key = {
             "split": split_res.key,
@@ -676,8 +731,14 @@ class StudyRun:
 
         def work(folder: Path) -> None:
             from buscad.evaluate import evaluate_predictions
+            from buscad.labels import READS_READER
 
             pred = pd.read_csv(cls_res.path / "predictions.csv")
+            reader = cfg.clinical.reader_column
+            details = {
+                n: {"reader's BI-RADS": f"{READS_READER} ('{reader}') as an input"}
+                for n in _reader_models(cls_res)
+            }
             model_cols = [c for c in pred.columns if c not in ("case_id", "label", "cohort", "age")]
             ev = evaluate_predictions(
                 pred,
@@ -690,8 +751,8 @@ class StudyRun:
                 ci_method=cfg.evaluation.ci,
                 seed=cfg.seed,
                 covariates=["age"] if "age" in pred and pred["age"].notna().any() else None,
+                birads_columns=[READER_MODEL] if READER_MODEL in model_cols else (),
             )
-            split_txt = pd.read_csv(split_res.path / "split_summary.csv").to_string(index=False)
             ev.write(
                 folder / "evaluation",
                 title=f"{cfg.name}: {roi.label(arm)}",
@@ -700,22 +761,26 @@ class StudyRun:
                     f"Grouped (patient ∪ near-duplicate group) stratified {1 - cfg.split.test_size:.0%}:"
                     f"{cfg.split.test_size:.0%} split of {', '.join(arm.development)}; training-cohort "
                     f"predictions are out-of-fold ({cfg.split.cv_folds}-fold grouped CV; deep models "
-                    f"{cfg.deep.selection_folds}-fold). External: {', '.join(arm.external) or 'none'}.\n"
+                    f"{cfg.deep.selection_folds}-fold). External: {', '.join(arm.external) or 'none'}."
                     + (
                         ""
                         if roi.mode == "expert"
-                        else f"Lesion outlines: roi {roi.mode} (segmenter {cfg.segment.model}, "
-                        "applied to every row).\n"
+                        else f" Lesion outlines: roi {roi.mode} (segmenter {cfg.segment.model}, "
+                        "applied to every row)."
                     )
-                    + split_txt
                 ),
                 seed=cfg.seed,
+                model_details=details,
             )
             atomic_write_table(ev.metrics, folder / "metrics.csv")
 
         return self.runner.run(
             f"evaluate-{roi.tag(arm)}",
-            {"predictions": cls_res.key, "eval": cfg.evaluation.model_dump()},
+            {
+                "predictions": cls_res.key,
+                "eval": cfg.evaluation.model_dump(),
+                "v": EVALUATE_VERSION,
+            },
             work,
         )
 
@@ -806,13 +871,123 @@ class StudyRun:
             )
         return Section("Lesion outlines", blocks)
 
+    def _publish(self, src: Path, rel: str) -> str:
+        """Copy a stage's report folder into the run folder (replacing an older copy).
+
+        Returns ``rel``, the copy's path relative to the run folder, for a report link.
+        """
+        import shutil
+
+        dest = self.run_dir / rel
+        tmp = dest.with_name(dest.name + ".tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        shutil.copytree(src, tmp)
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+        return rel
+
+    def _metrics_table(self, m: pd.DataFrame) -> pd.DataFrame:
+        """The per-cohort metrics in words: AUC with its CI, thresholds as scores or BI-RADS cuts."""
+        from buscad.data.birads import cut_words
+
+        def ci(v: float, lo: float, hi: float) -> str:
+            return "n/a" if pd.isna(v) else f"{v:.3f} ({lo:.3f}–{hi:.3f})"
+
+        out = pd.DataFrame(
+            {
+                "Cohort": m["cohort"],
+                "Model": m["model"],
+                "Cases": m["n"],
+                "AUC (95% CI)": [
+                    ci(a, lo, hi)
+                    for a, lo, hi in zip(m["auc"], m["auc_lo"], m["auc_hi"], strict=True)
+                ],
+            }
+        )
+        for c, name in (
+            ("accuracy", "Accuracy"),
+            ("sensitivity", "Sensitivity"),
+            ("specificity", "Specificity"),
+            ("ppv", "PPV"),
+            ("npv", "NPV"),
+            ("f1", "F1"),
+        ):
+            if c in m:
+                out[name] = [f"{v:.3f}" if pd.notna(v) else "n/a" for v in m[c]]
+        if "threshold" in m:
+            out["Malignant when"] = [
+                "n/a" if pd.isna(t) else cut_words(t) if mod == READER_MODEL else f"score ≥ {t:.3g}"
+                for mod, t in zip(m["model"], m["threshold"], strict=True)
+            ]
+        return out.reset_index(drop=True)
+
+    @staticmethod
+    def _gallery_blocks(cases: pd.DataFrame, label: str) -> list[Any]:
+        """Grad-CAM tiles, correct and incorrect apart, each with its truth, score and cohort."""
+        from buscad.labels import model_label
+        from buscad.report import Gallery, Tile
+
+        if cases.empty:
+            return []
+        blocks: list[Any] = []
+        for kind, title in (
+            ("correct", "correctly classified"),
+            ("incorrect", "misclassified"),
+        ):
+            rows = cases[cases["kind"] == kind]
+            if rows.empty:
+                continue
+            tiles = [
+                Tile(
+                    r.overlay,
+                    [
+                        f"{r.image_id}: {'correct' if kind == 'correct' else 'incorrect'}",
+                        f"true: {r.label}",
+                        f"AI score {r.score:.2f} "
+                        f"({'malignant' if r.score >= r.threshold else 'benign'} call)",
+                        f"cohort: {r.cohort}",
+                    ],
+                    kind,
+                )
+                for r in rows.itertuples(index=False)
+            ]
+            thr = float(rows["threshold"].iat[0])
+            blocks.append(
+                Gallery(
+                    tiles,
+                    caption=f"Grad-CAM of the CNN ({model_label('deep')}), {len(tiles)} "
+                    f"{title} case(s) outside the training rows ({label}); a case is called "
+                    f"malignant when its AI score ≥ {thr:.2f}. Warm colours: where the CNN looked.",
+                )
+            )
+        return blocks
+
     def _report(self, arm_outputs: list, audit_res: StageResult, metrics: pd.DataFrame) -> Path:
-        from buscad.report import Figure, KeyValue, Section, Table, Text, build_report
+        import yaml
+
+        from buscad.labels import READS_READER
+        from buscad.report import (
+            Bullets,
+            Details,
+            Figure,
+            KeyValue,
+            Links,
+            Section,
+            Table,
+            build_report,
+        )
 
         cfg = self.cfg
         sections = []
-        warn = self.warnings or ["none"]
-        sections.append(Section("Warnings", [Text("\n".join(f"• {w}" for w in warn))]))
+        audit_rel = self._publish(audit_res.path / "audit", "audit")
+        sections.append(
+            Section(
+                "Warnings",
+                [Bullets(self.warnings, cls="warnings") if self.warnings else "None."],
+            )
+        )
         if len({r.mode for r in self.rois}) > 1:
             sections.append(self._roi_comparison(metrics))
         if any(r.res is not None for r in self.rois):
@@ -822,70 +997,127 @@ class StudyRun:
             m = metrics[metrics["arm"] == arm.name]
             if "roi" in m:
                 m = m[m["roi"] == roi.mode]
-            cols = [
-                c
-                for c in (
-                    "cohort",
-                    "model",
-                    "n",
-                    "auc",
-                    "auc_lo",
-                    "auc_hi",
-                    "accuracy",
-                    "sensitivity",
-                    "specificity",
-                    "ppv",
-                    "npv",
-                    "f1",
-                    "threshold",
+            ev_rel = self._publish(ev_res.path / "evaluation", f"evaluation/{roi.tag(arm)}")
+            blocks.append(
+                Links(
+                    [
+                        (
+                            "Full evaluation report",
+                            f"{ev_rel}/report.html",
+                            "Tables 1–3, calibration, decision curves, confusion matrices, "
+                            f"model card, TRIPOD+AI; tables as CSV/XLSX in {ev_rel}/tables",
+                        )
+                    ]
                 )
-                if c in m.columns
-            ]
+            )
+            reading = _reader_models(cls_res)
             blocks.append(
                 Table(
-                    m[cols].round(3),
-                    caption="Every model on every cohort (shortcut references "
-                    "and the reader included). Threshold chosen on the training cohort.",
+                    self._metrics_table(m),
+                    caption="Every model on every cohort, beside the shortcut references "
+                    "(what the annotations alone give) and the radiologist's BI-RADS where the "
+                    "data has it. Thresholds chosen on the training cohort (out-of-fold scores) "
+                    "and applied unchanged to the other cohorts. "
+                    + _reader_caption(cfg, reading, INTEGRATED_WITHOUT_READER in set(m["model"])),
+                    model_columns=["Model"],
+                    model_notes=dict.fromkeys(reading, READS_READER),
                 )
             )
             if deep_res is not None:
+                cv = pd.read_csv(deep_res.path / "backbone_cv.csv")
                 blocks.append(
                     Table(
-                        pd.read_csv(deep_res.path / "backbone_cv.csv").round(3),
+                        pd.DataFrame(
+                            {
+                                "Backbone": cv["backbone"],
+                                "Out-of-fold AUC (95% CI)": [
+                                    f"{a:.3f} ({lo:.3f}–{hi:.3f})"
+                                    for a, lo, hi in zip(
+                                        cv["cv_auc"], cv["lo"], cv["hi"], strict=True
+                                    )
+                                ],
+                                "Training images": cv["n"],
+                            }
+                        ),
                         caption="Backbone comparison: pooled out-of-fold AUC on the training rows "
                         "(the choice is made here, never on a test cohort).",
                     )
                 )
-            figs = sorted((ev_res.path / "evaluation" / "figures").glob("roc_*.png"))
-            for f in figs[:6]:
-                blocks.append(Figure(f, caption=f.stem.replace("_", " ")))
-            gal = self._gallery(arm, man, deep_res, cls_res, roi)
-            for g in gal:
-                blocks.append(Figure(g, caption=g.stem.replace("_", " ")))
-            blocks.append(
-                Text(
-                    f"Full evaluation (Tables 1–3, calibration, decision curves, model card, "
-                    f"TRIPOD+AI): {ev_res.path / 'evaluation' / 'report.html'}"
-                )
+            cohorts = list(dict.fromkeys(m["cohort"]))
+            fdir = ev_res.path / "evaluation" / "figures"
+            for c in cohorts:
+                f = fdir / f"roc_{_eval_safe(c)}.png"
+                if f.exists():
+                    blocks.append(
+                        Figure(
+                            f,
+                            caption=f"ROC curves of every model, cohort {c}; filled markers: "
+                            "each model's operating point at its threshold.",
+                            width="560px",
+                        )
+                    )
+            blocks += self._gallery_blocks(
+                self._gallery(arm, man, deep_res, cls_res, roi), roi.label(arm)
             )
             sections.append(Section(f"Results: {roi.label(arm)}", blocks))
         audit_sum = json.loads((audit_res.path / "audit" / "summary.json").read_text())
-        flat = {k: v for k, v in audit_sum.items() if isinstance(v, (int, float, str, bool))}
+        from buscad.evaluate.report import _audit_blocks
+
         sections.append(
             Section(
                 "Data audit",
-                [KeyValue(flat), Text(f"Audit report: {audit_res.path / 'audit' / 'report.html'}")],
+                [
+                    Links(
+                        [
+                            (
+                                "Data audit report",
+                                f"{audit_rel}/report.html",
+                                "duplicates, label conflicts, overlays, annotations, "
+                                f"mask problems, shortcut AUCs; CSV tables in {audit_rel}",
+                            )
+                        ]
+                    ),
+                    *_audit_blocks(audit_sum),
+                ],
             )
         )
-        sections.append(
-            Section("Configuration", [Text(json.dumps(cfg.model_dump(mode="json"), indent=1))])
+        cfg_yaml = yaml.safe_dump(
+            cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True, width=100
         )
-        sections.append(Section("Run", [Table(pd.DataFrame(self.runner.summary()))]))
+        sections.append(
+            Section(
+                "Configuration",
+                [
+                    KeyValue(
+                        {
+                            "study": cfg.name,
+                            "seed": cfg.seed,
+                            "models": cfg.models,
+                            "cohorts": [f"{c.name} ({c.role})" for c in cfg.cohorts],
+                        }
+                    ),
+                    Details("The whole configuration (YAML)", cfg_yaml),
+                ],
+            )
+        )
+        run = pd.DataFrame(self.runner.summary())
+        if len(run):
+            run = pd.DataFrame(
+                {
+                    "Stage": run["stage"],
+                    "Cache key": run["key"],
+                    "Reused from the cache": run["cached"].map({True: "yes", False: "no"}),
+                    "Seconds": run["seconds"],
+                }
+            )
+        sections.append(
+            Section("Run", [Table(run, "Stages of this run (cache/ under the run folder).")])
+        )
         out = build_report(
             sections,
             self.run_dir / "report.html",
             title=f"buscad study: {cfg.name}",
-            subtitle="Breast ultrasound benign vs malignant",
+            subtitle="Breast ultrasound: benign vs malignant. Research software, not a medical device.",
         )
         return out
 
@@ -918,6 +1150,7 @@ class StudyRun:
                 m = m[m["roi"] == roi.mode].drop(columns=["roi"])
             pred = pd.read_csv(cls_res.path / "predictions.csv")
             ptr = pred[pred["cohort"] == arm.train_label]
+            reading = _reader_models(cls_res)
             classical = {}
             for f in sorted((cls_res.path / "export").glob("*.json")):
                 oof = ptr[f.stem].to_numpy(float)
@@ -925,6 +1158,7 @@ class StudyRun:
                 classical[f.stem] = {
                     "stem": f.with_suffix(""),
                     "threshold": float(youden_threshold(ptr["label"].to_numpy()[ok], oof[ok])),
+                    "reads_reader": f.stem in reading,
                 }
             notes = json.loads((cls_res.path / "notes.json").read_text())
             params = None
@@ -958,6 +1192,7 @@ class StudyRun:
                 },
                 segmenter=seg_path,
                 roi=roi.mode,
+                reader_column=cfg.clinical.reader_column,
             )
 
         seg_path = roi.segmenter if roi.segmenter is not None else cfg.resolve(cfg.segment.model)
@@ -988,11 +1223,15 @@ class StudyRun:
         deep_res: StageResult | None,
         cls_res: StageResult,
         roi: Roi,
-    ) -> list[Path]:
-        """Grad-CAM galleries of correct and incorrect non-training cases (``man``: the arm's split)."""
+    ) -> pd.DataFrame:
+        """Grad-CAM galleries of correct and incorrect non-training cases (``man``: the arm's split).
+
+        Returns one row per case shown: ``image_id, cohort, label, score, threshold, kind``
+        (correct / incorrect) and ``overlay`` (the Grad-CAM overlay PNG).
+        """
         cfg = self.cfg
         if deep_res is None or cfg.gallery_size == 0 or "deep" not in cfg.models:
-            return []
+            return pd.DataFrame()
 
         def work(folder: Path) -> None:
             from buscad.explain.cam import explain_manifest
@@ -1005,6 +1244,7 @@ class StudyRun:
             thr = _youden(pred, arm)
             test = pred[pred["cohort"] != arm.train_label].copy()
             test["correct"] = (test["deep"] >= thr).astype(int) == test["label"]
+            cases = []
             for kind, rows in (
                 ("correct", test[test["correct"]]),
                 ("incorrect", test[~test["correct"]]),
@@ -1016,6 +1256,35 @@ class StudyRun:
                 explain_manifest(
                     model, sub, pre, folder / kind, methods=(cfg.deep.gradcam,), gallery=True
                 )
+                ex = pd.read_csv(folder / kind / "explanations.csv").set_index("image_id")
+                for r in rows.itertuples(index=False):
+                    if r.case_id in ex.index:
+                        cases.append(
+                            {
+                                "image_id": r.case_id,
+                                "cohort": r.cohort,
+                                "label": "malignant" if int(r.label) == 1 else "benign",
+                                "score": float(r.deep),
+                                "threshold": float(thr),
+                                "kind": kind,
+                                "overlay": f"{kind}/{ex.loc[r.case_id, 'path']}",
+                            }
+                        )
+            atomic_write_table(
+                pd.DataFrame(
+                    cases,
+                    columns=[
+                        "image_id",
+                        "cohort",
+                        "label",
+                        "score",
+                        "threshold",
+                        "kind",
+                        "overlay",
+                    ],
+                ),
+                folder / "cases.csv",
+            )
 
         res = self.runner.run(
             f"gallery-{roi.tag(arm)}",
@@ -1024,10 +1293,48 @@ class StudyRun:
                 "pred": cls_res.key,
                 "n": cfg.gallery_size,
                 "method": cfg.deep.gradcam,
+                "v": GALLERY_VERSION,
             },
             work,
         )
-        return sorted(res.path.glob("*/gallery.png"))
+        return pd.read_csv(res.path / "cases.csv").assign(
+            overlay=lambda d: [str(res.path / o) for o in d["overlay"]]
+        )
+
+
+def _eval_safe(name: str) -> str:
+    """File-name part the evaluation gives a cohort's figures (``evaluate.report._safe``)."""
+    from buscad.evaluate.report import _safe as safe
+
+    return safe(name)
+
+
+def _reader_models(cls_res: StageResult) -> list[str]:
+    """The models of a models stage that read the reader's BI-RADS (``clinical.reader_as_input``)."""
+    f = cls_res.path / "reader_models.json"
+    return list(json.loads(f.read_text())) if f.is_file() else []
+
+
+def _reader_caption(cfg: StudyConfig, reading: list[str], without: bool) -> str:
+    """One sentence on whether any model reads the reader's BI-RADS (``without``: the
+    integrated model without them was built)."""
+    from buscad.labels import READS_READER, model_label
+
+    reader = cfg.clinical.reader_column
+    if not reader:
+        return ""
+    if not reading:
+        return f"No model reads the reader's BI-RADS ('{reader}'); it is only compared."
+    return (
+        f"Models marked '{READS_READER}' read the radiologist's own category ('{reader}', "
+        "clinical.reader_as_input: true), so their scores partly reflect the radiologist."
+        + (
+            f" '{model_label(INTEGRATED_WITHOUT_READER)}' ({INTEGRATED_WITHOUT_READER}) fuses "
+            "the same models without them."
+            if without
+            else ""
+        )
+    )
 
 
 def _with_outlines(man: Manifest, outlined: Manifest) -> Manifest:

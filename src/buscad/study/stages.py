@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from buscad.progress import fmt_duration as _fmt
 from buscad.utils import atomic_write_json, stable_hash
 
 #: Bump when the on-disk layout of stage outputs changes.
@@ -139,12 +140,3 @@ class StageRunner:
             {"stage": r.name, "key": r.key, "cached": r.cached, "seconds": round(r.seconds, 2)}
             for r in self.done
         ]
-
-
-def _fmt(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    m, s = divmod(int(seconds), 60)
-    return f"{m} min {s:02d} s" if m < 60 else f"{m // 60} h {m % 60:02d} min"

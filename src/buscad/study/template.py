@@ -160,8 +160,8 @@ def study_template(
     if not clinical:
         left_out.append("clinical and cldlr: no age column (add clinical columns below)")
         models = [m for m in models if m not in ("clinical", "cldlr")]
-    if not lexicon and not reader:
-        left_out.append("us: no BI-RADS lexicon or BI-RADS column")
+    if not lexicon:
+        left_out.append("us: no BI-RADS lexicon column (the reader's BI-RADS is not an input)")
         models = [m for m in models if m != "us"]
     if not masks:
         left_out.append("radiomics and outline: no mask_path column (no lesion outlines)")

@@ -20,6 +20,7 @@ from buscad.data.audit.scan import (
     scan_images,
 )
 from buscad.data.manifest import Manifest
+from buscad.progress import track
 from buscad.utils import (
     atomic_write_table,
     connected_components,
@@ -252,7 +253,7 @@ def find_near_duplicates(
     lo, hi, steps = p.scale_search
     rel = np.geomspace(lo, hi, int(steps))
     rows = []
-    for a, b in sorted(pairs):
+    for a, b in track(sorted(pairs), "audit: near-duplicate check", "candidate pairs"):
         # j=b found in i=a: template from b, scale = pixels of a per pixel of b
         n1, k1, l1 = _match(band[a], band[b], K[b, a] * rel, p.template_fraction)
         if n1 < p.ncc_threshold and not return_candidates:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io as _io
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,17 +73,32 @@ def _thumb_png(
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _words(df: pd.DataFrame) -> pd.DataFrame:
+    """Column names and comma lists in words, so a table wraps to the page width."""
+    out = df.rename(columns=lambda c: str(c).replace("_", " "))
+    for c in out.columns:
+        if out[c].dtype == object:
+            out[c] = [
+                v.replace(",", ", ") if isinstance(v, str) and ", " not in v else v for v in out[c]
+            ]
+        elif out[c].dtype == bool:
+            out[c] = out[c].map({True: "yes", False: "no"})
+    return out
+
+
 def _table_html(df: pd.DataFrame | None, max_rows: int = 200) -> Any:
     """A table (first ``max_rows`` rows; a note counts the rest) as trusted markup."""
     if df is None or len(df) == 0:
         return trusted("<p class='note'>none</p>")
-    shown = df.head(max_rows)
+    shown = _words(df.head(max_rows))
     more = (
         f"<p class='note'>{len(df) - max_rows} more rows in the CSV.</p>"
         if len(df) > max_rows
         else ""
     )
-    body = shown.to_html(index=False, escape=True, float_format=lambda v: f"{v:.3g}", na_rep="")
+    body = shown.to_html(
+        index=False, escape=True, float_format=lambda v: f"{v:.3g}", na_rep="", classes="wrap"
+    )
     return trusted(body + more)
 
 
@@ -204,8 +218,8 @@ def render_report(
             s=s,
             nd=s["method"]["near_duplicates"],
             an=s["method"]["annotations"],
-            labels=json.dumps(s["labels"]),
-            cohorts=json.dumps(s["cohorts"]),
+            labels=", ".join(f"{k} {v}" for k, v in s["labels"].items()),
+            cohorts=", ".join(f"{k} {v}" for k, v in s["cohorts"].items()),
             audit_s=float(s["timings_s"].get("total_s", 0)),
             warnings=result.warnings,
             summary_table=_table_html(summ),

@@ -248,10 +248,16 @@ def scan_images(
     use_cache: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[ImageRecord]:
-    """:func:`scan_image` for every row of ``manifest`` (unreadable rows keep their error)."""
+    """:func:`scan_image` for every row of ``manifest`` (unreadable rows keep their error).
+
+    Per-image progress with ETA is shown inside :func:`buscad.progress.reporting`;
+    ``progress(done, total)`` is also called after each image.
+    """
+    from buscad.progress import track
+
     out = []
     n = len(manifest)
-    for i in range(n):
+    for i in track(range(n), "audit: reading images", "images"):
         out.append(scan_image(manifest.image_path(i), nd, ap, cache_dir, use_cache))
         if progress is not None:
             progress(i + 1, n)

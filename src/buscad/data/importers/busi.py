@@ -38,7 +38,7 @@ def _busi_root(source: Path) -> Path:
 def import_busi(
     source: Path, ctx: ImportContext, *, cohort: str = "BUSI", id_prefix: str = "busi"
 ) -> list[dict[str, Any]]:
-    """BUSI: ``benign/``, ``malignant/``, ``normal/`` with ``<class> (N).png`` images.
+    """BUSI: ``benign/``, ``malignant/``, ``normal/`` with ``CLASS (N).png`` images.
 
     Masks are ``<class> (N)_mask.png`` plus ``<class> (N)_mask_1.png``... when an
     image shows several lesions; they are joined with ``;`` in ``mask_path`` and

@@ -44,10 +44,14 @@ def register(data_app: Any) -> None:
             None, help=f"dicom: secret salt for patient/image keys (or ${SALT_ENV})."
         ),
         skipped_file: bool = typer.Option(
-            True, "--skipped-file/--no-skipped-file", help="Write <manifest>.skipped.csv."
+            True,
+            "--skipped-file/--no-skipped-file",
+            help="Write OUT.skipped.csv (the skipped files and why) beside the manifest.",
         ),
         progress: bool | None = typer.Option(
-            None, "--progress/--no-progress", help="Progress bar (default: on a terminal)."
+            None,
+            "--progress/--no-progress",
+            help="Progress (default: on; a bar on a terminal, plain lines in a log).",
         ),
         any_modality: bool = typer.Option(
             False,

@@ -61,7 +61,7 @@ class ImportContext:
     notes : list of (str, str)
         ``(file, note)``: non-fatal remarks (e.g. an image without a mask).
     progress : bool or None
-        Show progress bars (None: only on a terminal).
+        Show progress (None: inside buscad.progress.reporting, i.e. the command line).
     burned_in : int
         Kept images flagged with burned-in text (see :data:`IMAGE_INFO_COLUMNS`).
     """
@@ -207,7 +207,7 @@ def import_dataset(
         Manifest to write (``.csv`` or ``.parquet``), atomically. Paths in it are
         relative to its folder.
     progress : bool, optional
-        Show a progress bar (default: only on a terminal).
+        Show progress (default: inside buscad.progress.reporting, i.e. the command line).
     write_skipped : bool, default True
         Write ``<manifest stem>.skipped.csv`` (columns ``file, reason``) beside the
         manifest when something was skipped (a stale one is removed otherwise).
@@ -272,17 +272,9 @@ def import_dataset(
 def _progress(
     iterable: Iterable[Any], total: int, desc: str, enabled: bool | None
 ) -> Iterable[Any]:
-    from tqdm.auto import tqdm
+    from buscad.progress import track
 
-    return tqdm(
-        iterable,
-        total=total,
-        desc=desc,
-        unit="img",
-        disable=(None if enabled is None else not enabled),
-        leave=False,
-        mininterval=0.5,
-    )
+    return track(iterable, desc, "files", total, enabled=enabled)
 
 
 def _check_rows(rows: list[dict[str, Any]], ctx: ImportContext, desc: str) -> list[dict[str, Any]]:

@@ -18,9 +18,44 @@ async def health() -> dict[str, Any]:
     return {"status": "ok"}
 
 
+def input_fields(predictor: Any) -> list[dict[str, Any]]:
+    """What the case screen asks for: each clinical/lexicon input with its label and choices.
+
+    ``choices`` are the values the bundled models learnt for a categorical input
+    (``predictor.input_choices()``, e.g. the lexicon's shapes); the radiologist's
+    BI-RADS offers the manifest contract's categories when no model lists them.
+    ``choices`` is None for a number (``age``) or free text.
+    """
+    from buscad.labels import input_label
+
+    learnt = predictor.input_choices() if hasattr(predictor, "input_choices") else {}
+    out = []
+    for name in predictor.clinical_inputs:
+        choices = learnt.get(name)
+        if choices is None and name == "birads":
+            from buscad.data.manifest import BIRADS_CATEGORIES
+
+            choices = [c for c in BIRADS_CATEGORIES if c != "0"]
+        out.append(
+            {
+                "name": name,
+                "label": input_label(name),
+                "choices": None if choices is None else [str(c) for c in choices],
+            }
+        )
+    return out
+
+
 @router.get("/api/info")
 async def info(state: Annotated[AppState, Depends(get_state)]) -> dict[str, Any]:
-    """The bundle served, its threshold and models, and the app's limits."""
+    """The bundle served, its threshold and models, the inputs it asks for, and the app's limits.
+
+    ``models`` gives each model's plain label and description (the short name is
+    ``name``); ``inputs`` each clinical/lexicon input's label and allowed values
+    (:func:`input_fields`).
+    """
+    from buscad.labels import model_description, model_label
+
     predictor = state.predictor
     return {
         "buscad_version": __version__,
@@ -28,7 +63,12 @@ async def info(state: Annotated[AppState, Depends(get_state)]) -> dict[str, Any]
         "threshold": float(predictor.threshold),
         "primary_model": predictor.primary_model,
         "model_names": list(predictor.model_names),
+        "models": [
+            {"name": n, "label": model_label(n), "description": model_description(n)}
+            for n in predictor.model_names
+        ],
         "clinical_inputs": list(predictor.clinical_inputs),
+        "inputs": input_fields(predictor),
         "max_upload_mb": state.max_upload_mb,
         "reader_study": state.study_path is not None,
         "case_screen": state.case_screen,

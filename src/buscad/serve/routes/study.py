@@ -407,7 +407,14 @@ async def reader_progress(
 
 def load_case(
     state: AppState, st: Any, case_id: str
-) -> tuple[np.ndarray, np.ndarray | None, tuple[str, ...]]:
+) -> tuple[np.ndarray, np.ndarray | None, tuple[str, ...], dict[str, Any]]:
+    """A study case: its image, mask, image warnings and the manifest row's model inputs.
+
+    The inputs are the clinical and lexicon columns the served models read
+    (``predictor.clinical_inputs``) that the manifest row has, as ``buscad predict
+    --manifest`` pairs them, so round 2 shows the models that have their inputs.
+    """
+    from buscad.bundle.batch import row_inputs
     from buscad.data.io import burned_in_warning, read_image, read_mask
     from buscad.data.manifest import Manifest
 
@@ -427,7 +434,8 @@ def load_case(
     if mask is not None and not mask.any():
         mask = None
     warn = burned_in_warning(gray, meta)
-    out = (gray, mask, (warn,) if warn else ())
+    inputs = row_inputs(man.df, idx, list(getattr(state.predictor, "clinical_inputs", [])))
+    out = (gray, mask, (warn,) if warn else (), inputs)
     state.cases.put(("img", case_id), out)
     return out
 
@@ -436,8 +444,8 @@ def case_prediction(state: AppState, st: Any, case_id: str) -> Prediction:
     hit = state.cases.get(("pred", case_id))
     if hit is not None:
         return hit
-    gray, mask, _ = load_case(state, st, case_id)
-    pred = state.predict_blocking(gray=gray, mask=mask, heatmap=True)
+    gray, mask, _, inputs = load_case(state, st, case_id)
+    pred = state.predict_blocking(gray=gray, mask=mask, clinical=inputs or None, heatmap=True)
     state.cases.put(("pred", case_id), pred)
     return pred
 
@@ -465,7 +473,7 @@ async def next_case(
         if cid is None:  # pragma: no cover - progress says otherwise
             return {**progress, "case": None}
         done = progress["round1_done"] if rnd == 1 else progress["round2_done"]
-        _, _, warnings = load_case(state, st, cid)
+        _, _, warnings, _ = load_case(state, st, cid)
         case: dict[str, Any] = {
             "case_id": cid,
             "round": rnd,
@@ -499,7 +507,7 @@ async def case_image(
     def png() -> bytes:
         st = study(state)
         identify(st, cred)
-        gray, _, _ = load_case(state, st, case_id)
+        gray, _, _, _ = load_case(state, st, case_id)
         return imaging.gray_png(gray)
 
     return Response(await in_thread(png), media_type="image/png", headers=_no_store())

@@ -12,19 +12,43 @@ async function loadInfo() {
     " · threshold " + pct(i.threshold) + " · uploads up to " + i.max_upload_mb + " MB";
   const box = $("clinical");
   box.innerHTML = "";
-  if (i.clinical_inputs.length) {
+  const inputs = i.inputs || [];
+  if (inputs.length) {
     const h = document.createElement("h2");
-    h.textContent = "Clinical inputs (optional)";
+    h.textContent = "Clinical and ultrasound findings (optional)";
     box.append(h);
-    for (const name of i.clinical_inputs) {
+    const hint = document.createElement("p");
+    hint.className = "hint";
+    hint.textContent = "The models that read these use what you give; anything left empty is not used.";
+    box.append(hint);
+    for (const f of inputs) {
       const lab = document.createElement("label");
-      lab.textContent = name + " ";
-      const inp = document.createElement("input");
-      inp.type = "text";
-      inp.size = 8;
-      inp.dataset.clinical = name;
-      inp.id = "clinical-" + name;
-      lab.append(inp);
+      lab.className = "input-row";
+      lab.title = f.name;
+      const span = document.createElement("span");
+      span.textContent = f.label;
+      let inp;
+      if (f.choices) {
+        inp = document.createElement("select");
+        const none = document.createElement("option");
+        none.value = "";
+        none.textContent = "not given";
+        inp.append(none);
+        for (const c of f.choices) {
+          const o = document.createElement("option");
+          o.value = c;
+          o.textContent = f.name === "birads" ? "BI-RADS " + c.toUpperCase() : c;
+          inp.append(o);
+        }
+      } else {
+        inp = document.createElement("input");
+        inp.type = "text";
+        inp.size = 8;
+        if (f.name === "age") inp.inputMode = "numeric";
+      }
+      inp.dataset.clinical = f.name;
+      inp.id = "clinical-" + f.name;
+      lab.append(span, inp);
       box.append(lab);
     }
   }
@@ -217,7 +241,9 @@ function formData() {
   const clinical = {};
   for (const inp of document.querySelectorAll("[data-clinical]")) {
     const v = inp.value.trim();
-    if (v !== "") clinical[inp.dataset.clinical] = v !== "" && !isNaN(Number(v)) ? Number(v) : v;
+    if (v === "") continue;
+    // a chosen value is sent as the text the models learnt; a typed number as a number
+    clinical[inp.dataset.clinical] = inp.tagName !== "SELECT" && !isNaN(Number(v)) ? Number(v) : v;
   }
   if (Object.keys(clinical).length) fd.append("clinical", JSON.stringify(clinical));
   return fd;
@@ -245,9 +271,10 @@ async function analyse() {
 function showResult(res) {
   $("results").hidden = false;
   $("score").textContent = pct(res.ai_score);
-  $("threshold").textContent = "Decision threshold " + pct(res.threshold) + " (" + res.primary_model + ")";
+  const primary = (res.model_labels || {})[res.primary_model] || res.primary_model;
+  $("threshold").textContent = "Decision threshold " + pct(res.threshold) + " (" + primary + ")";
   const dec = $("decision");
-  dec.textContent = res.decision === "malignant" ? "Above threshold: suspicious" : "Below threshold: not suspicious";
+  dec.textContent = res.decision_text;
   dec.className = "decision " + res.decision;
   showBand(res, $("band"), $("band-note"));
   const note = $("roi-note");

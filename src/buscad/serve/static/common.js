@@ -30,7 +30,12 @@ function fillModels(tbody, result) {
   for (const m of names) {
     const tr = document.createElement("tr");
     const td1 = document.createElement("td");
-    td1.textContent = m + (m === result.primary_model ? " (primary)" : "");
+    // the plain name; the short name (as in bundle.json and summary.csv) as its tooltip
+    td1.textContent = ((result.model_labels || {})[m] || m) +
+      (m === result.primary_model ? " (gives the AI score)" : "") +
+      // buscad.labels.READS_READER: the model reads the radiologist's own BI-RADS category
+      ((result.reader_models || []).includes(m) ? " (uses the reader's BI-RADS)" : "");
+    td1.title = m;
     const td2 = document.createElement("td");
     const s = (result.model_scores || {})[m];
     const why = (result.skipped_models || {})[m];
@@ -41,7 +46,7 @@ function fillModels(tbody, result) {
 }
 
 function showBand(result, bandEl, noteEl) {
-  bandEl.textContent = result.band.category + ": " + result.band.text;
+  bandEl.textContent = result.band_text;
   noteEl.textContent = result.band.note;
 }
 

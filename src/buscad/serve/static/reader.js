@@ -229,7 +229,7 @@ async function nextCase() {
   if (c.ai) {
     $("ai-panel").hidden = false;
     $("score").textContent = pct(c.ai.ai_score);
-    $("threshold").textContent = "Decision threshold " + pct(c.ai.threshold);
+    $("threshold").textContent = c.ai.decision_text;
     showBand(c.ai, $("band"), $("band-note"));
     fillModels(document.querySelector("#models tbody"), c.ai);
     if (c.ai.heatmap_url) {
