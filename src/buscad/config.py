@@ -1,17 +1,25 @@
 """Study configuration: one YAML file describes a whole study.
 
 :class:`StudyConfig` is a pydantic model; unknown keys are refused and every
-error names the file and the offending key path, e.g.::
+error names the file and the offending key path, one line per problem, e.g.::
 
-    configs/busi.yaml: deep.backbones.1: unknown backbone 'resnet5' (known: alexnet, ...)
+    my_study.yaml: deep.epoch: unknown key; did you mean 'epochs'?
+    my_study.yaml: models.1: unknown value 'magic'; did you mean 'dlr'? (one of: deep, ...)
 
-Paths inside the config (manifests, radiomics params) are relative to the
-config file's folder.
+What needs the files the config points at (manifests exist and hold the named
+columns, backbones are known, params files read) is checked by
+:func:`buscad.study.check.check_study` before any stage runs.
+
+Paths inside the config (manifests, radiomics params, segmenter, weights) are
+relative to the config file's folder. Every key has a description;
+:func:`config_reference` renders them as ``docs/config.md``.
 """
 
 from __future__ import annotations
 
 import os
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,7 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from buscad.data.manifest import LEXICON_COLUMNS
-from buscad.errors import ConfigError
+from buscad.errors import ConfigError, ConfigProblems
+from buscad.utils import did_you_mean
 
 ModelName = Literal["deep", "radiomics", "dlr", "clinical", "us", "cldlr", "outline", "integrated"]
 #: Where the lesion outline every mask-reading model uses comes from.
@@ -34,15 +43,27 @@ class _Strict(BaseModel):
 class PhantomCohort(_Strict):
     """Generate a phantom cohort instead of reading a manifest (demo and tests)."""
 
-    n: int = Field(120, ge=4)
-    seed: int = 0
-    size: tuple[int, int] = (224, 256)
-    malignant_fraction: float = Field(0.4, gt=0, lt=1)
-    duplicate_fraction: float = Field(0.0, ge=0, le=1)
-    conflict_fraction: float = Field(0.0, ge=0, le=1)
-    annotation_fraction: float = Field(0.0, ge=0, le=1)
-    colour_fraction: float = Field(0.0, ge=0, le=1)
-    atypical: float = Field(0.12, ge=0, le=0.5)
+    n: int = Field(
+        120, ge=4, description="Primary phantom images (planted near-duplicates come on top)."
+    )
+    seed: int = Field(0, description="Seed of the generator: the same seed gives the same files.")
+    size: tuple[int, int] = Field((224, 256), description="Image size `[height, width]` in pixels.")
+    malignant_fraction: float = Field(0.4, gt=0, lt=1, description="Share of malignant lesions.")
+    duplicate_fraction: float = Field(
+        0.0, ge=0, le=1, description="Share of images given a re-cropped near-duplicate."
+    )
+    conflict_fraction: float = Field(
+        0.0, ge=0, le=1, description="Share of those near-duplicates given the other label."
+    )
+    annotation_fraction: float = Field(
+        0.0, ge=0, le=1, description="Share of images with burned-in calipers and text."
+    )
+    colour_fraction: float = Field(
+        0.0, ge=0, le=1, description="Share of images with a Doppler-like colour box."
+    )
+    atypical: float = Field(
+        0.12, ge=0, le=0.5, description="Share of lesions that look like the other class."
+    )
 
 
 class CohortConfig(_Strict):
@@ -53,11 +74,24 @@ class CohortConfig(_Strict):
     ``role: external`` cohorts are only ever predicted, never trained or tuned on.
     """
 
-    name: str
-    role: Literal["development", "external"] = "development"
-    manifest: Path | None = None
-    phantom: PhantomCohort | None = None
-    labels: list[Literal["benign", "malignant"]] = ["benign", "malignant"]
+    name: str = Field(description="Cohort name, shown in every table (unique in the study).")
+    role: Literal["development", "external"] = Field(
+        "development",
+        description="`development`: pooled, audited and split into training and internal test; "
+        "`external`: only predicted, never trained or tuned on.",
+    )
+    manifest: Path | None = Field(
+        None,
+        description="The cohort's manifest (CSV or Parquet, see the README's data contract), "
+        "relative to the config file's folder. Give `manifest` or `phantom`.",
+    )
+    phantom: PhantomCohort | None = Field(
+        None, description="Generate a phantom cohort instead (demo and tests)."
+    )
+    labels: list[Literal["benign", "malignant"]] = Field(
+        ["benign", "malignant"],
+        description="Labels kept; other rows (e.g. `normal`) are left out of the study.",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> CohortConfig:
@@ -74,43 +108,109 @@ class AuditConfig(_Strict):
     ``drop_conflicts`` (drop groups whose members carry different labels).
     """
 
-    duplicates: Literal["keep", "keep_one", "drop_conflicts"] = "drop_conflicts"
-    drop_colour: bool = False
-    drop_annotated: bool = False
-    shortcut_warning_auc: float = Field(0.8, ge=0.5, le=1.0)
+    duplicates: Literal["keep", "keep_one", "drop_conflicts"] = Field(
+        "drop_conflicts",
+        description="Near-duplicate groups: `keep` (grouped splits keep each on one side), "
+        "`keep_one` (one image per group), `drop_conflicts` (drop groups whose members carry "
+        "different labels).",
+    )
+    drop_colour: bool = Field(
+        False, description="Drop images with colour overlays (Doppler boxes, coloured marks)."
+    )
+    drop_annotated: bool = Field(False, description="Drop images with burned-in calipers or text.")
+    shortcut_warning_auc: float = Field(
+        0.8,
+        ge=0.5,
+        le=1.0,
+        description="Warn when mask geometry or image size alone reaches this cross-validated AUC.",
+    )
 
 
 class SplitConfig(_Strict):
     """Internal validation of the development cohorts: grouped holdout (7:3 as in the studies)."""
 
-    test_size: float = Field(0.3, gt=0, lt=1)
-    cv_folds: int = Field(5, ge=2, le=20)
+    test_size: float = Field(
+        0.3,
+        gt=0,
+        lt=1,
+        description="Share of the development rows held out as internal test (whole patient and "
+        "near-duplicate groups, stratified by label).",
+    )
+    cv_folds: int = Field(
+        5,
+        ge=2,
+        le=20,
+        description="Grouped CV folds on the training rows: out-of-fold scores of the classical "
+        "and fusion models.",
+    )
 
 
 class DeepConfig(_Strict):
     """Fine-tuned backbones compared on the training set; the best by CV AUC is kept."""
 
-    backbones: list[str] = ["efficientnet_lite0"]
-    pretrained: Literal["imagenet", "none"] = "imagenet"
-    weights: dict[str, Path] = {}
-    input_size: int = Field(224, ge=32, le=1024)
-    roi: Literal["mask", "whole"] = "mask"
-    margin: float = Field(0.1, ge=0, le=1)
-    epochs: int = Field(8, ge=1)
-    batch_size: int = Field(16, ge=1)
-    lr: float = Field(3e-4, gt=0)
-    selection_folds: int = Field(3, ge=2)
-    patience: int = Field(3, ge=1)
-    gradcam: Literal["gradcam", "gradcam++", "hirescam"] = "gradcam"
+    backbones: list[str] = Field(
+        ["efficientnet_lite0"],
+        description="CNN backbones compared by grouped CV on the training rows; the best by "
+        "out-of-fold AUC is refit on all of them.",
+    )
+    pretrained: Literal["imagenet", "none"] = Field(
+        "imagenet",
+        description="`imagenet`: start from ImageNet weights found on this machine (shipped for "
+        "efficientnet_lite0/1/2; RcdNet always starts from scratch); `none`: random weights.",
+    )
+    weights: dict[str, Path] = Field(
+        {},
+        description="Backbone name → ImageNet weights file (relative to the config's folder), "
+        "for backbones whose weights are not installed.",
+    )
+    input_size: int = Field(224, ge=32, le=1024, description="Square input side in pixels.")
+    roi: Literal["mask", "whole"] = Field(
+        "mask",
+        description="`mask`: the lesion's bounding box plus `margin`; `whole`: the whole image.",
+    )
+    margin: float = Field(
+        0.1, ge=0, le=1, description="Margin around the lesion box, as a share of its size."
+    )
+    epochs: int = Field(
+        8, ge=1, description="Most training epochs (early stopping may end sooner)."
+    )
+    batch_size: int = Field(16, ge=1, description="Images per training step.")
+    lr: float = Field(3e-4, gt=0, description="Peak learning rate (AdamW).")
+    selection_folds: int = Field(
+        3, ge=2, description="Grouped CV folds of the backbone comparison."
+    )
+    patience: int = Field(3, ge=1, description="Early-stopping patience in epochs.")
+    gradcam: Literal["gradcam", "gradcam++", "hirescam"] = Field(
+        "gradcam", description="Explanation method of the galleries and the bundle's heatmaps."
+    )
 
 
 class RadiomicsConfig(_Strict):
     """Radiomics features → ICC stability filter → z-score → redundancy → LASSO → logistic."""
 
-    params: Path | None = None
-    icc_threshold: float = Field(0.75, ge=0, le=1)
-    shape_features: bool = True
-    rho_threshold: float = Field(0.9, gt=0, le=1)
+    params: Path | None = Field(
+        None,
+        description="pyradiomics params YAML, relative to the config's folder; default: the "
+        "settings buscad ships (a copy to start from: `configs/radiomics.yaml`).",
+    )
+    icc_threshold: float = Field(
+        0.75,
+        ge=0,
+        le=1,
+        description="Keep features whose ICC(3,1) between the original and the eroded/dilated "
+        "masks is at least this.",
+    )
+    shape_features: bool = Field(
+        True,
+        description="Use shape2D features (`false` leaves out the outline's shape, e.g. when "
+        "hand-drawn masks are a shortcut).",
+    )
+    rho_threshold: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="Of two features with Spearman |rho| above this, the redundant one is dropped.",
+    )
 
 
 class ClinicalConfig(_Strict):
@@ -127,11 +227,37 @@ class ClinicalConfig(_Strict):
     (``integrated_without_reader``).
     """
 
-    columns: list[str] = ["age"]
-    p_threshold: float = Field(0.05, gt=0, le=1)
-    us_columns: list[str] = [*LEXICON_COLUMNS, "halo", "skin_thickening"]
-    reader_column: str | None = "birads"
-    reader_as_input: bool = False
+    columns: list[str] = Field(
+        ["age"],
+        description="Manifest columns of the clinical model and CLDLR (numeric or categorical). "
+        "Named in the config, a column absent from every manifest is an error; absent from some "
+        "cohorts, it is missing there.",
+    )
+    p_threshold: float = Field(
+        0.05,
+        gt=0,
+        le=1,
+        description="Univariate P value below which a clinical column enters the model.",
+    )
+    us_columns: list[str] = Field(
+        [*LEXICON_COLUMNS, "halo", "skin_thickening"],
+        description="BI-RADS lexicon columns of the US model. The default list names every "
+        "lexicon column and uses those the manifests have; named in the config, a column absent "
+        "from every manifest is an error.",
+    )
+    reader_column: str | None = Field(
+        "birads",
+        description="The radiologist's BI-RADS column, evaluated beside the models as "
+        "'reader BI-RADS' and never a model input unless `reader_as_input`. `null`: no reader. "
+        "Named in the config and absent from every manifest, an error; left at the default and "
+        "absent, a note: no reader comparison.",
+    )
+    reader_as_input: bool = Field(
+        False,
+        description="Let models read the reader's BI-RADS (the US model, and the integrated "
+        "model through it); they are then labelled so in the report, model card, bundle and "
+        "app, and the integrated model without it is fitted beside.",
+    )
 
     @model_validator(mode="after")
     def _reader(self) -> ClinicalConfig:
@@ -153,13 +279,19 @@ class SegmentTrainConfig(_Strict):
     """Segmenters trained inside the study (``segment.train``): one per CV fold and one on all
     training rows of each arm (:class:`buscad.segment.train.TrainConfig` settings)."""
 
-    input_size: int = Field(128, ge=32, le=1024)
-    epochs: int = Field(20, ge=1)
-    max_steps: int | None = Field(None, ge=1)
-    batch_size: int = Field(8, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    pretrained: Literal["imagenet", "random"] = "imagenet"
-    threads: int | None = Field(None, ge=1)
+    input_size: int = Field(128, ge=32, le=1024, description="Square input side in pixels.")
+    epochs: int = Field(20, ge=1, description="Training epochs.")
+    max_steps: int | None = Field(
+        None, ge=1, description="Stop after this many steps (`null`: no limit)."
+    )
+    batch_size: int = Field(8, ge=1, description="Images per training step.")
+    lr: float = Field(1e-3, gt=0, description="Learning rate.")
+    pretrained: Literal["imagenet", "random"] = Field(
+        "imagenet", description="Encoder initialisation."
+    )
+    threads: int | None = Field(
+        None, ge=1, description="PyTorch threads while training (`null`: PyTorch's default)."
+    )
 
 
 class SegmentConfig(_Strict):
@@ -177,10 +309,22 @@ class SegmentConfig(_Strict):
     box) moves by up to this fraction of the box width/height (seeded) before prompting.
     """
 
-    model: Path | None = None
-    train: SegmentTrainConfig | None = None
-    box_jitter: float = Field(0.0, ge=0, le=0.5)
-    threads: int = Field(1, ge=1)
+    model: Path | None = Field(
+        None,
+        description="A segmenter folder trained on other data (`buscad segment train`), "
+        "relative to the config's folder.",
+    )
+    train: SegmentTrainConfig | None = Field(
+        None, description="Train segmenters inside the study instead (out-of-fold outlines)."
+    )
+    box_jitter: float = Field(
+        0.0,
+        ge=0,
+        le=0.5,
+        description="`roi: box`: each side of the expert box moves by up to this share of its "
+        "size (seeded) before prompting.",
+    )
+    threads: int = Field(1, ge=1, description="Threads of the outline stage.")
 
     @model_validator(mode="after")
     def _one(self) -> SegmentConfig:
@@ -205,25 +349,41 @@ class IntegratedConfig(_Strict):
     without them (``integrated_without_reader``), so the report shows both.
     """
 
-    weights: Literal["equal", "fit"] = "equal"
-    stack_method: Literal["proba", "logit"] = "logit"
-    positive: bool = True
-    C: float = Field(1.0, gt=0)
-    models: list[ModelName] | None = None
+    weights: Literal["equal", "fit"] = Field(
+        "equal",
+        description="`equal`: the mean of the single models' logits (nothing learnt); `fit`: "
+        "a logistic regression on their inner out-of-fold scores.",
+    )
+    stack_method: Literal["proba", "logit"] = Field(
+        "logit", description="`weights: fit`: stack probabilities or logits."
+    )
+    positive: bool = Field(True, description="`weights: fit`: keep every weight ≥ 0.")
+    C: float = Field(1.0, gt=0, description="`weights: fit`: inverse regularisation strength.")
+    models: list[ModelName] | None = Field(
+        None,
+        description="Single models fused (`null`: every single model built, except the US "
+        "model when it reads the reader's BI-RADS).",
+    )
 
     @field_validator("models")
     @classmethod
     def _bases(cls, v: list[str] | None) -> list[str] | None:
         if v is not None and ("integrated" in v or len(v) < 2):
-            raise ValueError("integrated.models: give two or more single models")
+            raise ValueError("give two or more single models")
         return v
 
 
 class EvaluationConfig(_Strict):
     """Statistics: threshold rule (chosen on training data only) and CI method."""
 
-    threshold: str = "youden"
-    ci: Literal["delong", "bootstrap"] = "delong"
+    threshold: str = Field(
+        "youden",
+        description="Decision threshold, chosen on the training cohort's out-of-fold scores and "
+        "applied unchanged elsewhere: `youden`, `sens:0.95`, `spec:0.9` or `fixed:0.5`.",
+    )
+    ci: Literal["delong", "bootstrap"] = Field(
+        "delong", description="AUC confidence intervals: DeLong or stratified bootstrap."
+    )
 
     @field_validator("threshold")
     @classmethod
@@ -240,31 +400,52 @@ class StudyConfig(_Strict):
     cohorts, validate on the development ones), e.g. BUSI→BrEaST and BrEaST→BUSI.
     """
 
-    name: str = "study"
-    seed: int = 0
-    cohorts: list[CohortConfig]
-    audit: AuditConfig = AuditConfig()
-    split: SplitConfig = SplitConfig()
-    models: list[ModelName] = [
-        "deep",
-        "radiomics",
-        "dlr",
-        "clinical",
-        "us",
-        "cldlr",
-        "outline",
-        "integrated",
-    ]
-    deep: DeepConfig = DeepConfig()
-    radiomics: RadiomicsConfig = RadiomicsConfig()
-    clinical: ClinicalConfig = ClinicalConfig()
-    integrated: IntegratedConfig = IntegratedConfig()
-    evaluation: EvaluationConfig = EvaluationConfig()
-    gallery_size: int = Field(8, ge=0)
-    reverse_external: bool = False
-    roi: RoiMode | list[RoiMode] = "expert"
-    segment: SegmentConfig = SegmentConfig()
+    name: str = Field("study", description="Study name: report title, default run folder.")
+    seed: int = Field(0, description="Seed of the split, the folds and every model.")
+    cohorts: list[CohortConfig] = Field(
+        description="The cohorts, each from a `manifest` (or a `phantom`); at least one "
+        "`development` cohort."
+    )
+    audit: AuditConfig = Field(AuditConfig(), description="What the audit does with its findings.")
+    split: SplitConfig = Field(SplitConfig(), description="Internal test split and CV folds.")
+    models: list[ModelName] = Field(
+        ["deep", "radiomics", "dlr", "clinical", "us", "cldlr", "outline", "integrated"],
+        description="Models built: `deep` (fine-tuned CNN), `radiomics`, `dlr` (deep features → "
+        "SVM), `clinical`, `us` (BI-RADS lexicon), `cldlr` (clinical + deep features), "
+        "`outline` (the outline's geometry and echo ratios), `integrated` (fusion).",
+    )
+    deep: DeepConfig = Field(DeepConfig(), description="The CNN backbones and their training.")
+    radiomics: RadiomicsConfig = Field(
+        RadiomicsConfig(), description="Radiomics extraction and feature selection."
+    )
+    clinical: ClinicalConfig = Field(
+        ClinicalConfig(), description="Clinical, lexicon and reader columns."
+    )
+    integrated: IntegratedConfig = Field(
+        IntegratedConfig(), description="How the integrated model fuses the single models."
+    )
+    evaluation: EvaluationConfig = Field(
+        EvaluationConfig(), description="Threshold rule and confidence intervals."
+    )
+    gallery_size: int = Field(
+        8, ge=0, description="Grad-CAM gallery cases per arm (half correct, half incorrect)."
+    )
+    reverse_external: bool = Field(
+        False,
+        description="Also run the opposite direction: train on the external cohorts, validate on "
+        "the development ones.",
+    )
+    roi: RoiMode | list[RoiMode] = Field(
+        "expert",
+        description="Where lesion outlines come from: `expert` (the manifest's masks), `auto` "
+        "(the segmenter alone), `box` (the segmenter prompted by the mask's box); a list "
+        "compares them (docs/segmentation.md).",
+    )
+    segment: SegmentConfig = Field(
+        SegmentConfig(), description="The segmenter of `roi: auto` and `roi: box`."
+    )
     base_dir: Path = Field(default=Path("."), exclude=True)
+    source: Path | None = Field(default=None, exclude=True)
 
     @model_validator(mode="after")
     def _cohorts(self) -> StudyConfig:
@@ -298,8 +479,61 @@ class StudyConfig(_Strict):
         return q if q.is_absolute() else (self.base_dir / q).resolve()
 
 
+def _clean_loc(err: dict[str, Any]) -> tuple[Any, ...]:
+    """The key path of a pydantic error without its union-member tags (``literal[...]``)."""
+    return tuple(x for x in err.get("loc", ()) if isinstance(x, int) or "[" not in str(x))
+
+
 def _loc(err: dict[str, Any]) -> str:
-    return ".".join(str(x) for x in err.get("loc", ())) or "<root>"
+    return ".".join(str(x) for x in _clean_loc(err)) or "<root>"
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The config models inside an annotation (``X | None``, ``list[X]``, ``dict[str, X]``)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for a in typing.get_args(annotation) for m in _models_in(a)]
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The config model holding the last key of a pydantic error location."""
+    model: type[BaseModel] | None = StudyConfig
+    for part in loc[:-1]:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(str(part))
+        inner = _models_in(field.annotation) if field is not None else []
+        model = inner[0] if inner else None
+    return model
+
+
+def _problem(err: dict[str, Any]) -> str:
+    """One pydantic error as ``"<key>: <problem>"``, with a did-you-mean where it helps."""
+    loc = _clean_loc(err)
+    kind = err.get("type")
+    msg = str(err.get("msg", "invalid value"))
+    if kind == "extra_forbidden":
+        model = _model_at(loc)
+        hint = did_you_mean(str(loc[-1]), model.model_fields) if model is not None and loc else None
+        known = [k for k, f in model.model_fields.items() if not f.exclude] if model else []
+        msg = "unknown key" + (
+            f"; did you mean {hint!r}?"
+            if hint
+            else f" (keys here: {', '.join(known)})"
+            if known
+            else ""
+        )
+    elif kind == "literal_error":
+        expected = str((err.get("ctx") or {}).get("expected", ""))
+        options = [o.strip().strip("'") for o in expected.replace(" or ", ", ").split(",")]
+        hint = did_you_mean(str(err.get("input")), [o for o in options if o])
+        msg = f"unknown value {err.get('input')!r}" + (f"; did you mean {hint!r}?" if hint else "")
+        msg += f" (one of: {', '.join(o for o in options if o)})"
+    elif kind == "missing":
+        msg = "required key missing"
+    elif msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    return f"{_loc(err)}: {msg}"
 
 
 def load_config(path: str | os.PathLike[str]) -> StudyConfig:
@@ -308,8 +542,9 @@ def load_config(path: str | os.PathLike[str]) -> StudyConfig:
     Raises
     ------
     ConfigError
-        Missing file, bad YAML, unknown keys or bad values; the message names
-        the file and the key path.
+        Missing file or bad YAML; :class:`~buscad.errors.ConfigProblems` (a
+        ``ConfigError``) for unknown keys or bad values: every one, a line each,
+        naming the file and the key path.
     """
     p = Path(path)
     if not p.exists():
@@ -317,7 +552,7 @@ def load_config(path: str | os.PathLike[str]) -> StudyConfig:
     try:
         raw = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise ConfigError(p, f"not valid YAML ({exc})") from exc
+        raise ConfigError(p, f"not valid YAML ({' '.join(str(exc).split())})") from exc
     if not isinstance(raw, dict):
         raise ConfigError(p, "the config must be a mapping of keys to values")
     return config_from_dict(raw, base_dir=p.parent.resolve(), source=p)
@@ -328,15 +563,108 @@ def config_from_dict(
     base_dir: str | os.PathLike[str] = ".",
     source: str | os.PathLike[str] = "<config>",
 ) -> StudyConfig:
-    """Validate a config mapping (see :func:`load_config`)."""
+    """Validate a config mapping (see :func:`load_config`).
+
+    Raises
+    ------
+    ConfigProblems
+        Every unknown key and bad value, one ``"<key>: <problem>"`` each.
+    """
     try:
         cfg = StudyConfig.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        msg = first.get("msg", "invalid value")
-        if first.get("type") == "extra_forbidden":
-            msg = "unknown key"
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise ConfigError(source, f"{_loc(first)}: {msg}{more}") from exc
+        seen: set[tuple[Any, ...]] = set()
+        problems = []
+        for e in exc.errors():  # a value failing every member of a union: its first reason only
+            if _clean_loc(e) not in seen:
+                seen.add(_clean_loc(e))
+                problems.append(_problem(e))
+        raise ConfigProblems(source, problems) from exc
     cfg.base_dir = Path(base_dir).resolve()
+    cfg.source = Path(source)
     return cfg
+
+
+# ============================================================== reference
+def _type_name(annotation: Any) -> str:
+    """A config field's type in words: ``list of str``, ``one of: a, b``, ``path or null``."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is Literal:
+        return "one of: " + ", ".join(f"`{a}`" for a in args)
+    if origin in (typing.Union, types.UnionType):
+        parts = [_type_name(a) for a in args if a is not type(None)]
+        return " or ".join(parts) + (" or null" if type(None) in args else "")
+    if origin is list:
+        return f"list of {_type_name(args[0])}"
+    if origin is tuple:
+        return f"[{', '.join(_type_name(a) for a in args)}]"
+    if origin is dict:
+        return f"mapping {_type_name(args[0])} → {_type_name(args[1])}"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "mapping"
+    names = {str: "text", int: "integer", float: "number", bool: "true/false", Path: "path"}
+    return names.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def _yaml_value(v: Any) -> str:
+    if isinstance(v, Path):
+        v = str(v)
+    if isinstance(v, tuple):
+        v = list(v)
+    text = yaml.safe_dump(v, default_flow_style=True, sort_keys=False).strip()
+    return text.removesuffix("...").strip()
+
+
+def config_reference() -> str:
+    """Every study-config key as Markdown (``docs/config.md``): key, type, default, description.
+
+    Generated from the pydantic models above, so it cannot disagree with what
+    :func:`load_config` accepts (``tests/test_config_reference.py`` checks the file is current;
+    ``buscad study reference -o docs/config.md`` rewrites it).
+    """
+    from buscad.models.registry import ALIASES, list_backbones
+
+    out = [
+        "# Study config reference",
+        "",
+        "<!-- generated by `buscad study reference -o docs/config.md` from src/buscad/config.py;"
+        " do not edit by hand -->",
+        "",
+        "A study config is one YAML file (`buscad study run CONFIG`); `buscad study init` writes "
+        "a commented one for your manifests and `buscad study check CONFIG` checks it, and the "
+        "files it names, in seconds. Paths are relative to the config file's folder. Unknown "
+        "keys are refused. Keys left out take the default below.",
+        "",
+        f"Backbones (`deep.backbones`): {', '.join(f'`{b}`' for b in list_backbones())} "
+        f"(aliases: {', '.join(f'`{a}`' for a in ALIASES)}).",
+        "",
+    ]
+
+    def section(model: type[BaseModel], prefix: str) -> None:
+        doc = " ".join((model.__doc__ or "").strip().split("\n\n")[0].split())
+        out.extend([f"## `{prefix}`" if prefix else "## Top level", "", doc, ""])
+        out.extend(["| key | type | default | description |", "|---|---|---|---|"])
+        nested = []
+        for name, f in model.model_fields.items():
+            if f.exclude:
+                continue
+            key = f"{prefix}.{name}" if prefix else name
+            if f.is_required():
+                default = "required"
+            elif _models_in(f.annotation) and f.get_default() is not None:
+                default = "see below"
+            else:
+                default = f"`{_yaml_value(f.get_default())}`"
+            desc = (f.description or "").replace("|", "\\|")
+            typ = _type_name(f.annotation).replace("|", "\\|")
+            out.append(f"| `{key}` | {typ} | {default} | {desc} |")
+            for sub in _models_in(f.annotation):
+                origin = typing.get_origin(f.annotation)
+                nested.append((sub, key + ("[]" if origin is list else "")))
+        out.append("")
+        for sub, key in nested:
+            section(sub, key)
+
+    section(StudyConfig, "")
+    return "\n".join(out).rstrip() + "\n"

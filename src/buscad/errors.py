@@ -42,6 +42,34 @@ class ConfigError(InputFileError):
     """A configuration file is invalid; the message names the bad key."""
 
 
+class ConfigProblems(ConfigError):
+    """Every problem found in one configuration file, one line each.
+
+    ``str(err)`` is one ``"<file>: <key>: <problem>"`` line per problem (a single
+    problem reads exactly like a :class:`ConfigError`).
+
+    Parameters
+    ----------
+    path : path-like
+        The configuration file.
+    problems : list of str
+        ``"<key>: <problem>"`` for each problem, each forced to one line.
+    """
+
+    def __init__(self, path: str | PathLike[str], problems: list[str]) -> None:
+        self.problems = [" ".join(str(p).split()) for p in problems] or ["invalid configuration"]
+        super().__init__(path, "; ".join(self.problems))
+        self.args = ("\n".join(self.lines),)
+
+    @property
+    def lines(self) -> list[str]:
+        """One ``"<file>: <key>: <problem>"`` line per problem."""
+        return [f"{self.path}: {p}" for p in self.problems]
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines)
+
+
 class ModelFileError(InputFileError):
     """A model checkpoint or bundle is missing, corrupt or incompatible."""
 

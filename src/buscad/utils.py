@@ -200,6 +200,30 @@ def stable_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
 
 
+def did_you_mean(name: str, candidates: Iterable[object]) -> str | None:
+    """The candidate a misspelt ``name`` most likely meant, or None.
+
+    First a candidate equal to ``name`` after lower-casing and keeping only letters
+    and digits (``"BI-RADS"`` -> ``"birads"``, ``"Age"`` -> ``"age"``), then the
+    closest by :func:`difflib.get_close_matches` (ratio >= 0.6, case-insensitive).
+    ``name`` itself is never suggested.
+    """
+    import difflib
+
+    def key(s: object) -> str:
+        return "".join(ch for ch in str(s).lower() if ch.isalnum())
+
+    cands = [str(c) for c in candidates if str(c) != str(name)]
+    same = [c for c in cands if key(c) == key(name)]
+    if same:
+        return same[0]
+    lower: dict[str, str] = {}
+    for c in cands:
+        lower.setdefault(c.lower(), c)
+    close = difflib.get_close_matches(str(name).lower(), list(lower), n=1, cutoff=0.6)
+    return lower[close[0]] if close else None
+
+
 def array_sha256(arr: np.ndarray) -> str:
     """SHA-256 of an array's dtype, shape and bytes."""
     a = np.ascontiguousarray(arr)

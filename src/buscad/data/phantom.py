@@ -41,6 +41,28 @@ from buscad.data.manifest import Manifest
 from buscad.utils import atomic_path
 
 BIRADS_ORDER = ("2", "3", "4a", "4b", "4c", "5")
+#: The columns of the manifest :func:`generate_cohort` writes (what a study config can name
+#: before any phantom exists; a test checks them against a generated cohort).
+MANIFEST_COLUMNS: tuple[str, ...] = (
+    "image_id",
+    "image_path",
+    "mask_path",
+    "label",
+    "patient_id",
+    "cohort",
+    "age",
+    "birads",
+    "shape",
+    "margin",
+    "echogenicity",
+    "posterior_features",
+    "calcifications",
+    "orientation",
+    "device",
+    "phantom_source",
+    "has_annotations",
+    "has_colour_box",
+)
 
 
 @dataclass

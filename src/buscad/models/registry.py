@@ -16,13 +16,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-
-import buscad._compat  # noqa: F401  (before torchvision/timm)
 from buscad.errors import ConfigError
-from buscad.models.heads import BuscadClassifier
+
+if TYPE_CHECKING:  # the names and specs need no PyTorch: a config check lists them in a blink
+    import torch
+    from torch import nn
+
+    from buscad.models.heads import BuscadClassifier
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -161,6 +163,8 @@ def build_full(spec: BackboneSpec, input_size: int | None = None) -> nn.Module:
 
     ``input_size`` only matters for the ViT, whose position embeddings depend on it.
     """
+    import buscad._compat  # noqa: F401  (before torchvision/timm)
+
     if spec.family == "torchvision":
         import torchvision.models as tvm
 
@@ -182,21 +186,29 @@ def build_full(spec: BackboneSpec, input_size: int | None = None) -> nn.Module:
 
 
 def _strip_fc(m: nn.Module) -> nn.Module:
+    from torch import nn
+
     m.fc = nn.Identity()
     return m
 
 
 def _strip_classifier(m: nn.Module) -> nn.Module:
+    from torch import nn
+
     m.classifier = nn.Identity()
     return m
 
 
 def _strip_heads(m: nn.Module) -> nn.Module:
+    from torch import nn
+
     m.heads = nn.Identity()
     return m
 
 
 def _strip_convpool(m: nn.Module) -> nn.Module:
+    from torch import nn
+
     return nn.Sequential(m.features, nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
 
 
@@ -252,6 +264,7 @@ def create_backbone(
         With ``.spec`` (the :class:`BackboneSpec`) and ``.weights_provenance``.
     """
     from buscad.models import weights as W
+    from buscad.models.heads import BuscadClassifier
 
     spec = get_spec(name)
     full = build_full(spec, input_size)

@@ -7,8 +7,9 @@ image with :func:`buscad.data.io.read_image` (mapped to ``uint8`` with
 :func:`~buscad.data.io.to_uint8`) and the lesion mask with
 :func:`~buscad.data.io.read_mask`, builds 2-D SimpleITK images (unit spacing)
 and runs pyradiomics' ``RadiomicsFeatureExtractor`` with the settings of a
-YAML params file (default: :data:`DEFAULT_PARAMS`, the same as
-``configs/radiomics.yaml``). pyradiomics never reads files itself.
+YAML params file (default: :data:`DEFAULT_PARAMS`, read from the packaged
+``buscad/radiomics/params.yaml``; ``configs/radiomics.yaml`` is a copy).
+pyradiomics never reads files itself.
 
 Besides the original mask it extracts each *mask perturbation* of the params
 file (``erode:2`` and ``dilate:2`` by default: the mask eroded / dilated by a
@@ -91,24 +92,25 @@ IMAGE_TYPES: tuple[str, ...] = (
     "LBP2D",
 )
 
-#: The default settings (identical to ``configs/radiomics.yaml``; a test checks it).
-DEFAULT_PARAMS: dict[str, Any] = {
-    "setting": {
-        "force2D": True,
-        "force2Ddimension": 0,
-        "label": 1,
-        "binWidth": 8,
-        "normalize": False,
-        "minimumROIDimensions": 2,
-        "minimumROISize": 16,
-        "correctMask": False,
-        "geometryTolerance": 1.0e-6,
-        "sigma": [1.0, 2.0, 3.0],
-    },
-    "imageType": {"Original": {}},
-    "featureClass": {c: [] for c in FEATURE_CLASSES_2D},
-    "buscad": {"perturbations": ["erode:2", "dilate:2"]},
-}
+#: The packaged default params file (package data, shipped in the wheel);
+#: ``configs/radiomics.yaml`` is a copy to start from (a test checks they agree).
+DEFAULT_PARAMS_FILE: Path = Path(__file__).with_name("params.yaml")
+
+
+def _read_default_params() -> dict[str, Any]:
+    import yaml
+
+    try:
+        raw = yaml.safe_load(DEFAULT_PARAMS_FILE.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:  # a broken installation, not user input
+        raise ConfigError(
+            DEFAULT_PARAMS_FILE, f"packaged radiomics params unreadable ({exc})"
+        ) from exc
+    return raw
+
+
+#: The default settings, read from :data:`DEFAULT_PARAMS_FILE`.
+DEFAULT_PARAMS: dict[str, Any] = _read_default_params()
 
 _PERTURB_RE = re.compile(r"^(erode|dilate):(\d+)$")
 

@@ -1,7 +1,8 @@
 """The study runner: one YAML config -> audit, grouped split, deep models, radiomics, classical and fusion models, statistics, galleries, report and model bundle.
 
 Owns: study arms and cohorts, stage caching (stages), lesion outlines per ROI mode (roi: expert
-masks or the segmenter's), model fitting (fit), the runner and ``buscad study``. May import every layer below it: data, models, radiomics, explain, classical, evaluate, report and bundle; never reader or serve.
+masks or the segmenter's), model fitting (fit), the runner, the whole-config check before any stage
+(check), the config a user starts from (template: ``buscad study init``) and ``buscad study``. May import every layer below it: data, models, radiomics, explain, classical, evaluate, report and bundle; never reader or serve.
 
 The study runner: one config reproduces a whole study, resumably and without leakage.
 
@@ -9,7 +10,8 @@ Flow (each step a cached stage of :class:`buscad.stages.StageRunner`, keyed by
 the hash of its inputs, so a rerun with nothing changed is instant and a killed
 run resumes at the stage it was in)::
 
-    cohorts (manifests or phantoms) ─► audit (duplicates, overlays, mask problems,
+    check (every file, backbone and column the config names; nothing runs on a problem)
+    ─► cohorts (manifests or phantoms) ─► audit (duplicates, overlays, mask problems,
     shortcuts) + audit policy ─► grouped split (patient ∪ near-duplicate group):
     development cohorts → train / internal test, external cohorts → external
     ─► per ROI mode (``roi: expert | auto | box``; the segmenter's outlines replace

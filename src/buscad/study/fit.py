@@ -132,9 +132,17 @@ def fit_and_predict(
                 random_state=cfg.seed,
             )
         else:
-            notes.append(
-                f"clinical model not built: no values of {cfg.clinical.columns} in the training rows"
+            absent = [c for c in clin_cfg if c not in X.columns]
+            empty = [c for c in clin_cfg if c in X.columns]
+            why = "; ".join(
+                part
+                for part in (
+                    f"no column {', '.join(map(repr, absent))}" if absent else "",
+                    f"{', '.join(map(repr, empty))} empty in every training row" if empty else "",
+                )
+                if part
             )
+            notes.append(f"clinical model not built: {why or 'clinical.columns is empty'}")
     us_cols = present(allowed([*cfg.clinical.us_columns, *([reader] if as_input else [])]))
     if "us" in cfg.models:
         if us_cols:

@@ -1363,9 +1363,22 @@ def run_study(
     run_dir: str | os.PathLike[str] | None = None,
     stream: TextIO | None = None,
 ) -> StudyResult:
-    """Load a config (if a path) and run the study into ``run_dir`` (default ``runs/<name>``)."""
+    """Load a config (if a path), check it whole, and run the study into ``run_dir``.
+
+    ``run_dir`` defaults to ``runs/<name>``. Nothing is written (not even ``run_dir``)
+    when the check (:func:`buscad.study.check.require_valid`) finds a problem: it
+    raises :class:`~buscad.errors.ConfigProblems` listing every one. Its notes (e.g.
+    no reader column) are printed and join the run's warnings.
+    """
     from buscad.config import load_config
+    from buscad.study.check import require_valid
 
     cfg = config if isinstance(config, StudyConfig) else load_config(config)
+    notes = require_valid(cfg).notes
+    out = stream or sys.stderr
+    for n in notes:
+        print(f"note: {n}", file=out, flush=True)
     run_dir = Path(run_dir) if run_dir is not None else Path("runs") / cfg.name
-    return StudyRun(cfg, run_dir, stream=stream or sys.stderr).run()
+    run = StudyRun(cfg, run_dir, stream=out)
+    run.warnings.extend(notes)
+    return run.run()
