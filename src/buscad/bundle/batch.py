@@ -133,6 +133,24 @@ def _decode(item: Item, any_modality: bool) -> tuple[np.ndarray, dict, np.ndarra
     return gray, meta, m
 
 
+def decode_item(
+    item: Item, any_modality: bool = False
+) -> tuple[np.ndarray, Any, np.ndarray | None] | str:
+    """An item's decoded image, its :class:`~buscad.data.io.ImageMeta` and mask, or why not.
+
+    Never raises: a failure is returned as its one-line reason (an unexpected one as
+    ``internal error reading FILE: ...``), so a batch goes on past it.
+    """
+    from buscad.errors import internal_error
+
+    try:
+        return _decode(item, any_modality)
+    except (BuscadError, ValueError) as exc:
+        return " ".join(str(exc).split())
+    except Exception as exc:  # never abort the batch: report and go on
+        return internal_error(item.image, exc)
+
+
 def predict_batch(
     b: Any,
     grays: Sequence[np.ndarray],
@@ -240,6 +258,7 @@ def score_items(
     batch_size: int = 1,
     write_json: bool = True,
     log: Log = _no_log,
+    decoded: Sequence[Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Score items with a bundle: one summary row each, JSON (and overlay) files in ``out``.
 
@@ -256,6 +275,9 @@ def score_items(
         overlay). Keyed rows carry the ROI and the skipped models' reasons.
     log : callable
         ``log(message, to_stderr)`` for the per-image lines.
+    decoded : sequence, optional
+        :func:`decode_item` of each item, when decoded elsewhere (the Ray engine's
+        decoding stage); by default each item is decoded here.
 
     Returns
     -------
@@ -270,19 +292,16 @@ def score_items(
     rows: list[dict[str, Any]] = []
     for start in range(0, len(items), max(1, batch_size)):
         chunk = items[start : start + max(1, batch_size)]
-        decoded: list[Any] = []
-        for it in chunk:
-            try:
-                decoded.append(_decode(it, any_modality))
-            except (BuscadError, ValueError) as exc:
-                decoded.append(" ".join(str(exc).split()))
-            except Exception as exc:  # never abort the batch: report and go on
-                decoded.append(internal_error(it.image, exc))
-        ok = [k for k, d in enumerate(decoded) if not isinstance(d, str)]
+        done = (
+            list(decoded[start : start + len(chunk)])
+            if decoded is not None
+            else [decode_item(it, any_modality) for it in chunk]
+        )
+        ok = [k for k, d in enumerate(done) if not isinstance(d, str)]
         preds: dict[int, Any] = {}
         if batch_size <= 1:
             for k in ok:
-                gray, _meta, m = decoded[k]
+                gray, _meta, m = done[k]
                 try:
                     preds[k] = b.predict(gray, mask=m, clinical=chunk[k].clinical, heatmap=heatmap)
                 except Exception as exc:
@@ -291,8 +310,8 @@ def score_items(
             try:
                 got = predict_batch(
                     b,
-                    [decoded[k][0] for k in ok],
-                    [decoded[k][2] for k in ok],
+                    [done[k][0] for k in ok],
+                    [done[k][2] for k in ok],
                     [chunk[k].clinical for k in ok],
                     heatmap=heatmap,
                 )
@@ -302,11 +321,11 @@ def score_items(
         for k, it in enumerate(chunk):
             head = {"image_id": it.image_id} if keyed else {}
             head["image"] = str(it.image)
-            if isinstance(decoded[k], str):
-                log(f"skipped: {decoded[k]}", True)
-                rows.append({**head, "error": decoded[k]})
+            if isinstance(done[k], str):
+                log(f"skipped: {done[k]}", True)
+                rows.append({**head, "error": done[k]})
                 continue
-            gray, meta, _m = decoded[k]
+            gray, meta, _m = done[k]
             pred = preds[k]
             try:
                 if isinstance(pred, Exception):
@@ -575,6 +594,7 @@ __all__ = [
     "Item",
     "ShardWriter",
     "collect",
+    "decode_item",
     "done_ids",
     "finish",
     "items_from_manifest",

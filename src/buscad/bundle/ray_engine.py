@@ -1,13 +1,21 @@
 """``buscad predict --manifest M --engine ray``: the same scoring on Ray Data (extra ``buscad[ray]``).
 
 The manifest rows still to score (those without a row in ``OUT/parts``: see
-:func:`buscad.bundle.batch.done_ids`) become a Ray dataset; a pool of
-stateful actors (:class:`_Scorer`, one CPU each) loads the bundle once (ONNX
-Runtime session with one thread) and scores batches of rows with
-:func:`buscad.bundle.batch.score_items`, the loop the local engine runs:
-decoding, ROI, the batched CNN pass, the classical models (radiomics
-included) and the per-image JSON all happen in the actor, so images never
-travel through the object store. The driver consumes the result stream and
+:func:`buscad.bundle.batch.done_ids`) become a Ray dataset that streams
+through two stages:
+
+1. decoding (:func:`_decode_batch`, stateless Ray tasks on CPUs): each image
+   and mask is read with :func:`buscad.bundle.batch.decode_item` under the
+   decode budget; the pixels travel on as ``.npy`` bytes, a failure as its
+   one-line reason;
+2. scoring (:class:`_Scorer`, a pool of stateful actors that load the bundle
+   once: ONNX Runtime session, ``threads_per_worker`` threads): ROI (the
+   bundle's segmenter when a row has no mask), the batched CNN pass, the
+   classical models (radiomics included) and the per-image JSON, with
+   :func:`buscad.bundle.batch.score_items`, the loop the local engine runs.
+
+On a cluster the two stages scale apart (many CPUs decode for few scoring
+actors, e.g. ``num_gpus`` ones). The driver consumes the result stream and
 writes each batch as one atomic Parquet shard (:class:`ShardWriter`), so a
 killed run resumes without losing or repeating a row. Per-image failures are
 rows with an ``error``.
@@ -31,12 +39,69 @@ from buscad.bundle.batch import (
     Item,
     Log,
     ShardWriter,
+    decode_item,
     done_ids,
     finish,
     row_columns,
     rows_frame,
     score_items,
 )
+
+#: Columns the decoding stage adds: the image and mask as ``.npy`` bytes (empty when
+#: absent or failed), the reader's metadata as JSON, and the failure reason (or "").
+DECODED_COLUMNS = ("pixels", "mask_pixels", "meta", "decode_error")
+
+
+def _npy(a: Any) -> bytes:
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(a), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _from_npy(b: bytes) -> Any:
+    import io
+
+    import numpy as np
+
+    return np.load(io.BytesIO(b), allow_pickle=False)
+
+
+def _decode_batch(batch: Any, any_modality: bool = False) -> Any:
+    """Ray's decoding stage: each row's image and mask read (or why not), as columns."""
+    import dataclasses
+
+    cols: dict[str, list[Any]] = {c: [] for c in DECODED_COLUMNS}
+    for r in batch.to_dict("records"):
+        item = Item(
+            str(r["image_id"]), Path(r["image"]), Path(r["mask"]) if r["mask"] else None, {}
+        )
+        got = decode_item(item, any_modality)
+        if isinstance(got, str):
+            cols["pixels"].append(b"")
+            cols["mask_pixels"].append(b"")
+            cols["meta"].append("")
+            cols["decode_error"].append(got)
+            continue
+        gray, meta, mask = got
+        cols["pixels"].append(_npy(gray))
+        cols["mask_pixels"].append(_npy(mask) if mask is not None else b"")
+        cols["meta"].append(json.dumps(dataclasses.asdict(meta)))
+        cols["decode_error"].append("")
+    return batch.assign(**cols)
+
+
+def _decoded(r: dict[str, Any]) -> Any:
+    """A decoding-stage row back as :func:`decode_item`'s value."""
+    from buscad.data.io import ImageMeta
+
+    if r["decode_error"]:
+        return r["decode_error"]
+    mask = _from_npy(r["mask_pixels"]) if len(r["mask_pixels"]) else None
+    return _from_npy(r["pixels"]), ImageMeta(**json.loads(r["meta"])), mask
 
 
 class _Scorer:
@@ -59,6 +124,7 @@ class _Scorer:
         self.columns = row_columns(self.b)
 
     def __call__(self, batch: Any) -> Any:
+        records = batch.to_dict("records")
         items = [
             Item(
                 str(r["image_id"]),
@@ -66,7 +132,7 @@ class _Scorer:
                 Path(r["mask"]) if r["mask"] else None,
                 json.loads(r["clinical"]),
             )
-            for r in batch.to_dict("records")
+            for r in records
         ]
         rows = score_items(
             self.b,
@@ -77,6 +143,7 @@ class _Scorer:
             keyed=True,
             batch_size=len(items),
             write_json=self.write_json,
+            decoded=[_decoded(r) for r in records],
         )
         return rows_frame(rows, self.columns)
 
@@ -92,6 +159,7 @@ def run_ray(
     heatmap: bool = True,
     any_modality: bool = False,
     threads_per_worker: int = 1,
+    decode_cpus: float = 0.0,
     write_json: bool = False,
     log: Log | None = None,
 ) -> dict[str, Any]:
@@ -105,6 +173,12 @@ def run_ray(
         Scoring actors (default: the CPUs Ray sees, divided by ``threads_per_worker``).
     batch_size : int
         Rows per actor call (one ONNX pass, one Parquet shard).
+    decode_cpus : float
+        CPUs Ray reserves for each decoding task. The scoring actors reserve every
+        CPU by default, so any reservation here would leave the decoding stage no
+        slot and stall the stream: 0 (the default) lets decoding share the cores
+        (it is light next to scoring, and Ray Data's backpressure bounds how far it
+        runs ahead); on a cluster with CPUs beyond the actors' give it 1.
 
     Raises
     ------
@@ -157,7 +231,14 @@ def run_ray(
             ds = ray.data.from_pandas(
                 [table.iloc[i : i + step] for i in range(0, len(table), step)]
             )
-            scored = ds.map_batches(
+            decoded = ds.map_batches(
+                _decode_batch,
+                fn_kwargs={"any_modality": any_modality},
+                batch_size=batch_size,
+                batch_format="pandas",
+                num_cpus=decode_cpus,
+            )
+            scored = decoded.map_batches(
                 _Scorer,
                 fn_constructor_args=(
                     str(Path(bundle).resolve()),
@@ -185,6 +266,7 @@ def run_ray(
             "engine": "ray",
             "address": address or "local",
             "workers": n_workers,
+            "stages": ["decode (Ray tasks)", "score (Ray actors)"],
             "bundle": str(bundle),
             "resumed_skipped": len(items) - len(todo),
             "this_run_rows": writer.n_rows,
