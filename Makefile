@@ -25,8 +25,9 @@ demo: $(STAMP)
 	$(VENV)/bin/buscad demo --out runs/demo/data
 	$(VENV)/bin/buscad study run configs/demo.yaml -o runs/demo/study
 
+# Both cores: one worker per core, each test file on one worker (its module fixtures run once).
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

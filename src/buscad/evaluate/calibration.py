@@ -127,14 +127,17 @@ def calibration_slope_intercept(y: np.ndarray, p: np.ndarray) -> CalibrationFit:
 def _glm_fit(make: Callable[[], Any]) -> Any | None:
     """Fit a statsmodels GLM; None when it is not estimable (perfect separation, singular).
 
-    statsmodels warns rather than fails on perfect separation; the coefficient is then
-    not identified, so the warning is turned into the documented NaN instead of leaking.
+    statsmodels warns rather than fails on perfect separation and on a rank-deficient
+    design, and its IRLS overflows ``exp`` when the coefficients diverge
+    (quasi-separation); the coefficient is then not identified, so each of these is
+    turned into the documented NaN instead of leaking a warning.
     """
-    from statsmodels.tools.sm_exceptions import PerfectSeparationWarning
+    from statsmodels.tools.sm_exceptions import PerfectSeparationWarning, SingularMatrixWarning
 
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), np.errstate(over="raise"):
             warnings.simplefilter("error", PerfectSeparationWarning)
+            warnings.simplefilter("error", SingularMatrixWarning)
             return make().fit()
     except Exception:
         return None

@@ -41,6 +41,24 @@ GALLERY_VERSION = 2
 EVALUATE_VERSION = 2
 
 
+#: How each outline mode is described in the report.
+ROI_MODE_WORDS = {
+    "expert": "Lesion outlines from the expert masks",
+    "auto": "Lesion outlines drawn by the segmenter on the whole image (automatic)",
+    "box": "Lesion outlines drawn by the segmenter inside a box around the expert mask",
+}
+#: The outline stage's summary (``roi.json``) in words, in the order shown.
+ROI_SUMMARY_WORDS = {
+    "rows": "images",
+    "found": "lesions outlined by the segmenter",
+    "whole_image_fallback": "no lesion found (whole image used)",
+    "unreadable": "images that could not be read",
+    "mean_confidence": "mean segmenter confidence",
+    "median_dice_vs_expert": "median Dice with the expert mask",
+}
+ROI_SUMMARY_WORDS_EXPERT = {"rows": "images", "unreadable": "images that could not be read"}
+
+
 @dataclass(frozen=True)
 class Roi:
     """The outlines one pass of the study reads: its mode and the outline stage (None: expert masks, nothing added)."""
@@ -845,19 +863,20 @@ class StudyRun:
                 continue
             info = json.loads((r.res.path / "roi.json").read_text())
             seg = info.get("segmenter") or {}
+            words = ROI_SUMMARY_WORDS if r.mode != "expert" else ROI_SUMMARY_WORDS_EXPERT
             flat = {
-                k: v
-                for k, v in info.items()
-                if isinstance(v, (int, float, str, bool)) and v is not None
+                label: info[k]
+                for k, label in words.items()
+                if isinstance(info.get(k), (int, float, str, bool)) and info.get(k) == info.get(k)
             }
             flat.update(
                 {
-                    f"segmenter {k}": v
+                    f"segmenter training: {k.replace('_', ' ')}": v
                     for k, v in (seg.get("training") or {}).items()
                     if isinstance(v, (int, float, str, bool))
                 }
             )
-            blocks.append(Text(f"roi: {r.mode} (stage {r.res.path.name})"))
+            blocks.append(Text(f"{ROI_MODE_WORDS.get(r.mode, r.mode)} (roi: {r.mode})."))
             blocks.append(KeyValue(flat))
         if self._needs_morphology():
             blocks.append(
