@@ -46,6 +46,7 @@ no lesion is found, the box (if any) or the whole image is read and a note says 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -610,7 +611,7 @@ class Bundle:
         # one table (column -> value, no pandas) for every model
         row = as_table(
             {
-                **{f"deep_{j:04d}": float(v) for j, v in enumerate(feats)},
+                **dict(zip(self._deep_names(len(feats)), np.asarray(feats).tolist(), strict=True)),
                 DEEP_SCORE: raw,
                 **given,
                 **radiomics,
@@ -621,6 +622,11 @@ class Bundle:
             for n, m in self.classical.items()
         }
         return scores, skipped, inputs
+
+    @functools.lru_cache(maxsize=4)  # noqa: B019 - a bundle lives as long as its process
+    def _deep_names(self, n: int) -> tuple[str, ...]:
+        """``deep_0000`` ... : the deep-feature column names the classical models read."""
+        return tuple(f"deep_{j:04d}" for j in range(n))
 
     def input_choices(self) -> dict[str, list[str]]:
         """The values each categorical input may take: those the bundled models learnt.

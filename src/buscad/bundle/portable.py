@@ -495,6 +495,10 @@ def _libsvm_binary_proba(f: np.ndarray, a: float, b: float) -> np.ndarray:
     return out
 
 
+#: Column positions of :meth:`_Table.reindex`, by (wanted names, table names).
+_REINDEX_CACHE: dict[tuple[tuple[str, ...], tuple[str, ...]], np.ndarray] = {}
+
+
 class _Table:
     """Named columns as one object array: the part of a DataFrame the forward pass needs.
 
@@ -505,13 +509,26 @@ class _Table:
     def __init__(self, values: np.ndarray, names: list[str] | None) -> None:
         self.values = values
         self.names = names
-        self._pos = {n: i for i, n in enumerate(names)} if names is not None else {}
+        self._pos_map: dict[str, int] | None = None
+
+    @property
+    def _pos(self) -> dict[str, int]:
+        """Column name -> position, built on first use (many tables are only passed on)."""
+        if self._pos_map is None:
+            names = self.names if self.names is not None else []
+            self._pos_map = {n: i for i, n in enumerate(names)}
+        return self._pos_map
 
     @classmethod
     def of(cls, X: Any) -> _Table:
         if isinstance(X, _Table):
             return X
         if isinstance(X, dict):
+            vals = list(X.values())
+            if all(np.ndim(v) == 0 for v in vals):  # one row of scalars: the common case
+                row = np.empty((1, len(vals)), dtype=object)
+                row[0, :] = [v.item() if isinstance(v, np.ndarray) else v for v in vals]
+                return cls(row, [str(k) for k in X])
             cols = {str(k): np.atleast_1d(np.asarray(v, dtype=object)) for k, v in X.items()}
             n = max((len(v) for v in cols.values()), default=0)
             vals = np.empty((n, len(cols)), dtype=object)
@@ -547,10 +564,17 @@ class _Table:
 
     def reindex(self, names: list[str]) -> _Table:
         """Columns ``names`` in that order; absent ones are missing (NaN)."""
+        key = (tuple(names), tuple(self.names or ()))
+        idx = _REINDEX_CACHE.get(key)
+        if idx is None:  # each model reindexes every image's row the same way: look up once
+            pos = self._pos
+            idx = np.fromiter((pos.get(c, -1) for c in names), dtype=np.intp, count=len(names))
+            if len(_REINDEX_CACHE) >= 256:
+                _REINDEX_CACHE.clear()
+            _REINDEX_CACHE[key] = idx
         vals = np.full((self.n, len(names)), np.nan, dtype=object)
-        for j, c in enumerate(names):
-            if c in self._pos:
-                vals[:, j] = self.values[:, self._pos[c]]
+        have = idx >= 0
+        vals[:, have] = self.values[:, idx[have]]
         return _Table(vals, list(names))
 
 
