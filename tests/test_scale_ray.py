@@ -42,8 +42,10 @@ def test_ray_rows_equal_local_rows_and_resume(cluster, tmp_path):
     assert res.exit_code == 0, res.output
     items = items_from_manifest(manifest)
     out = tmp_path / "ray"
-    s1 = run_ray(bundle, items[:7], out, workers=2, batch_size=3, heatmap=False)
+    # the first rows with decoding as a stage of its own, the rest decoded in the actors
+    s1 = run_ray(bundle, items[:7], out, workers=2, batch_size=3, heatmap=False, decode_cpus=0)
     assert (s1["n_rows"], s1["this_run_rows"], s1["workers"]) == (7, 7, 2)
+    assert s1["stages"] == ["decode (Ray tasks)", "score (Ray actors)"]
     res = CliRunner().invoke(
         app, ["predict", str(bundle), "--manifest", str(manifest), "-o", str(out),
               "--no-heatmap", "--engine", "ray", "--batch-size", "3", "--workers", "2"],

@@ -45,6 +45,14 @@ def predict_cmd(
     workers: int = typer.Option(
         0, "--workers", min=0, help="Ray scoring actors (--engine ray; 0: one per CPU)."
     ),
+    decode_cpus: float | None = typer.Option(
+        None,
+        "--decode-cpus",
+        min=0,
+        help="--engine ray: decode images in a stage of their own, reserving this many CPUs "
+        "per decoding task (e.g. 1 on a cluster with CPUs beyond the scoring actors'; 0 shares "
+        "the actors' cores). Default: each scoring actor decodes its own rows.",
+    ),
     batch_size: int = typer.Option(
         32, "--batch-size", min=1, help="Images per ONNX pass (--manifest runs)."
     ),
@@ -115,6 +123,7 @@ def predict_cmd(
             out,
             address=address,
             workers=workers or None,
+            decode_cpus=decode_cpus,
             batch_size=batch_size,
             heatmap=heatmap,
             any_modality=any_modality,

@@ -2,23 +2,25 @@
 
 The manifest rows still to score (those without a row in ``OUT/parts``: see
 :func:`buscad.bundle.batch.done_ids`) become a Ray dataset that streams
-through two stages:
+through a pool of stateful scoring actors (:class:`_Scorer`, one CPU each by
+default) that load the bundle once (ONNX Runtime session,
+``threads_per_worker`` threads) and score batches of rows with
+:func:`buscad.bundle.batch.score_items`, the loop the local engine runs: ROI
+(the bundle's segmenter when a row has no mask), the batched CNN pass, the
+classical models (radiomics included) and the per-image JSON.
 
-1. decoding (:func:`_decode_batch`, stateless Ray tasks on CPUs): each image
-   and mask is read with :func:`buscad.bundle.batch.decode_item` under the
-   decode budget; the pixels travel on as ``.npy`` bytes, a failure as its
-   one-line reason;
-2. scoring (:class:`_Scorer`, a pool of stateful actors that load the bundle
-   once: ONNX Runtime session, ``threads_per_worker`` threads): ROI (the
-   bundle's segmenter when a row has no mask), the batched CNN pass, the
-   classical models (radiomics included) and the per-image JSON, with
-   :func:`buscad.bundle.batch.score_items`, the loop the local engine runs.
+Decoding happens in the actor by default, so no image crosses the object store.
+With ``decode_cpus`` it is a stage of its own ahead of the actors
+(:func:`_decode_batch`, stateless Ray tasks reserving ``decode_cpus`` CPUs
+each): each image and mask is read with :func:`buscad.bundle.batch.decode_item`
+under the decode budget and travels on as ``.npy`` bytes, a failure as its
+one-line reason. On a cluster the two stages then scale apart (many CPUs
+decode for few scoring actors); on one machine, where the actors hold every
+core, the extra hop halved the CNN-only rate (docs/scale.md).
 
-On a cluster the two stages scale apart (many CPUs decode for few scoring
-actors, e.g. ``num_gpus`` ones). The driver consumes the result stream and
-writes each batch as one atomic Parquet shard (:class:`ShardWriter`), so a
-killed run resumes without losing or repeating a row. Per-image failures are
-rows with an ``error``.
+The driver consumes the result stream and writes each batch as one atomic
+Parquet shard (:class:`ShardWriter`), so a killed run resumes without losing or
+repeating a row. Per-image failures are rows with an ``error``.
 
 Without ``address`` a local Ray is started for the run (and stopped after);
 with one (``ray://host:10001`` or ``auto``) the job runs on that cluster,
@@ -143,7 +145,7 @@ class _Scorer:
             keyed=True,
             batch_size=len(items),
             write_json=self.write_json,
-            decoded=[_decoded(r) for r in records],
+            decoded=[_decoded(r) for r in records] if "decode_error" in batch else None,
         )
         return rows_frame(rows, self.columns)
 
@@ -159,7 +161,7 @@ def run_ray(
     heatmap: bool = True,
     any_modality: bool = False,
     threads_per_worker: int = 1,
-    decode_cpus: float = 0.0,
+    decode_cpus: float | None = None,
     write_json: bool = False,
     log: Log | None = None,
 ) -> dict[str, Any]:
@@ -173,12 +175,11 @@ def run_ray(
         Scoring actors (default: the CPUs Ray sees, divided by ``threads_per_worker``).
     batch_size : int
         Rows per actor call (one ONNX pass, one Parquet shard).
-    decode_cpus : float
-        CPUs Ray reserves for each decoding task. The scoring actors reserve every
-        CPU by default, so any reservation here would leave the decoding stage no
-        slot and stall the stream: 0 (the default) lets decoding share the cores
-        (it is light next to scoring, and Ray Data's backpressure bounds how far it
-        runs ahead); on a cluster with CPUs beyond the actors' give it 1.
+    decode_cpus : float, optional
+        None (default): each scoring actor decodes its own rows. A number: decoding
+        is a stage of its own, each task reserving this many CPUs; 0 lets it share
+        the actors' cores (on one machine they reserve every CPU, so any
+        reservation would leave decoding no slot).
 
     Raises
     ------
@@ -231,14 +232,15 @@ def run_ray(
             ds = ray.data.from_pandas(
                 [table.iloc[i : i + step] for i in range(0, len(table), step)]
             )
-            decoded = ds.map_batches(
-                _decode_batch,
-                fn_kwargs={"any_modality": any_modality},
-                batch_size=batch_size,
-                batch_format="pandas",
-                num_cpus=decode_cpus,
-            )
-            scored = decoded.map_batches(
+            if decode_cpus is not None:
+                ds = ds.map_batches(
+                    _decode_batch,
+                    fn_kwargs={"any_modality": any_modality},
+                    batch_size=batch_size,
+                    batch_format="pandas",
+                    num_cpus=decode_cpus,
+                )
+            scored = ds.map_batches(
                 _Scorer,
                 fn_constructor_args=(
                     str(Path(bundle).resolve()),
@@ -266,7 +268,11 @@ def run_ray(
             "engine": "ray",
             "address": address or "local",
             "workers": n_workers,
-            "stages": ["decode (Ray tasks)", "score (Ray actors)"],
+            "stages": (
+                ["decode (Ray tasks)", "score (Ray actors)"]
+                if decode_cpus is not None
+                else ["decode and score (Ray actors)"]
+            ),
             "bundle": str(bundle),
             "resumed_skipped": len(items) - len(todo),
             "this_run_rows": writer.n_rows,
