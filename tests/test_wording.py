@@ -183,10 +183,11 @@ def test_help_screens_have_no_type_artefacts():
 
 
 def test_backbone_help_lists_the_registry():
-    from buscad.models.cli import BACKBONE_NAMES
     from buscad.models.registry import REGISTRY
 
-    assert tuple(REGISTRY) == BACKBONE_NAMES
+    app, _ = _all_commands()
+    help_text = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "400"}).output
+    assert all(name in help_text for name in REGISTRY)
 
 
 def test_train_says_when_it_makes_its_own_split():

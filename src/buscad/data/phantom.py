@@ -37,7 +37,7 @@ import pandas as pd
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from buscad.data.manifest import Manifest
+from buscad.data.manifest import LEXICON_COLUMNS, Manifest
 from buscad.utils import atomic_path
 
 BIRADS_ORDER = ("2", "3", "4a", "4b", "4c", "5")
@@ -52,12 +52,7 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "cohort",
     "age",
     "birads",
-    "shape",
-    "margin",
-    "echogenicity",
-    "posterior_features",
-    "calcifications",
-    "orientation",
+    *LEXICON_COLUMNS,
     "device",
     "phantom_source",
     "has_annotations",

@@ -7,27 +7,10 @@ from pathlib import Path
 
 import typer
 
-#: Every registered backbone, for the help screens without importing PyTorch
-#: (``tests/test_cli.py`` checks it against :data:`buscad.models.registry.REGISTRY`).
-BACKBONE_NAMES: tuple[str, ...] = (
-    "alexnet",
-    "vgg11",
-    "vgg16",
-    "vgg19_bn",
-    "googlenet",
-    "resnet50",
-    "resnext50_32x4d",
-    "regnet_y_400mf",
-    "mobilenet_v2",
-    "mobilenet_v3_large",
-    "densenet121",
-    "densenet201",
-    "vit_b_16",
-    "efficientnet_lite0",
-    "efficientnet_lite1",
-    "efficientnet_lite2",
-    "rcdnet",
-)
+from buscad.models.registry import REGISTRY
+
+#: Every registered backbone, for the help screens (the registry loads without PyTorch).
+BACKBONE_NAMES: tuple[str, ...] = tuple(REGISTRY)
 BACKBONE_HELP = "Backbone: one of " + ", ".join(BACKBONE_NAMES) + "."
 
 
