@@ -208,7 +208,7 @@ def run_ray(
         if address:
             ray.init(address=address, **kw)
         else:
-            ray.init(num_cpus=workers or os.cpu_count(), **kw)
+            ray.init(num_cpus=workers * threads_per_worker if workers else os.cpu_count(), **kw)
         started = True
     writer = ShardWriter(out, cols)
     t0 = time.perf_counter()
