@@ -815,9 +815,12 @@ class StudyRun:
             real = g[~g["model"].isin((*SHORTCUT_MODELS, READER_MODEL)) & g["auc"].notna()]
             close = real[real["auc"] - best["auc"] <= 0.02]
             if len(close):
-                names = ", ".join(f"{r.model} {r.auc:.3f}" for r in close.itertuples())
+                from buscad.labels import model_label
+
+                names = ", ".join(f"{model_label(r.model)} {r.auc:.3f}" for r in close.itertuples())
                 self.warnings.append(
-                    f"{arm} / {cohort}: '{best['model']}' alone reaches AUC {best['auc']:.3f}; "
+                    f"{arm} / {cohort}: {model_label(best['model'])} reaches AUC "
+                    f"{best['auc']:.3f}; "
                     f"these models do not beat it by more than 0.02, so the annotations may explain "
                     f"their results: {names}"
                 )
