@@ -269,28 +269,3 @@ def plot_confusion_grid(
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
-
-
-@_styled
-def plot_confusion(tp: int, fp: int, tn: int, fn: int, title: str):
-    """Confusion matrix with counts and row percentages, greyscale shading."""
-    m = np.array([[tn, fp], [fn, tp]], float)
-    rows = m.sum(axis=1, keepdims=True)
-    frac = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
-    fig, ax = new_figure((2.8, 2.6))
-    ax.imshow(frac, cmap="Greys", vmin=0, vmax=1.4)
-    for i in range(2):
-        for j in range(2):
-            ax.text(
-                j,
-                i,
-                f"{int(m[i, j])}\n({100 * frac[i, j]:.0f}%)",
-                ha="center",
-                va="center",
-                fontsize=9,
-                color="black",
-            )
-    ax.set_xticks([0, 1], ["Benign", "Malignant"])
-    ax.set_yticks([0, 1], ["Benign", "Malignant"])
-    ax.set(xlabel="Predicted", ylabel="Reference", title=title)
-    return fig
