@@ -41,6 +41,8 @@ GALLERY_VERSION = 2
 EVALUATE_VERSION = 2
 
 
+#: Where the data audit's report is copied in the run folder (relative).
+PUBLISHED_AUDIT = "audit"
 #: How each outline mode is described in the report.
 ROI_MODE_WORDS = {
     "expert": "Lesion outlines from the expert masks",
@@ -56,7 +58,8 @@ ROI_SUMMARY_WORDS = {
     "mean_confidence": "mean segmenter confidence",
     "median_dice_vs_expert": "median Dice with the expert mask",
 }
-ROI_SUMMARY_WORDS_EXPERT = {"rows": "images", "unreadable": "images that could not be read"}
+#: With expert masks the segmenter's counts say nothing: images and unreadable ones only.
+ROI_SUMMARY_WORDS_EXPERT = {k: ROI_SUMMARY_WORDS[k] for k in ("rows", "unreadable")}
 
 
 @dataclass(frozen=True)
@@ -301,13 +304,13 @@ class StudyRun:
         several = len(arm_outputs) > 1
         for arm, _man, _deep, cls_res, _ev, roi in arm_outputs:
             tag = f" ({roi.label(arm)})" if several else ""
-            ev = self.run_dir / "evaluation" / roi.tag(arm)  # the copy the report links
+            ev = self.run_dir / self._published_evaluation(arm, roi)  # the copy the report links
             out[f"evaluation report{tag}"] = ev / "report.html"
             out[f"model card{tag}"] = ev / "model_card.md"
             out[f"TRIPOD+AI checklist{tag}"] = ev / "tables" / "tripod_ai_checklist.md"
             out[f"tables{tag}"] = ev / "tables"
             out[f"predictions{tag}"] = cls_res.path / "predictions.csv"
-        out["audit report"] = self.run_dir / "audit" / "report.html"
+        out["audit report"] = self.run_dir / PUBLISHED_AUDIT / "report.html"
         return {k: v for k, v in out.items() if v.exists() or k == "run summary"}
 
     def _needs_deep(self) -> bool:
@@ -893,6 +896,11 @@ class StudyRun:
             )
         return Section("Lesion outlines", blocks)
 
+    @staticmethod
+    def _published_evaluation(arm: Any, roi: Any) -> str:
+        """Where an arm's evaluation report is copied in the run folder (relative)."""
+        return f"evaluation/{roi.tag(arm)}"
+
     def _publish(self, src: Path, rel: str) -> str:
         """Copy a stage's report folder into the run folder (replacing an older copy).
 
@@ -1003,7 +1011,7 @@ class StudyRun:
 
         cfg = self.cfg
         sections = []
-        audit_rel = self._publish(audit_res.path / "audit", "audit")
+        audit_rel = self._publish(audit_res.path / "audit", PUBLISHED_AUDIT)
         sections.append(
             Section(
                 "Warnings",
@@ -1019,7 +1027,7 @@ class StudyRun:
             m = metrics[metrics["arm"] == arm.name]
             if "roi" in m:
                 m = m[m["roi"] == roi.mode]
-            ev_rel = self._publish(ev_res.path / "evaluation", f"evaluation/{roi.tag(arm)}")
+            ev_rel = self._publish(ev_res.path / "evaluation", self._published_evaluation(arm, roi))
             blocks.append(
                 Links(
                     [
