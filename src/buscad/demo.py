@@ -42,6 +42,7 @@ def run_demo(
         Paths of the outputs: ``phantoms``, ``manifest``, ``audit_report``,
         ``audit_dir``, ``split_manifest`` and (unless ``external=0``) ``external_manifest``.
     """
+    from buscad._cliutil import output_lines
     from buscad.data.audit.run import run_audit
     from buscad.data.importers.registry import import_dataset
     from buscad.data.manifest import Manifest
@@ -106,8 +107,8 @@ def run_demo(
     if n_ext:
         paths["external_manifest"] = out / "external" / "manifest.csv"
     echo(f"\ndemo finished in {secs:.0f} s. Outputs:")
-    for k, v in paths.items():
-        echo(f"  {k:17s} {v}")
+    for line in output_lines(paths):
+        echo(line)
     return paths
 
 
