@@ -79,7 +79,7 @@ def test_cli_writes_tables_figures_and_offline_report(tmp_path):
     for heading in (
         "Table 1. Baseline characteristics",
         "Table 2. Performance per cohort",
-        "Table 3. DeLong matrix",
+        "Table 3. Paired comparisons of models (DeLong, McNemar)",
         "Data audit",
         "Data and split",
         "Model card",

@@ -31,7 +31,7 @@ def cluster(tmp_path_factory):
 
 def test_ray_rows_equal_local_rows_and_resume(cluster, tmp_path):
     from buscad.bundle.batch import collect, items_from_manifest
-    from buscad.bundle.ray_engine import run_ray
+    from buscad.bundle.ray_engine import READY_COLUMN, run_ray
 
     bundle, manifest = cluster
     local = tmp_path / "local"
@@ -57,6 +57,12 @@ def test_ray_rows_equal_local_rows_and_resume(cluster, tmp_path):
     )  # fmt: skip
     assert (s["duplicates"], s["missing"], s["n_failed"]) == (0, 0, 1)
     assert len(collect(out)) == 20
+    # scoring time counts from the first actor's bundle loaded, as the local engine's does;
+    # the actors' ready-time column is dropped before writing
+    assert 0 <= s["ray_start_seconds"] <= s["startup_seconds"] < s["wall_seconds"]
+    assert 0 < s["seconds"] <= s["wall_seconds"] - s["startup_seconds"] + 0.01
+    assert s["images_per_s"] == pytest.approx(13 / s["seconds"], rel=0.01)
+    assert READY_COLUMN not in collect(out).columns
     a = pd.read_csv(local / "summary.csv").drop(columns="ms")
     b = pd.read_csv(out / "summary.csv").drop(columns="ms")
     pd.testing.assert_frame_equal(a, b, check_exact=False, atol=1e-6)

@@ -350,7 +350,7 @@ def write_evaluation_outputs(
             ],
         ),
         Section(
-            "Table 3. DeLong matrix",
+            "Table 3. Paired comparisons of models (DeLong, McNemar)",
             _table3_blocks(t3, result.comparisons),
         ),
         Section(
