@@ -212,6 +212,13 @@ def test_accepted_outline_is_analysed_and_recorded(client, bundle, phantoms):
         "/api/report?format=html", files=files, data={"outline_token": d["outline_token"]}
     )
     assert r.status_code == 200 and "accepted by the user" in r.text
+    assert "cyan line: the lesion outline" in r.text
+    if os.environ.get("BUSCAD_OUTLINE_REPORT"):  # to look at the report by eye
+        Path(os.environ["BUSCAD_OUTLINE_REPORT"]).write_text(r.text, encoding="utf-8")
+    r = client.post(
+        "/api/report?format=pdf", files=files, data={"outline_token": d["outline_token"]}
+    )
+    assert r.status_code == 200 and r.content.startswith(b"%PDF")
     # the same mask without the token is a user's mask; a box read as drawn; the whole image
     p = client.post("/api/predict", files=files).json()
     assert p["roi_source"] == "mask" and not p["roi_accepted"]
