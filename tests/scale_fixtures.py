@@ -11,8 +11,15 @@ import numpy as np
 import pandas as pd
 
 
-def make_bundle(out: Path, *, input_size: int = 64, classical: bool = True, seed: int = 0) -> Path:
-    """Write a bundle with an ONNX CNN (random weights) and, optionally, a DLR model."""
+def make_bundle(
+    out: Path,
+    *,
+    input_size: int = 64,
+    classical: bool = True,
+    seed: int = 0,
+    segmenter: Path | None = None,
+) -> Path:
+    """Write a bundle with an ONNX CNN (random weights), optionally a DLR model and a segmenter."""
     import torch
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -42,6 +49,8 @@ def make_bundle(out: Path, *, input_size: int = 64, classical: bool = True, seed
         est = make_pipeline(StandardScaler(), LogisticRegression(max_iter=200)).fit(X, y)
         save_portable(est, work / "dlr", {"inputs": cols})
         extra["classical"] = {"dlr": {"stem": work / "dlr", "threshold": 0.5}}
+    if segmenter is not None:
+        extra["segmenter"] = segmenter
     return write_bundle(out, work / "model", oof, y, name="scale-test", **extra)
 
 

@@ -272,6 +272,9 @@ def test_reader_screens(browser, server, shots):
     assert page.inner_text("#round") == "Round 1: without AI"
     assert page.locator("#ai-panel").is_hidden()
     assert page.locator("#opacity-row").is_hidden() and page.locator("#heat-img").is_hidden()
+    # no AI before the washout: not even the outline of the region the AI reads
+    assert page.locator("#outline-row").is_hidden() and page.locator("#outline-svg").is_hidden()
+    assert page.evaluate("document.querySelectorAll('#outline-svg polygon').length") == 0
     _shot(page, shots / "reader-round1.png")
     page.check("input[name=birads][value='4a']")
     page.check("#give-confidence")
@@ -290,6 +293,13 @@ def test_reader_screens(browser, server, shots):
     assert page.inner_text("#round") == "Round 2: with AI"
     assert page.inner_text("#score").endswith("%")
     page.wait_for_function("document.getElementById('heat-img').naturalWidth > 0")
+    # round 2 draws the region the AI read (the case's mask) over the image; it can be hidden
+    assert page.locator("#outline-svg").is_visible()
+    assert page.evaluate("document.querySelectorAll('#outline-svg polygon').length") >= 1
+    assert "Region read: the lesion mask given with the image" in page.inner_text("#outline-text")
+    page.uncheck("#show-outline")
+    assert page.locator("#outline-svg").is_hidden()
+    page.check("#show-outline")
     page.locator("details#organiser").evaluate("d => d.open = true")
     _shot(page, shots / "reader-round2.png")
     org = {"Authorization": f"Bearer {tok['organiser']}"}

@@ -501,18 +501,23 @@ class Bundle:
 
         Box-prompted when ``box`` is given, else automatic (the most confident
         candidate); ``mask`` is None when no lesion is found, with a note saying so.
+        The one outline path: :meth:`predict` reads this outline when no mask is
+        given, and the web app's ``POST /api/outline`` shows it to the user first.
+        Thread-safe (one inference at a time).
         """
-        res = self.segmenter.predict(gray, box=box)
+        from buscad.data.io import to_uint8
+
+        with self._lock:
+            res = self.segmenter.predict(to_uint8(gray), box=box)
         if not res.found:
             where = "in the box" if box is not None else "in the image"
-            fallback = "the box" if box is not None else "the whole image"
-            return None, None, f"no lesion found {where} by the segmenter; {fallback} was read"
+            return None, None, f"no lesion found {where} by the segmenter"
         best = res.candidates[0]
         note = None
         if len(res.candidates) > 1:
             note = (
                 f"the segmenter found {len(res.candidates)} candidate lesions; the most "
-                f"confident ({best.confidence:.2f}) was read"
+                f"confident ({best.confidence:.2f}) is outlined"
             )
         return best.mask.astype(bool), float(best.confidence), note
 
@@ -697,9 +702,11 @@ class Bundle:
         seg_ms = None
         if mask is None and auto_roi and self.has_segmenter:
             t = time.perf_counter()
-            with self._lock:
-                outline, confidence, note = self.outline(g, box)
+            outline, confidence, note = self.outline(g, box)
             seg_ms = (time.perf_counter() - t) * 1000
+            if note and outline is None:
+                fallback = "the box" if box is not None else "the whole image"
+                note = f"{note}; {fallback} was read"
             if note:
                 notes.append(note)
         if outline is not None:

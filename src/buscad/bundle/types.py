@@ -62,6 +62,30 @@ def band_text(band: LikelihoodBand) -> str:
     return f"{band.category} ({band.text})"
 
 
+def roi_text(source: str, confidence: float | None = None, accepted: bool = False) -> str:
+    """Where the region the models read came from, in the words every screen uses.
+
+    ``source`` is :attr:`Prediction.roi_source`; ``confidence`` the segmenter's
+    (None: no outline was predicted); ``accepted``: the user saw the segmenter's
+    outline and accepted it (:attr:`Prediction.roi_accepted`). E.g. ``"the lesion
+    outlined automatically by the bundle's segmenter (confidence 0.87), accepted
+    by the user"``.
+    """
+    conf = "" if confidence is None else f" (confidence {confidence:.2f})"
+    seen = ", accepted by the user" if accepted else ", not shown to the user before the analysis"
+    if source == "mask":
+        return "the lesion mask given with the image (drawn by a person)"
+    if source == "box":
+        if confidence is None:
+            return "the box drawn on the image"
+        return f"the segmenter's outline inside the box drawn on the image{conf}{seen}"
+    if source == "auto":
+        return f"the lesion outlined automatically by the bundle's segmenter{conf}{seen}"
+    if source == "whole":
+        return "the whole image (no box, mask or outline was given)"
+    return source
+
+
 def result_text(ai_score: float, decision: str, threshold: float, band: LikelihoodBand) -> str:
     """One line for a result: score, AI call and likelihood band (:func:`decision_text`)."""
     return (
@@ -159,6 +183,10 @@ class Prediction:
     roi_confidence : float or None
         The segmenter's confidence in its outline (mean lesion probability inside
         it, in [0, 1]); None when no outline was predicted.
+    roi_accepted : bool
+        The segmenter's outline (``roi_source`` ``auto`` or ``box``) was shown to the
+        user, who accepted it before the models read it (the web app's outline on
+        open); False when the outline was used without being shown.
     notes : list of str
         What the reader should know (e.g. no lesion found, whole image read).
     outline : numpy.ndarray or None
@@ -185,6 +213,7 @@ class Prediction:
     roi: tuple[int, int, int, int] = (0, 0, 0, 0)
     roi_source: str = "whole"
     roi_confidence: float | None = None
+    roi_accepted: bool = False
     notes: list[str] = field(default_factory=list)
     outline: np.ndarray | None = None
     heatmap: np.ndarray | None = None
@@ -201,6 +230,11 @@ class Prediction:
         """The likelihood band in words (:func:`band_text`)."""
         return band_text(self.band)
 
+    @property
+    def roi_text(self) -> str:
+        """Where the region read came from, in words (:func:`roi_text`)."""
+        return roi_text(self.roi_source, self.roi_confidence, self.roi_accepted)
+
     def text(self) -> str:
         """One line: score, AI call and likelihood band (:func:`result_text`)."""
         return result_text(self.ai_score, self.decision, self.threshold, self.band)
@@ -208,8 +242,8 @@ class Prediction:
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict (the heatmap and the outline are left out: they are served as images).
 
-        Besides the fields: ``decision_text`` and ``band_text``, the wording every
-        screen shows, and ``model_labels``: each model's plain name.
+        Besides the fields: ``decision_text``, ``band_text`` and ``roi_text``, the
+        wording every screen shows, and ``model_labels``: each model's plain name.
         """
         from buscad.labels import model_label
 
@@ -219,6 +253,7 @@ class Prediction:
         d["roi"] = list(self.roi)
         d["decision_text"] = self.decision_text
         d["band_text"] = self.band_text
+        d["roi_text"] = self.roi_text
         names = [*self.model_scores, *self.skipped_models]
         d["model_labels"] = {n: model_label(n) for n in names}
         return d
@@ -242,4 +277,21 @@ class Predictor(Protocol):
         heatmap: bool = True,
     ) -> Prediction:
         """Score one grayscale image; ``mask`` wins over ``box``; neither = whole image."""
+        ...
+
+
+class Outliner(Protocol):
+    """What a predictor with a lesion segmenter adds (:class:`buscad.bundle.Bundle` has it).
+
+    The web app outlines the lesion when an image is opened through
+    :meth:`outline` (the same outline ``predict`` reads when no mask is given) and
+    turns the automatic outline off with ``predict(..., auto_roi=False)``.
+    """
+
+    has_segmenter: bool
+
+    def outline(
+        self, gray: np.ndarray, box: tuple[int, int, int, int] | None = None
+    ) -> tuple[np.ndarray | None, float | None, str | None]:
+        """``(mask or None, confidence, note)``: box-prompted with a box, else automatic."""
         ...

@@ -302,13 +302,53 @@ def heatmap_png(heatmap: np.ndarray) -> bytes:
     return encode_png(Image.fromarray(heatmap_rgba(heatmap), mode="RGBA"))
 
 
+#: Colour of the segmenter's lesion outline on every screen and report (cyan; the
+#: region box is green, an uploaded mask yellow).
+OUTLINE_RGB = (0, 229, 255)
+#: Most outline polygons sent to a client (the largest are kept).
+MAX_POLYGONS = 16
+
+
+def outline_polygons(mask: np.ndarray, max_polygons: int = MAX_POLYGONS) -> list[list[list[int]]]:
+    """The outer contours of a binary mask as polygons ``[[x, y], ...]`` in image pixels.
+
+    Pixel centres of each region's boundary (OpenCV's ``findContours``, external
+    contours, straight runs compressed), largest region first, at most
+    ``max_polygons``. A client draws them over the image at any zoom.
+    """
+    import cv2
+
+    m = np.ascontiguousarray(np.asarray(mask, dtype=bool).astype(np.uint8))
+    contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    contours = sorted(contours, key=lambda c: -cv2.contourArea(c) - len(c))[:max_polygons]
+    return [c.reshape(-1, 2).astype(int).tolist() for c in contours]
+
+
+def mask_png(mask: np.ndarray) -> bytes:
+    """A binary mask as an 8-bit PNG (255 = lesion), the form an upload's ``mask`` takes."""
+    return encode_png(Image.fromarray(np.asarray(mask, dtype=bool).astype(np.uint8) * 255, "L"))
+
+
+def mask_edge(mask: np.ndarray, width: int = 1) -> np.ndarray:
+    """The boundary pixels of a binary mask, ``width`` pixels thick, inside the mask."""
+    from scipy import ndimage
+
+    m = np.asarray(mask, dtype=bool)
+    return m & ~ndimage.binary_erosion(m, iterations=max(1, int(width)), border_value=0)
+
+
 def composite(
     gray: np.ndarray,
     heatmap: np.ndarray | None = None,
     roi: tuple[int, int, int, int] | None = None,
     opacity: float = 0.5,
+    outline: np.ndarray | None = None,
 ) -> Image.Image:
-    """RGB image with the heatmap blended at ``opacity`` and the ROI outlined."""
+    """RGB image with the heatmap blended at ``opacity``, the ROI boxed and the outline drawn.
+
+    ``outline`` (a boolean mask of the image's size) is drawn as its boundary in
+    :data:`OUTLINE_RGB`.
+    """
     base = Image.fromarray(to_uint8(gray), mode="L").convert("RGB")
     if heatmap is not None:
         rgba = heatmap_rgba(heatmap).astype(np.float32)
@@ -321,6 +361,10 @@ def composite(
         ImageDraw.Draw(base).rectangle(
             [x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=(0, 230, 118), width=width
         )
+    if outline is not None and np.shape(outline) == np.shape(gray):
+        arr = np.asarray(base).copy()
+        arr[mask_edge(outline, max(1, round(max(base.size) / 300)))] = OUTLINE_RGB
+        base = Image.fromarray(arr, mode="RGB")
     return base
 
 

@@ -33,13 +33,6 @@ from buscad.serve.imaging import composite, encode_png
 #: by its SHA-256, :func:`buscad.report.render.stylesheet_sha256`).
 REPORT_CSS = stylesheet()
 
-ROI_TEXT = {
-    "mask": "the uploaded lesion mask",
-    "box": "the box drawn on the image (outlined inside it when the bundle has a segmenter)",
-    "auto": "the lesion outlined automatically by the bundle's segmenter (no box or mask given)",
-    "whole": "the whole image (no box or mask was given)",
-}
-
 
 @dataclass(frozen=True)
 class ReportContext:
@@ -69,7 +62,7 @@ def summary_rows(pred: Prediction) -> list[tuple[str, str]]:
         ("Decision at threshold", pred.decision_text),
         ("BI-RADS-aligned likelihood band", pred.band_text),
         ("Model giving the AI score", f"{model_label(pred.primary_model)} ({pred.primary_model})"),
-        ("Region read", ROI_TEXT.get(pred.roi_source, pred.roi_source)),
+        ("Region read", pred.roi_text),
         ("Region (x0, y0, x1, y1)", ", ".join(str(v) for v in pred.roi)),
     ]
 
@@ -143,9 +136,9 @@ def _data_url(png: bytes) -> str:
 
 def render_html(pred: Prediction, gray: np.ndarray, ctx: ReportContext) -> str:
     """The one-page HTML report (images embedded; prints on one A4 page)."""
-    img = _data_url(encode_png(composite(gray, None, pred.roi)))
+    img = _data_url(encode_png(composite(gray, None, pred.roi, outline=pred.outline)))
     overlay = (
-        _data_url(encode_png(composite(gray, pred.heatmap, pred.roi, opacity=0.5)))
+        _data_url(encode_png(composite(gray, pred.heatmap, pred.roi, 0.5, pred.outline)))
         if pred.heatmap is not None
         else None
     )
@@ -162,7 +155,8 @@ def render_html(pred: Prediction, gray: np.ndarray, ctx: ReportContext) -> str:
         warnings=ctx.warnings,
         image_url=img,
         overlay_url=overlay,
-        roi_text=ROI_TEXT.get(pred.roi_source, pred.roi_source),
+        roi_text=pred.roi_text,
+        has_outline=pred.outline is not None,
         rows=summary_rows(pred),
         band_note=pred.band.note,
         models=models,
@@ -190,11 +184,18 @@ def render_pdf(pred: Prediction, gray: np.ndarray, ctx: ReportContext) -> bytes:
     for i, w in enumerate(ctx.warnings[:2]):
         fig.text(0.06, 0.93 - 0.015 * i, f"Warning: {w}", fontsize=8, color="#b00020")
     panels: list[tuple[Any, str]] = [
-        (composite(gray, None, pred.roi), "Image; green box: region read"),
+        (
+            composite(gray, None, pred.roi, outline=pred.outline),
+            "Image; green box: region read"
+            + ("; cyan: lesion outline" if pred.outline is not None else ""),
+        ),
     ]
     if pred.heatmap is not None:
         panels.append(
-            (composite(gray, pred.heatmap, pred.roi, 0.5), "Grad-CAM overlay (50% opacity)")
+            (
+                composite(gray, pred.heatmap, pred.roi, 0.5, pred.outline),
+                "Grad-CAM overlay (50% opacity)",
+            )
         )
     for i, (im, title) in enumerate(panels):
         ax = fig.add_axes((0.06 + i * 0.46, 0.60, 0.42, 0.32))

@@ -7,7 +7,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 
 from buscad import __version__
-from buscad.serve.routes.state import WHOLE_IMAGE_NOTE, AppState, _bundle_version, _note, get_state
+from buscad.serve.routes.state import (
+    OUTLINE_UNAVAILABLE,
+    WHOLE_IMAGE_NOTE,
+    AppState,
+    _bundle_version,
+    _note,
+    get_state,
+)
 
 router = APIRouter(tags=["app"])
 
@@ -52,7 +59,8 @@ async def info(state: Annotated[AppState, Depends(get_state)]) -> dict[str, Any]
 
     ``models`` gives each model's plain label and description (the short name is
     ``name``); ``inputs`` each clinical/lexicon input's label and allowed values
-    (:func:`input_fields`).
+    (:func:`input_fields`); ``outline_available`` whether the bundle outlines the
+    lesion itself (``POST /api/outline``), else ``outline_note`` says why not.
     """
     from buscad.labels import model_description, model_label
 
@@ -74,4 +82,6 @@ async def info(state: Annotated[AppState, Depends(get_state)]) -> dict[str, Any]
         "case_screen": state.case_screen,
         "decision_support_note": _note(),
         "whole_image_note": WHOLE_IMAGE_NOTE,
+        "outline_available": state.outline_available,
+        "outline_note": None if state.outline_available else OUTLINE_UNAVAILABLE,
     }

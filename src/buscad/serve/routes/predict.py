@@ -1,4 +1,5 @@
-"""The open case screen's API: ``/api/preview``, ``/api/predict``, ``/api/heatmap``, ``/api/report``.
+"""The open case screen's API: ``/api/preview``, ``/api/outline``, ``/api/predict``,
+``/api/heatmap``, ``/api/report``.
 
 Each reads one multipart upload (:meth:`AppState.read_form`), decodes it on the bounded
 decode pool and runs the predictor on the inference pool; nothing is stored.
@@ -16,7 +17,15 @@ from fastapi.responses import JSONResponse, Response
 from buscad.serve import imaging
 from buscad.serve.imaging import UploadError
 from buscad.serve.report import render_html, render_pdf
-from buscad.serve.routes.state import UPLOAD_SCHEMA, AppState, _b64, _no_store, get_state
+from buscad.serve.routes.state import (
+    OUTLINE_SCHEMA,
+    UPLOAD_SCHEMA,
+    AppState,
+    _b64,
+    _clean,
+    _no_store,
+    get_state,
+)
 
 router = APIRouter(tags=["predict"])
 State = Annotated[AppState, Depends(get_state)]
@@ -35,6 +44,66 @@ async def preview(request: Request, state: State) -> Response:
     png = await anyio.to_thread.run_sync(imaging.gray_png, img.gray)
     warn = json.dumps(list(img.warnings), ensure_ascii=True)
     return Response(png, media_type="image/png", headers={**_no_store(), "X-Buscad-Warnings": warn})
+
+
+@router.post("/api/outline", openapi_extra=OUTLINE_SCHEMA)
+async def outline(request: Request, state: State) -> JSONResponse:
+    """The bundle's automatic lesion outline: what the models would read.
+
+    Without ``box`` the segmenter looks at the whole image (automatic mode, the most
+    confident candidate); with ``box`` it outlines the lesion inside it
+    (box-prompted). The same outline ``/api/predict`` reads when no mask is given
+    (:meth:`buscad.bundle.Bundle.outline`). ``found`` is false ("no lesion found")
+    when there is none. Otherwise: ``polygons`` (outer contours, ``[[x, y], ...]``
+    in image pixels), ``box`` (the outline's ``x0,y0,x1,y1``), ``confidence`` (mean
+    lesion probability inside it), ``mask_png`` (base64 binary PNG of the image's
+    size) and ``outline_token``. To analyse the outline the user accepted, send
+    ``mask_png`` as ``mask`` with ``outline_token`` to ``/api/predict`` or
+    ``/api/report``: the result records it as the segmenter's outline accepted by
+    the user. 409 when the bundle has no segmenter.
+    """
+    import time
+
+    state.require_case_screen()
+    state.require_outline()
+    form = await state.read_form(request)
+    img = await state.run_decode(imaging.decode_image, form.image, state.max_bytes)
+    box = imaging.parse_box(form.box, img.shape)
+    t0 = time.perf_counter()
+    mask, confidence, note = await state.run_outline(img.gray, box)
+    seg_ms = (time.perf_counter() - t0) * 1000
+    mode = "box" if box is not None else "auto"
+    h, w = img.shape
+    d: dict = {
+        "found": mask is not None,
+        "mode": mode,
+        "prompt_box": list(box) if box is not None else None,
+        "confidence": None,
+        "box": None,
+        "area_px": 0,
+        "polygons": [],
+        "mask_png": None,
+        "outline_token": None,
+        "note": note,
+        "image": {"width": w, "height": h, "format": img.format},
+        "warnings": list(img.warnings),
+        "timings_ms": {"segment": round(seg_ms, 2)},
+    }
+    if mask is not None:
+        ys, xs = mask.nonzero()
+        polys, png = await anyio.to_thread.run_sync(
+            lambda: (imaging.outline_polygons(mask), imaging.mask_png(mask))
+        )
+        conf = float(confidence) if confidence is not None else 0.0
+        d.update(
+            confidence=conf,
+            box=[int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1],
+            area_px=int(mask.sum()),
+            polygons=polys,
+            mask_png=_b64(png),
+            outline_token=state.outline_token(img.gray, mask, mode, conf),
+        )
+    return JSONResponse(_clean(d), headers=_no_store())
 
 
 @router.post("/api/predict", openapi_extra=UPLOAD_SCHEMA)

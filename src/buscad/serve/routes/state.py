@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
+import hmac
 import json
 import math
+import os
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -39,6 +43,12 @@ WHOLE_IMAGE_NOTE = (
     "No box or mask was given: the whole image was read. Draw a box around the lesion "
     "(or upload its mask) for a lesion-level score."
 )
+OUTLINE_UNAVAILABLE = (
+    "automatic outlining is unavailable for this bundle (it has no lesion segmenter): "
+    "draw a box, upload a mask or read the whole image"
+)
+#: An outline token: ``mode.confidence.hmac`` (:meth:`AppState.outline_token`).
+_TOKEN_RE = re.compile(r"(auto|box)\.([01]\.\d{6})\.([0-9a-f]{64})")
 
 
 class _MemoryMultiPartParser(MultiPartParser):
@@ -59,6 +69,8 @@ class UploadForm:
     clinical: dict[str, Any] = field(default_factory=dict)
     heatmap: bool = True
     fields: dict[str, str] = field(default_factory=dict)
+    outline_token: str | None = None
+    auto_outline: bool = True
 
 
 UPLOAD_SCHEMA = {
@@ -94,12 +106,51 @@ UPLOAD_SCHEMA = {
                             "default": True,
                             "description": "Compute the Grad-CAM heatmap",
                         },
+                        "outline_token": {
+                            "type": "string",
+                            "description": "The outline_token of POST /api/outline when the mask "
+                            "sent is that outline, accepted by the user (recorded as such)",
+                        },
+                        "auto_outline": {
+                            "type": "boolean",
+                            "default": True,
+                            "description": "Let the bundle's segmenter outline the lesion when "
+                            "no mask is given; false reads the box or the whole image as drawn",
+                        },
                     },
                 }
             }
         },
     }
 }
+
+OUTLINE_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {
+                        k: UPLOAD_SCHEMA["requestBody"]["content"]["multipart/form-data"]["schema"][
+                            "properties"
+                        ][k]
+                        for k in ("image", "box")
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def _flag(fields: dict[str, str], name: str, default: bool = True) -> bool:
+    """A boolean form field (``false``, ``0``, ``no``, ``off`` are false)."""
+    text = fields.get(name)
+    if text is None or not text.strip():
+        return default
+    return text.strip().lower() not in ("0", "false", "no", "off")
 
 
 class _CaseCache:
@@ -149,6 +200,8 @@ class AppState:
     _decode_pool: list[ThreadPoolExecutor] = field(default_factory=list, init=False, repr=False)
     _pool_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _decode_slots: threading.BoundedSemaphore = field(init=False, repr=False)
+    #: Key of the outline tokens: per app, never stored (a restart invalidates old tokens).
+    _outline_key: bytes = field(default_factory=lambda: os.urandom(32), init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._decode_slots = threading.BoundedSemaphore(int(self.max_decodes))
@@ -239,6 +292,74 @@ class AppState:
         except (BuscadError, ValueError) as exc:
             raise UploadError(422, f"the model could not read this input: {exc}") from exc
 
+    @property
+    def outline_available(self) -> bool:
+        """Whether the predictor outlines lesions itself (a bundle with a segmenter)."""
+        return bool(getattr(self.predictor, "has_segmenter", False)) and callable(
+            getattr(self.predictor, "outline", None)
+        )
+
+    def require_outline(self) -> None:
+        """409 when the predictor has no segmenter (automatic outlining unavailable)."""
+        if not self.outline_available:
+            raise UploadError(409, OUTLINE_UNAVAILABLE)
+
+    async def run_outline(
+        self, gray: np.ndarray, box: tuple[int, int, int, int] | None
+    ) -> tuple[np.ndarray | None, float | None, str | None]:
+        """The predictor's outline (:meth:`buscad.bundle.Bundle.outline`) off the event loop."""
+        loop = asyncio.get_running_loop()
+        outline = self.predictor.outline  # type: ignore[attr-defined]
+        try:
+            return await loop.run_in_executor(
+                self.executor(), functools.partial(outline, gray, box)
+            )
+        except (BuscadError, ValueError) as exc:
+            raise UploadError(422, f"the segmenter could not read this image: {exc}") from exc
+
+    def _outline_mac(self, gray: np.ndarray, mask: np.ndarray, mode: str, conf: str) -> str:
+        h = hmac.new(self._outline_key, b"buscad-outline-v1", hashlib.sha256)
+        g = np.ascontiguousarray(gray)
+        h.update(f"{g.shape}|{g.dtype.str}|{mode}|{conf}|".encode())
+        h.update(hashlib.sha256(g.tobytes()).digest())
+        h.update(hashlib.sha256(np.packbits(np.asarray(mask, dtype=bool))).digest())
+        return h.hexdigest()
+
+    def outline_token(
+        self, gray: np.ndarray, mask: np.ndarray, mode: str, confidence: float
+    ) -> str:
+        """A token saying this mask is the segmenter's outline (``mode``) of this image.
+
+        ``mode.confidence.hmac``: an HMAC-SHA256, under a key that lives only in
+        this process, of the image's pixels, the mask, the mode and the confidence.
+        Nothing is stored: the client sends the mask back with the token when the
+        user accepts the outline, and :meth:`check_outline_token` recomputes it.
+        """
+        conf = f"{min(max(float(confidence), 0.0), 1.0):.6f}"
+        return f"{mode}.{conf}.{self._outline_mac(gray, mask, mode, conf)}"
+
+    def check_outline_token(
+        self, token: str, gray: np.ndarray, mask: np.ndarray
+    ) -> tuple[str, float]:
+        """``(mode, confidence)`` of a valid outline token for this image and mask.
+
+        Raises
+        ------
+        UploadError
+            422 when the token is malformed or was not issued for this image and mask.
+        """
+        m = _TOKEN_RE.fullmatch(token.strip())
+        if m is None:
+            raise UploadError(422, "outline_token is not an outline token of POST /api/outline")
+        mode, conf, mac = m.groups()
+        if not hmac.compare_digest(mac, self._outline_mac(gray, mask, mode, conf)):
+            raise UploadError(
+                422,
+                "outline_token does not match this image and mask (edited, another image, or "
+                "the server restarted): outline the image again",
+            )
+        return mode, float(conf)
+
     def require_case_screen(self) -> None:
         """403 while the open case screen is off (a reader study is served)."""
         if not self.case_screen:
@@ -285,32 +406,55 @@ class AppState:
         finally:
             await form.close()
         clinical = parse_clinical(fields.get("clinical", ""))
-        hm = fields.get("heatmap", "true").strip().lower() not in ("0", "false", "no", "off")
+        token = fields.get("outline_token", "").strip() or None
+        if token is not None and mask_data is None:
+            raise UploadError(422, "outline_token needs the outline itself in the 'mask' field")
         return UploadForm(
             image=data,
             mask=mask_data,
             box=fields.get("box"),
             clinical=clinical,
-            heatmap=hm,
+            heatmap=_flag(fields, "heatmap"),
             fields=fields,
+            outline_token=token,
+            auto_outline=_flag(fields, "auto_outline"),
         )
 
     async def predict_upload(
         self, form: UploadForm, heatmap: bool | None = None
     ) -> tuple[imaging.DecodedImage, Prediction]:
-        """Decode the upload and run the predictor on it."""
+        """Decode the upload and run the predictor on it.
+
+        A mask sent with a valid ``outline_token`` is the segmenter's outline, accepted
+        by the user: the prediction reads it as a mask and records it as the outline
+        (``roi_source`` ``auto`` or ``box``, its confidence, ``roi_accepted``).
+        ``auto_outline=false`` stops a predictor with a segmenter from outlining
+        the lesion itself (the box or the whole image is read as drawn).
+        """
         img = await self.run_decode(imaging.decode_image, form.image, self.max_bytes)
         mask = None
         if form.mask is not None:
             mask = await self.run_decode(imaging.decode_mask, form.mask, img.shape, self.max_bytes)
+        accepted = None
+        if form.outline_token is not None and mask is not None:
+            accepted = self.check_outline_token(form.outline_token, img.gray, mask)
         box = imaging.parse_box(form.box, img.shape)
+        extra = {"auto_roi": False} if self.outline_available and not form.auto_outline else {}
         pred = await self.run_predict(
             gray=img.gray,
             mask=mask,
             box=box if mask is None else None,
             clinical=form.clinical or None,
             heatmap=form.heatmap if heatmap is None else heatmap,
+            **extra,
         )
+        if accepted is not None:
+            import dataclasses
+
+            mode, conf = accepted
+            pred = dataclasses.replace(
+                pred, roi_source=mode, roi_confidence=conf, roi_accepted=True, outline=mask
+            )
         return img, pred
 
     def prediction_json(self, pred: Prediction, img: imaging.DecodedImage | None) -> dict[str, Any]:

@@ -450,6 +450,24 @@ def case_prediction(state: AppState, st: Any, case_id: str) -> Prediction:
     return pred
 
 
+def case_outline(state: AppState, st: Any, case_id: str, pred: Prediction) -> dict[str, Any] | None:
+    """The region the models read in round 2, as polygons: the manifest's mask, else the
+    segmenter's outline (None when the models read a box or the whole image).
+
+    Only ever sent with the AI result (round 2), never in round 1.
+    """
+    _, mask, _, _ = load_case(state, st, case_id)
+    region = mask if mask is not None else pred.outline
+    if region is None or not region.any():
+        return None
+    return {
+        "source": pred.roi_source,
+        "confidence": pred.roi_confidence,
+        "text": pred.roi_text,
+        "polygons": imaging.outline_polygons(region),
+    }
+
+
 @router.get("/api/study/readers/{reader_id}/next")
 async def next_case(
     state: State,
@@ -489,6 +507,7 @@ async def next_case(
             ai["heatmap_url"] = (
                 f"/api/study/cases/{cid}/heatmap.png" if pred.heatmap is not None else None
             )
+            ai["outline"] = case_outline(state, st, cid, pred)
             case["ai"] = ai
         state.served[(reader_id, rnd, cid)] = time.monotonic()
         return {**progress, "case": case}

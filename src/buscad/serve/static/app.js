@@ -2,7 +2,15 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { file: null, box: null, natural: null, drag: null, info: null, maskEdge: null };
+const state = { file: null, box: null, natural: null, drag: null, info: null, maskEdge: null,
+  // the segmenter's outline proposed for this image ({polygons, token, maskBlob, confidence,
+  // mode, accepted}); outlineSeq drops answers that arrive after the case changed
+  outline: null, outlining: false, outlineSeq: 0, whole: false };
+const OUTLINE_COLOUR = "#00e5ff"; // buscad.serve.imaging.OUTLINE_RGB
+
+function outlineAvailable() {
+  return !!(state.info && state.info.outline_available);
+}
 
 async function loadInfo() {
   const r = await fetch("/api/info");
@@ -52,6 +60,139 @@ async function loadInfo() {
       box.append(lab);
     }
   }
+  $("lesion-hint").textContent = i.outline_available
+    ? "When an image opens, the bundle's segmenter outlines the lesion (cyan). Accept the outline, " +
+      "or redraw it: drag a box around the lesion to outline it inside the box, upload a mask, or " +
+      "use the whole image."
+    : "Drag on the image to draw a box around the lesion, or upload its mask. " +
+      "Automatic outlining is unavailable for this bundle (it has no lesion segmenter).";
+}
+
+// ------------------------------------------------------------------ outline
+function outlineText() {
+  const o = state.outline;
+  if (!o) return "";
+  const where = o.mode === "box" ? "inside your box" : "automatic";
+  return "Outline (" + where + ", segmenter confidence " + o.confidence.toFixed(2) + ")" +
+    (o.accepted ? ": accepted; the models will read it." : ": proposed; accept it or redraw it.");
+}
+
+function updateOutlinePanel() {
+  const panel = $("outline-panel");
+  panel.hidden = !outlineAvailable() || !state.natural;
+  $("outline-status").textContent = state.outlining ? "Outlining the lesion…"
+    : state.outline ? outlineText()
+    : state.whole ? "Whole image: the models will read the whole image."
+    : state.outlineNote || "";
+  $("accept-outline").disabled = !state.outline || state.outline.accepted;
+  $("accept-outline").textContent = state.outline && state.outline.accepted ? "Outline accepted" : "Accept outline";
+  $("auto-outline").disabled = state.outlining || !state.file;
+  $("whole-image").disabled = state.outlining || !state.file;
+  updateAnalyse();
+}
+
+function updateAnalyse() {
+  // the models never read an outline the user has not seen and accepted
+  $("analyse").disabled = !state.file || !state.natural || state.outlining ||
+    !!(state.outline && !state.outline.accepted);
+}
+
+function b64Blob(b64, type) {
+  const bin = atob(b64);
+  const arr = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) arr[i] = bin.charCodeAt(i);
+  return new Blob([arr], { type: type });
+}
+
+// Ask the server for the segmenter's outline: automatic, or inside `box` (image pixels).
+async function requestOutline(box) {
+  if (!outlineAvailable() || !state.file) return;
+  const seq = ++state.outlineSeq;
+  state.outline = null;
+  state.whole = false;
+  state.outlineNote = "";
+  state.outlining = true;
+  resetResult();
+  updateOutlinePanel();
+  drawBox();
+  const fd = new FormData();
+  fd.append("image", state.file);
+  if (box) fd.append("box", box.join(","));
+  let res = null;
+  let err = null;
+  try {
+    const r = await fetch("/api/outline", { method: "POST", body: fd });
+    if (r.ok) res = await r.json(); else err = await apiError(r);
+  } catch (e) {
+    err = "The outline could not be computed: " + e.message;
+  }
+  if (seq !== state.outlineSeq) return; // another image or box since
+  state.outlining = false;
+  if (err) {
+    state.outlineNote = "No automatic outline: " + err;
+    setMessage($("message"), err, "error");
+  } else if (res.found) {
+    state.outline = {
+      polygons: res.polygons, token: res.outline_token, confidence: res.confidence, mode: res.mode,
+      maskBlob: b64Blob(res.mask_png, "image/png"), box: res.box, accepted: false,
+    };
+    setMessage($("message"), "The lesion is outlined in cyan (dashed until you accept it). " +
+      "Accept the outline, or drag a box around the lesion to outline it again inside the box.");
+  } else {
+    state.outlineNote = box
+      ? "No lesion found inside the box: the box itself will be read."
+      : "No lesion found by the segmenter: draw a box around the lesion, upload a mask, or analyse the whole image.";
+    state.whole = !box;
+    setMessage($("message"), state.outlineNote);
+  }
+  updateOutlinePanel();
+  drawBox();
+}
+
+function acceptOutline() {
+  if (!state.outline) return;
+  state.outline.accepted = true;
+  setMessage($("message"), "Outline accepted: Analyse runs every model on it.", "ok");
+  updateOutlinePanel();
+  drawBox();
+}
+
+function useWholeImage() {
+  state.outlineSeq++;
+  state.outlining = false;
+  state.outline = null;
+  state.box = null;
+  state.maskEdge = null;
+  $("mask-input").value = "";
+  state.whole = true;
+  state.outlineNote = "";
+  resetResult();
+  updateBoxText();
+  updateOutlinePanel();
+  drawBox();
+  setMessage($("message"), "No outline: the models will read the whole image.");
+}
+
+function drawOutline(ctx, sx, sy) {
+  const o = state.outline;
+  if (!o) return;
+  ctx.save();
+  ctx.strokeStyle = OUTLINE_COLOUR;
+  ctx.lineWidth = o.accepted ? 2.5 : 2;
+  ctx.setLineDash(o.accepted ? [] : [6, 4]);
+  ctx.shadowColor = "rgba(0,0,0,.8)";
+  ctx.shadowBlur = 2;
+  for (const poly of o.polygons) {
+    if (!poly.length) continue;
+    ctx.beginPath();
+    poly.forEach(([x, y], k) => {
+      const px = (x + 0.5) * sx, py = (y + 0.5) * sy;
+      if (k === 0) ctx.moveTo(px, py); else ctx.lineTo(px, py);
+    });
+    ctx.closePath();
+    ctx.stroke();
+  }
+  ctx.restore();
 }
 
 function resetResult() {
@@ -75,10 +216,16 @@ function clearCase() {
   state.drag = null;
   state.natural = null;
   state.maskEdge = null;
+  state.outlineSeq++;
+  state.outline = null;
+  state.outlining = false;
+  state.outlineNote = "";
+  state.whole = false;
   $("mask-input").value = "";
   for (const inp of document.querySelectorAll("[data-clinical]")) inp.value = "";
   showWarnings([]);
   updateBoxText();
+  updateOutlinePanel();
   drawBox();
 }
 
@@ -106,7 +253,8 @@ async function openImage(file) {
     sizeCanvas();
     setMessage($("message"), "Image " + state.natural.w + "×" + state.natural.h +
       ". Draw a box around the lesion, upload a mask, or analyse the whole image.");
-    $("analyse").disabled = false;
+    updateOutlinePanel();
+    if (outlineAvailable()) requestOutline(null);
   };
   img.src = URL.createObjectURL(blob);
 }
@@ -138,10 +286,12 @@ function drawBox() {
     ctx.imageSmoothingEnabled = false;
     ctx.drawImage(state.maskEdge, 0, 0, c.width, c.height);
   }
-  const b = state.drag || state.box;
-  if (!b || !state.natural) return;
+  if (!state.natural) return;
   const sx = c.width / state.natural.w;
   const sy = c.height / state.natural.h;
+  drawOutline(ctx, sx, sy);
+  const b = state.drag || state.box;
+  if (!b) return;
   ctx.strokeStyle = "#00e676";
   ctx.lineWidth = 2;
   ctx.strokeRect(Math.min(b[0], b[2]) * sx, Math.min(b[1], b[3]) * sy,
@@ -177,9 +327,20 @@ function bindDrawing() {
     state.box = box[2] - box[0] >= 4 && box[3] - box[1] >= 4 ? box.map(Math.round) : null;
     updateBoxText();
     drawBox();
+    // redraw: the segmenter outlines the lesion inside the new box (unless a mask was uploaded)
+    if (state.box && outlineAvailable() && !$("mask-input").files[0]) requestOutline(state.box);
   });
   window.addEventListener("resize", () => state.natural && sizeCanvas());
-  $("clear-box").addEventListener("click", () => { state.box = null; updateBoxText(); drawBox(); });
+  $("clear-box").addEventListener("click", () => {
+    state.box = null;
+    updateBoxText();
+    if (state.outline && state.outline.mode === "box") {
+      state.outline = null;
+      state.outlineNote = "Box cleared: outline the lesion again, or use the whole image.";
+      updateOutlinePanel();
+    }
+    drawBox();
+  });
 }
 
 // Outline an uploaded mask on the image (its edge pixels), after checking its size.
@@ -187,6 +348,14 @@ async function openMask(file) {
   state.maskEdge = null;
   drawBox();
   if (!file || !state.natural) return;
+  // an uploaded mask replaces the automatic outline
+  state.outlineSeq++;
+  state.outlining = false;
+  state.outline = null;
+  state.whole = false;
+  state.outlineNote = "Your mask (yellow) replaces the automatic outline.";
+  resetResult();
+  updateOutlinePanel();
   let bmp;
   try {
     bmp = await createImageBitmap(file);
@@ -236,8 +405,18 @@ function formData() {
   const fd = new FormData();
   fd.append("image", state.file);
   const mask = $("mask-input").files[0];
-  if (mask) fd.append("mask", mask);
-  if (state.box) fd.append("box", state.box.join(","));
+  const o = state.outline;
+  if (mask) {
+    fd.append("mask", mask);
+  } else if (o && o.accepted) {
+    // the outline the user accepted, with the token that records it as the segmenter's
+    fd.append("mask", o.maskBlob, "outline.png");
+    fd.append("outline_token", o.token);
+  } else if (state.box) {
+    fd.append("box", state.box.join(","));
+  }
+  // the server's segmenter never outlines behind the user's back: what is read is what is shown
+  if (outlineAvailable() && !mask && !(o && o.accepted)) fd.append("auto_outline", "false");
   const clinical = {};
   for (const inp of document.querySelectorAll("[data-clinical]")) {
     const v = inp.value.trim();
@@ -264,7 +443,7 @@ async function analyse() {
     showWarnings(res.warnings);
     setMessage($("message"), "Done (" + Math.round(Object.values(res.timings_ms || {}).reduce((a, b) => a + b, 0)) + " ms).", "ok");
   } finally {
-    $("analyse").disabled = false;
+    updateAnalyse();
   }
 }
 
@@ -280,6 +459,7 @@ function showResult(res) {
   const note = $("roi-note");
   note.hidden = !res.roi_note;
   note.textContent = res.roi_note || "";
+  $("roi-text").textContent = "Region read: " + res.roi_text + ".";
   fillModels(document.querySelector("#models tbody"), res);
   const heat = $("heat-img");
   if (res.heatmap_png) {
@@ -330,6 +510,15 @@ document.addEventListener("DOMContentLoaded", () => {
   $("image-input").addEventListener("change", (ev) => ev.target.files[0] && openImage(ev.target.files[0]));
   $("mask-input").addEventListener("change", (ev) => openMask(ev.target.files[0]));
   $("analyse").addEventListener("click", analyse);
+  $("accept-outline").addEventListener("click", acceptOutline);
+  $("auto-outline").addEventListener("click", () => {
+    state.box = null;
+    updateBoxText();
+    state.maskEdge = null;
+    $("mask-input").value = "";
+    requestOutline(null);
+  });
+  $("whole-image").addEventListener("click", useWholeImage);
   $("save-html").addEventListener("click", () => saveReport("html"));
   $("save-pdf").addEventListener("click", () => saveReport("pdf"));
   $("print-report").addEventListener("click", printReport);

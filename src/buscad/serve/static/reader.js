@@ -182,7 +182,29 @@ function clearCase() {
   $("position").textContent = "";
   $("stage").classList.add("empty");
   $("heat-img").style.display = "none";
+  $("outline-row").hidden = true;
+  $("outline-svg").setAttribute("hidden", "");  // an SVG element has no .hidden property
+  $("outline-svg").replaceChildren();
   freeURLs();
+}
+
+// Round 2 only: the region the models read (the case's mask, or the segmenter's outline),
+// drawn over the image in image pixels; the checkbox shows or hides it.
+function showOutline(outline, w, h) {
+  const svg = $("outline-svg");
+  svg.replaceChildren();
+  if (!outline || !outline.polygons.length) return;
+  const NS = "http://www.w3.org/2000/svg";
+  svg.setAttribute("viewBox", "0 0 " + w + " " + h);
+  svg.setAttribute("preserveAspectRatio", "none");
+  for (const poly of outline.polygons) {
+    const p = document.createElementNS(NS, "polygon");
+    p.setAttribute("points", poly.map(([x, y]) => (x + 0.5) + "," + (y + 0.5)).join(" "));
+    svg.append(p);
+  }
+  $("outline-text").textContent = "Region read: " + outline.text + ".";
+  $("outline-row").hidden = false;
+  svg.toggleAttribute("hidden", !$("show-outline").checked);
 }
 
 async function nextCase() {
@@ -223,6 +245,7 @@ async function nextCase() {
     $("stage").classList.remove("empty");
     $("read-form").hidden = false;
     rs.shownAt = performance.now();
+    if (c.ai) showOutline(c.ai.outline, img.naturalWidth, img.naturalHeight);
   };
   img.src = await blobURL(c.image_url, READER_KEY);
   const heat = $("heat-img");
@@ -282,6 +305,10 @@ function tokenFromLink() {
 document.addEventListener("DOMContentLoaded", () => {
   bindOpacity($("opacity"), $("opacity-value"), $("heat-img"));
   $("start").addEventListener("click", start);
+  $("show-outline").addEventListener("change", (ev) => {
+    const svg = $("outline-svg");
+    svg.toggleAttribute("hidden", !ev.target.checked || !svg.childElementCount);
+  });
   $("create").addEventListener("click", createStudy);
   $("org-unlock").addEventListener("click", unlock);
   $("issue").addEventListener("click", issueToken);
