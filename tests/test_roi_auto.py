@@ -323,3 +323,40 @@ def test_study_trains_segmenters_per_fold_for_out_of_fold_outlines(tmp_path: Pat
         "b external",
     }
     assert any("out-of-fold" in w for w in res.warnings)
+
+
+@pytest.mark.slow
+def test_expert_study_with_segment_train_bundles_one_segmenter(tmp_path: Path) -> None:
+    """``roi: expert`` + ``segment.train``: the models read expert masks; only the segmenter on
+    all training rows is trained, and the bundle carries it (predict outlines without a mask)."""
+    from buscad.bundle.bundle import Bundle
+    from buscad.study.runner import run_study
+
+    raw = {
+        "name": "expert-seg",
+        "cohorts": [
+            {"name": "a", "phantom": {"n": 20, "seed": 23, "size": SIZE}},
+            {"name": "b", "role": "external", "phantom": {"n": 8, "seed": 24, "size": SIZE}},
+        ],
+        "models": ["deep"],
+        "deep": {"backbones": ["efficientnet_lite0"], "epochs": 1, "input_size": 48},
+        "split": {"cv_folds": 2},
+        "gallery_size": 0,
+        "roi": "expert",
+        "segment": {
+            "train": {"input_size": 32, "epochs": 12, "max_steps": 12, "lr": 3e-3, "threads": 1}
+        },
+    }
+    res = run_study(config_from_dict(raw, base_dir=tmp_path), tmp_path / "run")
+    cache = tmp_path / "run" / "cache"
+    assert [p.name.rsplit("-", 1)[0] for p in cache.glob("segmenter-*")] == ["segmenter-a-to-b-all"]
+    assert not list(cache.glob("roi-auto-*")) and "roi" not in res.metrics.columns
+    doc = json.loads((tmp_path / "run" / "bundle" / "bundle.json").read_text())
+    assert doc["segmenter"]["models_trained_on"] == "expert"
+    assert doc["segmenter"]["training"]["steps"] == 12
+    b = Bundle.load(tmp_path / "run" / "bundle")
+    assert b.has_segmenter
+    img = np.full((SIZE[0], SIZE[1]), 120, np.uint8)
+    pred = b.predict(img, heatmap=False)
+    assert pred.roi_source in ("auto", "whole")  # outlined, or "no lesion found" said so
+    assert pred.roi_source == "auto" or any("no lesion found" in n for n in pred.notes)

@@ -277,7 +277,8 @@ class ClinicalConfig(_Strict):
 
 class SegmentTrainConfig(_Strict):
     """Segmenters trained inside the study (``segment.train``): one per CV fold and one on all
-    training rows of each arm (:class:`buscad.segment.train.TrainConfig` settings)."""
+    training rows of each arm (:class:`buscad.segment.train.TrainConfig` settings); with
+    ``roi: expert`` only the one on all training rows, for the bundle."""
 
     input_size: int = Field(128, ge=32, le=1024, description="Square input side in pixels.")
     epochs: int = Field(20, ge=1, description="Training epochs.")
@@ -305,6 +306,9 @@ class SegmentConfig(_Strict):
     segmenters trained inside the study on each arm's training rows; a training row
     of CV fold k is outlined by the one trained on the other folds (out-of-fold), test
     and external rows by the one trained on all training rows (also the bundle's).
+    With ``roi: expert`` and ``train``, the models read the expert masks and only the
+    segmenter on all training rows is trained: the bundle carries it, so ``buscad
+    predict`` and the web app outline a lesion that comes without a mask.
     ``box_jitter``: in ``roi: box`` each side of the expert box (the mask's bounding
     box) moves by up to this fraction of the box width/height (seeded) before prompting.
     """
@@ -315,7 +319,9 @@ class SegmentConfig(_Strict):
         "relative to the config's folder.",
     )
     train: SegmentTrainConfig | None = Field(
-        None, description="Train segmenters inside the study instead (out-of-fold outlines)."
+        None,
+        description="Train segmenters inside the study instead (out-of-fold outlines; with "
+        "`roi: expert`, one on all training rows for the bundle).",
     )
     box_jitter: float = Field(
         0.0,

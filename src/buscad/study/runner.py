@@ -161,6 +161,8 @@ class StudyRun:
             per_arm += len(cfg.deep.backbones) * cfg.deep.selection_folds + 1
             per_arm += 1 if cfg.gallery_size and "deep" in cfg.models else 0
         bundle = int("deep" in cfg.models)
+        if bundle and cfg.segment.train is not None and "auto" not in cfg.roi_modes:
+            bundle += int(cfg.roi_modes[0] == "expert")  # the bundle's segmenter (all rows)
         modes = cfg.roi_modes
         n_roi = sum(m != "expert" or self._needs_morphology() for m in modes)
         if cfg.segment.train is not None:  # per arm: a segmenter per fold + all, outlines
@@ -203,6 +205,7 @@ class StudyRun:
         metrics = []
         arm_outputs = []
         splits = {arm.name: self._split(arm, audited, audit_res.key) for arm in self.arms}
+        self._splits = splits
         self.rois: list[Roi] = []
         multi = cfg.roi_modes != ["expert"]
         for mode in cfg.roi_modes:
@@ -382,6 +385,48 @@ class StudyRun:
         if info["unreadable"]:
             self.warnings.append(f"roi {label}: {info['unreadable']} unreadable row(s)")
 
+    def _segmenter(
+        self, arm: Arm, man: Manifest, split_key: str, name: str, rows: np.ndarray
+    ) -> Path:
+        """The segmenter ``name`` of an arm (``f<k>``: CV fold k left out; ``all``), trained
+        on ``rows`` of its split manifest with ``segment.train``; its folder (cached stage)."""
+        cfg = self.cfg
+        st = cfg.segment.train
+        assert st is not None
+
+        def work(folder: Path) -> None:
+            import torch
+
+            from buscad.segment.base import SegConfig
+            from buscad.segment.train import TrainConfig, load_items, train_segmenter
+
+            threads = torch.get_num_threads()
+            try:
+                seg, _ = train_segmenter(
+                    load_items(man.subset(rows)),
+                    folder / "segmenter",
+                    SegConfig(input_size=st.input_size),
+                    TrainConfig(
+                        epochs=st.epochs,
+                        max_steps=st.max_steps,
+                        batch_size=st.batch_size,
+                        lr=st.lr,
+                        pretrained=st.pretrained,
+                        threads=st.threads,
+                        seed=cfg.seed,
+                    ),
+                )
+            finally:
+                torch.set_num_threads(threads)
+            seg.export_onnx(folder / "segmenter")
+
+        r = self.runner.run(
+            f"segmenter-{_safe(arm.name)}-{name}",
+            {"split": split_key, "rows": name, "train": st.model_dump(), "seed": cfg.seed},
+            work,
+        )
+        return r.path / "segmenter"
+
     def _outlines_oof(self, mode: str, arm: Arm, man: Manifest, split_res: StageResult) -> Roi:
         """Train a segmenter per CV fold and one on all training rows; outline out-of-fold."""
         cfg = self.cfg
@@ -391,42 +436,12 @@ class StudyRun:
         tr = (df["split"] == "train").to_numpy()
         fold = df["cv_fold"].to_numpy()
         names = [f"f{k}" for k in sorted(set(fold[tr].tolist()))] + ["all"]
-        segs: dict[str, Path] = {}
-        for name in names:
-            rows = tr & (fold != int(name[1:])) if name != "all" else tr
-
-            def work(folder: Path, rows=rows) -> None:
-                import torch
-
-                from buscad.segment.base import SegConfig
-                from buscad.segment.train import TrainConfig, load_items, train_segmenter
-
-                threads = torch.get_num_threads()
-                try:
-                    seg, _ = train_segmenter(
-                        load_items(man.subset(rows)),
-                        folder / "segmenter",
-                        SegConfig(input_size=st.input_size),
-                        TrainConfig(
-                            epochs=st.epochs,
-                            max_steps=st.max_steps,
-                            batch_size=st.batch_size,
-                            lr=st.lr,
-                            pretrained=st.pretrained,
-                            threads=st.threads,
-                            seed=cfg.seed,
-                        ),
-                    )
-                finally:
-                    torch.set_num_threads(threads)
-                seg.export_onnx(folder / "segmenter")
-
-            r = self.runner.run(
-                f"segmenter-{_safe(arm.name)}-{name}",
-                {"split": split_res.key, "rows": name, "train": st.model_dump(), "seed": cfg.seed},
-                work,
+        segs = {
+            name: self._segmenter(
+                arm, man, split_res.key, name, tr & (fold != int(name[1:])) if name != "all" else tr
             )
-            segs[name] = r.path / "segmenter"
+            for name in names
+        }
         which = [f"f{f}" if t else "all" for t, f in zip(tr.tolist(), fold.tolist(), strict=True)]
         morph = self._needs_morphology()
 
@@ -1226,6 +1241,11 @@ class StudyRun:
             )
 
         seg_path = roi.segmenter if roi.segmenter is not None else cfg.resolve(cfg.segment.model)
+        if seg_path is None and cfg.segment.train is not None:
+            # expert masks with segment.train: the bundle still gets the segmenter trained on all
+            # the arm's training rows, so predict and the app outline lesions without a mask
+            tr_rows = (man.df["split"] == "train").to_numpy()
+            seg_path = self._segmenter(arm, man, self._splits[arm.name].key, "all", tr_rows)
         key: dict[str, Any] = {
             "deep": deep_res.key,
             "models": cls_res.key,
