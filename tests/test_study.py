@@ -398,7 +398,7 @@ def test_bundle_predict_and_serve(small_run, tmp_path):
     # without a mask radiomics cannot run; without clinical inputs the clinical models do not
     q = b.predict(gray, box=p.roi, heatmap=False)
     assert q.skipped_models["radiomics"].startswith("needs the lesion mask")
-    assert q.skipped_models["clinical"].startswith("needs clinical input(s): ")
+    assert q.skipped_models["clinical"].startswith("needs at least one of its inputs: ")
     assert q.model_scores["dlr"] is not None and q.model_scores["radiomics"] is None
     # the PyTorch engine (checkpoint + pytorch-grad-cam) gives the same score and heatmap,
     # compared on an external image whose map is not trivial (asserted first)

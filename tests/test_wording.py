@@ -24,7 +24,7 @@ from buscad.bundle.types import (
     likelihood_band,
     result_text,
 )
-from buscad.labels import input_label
+from buscad.labels import input_label, inputs_text
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ def _pred(p: float = 0.3, threshold: float = 0.4, **kw) -> Prediction:
         decision="malignant" if p >= threshold else "benign",
         band=likelihood_band(p),
         model_scores={"deep": p, "us": 0.7, "cldlr": None},
-        skipped_models={"cldlr": "needs clinical input(s): age"},
+        skipped_models={"cldlr": "needs at least one of its inputs: Age (years)"},
         roi=(1, 2, 30, 40),
         roi_source="mask",
         **kw,
@@ -99,6 +99,10 @@ def test_input_sources_and_labels():
     assert input_label("morph_sm_circularity") == "Smoothed outline: circularity"
     assert input_label("morph_echo_lesion_ring") == "Echo: lesion ring"
     assert input_label("skin_thickness_mm") == "Skin thickness mm"
+    # a skipped model names its inputs as the app labels them, with the column where it differs
+    assert inputs_text(["age", "echogenicity", "posterior_features"]) == (
+        "Age (years), Echo pattern (echogenicity), Posterior features"
+    )
 
 
 def test_case_report_lists_inputs_and_plain_names():
@@ -137,7 +141,7 @@ def test_predict_console_names_models_plainly():
     text = models_text(_pred())
     assert text == (
         "Ultrasound-features model 70.0%; Clinical + deep features (CLDLR): not run "
-        "(needs clinical input(s): age)"
+        "(needs at least one of its inputs: Age (years))"
     )
 
 

@@ -91,6 +91,19 @@ _INPUT_PREFIXES: tuple[tuple[str, str], ...] = (
 _GEOMETRY_WORDS = frozenset({"solidity", "convexity", "aspect_ratio"})
 
 
+def inputs_text(names: list[str] | tuple[str, ...]) -> str:
+    """Plain labels of input columns, each followed by its column name when the words differ.
+
+    ``["age", "echogenicity"]`` -> ``"Age (years), Echo pattern (echogenicity)"``: the app's
+    user reads the label, a ``--clinical`` CSV needs the column.
+    """
+    out = []
+    for n in names:
+        label = input_label(n)
+        out.append(label if n.replace("_", " ") in label.lower() else f"{label} ({n})")
+    return ", ".join(out)
+
+
 def input_label(name: str) -> str:
     """Plain label of a model input column (``posterior_features`` -> ``Posterior features``).
 

@@ -59,6 +59,7 @@ import numpy as np
 
 from buscad.bundle.types import Prediction, likelihood_band
 from buscad.errors import MaskError, ModelFileError
+from buscad.labels import inputs_text
 from buscad.utils import atomic_write_json, atomic_write_text
 
 FORMAT = "buscad-bundle"
@@ -604,7 +605,7 @@ class Bundle:
             elif mask is None and need["clinical"] and set(need["clinical"]) <= set(computed):
                 skipped[name] = "needs the lesion outline (a mask, a box or the bundle's segmenter)"
             elif need["clinical"] and not any(c in given for c in need["clinical"]):
-                skipped[name] = "needs clinical input(s): " + ", ".join(need["clinical"])
+                skipped[name] = "needs at least one of its inputs: " + inputs_text(need["clinical"])
         radiomics: dict[str, float] = {}
         if any(needs[n]["radiomics"] for n in needs if n not in skipped):
             try:
