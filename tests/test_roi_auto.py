@@ -360,3 +360,37 @@ def test_expert_study_with_segment_train_bundles_one_segmenter(tmp_path: Path) -
     pred = b.predict(img, heatmap=False)
     assert pred.roi_source in ("auto", "whole")  # outlined, or "no lesion found" said so
     assert pred.roi_source == "auto" or any("no lesion found" in n for n in pred.notes)
+
+
+def test_predict_batch_outlines_maskless_images_as_predict_does(
+    segmenter_dir: Path, tmp_path: Path
+) -> None:
+    """A bundle with a segmenter: the batched path outlines each mask-less image as
+    ``Bundle.predict`` does, reads given masks as given, and runs the CNN once for all."""
+    from tests.scale_fixtures import make_bundle, make_manifest
+
+    from buscad.bundle.batch import items_from_manifest, predict_batch
+    from buscad.bundle.bundle import Bundle
+    from buscad.data.io import read_image, read_mask
+
+    b = Bundle.load(make_bundle(tmp_path / "bundle", segmenter=segmenter_dir), engine="onnx")
+    items = items_from_manifest(make_manifest(tmp_path / "data", 5, seed=4))
+    grays = [read_image(it.image)[0] for it in items]
+    masks: list = [None] * 3
+    masks += [read_mask(it.mask, shape=g.shape) for it, g in zip(items[3:], grays[3:], strict=True)]
+    calls = []
+    run = b._onnx.explain
+    b._onnx.explain = lambda x: calls.append(len(x)) or run(x)
+    got = predict_batch(b, grays, masks, [{}] * 5, heatmap=True)
+    assert calls == [5]  # one CNN pass for the five images
+    for k in range(5):
+        one = b.predict(grays[k], mask=masks[k], heatmap=True)
+        assert (got[k].roi, got[k].roi_source, got[k].notes) == (one.roi, one.roi_source, one.notes)
+        assert got[k].roi_confidence == one.roi_confidence
+        assert got[k].ai_score == pytest.approx(one.ai_score, abs=1e-6)
+        assert got[k].model_scores["dlr"] == pytest.approx(one.model_scores["dlr"], abs=1e-6)
+        np.testing.assert_allclose(got[k].heatmap, one.heatmap, atol=1e-4)
+        if masks[k] is None:
+            assert "segment" in got[k].timings_ms
+    assert {p.roi_source for p in got[:3]} <= {"auto", "whole"} and got[3].roi_source == "mask"
+    assert any(p.roi_source == "auto" for p in got[:3])

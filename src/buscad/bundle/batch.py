@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from buscad.bundle.types import Prediction, likelihood_band
+from buscad.bundle.types import Prediction
 from buscad.errors import BuscadError, ManifestError
 from buscad.progress import Progress
 
@@ -160,16 +160,15 @@ def predict_batch(
 ) -> list[Prediction | Exception]:
     """``Bundle.predict`` for several images, with one ONNX Runtime pass for the CNN.
 
-    Gives the same predictions as calling ``b.predict`` on each image (tested);
-    an image whose ROI is invalid (e.g. an empty mask) gets its exception in
-    place of a prediction. Engines other than ONNX call ``b.predict`` per image.
+    Each image is prepared as ``Bundle.predict`` prepares it (its outline by the
+    bundle's segmenter when it has no mask, ROI, crop: ``Bundle._prepare``) and
+    finished as it finishes it (heatmap, the other models, calibration:
+    ``Bundle._finish``); only the CNN runs once for the batch. So the predictions are
+    those of ``b.predict`` on each image (tested); an image whose ROI is invalid
+    (e.g. an empty mask) gets its exception in place of a prediction. Engines
+    other than ONNX call ``b.predict`` per image.
     """
-    # Bundles with a segmenter outline each mask-less image first: per image, through b.predict.
-    if (
-        getattr(b, "engine", None) != "onnx"
-        or getattr(b, "_onnx", None) is None
-        or getattr(b, "has_segmenter", False)
-    ):
+    if getattr(b, "engine", None) != "onnx" or getattr(b, "_onnx", None) is None:
         out: list[Prediction | Exception] = []
         for g, m, c in zip(grays, masks, clinicals, strict=True):
             try:
@@ -177,73 +176,31 @@ def predict_batch(
             except (BuscadError, ValueError) as exc:
                 out.append(exc)
         return out
-    from buscad.bundle.bundle import calibrate
-    from buscad.data.io import to_uint8
-    from buscad.models.onnx import scale_cam
-    from buscad.models.preprocess import resize
-
-    t0 = time.perf_counter()
     res: list[Any] = [None] * len(grays)
     prep = []
     for i, (gray, m) in enumerate(zip(grays, masks, strict=True)):
         try:
-            g = to_uint8(gray)
-            (x0, y0, x1, y1), source = b._roi(g, m, None)
-            prep.append((i, g, (x0, y0, x1, y1), source, resize(g[y0:y1, x0:x1], b.pre.input_size)))
+            prep.append((i, b._prepare(gray, m)))
         except (BuscadError, ValueError) as exc:
             res[i] = exc
     if not prep:
         return res
-    pre_ms = (time.perf_counter() - t0) * 1000 / len(prep)
     with b._lock:
         t1 = time.perf_counter()
-        x = b.pre.to_array(np.stack([p[4] for p in prep]))
+        x = b.pre.to_array(np.stack([p.crop for _, p in prep]))
         if heatmap:
             probs, feats, cams = b._onnx.explain(x)
         else:  # ONNX Runtime then skips the Grad-CAM nodes (about half the graph)
             o = b._onnx
             probs, feats = o.session.run(["probabilities", "features"], {o.input_name: x})
         model_ms = (time.perf_counter() - t1) * 1000 / len(prep)
-    cal = b.doc["calibration"]
-    for j, (i, g, (x0, y0, x1, y1), source, _crop) in enumerate(prep):
-        timings = {"preprocess": pre_ms, "model": model_ms}
-        raw = float(probs[j, 1])
-        hm = None
-        if heatmap:
-            t2 = time.perf_counter()
-            hm = np.zeros(g.shape, np.float32)
-            hm[y0:y1, x0:x1] = scale_cam(cams[j], (y1 - y0, x1 - x0))
-            timings["heatmap"] = (time.perf_counter() - t2) * 1000
-        others: dict[str, float | None] = {}
-        skipped: dict[str, str] = {}
-        inputs: list[dict[str, Any]] = []
-        if b.classical:
-            t3 = time.perf_counter()
-            try:
-                others, skipped, inputs = b._classical_scores(
-                    g, masks[i] if source == "mask" else None, clinicals[i] or {}, raw, feats[j]
-                )
-            except (BuscadError, ValueError) as exc:
-                res[i] = exc
-                continue
-            timings["classical"] = (time.perf_counter() - t3) * 1000
-        skipped.update(b.not_exported)
-        p = float(calibrate(raw, cal["a"], cal["b"])[0])
-        res[i] = Prediction(
-            ai_score=p,
-            primary_model="deep",
-            threshold=b.threshold,
-            decision="malignant" if p >= b.threshold else "benign",
-            band=likelihood_band(p),
-            model_scores={"deep": p, **others, **dict.fromkeys(b.not_exported)},
-            skipped_models=skipped,
-            reader_models=list(b.reader_models),
-            roi=(int(x0), int(y0), int(x1), int(y1)),
-            roi_source=source,
-            heatmap=hm,
-            timings_ms={k: round(v, 2) for k, v in timings.items()},
-            inputs=inputs,
-        )
+    for j, (i, p) in enumerate(prep):
+        p.timings["model"] = model_ms
+        try:
+            cam = cams[j] if heatmap else None
+            res[i] = b._finish(p, float(probs[j, 1]), cam, feats[j], clinicals[i])
+        except (BuscadError, ValueError) as exc:
+            res[i] = exc
     return res
 
 

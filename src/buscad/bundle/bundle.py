@@ -52,6 +52,7 @@ import os
 import re
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -331,6 +332,25 @@ def computed_descriptors(
     if any(c in GEOMETRY_FEATURES for c in columns):
         d.update(mask_geometry(mask))
     return {c: d[c] for c in columns if c in d}
+
+
+@dataclass
+class _Prepared:
+    """One image ready for the CNN (:meth:`Bundle._prepare`): what :meth:`Bundle._finish` needs.
+
+    ``mask`` is what the mask-reading models read (the given mask or the segmenter's
+    outline; None when a box or the whole image is read).
+    """
+
+    gray: np.ndarray
+    roi: tuple[int, int, int, int]
+    source: str
+    mask: np.ndarray | None
+    outline: np.ndarray | None
+    confidence: float | None
+    notes: list[str]
+    crop: np.ndarray
+    timings: dict[str, float]
 
 
 class Bundle:
@@ -691,8 +711,25 @@ class Bundle:
         the lesion (box-prompted with a box, automatic without; ``auto_roi=False``
         turns this off); otherwise the box, else the whole image, is read.
         """
+        prep = self._prepare(gray, mask, box, auto_roi)
+        with self._lock:
+            t1 = time.perf_counter()
+            raw, cam, feats = self._score_and_cam(prep.crop, heatmap)
+            prep.timings["model"] = (time.perf_counter() - t1) * 1000
+        return self._finish(prep, raw, cam, feats, clinical)
+
+    def _prepare(
+        self,
+        gray: np.ndarray,
+        mask: np.ndarray | None = None,
+        box: tuple[int, int, int, int] | None = None,
+        auto_roi: bool = True,
+    ) -> _Prepared:
+        """What :meth:`predict` does before the CNN: 8 bits, the outline (segmenter), ROI, crop.
+
+        Raises the ROI's error (e.g. an empty mask) as :meth:`predict` does.
+        """
         from buscad.data.io import to_uint8
-        from buscad.models.onnx import scale_cam
         from buscad.models.preprocess import resize
 
         t0 = time.perf_counter()
@@ -700,30 +737,40 @@ class Bundle:
         confidence: float | None = None
         notes: list[str] = []
         outline = None
-        seg_ms = None
+        timings: dict[str, float] = {}
         if mask is None and auto_roi and self.has_segmenter:
             t = time.perf_counter()
             outline, confidence, note = self.outline(g, box)
-            seg_ms = (time.perf_counter() - t) * 1000
+            timings["segment"] = (time.perf_counter() - t) * 1000
             if note and outline is None:
                 fallback = "the box" if box is not None else "the whole image"
                 note = f"{note}; {fallback} was read"
             if note:
                 notes.append(note)
         if outline is not None:
-            (x0, y0, x1, y1), _ = self._roi(g, outline, None)
+            roi, _ = self._roi(g, outline, None)
             source = "box" if box is not None else "auto"
-            mask = outline
+            read = outline
         else:
-            (x0, y0, x1, y1), source = self._roi(g, mask, box)
+            roi, source = self._roi(g, mask, box)
+            read = mask if source == "mask" else None
+        x0, y0, x1, y1 = roi
         crop = resize(g[y0:y1, x0:x1], self.pre.input_size)
-        timings = {"preprocess": (time.perf_counter() - t0) * 1000}
-        if seg_ms is not None:
-            timings["segment"] = seg_ms
-        with self._lock:
-            t1 = time.perf_counter()
-            raw, cam, feats = self._score_and_cam(crop, heatmap)
-            timings["model"] = (time.perf_counter() - t1) * 1000
+        timings = {"preprocess": (time.perf_counter() - t0) * 1000, **timings}
+        return _Prepared(g, roi, source, read, outline, confidence, notes, crop, timings)
+
+    def _finish(
+        self,
+        prep: _Prepared,
+        raw: float,
+        cam: np.ndarray | None,
+        feats: np.ndarray,
+        clinical: dict[str, Any] | None,
+    ) -> Prediction:
+        """What :meth:`predict` does after the CNN: heatmap, the other models, calibration."""
+        from buscad.models.onnx import scale_cam
+
+        g, (x0, y0, x1, y1), timings = prep.gray, prep.roi, prep.timings
         hm = None
         if cam is not None:
             t2 = time.perf_counter()
@@ -736,11 +783,7 @@ class Bundle:
         if self.classical:
             t3 = time.perf_counter()
             others, skipped, inputs = self._classical_scores(
-                g,
-                mask if (source == "mask" or outline is not None) else None,
-                clinical or {},
-                raw,
-                feats,
+                g, prep.mask, clinical or {}, raw, feats
             )
             timings["classical"] = (time.perf_counter() - t3) * 1000
         skipped.update(self.not_exported)
@@ -756,10 +799,10 @@ class Bundle:
             skipped_models=skipped,
             reader_models=list(self.reader_models),
             roi=(int(x0), int(y0), int(x1), int(y1)),
-            roi_source=source,
-            roi_confidence=confidence,
-            notes=notes,
-            outline=outline,
+            roi_source=prep.source,
+            roi_confidence=prep.confidence,
+            notes=prep.notes,
+            outline=prep.outline,
             heatmap=hm,
             timings_ms={k: round(v, 2) for k, v in timings.items()},
             inputs=inputs,
