@@ -151,3 +151,24 @@ def test_recipe_trains_a_few_steps(phantom_cohort: Manifest):
     assert res.history["step"].iloc[-1] == 2 and np.isfinite(res.history["train_loss"]).all()
     with pytest.raises(ManifestError, match="balance_by"):
         train_model(phantom_cohort, _cfg(balance_by="scanner"))
+
+
+def test_ultrasound_augment_never_returns_nan(monkeypatch):
+    from buscad.models.preprocess import UltrasoundAugment
+
+    aug = UltrasoundAugment(p=1.0)
+    comp = aug.compose()
+
+    class Broken:  # fails on one image, as usaugment's bilateral filter can
+        def set_random_seed(self, seed):
+            comp.set_random_seed(seed)
+
+        def __call__(self, image, scan_mask):
+            out = comp(image=image, scan_mask=scan_mask)["image"]
+            return {"image": np.full_like(out, np.nan) if image[0, 0] > 0.5 else out}
+
+    monkeypatch.setattr(aug, "_compose", Broken())
+    x = torch.full((2, 1, 16, 16), 0.25)
+    x[1] = 0.75
+    y = aug(x, torch.Generator().manual_seed(0))
+    assert torch.isfinite(y).all() and torch.equal(y[1], x[1])

@@ -243,7 +243,8 @@ class UltrasoundAugment:
     ``scan_mask`` ``usaugment`` asks for is all ones). The random draws come from a
     seed drawn from the ``generator`` passed in (albumentations' own generators and,
     for ``usaugment``, NumPy's global state, restored afterwards), so a seed fixes
-    every augmentation.
+    every augmentation. An image the transforms turn non-finite (``usaugment``'s
+    bilateral filter, about 1 in 300) is kept unaugmented.
 
     Parameters
     ----------
@@ -290,6 +291,7 @@ class UltrasoundAugment:
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Augment ``x`` of shape ``(N, 1, H, W)`` in [0, 1]; same shape and dtype."""
         import random
+        import warnings
 
         import torch
 
@@ -302,12 +304,18 @@ class UltrasoundAugment:
         try:
             a = x.detach().cpu().numpy().astype(np.float32)
             scan = np.ones(a.shape[2:], np.uint8)
-            out = np.stack(
-                [comp(image=img[0], scan_mask=scan)["image"].astype(np.float32) for img in a]
-            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                out = np.stack(
+                    [comp(image=img[0], scan_mask=scan)["image"].astype(np.float32) for img in a]
+                )
         finally:
             np.random.set_state(np_state)  # noqa: NPY002
             random.setstate(py_state)
+        # usaugment's bilateral filter (scikit-image) returns NaN on about 1 image in 300:
+        # such an image stays as it came in
+        bad = ~np.isfinite(out).all(axis=(1, 2))
+        out[bad] = a[bad, 0]
         return torch.from_numpy(np.clip(out, 0, 1)[:, None]).to(x)
 
 
