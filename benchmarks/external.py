@@ -26,6 +26,13 @@ Protocol
    threshold of the training rows' out-of-fold scores, specificity at the
    radiologist's sensitivity (BrEaST), calibration slope; the ablation table
    gives each lever's change of every external AUC with a paired DeLong p.
+6. Fine-tuned networks (benchmarks/external_finetune.py, ``--finetuned DIR``):
+   lite0 fine-tuned on the training cohort, plain and with the transfer recipe
+   (layer-wise lr decay, mixup, usaugment ultrasound augmentations, balanced
+   sampling), in the two external directions only. Their held-out grouped
+   validation rows of the training cohort stand for the training rows'
+   out-of-fold scores (thresholds, stacking weights); the external cohort is
+   scored once.
 
 Writes ``benchmarks/results/external.json`` and ``external.md``.
 
@@ -170,9 +177,12 @@ class Candidate:
         C: float = 1.0,
         note: str = "",
         harmonise: bool = False,
+        scores: dict[str, Path] | None = None,
     ):
         self.name, self.inputs, self.kind, self.C, self.note = name, inputs, kind, C, note
         self.harmonise = harmonise
+        #: ``finetuned`` kind: direction (``busi2breast``/``breast2busi``) -> scores.csv
+        self.scores = scores or {}
 
     def matrix(self, data: Data) -> pd.DataFrame:
         import re
@@ -251,6 +261,28 @@ class Combo:
         self.inputs: list[str] = []
 
 
+#: The direction folder of benchmarks/external_finetune.py for each external protocol.
+FT_DIRECTIONS = {"BUSI→BrEaST": "busi2breast", "BrEaST→BUSI": "breast2busi"}
+
+
+def supported(c: Candidate | Combo, cands: dict) -> set[str] | None:
+    """The protocols a candidate can be evaluated under (None: all of them).
+
+    A fine-tuned network has scores for the directions it was trained for only; a
+    fusion, for the protocols all its members have.
+    """
+    if isinstance(c, Combo):
+        out: set[str] | None = None
+        for m in c.members:
+            s = supported(cands[m], cands)
+            if s is not None:
+                out = s if out is None else out & s
+        return out
+    if c.kind == "finetuned":
+        return {p for p, d in FT_DIRECTIONS.items() if d in c.scores}
+    return None
+
+
 def _platt(p: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """Logistic recalibration ``logit p' = a logit p + b`` fit on training-row OOF scores."""
     from buscad.bundle.bundle import fit_platt
@@ -268,6 +300,10 @@ def _fuse(how: str, P: np.ndarray, fit_on: np.ndarray | None, y: np.ndarray) -> 
         return 1 / (1 + np.exp(-_logit(P).mean(1)))
     if how == "pmean":
         return P.mean(1)
+    # rows every member scored (a fine-tuned net's training-row scores are its
+    # held-out validation rows only)
+    ok = np.isfinite(fit_on).all(1)
+    fit_on, y = fit_on[ok], y[ok]
     if how == "platt":
         a, b = _platt(fit_on[:, 0], y)
         return 1 / (1 + np.exp(-(a * _logit(P[:, 0]) + b)))
@@ -296,6 +332,12 @@ def spec_key(c: Candidate | Combo, cands: dict, seed: int) -> str:
             "how": c.how,
             "members": [spec_key(cands[m], cands, seed) for m in c.members],
             "v": COMBO_VERSION,
+        }
+    elif c.kind == "finetuned":
+        d = {
+            "finetuned": {
+                k: hashlib.sha1(Path(f).read_bytes()).hexdigest() for k, f in c.scores.items()
+            }
         }
     else:
         d = {"inputs": c.inputs, "kind": c.kind, "C": c.C, "harmonise": c.harmonise}
@@ -361,6 +403,8 @@ class Engine:
             needs_fit = c.how in ("platt", "stack")
             fit_on = np.column_stack([self.oof(m, tr) for m in c.members]) if needs_fit else None
             s = _fuse(c.how, P, fit_on, self.data.y[tr])
+        elif c.kind == "finetuned":
+            s = self._finetuned(c, tr)[0].reindex(self.data.ids[te]).to_numpy(dtype=float)
         else:
             X = self._X(name)
             est = c.estimator(self.seed)
@@ -390,11 +434,29 @@ class Engine:
             s = _fuse(c.how, mo, mo, self.data.y[tr])
             self.memo[key] = s
             return s
+        if getattr(c, "kind", "") == "finetuned":  # its held-out validation rows, NaN elsewhere
+            s = self._finetuned(c, tr)[1].reindex(self.data.ids[tr]).to_numpy(dtype=float)
+            self.memo[key] = s
+            return s
         s = np.full(len(tr), np.nan)
         for a, b in make_folds(self.data.y[tr], self.data.groups[tr], None, self.k, self.seed):
             s[b] = self.predict(name, tr[a], tr[b])
         self.memo[key] = s
         return s
+
+    def _finetuned(self, c: Candidate, tr: np.ndarray) -> tuple[pd.Series, pd.Series]:
+        """A fine-tuned net's (external, validation) scores by image id, for training rows ``tr``."""
+        cohorts = set(self.data.cohort[tr])
+        direction = {"BUSI": "busi2breast", "BrEaST": "breast2busi"}.get(
+            next(iter(cohorts)) if len(cohorts) == 1 else ""
+        )
+        if direction not in c.scores:
+            raise KeyError(f"{c.name}: no fine-tuned scores for these training rows")
+        t = pd.read_csv(c.scores[direction], dtype={"image_id": str}).set_index("image_id")
+        return (
+            t.loc[t["role"] == "external", "score"],
+            t.loc[t["role"] == "val", "score"],
+        )
 
 
 # =============================================================== protocols
@@ -441,7 +503,9 @@ def evaluate(eng: Engine, name: str, pairs: list, thresholds: bool = True) -> di
     for tr, te in pairs:
         score[te] = eng.predict(name, tr, te)
         if thresholds:
-            t = youden_threshold(d.y[tr], eng.oof(name, tr))
+            o = eng.oof(name, tr)
+            ok = np.isfinite(o)  # a fine-tuned net: its held-out validation rows
+            t = youden_threshold(d.y[tr][ok], o[ok])
             call[te] = score[te] >= t
     te_all = np.concatenate([te for _, te in pairs])
     y, s = d.y[te_all], score[te_all]
@@ -466,10 +530,13 @@ L0 = "deep_lite0_m0.1_s224"
 TARGETS = ("BUSI→BrEaST", "BrEaST→BUSI", "pooled CV")
 
 
-def candidates(families: set[str]) -> tuple[dict, list[tuple[str, str, str]]]:
+def candidates(
+    families: set[str], finetuned: Path | None = None
+) -> tuple[dict, list[tuple[str, str, str]]]:
     """Every candidate (name -> Candidate/Combo) and the ablation pairs (lever, from, to).
 
-    Only candidates whose inputs were computed are returned.
+    Only candidates whose inputs were computed are returned; ``finetuned`` is the
+    ``--out`` folder of benchmarks/external_finetune.py (its runs become candidates).
     """
     c: dict[str, Candidate | Combo] = {}
 
@@ -622,6 +689,8 @@ def candidates(families: set[str]) -> tuple[dict, list[tuple[str, str, str]]]:
         )
     )
 
+    ft_ablation = finetuned_candidates(finetuned, add, desc, ens) if finetuned else []
+
     def ok(x) -> bool:
         if isinstance(x, Combo):
             return all(m in c and ok(c[m]) for m in x.members)
@@ -687,8 +756,82 @@ def candidates(families: set[str]) -> tuple[dict, list[tuple[str, str, str]]]:
             "fusion stack: descriptors + deep ensemble",
             "fusion stack: descriptors + deep ensemble + radiomics",
         ),
+        *ft_ablation,
     ]
     return c, [a for a in ablation if a[1] in c and a[2] in c]
+
+
+#: Labels of benchmarks/external_finetune.py's variants (the folder names).
+FT_LABELS = {
+    "plain": "plain",
+    "recipe": "recipe: LLRD + mixup + US aug + balanced",
+    "plain+llrd": "plain + layer-wise lr decay",
+    "plain+mixup": "plain + mixup",
+    "plain+usaug": "plain + usaugment",
+    "plain+balance": "plain + balanced sampling",
+}
+
+
+def finetuned_candidates(folder: Path, add, desc: str, ens: str) -> list[tuple[str, str, str]]:
+    """The fine-tuned runs under ``folder`` as candidates, their fusions with the best
+    frozen recipe, and their ablation pairs."""
+    best = "fusion mean: descriptors + deep ensemble"
+    names: dict[str, str] = {}
+    for variant, label in FT_LABELS.items():
+        files = {
+            d: folder / d / variant / "scores.csv"
+            for d in FT_DIRECTIONS.values()
+            if (folder / d / variant / "scores.csv").is_file()
+        }
+        if not files:
+            continue
+        n = names[variant] = f"fine-tuned lite0 ({label})"
+        add(Candidate(n, [], kind="finetuned", scores=files, note="external_finetune.py"))
+        if variant in ("plain", "recipe"):
+            add(
+                Combo(
+                    f"fusion mean: descriptors + deep ensemble + ft lite0 {variant}", [desc, ens, n]
+                )
+            )
+            add(
+                Combo(
+                    f"fusion stack: descriptors + deep ensemble + ft lite0 {variant}",
+                    [desc, ens, n],
+                    how="stack",
+                )
+            )
+    # every fine-tuned variant against the previous best recipe (paired DeLong)
+    pairs = [(f"previous best → ft lite0 ({FT_LABELS[v]})", best, n) for v, n in names.items()]
+    if "plain" in names:
+        pairs.append(
+            ("fine-tune lite0 (plain) vs frozen lite0 LR", "lite0 ROI LR C by CV", names["plain"])
+        )
+        for v, lever in (
+            ("recipe", "fine-tune: plain → whole recipe"),
+            ("plain+llrd", "fine-tune: + layer-wise lr decay 0.7"),
+            ("plain+mixup", "fine-tune: + mixup α=0.2"),
+            ("plain+usaug", "fine-tune: + usaugment"),
+            ("plain+balance", "fine-tune: + cohort×class balanced sampling"),
+        ):
+            if v in names:
+                pairs.append((lever, names["plain"], names[v]))
+    for v in ("plain", "recipe"):
+        if v in names:
+            pairs.append(
+                (
+                    f"best + ft lite0 {v} (mean)",
+                    best,
+                    f"fusion mean: descriptors + deep ensemble + ft lite0 {v}",
+                )
+            )
+            pairs.append(
+                (
+                    f"best + ft lite0 {v} (stack on val rows)",
+                    best,
+                    f"fusion stack: descriptors + deep ensemble + ft lite0 {v}",
+                )
+            )
+    return pairs
 
 
 # ================================================================ report
@@ -709,7 +852,10 @@ def run(data: Data, cands: dict, ablation: list, seed: int, log=print) -> dict:
     seconds: dict[str, float] = {}
     for name in cands:
         t0 = time.perf_counter()
+        ok = supported(cands[name], cands)
         for p, pairs in prot.items():
+            if ok is not None and p not in ok:
+                continue
             ev = evaluate(eng, name, pairs)
             scores[(p, name)] = ev["score"]
             row = ev["metrics"]
@@ -722,7 +868,7 @@ def run(data: Data, cands: dict, ablation: list, seed: int, log=print) -> dict:
         seconds[name] = round(time.perf_counter() - t0, 1)
         log(
             f"{name:60s} "
-            + " ".join(f"{p}={results[p][name]['auc']:.3f}" for p in prot)
+            + " ".join(f"{p}={results[p][name]['auc']:.3f}" for p in prot if name in results[p])
             + f" ({seconds[name]} s)"
         )
     # the radiologist's BI-RADS on BrEaST rows (external in BUSI→BrEaST)
@@ -744,6 +890,8 @@ def run(data: Data, cands: dict, ablation: list, seed: int, log=print) -> dict:
     for lever, a, b in ablation:
         row = {"lever": lever, "from": a, "to": b}
         for p, pairs in prot.items():
+            if a not in results[p] or b not in results[p]:
+                continue
             rows = np.concatenate([te for _, te in pairs])
             t = delong_test(data.y[rows], scores[(p, b)][rows], scores[(p, a)][rows])
             row[p] = {
@@ -757,7 +905,7 @@ def run(data: Data, cands: dict, ablation: list, seed: int, log=print) -> dict:
     worst = {
         n: min(results[p][n]["auc"] for p in TARGETS)
         for n in cands
-        if not n.startswith(("ref:", "BASELINE"))
+        if not n.startswith(("ref:", "BASELINE")) and all(n in results[p] for p in TARGETS)
     }
     chosen = max(worst, key=worst.get)
     return {
@@ -829,7 +977,69 @@ def targets_section(res: dict) -> list[str]:
     return [*L, ""]
 
 
-def write(res: dict, data: Data, path_json: Path, path_md: Path, seed: int) -> None:
+def finetuned_runs(folder: Path | None) -> list[dict]:
+    """``run.json`` of every benchmarks/external_finetune.py run under ``folder``."""
+    if folder is None or not folder.is_dir():
+        return []
+    import json
+
+    runs = [json.loads(f.read_text()) for f in sorted(folder.glob("*/*/run.json"))]
+    order = list(FT_LABELS)
+    return sorted(
+        runs,
+        key=lambda r: (r["direction"], order.index(r["variant"]) if r["variant"] in order else 99),
+    )
+
+
+def finetuned_section(runs: list[dict]) -> list[str]:
+    """Markdown lines: one row per fine-tuning run (settings, validation, external AUC)."""
+    if not runs:
+        return []
+    L = [
+        "## Fine-tuned lite0 runs (benchmarks/external_finetune.py)",
+        "",
+        "Fit on the training cohort (its held-out grouped validation rows choose the epoch); "
+        "the external cohort scored once. Recipe options off unless named.",
+        "",
+        "| direction | variant | recipe options | best epoch / run | val AUC (n) | "
+        "external AUC [95% CI] | s/epoch |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        c = r["config"]
+        opts = ", ".join(
+            f"{k}={c[k]}"
+            for k in ("layer_decay", "mixup", "us_augment", "balance_by")
+            if c.get(k) not in (None, 0, 0.0, False)
+        )
+        L.append(
+            f"| {r['direction']} | {r['variant']} | {opts or '—'} | "
+            f"{r['best_epoch']} / {r['epochs_run']} | {r['val_auc']:.3f} ({r['n_val']}) | "
+            f"{r['external_auc']:.3f} [{r['external_ci'][0]:.3f}–{r['external_ci'][1]:.3f}] | "
+            f"{r['seconds_per_epoch']:.0f} |"
+        )
+    c = runs[0]["config"]
+    L += [
+        "",
+        f"Common settings: {c['backbone']} ({c['pretrained']} weights, packaged), "
+        f"{c['input_size']} px ROI crops (margin {c['margin']}), {c['epochs']} epochs max, "
+        f"patience {c['patience']}, batch {c['batch_size']}, AdamW lr {c['lr']} with "
+        f"{c['warmup_epochs']} warm-up epoch and cosine decay, seed {c['seed']}; "
+        f"{c['num_threads']} CPU threads. Levers: `layer_decay` 0.7 per backbone stage "
+        "(head at lr, stem at lr × 0.7^8), `mixup` α 0.2, `us_augment` (usaugment depth "
+        "attenuation, shadow, haze, speckle reduction + gain, speckle noise, resolution loss, "
+        "p 0.3 each), `balance_by` cohort (one training cohort per direction, so it reduces to "
+        "class-balanced sampling in place of the class-weighted loss). The fusions' thresholds "
+        "and stacking weights read the fine-tuned net's validation rows only; the ablation "
+        "table below compares each with the previous best (paired DeLong).",
+        "",
+    ]
+    return L
+
+
+def write(
+    res: dict, data: Data, path_json: Path, path_md: Path, seed: int, ft_runs: list | None = None
+) -> None:
     from buscad.utils import atomic_write_json, atomic_write_text
 
     prot = list(res["results"])
@@ -852,6 +1062,8 @@ def write(res: dict, data: Data, path_json: Path, path_md: Path, seed: int) -> N
         "ablation": res["ablation"],
         "seconds_per_candidate": res["seconds"],
     }
+    if ft_runs:
+        doc["finetuned_runs"] = ft_runs
     atomic_write_json(path_json, doc)
     L = [
         "# External validation: BUSI ↔ BrEaST-Lesions_USG",
@@ -864,6 +1076,7 @@ def write(res: dict, data: Data, path_json: Path, path_md: Path, seed: int) -> N
         "",
     ]
     L += targets_section(res)
+    L += finetuned_section(ft_runs or [])
     for p in prot:
         L += [
             f"## {p}",
@@ -898,6 +1111,8 @@ def write(res: dict, data: Data, path_json: Path, path_md: Path, seed: int) -> N
             f"| {a['lever']} | "
             + " | ".join(
                 f"{_fmt(a[p]['from'])} → {_fmt(a[p]['to'])} ({a[p]['delta']:+.3f}, p={a[p]['p']:.3g})"
+                if p in a
+                else "not run"
                 for p in prot
             )
             + " |"
@@ -914,6 +1129,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-build", action="store_true", help="evaluate the families already cached")
     ap.add_argument("--only", nargs="*", default=None, help="evaluate only these candidates")
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument(
+        "--finetuned",
+        type=Path,
+        default=ROOT / "runs" / "external-ft",
+        help="benchmarks/external_finetune.py's --out (its runs become candidates)",
+    )
     a = ap.parse_args(argv)
     man = cohorts(a.out, a.seed)
     if not a.no_build:
@@ -922,7 +1143,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     data = Data(man, a.out)
     fams = {p.stem for p in (a.out / "features").glob("*.parquet")} | {"geometry", "size"}
-    cands, ablation = candidates(fams)
+    cands, ablation = candidates(fams, a.finetuned if a.finetuned.is_dir() else None)
     if a.only:
         keep, todo = set(), list(a.only)
         while todo:  # the candidates asked for and, recursively, their members
@@ -933,7 +1154,8 @@ def main(argv: list[str] | None = None) -> int:
         cands = {k: v for k, v in cands.items() if k in keep}
         ablation = [x for x in ablation if x[1] in cands and x[2] in cands]
     res = run(data, cands, ablation, a.seed)
-    write(res, data, a.results / "external.json", a.results / "external.md", a.seed)
+    ft = finetuned_runs(a.finetuned)
+    write(res, data, a.results / "external.json", a.results / "external.md", a.seed, ft)
     print(f"chosen: {res['chosen']}; wrote {a.results / 'external.json'} and external.md")
     return 0
 

@@ -280,3 +280,14 @@ def test_backbone_names_need_no_pytorch():
 def test_shipped_configs_validate(name):
     cfg = load_config(REPO / "configs" / name)
     assert cfg.cohorts
+
+
+def test_deep_balance_by_names_a_development_column(tmp_path, dev_manifest):
+    base = {"name": "b", "cohorts": [{"name": "dev", "manifest": str(dev_manifest)}]}
+    for col, problems in (("cohort", 0), ("patient_id", 0), ("scanner", 1)):
+        cfg = config_from_dict({**base, "deep": {"balance_by": col}}, source="s.yaml")
+        errs = [e for e in check_study(cfg).errors if e.startswith("deep.balance_by")]
+        assert len(errs) == problems, errs
+    assert "'scanner' is not a column of cohort 'dev'" in errs[0]
+    with pytest.raises(ConfigProblems):
+        config_from_dict({**base, "deep": {"layer_decay": 1.5}}, source="s.yaml")

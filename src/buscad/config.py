@@ -180,6 +180,31 @@ class DeepConfig(_Strict):
         3, ge=2, description="Grouped CV folds of the backbone comparison."
     )
     patience: int = Field(3, ge=1, description="Early-stopping patience in epochs.")
+    layer_decay: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Layer-wise learning-rate decay: the backbone stage at depth d from the head "
+        "trains at `lr` × layer_decay^d (e.g. 0.7); leave out for one `lr` everywhere.",
+    )
+    mixup: float = Field(
+        0.0,
+        ge=0,
+        le=10,
+        description="Mixup's Beta(α, α) parameter (e.g. 0.2): training batches and their labels "
+        "are mixed; 0 is off.",
+    )
+    us_augment: bool = Field(
+        False,
+        description="Add ultrasound augmentations of the `usaugment` package (depth attenuation, "
+        "shadow, haze, speckle reduction) and gain, speckle noise and resolution loss to the "
+        "training crops.",
+    )
+    balance_by: str | None = Field(
+        None,
+        description="A manifest column (e.g. `cohort`): training batches are drawn so that every "
+        "(value × class) cell weighs the same, instead of class-weighting the loss.",
+    )
     gradcam: Literal["gradcam", "gradcam++", "hirescam"] = Field(
         "gradcam", description="Explanation method of the galleries and the bundle's heatmaps."
     )

@@ -91,6 +91,17 @@ def register(app: typer.Typer) -> None:
         max_steps: int | None = typer.Option(None, help="Stop after this many steps."),
         num_threads: int | None = typer.Option(None, help="torch CPU threads."),
         augment: bool = typer.Option(True, help="Seeded ultrasound augmentations."),
+        layer_decay: float | None = typer.Option(
+            None, help="Layer-wise lr decay per backbone stage (e.g. 0.7); default off."
+        ),
+        mixup: float = typer.Option(0.0, help="Mixup Beta(alpha, alpha) (e.g. 0.2); 0 is off."),
+        us_augment: bool = typer.Option(
+            False,
+            help="Add usaugment's depth attenuation, shadow, haze, speckle, gain, resolution.",
+        ),
+        balance_by: str | None = typer.Option(
+            None, help="Manifest column (e.g. cohort) for column x class balanced sampling."
+        ),
         quiet: bool = typer.Option(False, help="No progress output."),
     ) -> None:
         """Fine-tune one backbone with the studies' head on the manifest's split."""

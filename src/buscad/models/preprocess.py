@@ -11,7 +11,10 @@ same steps. Steps, in order:
    (Sci Rep 2024) crop a rectangular ROI; ``whole`` mode: keep the whole image;
 3. resize to ``input_size`` x ``input_size`` (bilinear, antialiased), scale to
    [0, 1];
-4. (training only) :class:`Augment`: seeded flips, small affine, brightness,
+4. (training only) :class:`UltrasoundAugment` (``TrainConfig.us_augment``): the
+   ultrasound transforms of the ``usaugment`` package (depth attenuation, acoustic
+   shadow, haze, speckle reduction) and albumentations' gain, speckle noise and
+   resolution loss; then :class:`Augment`: seeded flips, small affine, brightness,
    contrast, gamma and multiplicative speckle noise;
 5. repeat the gray channel 3 times and normalise ``(x - mean) / std``.
 """
@@ -225,4 +228,95 @@ class Augment:
         return x.clamp(0, 1)
 
 
-__all__ = ["ROI_MODES", "Augment", "Preprocessor", "resize", "roi_box"]
+@dataclass
+class UltrasoundAugment:
+    """Ultrasound acquisition augmentations from the ``usaugment`` package, seeded.
+
+    Each image of a batch independently gets, each with probability ``p``:
+    ``usaugment``'s depth attenuation (an exponential loss of intensity with the
+    distance from the probe at the top centre, Ostvik et al. 2021), Gaussian
+    acoustic shadow and speckle reduction (a random bilateral filter; Smistad et al.
+    2018) and haze artifact (Ostvik et al. 2021), then albumentations' gain
+    (``RandomBrightnessContrast``), multiplicative speckle noise
+    (``MultiplicativeNoise``) and resolution loss (``Downscale``: down- then
+    up-sampling by a factor in ``downscale``). The whole crop is the scan (the
+    ``scan_mask`` ``usaugment`` asks for is all ones). The random draws come from a
+    seed drawn from the ``generator`` passed in (albumentations' own generators and,
+    for ``usaugment``, NumPy's global state, restored afterwards), so a seed fixes
+    every augmentation. An image the transforms turn non-finite (``usaugment``'s
+    bilateral filter, about 1 in 300) is kept unaugmented.
+
+    Parameters
+    ----------
+    p : float
+        Probability of each transform.
+    downscale : tuple of float
+        Range of the resolution-loss factor.
+    speckle_reduction : bool
+        Include ``usaugment``'s bilateral filter (the slowest transform).
+    """
+
+    p: float = 0.3
+    downscale: tuple[float, float] = (0.5, 0.9)
+    speckle_reduction: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.p <= 1:
+            raise ConfigError("us_augment", f"p must be in [0, 1], got {self.p}")
+        self._compose = None
+
+    def compose(self):
+        """The albumentations pipeline (built on first use)."""
+        if self._compose is None:
+            import albumentations as A
+            from usaugment.albumentations import (
+                DepthAttenuation,
+                GaussianShadow,
+                HazeArtifact,
+                SpeckleReduction,
+            )
+
+            p = self.p
+            steps = [DepthAttenuation(p=p), GaussianShadow(p=p), HazeArtifact(p=p)]
+            if self.speckle_reduction:
+                steps.append(SpeckleReduction(p=p))
+            steps += [
+                A.RandomBrightnessContrast(0.15, 0.15, p=p),
+                A.MultiplicativeNoise((0.85, 1.15), per_channel=False, elementwise=True, p=p),
+                A.Downscale(scale_range=self.downscale, p=p),
+            ]
+            self._compose = A.Compose(steps, additional_targets={"scan_mask": "mask"}, seed=0)
+        return self._compose
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Augment ``x`` of shape ``(N, 1, H, W)`` in [0, 1]; same shape and dtype."""
+        import random
+        import warnings
+
+        import torch
+
+        comp = self.compose()
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        comp.set_random_seed(seed)
+        np_state, py_state = np.random.get_state(), random.getstate()  # noqa: NPY002
+        np.random.seed(seed)  # noqa: NPY002  (usaugment draws from NumPy's global state)
+        random.seed(seed)
+        try:
+            a = x.detach().cpu().numpy().astype(np.float32)
+            scan = np.ones(a.shape[2:], np.uint8)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                out = np.stack(
+                    [comp(image=img[0], scan_mask=scan)["image"].astype(np.float32) for img in a]
+                )
+        finally:
+            np.random.set_state(np_state)  # noqa: NPY002
+            random.setstate(py_state)
+        # usaugment's bilateral filter (scikit-image) returns NaN on about 1 image in 300:
+        # such an image stays as it came in
+        bad = ~np.isfinite(out).all(axis=(1, 2))
+        out[bad] = a[bad, 0]
+        return torch.from_numpy(np.clip(out, 0, 1)[:, None]).to(x)
+
+
+__all__ = ["ROI_MODES", "Augment", "Preprocessor", "UltrasoundAugment", "resize", "roi_box"]

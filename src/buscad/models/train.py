@@ -44,7 +44,7 @@ from buscad.errors import BuscadError, ConfigError, ManifestError
 from buscad.evaluate.delong import roc_auc
 from buscad.models import checkpoint as ckpt
 from buscad.models.heads import BuscadClassifier
-from buscad.models.preprocess import Augment, Preprocessor
+from buscad.models.preprocess import Augment, Preprocessor, UltrasoundAugment
 from buscad.models.registry import create_backbone, get_spec
 from buscad.progress import Progress, track
 from buscad.utils import atomic_write_table, stable_hash
@@ -62,6 +62,30 @@ class TrainConfig:
     epochs (loss, validation AUC, ETA) and batches, False hides them, None
     (default) shows them inside :func:`buscad.progress.reporting` (the command
     line, a study) only.
+
+    The transfer recipe (every option off by default, and an option left off
+    leaves the run, its hash and its results exactly as before):
+
+    ``layer_decay``
+        Layer-wise learning-rate decay: the head trains at ``lr``, the backbone's
+        stage at depth ``d`` from the head at ``lr * layer_decay ** d`` (the top
+        stage ``d = 1`` ... the stem). Stages of a timm backbone come from timm's
+        ``group_matcher(coarse=True)`` (:func:`timm.models.group_parameters`),
+        others from the trunk's parameterised children (:func:`layer_groups`).
+        None (or 1) is off.
+    ``mixup``
+        Mixup's Beta(alpha, alpha) parameter
+        (:class:`torchvision.transforms.v2.MixUp`): each batch is mixed with itself
+        rolled by one and the labels become the mixed one-hot vectors. 0 is off.
+    ``us_augment``
+        Ultrasound augmentations of the ``usaugment`` package plus gain, speckle
+        and resolution loss (:class:`buscad.models.preprocess.UltrasoundAugment`),
+        on the training crops only, before :class:`Augment`.
+    ``balance_by``
+        A manifest column (e.g. ``cohort``): every epoch draws its
+        ``len(train)`` samples with replacement, with weights that give each
+        (column value x class) cell the same mass (:func:`balanced_weights`);
+        the loss's class weights are then off (the sampling already balances).
     """
 
     backbone: str = "efficientnet_lite0"
@@ -89,6 +113,33 @@ class TrainConfig:
     max_steps: int | None = None
     num_threads: int | None = None
     progress: bool | None = None
+    layer_decay: float | None = None
+    mixup: float = 0.0
+    us_augment: bool = False
+    balance_by: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise ConfigError(
+                "layer_decay", f"must be in (0, 1] (None: off), got {self.layer_decay}"
+            )
+        if not 0 <= self.mixup <= 10:
+            raise ConfigError("mixup", f"alpha must be in [0, 10] (0: off), got {self.mixup}")
+        if self.balance_by is not None and not str(self.balance_by).strip():
+            raise ConfigError("balance_by", "give a manifest column name (None: off)")
+
+    def identity(self) -> dict:
+        """The settings that define the run (hashes, provenance of a study's stages).
+
+        The recipe options (``layer_decay``, ``mixup``, ``us_augment``,
+        ``balance_by``) appear only when switched on, so runs and caches made
+        before they existed keep their hashes.
+        """
+        d = asdict(self)
+        for k, off in RECIPE_OFF.items():
+            if d[k] == off or (k == "layer_decay" and d[k] == 1.0):
+                del d[k]
+        return d
 
     def preprocessor(self) -> Preprocessor:
         """The preprocessing for this backbone and these settings."""
@@ -100,6 +151,15 @@ class TrainConfig:
             mean=spec.mean,
             std=spec.std,
         )
+
+
+#: The recipe options and their "off" values (see :meth:`TrainConfig.identity`).
+RECIPE_OFF: dict[str, object] = {
+    "layer_decay": None,
+    "mixup": 0.0,
+    "us_augment": False,
+    "balance_by": None,
+}
 
 
 @dataclass
@@ -281,6 +341,86 @@ def _lr_lambda(total: int, warmup: int, min_ratio: float):
     return f
 
 
+# ------------------------------------------------------------ recipe helpers
+def layer_groups(backbone: nn.Module) -> list[list[str]]:
+    """The backbone's parameter names by stage, from the stem (first) to the top (last).
+
+    A timm model's stages are its ``group_matcher(coarse=True)`` groups (grouped by
+    :func:`timm.models.group_parameters`: stem, each block stage, the head
+    convolution); any other trunk's are its parameterised children in order of
+    registration, a single parameterised child (``features``) being opened into
+    its children.
+    """
+    if hasattr(backbone, "group_matcher"):
+        from timm.models import group_parameters
+
+        grouped = group_parameters(backbone, backbone.group_matcher(coarse=True))
+        return [list(v) for _, v in sorted(grouped.items(), key=lambda kv: kv[0])]
+    prefix, module = "", backbone
+    while True:
+        kids = [(n, m) for n, m in module.named_children() if any(True for _ in m.parameters())]
+        if len(kids) != 1 or not list(kids[0][1].children()):
+            break
+        prefix, module = f"{prefix}{kids[0][0]}.", kids[0][1]
+    own = [f"{prefix}{p}" for p, _ in module.named_parameters(recurse=False)]
+    stages = [[f"{prefix}{n}.{p}" for p, _ in m.named_parameters()] for n, m in kids]
+    return [own, *stages] if own else stages
+
+
+def layer_decay_param_groups(
+    model: BuscadClassifier, lr: float, weight_decay: float, decay: float
+) -> list[dict]:
+    """AdamW parameter groups with layer-wise learning-rate decay.
+
+    The head gets ``lr``; the backbone stage at depth ``d`` from the head (the top
+    stage ``d = 1``, the stem ``d = len(stages)``) gets ``lr * decay ** d``. Each
+    group also carries ``lr_scale`` (``decay ** d``) and ``depth``.
+    """
+    stages = layer_groups(model.backbone)
+    params = dict(model.backbone.named_parameters())
+    groups = [
+        {
+            "params": [p for p in model.head.parameters() if p.requires_grad],
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "lr_scale": 1.0,
+            "depth": 0,
+        }
+    ]
+    seen: set[str] = set()
+    for depth, names in enumerate(reversed(stages), start=1):
+        ps = [params[n] for n in names if n in params and params[n].requires_grad]
+        seen.update(names)
+        if ps:
+            scale = decay**depth
+            groups.append(
+                {
+                    "params": ps,
+                    "lr": lr * scale,
+                    "weight_decay": weight_decay,
+                    "lr_scale": scale,
+                    "depth": depth,
+                }
+            )
+    rest = [p for n, p in params.items() if n not in seen and p.requires_grad]
+    if rest:  # parameters no stage claims train with the top stage
+        groups[min(1, len(groups) - 1)]["params"].extend(rest)
+    return groups
+
+
+def balanced_weights(groups: Sequence[object], y: np.ndarray) -> np.ndarray:
+    """Sampling weights giving every (group x class) cell the same total mass.
+
+    ``w_i = 1 / (K * n_cell(i))`` with ``K`` non-empty cells, so the weights sum to 1
+    and each cell's sum is ``1 / K``. Missing group values form their own group.
+    """
+    g = pd.Series(list(groups), dtype=object).fillna("<missing>").astype(str).to_numpy()
+    cell = pd.Series([f"{a}\x00{b}" for a, b in zip(g, np.asarray(y), strict=True)])
+    counts = cell.map(cell.value_counts()).to_numpy(dtype=float)
+    k = cell.nunique()
+    return 1.0 / (k * counts)
+
+
 # --------------------------------------------------------------------- training
 def train_model(
     manifest: Manifest,
@@ -332,6 +472,16 @@ def train_model(
     ytr, yva = y_all[tr], y_all[va]
     if len(np.unique(ytr)) < 2:
         raise ManifestError(manifest.source, "training rows need both benign and malignant cases")
+    sample_w: torch.Tensor | None = None
+    if config.balance_by:
+        if config.balance_by not in manifest.df.columns:
+            raise ManifestError(
+                manifest.source,
+                f"balance_by: no column {config.balance_by!r} "
+                f"(columns: {', '.join(map(str, manifest.df.columns))})",
+            )
+        cells = manifest.df[config.balance_by].to_numpy()[keep][tr]
+        sample_w = torch.as_tensor(balanced_weights(cells, ytr), dtype=torch.float64)
 
     dev = resolve_device(config.device)
     if world > 1 and dev.type == "cuda":
@@ -356,7 +506,14 @@ def train_model(
             model, device_ids=[local_rank] if dev.type == "cuda" else None
         )
     per_rank = max(1, config.batch_size // world)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if config.layer_decay is not None and config.layer_decay < 1:
+        opt = torch.optim.AdamW(
+            layer_decay_param_groups(model, config.lr, config.weight_decay, config.layer_decay),
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+        )
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(tr) / config.batch_size)
     total = steps_per_epoch * config.epochs
     if config.max_steps:
@@ -368,14 +525,20 @@ def train_model(
     counts = np.bincount(ytr, minlength=2).astype(float)
     weight = (
         torch.tensor(len(ytr) / (2 * counts), dtype=torch.float32, device=dev)
-        if config.class_balanced
+        if config.class_balanced and sample_w is None  # balanced sampling replaces the weights
         else None
     )
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     aug = Augment() if config.augment else None
+    us_aug = UltrasoundAugment() if config.us_augment else None
+    mixup = None
+    if config.mixup > 0:
+        from torchvision.transforms.v2 import MixUp
+
+        mixup = MixUp(alpha=config.mixup, num_classes=2)
     gen = torch.Generator().manual_seed(config.seed)
-    cfg_hash = stable_hash({**asdict(config), "progress": None, "n_train": len(tr)})
+    cfg_hash = stable_hash({**config.identity(), "progress": None, "n_train": len(tr)})
     out = Path(out_dir) if out_dir is not None else None
 
     history: list[dict] = []
@@ -413,7 +576,10 @@ def train_model(
             break
         model.train()
         t0 = time.perf_counter()
-        perm = torch.randperm(len(tr), generator=gen).numpy()
+        if sample_w is not None:  # (balance_by column x class)-balanced draw, with replacement
+            perm = torch.multinomial(sample_w, len(tr), replacement=True, generator=gen).numpy()
+        else:
+            perm = torch.randperm(len(tr), generator=gen).numpy()
         if world > 1:  # this rank's share of every global batch (same perm on every rank)
             from torch.utils.data import DistributedSampler
 
@@ -434,10 +600,15 @@ def train_model(
             if len(idx) < 2 and len(tr) >= 2:
                 continue  # BatchNorm needs 2+ samples
             x = pre.to_tensor(crops[idx])
+            if us_aug is not None:
+                x = us_aug(x, gen)
             if aug is not None:
                 x = aug(x, gen)
+            yb = torch.as_tensor(y_all[idx], dtype=torch.long)
+            if mixup is not None:  # soft targets: the mixed one-hot labels
+                x, yb = mixup(x, yb)
             x = pre.normalise(x).to(dev, non_blocking=True)
-            yb = torch.as_tensor(y_all[idx], dtype=torch.long, device=dev)
+            yb = yb.to(dev)
             with torch.autocast(dev.type, dtype=torch.float16, enabled=use_amp):
                 loss = loss_fn(net(x).float(), yb)
             opt.zero_grad(set_to_none=True)
@@ -568,8 +739,12 @@ def parse_backbones(text: str) -> list[str]:
 
 
 __all__ = [
+    "RECIPE_OFF",
     "TrainConfig",
     "TrainResult",
+    "balanced_weights",
+    "layer_decay_param_groups",
+    "layer_groups",
     "load_crops",
     "predict_crops",
     "predict_scores",

@@ -190,6 +190,11 @@ def _columns(cfg: StudyConfig, res: CheckResult) -> None:
 
     if not res.cohorts:
         return  # no manifest could be read: their columns are unknown
+    bal = cfg.deep.balance_by
+    if bal and bal != "cohort":  # the study adds `cohort` itself
+        dev = [c for c in res.cohorts if c.role == "development"]
+        if any(bal not in c.columns for c in dev):
+            res.errors.append(f"deep.balance_by: {_absent(bal, res)}")
     cl = cfg.clinical
     explicit = cl.model_fields_set
     for key, cols, used in (

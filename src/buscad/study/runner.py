@@ -120,13 +120,17 @@ def _train_config(cfg: StudyConfig, backbone: str, seed: int):
         margin=d.margin,
         input_size=d.input_size,
         seed=seed,
+        layer_decay=d.layer_decay,
+        mixup=d.mixup,
+        us_augment=d.us_augment,
+        balance_by=d.balance_by,
     )
 
 
 def _train_cfg_dict(tc) -> dict:
-    from dataclasses import asdict
-
-    return {k: v for k, v in asdict(tc).items() if k not in ("progress", "device", "num_threads")}
+    return {
+        k: v for k, v in tc.identity().items() if k not in ("progress", "device", "num_threads")
+    }
 
 
 # ============================================================== the runner
