@@ -73,76 +73,62 @@ class UploadForm:
     auto_outline: bool = True
 
 
-UPLOAD_SCHEMA = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["image"],
-                    "properties": {
-                        "image": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "PNG, JPEG, BMP, TIFF or DICOM (type checked by content)",
-                        },
-                        "mask": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "Optional binary lesion mask (PNG/BMP/TIFF, image size)",
-                        },
-                        "box": {
-                            "type": "string",
-                            "description": "Optional lesion box 'x0,y0,x1,y1' in image pixels",
-                            "example": "40,50,140,130",
-                        },
-                        "clinical": {
-                            "type": "string",
-                            "description": 'Optional JSON object of clinical inputs, e.g. {"age": 54}',
-                        },
-                        "heatmap": {
-                            "type": "boolean",
-                            "default": True,
-                            "description": "Compute the Grad-CAM heatmap",
-                        },
-                        "outline_token": {
-                            "type": "string",
-                            "description": "The outline_token of POST /api/outline when the mask "
-                            "sent is that outline, accepted by the user (recorded as such)",
-                        },
-                        "auto_outline": {
-                            "type": "boolean",
-                            "default": True,
-                            "description": "Let the bundle's segmenter outline the lesion when "
-                            "no mask is given; false reads the box or the whole image as drawn",
-                        },
-                    },
-                }
-            }
-        },
-    }
+#: The multipart form fields of the upload routes (OpenAPI properties).
+UPLOAD_FIELDS: dict[str, dict[str, Any]] = {
+    "image": {
+        "type": "string",
+        "format": "binary",
+        "description": "PNG, JPEG, BMP, TIFF or DICOM (type checked by content)",
+    },
+    "mask": {
+        "type": "string",
+        "format": "binary",
+        "description": "Optional binary lesion mask (PNG/BMP/TIFF, image size)",
+    },
+    "box": {
+        "type": "string",
+        "description": "Optional lesion box 'x0,y0,x1,y1' in image pixels",
+        "example": "40,50,140,130",
+    },
+    "clinical": {
+        "type": "string",
+        "description": 'Optional JSON object of clinical inputs, e.g. {"age": 54}',
+    },
+    "heatmap": {
+        "type": "boolean",
+        "default": True,
+        "description": "Compute the Grad-CAM heatmap",
+    },
+    "outline_token": {
+        "type": "string",
+        "description": "The outline_token of POST /api/outline when the mask "
+        "sent is that outline, accepted by the user (recorded as such)",
+    },
+    "auto_outline": {
+        "type": "boolean",
+        "default": True,
+        "description": "Let the bundle's segmenter outline the lesion when "
+        "no mask is given; false reads the box or the whole image as drawn",
+    },
 }
 
-OUTLINE_SCHEMA = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["image"],
-                    "properties": {
-                        k: UPLOAD_SCHEMA["requestBody"]["content"]["multipart/form-data"]["schema"][
-                            "properties"
-                        ][k]
-                        for k in ("image", "box")
-                    },
+
+def _multipart(fields: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The OpenAPI ``requestBody`` of a multipart upload with these fields (``image`` required)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"type": "object", "required": ["image"], "properties": fields}
                 }
-            }
-        },
+            },
+        }
     }
-}
+
+
+UPLOAD_SCHEMA = _multipart(UPLOAD_FIELDS)
+OUTLINE_SCHEMA = _multipart({k: UPLOAD_FIELDS[k] for k in ("image", "box")})
 
 
 def _flag(fields: dict[str, str], name: str, default: bool = True) -> bool:
