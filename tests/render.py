@@ -4,14 +4,18 @@ Reports are opened in Debian's ``/usr/bin/chromium`` through Playwright at 1123 
 landscape at 96 dpi) on screen and at the printable width in print, printed to PDF and
 screenshotted; :data:`OVERFLOW_JS` lists every table, image, figure or text block whose
 right edge is beyond the page, and :data:`RAW_SYNTAX` finds Python dict/list syntax or
-escaped newlines in the visible text.
+escaped newlines in the visible text. :func:`live_server` serves an app on a free local
+port for the pages a browser test opens.
 """
 
 from __future__ import annotations
 
 import io
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 CHROMIUM = Path("/usr/bin/chromium")
 #: A4 landscape at 96 dpi: 297 mm wide; printable width with the stylesheet's 10 mm margins.
@@ -74,3 +78,29 @@ def check_page(browser, html: Path, pdf_to: Path, shot_to: Path | None = None) -
             assert pdf.startswith(b"%PDF") and len(pdf) > 10_000
             pdf_to.write_bytes(pdf)
         page.close()
+
+
+@contextmanager
+def live_server(app: Any) -> Iterator[str]:
+    """Serve an ASGI app with uvicorn on a free 127.0.0.1 port in a thread; yields its base URL."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    th = threading.Thread(target=srv.run, daemon=True)
+    th.start()
+    deadline = time.monotonic() + 20
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert srv.started, "uvicorn did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        th.join(10)

@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+from tests.render import live_server
 
 from buscad.data.phantom import generate_cohort
 from buscad.reader.store import ReaderStudy
@@ -87,8 +85,6 @@ def cohort(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def server(cohort, tmp_path_factory: pytest.TempPathFactory):
-    import uvicorn
-
     db = tmp_path_factory.mktemp("e2e_db") / "study.sqlite"
     st = ReaderStudy.create(db, cohort.source, washout_days=0, seed=4)
     st.add_reader("R07")
@@ -101,20 +97,9 @@ def server(cohort, tmp_path_factory: pytest.TempPathFactory):
     else:
         predictor = ContrastPredictor()
     app = create_app(predictor, study_db=db, open_case_screen=True)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    deadline = time.monotonic() + 20
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "uvicorn did not start"
-    _TOKENS.update(tokens)
-    yield f"http://127.0.0.1:{port}", predictor
-    srv.should_exit = True
-    th.join(10)
+    with live_server(app) as url:
+        _TOKENS.update(tokens)
+        yield url, predictor
 
 
 @pytest.fixture(scope="module")

@@ -353,26 +353,10 @@ def test_round2_shows_the_region_read_round1_does_not(bundle, phantoms, tmp_path
 # ------------------------------------------------------------------ the page, in Chromium
 @pytest.fixture(scope="module")
 def server(bundle):
-    import socket
-    import threading
-    import time
+    from tests.render import live_server
 
-    import uvicorn
-
-    app = create_app(bundle)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    deadline = time.monotonic() + 20
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    th.join(10)
+    with live_server(create_app(bundle)) as url:
+        yield url
 
 
 def test_app_outlines_on_open_accept_and_analyse(browser, server, client, tmp_path):
