@@ -13,9 +13,10 @@ of the raw values, ``A`` the Mann-Whitney AUC).
 
 With ``--annotation-sample N`` it also lists N images flagged as carrying burned-in
 annotations, drawn at random (seed 0) from BUSI, for a check by eye; the verdicts go
-in ``benchmarks/results/audit_annotation_check.csv`` (columns ``image_id, verdict``:
-``marks`` when calipers or text are visible, ``none`` otherwise) and the precision
-``marks / N`` is added to the JSON when that file exists.
+in ``benchmarks/results/audit_annotation_check.csv`` (columns ``image_id, verdict, seen``:
+``marks`` when calipers or text are visible, ``none`` otherwise; ``seen`` says what) and
+the precision ``marks / N`` is added to the JSON when that file exists. The verdicts in
+the repository were given by eye on the images at full size.
 
 Data: BUSI (Al-Dhabyani W et al., Data in Brief 28:104863, 2020; CC0) and
 BrEaST-Lesions_USG (Pawlowska A et al., Sci Data 11:148, 2024; TCIA DOI
