@@ -4,9 +4,12 @@ A *claim* is a number in the prose of ``README.md``, ``docs/*.md`` or the
 ``[Unreleased]`` section of ``CHANGELOG.md`` (released sections are history and are
 not checked):
 
+* an estimate with its interval (``0.878 [0.855–0.901]``);
 * a decimal number (``0.878``, ``7.0``, ``1.17x``);
 * a percentage (``12%``, ``12 %``);
 * a fraction of integers (``40/40``).
+
+Plain integers (counts, sizes, seconds) are not checked: too many of them are settings.
 
 Not claims: text inside fenced, indented or inline code (commands, config values,
 file names), link targets, version numbers (``2.13.0``, ``Python 3.11``), citations
@@ -20,11 +23,16 @@ A claim is *held* when a number in some file of ``benchmarks/results/`` (every
 numeric value of the JSON files, every number in the CSV and Markdown files)
 rounds to it at the claim's printed precision (``0.878`` is held by
 ``0.87812``; a percentage ``12%`` by ``12.3`` or ``0.123``; a fraction ``a/b`` when
-both ``a`` and ``b`` are held). When the paragraph of a claim names results files
-(``deep_cv.json``, ``results/external.md``), only those files may hold it.
+both ``a`` and ``b`` are held; an interval when one record, i.e. one JSON object with
+its lists, one CSV row or one Markdown line, holds all three numbers). When the
+paragraph (a blank-line block or one list item) of a claim names results files
+(``deep_cv.json``, ``results/external.{json,md}``), only those files may hold it. A
+number printed to three or more decimals (an AUC, a p-value) must be in such a
+paragraph: big files hold almost every 3-decimal AUC somewhere, so only a named file
+makes the check mean something.
 
 Run ``make claims`` (or ``python -m pytest tests/test_claims.py``); the test lists
-every claim that no results file holds, with its file, line and context.
+every claim that fails, with its file, line, context and reason.
 """
 
 from __future__ import annotations
