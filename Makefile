@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.buscad-installed
 
-.PHONY: demo test lint format install clean bench
+.PHONY: demo test lint format install clean bench claims
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ demo: $(STAMP)
 # Both cores: one worker per core, each test file on one worker (its module fixtures run once).
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
+
+# Every number of README.md, docs/ and the CHANGELOG's [Unreleased] section must be held by a
+# file in benchmarks/results/ (rules: tests/claims.py); lists each one that is not.
+claims: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_claims.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -4,19 +4,32 @@ Data: BUSI (Al-Dhabyani et al., Data in Brief 28:104863, 2020) benign + malignan
 (647 images) and BrEaST-Lesions_USG (Pawlowska et al., Sci Data 11:148, 2024)
 benign + malignant (252 images), read from ``../shared/data`` (never copied).
 
-Folds: either ``--manifest M`` whose ``fold`` column (0-4) or ``split`` column
-(``fold0`` .. ``fold4``, as ``buscad data split`` writes) defines them, or built
-here: groups = patient (BrEaST: one per case; BUSI has no ids) united with a
-near-duplicate proxy (lesion-box crops at 16x16 px whose Pearson correlation is
->= 0.95, mask-box aspect ratios within 15%, linked transitively), then
-``StratifiedGroupKFold(5, shuffle=True, random_state=0)``.
+Folds, one of:
 
-Models (sized to a shared 2-core CPU, where a full fine-tune of efficientnet_lite0
-costs ~50 s per batch of 32 under load, because PyTorch's CPU backward of
-depthwise convolutions is slow):
+- ``--audited-folds``: the audited folds (:func:`audited_folds`): ``buscad data
+  import`` of both datasets, their benign/malignant rows pooled and audited
+  (:func:`buscad.data.audit.run.run_audit`, seed 0), then ``buscad data split
+  --method kfold --k 5 --seed 0`` (:func:`buscad.data.splits.assign_splits`:
+  patient united with the audit's near-duplicate groups, stratified by label);
+  ``--folds-only`` writes them and stops;
+- ``--manifest M`` whose ``fold`` column (0-4) or ``split`` column (``fold0`` ..
+  ``fold4``, as ``buscad data split`` writes) defines them;
+- otherwise built here: groups = patient (BrEaST: one per case; BUSI has no ids)
+  united with a near-duplicate proxy (lesion-box crops at 16x16 px whose Pearson
+  correlation is >= 0.95, mask-box aspect ratios within 15%, linked
+  transitively), then ``StratifiedGroupKFold(5, shuffle=True, random_state=0)``.
 
-- ``efficientnet_lite0``: genuine ImageNet weights (the package file), *partial*
-  fine-tuning: stem + blocks 0-5 frozen (their outputs for the ROI crop and its
+The folds used are written to ``--folds-out`` (``benchmarks/results/deep_cv_folds.csv``:
+``image_id, cohort, label, fold``; file names only, no pixels) and their SHA-256 goes
+in the JSON, with the command line and each model's fine-tuning mode
+(``fine_tuning``), so a results file says what was run.
+
+Models (the default is sized to a shared 2-core CPU, where a full fine-tune of
+efficientnet_lite0 costs ~50 s per batch of 32 under load, because PyTorch's CPU
+backward of depthwise convolutions is slow; ``--full`` trains every layer):
+
+- ``efficientnet_lite0``: genuine ImageNet weights (the package file), by default
+  *partial* fine-tuning: stem + blocks 0-5 frozen (their outputs for the ROI crop and its
   flip cached once, shared by the folds), blocks 5-6 + conv_head + the studies'
   head trained (:func:`train_partial`); 224 px ROI crops (mask box + 10%).
 - ``rcdnet``: from scratch with the generic trainer
@@ -30,16 +43,19 @@ threshold. Resumable: each (model, fold) is skipped when its predictions exist;
 the trainer resumes mid-fold from its ``last.*`` state. The JSON is rewritten
 after every fold (``"complete": false`` until all folds of all models ran).
 
-Example::
+Example (the command of ``results/deep_cv.json``'s protocol: every layer fine-tuned,
+224 px, audited folds)::
 
-    nice -n 10 python benchmarks/deep_cv.py --threads 2 \
-        --work /tmp/buscad_deep_cv --out benchmarks/results/deep_cv.json
+    nice -n 10 python benchmarks/deep_cv.py --threads 2 --full --input-size 224 \
+        --audited-folds --work /tmp/buscad_deep_cv --out benchmarks/results/deep_cv.json
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -175,6 +191,50 @@ def make_folds(m: Manifest, seed: int = 0) -> np.ndarray:
     return folds
 
 
+def audited_folds(data: Path, work: Path, seed: int = 0) -> Manifest:
+    """The audited folds: import, pool, audit and split BUSI + BrEaST lesions (see module doc).
+
+    Returns the pooled benign/malignant rows with a ``fold`` column (0-4); the
+    imports, the audit's tables and ``folds.csv`` stay in ``work / "audited"``.
+    """
+    from buscad.data.audit.run import run_audit
+    from buscad.data.importers.registry import import_dataset
+    from buscad.data.manifest import concat
+    from buscad.data.splits import assign_splits
+
+    folder = work / "audited"
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = {
+        "BUSI": ("busi", data / "BUSI" / "Dataset_BUSI_with_GT"),
+        "BrEaST": ("breast-lesions-usg", data / "BrEaST-Lesions_USG"),
+    }
+    mans = []
+    for name, (fmt, src) in sources.items():
+        if not src.is_dir():
+            raise SystemExit(f"{src}: dataset not found (see ../shared/data/README.md)")
+        path = folder / f"{name.lower()}.csv"
+        import_dataset(fmt, src, path, progress=False)
+        mans.append(Manifest.load(path).lesions().with_columns(cohort=name))
+    pooled = concat(mans, root=folder)
+    res = run_audit(pooled, folder / "audit", seed=seed, cache_dir=work / "cache", report=False)
+    split = assign_splits(res.manifest, method="kfold", k=5, seed=seed)
+    folds = split.df["split"].astype(str).str[4:].astype(int).to_numpy()
+    out = res.manifest.with_columns(fold=folds)
+    out.save(folder / "folds.csv")
+    return out
+
+
+def folds_table(m: Manifest) -> pd.DataFrame:
+    """``image_id, cohort, label, fold`` of every row (what ``--folds-out`` holds)."""
+    cols = [c for c in ("image_id", "cohort", "label", "fold") if c in m.df.columns]
+    return m.df[cols].reset_index(drop=True)
+
+
+def table_sha256(t: pd.DataFrame) -> str:
+    """SHA-256 of a table's CSV text (``index=False``, ``\\n`` line ends)."""
+    return hashlib.sha256(t.to_csv(index=False, lineterminator="\n").encode()).hexdigest()
+
+
 def summarise(y: np.ndarray, s: np.ndarray, thr: float | None = None) -> dict:
     a = auc_ci(y, s)
     out = {"n": len(y), "n_malignant": int(y.sum()), "auc": a.auc, "auc_ci": [a.lo, a.hi]}
@@ -212,6 +272,17 @@ def main() -> None:
     ap.add_argument(
         "--input-size", type=int, default=None, help="Override every model's input size."
     )
+    ap.add_argument(
+        "--audited-folds",
+        action="store_true",
+        help="Build the audited folds (import, pooled audit, buscad data split kfold, seed 0).",
+    )
+    ap.add_argument(
+        "--folds-only", action="store_true", help="Write the folds to --folds-out and stop."
+    )
+    ap.add_argument(
+        "--folds-out", type=Path, default=REPO / "benchmarks" / "results" / "deep_cv_folds.csv"
+    )
     args = ap.parse_args()
     if args.full:
         PARTIAL.clear()
@@ -223,7 +294,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     man_file = args.work / "manifest.csv"
-    if args.manifest:
+    if args.audited_folds:
+        m = audited_folds(args.data, args.work)
+        folds = m.df["fold"].to_numpy()
+    elif args.manifest:
         m = Manifest.load(args.manifest).lesions()
         folds = make_folds(m)
         m = m.with_columns(fold=folds)
@@ -237,6 +311,11 @@ def main() -> None:
         m = m.with_columns(fold=folds)
         m.save(man_file)
         print(f"manifest + grouped folds built in {time.time() - t:.0f} s", flush=True)
+    table = folds_table(m)
+    atomic_write_table(table, args.folds_out)
+    print(f"folds: {np.bincount(folds).tolist()} rows -> {args.folds_out}", flush=True)
+    if args.folds_only:
+        return
     y = m.y
     models = [s.strip() for s in args.models.split(",") if s.strip()]
     fold_list = [int(f) for f in args.folds.split(",")]
@@ -251,10 +330,26 @@ def main() -> None:
             "Al-Dhabyani et al., Data in Brief 28:104863 (2020)",
             "Pawlowska et al., Sci Data 11:148 (2024)",
         ],
-        "folds_from": str(args.manifest)
+        "command": " ".join(["benchmarks/deep_cv.py", *sys.argv[1:]]),
+        "folds_from": "audited folds (import, pooled audit, buscad data split kfold, seed 0)"
+        if args.audited_folds
+        else str(args.manifest)
         if args.manifest
         else "near-duplicate proxy + patient groups",
+        "folds_file": str(args.folds_out.relative_to(REPO))
+        if args.folds_out.is_relative_to(REPO)
+        else str(args.folds_out),
+        "folds_sha256": table_sha256(table),
         "fold_sizes": np.bincount(folds).tolist(),
+        "fine_tuning": {
+            name: (
+                f"partial: blocks[{PARTIAL[name]}:] + conv_head + head trained, "
+                "earlier layers frozen ImageNet"
+                if name in PARTIAL
+                else "full: every layer trained"
+            )
+            for name in models
+        },
         "models": {},
     }
     for name in models:

@@ -39,18 +39,23 @@ def messy_phantoms(tmp_path_factory: pytest.TempPathFactory) -> Manifest:
 
 @pytest.fixture(scope="module")
 def browser():
-    """Headless Chromium (``/usr/bin/chromium``) through Playwright; skips when either is missing."""
-    from tests.render import CHROMIUM
+    """Headless Chromium (``/usr/bin/chromium``) through Playwright.
 
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="Playwright is not installed (pip install playwright)"
+    Skips when either is missing, or fails under ``CI=true`` (:mod:`tests.required`).
+    """
+    from tests.render import CHROMIUM, CHROMIUM_ARGS
+    from tests.required import missing, require_module
+
+    sync_api = require_module(
+        "playwright.sync_api", "Playwright is not installed (pip install playwright)"
     )
     if not CHROMIUM.exists():
-        pytest.skip(f"headless Chromium not available: {CHROMIUM} is missing")
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(
-            executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox", "--disable-gpu"]
+        missing(
+            f"headless Chromium not available: {CHROMIUM} is missing "
+            "(apt-get install chromium; .ci/run does)"
         )
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield b
         b.close()
 

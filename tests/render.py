@@ -18,6 +18,17 @@ from pathlib import Path
 from typing import Any
 
 CHROMIUM = Path("/usr/bin/chromium")
+#: Headless, and nothing that reaches the network on its own.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 #: A4 landscape at 96 dpi: 297 mm wide; printable width with the stylesheet's 10 mm margins.
 A4_LANDSCAPE_PX = 1123
 A4_PRINTABLE_PX = round((297 - 2 * 10) / 25.4 * 96)

@@ -7,12 +7,13 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from tests.required import require_module
 from tests.scale_fixtures import make_bundle, make_manifest
 from typer.testing import CliRunner
 
 from buscad.cli import app
 
-ray = pytest.importorskip("ray", reason='Ray is optional: pip install "buscad[ray]"')
+ray = require_module("ray", 'Ray is optional: pip install "buscad[ray]"', allow_module_level=True)
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,9 @@
 """End-to-end test of the web app in a real headless Chromium (Debian's package, via Playwright).
 
-Set-up: uses ``/usr/bin/chromium``; when it is absent and we run as root with
-apt-get, installs Debian's ``chromium`` package; otherwise the test is skipped
-with the reason. Playwright's own browser download is never used.
+Set-up: the ``browser`` fixture of ``tests/conftest.py`` (``/usr/bin/chromium``,
+Debian's package, which ``.ci/run`` installs when it is missing); without it the
+tests are skipped with the reason, or fail under ``CI=true``. Playwright's own
+browser download is never used.
 
 Screenshots of the main screens (phantom images only) go to
 ``$BUSCAD_SCREENSHOT_DIR`` when set (``docs/img`` for the README), else to a
@@ -17,8 +18,6 @@ instead of the test predictor (the README's screenshots use the bundle that
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import httpx
@@ -30,52 +29,8 @@ from buscad.reader.store import ReaderStudy
 from buscad.serve.app import create_app
 from serve_predictor import ContrastPredictor
 
-CHROMIUM = Path("/usr/bin/chromium")
 #: The study tokens of the module's server (the reader R07's and the organiser's).
 _TOKENS: dict[str, str] = {}
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def _ensure_chromium() -> Path:
-    if CHROMIUM.exists():
-        return CHROMIUM
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        pytest.skip(
-            "headless Chromium not available: /usr/bin/chromium is missing and installing "
-            "Debian's chromium package needs root and apt-get"
-        )
-    proc = subprocess.run(
-        ["apt-get", "install", "-y", "--no-install-recommends", "chromium"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-    )
-    if proc.returncode != 0 or not CHROMIUM.exists():
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        pytest.skip(f"could not install Debian's chromium package: {tail[0]}")
-    return CHROMIUM
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="Playwright is not installed (pip install playwright)"
-    )
-    exe = _ensure_chromium()
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(exe), args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
