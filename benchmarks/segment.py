@@ -23,9 +23,14 @@ and from the box-prompted outlines against BrEaST's radiologist (shape, margin;
 BrEaST has no orientation column). Speed: ONNX Runtime ms per image at 256 px
 with 2 threads (box-prompted pass, batch 1).
 
-Seeded; resumable: each (experiment, fold) writes ``metrics.json`` into
-``--work`` and is skipped when it exists; training resumes from its per-epoch
-checkpoint. ``--pilot`` runs one direction for ``--epochs`` epochs and writes a
+Seeded; resumable: each (experiment, fold) trains into
+``--work/<experiment>/<key>``, ``key`` = :func:`buscad.segment.train.training_key`
+(a hash of the network and training settings and of the training rows' pixels
+and labels); a finished ``segmenter.json`` there is reused only when its recorded
+key matches (a stale or foreign model is retrained, never read), and training
+resumes from its per-epoch checkpoint under the same rule. Descriptor kappas of
+the box-prompted outlines use the jittered box of the evaluation (±``jitter``
+per side, seeded), the box a user would draw, not the exact expert box. ``--pilot`` runs one direction for ``--epochs`` epochs and writes a
 JSON marked ``"pilot": true``.
 
 Example::
@@ -50,7 +55,7 @@ from buscad.data.manifest import Manifest
 from buscad.segment.base import SegConfig
 from buscad.segment.evaluate import evaluate_segmenter
 from buscad.segment.infer import Segmenter
-from buscad.segment.train import TrainConfig, load_items, train_segmenter
+from buscad.segment.train import TrainConfig, load_items, train_segmenter, training_key
 from buscad.utils import atomic_write_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,16 +108,30 @@ def pooled_folds(m: Manifest, seed: int = 0) -> np.ndarray:
     return folds
 
 
-def morphology_kappas(seg: Segmenter | None, items: list, ref: pd.DataFrame, seed: int) -> dict:
-    """Kappas of descriptors from expert masks (and box outlines when ``seg``) vs BrEaST."""
+def morphology_kappas(
+    seg: Segmenter | None, items: list, ref: pd.DataFrame, seed: int, jitter: float = 0.15
+) -> dict:
+    """Kappas of descriptors from expert masks (and box outlines when ``seg``) vs BrEaST.
+
+    The box outlines are prompted with the expert box jittered as in the evaluation
+    (each side ``U(-jitter, +jitter)`` of the box side, seeded): the deployed box.
+    """
     from buscad.segment.morphology import agreement, describe
 
     out: dict = {}
     sources = {"expert_mask": lambda it: it.mask}
     if seg is not None:
         from buscad.segment.base import mask_box
+        from buscad.segment.train import jitter_box
 
-        sources["box_outline"] = lambda it: seg.predict(it.gray, box=mask_box(it.mask)).mask
+        rng = np.random.default_rng(seed)
+        boxes = {
+            it.image_id: jitter_box(mask_box(it.mask), rng, jitter)  # type: ignore[arg-type]
+            for it in items
+            if it.mask.any()
+        }
+        sources["box_outline"] = lambda it: seg.predict(it.gray, box=boxes[it.image_id]).mask
+        out["box_jitter"] = jitter
     for name, get in sources.items():
         desc = pd.DataFrame(
             [
@@ -148,11 +167,26 @@ def onnx_speed(seg: Segmenter, work: Path, threads: int = 2, repeats: int = 50) 
     }
 
 
+def cached_segmenter(wd: Path, key: str) -> Segmenter | None:
+    """The finished segmenter in ``wd`` when its recorded training key is ``key``, else None.
+
+    A model of other settings or data (another key, or none recorded) is reported and
+    left to be retrained over.
+    """
+    if not (wd / "segmenter.json").is_file():
+        return None
+    seg = Segmenter.load(wd, backend="torch")
+    got = seg.spec.get("training", {}).get("key")
+    if got != key:
+        print(f"stale segmenter in {wd} (key {got} != {key}): retraining", flush=True)
+        return None
+    return seg
+
+
 def run_one(
     name: str, train_items: list, test_items: list, args: argparse.Namespace
 ) -> tuple[dict, Segmenter]:
-    """Train (resumable) and evaluate one split; cache its metrics."""
-    wd = Path(args.work) / name
+    """Train (resumable, keyed by settings and data) and evaluate one split; cache its metrics."""
     cfg = SegConfig(input_size=args.size)
     tcfg = TrainConfig(
         epochs=args.epochs,
@@ -162,9 +196,12 @@ def run_one(
         seed=args.seed,
         max_steps=args.max_steps,
     )
+    key = training_key(train_items, cfg, tcfg)
+    wd = Path(args.work) / name / key
     t0 = time.perf_counter()
-    if (wd / "segmenter.json").is_file():
-        seg = Segmenter.load(wd, backend="torch")
+    cached = cached_segmenter(wd, key)
+    if cached is not None:
+        seg = cached
         hist = seg.spec.get("training", {})
     else:
         seg, hist = train_segmenter(
@@ -175,6 +212,7 @@ def run_one(
     t0 = time.perf_counter()
     summary = evaluate_segmenter(seg, test_items, wd / "eval", seed=args.seed, n_boot=args.n_boot)
     res = {
+        "key": key,
         "n_train": len(train_items),
         "n_test": len(test_items),
         "train_seconds": t_train,
