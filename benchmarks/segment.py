@@ -15,13 +15,16 @@ Experiments:
   seeded ``KFold``.
 
 Per test set (:mod:`buscad.segment.evaluate`): box-prompted Dice / IoU / HD95 with
-each side of the expert box jittered by ±15 %; automatic found rate (candidate
-box IoU ≥ 0.5 with the expert box), false candidates per image, Dice where
-found; 95 % bootstrap CIs over images. Morphology: Cohen's kappa of the
-descriptors (:mod:`buscad.segment.morphology`, fixed rules) from the expert masks
-and from the box-prompted outlines against BrEaST's radiologist (shape, margin;
-BrEaST has no orientation column). Speed: ONNX Runtime ms per image at 256 px
-with 2 threads (box-prompted pass, batch 1).
+each side of the expert box jittered by ±15 % (an empty outline counts: Dice 0,
+HD95 = image diagonal, and a box miss); automatic found rate (candidate box IoU
+≥ 0.5 with the expert box), missed lesions, false candidates per image, Dice over
+all lesion images (misses count 0) and, beside it, Dice where found; 95 %
+bootstrap CIs over images. Baseline: the ellipse inscribed in the same jittered
+boxes (:mod:`buscad.segment.baseline`, no network), per test set. Morphology:
+Cohen's kappa of the descriptors (:mod:`buscad.segment.morphology`, fixed rules)
+from the expert masks and from the box-prompted outlines against BrEaST's
+radiologist (shape, margin; BrEaST has no orientation column). Speed: ONNX
+Runtime ms per image at 256 px with 2 threads (box-prompted pass, batch 1).
 
 Seeded; resumable: each (experiment, fold) trains into
 ``--work/<experiment>/<key>``, ``key`` = :func:`buscad.segment.train.training_key`
@@ -53,6 +56,7 @@ import pandas as pd
 import buscad._compat  # noqa: F401
 from buscad.data.manifest import Manifest
 from buscad.segment.base import SegConfig
+from buscad.segment.baseline import EllipseBaseline
 from buscad.segment.evaluate import evaluate_segmenter
 from buscad.segment.infer import Segmenter
 from buscad.segment.train import TrainConfig, load_items, train_segmenter, training_key
@@ -183,6 +187,13 @@ def cached_segmenter(wd: Path, key: str) -> Segmenter | None:
     return seg
 
 
+def ellipse_baseline(test_items: list, args: argparse.Namespace) -> dict:
+    """Box-prompted Dice / IoU / HD95 and misses of :class:`EllipseBaseline` on a test set."""
+    o = evaluate_segmenter(EllipseBaseline(), test_items, None, seed=args.seed, n_boot=args.n_boot)
+    keys = ("n_lesion_images", "box_dice", "box_iou", "box_hd95_px", "box_hd95_mm", "box_misses")
+    return {k: o["overall"][k] for k in keys if k in o["overall"]}
+
+
 def run_one(
     name: str, train_items: list, test_items: list, args: argparse.Namespace
 ) -> tuple[dict, Segmenter]:
@@ -220,6 +231,9 @@ def run_one(
         "epochs": hist.get("epochs_run"),
         "loss": hist.get("loss"),
         "metrics": summary,
+        # the box-ellipse baseline on the same jittered boxes (no network): what the
+        # box-prompted numbers must beat to show the network learned more than the box
+        "box_ellipse_baseline": ellipse_baseline(test_items, args),
     }
     atomic_write_json(wd / "metrics.json", res)
     return res, seg

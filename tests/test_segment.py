@@ -395,6 +395,58 @@ def test_training_does_not_resume_a_checkpoint_of_other_settings_or_data(
     assert any("resume key None" in s for s in logs), logs
 
 
+def _segment_benchmark():
+    """benchmarks/segment.py as a module."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "segment.py"
+    spec = importlib.util.spec_from_file_location("bench_segment", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_benchmark_reuses_a_segmenter_only_of_the_same_key(
+    trained, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """benchmarks/segment.py: a finished model of other settings or data is retrained over."""
+    bench = _segment_benchmark()
+    seg, _ = trained
+    folder = seg.save(tmp_path / "seg")
+    key = json.loads((folder / "segmenter.json").read_text())["training"]["key"]
+    assert len(key) == 16
+    assert bench.cached_segmenter(folder, key) is not None
+    assert bench.cached_segmenter(folder, "0" * 16) is None
+    assert f"stale segmenter in {folder} (key {key} != {'0' * 16}): retraining" in (
+        capsys.readouterr().out
+    )
+    assert bench.cached_segmenter(tmp_path / "none", key) is None
+
+
+def test_benchmark_kappas_prompt_the_jittered_box(data) -> None:
+    """Descriptor kappas of box outlines read the box a user would draw, not the exact one."""
+    import pandas as pd
+
+    bench = _segment_benchmark()
+    items = [it for it in data["test"] if it.mask.any()]
+    boxes: list = []
+
+    class Recorder:
+        def predict(self, gray: np.ndarray, box=None) -> SegResult:
+            boxes.append(tuple(box))
+            m = box_ellipse(box, gray.shape)
+            return SegResult(m, m.astype(np.float32), [], True, "box")
+
+    ref = pd.DataFrame({"shape": ["oval"] * len(items)}, index=[it.image_id for it in items])
+    out = bench.morphology_kappas(Recorder(), items, ref, seed=0)
+    assert out["box_jitter"] == 0.15 and "shape" in out["box_outline"]
+    exact = [mask_box(it.mask) for it in items]
+    assert len(boxes) == len(items) and all(b != e for b, e in zip(boxes, exact, strict=True))
+    for b, e in zip(boxes, exact, strict=True):
+        w, h = e[2] - e[0], e[3] - e[1]
+        assert np.abs(np.subtract(b, e)).max() <= 0.15 * max(w, h) + 1e-9
+
+
 # ------------------------------------------------------------------------------ evaluation
 
 
