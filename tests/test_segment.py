@@ -437,7 +437,8 @@ def test_benchmark_kappas_prompt_the_jittered_box(data) -> None:
             m = box_ellipse(box, gray.shape)
             return SegResult(m, m.astype(np.float32), [], True, "box")
 
-    ref = pd.DataFrame({"shape": ["oval"] * len(items)}, index=[it.image_id for it in items])
+    shapes = ["oval", "irregular"] * len(items)
+    ref = pd.DataFrame({"shape": shapes[: len(items)]}, index=[it.image_id for it in items])
     out = bench.morphology_kappas(Recorder(), items, ref, seed=0)
     assert out["box_jitter"] == 0.15 and "shape" in out["box_outline"]
     exact = [mask_box(it.mask) for it in items]
