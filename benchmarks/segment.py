@@ -40,6 +40,7 @@ Example::
 
     nice -n 10 python benchmarks/segment.py --threads 2 --work /tmp/buscad_segment \
         --out benchmarks/results/segment.json
+    python benchmarks/segment.py --baseline-only --out benchmarks/results/segment_ellipse.json
 """
 
 from __future__ import annotations
@@ -253,6 +254,11 @@ def main() -> None:
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pilot", action="store_true")
+    ap.add_argument(
+        "--baseline-only",
+        action="store_true",
+        help="Only the box-ellipse baseline on each cohort (no training), written to --out.",
+    )
     args = ap.parse_args()
     import torch
 
@@ -275,6 +281,16 @@ def main() -> None:
     busi = [it for it in items if cohort[it.image_id] == "BUSI"]
     breast = [it for it in items if cohort[it.image_id] == "BrEaST"]
     ref = df.loc[[it.image_id for it in breast], ["shape", "margin"]]
+    if args.baseline_only:
+        result["box_ellipse_baseline"] = {
+            "BUSI": ellipse_baseline(busi, args),
+            "BrEaST": ellipse_baseline(breast, args),
+        }
+        result["complete"] = True
+        result["total_seconds"] = time.perf_counter() - t_start
+        atomic_write_json(args.out, result)
+        print("wrote", args.out)
+        return
     result["morphology_expert_masks"] = morphology_kappas(None, breast, ref, args.seed)
     atomic_write_json(args.out, result)
     exps = [e for e in args.experiments.split(",") if e]
