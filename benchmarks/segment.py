@@ -114,7 +114,12 @@ def pooled_folds(m: Manifest, seed: int = 0) -> np.ndarray:
 
 
 def morphology_kappas(
-    seg: Segmenter | None, items: list, ref: pd.DataFrame, seed: int, jitter: float = 0.15
+    seg: Segmenter | None,
+    items: list,
+    ref: pd.DataFrame,
+    seed: int,
+    jitter: float = 0.15,
+    n_boot: int = 1000,
 ) -> dict:
     """Kappas of descriptors from expert masks (and box outlines when ``seg``) vs BrEaST.
 
@@ -145,7 +150,7 @@ def morphology_kappas(
                 if it.mask.any()
             ]
         ).set_index("image_id")
-        out[name] = agreement(desc, ref, seed=seed)
+        out[name] = agreement(desc, ref, n_boot=n_boot, seed=seed)
     return out
 
 

@@ -439,7 +439,7 @@ def test_benchmark_kappas_prompt_the_jittered_box(data) -> None:
 
     shapes = ["oval", "irregular"] * len(items)
     ref = pd.DataFrame({"shape": shapes[: len(items)]}, index=[it.image_id for it in items])
-    out = bench.morphology_kappas(Recorder(), items, ref, seed=0)
+    out = bench.morphology_kappas(Recorder(), items, ref, seed=0, n_boot=20)
     assert out["box_jitter"] == 0.15 and "shape" in out["box_outline"]
     exact = [mask_box(it.mask) for it in items]
     assert len(boxes) == len(items) and all(b != e for b, e in zip(boxes, exact, strict=True))
