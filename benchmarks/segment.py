@@ -15,23 +15,32 @@ Experiments:
   seeded ``KFold``.
 
 Per test set (:mod:`buscad.segment.evaluate`): box-prompted Dice / IoU / HD95 with
-each side of the expert box jittered by ±15 %; automatic found rate (candidate
-box IoU ≥ 0.5 with the expert box), false candidates per image, Dice where
-found; 95 % bootstrap CIs over images. Morphology: Cohen's kappa of the
-descriptors (:mod:`buscad.segment.morphology`, fixed rules) from the expert masks
-and from the box-prompted outlines against BrEaST's radiologist (shape, margin;
-BrEaST has no orientation column). Speed: ONNX Runtime ms per image at 256 px
-with 2 threads (box-prompted pass, batch 1).
+each side of the expert box jittered by ±15 % (an empty outline counts: Dice 0,
+HD95 = image diagonal, and a box miss); automatic found rate (candidate box IoU
+≥ 0.5 with the expert box), missed lesions, false candidates per image, Dice over
+all lesion images (misses count 0) and, beside it, Dice where found; 95 %
+bootstrap CIs over images. Baseline: the ellipse inscribed in the same jittered
+boxes (:mod:`buscad.segment.baseline`, no network), per test set. Morphology:
+Cohen's kappa of the descriptors (:mod:`buscad.segment.morphology`, fixed rules)
+from the expert masks and from the box-prompted outlines against BrEaST's
+radiologist (shape, margin; BrEaST has no orientation column). Speed: ONNX
+Runtime ms per image at 256 px with 2 threads (box-prompted pass, batch 1).
 
-Seeded; resumable: each (experiment, fold) writes ``metrics.json`` into
-``--work`` and is skipped when it exists; training resumes from its per-epoch
-checkpoint. ``--pilot`` runs one direction for ``--epochs`` epochs and writes a
+Seeded; resumable: each (experiment, fold) trains into
+``--work/<experiment>/<key>``, ``key`` = :func:`buscad.segment.train.training_key`
+(a hash of the network and training settings and of the training rows' pixels
+and labels); a finished ``segmenter.json`` there is reused only when its recorded
+key matches (a stale or foreign model is retrained, never read), and training
+resumes from its per-epoch checkpoint under the same rule. Descriptor kappas of
+the box-prompted outlines use the jittered box of the evaluation (±``jitter``
+per side, seeded), the box a user would draw, not the exact expert box. ``--pilot`` runs one direction for ``--epochs`` epochs and writes a
 JSON marked ``"pilot": true``.
 
 Example::
 
     nice -n 10 python benchmarks/segment.py --threads 2 --work /tmp/buscad_segment \
         --out benchmarks/results/segment.json
+    python benchmarks/segment.py --baseline-only --out benchmarks/results/segment_ellipse.json
 """
 
 from __future__ import annotations
@@ -48,9 +57,10 @@ import pandas as pd
 import buscad._compat  # noqa: F401
 from buscad.data.manifest import Manifest
 from buscad.segment.base import SegConfig
+from buscad.segment.baseline import EllipseBaseline
 from buscad.segment.evaluate import evaluate_segmenter
 from buscad.segment.infer import Segmenter
-from buscad.segment.train import TrainConfig, load_items, train_segmenter
+from buscad.segment.train import TrainConfig, load_items, train_segmenter, training_key
 from buscad.utils import atomic_write_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,16 +113,35 @@ def pooled_folds(m: Manifest, seed: int = 0) -> np.ndarray:
     return folds
 
 
-def morphology_kappas(seg: Segmenter | None, items: list, ref: pd.DataFrame, seed: int) -> dict:
-    """Kappas of descriptors from expert masks (and box outlines when ``seg``) vs BrEaST."""
+def morphology_kappas(
+    seg: Segmenter | None,
+    items: list,
+    ref: pd.DataFrame,
+    seed: int,
+    jitter: float = 0.15,
+    n_boot: int = 1000,
+) -> dict:
+    """Kappas of descriptors from expert masks (and box outlines when ``seg``) vs BrEaST.
+
+    The box outlines are prompted with the expert box jittered as in the evaluation
+    (each side ``U(-jitter, +jitter)`` of the box side, seeded): the deployed box.
+    """
     from buscad.segment.morphology import agreement, describe
 
     out: dict = {}
     sources = {"expert_mask": lambda it: it.mask}
     if seg is not None:
         from buscad.segment.base import mask_box
+        from buscad.segment.train import jitter_box
 
-        sources["box_outline"] = lambda it: seg.predict(it.gray, box=mask_box(it.mask)).mask
+        rng = np.random.default_rng(seed)
+        boxes = {
+            it.image_id: jitter_box(mask_box(it.mask), rng, jitter)  # type: ignore[arg-type]
+            for it in items
+            if it.mask.any()
+        }
+        sources["box_outline"] = lambda it: seg.predict(it.gray, box=boxes[it.image_id]).mask
+        out["box_jitter"] = jitter
     for name, get in sources.items():
         desc = pd.DataFrame(
             [
@@ -121,7 +150,7 @@ def morphology_kappas(seg: Segmenter | None, items: list, ref: pd.DataFrame, see
                 if it.mask.any()
             ]
         ).set_index("image_id")
-        out[name] = agreement(desc, ref, seed=seed)
+        out[name] = agreement(desc, ref, n_boot=n_boot, seed=seed)
     return out
 
 
@@ -148,11 +177,33 @@ def onnx_speed(seg: Segmenter, work: Path, threads: int = 2, repeats: int = 50) 
     }
 
 
+def cached_segmenter(wd: Path, key: str) -> Segmenter | None:
+    """The finished segmenter in ``wd`` when its recorded training key is ``key``, else None.
+
+    A model of other settings or data (another key, or none recorded) is reported and
+    left to be retrained over.
+    """
+    if not (wd / "segmenter.json").is_file():
+        return None
+    seg = Segmenter.load(wd, backend="torch")
+    got = seg.spec.get("training", {}).get("key")
+    if got != key:
+        print(f"stale segmenter in {wd} (key {got} != {key}): retraining", flush=True)
+        return None
+    return seg
+
+
+def ellipse_baseline(test_items: list, args: argparse.Namespace) -> dict:
+    """Box-prompted Dice / IoU / HD95 and misses of :class:`EllipseBaseline` on a test set."""
+    o = evaluate_segmenter(EllipseBaseline(), test_items, None, seed=args.seed, n_boot=args.n_boot)
+    keys = ("n_lesion_images", "box_dice", "box_iou", "box_hd95_px", "box_hd95_mm", "box_misses")
+    return {k: o["overall"][k] for k in keys if k in o["overall"]}
+
+
 def run_one(
     name: str, train_items: list, test_items: list, args: argparse.Namespace
 ) -> tuple[dict, Segmenter]:
-    """Train (resumable) and evaluate one split; cache its metrics."""
-    wd = Path(args.work) / name
+    """Train (resumable, keyed by settings and data) and evaluate one split; cache its metrics."""
     cfg = SegConfig(input_size=args.size)
     tcfg = TrainConfig(
         epochs=args.epochs,
@@ -162,9 +213,12 @@ def run_one(
         seed=args.seed,
         max_steps=args.max_steps,
     )
+    key = training_key(train_items, cfg, tcfg)
+    wd = Path(args.work) / name / key
     t0 = time.perf_counter()
-    if (wd / "segmenter.json").is_file():
-        seg = Segmenter.load(wd, backend="torch")
+    cached = cached_segmenter(wd, key)
+    if cached is not None:
+        seg = cached
         hist = seg.spec.get("training", {})
     else:
         seg, hist = train_segmenter(
@@ -175,6 +229,7 @@ def run_one(
     t0 = time.perf_counter()
     summary = evaluate_segmenter(seg, test_items, wd / "eval", seed=args.seed, n_boot=args.n_boot)
     res = {
+        "key": key,
         "n_train": len(train_items),
         "n_test": len(test_items),
         "train_seconds": t_train,
@@ -182,6 +237,9 @@ def run_one(
         "epochs": hist.get("epochs_run"),
         "loss": hist.get("loss"),
         "metrics": summary,
+        # the box-ellipse baseline on the same jittered boxes (no network): what the
+        # box-prompted numbers must beat to show the network learned more than the box
+        "box_ellipse_baseline": ellipse_baseline(test_items, args),
     }
     atomic_write_json(wd / "metrics.json", res)
     return res, seg
@@ -201,6 +259,11 @@ def main() -> None:
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pilot", action="store_true")
+    ap.add_argument(
+        "--baseline-only",
+        action="store_true",
+        help="Only the box-ellipse baseline on each cohort (no training), written to --out.",
+    )
     args = ap.parse_args()
     import torch
 
@@ -223,6 +286,16 @@ def main() -> None:
     busi = [it for it in items if cohort[it.image_id] == "BUSI"]
     breast = [it for it in items if cohort[it.image_id] == "BrEaST"]
     ref = df.loc[[it.image_id for it in breast], ["shape", "margin"]]
+    if args.baseline_only:
+        result["box_ellipse_baseline"] = {
+            "BUSI": ellipse_baseline(busi, args),
+            "BrEaST": ellipse_baseline(breast, args),
+        }
+        result["complete"] = True
+        result["total_seconds"] = time.perf_counter() - t_start
+        atomic_write_json(args.out, result)
+        print("wrote", args.out)
+        return
     result["morphology_expert_masks"] = morphology_kappas(None, breast, ref, args.seed)
     atomic_write_json(args.out, result)
     exps = [e for e in args.experiments.split(",") if e]

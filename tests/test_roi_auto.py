@@ -367,7 +367,7 @@ def test_predict_batch_outlines_maskless_images_as_predict_does(
 ) -> None:
     """A bundle with a segmenter: the batched path outlines each mask-less image as
     ``Bundle.predict`` does, reads given masks as given, and runs the CNN once for all."""
-    from tests.scale_fixtures import make_bundle, make_manifest
+    from tests.scale_fixtures import heatmap_problems, make_bundle, make_manifest
 
     from buscad.bundle.batch import items_from_manifest, predict_batch
     from buscad.bundle.bundle import Bundle
@@ -390,6 +390,7 @@ def test_predict_batch_outlines_maskless_images_as_predict_does(
         assert got[k].ai_score == pytest.approx(one.ai_score, abs=1e-6)
         assert got[k].model_scores["dlr"] == pytest.approx(one.model_scores["dlr"], abs=1e-6)
         np.testing.assert_allclose(got[k].heatmap, one.heatmap, atol=1e-4)
+        assert heatmap_problems(got[k].heatmap, got[k].roi) == [], k  # not two all-zero maps
         if masks[k] is None:
             assert "segment" in got[k].timings_ms
     assert {p.roi_source for p in got[:3]} <= {"auto", "whole"} and got[3].roi_source == "mask"

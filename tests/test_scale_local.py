@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from tests.scale_fixtures import make_bundle, make_manifest
+from tests.scale_fixtures import heatmap_problems, make_bundle, make_manifest
 from typer.testing import CliRunner
 
 from buscad.cli import app
@@ -16,7 +16,7 @@ from buscad.cli import app
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("scale")
-    bundle = make_bundle(root / "bundle")
+    bundle = make_bundle(root / "bundle", input_size=128)  # a 4 x 4 Grad-CAM grid
     manifest = make_manifest(root / "data", 24)
     return bundle, manifest
 
@@ -41,7 +41,49 @@ def test_predict_batch_matches_predict(setup):
         assert got[k].ai_score == pytest.approx(one.ai_score, abs=1e-6)
         assert got[k].model_scores["dlr"] == pytest.approx(one.model_scores["dlr"], abs=1e-6)
         np.testing.assert_allclose(got[k].heatmap, one.heatmap, atol=1e-4)
+        assert heatmap_problems(got[k].heatmap, got[k].roi) == [], k  # not two all-zero maps
     assert got[2].roi_source == "whole"
+
+
+def test_heatmap_check_rejects_the_maps_of_a_random_head(setup, tmp_path):
+    """The old assertion (batched map == single map) passes on two all-zero maps, which is what
+    a random-weight CNN's Grad-CAM is; :func:`heatmap_problems` rejects them."""
+    from buscad.bundle.bundle import Bundle
+    from buscad.data.io import read_image
+
+    _, manifest = setup
+    gray = read_image(manifest.parent / "img" / "case_00000.png")[0]
+    zero = np.zeros(gray.shape, np.float32)
+    np.testing.assert_allclose(zero, zero, atol=1e-4)  # the old test's only check
+    whole = (0, 0, gray.shape[1], gray.shape[0])
+    assert any(p.startswith("peak 0 (all zero: True)") for p in heatmap_problems(zero, whole))
+    random_head = Bundle.load(make_bundle(tmp_path / "random", lesion_head=False), engine="onnx")
+    pred = random_head.predict(gray, heatmap=True)
+    assert not pred.heatmap.any()  # a random head: Grad-CAM is zero everywhere
+    assert heatmap_problems(pred.heatmap, pred.roi) != []
+
+
+def test_heatmap_points_at_the_lesion(setup):
+    """The probe head's Grad-CAM is hotter on the lesion than around it: on whole images,
+    and inside the lesion's crop (lesion vs the crop's margin)."""
+    from buscad.bundle.batch import items_from_manifest, predict_batch
+    from buscad.bundle.bundle import Bundle
+    from buscad.data.io import read_image, read_mask
+
+    bundle, manifest = setup
+    b = Bundle.load(bundle, engine="onnx")
+    items = items_from_manifest(manifest)[:8]
+    grays = [read_image(it.image)[0] for it in items]
+    masks = [read_mask(it.mask, shape=g.shape) for it, g in zip(items, grays, strict=True)]
+    for given in (None, masks):
+        preds = predict_batch(b, grays, given or [None] * 8, [{}] * 8, heatmap=True)
+        for m, p in zip(masks, preds, strict=True):
+            assert heatmap_problems(p.heatmap, p.roi) == []
+            x0, y0, x1, y1 = p.roi
+            shown = np.zeros_like(m)
+            shown[y0:y1, x0:x1] = True
+            gap = p.heatmap[m].mean() - p.heatmap[shown & ~m].mean()
+            assert gap > 0.05, (p.roi_source, gap)
 
 
 def _run(args):

@@ -142,7 +142,7 @@ def evaluate_cmd(
     backend: str = typer.Option("auto"),
     seed: int = typer.Option(0),
 ) -> None:
-    """Dice, IoU, HD95, detection sensitivity and false candidates/image with 95% CIs."""
+    """Dice, IoU, HD95, misses, detection sensitivity and false candidates/image with 95% CIs."""
     from buscad.segment.evaluate import evaluate_segmenter
     from buscad.segment.infer import Segmenter
 
@@ -150,7 +150,8 @@ def evaluate_cmd(
     items = _items(manifest, split or None, 10**9)
     summary = evaluate_segmenter(seg, items, out, jitter, seed, n_boot, gallery=gallery)
     o = summary["overall"]
-    typer.echo(json.dumps({k: o[k] for k in o if k.startswith(("box_dice", "detection", "false"))}))
+    keys = ("box_dice", "box_misses", "auto_dice", "auto_misses", "detection", "false")
+    typer.echo(json.dumps({k: o[k] for k in o if k.startswith(keys)}))
     typer.echo(f"wrote {out}")
 
 

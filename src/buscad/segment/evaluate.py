@@ -1,22 +1,31 @@
 """Evaluation of a segmenter against expert masks, with bootstrap CIs and a gallery.
 
-Per image (``A`` = predicted mask, ``B`` = expert mask):
+Per image (``A`` = predicted mask, ``B`` = expert mask, ``H × W`` the image):
 
 - Dice ``2 |A ∩ B| / (|A| + |B|)`` and IoU ``|A ∩ B| / |A ∪ B|`` (MONAI's
   ``compute_dice`` / ``compute_iou``);
 - HD95: the 95th percentile of the symmetric surface distances between ``A``
   and ``B`` in pixels (MONAI's ``compute_hausdorff_distance(percentile=95)``),
-  and in mm when ``pixel_spacing_mm`` is known; undefined (NaN) when ``A`` is empty.
+  and in mm when ``pixel_spacing_mm`` is known. When exactly one of ``A``, ``B``
+  is empty (a missed lesion, or an outline on a lesion-free image) HD95 is the
+  image diagonal ``sqrt(H² + W²)``, the largest distance the image allows:
+  a miss is the worst outcome, never left out of the mean.
 
 Box-prompted mode: every expert lesion (connected component of ``B``) is prompted
 with its box, each side moved by ``U(-jitter, +jitter)`` of the box side
-(seeded); the union of the outlines is compared with ``B``.
+(seeded); the union of the outlines is compared with ``B``. A lesion whose
+outline comes back empty is a *box miss*; the image's Dice then falls (0 when it
+is the image's only lesion) and the misses are also counted on their own.
 
 Automatic mode: an expert lesion is *found* when a candidate's box has IoU ≥ 0.5
 with the lesion's box; a candidate matching no lesion is a *false candidate*.
-Detection sensitivity = found lesions / expert lesions; false candidates per
-image = false candidates / images (lesion-free images included); Dice where found
-= Dice of the image's candidate union on images whose lesions were all found.
+Detection sensitivity = found lesions / expert lesions; missed lesions = expert
+lesions - found lesions; false candidates per image = false candidates / images
+(lesion-free images included). Automatic Dice is the Dice of the image's
+candidate union with ``B``, reported two ways: over all lesion images (the
+headline: an image whose lesion was missed counts with Dice 0) and, beside it,
+where found (images whose lesions were all found), which alone would flatter a
+segmenter that finds little.
 
 Confidence intervals: 95 % percentile bootstrap over images (``n_boot``
 resamples, seeded); ratios are recomputed as ratios of sums on each resample.
@@ -34,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from buscad.segment.base import SegResult, box_iou, components, mask_box
+from buscad.segment.baseline import EllipseBaseline
 from buscad.segment.infer import Segmenter
 from buscad.segment.train import Item, jitter_box
 from buscad.utils import atomic_path, atomic_write_text
@@ -45,7 +55,8 @@ def overlap_metrics(
     """Dice, IoU and HD95 (px, and mm when ``spacing_mm`` is given) of two boolean masks.
 
     Two empty masks give Dice = IoU = 1 and HD95 = 0; exactly one empty mask gives
-    Dice = IoU = 0 and HD95 = NaN.
+    Dice = IoU = 0 and HD95 = the image diagonal ``sqrt(H² + W²)`` (see the module
+    docstring). ``hd95_mm`` is NaN without ``spacing_mm``.
     """
     import torch
     from monai.metrics import compute_dice, compute_hausdorff_distance, compute_iou
@@ -63,7 +74,7 @@ def overlap_metrics(
             hd = compute_hausdorff_distance(ta, tb, include_background=True, percentile=95)
         hd = float(hd[0, 0])
     else:
-        hd = float("nan")
+        hd = float(np.hypot(*a.shape))
     return {
         "dice": dice,
         "iou": iou,
@@ -129,7 +140,7 @@ def _ratio(v: np.ndarray) -> float:
 
 
 def predict_items(
-    seg: Segmenter,
+    seg: Segmenter | EllipseBaseline,
     items: Sequence[Item],
     jitter: float = 0.15,
     seed: int = 0,
@@ -138,13 +149,20 @@ def predict_items(
 ) -> tuple[pd.DataFrame, dict[str, tuple[SegResult | None, SegResult]]]:
     """Per-image rows of both modes (see the module docstring).
 
+    Parameters
+    ----------
+    seg : Segmenter or EllipseBaseline
+        Anything with ``predict(gray, box=None)`` returning a :class:`SegResult`.
+
     Returns
     -------
     table : pandas.DataFrame
         One row per image: ``image_id``, ``cohort``, ``label``, ``box_dice``,
         ``box_iou``, ``box_hd95_px``, ``box_hd95_mm`` (spacing from ``spacing`` by image id,
-        else the item's ``spacing_mm``), ``n_lesions``, ``n_found``,
-        ``n_false``, ``n_candidates``, ``auto_dice`` and ``all_found``.
+        else the item's ``spacing_mm``), ``box_missed`` (prompted lesions whose
+        outline came back empty; the ``box_*`` columns are NaN on lesion-free
+        images), ``n_lesions``, ``n_found``, ``n_false``, ``n_candidates``,
+        ``auto_dice``, ``auto_hd95_px`` (NaN on lesion-free images) and ``all_found``.
     results : dict
         ``image_id -> (box result or None, automatic result)`` when ``keep``.
     """
@@ -157,18 +175,22 @@ def predict_items(
         if it.mask.any():
             lab, n = components(it.mask)
             union = np.zeros_like(it.mask)
+            missed = 0
             for k in range(1, n + 1):
                 b = jitter_box(mask_box(lab == k), rng, jitter)  # type: ignore[arg-type]
                 box_res = seg.predict(it.gray, box=b)
+                missed += int(not box_res.mask.any())
                 union |= box_res.mask
             m = overlap_metrics(union, it.mask, sp)
             row.update({f"box_{k}": v for k, v in m.items()})
+            row["box_missed"] = missed
             if keep and box_res is not None:
                 box_res = SegResult(
                     union, box_res.prob, box_res.candidates, bool(union.any()), "box"
                 )
         auto = seg.predict(it.gray)
         n_les, n_found, n_false = match_candidates([c.box for c in auto.candidates], it.mask)
+        am = overlap_metrics(auto.mask, it.mask, sp) if n_les else None
         row.update(
             {
                 "n_lesions": n_les,
@@ -176,7 +198,8 @@ def predict_items(
                 "n_false": n_false,
                 "n_candidates": len(auto.candidates),
                 "all_found": bool(n_les > 0 and n_found == n_les),
-                "auto_dice": overlap_metrics(auto.mask, it.mask, sp)["dice"] if n_les else np.nan,
+                "auto_dice": am["dice"] if am else np.nan,
+                "auto_hd95_px": am["hd95_px"] if am else np.nan,
             }
         )
         rows.append(row)
@@ -186,38 +209,51 @@ def predict_items(
 
 
 def summarise(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict:
-    """Point estimates with 95 % bootstrap CIs over images, overall and per cohort."""
+    """Point estimates with 95 % bootstrap CIs over images, overall and per cohort.
+
+    Keys of each summary (``{"value", "low", "high"}`` unless said otherwise):
+
+    - ``box_dice``, ``box_iou``, ``box_hd95_px``, ``box_hd95_mm``: means over lesion
+      images (a box miss enters with Dice 0 and HD95 = image diagonal);
+    - ``box_misses``: ``{"n", "of"}``, prompted lesions with an empty outline out of all
+      prompted lesions;
+    - ``auto_dice``: the headline automatic Dice, mean over *all* lesion images (missed
+      lesions count 0); ``auto_dice_where_found`` beside it (images whose lesions were
+      all found), and ``auto_hd95_px`` over all lesion images;
+    - ``auto_misses``: ``{"n", "of"}``, expert lesions no candidate matched;
+    - ``detection_sensitivity`` (found / lesions) and ``false_candidates_per_image``.
+    """
+
+    def ci(values: np.ndarray, stat: Callable[[np.ndarray], float]) -> dict:
+        return dict(
+            zip(("value", "low", "high"), bootstrap_ci(values, stat, n_boot, seed), strict=True)
+        )
 
     def one(t: pd.DataFrame) -> dict:
-        out: dict = {"n_images": len(t), "n_lesion_images": int((t["n_lesions"] > 0).sum())}
+        lesion = t["n_lesions"].to_numpy() > 0
+        out: dict = {"n_images": len(t), "n_lesion_images": int(lesion.sum())}
         for col in ("box_dice", "box_iou", "box_hd95_px", "box_hd95_mm"):
             if col in t:
-                v = t[col].to_numpy(float)
-                v = (
-                    v[~np.isnan(v)]
-                    if col.startswith("box_dice") or col.startswith("box_iou")
-                    else v
-                )
-                out[col] = dict(
-                    zip(
-                        ("value", "low", "high"),
-                        bootstrap_ci(v, _nanmean, n_boot, seed),
-                        strict=True,
-                    )
-                )
-        sens = t[["n_found", "n_lesions"]].to_numpy(float)
-        out["detection_sensitivity"] = dict(
-            zip(("value", "low", "high"), bootstrap_ci(sens, _ratio, n_boot, seed), strict=True)
+                out[col] = ci(t.loc[lesion, col].to_numpy(float), _nanmean)
+        if "box_missed" in t:
+            out["box_misses"] = {
+                "n": int(t.loc[lesion, "box_missed"].sum()),
+                "of": int(t.loc[lesion, "n_lesions"].sum()),
+            }
+        out["auto_dice"] = ci(t.loc[lesion, "auto_dice"].to_numpy(float), _nanmean)
+        out["auto_dice_where_found"] = ci(
+            t.loc[t["all_found"], "auto_dice"].to_numpy(float), _nanmean
         )
+        if "auto_hd95_px" in t:
+            out["auto_hd95_px"] = ci(t.loc[lesion, "auto_hd95_px"].to_numpy(float), _nanmean)
+        out["auto_misses"] = {
+            "n": int((t["n_lesions"] - t["n_found"]).sum()),
+            "of": int(t["n_lesions"].sum()),
+        }
+        out["detection_sensitivity"] = ci(t[["n_found", "n_lesions"]].to_numpy(float), _ratio)
         fp = np.c_[t["n_false"].to_numpy(float), np.ones(len(t))]
-        out["false_candidates_per_image"] = dict(
-            zip(("value", "low", "high"), bootstrap_ci(fp, _ratio, n_boot, seed), strict=True)
-        )
-        found = t.loc[t["all_found"], "auto_dice"].to_numpy(float)
-        out["auto_dice_where_found"] = dict(
-            zip(("value", "low", "high"), bootstrap_ci(found, _nanmean, n_boot, seed), strict=True)
-        )
-        normals = t[t["n_lesions"] == 0]
+        out["false_candidates_per_image"] = ci(fp, _ratio)
+        normals = t[~lesion]
         if len(normals):
             out["lesion_free_images_with_candidates"] = float((normals["n_candidates"] > 0).mean())
         return out
@@ -283,7 +319,7 @@ def write_gallery(
 
 
 def evaluate_segmenter(
-    seg: Segmenter,
+    seg: Segmenter | EllipseBaseline,
     items: Sequence[Item],
     out: str | os.PathLike[str] | None = None,
     jitter: float = 0.15,

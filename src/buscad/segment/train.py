@@ -25,7 +25,13 @@ Loss: binary cross-entropy on logits plus soft Dice
 (``1 - (2 Σ p t + ε) / (Σ p + Σ t + ε)``, smp's ``DiceLoss``). AdamW with a
 cosine learning-rate schedule. Resumable: after every epoch the network, the
 AdamW moments and the history are written to ``out/checkpoint.*`` (safetensors
-+ JSON); a rerun with the same ``out`` continues from there.
++ JSON); a rerun with the same ``out`` continues from there only when the
+checkpoint's *resume key* equals the run's: :func:`training_key` of the
+architecture, the training settings other than ``epochs``, ``max_steps`` and
+``threads`` (a longer run may continue a shorter one) and
+:func:`data_fingerprint` of the training rows. A checkpoint written for other
+settings or other data (or one without a key) is not read: training starts
+afresh, says so through ``log``, and overwrites it after the first epoch.
 """
 
 from __future__ import annotations
@@ -49,7 +55,13 @@ from buscad.errors import BuscadError, ModelFileError
 from buscad.segment.base import SegConfig, _resize, components, make_input, mask_box, normalise
 from buscad.segment.infer import Segmenter
 from buscad.segment.model import build_module, load_imagenet_encoder, torch_runner
-from buscad.utils import atomic_path, atomic_write_json, seed_everything
+from buscad.utils import (
+    array_sha256,
+    atomic_path,
+    atomic_write_json,
+    seed_everything,
+    stable_hash,
+)
 
 
 @dataclass
@@ -230,6 +242,48 @@ def make_sample(
     return x, t[None]
 
 
+# ------------------------------------------------------------------ cache keys
+
+#: Training settings that may change between a checkpoint and the run resuming it.
+RESUME_FREE: tuple[str, ...] = ("epochs", "max_steps", "threads")
+
+
+def data_fingerprint(items: list[Item]) -> str:
+    """SHA-256 of the training rows: each item's id, label and image and mask arrays, in order.
+
+    ``sha256(id_1 ‖ label_1 ‖ sha256(gray_1) ‖ sha256(mask_1) ‖ …)`` (array hashes by
+    :func:`buscad.utils.array_sha256`: dtype, shape and bytes).
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    for it in items:
+        for part in (it.image_id, it.label, array_sha256(it.gray), array_sha256(it.mask)):
+            h.update(part.encode())
+            h.update(b"\0")
+    return h.hexdigest()
+
+
+def training_key(
+    items: list[Item],
+    config: SegConfig,
+    train_config: TrainConfig,
+    resume: bool = False,
+    fingerprint: str | None = None,
+) -> str:
+    """Short hash of what a trained segmenter depends on: settings and data.
+
+    :func:`buscad.utils.stable_hash` of the network config, the training config
+    (without ``threads``; with ``resume`` also without ``epochs`` and ``max_steps``,
+    see :data:`RESUME_FREE`) and :func:`data_fingerprint` of ``items`` (or the
+    precomputed ``fingerprint``).
+    """
+    drop = RESUME_FREE if resume else ("threads",)
+    tc = {k: v for k, v in asdict(train_config).items() if k not in drop}
+    fp = fingerprint or data_fingerprint(items)
+    return stable_hash({"config": config.to_dict(), "train_config": tc, "data": fp})
+
+
 # ------------------------------------------------------------------ checkpoints
 
 
@@ -248,7 +302,14 @@ def _save_checkpoint(
     atomic_write_json(out / "checkpoint.json", meta)
 
 
-def _load_checkpoint(out: Path, module: torch.nn.Module, opt: torch.optim.Optimizer) -> dict | None:
+def _load_checkpoint(
+    out: Path,
+    module: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    key: str,
+    log: Callable[[str], None] | None = None,
+) -> dict | None:
+    """The checkpoint's meta after loading its tensors, or None (none, or another ``key``)."""
     from safetensors.torch import load_file
 
     meta_p, w_p = out / "checkpoint.json", out / "checkpoint.safetensors"
@@ -256,6 +317,17 @@ def _load_checkpoint(out: Path, module: torch.nn.Module, opt: torch.optim.Optimi
         return None
     try:
         meta = json.loads(meta_p.read_text())
+    except Exception as exc:
+        raise ModelFileError(meta_p, f"cannot resume from the checkpoint ({exc})") from exc
+    if not isinstance(meta, dict) or meta.get("resume_key") != key:
+        if log:
+            log(
+                f"not resuming: {meta_p} was written for other settings or data "
+                f"(resume key {meta.get('resume_key') if isinstance(meta, dict) else None} "
+                f"!= {key}); training afresh"
+            )
+        return None
+    try:
         tensors = load_file(str(w_p))
     except Exception as exc:
         raise ModelFileError(w_p, f"cannot resume from the checkpoint ({exc})") from exc
@@ -288,7 +360,11 @@ def train_segmenter(
     items : list of Item
         Training rows.
     out : path-like, optional
-        Folder for the resumable checkpoint and the final ``segmenter.*`` files.
+        Folder for the resumable checkpoint and the final ``segmenter.*`` files. A
+        checkpoint there is resumed only when its resume key matches (see the module
+        docstring). The saved JSON's ``training`` record holds ``key`` (:func:`training_key`
+        with every setting but ``threads``: what a cache of finished models compares),
+        ``resume_key`` and ``data_sha256``.
     config, train_config : SegConfig, TrainConfig
         Network and training settings.
     log : callable, optional
@@ -333,10 +409,12 @@ def train_segmenter(
 
     history: dict = {"loss": [], "step_loss": [], "seconds": [], "steps": 0, "weights": weights}
     start_epoch = 0
+    fingerprint = data_fingerprint(items)
+    resume_key = training_key(items, cfg, tcfg, resume=True, fingerprint=fingerprint)
     outp = Path(out) if out is not None else None
     if outp is not None:
         outp.mkdir(parents=True, exist_ok=True)
-        meta = _load_checkpoint(outp, module, opt)
+        meta = _load_checkpoint(outp, module, opt, resume_key, log)
         if meta is not None:
             history = meta["history"]
             start_epoch = int(meta["epoch"])
@@ -389,6 +467,8 @@ def train_segmenter(
                     "rng_seed": int(rng.integers(2**31)),
                     "config": cfg.to_dict(),
                     "train_config": asdict(tcfg),
+                    "resume_key": resume_key,
+                    "data_sha256": fingerprint,
                 },
             )
             rng = np.random.default_rng(
@@ -399,6 +479,9 @@ def train_segmenter(
     record = {
         "training": {
             "train_config": asdict(tcfg),
+            "key": training_key(items, cfg, tcfg, fingerprint=fingerprint),
+            "resume_key": resume_key,
+            "data_sha256": fingerprint,
             "n_items": len(items),
             "n_normal": sum(it.label == "normal" for it in items),
             "epochs_run": len(history["loss"]),
@@ -417,8 +500,10 @@ __all__ = [
     "Item",
     "TrainConfig",
     "augmenter",
+    "data_fingerprint",
     "jitter_box",
     "load_items",
     "make_sample",
     "train_segmenter",
+    "training_key",
 ]
