@@ -160,3 +160,83 @@ def test_models_without_inputs_are_not_evaluable(runs):
     rows = {(r["cohort"], r["model"]): r for r in doc["metrics"]}
     assert rows[("b external", "clinical")]["evaluable"] is False
     assert rows[("b external", "clinical")]["n"] == 0
+
+
+def test_refit_sigmoid_is_what_the_exported_dlr_computes(tmp_path):
+    """The Platt sigmoid fitted on out-of-fold decision values replaces the in-sample one, and
+    the portable (bundled) model computes exactly the refit probabilities."""
+    from buscad.bundle.portable import load_portable, save_portable
+    from buscad.classical import CLDLR, DLR
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(30, int), np.ones(30, int)]
+    X = pd.DataFrame(
+        rng.normal(size=(60, 8)) + y[:, None] * 0.8, columns=[f"deep_{j:04d}" for j in range(8)]
+    )
+    X["age"] = rng.normal(50, 10, 60) + 5 * y
+    for est in (
+        DLR(include=r"^deep_\d+$"),
+        CLDLR(include=r"^deep_\d+$", numeric=["age"], alpha=1.0),
+    ):
+        m = est.fit(X, y)
+        before = m.predict_proba(X)[:, 1]
+        d = m.decision_function(X)
+        np.testing.assert_allclose(m.sigmoid(d), before, atol=1e-12)
+        clean = d * 0.3 + rng.normal(0, 1.0, 60)  # flatter, noisier: a smaller Platt slope
+        m.refit_sigmoid(clean, y)
+        after = m.predict_proba(X)[:, 1]
+        np.testing.assert_allclose(m.sigmoid(d), after, atol=1e-12)
+        assert np.abs(after - before).max() > 0.05
+        # same ranking (the SVM is unchanged), new calibration
+        assert (np.argsort(after) == np.argsort(before)).all()
+        save_portable(m, tmp_path / type(m).__name__)
+        back = load_portable(tmp_path / type(m).__name__)
+        np.testing.assert_allclose(back.predict_proba(X)[:, 1], after, atol=1e-9)
+
+
+def test_evaluation_marks_models_without_inputs_not_evaluable():
+    """A model with no scored case in a cohort gets a row saying so, with no AUC; scored
+    cases that lacked some inputs are counted."""
+    from buscad.evaluate import evaluate_predictions
+    from buscad.evaluate.tables import NOT_EVALUABLE
+
+    rng = np.random.default_rng(1)
+    n = 80
+    y = rng.integers(0, 2, n)
+    cohort = np.where(np.arange(n) < 50, "train", "ext")
+    clin = np.where(cohort == "ext", np.nan, y * 0.3 + rng.random(n) * 0.7)
+    deep = y * 0.4 + rng.random(n) * 0.6
+    pred = pd.DataFrame(
+        {
+            "case_id": np.arange(n),
+            "label": y,
+            "cohort": cohort,
+            "clinical": clin,
+            "deep": deep,
+            "deep2": deep**2,
+        }
+    )
+    gaps = pd.DataFrame(
+        {
+            "case_id": np.arange(n),
+            "clinical": np.where(cohort == "ext", np.nan, 0.0),
+            "deep": 0.0,
+            "deep2": 0.0,
+        }
+    )
+    gaps.loc[:4, "clinical"] = 1.0  # five training cases lacked one clinical input
+    ev = evaluate_predictions(
+        pred, ["clinical", "deep", "deep2"], train_cohort="train", input_gaps=gaps
+    )
+    m = ev.metrics.set_index(["cohort", "model"])
+    r = m.loc[("ext", "clinical")]
+    assert not r["evaluable"] and np.isnan(r["auc"]) and r["n"] == 0 and r["n_missing"] == 30
+    assert m.loc[("train", "clinical"), "n_partial_inputs"] == 5
+    assert m.loc[("ext", "deep"), "evaluable"] and m.loc[("ext", "deep"), "n"] == 30
+    assert any("not evaluable, none of its inputs in any of the 30 case(s)" in i for i in ev.issues)
+    t2 = ev.table2().set_index(["Cohort", "Model"])
+    assert t2.loc[("ext", "clinical"), "AUC (95% CI)"] == NOT_EVALUABLE
+    assert t2.loc[("ext", "clinical"), "n (malignant)"] == "0 of 30 usable"
+    assert t2.loc[("train", "clinical"), "n (malignant)"].endswith("; 5 lack some inputs")
+    # the other models are still compared on that cohort (the unscored one is left out)
+    assert list(ev.delong_matrices["ext"].columns) == ["deep", "deep2"]
