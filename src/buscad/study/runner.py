@@ -868,7 +868,8 @@ class StudyRun:
                     f"{cfg.split.test_size:.0%} split of {', '.join(arm.development)}; training-cohort "
                     f"predictions are out-of-fold ({cfg.split.cv_folds}-fold grouped CV; the CNN and "
                     f"the models on its features {cfg.deep.selection_folds}-fold, each fold's "
-                    "features from the CNN trained without it). External: {', '.join(arm.external) or 'none'}."
+                    "features from the CNN trained without it). "
+                    f"External: {', '.join(arm.external) or 'none'}."
                     + (
                         ""
                         if roi.mode == "expert"
