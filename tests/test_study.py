@@ -529,7 +529,7 @@ def test_reader_is_a_model_input_only_when_configured(as_input):
         "split": {"cv_folds": 3},
         "clinical": {"reader_as_input": as_input},
     }
-    out, notes, fitted, reader_models = fit_and_predict(config_from_dict(raw), df, table)
+    out, notes, fitted, reader_models, _ = fit_and_predict(config_from_dict(raw), df, table)
     inputs = {n: model_inputs(est) for n, est in fitted.items()}
     assert out[READER_MODEL].notna().all()  # always the comparison row
     if not as_input:

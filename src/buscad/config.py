@@ -141,7 +141,7 @@ class SplitConfig(_Strict):
         ge=2,
         le=20,
         description="Grouped CV folds on the training rows: out-of-fold scores of the classical "
-        "and fusion models.",
+        "and fusion models (those on deep features use `deep.selection_folds`).",
     )
 
 
@@ -177,7 +177,10 @@ class DeepConfig(_Strict):
     batch_size: int = Field(16, ge=1, description="Images per training step.")
     lr: float = Field(3e-4, gt=0, description="Peak learning rate (AdamW).")
     selection_folds: int = Field(
-        3, ge=2, description="Grouped CV folds of the backbone comparison."
+        3,
+        ge=2,
+        description="Grouped CV folds of the backbone comparison; the chosen backbone's fold "
+        "CNNs also give the out-of-fold scores of the models on its features (DLR, CLDLR).",
     )
     patience: int = Field(3, ge=1, description="Early-stopping patience in epochs.")
     layer_decay: float | None = Field(

@@ -178,6 +178,34 @@ class PlattSVC(_BinaryClassifierMixin, BaseEstimator):
         p = self.predict_proba(X)
         return self.classes_[(p[:, 1] > 0.5).astype(int)]
 
+    def decision_function(self, X: Any) -> np.ndarray:
+        """The refit SVM's decision value ``f(x)`` (what the sigmoid reads)."""
+        check_is_fitted(self, "calibrated_")
+        X = validate_data(self, X, reset=False)
+        return self.calibrated_.calibrated_classifiers_[0].estimator.decision_function(X)
+
+    def refit_sigmoid(self, decision: np.ndarray, y: Any) -> PlattSVC:
+        """Fit ``A, B`` again on decision values computed elsewhere (e.g. out-of-fold).
+
+        ``P = 1 / (1 + exp(A f + B))`` by Platt's logistic fit of ``y`` on
+        ``decision`` (rows with a NaN decision value are left out); the SVM is unchanged.
+        """
+        from sklearn.calibration import _SigmoidCalibration
+
+        check_is_fitted(self, "calibrated_")
+        d = np.asarray(decision, dtype=float)
+        yb = np.asarray(y).astype(int)
+        ok = ~np.isnan(d)
+        cal = _SigmoidCalibration().fit(d[ok], yb[ok])
+        self.calibrated_.calibrated_classifiers_[0].calibrators[0] = cal
+        return self
+
+    def sigmoid(self, decision: np.ndarray) -> np.ndarray:
+        """P(positive) of decision values under the fitted sigmoid (NaN stays NaN)."""
+        check_is_fitted(self, "calibrated_")
+        cal = self.calibrated_.calibrated_classifiers_[0].calibrators[0]
+        return 1.0 / (1.0 + np.exp(cal.a_ * np.asarray(decision, dtype=float) + cal.b_))
+
     def to_portable(self) -> tuple[dict, dict]:
         """Portable form (:mod:`buscad.bundle.portable`): the calibrated SVM."""
         check_is_fitted(self, "calibrated_")

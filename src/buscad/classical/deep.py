@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -14,7 +15,30 @@ from buscad.classical.clinical import ClinicalSelector, clinical_preprocessor
 from buscad.classical.selection import FeatureSubset
 
 
-class DLR(_WrappedClassifier):
+class _PlattPipeline(_WrappedClassifier):
+    """A ``pipeline_`` ending in :class:`PlattSVC`: its decision values and sigmoid.
+
+    The study computes a deep-feature model's out-of-fold decision values with
+    features of CNNs that never saw the row, and fits the refit model's Platt
+    sigmoid on those (:meth:`refit_sigmoid`) instead of on in-sample features.
+    """
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """The SVM's decision value ``f(x)`` for the rows of ``X``."""
+        Xc = self._check_X(X)
+        return self.pipeline_[-1].decision_function(self.pipeline_[:-1].transform(Xc))
+
+    def refit_sigmoid(self, decision: np.ndarray, y: Any) -> _PlattPipeline:
+        """Refit the Platt sigmoid ``P = 1 / (1 + exp(A f + B))`` on given decision values."""
+        self.pipeline_[-1].refit_sigmoid(decision, _binary_y(self, y))
+        return self
+
+    def sigmoid(self, decision: np.ndarray) -> np.ndarray:
+        """P(malignant) of decision values under this model's sigmoid."""
+        return self.pipeline_[-1].sigmoid(decision)
+
+
+class DLR(_PlattPipeline):
     """Deep-learning radiomics: deep features → z-score → SVM with probabilities.
 
     As Yang et al. 2024: the CNN's penultimate-layer features replace its
@@ -60,7 +84,7 @@ class DLR(_WrappedClassifier):
     _allow_nan = True
 
 
-class CLDLR(_WrappedClassifier):
+class CLDLR(_PlattPipeline):
     """Clinical + deep features → SVM (Yang et al. 2024's CLDLR).
 
     Clinical variables go through :class:`ClinicalSelector` (P < ``alpha`` on

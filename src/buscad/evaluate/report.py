@@ -169,7 +169,9 @@ def write_evaluation_outputs(
         ]
         if both:
             aucs = {
-                r["model"]: fmt_ci(r["auc"], r["auc_lo"], r["auc_hi"]) for _, r in mc.iterrows()
+                r["model"]: fmt_ci(r["auc"], r["auc_lo"], r["auc_hi"])
+                for _, r in mc.iterrows()
+                if r["model"] in both
             }
             roc_data = {
                 model_label(k): (
@@ -226,6 +228,7 @@ def write_evaluation_outputs(
                     r["fn"],
                 )
                 for _, r in mc.iterrows()
+                if r["n"] > 0  # a model not evaluable in the cohort has no confusion matrix
             ]
             paths = plots.save_figure(
                 plots.plot_confusion_grid(panels, f"Confusion matrices — {c}"),

@@ -186,6 +186,7 @@ def evaluate_predictions(
     seed: int = 0,
     alpha: float = 0.05,
     birads_columns: Sequence[str] = (),
+    input_gaps: pd.DataFrame | None = None,
 ) -> EvaluationResult:
     """Evaluate per-case predictions of one or more models on one or more cohorts.
 
@@ -215,6 +216,12 @@ def evaluate_predictions(
         radiologist's reads. Their threshold is a category (a rule's cut rounded up to the
         next category; ``fixed:`` rules, which are probabilities, use the clinical cut
         ``DEFAULT_CUT`` = 4B) and is reported as "BI-RADS 4C or higher".
+    input_gaps : DataFrame, optional
+        ``id_col`` and, per model, how many of the model's inputs each case lacks
+        (0: complete; NaN: none given, the case is not scored). A model with no
+        scored case in a cohort gets a *not evaluable* row there (``evaluable``
+        False, ``n`` = 0 usable cases, no AUC) instead of none; every row counts
+        ``n_partial_inputs``, the scored cases that lacked some of the model's inputs.
 
     Returns
     -------
@@ -347,6 +354,10 @@ def evaluate_predictions(
                 f"{threshold_rule!r} not applicable ({exc}); fixed 0.5 used"
             )
 
+    gaps: dict[str, pd.Series] = {}
+    if input_gaps is not None and id_col in input_gaps:
+        ig = input_gaps.drop_duplicates(id_col).set_index(id_col)
+        gaps = {m: ig[m].reindex(df[id_col]).set_axis(df.index) for m in models if m in ig}
     rows, curves, dcs, mats, comps = [], {}, {}, {}, []
     for c in cohorts:
         sub = df[df[cohort_col] == c]
@@ -362,7 +373,25 @@ def evaluate_predictions(
             ok = sub[m].notna()
             yy, ss = sub.loc[ok, "_y"].to_numpy(), sub.loc[ok, m].to_numpy(float)
             if not len(yy):
-                issues.append(f"cohort {c!r}, model {m!r}: no scored case")
+                no_inputs = m in gaps and gaps[m][sub.index].isna().all()
+                issues.append(
+                    f"cohort {c!r}, model {m!r}: not evaluable, none of its inputs in any of "
+                    f"the {len(sub)} case(s)"
+                    if no_inputs
+                    else f"cohort {c!r}, model {m!r}: no scored case"
+                )
+                rows.append(
+                    {
+                        "cohort": c,
+                        "model": m,
+                        "evaluable": False,
+                        "n_missing": len(sub),
+                        "n_partial_inputs": 0,
+                        "n": 0,
+                        "n_pos": 0,
+                        "n_neg": 0,
+                    }
+                )
                 continue
             if two_class and np.ptp(ss) == 0:
                 issues.append(
@@ -370,10 +399,13 @@ def evaluate_predictions(
                     f"(AUC = 0.5 by construction)"
                 )
             has_both = 0 < yy.sum() < len(yy)
+            partial = gaps[m][sub.index[ok]] if m in gaps else pd.Series(dtype=float)
             r = {
                 "cohort": c,
                 "model": m,
+                "evaluable": True,
                 "n_missing": int((~ok).sum()),
+                "n_partial_inputs": int((partial > 0).sum()),
                 **cohort_metrics(
                     yy,
                     ss,
@@ -412,9 +444,10 @@ def evaluate_predictions(
                     yy, ss, n_bins=min(10, max(2, len(yy) // 10))
                 )
             rows.append(r)
-        prob_models = [m for m in models if sub[m].dropna().between(0, 1).all()]
-        complete = sub.dropna(subset=models)
-        if len(complete) < len(sub) and len(models) > 1:
+        scored = [m for m in models if sub[m].notna().any()]  # not-evaluable models left out
+        prob_models = [m for m in scored if sub[m].dropna().between(0, 1).all()]
+        complete = sub.dropna(subset=scored)
+        if len(complete) < len(sub) and len(scored) > 1:
             issues.append(
                 f"cohort {c!r}: paired comparisons use the {len(complete)} of "
                 f"{len(sub)} cases scored by every model"
@@ -424,8 +457,8 @@ def evaluate_predictions(
                 complete["_y"].to_numpy(), {m: complete[m].to_numpy(float) for m in prob_models}
             )
         yc = complete["_y"].to_numpy()
-        if len(models) > 1 and 0 < yc.sum() < len(yc):
-            sc = {m: complete[m].to_numpy(float) for m in models}
+        if len(scored) > 1 and 0 < yc.sum() < len(yc):
+            sc = {m: complete[m].to_numpy(float) for m in scored}
             mats[c] = delong_matrix(yc, sc)
             pc = pairwise_comparisons(yc, sc, thresholds)
             pc.insert(0, "cohort", c)

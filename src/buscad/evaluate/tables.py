@@ -96,6 +96,35 @@ def table1(
     return pd.DataFrame(rows, columns=cols)
 
 
+#: What a table says of a model with no scored case in a cohort (none of its inputs given).
+NOT_EVALUABLE = "not evaluable (no case has its inputs)"
+
+
+def not_evaluable(metrics: pd.DataFrame) -> np.ndarray:
+    """Rows of a metrics table whose model scored no case of the cohort (``evaluable`` False)."""
+    if "evaluable" not in metrics:
+        return np.zeros(len(metrics), dtype=bool)
+    return (metrics["evaluable"].astype("boolean") == False).fillna(False).to_numpy(bool)  # noqa: E712
+
+
+def cases_text(metrics: pd.DataFrame) -> list[str]:
+    """``"n (malignant)"`` cells: ``"120 (45)"``; ``"0 of 80 usable"`` where not evaluable;
+    ``"; k lack some inputs"`` added where scored cases lacked some of the model's inputs."""
+    part = metrics.get("n_partial_inputs")
+    out = []
+    for i, (n, k, bad) in enumerate(
+        zip(metrics["n"], metrics["n_pos"], not_evaluable(metrics), strict=True)
+    ):
+        if bad:
+            out.append(f"0 of {int(metrics['n_missing'].iat[i])} usable")
+            continue
+        cell = f"{int(n)} ({int(k)})"
+        if part is not None and pd.notna(part.iat[i]) and part.iat[i] > 0:
+            cell += f"; {int(part.iat[i])} lack some inputs"
+        out.append(cell)
+    return out
+
+
 #: Table 2 metric columns and their display names.
 TABLE2_METRICS = {
     "auc": "AUC (95% CI)",
@@ -112,15 +141,15 @@ def table2(metrics: pd.DataFrame) -> pd.DataFrame:
 
     ``metrics`` is the raw long table (one row per cohort and model, as
     :func:`buscad.evaluate.result.evaluate_predictions` builds it). Proportions are
-    given with Wilson 95% CIs, the AUC with its DeLong (or bootstrap) 95% CI.
+    given with Wilson 95% CIs, the AUC with its DeLong (or bootstrap) 95% CI. A model
+    with no scored case in a cohort reads :data:`NOT_EVALUABLE` (``0 of n usable``);
+    scored cases that lacked some of the model's inputs are counted beside ``n``.
     """
     out = pd.DataFrame(
         {
             "Cohort": metrics["cohort"],
             "Model": metrics["model"],
-            "n (malignant)": [
-                f"{n} ({k})" for n, k in zip(metrics["n"], metrics["n_pos"], strict=True)
-            ],
+            "n (malignant)": cases_text(metrics),
         }
     )
     for key, name in TABLE2_METRICS.items():
@@ -130,6 +159,7 @@ def table2(metrics: pd.DataFrame) -> pd.DataFrame:
                 metrics[key], metrics[f"{key}_lo"], metrics[f"{key}_hi"], strict=True
             )
         ]
+    out.loc[not_evaluable(metrics), TABLE2_METRICS["auc"]] = NOT_EVALUABLE
     out["F1"] = [f"{v:.3f}" if np.isfinite(v) else "n/a" for v in metrics["f1"]]
     out["Threshold"] = [f"{v:.4g}" for v in metrics["threshold"]]
     if "brier" in metrics:

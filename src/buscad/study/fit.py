@@ -23,8 +23,11 @@ INTEGRATED_WITHOUT_READER = "integrated_without_reader"
 
 #: Bumped when the models stage exports something new (1: portable refit models;
 #: 2: the outline model and the integrated model's options; 3: reader_models.json and
-#: the reader's BI-RADS no model input by default).
-MODELS_EXPORT_VERSION = 3
+#: the reader's BI-RADS no model input by default; 4: fold-clean deep-feature models,
+#: rows without a model's inputs not scored, input_gaps.csv).
+MODELS_EXPORT_VERSION = 4
+#: Models that read the CNN's deep features: their out-of-fold scores come from fold CNNs.
+DEEP_FEATURE_MODELS = ("dlr", "cldlr")
 
 
 def _outline_features() -> tuple[str, ...]:
@@ -52,12 +55,32 @@ def _safe(name: str) -> str:
 
 # ============================================================== models
 def fit_and_predict(
-    cfg: StudyConfig, df: pd.DataFrame, table: pd.DataFrame
-) -> tuple[pd.DataFrame, list[str], dict[str, Any], list[str]]:
+    cfg: StudyConfig,
+    df: pd.DataFrame,
+    table: pd.DataFrame,
+    fold_features: pd.DataFrame | None = None,
+) -> tuple[pd.DataFrame, list[str], dict[str, Any], list[str], pd.DataFrame]:
     """Fit every configured classical/fusion model on the training rows and predict all rows.
 
     Training rows get out-of-fold predictions (grouped ``cv_fold``); other rows
     get the prediction of the model refit on all training rows.
+
+    Models on deep features (:data:`DEEP_FEATURE_MODELS`) are fold-clean: the
+    final CNN saw every training row, so its features of a training row carry
+    that row's label. For each deep fold ``f`` (``deep_fold``), the model is fit
+    on the other training rows' features from the CNN trained without fold
+    ``f`` (``fold_features``, ``cnn_fold == f``) and gives the decision values
+    ``d`` of the fold-``f`` rows from the same CNN's features. The model refit on
+    all training rows (final CNN features; what is exported and scores the other
+    rows) gets its Platt sigmoid ``P = 1 / (1 + exp(A d + B))`` fitted on those
+    out-of-fold ``d``, and the training rows' scores are ``P(d)``: thresholds,
+    calibration and the integrated model's weights never read in-sample CNN
+    features. The integrated model reads these models' scores as columns (as it
+    reads the CNN's out-of-fold score).
+
+    A row none of whose inputs a model has (:func:`buscad.classical.inputs.input_gaps`,
+    e.g. the clinical model on a cohort without age) gets no score (NaN), never a
+    score from imputed constants.
 
     The reader's BI-RADS (``clinical.reader_column``) is never a model input
     unless ``clinical.reader_as_input`` is true: then the US model reads it (and
@@ -76,6 +99,9 @@ def fit_and_predict(
         The refit models (name -> fitted estimator; not the shortcut references).
     reader_models : list of str
         The models offered the reader's BI-RADS as an input (empty by default).
+    input_gaps : pandas.DataFrame
+        ``case_id`` then, per model, how many of its inputs each row lacks (0:
+        complete; NaN: the row has none of them and is not scored).
     """
     from sklearn.impute import SimpleImputer
     from sklearn.linear_model import LogisticRegression
@@ -110,7 +136,16 @@ def fit_and_predict(
             exclude=None if cfg.radiomics.shape_features else "_shape2D_",
             random_state=cfg.seed,
         )
-    if "dlr" in cfg.models and deep_cols:
+    deep_fold = df["deep_fold"].to_numpy()[tr] if "deep_fold" in df else None
+    fold_clean = deep_cols and fold_features is not None and deep_fold is not None
+    if deep_cols and not fold_clean:
+        for n in DEEP_FEATURE_MODELS:
+            if n in cfg.models:
+                notes.append(
+                    f"{n.upper()} not built: no fold CNN features of the training rows "
+                    "(its out-of-fold scores would read features of a CNN that saw the row)"
+                )
+    if "dlr" in cfg.models and fold_clean:
         models["dlr"] = C.DLR(include=DEEP_FEATURES)
     reader = cfg.clinical.reader_column
     as_input = bool(reader) and cfg.clinical.reader_as_input
@@ -149,7 +184,7 @@ def fit_and_predict(
             models["us"] = C.USModel(columns=us_cols, random_state=cfg.seed)
         else:
             notes.append("US model not built: no BI-RADS lexicon columns in the training rows")
-    if "cldlr" in cfg.models and deep_cols:
+    if "cldlr" in cfg.models and fold_clean:
         if clin:
             models["cldlr"] = C.CLDLR(
                 include=DEEP_FEATURES,
@@ -184,9 +219,17 @@ def fit_and_predict(
             )
     Xn = X.select_dtypes(include=[np.number, "bool"]).astype(float)
     fitted: dict[str, Any] = {}
+    fits: dict[str, Any] = {}
     for name, est in {**models, **shortcut}.items():
         Xm = X if name in ("clinical", "us", "cldlr") else Xn
-        out[name], fit = _oof_and_predict(est, Xm, y, tr, folds, cfg.seed)
+        if name in DEEP_FEATURE_MODELS:
+            assert fold_features is not None and deep_fold is not None
+            out[name], fit = _fold_clean_oof_and_predict(
+                est, Xm, y, tr, deep_fold, fold_features, deep_cols
+            )
+        else:
+            out[name], fit = _oof_and_predict(est, Xm, y, tr, folds, cfg.seed)
+        fits[name] = fit
         if name in models:
             fitted[name] = fit
     offered = {"clinical": clin, "us": us_cols, "cldlr": clin}
@@ -197,6 +240,9 @@ def fit_and_predict(
         if "deep" in out and (wanted is None or "deep" in wanted):
             names.append("deep")
             Xn = Xn.assign(_deep_score=out["deep"].to_numpy())
+        # deep-feature models enter as their fold-clean scores (swapped back for the refit models)
+        as_score = [n for n in names if n in DEEP_FEATURE_MODELS]
+        Xn = Xn.assign(**{f"_{n}_score": out[n].to_numpy() for n in as_score})
         variants = [("integrated", names)]
         if any(n in reader_models for n in names):
             variants.append(
@@ -211,7 +257,11 @@ def fit_and_predict(
                 )
                 continue
             bases = [
-                (n, models[n] if n != "deep" else C.ColumnScore("_deep_score")) for n in vbases
+                (
+                    n,
+                    C.ColumnScore(f"_{n}_score") if n == "deep" or n in as_score else models[n],
+                )
+                for n in vbases
             ]
             stack = C.StackingIntegrator(
                 estimators=bases,
@@ -222,9 +272,15 @@ def fit_and_predict(
                 C=cfg.integrated.C,
                 random_state=cfg.seed,
             )
-            out[vname], fitted[vname] = _oof_and_predict(
+            out[vname], stack_fit = _oof_and_predict(
                 stack, Xs, y, tr, folds, cfg.seed, groups=groups
             )
+            # the same fusion with the refit models in place of their score columns
+            # (identical scores on the non-training rows; what the bundle runs)
+            stack_fit.estimators_ = [
+                (n, fitted[n] if n in as_score else e) for n, e in stack_fit.estimators_
+            ]
+            fitted[vname] = fits[vname] = stack_fit
             if vname == "integrated" and len(variants) > 1:
                 reader_models.append("integrated")
     if reader_models:
@@ -238,11 +294,29 @@ def fit_and_predict(
                 else ""
             )
         )
+    gaps = _mask_without_inputs(out, fits, X)
     if reader and reader in df and df[reader].notna().any():
         from buscad.data.birads import birads_rank
 
         out[READER_MODEL] = birads_rank(df[reader])
-    return out, notes, fitted, reader_models
+    return out, notes, fitted, reader_models, gaps
+
+
+def _mask_without_inputs(out: pd.DataFrame, fits: dict[str, Any], X: pd.DataFrame) -> pd.DataFrame:
+    """Blank (NaN) each model's score on rows without any of its inputs; the gap table.
+
+    Returns ``case_id`` and, per model, the number of its inputs missing in each
+    row (NaN where the row is not scored).
+    """
+    from buscad.classical.inputs import input_gaps
+
+    gaps = pd.DataFrame({"case_id": out["case_id"].to_numpy()})
+    for name, est in fits.items():
+        g = input_gaps(est, X)
+        ok = g["scorable"].to_numpy()
+        out.loc[~ok, name] = np.nan
+        gaps[name] = np.where(ok, g["n_missing"].to_numpy(float), np.nan)
+    return gaps
 
 
 def export_models(fitted: dict[str, Any], folder: Path) -> list[str]:
@@ -264,6 +338,52 @@ def export_models(fitted: dict[str, Any], folder: Path) -> list[str]:
         except ModelFileError as exc:
             notes.append(f"{name} model not exported to the bundle: {exc}")
     return notes
+
+
+def _fold_clean_oof_and_predict(
+    est,
+    X: pd.DataFrame,
+    y: np.ndarray,
+    tr: np.ndarray,
+    deep_fold: np.ndarray,
+    fold_features: pd.DataFrame,
+    deep_cols: list[str],
+) -> tuple[np.ndarray, Any]:
+    """Fold-clean out-of-fold P(malignant) of a deep-feature model; refit prediction elsewhere.
+
+    ``deep_fold``: the deep fold of each training row. For fold ``f``, the rows'
+    deep features are replaced by those of the CNN trained without fold ``f``
+    (``fold_features`` rows with ``cnn_fold == f``); ``est`` is fit on the other
+    folds' rows and gives the fold-``f`` rows' SVM decision values ``d``. The
+    model refit on all training rows (final CNN features) gets its Platt
+    sigmoid fitted on ``d`` (``refit_sigmoid``), and the training rows' scores
+    are ``1 / (1 + exp(A d + B))`` under that sigmoid.
+    """
+    from sklearn.base import clone
+
+    s = np.full(len(y), np.nan)
+    idx = X.index[tr]
+    Xtr = X.loc[idx]
+    ytr = y[tr]
+    d = np.full(len(idx), np.nan)
+    ff = fold_features.assign(image_id=fold_features["image_id"].astype(str))
+    for f in sorted(set(deep_fold.tolist())):
+        feats = (
+            ff[ff["cnn_fold"] == f]
+            .set_index("image_id")
+            .reindex(idx.astype(str))[deep_cols]
+            .set_axis(idx, axis=0)
+        )
+        Xf = pd.concat([Xtr.drop(columns=deep_cols), feats], axis=1)[Xtr.columns]
+        te = deep_fold == f
+        model = clone(est).fit(Xf[~te], ytr[~te])
+        d[te] = model.decision_function(Xf[te])
+    fitted = clone(est).fit(Xtr, ytr)
+    fitted.refit_sigmoid(d, ytr)
+    s[tr] = fitted.sigmoid(d)
+    if (~tr).any():
+        s[~tr] = fitted.predict_proba(X.loc[X.index[~tr]])[:, 1]
+    return s, fitted
 
 
 def _oof_and_predict(

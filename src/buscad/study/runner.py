@@ -17,6 +17,7 @@ from buscad.config import StudyConfig
 from buscad.data.manifest import Manifest
 from buscad.study.cohorts import Arm, _apply_audit_policy, _folds, _stage_cohort, study_arms
 from buscad.study.fit import (
+    DEEP_FEATURE_MODELS,
     INTEGRATED_WITHOUT_READER,
     MODELS_EXPORT_VERSION,
     READER_MODEL,
@@ -33,12 +34,16 @@ from buscad.utils import atomic_write_json, atomic_write_table, file_sha256, sta
 #: 3: the classical and fusion models; 4: why a configured model is not in it;
 #: 5: each model's ``reads_reader``).
 BUNDLE_VERSION = 5
+#: Bumped when the fold-features stage writes something new (1: each CV fold CNN's
+#: features of every training row, for fold-clean deep-feature models).
+FOLD_FEATURES_VERSION = 1
 #: Bumped when the outline stage writes something new.
 ROI_VERSION = 2
 #: Bumped when the gallery stage writes something new (2: cases.csv labels every tile).
 GALLERY_VERSION = 2
-#: Bumped when the evaluation stage's report changes (2: BI-RADS cuts as categories, words).
-EVALUATE_VERSION = 2
+#: Bumped when the evaluation stage's report changes (2: BI-RADS cuts as categories, words;
+#: 3: not-evaluable rows and cases lacking some inputs).
+EVALUATE_VERSION = 3
 
 
 #: Where the data audit's report is copied in the run folder (relative).
@@ -163,6 +168,7 @@ class StudyRun:
         per_arm = 2  # models, evaluate
         if self._needs_deep():
             per_arm += len(cfg.deep.backbones) * cfg.deep.selection_folds + 1
+            per_arm += int(self._needs_fold_features())
             per_arm += 1 if cfg.gallery_size and "deep" in cfg.models else 0
         bundle = int("deep" in cfg.models)
         if bundle and cfg.segment.train is not None and "auto" not in cfg.roi_modes:
@@ -246,13 +252,13 @@ class StudyRun:
                     roi, data, radiomics_res = shared, shared_data, shared_rad
                 if roi.res is not None:
                     man = _with_outlines(man, data)
-                deep_res = (
+                deep_res, folds_res = (
                     self._deep(arm, man, roi.data_key(split_res.key), roi)
                     if self._needs_deep()
-                    else None
+                    else (None, None)
                 )
                 cls_res = self._classical(
-                    arm, man, split_res, deep_res, radiomics_res, audit_res, roi
+                    arm, man, split_res, deep_res, radiomics_res, audit_res, roi, folds_res
                 )
                 ev_res = self._evaluate(arm, cls_res, man, audit_res, split_res, roi)
                 preds[roi.label(arm)] = cls_res.path / "predictions.csv"
@@ -323,6 +329,10 @@ class StudyRun:
     def _needs_deep(self) -> bool:
         """The CNN is trained when a model that uses it is asked for (integrated stacks what exists)."""
         return any(m in self.cfg.models for m in ("deep", "dlr", "cldlr"))
+
+    def _needs_fold_features(self) -> bool:
+        """Models read deep features: their out-of-fold scores need each fold CNN's features."""
+        return any(m in self.cfg.models for m in DEEP_FEATURE_MODELS)
 
     def _needs_radiomics(self) -> bool:
         return "radiomics" in self.cfg.models
@@ -582,17 +592,28 @@ class StudyRun:
         )
 
     # ---------------------------------------------------------------- deep
-    def _deep(self, arm: Arm, man: Manifest, split_key: str, roi: Roi) -> StageResult:
-        """CV of every backbone, choice of the best, final fit, scores and features."""
+    def _deep(
+        self, arm: Arm, man: Manifest, split_key: str, roi: Roi
+    ) -> tuple[StageResult, StageResult | None]:
+        """CV of every backbone, choice of the best, final fit, scores and features.
+
+        Returns the final stage (``scores.csv``, ``features.parquet``, ``model``) and,
+        when a model reads deep features, the fold-features stage: the features of
+        every training row from each CV fold's CNN of the chosen backbone
+        (``fold_features.parquet``: ``image_id``, ``cnn_fold`` = the deep fold that
+        CNN left out, ``deep_0000`` ...).
+        """
         cfg = self.cfg
         df = man.df
         train_rows = np.flatnonzero((df["split"] == "train").to_numpy())
         cv_keys: dict[str, list[str]] = {}
+        cv_dirs: dict[str, list[Path]] = {}
         oof: dict[str, np.ndarray] = {}
         for b in cfg.deep.backbones:
             tc = _train_config(cfg, b, cfg.seed)
             oof[b] = np.full(len(df), np.nan)
             cv_keys[b] = []
+            cv_dirs[b] = []
             for f in range(cfg.deep.selection_folds):
                 fold_rows = train_rows[df["deep_fold"].to_numpy()[train_rows] == f]
                 fit_rows = train_rows[df["deep_fold"].to_numpy()[train_rows] != f]
@@ -617,6 +638,7 @@ class StudyRun:
                     work,
                 )
                 cv_keys[b].append(r.key)
+                cv_dirs[b].append(r.path)
                 o = pd.read_csv(r.path / "oof.csv")
                 pos = (
                     pd.Series(np.arange(len(df)), index=df["image_id"])
@@ -665,11 +687,43 @@ class StudyRun:
             )
             atomic_write_table(cv_df, folder / "backbone_cv.csv")
 
-        return self.runner.run(
+        final_res = self.runner.run(
             f"deep-final-{roi.tag(arm)}",
             {"split": split_key, "train": _train_cfg_dict(tc), "cv": cv_keys, "best": best},
             final,
         )
+        if not self._needs_fold_features():
+            return final_res, None
+
+        def fold_features(folder: Path) -> None:
+            from buscad.models.checkpoint import load_checkpoint
+            from buscad.models.features import extract_features
+            from buscad.models.preprocess import Preprocessor
+
+            sub = man.subset(train_rows)
+            parts = []
+            for f, stage_dir in enumerate(cv_dirs[best]):
+                stem = stage_dir / "train" / "model"
+                if not stem.with_suffix(".json").is_file():
+                    raise RuntimeError(
+                        f"{stem}.json missing: the CV fold {f} CNN of {best} kept no checkpoint"
+                    )
+                model, spec = load_checkpoint(stem)
+                feats, _ = extract_features(
+                    model, sub, Preprocessor.from_dict(spec["preprocessing"])
+                )
+                feats.insert(1, "cnn_fold", f)
+                parts.append(feats)
+            atomic_write_table(
+                pd.concat(parts, ignore_index=True), folder / "fold_features.parquet"
+            )
+
+        folds_res = self.runner.run(
+            f"deep-foldfeat-{roi.tag(arm)}",
+            {"cv": cv_keys[best], "best": best, "v": FOLD_FEATURES_VERSION},
+            fold_features,
+        )
+        return final_res, folds_res
 
     # ----------------------------------------------------------- radiomics
     def _radiomics(self, audited: Manifest, audit_key: str, roi: Roi) -> StageResult:
@@ -709,20 +763,30 @@ class StudyRun:
         radiomics_res: StageResult | None,
         audit_res: StageResult,
         roi: Roi,
+        folds_res: StageResult | None = None,
     ) -> StageResult:
         cfg = self.cfg
 
         def work(folder: Path) -> None:
             table = self._feature_table(man, deep_res, radiomics_res, audit_res)
-            out, notes, fitted, reader_models = fit_and_predict(cfg, man.df, table)
+            fold_feats = (
+                pd.read_parquet(folds_res.path / "fold_features.parquet")
+                if folds_res is not None
+                else None
+            )
+            out, notes, fitted, reader_models, gaps = fit_and_predict(
+                cfg, man.df, table, fold_features=fold_feats
+            )
             notes += export_models(fitted, folder / "export")
             atomic_write_table(out, folder / "predictions.csv")
+            atomic_write_table(gaps, folder / "input_gaps.csv")
             atomic_write_json(folder / "notes.json", notes)
             atomic_write_json(folder / "reader_models.json", reader_models)
 
         key = {
             "split": split_res.key,
             "deep": deep_res.key if deep_res else None,
+            "fold_features": folds_res.key if folds_res else None,
             "radiomics": radiomics_res.key if radiomics_res else None,
             "audit": audit_res.key,
             "models": cfg.models,
@@ -780,6 +844,7 @@ class StudyRun:
                 for n in _reader_models(cls_res)
             }
             model_cols = [c for c in pred.columns if c not in ("case_id", "label", "cohort", "age")]
+            gaps = cls_res.path / "input_gaps.csv"  # per model, the inputs each case lacks
             ev = evaluate_predictions(
                 pred,
                 model_cols,
@@ -792,6 +857,7 @@ class StudyRun:
                 seed=cfg.seed,
                 covariates=["age"] if "age" in pred and pred["age"].notna().any() else None,
                 birads_columns=[READER_MODEL] if READER_MODEL in model_cols else (),
+                input_gaps=pd.read_csv(gaps) if gaps.is_file() else None,
             )
             ev.write(
                 folder / "evaluation",
@@ -800,8 +866,10 @@ class StudyRun:
                 split_description=(
                     f"Grouped (patient ∪ near-duplicate group) stratified {1 - cfg.split.test_size:.0%}:"
                     f"{cfg.split.test_size:.0%} split of {', '.join(arm.development)}; training-cohort "
-                    f"predictions are out-of-fold ({cfg.split.cv_folds}-fold grouped CV; deep models "
-                    f"{cfg.deep.selection_folds}-fold). External: {', '.join(arm.external) or 'none'}."
+                    f"predictions are out-of-fold ({cfg.split.cv_folds}-fold grouped CV; the CNN and "
+                    f"the models on its features {cfg.deep.selection_folds}-fold, each fold's "
+                    "features from the CNN trained without it). "
+                    f"External: {', '.join(arm.external) or 'none'}."
                     + (
                         ""
                         if roi.mode == "expert"
@@ -940,6 +1008,7 @@ class StudyRun:
     def _metrics_table(self, m: pd.DataFrame) -> pd.DataFrame:
         """The per-cohort metrics in words: AUC with its CI, thresholds as scores or BI-RADS cuts."""
         from buscad.data.birads import cut_words
+        from buscad.evaluate.tables import NOT_EVALUABLE, cases_text, not_evaluable
 
         def ci(v: float, lo: float, hi: float) -> str:
             return "n/a" if pd.isna(v) else f"{v:.3f} ({lo:.3f}–{hi:.3f})"
@@ -948,10 +1017,12 @@ class StudyRun:
             {
                 "Cohort": m["cohort"],
                 "Model": m["model"],
-                "Cases": m["n"],
+                "Cases": cases_text(m),
                 "AUC (95% CI)": [
-                    ci(a, lo, hi)
-                    for a, lo, hi in zip(m["auc"], m["auc_lo"], m["auc_hi"], strict=True)
+                    NOT_EVALUABLE if bad else ci(a, lo, hi)
+                    for a, lo, hi, bad in zip(
+                        m["auc"], m["auc_lo"], m["auc_hi"], not_evaluable(m), strict=True
+                    )
                 ],
             }
         )
