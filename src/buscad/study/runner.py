@@ -31,8 +31,8 @@ from buscad.utils import atomic_write_json, atomic_write_table, file_sha256, sta
 
 #: Bumped when the bundle stage writes something new (2: model.onnx with Grad-CAM;
 #: 3: the classical and fusion models; 4: why a configured model is not in it;
-#: 5: each model's ``reads_reader``).
-BUNDLE_VERSION = 5
+#: 5: each model's ``reads_reader``; 6: training record, study flags, OOD model).
+BUNDLE_VERSION = 6
 #: Bumped when the outline stage writes something new.
 ROI_VERSION = 2
 #: Bumped when the gallery stage writes something new (2: cases.csv labels every tile).
@@ -1188,6 +1188,7 @@ class StudyRun:
 
         def work(folder: Path) -> None:
             from buscad.bundle.bundle import write_bundle
+            from buscad.bundle.safety import training_from_rows
             from buscad.evaluate.metrics import youden_threshold
 
             sc = pd.read_csv(deep_res.path / "scores.csv").set_index("image_id")
@@ -1208,6 +1209,8 @@ class StudyRun:
                     "stem": f.with_suffix(""),
                     "threshold": float(youden_threshold(ptr["label"].to_numpy()[ok], oof[ok])),
                     "reads_reader": f.stem in reading,
+                    "oof": oof[ok],  # for the study's checks (buscad.bundle.safety.model_flags)
+                    "y": ptr["label"].to_numpy()[ok],
                 }
             notes = json.loads((cls_res.path / "notes.json").read_text())
             params = None
@@ -1242,6 +1245,16 @@ class StudyRun:
                 segmenter=seg_path,
                 roi=roi.mode,
                 reader_column=cfg.clinical.reader_column,
+                training=training_from_rows(
+                    tr,
+                    [c.name for c in cfg.cohorts if c.phantom is not None],
+                    json.loads((deep_res.path / "model.json").read_text(encoding="utf-8")),
+                ),
+                train_features=pd.read_parquet(deep_res.path / "features.parquet")
+                .set_index("image_id")
+                .reindex(tr["image_id"].astype(str))
+                .dropna()
+                .to_numpy(np.float32),
             )
 
         seg_path = roi.segmenter if roi.segmenter is not None else cfg.resolve(cfg.segment.model)
