@@ -77,8 +77,8 @@ def borderline_reason(ai_score: float, threshold: float) -> str | None:
     flagged = ai_score >= threshold
     if (flagged and band == "3") or (not flagged and band in ("4C", "5")):
         return (
-            f"borderline: the call (threshold {_pct(threshold)}) and the likelihood band "
-            f"{band} point different ways; read the band"
+            f"borderline: the call (threshold {_pct(threshold)}) and the band ({band}) "
+            "point different ways; read the band"
         )
     if abs(ai_score - threshold) < BORDERLINE_MARGIN:
         return (
