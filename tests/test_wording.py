@@ -86,7 +86,10 @@ def test_one_wording_of_call_and_band():
 def test_cautions_come_first_and_withhold_the_call():
     p = _pred(0.72, 0.4).with_cautions(["colour image"], withhold=True)
     assert p.withheld and p.cautions == ["colour image"]
-    assert p.assessment_text == "AI assessment by the Deep-learning model (CNN) withheld: colour image."
+    assert (
+        p.assessment_text
+        == "AI assessment by the Deep-learning model (CNN) withheld: colour image."
+    )
     assert "72.0%" not in p.assessment_text and "4C" not in p.assessment_text
     assert p.borderline is None
     soft = _pred(0.72, 0.4).with_cautions(["text near the lesion"], withhold=False)

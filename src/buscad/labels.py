@@ -10,7 +10,10 @@ from __future__ import annotations
 
 #: Short model name -> (plain label, one-line description).
 MODELS: dict[str, tuple[str, str]] = {
-    "deep": ("Deep-learning model (CNN)", "CNN on the lesion crop; its calibrated malignant probability"),
+    "deep": (
+        "Deep-learning model (CNN)",
+        "CNN on the lesion crop; its calibrated malignant probability",
+    ),
     "radiomics": (
         "Radiomics score",
         "radiomics features (ICC-stable, LASSO-selected) in a logistic rad-score",

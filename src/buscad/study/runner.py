@@ -1281,6 +1281,12 @@ class StudyRun:
         if out.exists():
             shutil.rmtree(out)
         shutil.copytree(res.path / "bundle", out)
+        flags = json.loads((out / "bundle.json").read_text(encoding="utf-8")).get("flags") or []
+        if flags:  # buscad.bundle.safety.study_flags: every prediction of it is withheld
+            self.warnings.append(
+                "the bundle's CNN failed the study's checks, so every AI call of the bundle is "
+                "withheld: " + "; ".join(flags)
+            )
         return out
 
     def _gallery(
