@@ -195,6 +195,8 @@ def render_html(pred: Prediction, gray: np.ndarray, ctx: ReportContext) -> str:
 A4 = (8.27, 11.69)
 MARGIN = 0.6
 CHAR_EM = 0.56
+#: Bold glyphs are this much wider.
+BOLD_WIDER = 1.15
 LINE = 1.32
 
 
@@ -216,10 +218,11 @@ class _Page:
         self.y = MARGIN  # inches from the top
 
     @staticmethod
-    def wrap(text: str, width_in: float, size: float) -> list[str]:
+    def wrap(text: str, width_in: float, size: float, bold: bool = False) -> list[str]:
         import textwrap
 
-        chars = max(8, int(width_in * 72 / (CHAR_EM * size)))
+        em = CHAR_EM * (BOLD_WIDER if bold else 1.0)
+        chars = max(8, int(width_in * 72 / (em * size)))
         out: list[str] = []
         for para in str(text).split("\n"):
             out += textwrap.wrap(para, chars, break_long_words=True) or [""]
@@ -237,7 +240,7 @@ class _Page:
 
     def text(self, text: str, size: float = 9.0, gap: float = 0.04, **kw: Any) -> None:
         """A paragraph across the page."""
-        lines = self.wrap(text, A4[0] - 2 * MARGIN, size)
+        lines = self.wrap(text, A4[0] - 2 * MARGIN, size, kw.get("weight") == "bold")
         h = len(lines) * size * LINE / 72
         self.need(h)
         self._put(MARGIN, lines, size, **kw)
@@ -246,7 +249,10 @@ class _Page:
     def row(self, cells: list[str], widths: list[float], size: float = 8.5, **kw: Any) -> None:
         """One table row: ``cells`` in columns of ``widths`` (fractions of the text width)."""
         full = A4[0] - 2 * MARGIN
-        cols = [self.wrap(c, w * full - 0.1, size) for c, w in zip(cells, widths, strict=True)]
+        bold = kw.get("weight") == "bold"
+        cols = [
+            self.wrap(c, w * full - 0.1, size, bold) for c, w in zip(cells, widths, strict=True)
+        ]
         h = max(len(c) for c in cols) * size * LINE / 72
         self.need(h)
         x = MARGIN
