@@ -8,6 +8,7 @@ pydicom's ultrasound examples ship with pydicom. Data: BUSI (Al-Dhabyani et al.,
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
 from pathlib import Path
@@ -329,3 +330,97 @@ def test_phantom_bundle_on_real_busi_images_never_gives_an_unmarked_call(phantom
             p = with_image_checks(b.predict(gray, heatmap=False), meta)
             assert p.banner == PHANTOM_BANNER
             assert p.withheld or p.cautions, (label, i, p.text())
+
+
+# ----------------------------------------------------------------------------- a broken study
+@pytest.mark.slow
+def test_label_shuffled_phantom_study_cannot_make_an_unflagged_bundle(tmp_path):
+    """Labels shuffled: whatever the CNN learns, its bundle is flagged and every call withheld."""
+    from buscad.config import config_from_dict
+    from buscad.data.phantom import generate_cohort
+    from buscad.study.runner import run_study
+
+    man = generate_cohort(48, tmp_path / "data", seed=3, size=(96, 112))
+    df = man.df.copy()
+    df["label"] = np.random.default_rng(0).permutation(df["label"].to_numpy())
+    df.to_csv(tmp_path / "data" / "shuffled.csv", index=False)
+    cfg = config_from_dict(
+        {
+            "name": "shuffled",
+            "seed": 0,
+            "cohorts": [{"name": "a", "manifest": str(tmp_path / "data" / "shuffled.csv")}],
+            "models": ["deep"],
+            "deep": {
+                "backbones": ["efficientnet_lite0"],
+                "epochs": 1,
+                "input_size": 32,
+                "selection_folds": 2,
+                "batch_size": 16,
+            },
+            "split": {"cv_folds": 2},
+            "gallery_size": 0,
+        },
+        base_dir=tmp_path,
+    )
+    res = run_study(cfg, tmp_path / "run")
+    doc = json.loads((tmp_path / "run" / "bundle" / "bundle.json").read_text())
+    assert doc["flags"], "a label-shuffled study produced an unflagged bundle"
+    assert any("not shown to be better than chance" in f for f in doc["flags"])
+    # what the bundle was trained on, and its OOD model, are in the bundle
+    assert doc["training"]["phantom"] is True and doc["training"]["images"] > 20
+    assert doc["training"]["input_size"] == 32
+    assert doc["ood"]["rows"] == doc["training"]["images"]
+    assert (tmp_path / "run" / "bundle" / "ood.safetensors").is_file()
+    assert any("every AI call of the bundle is withheld" in w for w in res.warnings)
+    b = Bundle.load(tmp_path / "run" / "bundle")
+    row = df.iloc[0]
+    gray, _ = read_image(tmp_path / "data" / row["image_path"])
+    p = b.predict(gray)
+    assert p.withheld and p.banner == PHANTOM_BANNER
+    assert p.cautions[0].startswith("the model failed the study's own checks")
+
+
+# ----------------------------------------------------------------------------- the app
+def test_app_shows_banner_and_cautions_first(browser, phantom_bundle, phantoms, tmp_path):
+    """A colour image in the browser: banner on top, the withheld headline, no score shown."""
+    from tests.render import live_server
+
+    from buscad.serve.app import create_app
+
+    folder, df = phantoms
+    gray, _, _ = _read(folder / df.image_path[48])
+    Image.fromarray(_doppler(gray)).save(tmp_path / "doppler.png")
+    shots = Path(os.environ.get("BUSCAD_SCREENSHOT_DIR") or tmp_path)
+    with live_server(create_app(Bundle.load(phantom_bundle), open_case_screen=True)) as url:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(url + "/")
+        page.wait_for_selector("#bundle-banner:not([hidden])")
+        assert page.inner_text("#bundle-banner") == PHANTOM_BANNER
+        assert "synthetic phantoms" in page.inner_text("#model-line")
+        page.set_input_files("#image-input", str(tmp_path / "doppler.png"))
+        page.wait_for_selector("#analyse:enabled")
+        page.click("#analyse")
+        page.wait_for_selector("#message.ok")
+        # the headline, then its cautions as a list: the words of the JSON's assessment_text
+        head = page.inner_text("#assessment")
+        assert head == "AI assessment by the Deep-learning model (CNN) withheld:"
+        assert page.inner_text("#cautions").startswith("colour image (")
+        assert page.locator("#score-box").is_hidden() and page.locator("#band-box").is_hidden()
+        assert page.inner_text("#result-banner") == PHANTOM_BANNER
+        # the banner comes before the headline, the headline before everything else
+        order = page.evaluate(
+            "['result-banner','assessment','cautions','other-models']"
+            ".map(i => document.getElementById(i).getBoundingClientRect().top)"
+        )
+        assert order == sorted(order)
+        assert page.locator("#models").is_hidden()  # the other models are collapsed
+        page.click("#others-text")
+        assert page.locator("#models").is_visible()
+        page.fill("#exam", "ACC-77")
+        with page.expect_download() as dl:
+            page.click("#save-html")
+        html = Path(dl.value.path()).read_text(encoding="utf-8")
+        assert ">ACC-77<" in html and "withheld: colour image" in html
+        page.evaluate("window.scrollTo(0, 0)")
+        page.screenshot(path=str(shots / "app-withheld.png"))
+        page.close()

@@ -105,6 +105,11 @@ def model_rows(pred: Prediction) -> list[dict[str, str]]:
             "score": _fmt(s),
             "note": "; ".join(
                 [
+                    *(
+                        ["call withheld; for audit only"]
+                        if pred.withheld and m == pred.primary_model
+                        else []
+                    ),
                     *([pred.skipped_models[m]] if m in pred.skipped_models else []),
                     *(f"study check: {f}" for f in pred.model_flags.get(m, [])),
                 ]

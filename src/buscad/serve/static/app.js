@@ -457,7 +457,8 @@ function showResult(res) {
   // the banner and the cautions come first; a withheld call shows no score, band or call
   $("result-banner").hidden = !res.banner;
   $("result-banner").textContent = res.banner || "";
-  $("assessment").textContent = res.assessment_text;
+  // withheld: the headline's first words, then its cautions as a list (the same words)
+  $("assessment").textContent = res.withheld ? res.assessment_text.split(": ")[0] + ":" : res.assessment_text;
   $("assessment").className = "assessment" + (res.withheld ? " withheld" : res.cautions && res.cautions.length ? " unreliable" : "");
   const cl = $("cautions");
   cl.innerHTML = "";
@@ -466,7 +467,7 @@ function showResult(res) {
     li.textContent = c;
     cl.append(li);
   }
-  cl.hidden = !(res.cautions && res.cautions.length);
+  cl.hidden = !(res.withheld && res.cautions && res.cautions.length);
   $("score-box").hidden = !!res.withheld;
   $("band-box").hidden = !!res.withheld;
   $("score").textContent = pct(res.ai_score);

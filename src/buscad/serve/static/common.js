@@ -40,7 +40,8 @@ function fillModels(tbody, result) {
     const s = (result.model_scores || {})[m];
     const why = (result.skipped_models || {})[m];
     const flags = (result.model_flags || {})[m] || [];
-    td2.textContent = pct(s === undefined ? null : s) + (why ? " (" + why + ")" : "") +
+    const held = result.withheld && m === result.primary_model ? " (call withheld; for audit only)" : "";
+    td2.textContent = pct(s === undefined ? null : s) + held + (why ? " (" + why + ")" : "") +
       (flags.length ? " (study check: " + flags.join("; ") + ")" : "");
     tr.append(td1, td2);
     tbody.append(tr);
