@@ -173,13 +173,16 @@ def predict_cmd(
 
 def _bundle_lines(b: Any, log: Any) -> None:
     """What the bundle is, first: its banner (phantom-trained), training data and study flags."""
-    if b.banner:
-        log(f"*** {b.banner} ***", True)
-    log(f"bundle {b.name}: {b.training_text}", True)
-    if b.flags:
+    banner = getattr(b, "banner", None)
+    if banner:
+        log(f"*** {banner} ***", True)
+    if getattr(b, "training_text", None):
+        log(f"bundle {b.name}: {b.training_text}", True)
+    flags = getattr(b, "flags", None)
+    if flags:
         log(
             "WARNING: the bundle's model failed the study's checks; every AI call is withheld: "
-            + "; ".join(b.flags),
+            + "; ".join(flags),
             True,
         )
 
