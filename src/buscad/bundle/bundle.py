@@ -920,7 +920,8 @@ class Bundle:
             withhold.append(f"no lesion found {what} by the segmenter")
         elif prep.source == "whole":
             soft.append("no lesion was outlined: the whole image was read")
-        boxes = quality.text_boxes(prep.gray)
+        # only the region read and its surroundings are searched for text (cheap per image)
+        boxes = quality.text_boxes(prep.gray, None if prep.source == "whole" else prep.roi)
         near = quality.text_near(boxes, prep.roi)
         if near:
             soft.append(

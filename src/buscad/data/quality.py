@@ -39,6 +39,8 @@ UPSCALE_BELOW = 400
 #: A word is "near" the region read when it lies within this fraction of the region's
 #: larger side from it (:func:`text_near`).
 NEAR_FRACTION = 0.1
+#: Extra pixels searched around the near zone, so a word reaching into it is seen whole.
+WORD_PAD = 48
 
 Box = tuple[int, int, int, int]
 
@@ -73,13 +75,16 @@ class ImageChecks:
         )
 
 
-def text_boxes(gray: np.ndarray) -> list[Box]:
+def text_boxes(gray: np.ndarray, around: tuple[int, int, int, int] | None = None) -> list[Box]:
     """Boxes ``(x, y, w, h)`` of the words of text burned into a grayscale image.
 
-    The audit's detector at scale 1 and, when the short side is under
+    The audit's detector at scale 1 and, when the image's short side is under
     :data:`UPSCALE_BELOW`, at scale 2 (bicubic); boxes in image pixels, duplicates
-    (same box at both scales, within 2 pixels) merged. Never raises: an image the
-    detector cannot read has no boxes.
+    (same box at both scales, within 2 pixels) merged. With ``around = (x0, y0, x1,
+    y1)`` only the region grown by :data:`NEAR_FRACTION` of its larger side plus
+    :data:`WORD_PAD` pixels is searched (what :func:`text_near` can report; a
+    prediction's check stays cheap). Never raises: an image the detector cannot
+    read has no boxes.
     """
     try:
         import cv2
@@ -90,14 +95,23 @@ def text_boxes(gray: np.ndarray) -> list[Box]:
         g = to_uint8(np.asarray(gray))
         if g.ndim != 2 or min(g.shape) < 16:
             return []
+        upscale = min(g.shape) < UPSCALE_BELOW
+        ox = oy = 0
+        if around is not None:
+            x0, y0, x1, y1 = around
+            m = int(NEAR_FRACTION * max(x1 - x0, y1 - y0)) + WORD_PAD
+            ox, oy = max(0, x0 - m), max(0, y0 - m)
+            g = g[oy : min(g.shape[0], y1 + m), ox : min(g.shape[1], x1 + m)]
+            if min(g.shape) < 16:
+                return []
         boxes = list(annotation_marks(g)[1])
-        if min(g.shape) < UPSCALE_BELOW:
+        if upscale:
             up = cv2.resize(g, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC)
             for x, y, w, h in annotation_marks(up)[1]:
                 b = (x // 2, y // 2, max(1, w // 2), max(1, h // 2))
                 if not any(max(abs(p - q) for p, q in zip(b, o, strict=True)) <= 2 for o in boxes):
                     boxes.append(b)
-        return [(int(x), int(y), int(w), int(h)) for x, y, w, h in boxes]
+        return [(int(x) + ox, int(y) + oy, int(w), int(h)) for x, y, w, h in boxes]
     except Exception:  # advisory: never fail a prediction because of it
         return []
 
