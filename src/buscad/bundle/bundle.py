@@ -897,9 +897,10 @@ class Bundle:
 
         Withheld: the primary model failed the study's checks (``flags``), the image is
         outside the training images in feature space (:class:`~buscad.bundle.safety.FeatureOOD`
-        ratio > 1), or the segmenter found no lesion. Unreliable: text burned in over or
-        near the region read (:func:`buscad.data.quality.text_near`), the Grad-CAM peak on
-        text or outside the lesion outline, or the whole image read without an outline.
+        ratio > 1), or the segmenter found no lesion in the image. Unreliable: text burned
+        in over or near the region read (:func:`buscad.data.quality.text_near`), the
+        Grad-CAM peak on text or outside the lesion outline, the whole image read without
+        an outline, or no lesion found inside the box drawn (the box is read as drawn).
         """
         from buscad.bundle.safety import ood_text
         from buscad.data import quality
@@ -915,9 +916,10 @@ class Bundle:
             ratio = self.ood.ratio(feats)
             if ratio > 1.0:
                 withhold.append(ood_text(ratio))
-        if prep.found is False:
-            what = "in the box" if prep.source == "box" else "in the image"
-            withhold.append(f"no lesion found {what} by the segmenter")
+        if prep.found is False and prep.source == "box":  # the box drawn is read as drawn
+            soft.append("no lesion found in the box by the segmenter: the whole box was read")
+        elif prep.found is False:
+            withhold.append("no lesion found in the image by the segmenter")
         elif prep.source == "whole":
             soft.append("no lesion was outlined: the whole image was read")
         # only the region read and its surroundings are searched for text (cheap per image)
