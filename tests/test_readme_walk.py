@@ -76,7 +76,9 @@ def test_readme_walk_runs_word_for_word(tmp_path):
     assert (clone / "my_study.yaml").is_file()
     assert (clone / "runs" / "my_study" / "report.html").is_file()
     assert (clone / "runs" / "my_study" / "bundle" / "bundle.json").is_file()
-    ext = pd.read_csv(clone / "runs" / "demo" / "data" / "external" / "manifest.csv")
+    ext = pd.read_csv(clone / "runs" / "walk" / "data" / "external" / "manifest.csv")
+    # the walk keeps to its own folder: make demo's outputs (runs/demo/...) are never touched
+    assert not (clone / "runs" / "demo").exists()
     summary = pd.read_csv(clone / "runs" / "predictions" / "summary.csv")
     assert len(summary) == len(ext) == 20
     if "error" in summary:

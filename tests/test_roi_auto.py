@@ -214,6 +214,8 @@ def test_bundle_carries_segmenter_and_predicts_without_mask(roi_run, tmp_path: P
     pz = b.predict(np.full(gray.shape, 20, np.uint8), clinical={})
     assert pz.roi_source == "whole" and pz.roi_confidence is None
     assert pz.notes and "no lesion found" in pz.notes[0] and "whole image" in pz.notes[0]
+    # ... and no AI call (docs/safety.md): the caution comes first in the headline
+    assert pz.withheld and "no lesion found in the image by the segmenter" in pz.cautions
     assert pz.roi == (0, 0, gray.shape[1], gray.shape[0])
     assert "radiomics" in pz.skipped_models
     # a damaged segmenter is refused when the bundle is loaded, naming the file

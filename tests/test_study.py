@@ -368,7 +368,10 @@ def test_bundle_predict_and_serve(small_run, tmp_path):
         "model.safetensors",
         "model_card.md",
         "models",
+        "ood.json",  # the out-of-distribution model of the training images (docs/safety.md)
+        "ood.safetensors",
     ]
+    assert doc["training"]["phantom"] and doc["ood"]["rows"] == doc["training"]["images"]
     assert {p.suffix for p in (bdir / "models").iterdir()} == {".json", ".safetensors"}
     assert doc["models"]["deep"]["onnx_cam"] == "gradcam"
     classical = {"radiomics", "dlr", "clinical", "us", "cldlr", "outline", "integrated"}

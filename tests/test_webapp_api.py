@@ -117,7 +117,12 @@ def test_heatmap_endpoint_and_no_heatmap_option(client, case):
 def test_report_html_and_pdf(client, case):
     png, _, _, _ = case
     r = post(
-        client, "/api/report?format=html", image=png, name="Jane_Doe_scan.png", box="30,40,150,160"
+        client,
+        "/api/report?format=html",
+        image=png,
+        name="Jane_Doe_scan.png",
+        box="30,40,150,160",
+        exam="ACC-2026-0042",
     )
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/html")
@@ -127,17 +132,21 @@ def test_report_html_and_pdf(client, case):
     html = r.text
     score = post(client, image=png, box="30,40,150,160").json()["ai_score"]
     assert f"{100 * score:.1f}%" in html
-    assert "Decision threshold" in html and "50.0%" in html
+    assert "AI call: " in html and "50.0% threshold" in html
+    # the exam number as the user typed it, in the report's first lines
+    assert re.search(r"Exam / accession number</th><td[^>]*>ACC-2026-0042<", html)
     assert "contrast-test" in html and "0.0-test" in html
     assert "it is not a BI-RADS assessment" in html  # the decision-support note
     assert html.count("data:image/png;base64,") == 2  # image and overlay
     assert "Jane_Doe" not in html  # the upload's file name never appears
-    assert re.search(r"Report date \d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC", html)
+    assert re.search(r"Report date</th><td>\d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC", html)
     r = post(client, "/api/report?format=pdf", image=png)
     assert r.status_code == 200 and r.headers["content-type"] == "application/pdf"
     assert r.content.startswith(b"%PDF")
     assert len(re.findall(rb"/Type\s*/Page\b", r.content)) == 1  # one page
     assert post(client, "/api/report?format=docx", image=png).status_code == 422
+    r = post(client, "/api/report?format=html", image=png, exam="x" * 65)
+    assert r.status_code == 422 and "at most 64" in r.text
 
 
 def test_dicom_is_deidentified_everywhere(client, case, caplog):

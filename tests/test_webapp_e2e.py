@@ -133,7 +133,11 @@ def test_case_screen(browser, server, cohort, shots):
     assert score.endswith("%") and 0 <= float(score[:-1]) <= 100
     assert page.inner_text("#band").split(" (")[0] in ("3", "4A", "4B", "4C", "5")
     assert "Decision support only" in page.inner_text("#band-note")
-    assert "(gives the AI score)" in page.inner_text("#models")
+    # one headline; the other models collapsed under one sentence
+    assert page.inner_text("#assessment").startswith("AI assessment by the ")
+    assert page.locator("#models").is_hidden()
+    page.click("#others-text")
+    assert "(gives the AI assessment)" in page.inner_text("#models")
     # plain model names, the short name as the tooltip; one wording of the call and the band
     assert page.get_attribute("#models tbody tr td", "title") in predictor.model_names
     assert page.inner_text("#decision").startswith("AI call: ")
@@ -176,6 +180,7 @@ def test_dicom_shown_deidentified_and_clinical_input(browser, server, cohort, tm
     page.click("#analyse")
     page.wait_for_selector("#message.ok")
     if with_age:  # the clinical model ran with the age
+        page.click("#others-text")
         rows = page.inner_text("#models").splitlines()
         clinical_row = [r for r in rows if r.startswith("Clinical model")]
         assert clinical_row and "not run" not in clinical_row[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 import sys
@@ -11,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from buscad.bundle.types import (
@@ -45,28 +48,92 @@ def _pred(p: float = 0.3, threshold: float = 0.4, **kw) -> Prediction:
 
 
 def test_one_wording_of_call_and_band():
-    # a score below the threshold but in the 4B range: the call and the band do not contradict
+    # a score below the threshold but in the 4B range: the call says which side of the
+    # threshold the score is on, never "benign", so it cannot contradict the band
     p = _pred(0.3, 0.4)
-    assert decision_text("benign", 0.4) == "AI call: benign (score below the 40.0% threshold)"
+    assert decision_text("benign", 0.4) == (
+        "AI call: not flagged (score below the model's 40.0% threshold)"
+    )
     assert decision_text("malignant", 0.4) == (
-        "AI call: malignant (score at or above the 40.0% threshold)"
+        "AI call: flagged (score at or above the model's 40.0% threshold)"
     )
     assert band_text(p.band) == "4B (> 10% to ≤ 50%: moderate suspicion range)"
     line = result_text(0.3, "benign", 0.4, p.band)
     assert line == (
-        "AI score 30.0% · AI call: benign (score below the 40.0% threshold) · "
-        "likelihood band 4B (> 10% to ≤ 50%: moderate suspicion range)"
+        "30.0% · likelihood band 4B (> 10% to ≤ 50%: moderate suspicion range) · "
+        "AI call: not flagged (score below the model's 40.0% threshold)"
     )
-    assert p.text() == line
-    assert "not suspicious" not in line
+    # the one headline, from one named model
+    assert p.assessment_text == "AI assessment by the Deep-learning model (CNN): " + line
+    assert p.text() == p.assessment_text
+    assert "not suspicious" not in line and "benign" not in line
     d = p.to_json()  # the app and the per-image JSON carry the same words
+    assert d["assessment_text"] == p.assessment_text
     assert d["decision_text"] == p.decision_text == decision_text("benign", 0.4)
     assert d["band_text"] == band_text(p.band)
+    assert d["borderline"] is None
     assert d["model_labels"] == {
-        "deep": "Deep-learning AI score",
+        "deep": "Deep-learning model (CNN)",
         "us": "Ultrasound-features model",
         "cldlr": "Clinical + deep features (CLDLR)",
     }
+    # near the threshold: borderline, in words, in the headline
+    near = _pred(0.38, 0.4)
+    assert near.borderline == "borderline: the score is within 5 points of the 40.0% threshold"
+    assert near.assessment_text.endswith("· " + near.borderline)
+
+
+def test_cautions_come_first_and_withhold_the_call():
+    p = _pred(0.72, 0.4).with_cautions(["colour image"], withhold=True)
+    assert p.withheld and p.cautions == ["colour image"]
+    assert (
+        p.assessment_text
+        == "AI assessment by the Deep-learning model (CNN) withheld: colour image."
+    )
+    assert "72.0%" not in p.assessment_text and "4C" not in p.assessment_text
+    assert p.borderline is None
+    soft = _pred(0.72, 0.4).with_cautions(["text near the lesion"], withhold=False)
+    assert not soft.withheld
+    assert soft.assessment_text.startswith(
+        "AI assessment by the Deep-learning model (CNN): unreliable for this image: "
+        "text near the lesion. 72.0% · likelihood band 4C"
+    )
+    banner = dataclasses.replace(p, banner="DEMO MODEL")
+    assert banner.text().startswith("[DEMO MODEL] AI assessment")
+    assert banner.to_json()["banner"] == "DEMO MODEL"
+
+
+def test_other_models_sentence_when_they_disagree():
+    p = _pred(0.3, 0.4)
+    p.model_thresholds = {"us": 0.5}
+    assert p.others_text == (
+        "1 of 1 other model disagree (score at or above their own threshold): "
+        "Ultrasound-features model 70.0%. The headline follows the Deep-learning model (CNN)."
+    )
+    p.model_thresholds = {"us": 0.8}
+    assert p.others_text == "The 1 other model agree with the call at their own thresholds."
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    p=st.floats(0.0, 1.0, allow_nan=False),
+    t=st.floats(0.001, 0.999, allow_nan=False),
+)
+def test_band_and_call_never_contradict(p, t):
+    pred = _pred(p, t)
+    text = pred.assessment_text
+    band = likelihood_band(p).category
+    assert text.count("likelihood band ") == 1 and f"likelihood band {band} (" in text
+    assert ("AI call: flagged" in text) == (p >= t)
+    assert ("AI call: not flagged" in text) == (p < t)
+    assert "benign" not in text.split("likelihood band")[0] + text.split("AI call:")[1]
+    assert "malignant" not in text
+    # a call and a band pointing different ways are never shown as a plain call
+    flagged = p >= t
+    if (flagged and band == "3") or (not flagged and band in ("4C", "5")):
+        assert "point different ways; read the band" in text
+    if abs(p - t) < 0.05:
+        assert "borderline" in text
 
 
 def test_wording_module_needs_no_pandas():
@@ -96,8 +163,14 @@ def test_input_sources_and_labels():
     assert type(got["morph_sm_circularity"][0]) is float
     assert input_label("posterior_features") == "Posterior features"
     assert input_label("birads") == "Radiologist's BI-RADS category"
-    assert input_label("morph_sm_circularity") == "Smoothed outline: circularity"
-    assert input_label("morph_echo_lesion_ring") == "Echo: lesion ring"
+    # the outline measures buscad computes have plain words, never their internal names
+    assert input_label("morph_sm_circularity") == "Outline circularity (smoothed outline)"
+    assert input_label("morph_echo_lesion_ring") == (
+        "Lesion brightness relative to the tissue around it"
+    )
+    assert input_label("morph_sm_hf_energy") == "Outline lobulation"
+    assert input_label("morph_echo_dark_frac") == "Share of very dark lesion pixels"
+    assert input_label("morph_sm_new_measure") == "Smoothed outline: new measure"
     assert input_label("skin_thickness_mm") == "Skin thickness mm"
     # a skipped model names its inputs as the app labels them, with the column where it differs
     assert inputs_text(["age", "echogenicity", "posterior_features"]) == (
@@ -118,21 +191,34 @@ def test_case_report_lists_inputs_and_plain_names():
     gray = np.full((40, 50), 90, np.uint8)
     ctx = ReportContext("demo", "1", datetime(2026, 1, 2, tzinfo=UTC), gray.shape)
     html = render_html(pred, gray, ctx)
-    assert "AI call: benign (score below the 40.0% threshold)" in html
+    assert "AI call: not flagged (score below the model&#39;s 40.0% threshold)" in html
+    assert "AI assessment by the Deep-learning model (CNN): 30.0%" in html
     assert "4B (&gt; 10% to ≤ 50%: moderate suspicion range)" in html
     assert "Ultrasound-features model (us)" in html
     assert "Clinical + deep features (CLDLR)<" in html  # no second (cldlr)
-    assert "Deep-learning AI score (deep), gives the AI score" in html
+    assert "Deep-learning model (CNN) (deep), gives the AI assessment" in html
+    assert "Exam / accession number" in html
     rows = re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td></tr>", html)
     assert ("Age (years)", "61", "entered") in rows
     assert ("Shape", "not given", "none") in rows
-    assert (
-        "2 outline measures (Outline area (log), Outline solidity)",
-        "computed",
-        "computed from the outline",
-    ) in rows
+    # every input has its own row, outline measures included, in plain words
+    assert ("Outline area (log)", "7.2", "computed from the outline") in rows
+    assert ("Outline solidity", "0.93", "computed from the outline") in rows
     assert "(primary)" not in html
     assert render_pdf(pred, gray, ctx).startswith(b"%PDF")
+
+
+def test_no_internal_feature_name_reaches_the_reader():
+    from buscad.segment.descriptors import DESCRIPTOR_NAMES
+    from buscad.segment.morphology import Morphology
+
+    names = [*DESCRIPTOR_NAMES, *(f.name for f in dataclasses.fields(Morphology))]
+    for n in names:
+        label = input_label(f"morph_{n}")
+        words = set(re.findall(r"[a-z]+", label.lower()))
+        # the internal abbreviations of the audit ("hf energy", "dark frac", "sm", "cv", "px")
+        assert not words & {"hf", "frac", "sm", "cv", "px", "echo_", "misfit"}, (n, label)
+        assert "_" not in label, (n, label)
 
 
 def test_predict_console_names_models_plainly():

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 #: Short model name -> (plain label, one-line description).
 MODELS: dict[str, tuple[str, str]] = {
-    "deep": ("Deep-learning AI score", "CNN on the lesion crop; its malignant probability"),
+    "deep": (
+        "Deep-learning model (CNN)",
+        "CNN on the lesion crop; its calibrated malignant probability",
+    ),
     "radiomics": (
         "Radiomics score",
         "radiomics features (ICC-stable, LASSO-selected) in a logistic rad-score",
@@ -29,9 +32,9 @@ MODELS: dict[str, tuple[str, str]] = {
         "Outline descriptors",
         "shape, margin and echo descriptors computed from the lesion outline",
     ),
-    "integrated": ("Integrated AI score", "fusion of the single models' scores"),
+    "integrated": ("Integrated model (fusion)", "fusion of the single models' scores"),
     "integrated_without_reader": (
-        "Integrated AI score without the reader",
+        "Integrated model without the reader",
         "fusion of the single models that do not read the reader's BI-RADS",
     ),
     "reader BI-RADS": ("Radiologist (BI-RADS)", "the reader's own BI-RADS category"),
@@ -81,6 +84,40 @@ INPUTS: dict[str, str] = {
     "bbox_cy": "Outline box centre (y)",
 }
 
+#: Measures computed from the outline (``morph_<name>``) -> the words a clinician reads:
+#: :func:`buscad.segment.descriptors.lesion_descriptors` (``sm_*``, ``echo_*``) and
+#: :class:`buscad.segment.morphology.Morphology`. No internal name reaches a screen.
+OUTLINE_MEASURES: dict[str, str] = {
+    "sm_solidity": "Outline solidity (smoothed outline)",
+    "sm_convexity": "Outline convexity (smoothed outline)",
+    "sm_circularity": "Outline circularity (smoothed outline)",
+    "sm_axis_ratio": "Outline long-to-short axis ratio",
+    "sm_depth_width": "Outline depth-to-width ratio",
+    "sm_ellipse_misfit": "Outline departure from an ellipse",
+    "sm_hf_energy": "Outline lobulation",
+    "sm_angle": "Outline tilt from horizontal (degrees)",
+    "echo_lesion_ring": "Lesion brightness relative to the tissue around it",
+    "echo_lesion_image": "Lesion brightness relative to the whole image",
+    "echo_cv": "Lesion echo heterogeneity",
+    "echo_posterior": "Posterior enhancement or shadowing",
+    "echo_posterior_lesion": "Tissue below the lesion relative to the lesion",
+    "echo_edge": "Margin sharpness",
+    "echo_dark_frac": "Share of very dark lesion pixels",
+    "echo_entropy": "Lesion echo texture (entropy)",
+    "shape": "Shape computed from the outline",
+    "orientation": "Orientation computed from the outline",
+    "margin": "Margin computed from the outline",
+    "area_px": "Outline area (pixels)",
+    "solidity": "Outline solidity",
+    "convexity_depth": "Outline convexity depth",
+    "ellipse_misfit": "Outline departure from an ellipse (raw outline)",
+    "axis_ratio": "Outline long-to-short axis ratio (raw outline)",
+    "depth_width_ratio": "Outline depth-to-width ratio (raw outline)",
+    "width_mm": "Lesion width (mm)",
+    "depth_mm": "Lesion depth (mm)",
+    "area_mm2": "Lesion area (mm²)",
+}
+
 #: Prefixes of inputs computed from the outline -> the words that replace them.
 _INPUT_PREFIXES: tuple[tuple[str, str], ...] = (
     ("morph_sm_", "Smoothed outline: "),
@@ -107,12 +144,16 @@ def inputs_text(names: list[str] | tuple[str, ...]) -> str:
 def input_label(name: str) -> str:
     """Plain label of a model input column (``posterior_features`` -> ``Posterior features``).
 
-    Known clinical and lexicon columns have a fixed label; outline measures read
-    ``Smoothed outline: solidity`` or ``Echo: lesion ring``; any other column has
+    Known clinical and lexicon columns have a fixed label; the outline measures
+    buscad computes have plain words (:data:`OUTLINE_MEASURES`: ``morph_echo_dark_frac``
+    -> ``Share of very dark lesion pixels``), other ``morph_*`` columns read
+    ``Smoothed outline: ...``, ``Echo: ...`` or ``Outline: ...``; any other column has
     its underscores turned into spaces and its first letter capitalised.
     """
     if name in INPUTS:
         return INPUTS[name]
+    if name.startswith("morph_") and name.removeprefix("morph_") in OUTLINE_MEASURES:
+        return OUTLINE_MEASURES[name.removeprefix("morph_")]
     for prefix, words in _INPUT_PREFIXES:
         if name.startswith(prefix):
             return words + name.removeprefix(prefix).replace("_", " ")

@@ -241,6 +241,7 @@ def score_items(
     list of dict
         One row per item, in order: the scores, or ``error`` with the reason.
     """
+    from buscad.bundle.safety import with_image_checks
     from buscad.data.io import burned_in_warning, to_uint8
     from buscad.errors import internal_error
     from buscad.explain.heatmap import overlay, save_png
@@ -291,11 +292,13 @@ def score_items(
                     log(it.note, True)
                 warning = burned_in_warning(gray, meta)
                 warnings = [warning] if warning else []
+                pred = with_image_checks(pred, meta)
                 if write_json or heatmap:  # the JSON (to_json copies every field: skip it)
                     doc = {
                         "image": str(it.image),
                         "bundle": b.name,
                         "engine": b.engine,
+                        "banner": pred.banner,
                         **pred.to_json(),
                         "warnings": warnings,
                     }
@@ -327,6 +330,8 @@ def score_items(
                     "threshold": pred.threshold,
                     "decision": pred.decision,
                     "band": pred.band.category,
+                    "withheld": "yes" if pred.withheld else "no",
+                    "cautions": "; ".join(pred.cautions),
                     "roi_source": pred.roi_source,
                     "roi_confidence": getattr(pred, "roi_confidence", None),
                     **({"roi": " ".join(map(str, pred.roi))} if keyed else {}),
@@ -383,6 +388,8 @@ def row_columns(b: Any) -> list[str]:
         "threshold",
         "decision",
         "band",
+        "withheld",
+        "cautions",
         "roi_source",
         "roi_confidence",
         "roi",

@@ -8,6 +8,8 @@ A bundle is a folder::
     model.onnx           the same CNN for ONNX Runtime, with its Grad-CAM in the graph
     models/NAME.*        each classical/fusion model (buscad.bundle.portable: safetensors + JSON)
     segmenter/           optional lesion segmenter: segmenter.onnx + segmenter.json
+    ood.safetensors      the training images' deep features  ┐ out-of-distribution model
+    ood.json             its k and limit                      ┘ (buscad.bundle.safety)
     model_card.md        intended use, data, metrics, limitations
 
 Nothing in it is a pickle. The AI score is the CNN's malignant probability
@@ -41,6 +43,15 @@ box is given (``roi_source = "box"``), automatic otherwise (``roi_source = "auto
 the most confident candidate). The outline's confidence (mean lesion probability
 inside it) is in the prediction, and radiomics reads the predicted outline. When
 no lesion is found, the box (if any) or the whole image is read and a note says so.
+
+Knowing when not to answer (:mod:`buscad.bundle.safety`, docs/safety.md): ``bundle.json``
+records what the bundle was trained on (``training``: cohorts, phantom or real, image
+counts, input size) and what the study found broken about its models (``flags``), and
+``ood.*`` models the training images in the CNN's feature space. Every prediction lists
+its ``cautions`` and withholds the AI call (``withheld``) when the image is unlike the
+training images, no lesion was found, or the primary model failed the study's checks;
+text burned in over or near the region read, or a Grad-CAM peak on text or outside the
+outline, marks the call unreliable. A phantom-trained bundle's results carry a banner.
 """
 
 from __future__ import annotations
@@ -112,6 +123,8 @@ def write_bundle(
     segmenter: str | os.PathLike[str] | None = None,
     roi: str = "expert",
     reader_column: str | None = None,
+    training: dict | None = None,
+    train_features: np.ndarray | None = None,
 ) -> Path:
     """Write a bundle from a deep checkpoint and its out-of-fold training scores.
 
@@ -140,6 +153,16 @@ def write_bundle(
         Where the models' training outlines came from (``expert``, ``auto`` or ``box``).
     reader_column : str, optional
         The column holding the reader's BI-RADS in the study (recorded in ``bundle.json``).
+    training : dict, optional
+        What the bundle was trained on (:func:`buscad.bundle.safety.training_record`).
+    train_features : numpy.ndarray, optional
+        ``(n, d)`` deep features of the training images: the out-of-distribution model
+        (:class:`buscad.bundle.safety.FeatureOOD`) is fitted on them.
+
+    The study's checks (:func:`buscad.bundle.safety.study_flags` on ``oof_scores``,
+    :func:`~buscad.bundle.safety.model_flags` on a classical model's ``oof`` and ``y``
+    when its ``classical`` entry has them) are written as ``flags``: a flagged bundle
+    is still written, and its predictions withhold their AI call.
 
     Returns
     -------
@@ -159,6 +182,9 @@ def write_bundle(
     s, yy = np.asarray(oof_scores, dtype=float)[ok], np.asarray(y, dtype=int)[ok]
     a, b = fit_platt(s, yy)
     threshold = youden_threshold(yy, calibrate(s, a, b))
+    from buscad.bundle.safety import FeatureOOD, model_flags, study_flags
+
+    flags = study_flags(yy, s, a, threshold, calibrate(s, a, b))
     deep: dict[str, Any] = {"checkpoint": stem.name, "cam": cam_method, "reads_reader": False}
     models: dict[str, Any] = {"deep": deep}
     for mname, info in (classical or {}).items():
@@ -177,6 +203,8 @@ def write_bundle(
                 reads if reads is not None else reader_column and reader_column in meta["inputs"]
             ),
         }
+        if info.get("oof") is not None:
+            models[mname]["flags"] = model_flags(info["y"], info["oof"])
     needs_radiomics = any(m.get("inputs", {}).get("radiomics") for m in models.values())
     if needs_radiomics and radiomics_params is None:
         raise ValueError("a bundled model reads radiomics features: pass radiomics_params")
@@ -204,12 +232,41 @@ def write_bundle(
         "segmenter": add_segmenter(out, segmenter, roi) if segmenter is not None else None,
         "metrics": metrics or [],
         "provenance": provenance or {},
+        "training": training,
+        "flags": flags,
+        "ood": FeatureOOD.fit(train_features).save(out) if train_features is not None else None,
     }
     atomic_write_json(out / "bundle.json", doc)
     atomic_write_text(out / "model_card.md", model_card or f"# {name}\n")
     if onnx:
         add_onnx(out)
     return out
+
+
+def add_ood(
+    bundle: str | os.PathLike[str],
+    train_features: np.ndarray,
+    training: dict | None = None,
+) -> dict:
+    """Fit the out-of-distribution model on training features and record it in ``bundle.json``.
+
+    :func:`write_bundle` does this when given ``train_features``; this brings an older
+    bundle up to date (with ``training``, the record of what it was trained on, when known).
+
+    Returns
+    -------
+    dict
+        The ``ood`` entry of ``bundle.json``.
+    """
+    from buscad.bundle.safety import FeatureOOD
+
+    out = Path(bundle)
+    doc = json.loads((out / "bundle.json").read_text(encoding="utf-8"))
+    doc["ood"] = FeatureOOD.fit(train_features).save(out)
+    if training is not None:
+        doc["training"] = training
+    atomic_write_json(out / "bundle.json", doc)
+    return doc["ood"]
 
 
 def add_segmenter(out: Path, segmenter: str | os.PathLike[str], roi: str = "expert") -> dict:
@@ -351,6 +408,7 @@ class _Prepared:
     notes: list[str]
     crop: np.ndarray
     timings: dict[str, float]
+    found: bool | None = None
 
 
 class Bundle:
@@ -403,6 +461,16 @@ class Bundle:
             )
         )
         self.version = str(doc.get("version"))
+        from buscad.bundle.safety import FeatureOOD, banner, training_text
+
+        #: what the bundle was trained on (None: provenance unknown) and its banner
+        self.training: dict | None = doc.get("training")
+        self.training_text = training_text(self.training)
+        self.banner = banner(self.training)
+        #: what the study found broken about the primary model (its calls are withheld)
+        self.flags: list[str] = list(doc.get("flags") or [])
+        ood = doc.get("ood")
+        self.ood = FeatureOOD.load(path, ood.get("sha256")) if ood else None
         self._lock = threading.Lock()
         self._model: Any = None
         self._onnx: Any = None
@@ -757,7 +825,8 @@ class Bundle:
         x0, y0, x1, y1 = roi
         crop = resize(g[y0:y1, x0:x1], self.pre.input_size)
         timings = {"preprocess": (time.perf_counter() - t0) * 1000, **timings}
-        return _Prepared(g, roi, source, read, outline, confidence, notes, crop, timings)
+        found = (outline is not None) if "segment" in timings else None
+        return _Prepared(g, roi, source, read, outline, confidence, notes, crop, timings, found)
 
     def _finish(
         self,
@@ -789,6 +858,10 @@ class Bundle:
         skipped.update(self.not_exported)
         cal = self.doc["calibration"]
         p = float(calibrate(raw, cal["a"], cal["b"])[0])
+        t4 = time.perf_counter()
+        withhold, soft, ratio = self._cautions(prep, feats, hm)
+        timings["checks"] = (time.perf_counter() - t4) * 1000
+        models = self.doc["models"]
         return Prediction(
             ai_score=p,
             primary_model="deep",
@@ -806,4 +879,64 @@ class Bundle:
             heatmap=hm,
             timings_ms={k: round(v, 2) for k, v in timings.items()},
             inputs=inputs,
+            cautions=[*withhold, *soft],
+            withheld=bool(withhold),
+            banner=self.banner,
+            training=self.training_text,
+            ood_ratio=ratio,
+            model_thresholds={
+                n: float(models[n]["threshold"]) for n in self.classical if "threshold" in models[n]
+            },
+            model_flags={n: list(m["flags"]) for n, m in models.items() if m.get("flags")},
         )
+
+    def _cautions(
+        self, prep: _Prepared, feats: np.ndarray, hm: np.ndarray | None
+    ) -> tuple[list[str], list[str], float | None]:
+        """Why the call is withheld, why it is unreliable (in words), and the OOD ratio.
+
+        Withheld: the primary model failed the study's checks (``flags``), the image is
+        outside the training images in feature space (:class:`~buscad.bundle.safety.FeatureOOD`
+        ratio > 1), or the segmenter found no lesion in the image. Unreliable: text burned
+        in over or near the region read (:func:`buscad.data.quality.text_near`), the
+        Grad-CAM peak on text or outside the lesion outline, the whole image read without
+        an outline, or no lesion found inside the box drawn (the box is read as drawn).
+        """
+        from buscad.bundle.safety import ood_text
+        from buscad.data import quality
+
+        withhold: list[str] = []
+        soft: list[str] = []
+        ratio = None
+        if self.flags:
+            withhold.append(
+                "the model failed the study's own checks (" + "; ".join(self.flags) + ")"
+            )
+        if self.ood is not None:
+            ratio = self.ood.ratio(feats)
+            if ratio > 1.0:
+                withhold.append(ood_text(ratio))
+        if prep.found is False and prep.source == "box":  # the box drawn is read as drawn
+            soft.append("no lesion found in the box by the segmenter: the whole box was read")
+        elif prep.found is False:
+            withhold.append("no lesion found in the image by the segmenter")
+        elif prep.source == "whole":
+            soft.append("no lesion was outlined: the whole image was read")
+        # only the region read and its surroundings are searched for text (cheap per image)
+        boxes = quality.text_boxes(prep.gray, None if prep.source == "whole" else prep.roi)
+        near = quality.text_near(boxes, prep.roi)
+        if near:
+            soft.append(
+                f"text is burned into the image over or near the region read ({len(near)} "
+                "text-like marks): the model may read the text"
+            )
+        if hm is not None:
+            peak = quality.heat_peak(hm)
+            if quality.peak_on_text(peak, boxes):
+                soft.append("the Grad-CAM peak lies on burned-in text, not on tissue")
+            elif prep.mask is not None:
+                x0, y0, x1, y1 = prep.roi
+                pad = max(2, int(0.05 * max(x1 - x0, y1 - y0)))
+                if quality.peak_outside(peak, prep.mask, pad):
+                    soft.append("the Grad-CAM peak lies outside the lesion outline")
+        return withhold, soft, ratio

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -116,6 +117,7 @@ def predict_cmd(
         from buscad.bundle.ray_engine import run_ray
 
         probe = Bundle.load(bundle, engine="auto")
+        _bundle_lines(probe, log)
         items = items_from_manifest(manifest, probe.clinical_inputs)
         summary = run_ray(
             bundle,
@@ -133,6 +135,7 @@ def predict_cmd(
         _finish_manifest_run(summary, bundle, items, out, dicom_sr)
         return
     b = Bundle.load(bundle, engine=engine)
+    _bundle_lines(b, log)
     out.mkdir(parents=True, exist_ok=True)
     if manifest is not None:
         items = items_from_manifest(manifest, b.clinical_inputs)
@@ -166,6 +169,22 @@ def predict_cmd(
     typer.echo(f"wrote {out / 'summary.csv'}")
     if dicom_sr is not None:
         _write_srs(bundle, items, out, dicom_sr, keyed=False)
+
+
+def _bundle_lines(b: Any, log: Any) -> None:
+    """What the bundle is, first: its banner (phantom-trained), training data and study flags."""
+    banner = getattr(b, "banner", None)
+    if banner:
+        log(f"*** {banner} ***", True)
+    if getattr(b, "training_text", None):
+        log(f"bundle {b.name}: {b.training_text}", True)
+    flags = getattr(b, "flags", None)
+    if flags:
+        log(
+            "WARNING: the bundle's model failed the study's checks; every AI call is withheld: "
+            + "; ".join(flags),
+            True,
+        )
 
 
 def _finish_manifest_run(summary, bundle: Path, items, out: Path, dicom_sr: Path | None) -> None:

@@ -9,7 +9,8 @@
 * ``(111047, DCM, "Probability of cancer")``: the AI score (calibrated
   probability, UCUM unit ``1``), with the model as algorithm identification;
 * ``(threshold, 99BUSCAD, ...)``: the decision threshold, and a qualitative
-  evaluation ``(decision, 99BUSCAD)`` = ``malignant`` or ``benign``;
+  evaluation ``(decision, 99BUSCAD)`` = ``malignant``, ``benign`` or ``withheld`` (the
+  prediction's ``withheld``: docs/safety.md);
 * the observer is a device: the bundle's name, version and a UID derived from
   the bundle's ONNX/weights hash.
 
@@ -151,7 +152,8 @@ def build_sr(
             algorithm_id=algorithm,
         ),
     ]
-    decision = str(result["decision"])
+    # a withheld AI call (docs/safety.md) is never written as benign or malignant
+    decision = "withheld" if result.get("withheld") else str(result["decision"])
     evaluation = hd.sr.QualitativeEvaluation(
         name=hd.sr.CodedConcept("decision", SCHEME, "AI decision at threshold"),
         value=hd.sr.CodedConcept(decision, SCHEME, decision.capitalize()),

@@ -49,12 +49,43 @@ def decision_text(decision: str, threshold: float) -> str:
     """The AI call at the decision threshold, in the words every screen uses.
 
     The one wording shared by ``buscad predict``, the web app (``decision_text``
-    in its JSON) and the case report, e.g. ``"AI call: benign (score below the
-    40.0% threshold)"``. It says which side of the threshold the score is on and
-    nothing about suspicion: the likelihood band (:func:`band_text`) says that.
+    in its JSON) and the case report, e.g. ``"AI call: not flagged (score below the
+    model's 40.0% threshold)"``. It says which side of the model's threshold the
+    score is on, never "benign" or "malignant": the likelihood band
+    (:func:`band_text`) says how suspicious the score is, so the two cannot
+    contradict each other (a score below a 40% threshold can still be in the 4B
+    range; see :func:`borderline_reason`).
     """
-    side = "at or above" if decision == "malignant" else "below"
-    return f"AI call: {decision} (score {side} the {_pct(threshold)} threshold)"
+    if decision == "malignant":
+        return f"AI call: flagged (score at or above the model's {_pct(threshold)} threshold)"
+    return f"AI call: not flagged (score below the model's {_pct(threshold)} threshold)"
+
+
+#: A score within this distance of the threshold is borderline (:func:`borderline_reason`).
+BORDERLINE_MARGIN = 0.05
+
+
+def borderline_reason(ai_score: float, threshold: float) -> str | None:
+    """Why a call is borderline, in words, or None.
+
+    Borderline when ``|p - t| < BORDERLINE_MARGIN`` (5 percentage points), or when
+    the call and the band point different ways: flagged (``p >= t``) in band 3
+    (``p <= 2%``, probably benign range), or not flagged (``p < t``) in band 4C or
+    5 (``p > 50%``, high suspicion range).
+    """
+    band = likelihood_band(ai_score).category
+    flagged = ai_score >= threshold
+    if (flagged and band == "3") or (not flagged and band in ("4C", "5")):
+        return (
+            f"borderline: the call (threshold {_pct(threshold)}) and the band ({band}) "
+            "point different ways; read the band"
+        )
+    if abs(ai_score - threshold) < BORDERLINE_MARGIN:
+        return (
+            f"borderline: the score is within {100 * BORDERLINE_MARGIN:.0f} points of the "
+            f"{_pct(threshold)} threshold"
+        )
+    return None
 
 
 def band_text(band: LikelihoodBand) -> str:
@@ -87,11 +118,38 @@ def roi_text(source: str, confidence: float | None = None, accepted: bool = Fals
 
 
 def result_text(ai_score: float, decision: str, threshold: float, band: LikelihoodBand) -> str:
-    """One line for a result: score, AI call and likelihood band (:func:`decision_text`)."""
-    return (
-        f"AI score {_pct(ai_score)} · {decision_text(decision, threshold)} · "
-        f"likelihood band {band_text(band)}"
+    """Score, AI call, likelihood band and borderline flag in one line (no model name)."""
+    line = (
+        f"{_pct(ai_score)} · likelihood band {band_text(band)} · "
+        f"{decision_text(decision, threshold)}"
     )
+    why = borderline_reason(ai_score, threshold)
+    return f"{line} · {why}" if why else line
+
+
+def assessment_text(
+    ai_score: float,
+    decision: str,
+    threshold: float,
+    band: LikelihoodBand,
+    model: str,
+    cautions: list[str] | tuple[str, ...] = (),
+    withheld: bool = False,
+) -> str:
+    """The one headline every screen shows: "AI assessment (MODEL): ...".
+
+    Withheld (``withheld``): ``"AI assessment by the MODEL withheld: CAUTION; CAUTION."``
+    with no score, band or call. Otherwise ``"AI assessment by the MODEL: "`` and
+    :func:`result_text`, preceded by ``"unreliable for this image: CAUTIONS."`` when
+    there are cautions.
+    """
+    from buscad.labels import model_label
+
+    head = f"AI assessment by the {model_label(model)}"
+    if withheld:
+        return f"{head} withheld: " + "; ".join(cautions) + "."
+    warn = f" unreliable for this image: {'; '.join(cautions)}." if cautions else ""
+    return f"{head}:{warn} {result_text(ai_score, decision, threshold, band)}"
 
 
 #: Where a model input came from (:attr:`Prediction.inputs`).
@@ -200,6 +258,25 @@ class Prediction:
         ``label``, ``value``, ``source`` (:data:`INPUT_ENTERED`, :data:`INPUT_COMPUTED`
         or :data:`INPUT_NONE`) and ``outline`` (a measure of the outline); see
         :func:`input_sources`.
+    cautions : list of str
+        Why the AI call should not be trusted for this image, in words, most serious
+        first (docs/safety.md): the image is unlike the training images, a colour
+        (Doppler) image, no lesion found, the model failed the study's checks, text
+        over or near the region read, the Grad-CAM peak on text or outside the region.
+    withheld : bool
+        The AI call is withheld: the headline gives the cautions and no score, band or
+        call (``ai_score``, ``decision`` and ``band`` stay in the JSON for audit only).
+    banner : str or None
+        What every screen shows first about the bundle itself (the phantom banner).
+    training : str
+        What the bundle was trained on, in words (or "provenance unknown").
+    ood_ratio : float or None
+        The image's feature distance over the training limit (> 1: unlike the training
+        images); None when the bundle has no out-of-distribution model.
+    model_thresholds : dict
+        Each other model's own threshold (Youden on its out-of-fold training scores).
+    model_flags : dict
+        Model name -> what the study found broken about it (e.g. constant scores).
     """
 
     ai_score: float
@@ -219,6 +296,73 @@ class Prediction:
     heatmap: np.ndarray | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
     inputs: list[dict[str, Any]] = field(default_factory=list)
+    cautions: list[str] = field(default_factory=list)
+    withheld: bool = False
+    banner: str | None = None
+    training: str = ""
+    ood_ratio: float | None = None
+    model_thresholds: dict[str, float] = field(default_factory=dict)
+    model_flags: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def borderline(self) -> str | None:
+        """Why the call is borderline (:func:`borderline_reason`), or None."""
+        return None if self.withheld else borderline_reason(self.ai_score, self.threshold)
+
+    @property
+    def assessment_text(self) -> str:
+        """The headline (:func:`assessment_text`)."""
+        return assessment_text(
+            self.ai_score,
+            self.decision,
+            self.threshold,
+            self.band,
+            self.primary_model,
+            self.cautions,
+            self.withheld,
+        )
+
+    @property
+    def others_text(self) -> str:
+        """One sentence on the other models: whether they agree with the headline's call.
+
+        A model agrees when its score is on the same side of its own threshold
+        (``model_thresholds``) as the AI score is of the bundle's.
+        """
+        from buscad.labels import model_label
+
+        flagged = self.ai_score >= self.threshold
+        ran = {
+            n: s
+            for n, s in self.model_scores.items()
+            if n != self.primary_model and s is not None and n in self.model_thresholds
+        }
+        if not ran:
+            return "No other model gave a score for this image."
+        if self.withheld:
+            return (
+                f"The AI call is withheld: the {len(ran)} other "
+                + ("models' scores are" if len(ran) > 1 else "model's score is")
+                + " shown for reference only (they read the same image)."
+            )
+        differ = [n for n, s in ran.items() if (s >= self.model_thresholds[n]) != flagged]
+        many = "models" if len(ran) > 1 else "model"
+        if not differ:
+            return f"The {len(ran)} other {many} agree with the call at their own thresholds."
+        names = ", ".join(f"{model_label(n)} {_pct(ran[n])}" for n in differ)
+        side = "below" if flagged else "at or above"
+        return (
+            f"{len(differ)} of {len(ran)} other {many} disagree (score {side} their own "
+            f"threshold): {names}. The headline follows the {model_label(self.primary_model)}."
+        )
+
+    def with_cautions(self, cautions: list[str], withhold: bool) -> Prediction:
+        """A copy with ``cautions`` added (first when ``withhold``) and the call withheld if asked."""
+        import dataclasses
+
+        new = [c for c in cautions if c not in self.cautions]
+        merged = [*new, *self.cautions] if withhold else [*self.cautions, *new]
+        return dataclasses.replace(self, cautions=merged, withheld=self.withheld or withhold)
 
     @property
     def decision_text(self) -> str:
@@ -236,14 +380,15 @@ class Prediction:
         return roi_text(self.roi_source, self.roi_confidence, self.roi_accepted)
 
     def text(self) -> str:
-        """One line: score, AI call and likelihood band (:func:`result_text`)."""
-        return result_text(self.ai_score, self.decision, self.threshold, self.band)
+        """One line: the banner, then the headline (:func:`assessment_text`)."""
+        return (f"[{self.banner}] " if self.banner else "") + self.assessment_text
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict (the heatmap and the outline are left out: they are served as images).
 
-        Besides the fields: ``decision_text``, ``band_text`` and ``roi_text``, the
-        wording every screen shows, and ``model_labels``: each model's plain name.
+        Besides the fields: ``assessment_text`` (the headline), ``decision_text``,
+        ``band_text``, ``borderline``, ``others_text`` and ``roi_text``, the wording
+        every screen shows, and ``model_labels``: each model's plain name.
         """
         from buscad.labels import model_label
 
@@ -254,6 +399,9 @@ class Prediction:
         d["decision_text"] = self.decision_text
         d["band_text"] = self.band_text
         d["roi_text"] = self.roi_text
+        d["assessment_text"] = self.assessment_text
+        d["borderline"] = self.borderline
+        d["others_text"] = self.others_text
         names = [*self.model_scores, *self.skipped_models]
         d["model_labels"] = {n: model_label(n) for n in names}
         return d

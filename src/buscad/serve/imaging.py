@@ -65,6 +65,7 @@ class DecodedImage:
     format: str
     bit_depth: int
     warnings: tuple[str, ...] = ()
+    colour_fraction: float | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -203,6 +204,7 @@ def decode_image(data: bytes, max_bytes: int | None = None) -> DecodedImage:
         format=meta.format,
         bit_depth=int(meta.bit_depth),
         warnings=(warn,) if warn else (),
+        colour_fraction=float(meta.colour_fraction),
     )
 
 

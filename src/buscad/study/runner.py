@@ -32,8 +32,8 @@ from buscad.utils import atomic_write_json, atomic_write_table, file_sha256, sta
 
 #: Bumped when the bundle stage writes something new (2: model.onnx with Grad-CAM;
 #: 3: the classical and fusion models; 4: why a configured model is not in it;
-#: 5: each model's ``reads_reader``).
-BUNDLE_VERSION = 5
+#: 5: each model's ``reads_reader``; 6: training record, study flags, OOD model).
+BUNDLE_VERSION = 6
 #: Bumped when the fold-features stage writes something new (1: each CV fold CNN's
 #: features of every training row, for fold-clean deep-feature models).
 FOLD_FEATURES_VERSION = 1
@@ -1259,6 +1259,7 @@ class StudyRun:
 
         def work(folder: Path) -> None:
             from buscad.bundle.bundle import write_bundle
+            from buscad.bundle.safety import training_from_rows
             from buscad.evaluate.metrics import youden_threshold
 
             sc = pd.read_csv(deep_res.path / "scores.csv").set_index("image_id")
@@ -1279,6 +1280,8 @@ class StudyRun:
                     "stem": f.with_suffix(""),
                     "threshold": float(youden_threshold(ptr["label"].to_numpy()[ok], oof[ok])),
                     "reads_reader": f.stem in reading,
+                    "oof": oof[ok],  # for the study's checks (buscad.bundle.safety.model_flags)
+                    "y": ptr["label"].to_numpy()[ok],
                 }
             notes = json.loads((cls_res.path / "notes.json").read_text())
             params = None
@@ -1313,6 +1316,16 @@ class StudyRun:
                 segmenter=seg_path,
                 roi=roi.mode,
                 reader_column=cfg.clinical.reader_column,
+                training=training_from_rows(
+                    tr,
+                    [c.name for c in cfg.cohorts if c.phantom is not None],
+                    json.loads((deep_res.path / "model.json").read_text(encoding="utf-8")),
+                ),
+                train_features=pd.read_parquet(deep_res.path / "features.parquet")
+                .set_index("image_id")
+                .reindex(tr["image_id"].astype(str))
+                .dropna()
+                .to_numpy(np.float32),
             )
 
         seg_path = roi.segmenter if roi.segmenter is not None else cfg.resolve(cfg.segment.model)
@@ -1339,6 +1352,12 @@ class StudyRun:
         if out.exists():
             shutil.rmtree(out)
         shutil.copytree(res.path / "bundle", out)
+        flags = json.loads((out / "bundle.json").read_text(encoding="utf-8")).get("flags") or []
+        if flags:  # buscad.bundle.safety.study_flags: every prediction of it is withheld
+            self.warnings.append(
+                "the bundle's CNN failed the study's checks, so every AI call of the bundle is "
+                "withheld: " + "; ".join(flags)
+            )
         return out
 
     def _gallery(

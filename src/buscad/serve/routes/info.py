@@ -61,6 +61,9 @@ async def info(state: Annotated[AppState, Depends(get_state)]) -> dict[str, Any]
     ``name``); ``inputs`` each clinical/lexicon input's label and allowed values
     (:func:`input_fields`); ``outline_available`` whether the bundle outlines the
     lesion itself (``POST /api/outline``), else ``outline_note`` says why not.
+    ``banner`` is the phantom banner (None for a bundle trained on real images),
+    ``training`` what the bundle was trained on, ``flags`` what the study found
+    broken about its model (its calls are then withheld).
     """
     from buscad.labels import model_description, model_label
 
@@ -68,6 +71,10 @@ async def info(state: Annotated[AppState, Depends(get_state)]) -> dict[str, Any]
     return {
         "buscad_version": __version__,
         "bundle": {"name": predictor.name, "version": _bundle_version(predictor)},
+        # what every screen shows first about the bundle (docs/safety.md)
+        "banner": getattr(predictor, "banner", None),
+        "training": getattr(predictor, "training_text", None),
+        "flags": list(getattr(predictor, "flags", []) or []),
         "threshold": float(predictor.threshold),
         "primary_model": predictor.primary_model,
         "model_names": list(predictor.model_names),

@@ -25,6 +25,7 @@ from buscad.serve.routes.state import (
     _clean,
     _no_store,
     get_state,
+    parse_exam,
 )
 
 router = APIRouter(tags=["predict"])
@@ -143,14 +144,17 @@ async def heatmap(request: Request, state: State) -> Response:
 async def report(request: Request, state: State, format: str = "html") -> Response:
     """One-page case report as HTML (``format=html``) or PDF (``format=pdf``).
 
-    Nothing is stored on the server: the report is the response.
+    ``exam`` (form field): the exam or accession number the user typed, printed on
+    the report; it is never read from the DICOM header. Nothing is stored on the
+    server: the report is the response.
     """
     state.require_case_screen()
     if format not in ("html", "pdf"):
         raise UploadError(422, f"format must be html or pdf, got {format[:20]!r}")
     form = await state.read_form(request)
+    exam = parse_exam(form.fields.get("exam"))
     img, pred = await state.predict_upload(form, heatmap=True)
-    ctx = state.report_ctx(img)
+    ctx = state.report_ctx(img, exam)
     stamp = ctx.created_at.strftime("%Y%m%d-%H%M%S")
     if format == "pdf":
         body = await anyio.to_thread.run_sync(render_pdf, pred, img.gray, ctx)

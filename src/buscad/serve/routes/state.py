@@ -73,6 +73,26 @@ class UploadForm:
     auto_outline: bool = True
 
 
+#: Longest exam/accession number the case report accepts.
+EXAM_MAX_CHARS = 64
+
+
+def parse_exam(text: str | None) -> str:
+    """The exam/accession number the user typed: stripped, printable, at most 64 characters.
+
+    Raises
+    ------
+    UploadError
+        422 when it is longer or holds control characters.
+    """
+    t = (text or "").strip()
+    if len(t) > EXAM_MAX_CHARS:
+        raise UploadError(422, f"exam number is {len(t)} characters; at most {EXAM_MAX_CHARS}")
+    if not t.isprintable():
+        raise UploadError(422, "exam number holds control characters")
+    return t
+
+
 #: The multipart form fields of the upload routes (OpenAPI properties).
 UPLOAD_FIELDS: dict[str, dict[str, Any]] = {
     "image": {
@@ -109,6 +129,12 @@ UPLOAD_FIELDS: dict[str, dict[str, Any]] = {
         "default": True,
         "description": "Let the bundle's segmenter outline the lesion when "
         "no mask is given; false reads the box or the whole image as drawn",
+    },
+    "exam": {
+        "type": "string",
+        "maxLength": EXAM_MAX_CHARS,
+        "description": "Exam or accession number as typed by the user, printed on the case "
+        "report (never read from the DICOM header)",
     },
 }
 
@@ -441,7 +467,9 @@ class AppState:
             pred = dataclasses.replace(
                 pred, roi_source=mode, roi_confidence=conf, roi_accepted=True, outline=mask
             )
-        return img, pred
+        from buscad.bundle.safety import with_image_checks
+
+        return img, with_image_checks(pred, img)
 
     def prediction_json(self, pred: Prediction, img: imaging.DecodedImage | None) -> dict[str, Any]:
         """The JSON of a prediction (NaN as null), with the bundle and the image's facts."""
@@ -454,14 +482,19 @@ class AppState:
             d["warnings"] = list(img.warnings)
         return d
 
-    def report_ctx(self, img: imaging.DecodedImage) -> ReportContext:
-        """What the case report shows besides the prediction (no file name, no header)."""
+    def report_ctx(self, img: imaging.DecodedImage, exam: str = "") -> ReportContext:
+        """What the case report shows besides the prediction (no file name, no header).
+
+        ``exam`` is the exam/accession number the user typed (:func:`parse_exam`).
+        """
         return ReportContext(
             bundle_name=str(self.predictor.name),
             bundle_version=_bundle_version(self.predictor),
             created_at=datetime.now(UTC),
             image_size=img.shape,
             warnings=img.warnings,
+            training=str(getattr(self.predictor, "training_text", "") or ""),
+            exam=exam,
         )
 
 

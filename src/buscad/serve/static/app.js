@@ -17,7 +17,12 @@ async function loadInfo() {
   state.info = await r.json();
   const i = state.info;
   $("model-line").textContent = "Bundle " + i.bundle.name + (i.bundle.version ? " (" + i.bundle.version + ")" : "") +
-    " · threshold " + pct(i.threshold) + " · uploads up to " + i.max_upload_mb + " MB";
+    " · threshold " + pct(i.threshold) + " · uploads up to " + i.max_upload_mb + " MB" +
+    (i.training ? " · " + i.training : "");
+  // what the bundle is, first: the phantom banner and the study's checks (docs/safety.md)
+  const top = [i.banner, ...(i.flags || []).map((f) => "The model failed its study's checks: " + f)].filter(Boolean);
+  $("bundle-banner").hidden = !top.length;
+  $("bundle-banner").textContent = top.join(" · ");
   const box = $("clinical");
   box.innerHTML = "";
   const inputs = i.inputs || [];
@@ -449,17 +454,36 @@ async function analyse() {
 
 function showResult(res) {
   $("results").hidden = false;
+  // the banner and the cautions come first; a withheld call shows no score, band or call
+  $("result-banner").hidden = !res.banner;
+  $("result-banner").textContent = res.banner || "";
+  // withheld: the headline's first words, then its cautions as a list (the same words)
+  $("assessment").textContent = res.withheld ? res.assessment_text.split(": ")[0] + ":" : res.assessment_text;
+  $("assessment").className = "assessment" + (res.withheld ? " withheld" : res.cautions && res.cautions.length ? " unreliable" : "");
+  const cl = $("cautions");
+  cl.innerHTML = "";
+  for (const c of res.cautions || []) {
+    const li = document.createElement("li");
+    li.textContent = c;
+    cl.append(li);
+  }
+  cl.hidden = !(res.withheld && res.cautions && res.cautions.length);
+  $("score-box").hidden = !!res.withheld;
+  $("band-box").hidden = !!res.withheld;
   $("score").textContent = pct(res.ai_score);
   const primary = (res.model_labels || {})[res.primary_model] || res.primary_model;
   $("threshold").textContent = "Decision threshold " + pct(res.threshold) + " (" + primary + ")";
   const dec = $("decision");
   dec.textContent = res.decision_text;
   dec.className = "decision " + res.decision;
+  $("borderline").hidden = !res.borderline;
+  $("borderline").textContent = res.borderline ? res.borderline.charAt(0).toUpperCase() + res.borderline.slice(1) : "";
   showBand(res, $("band"), $("band-note"));
   const note = $("roi-note");
   note.hidden = !res.roi_note;
   note.textContent = res.roi_note || "";
   $("roi-text").textContent = "Region read: " + res.roi_text + ".";
+  $("others-text").textContent = "Other models: " + (res.others_text || "");
   fillModels(document.querySelector("#models tbody"), res);
   const heat = $("heat-img");
   if (res.heatmap_png) {
@@ -474,7 +498,10 @@ function showResult(res) {
 }
 
 async function fetchReport(format) {
-  const r = await fetch("/api/report?format=" + format, { method: "POST", body: formData() });
+  const fd = formData();
+  const exam = $("exam").value.trim();
+  if (exam) fd.append("exam", exam);  // typed by the user, never read from the DICOM header
+  const r = await fetch("/api/report?format=" + format, { method: "POST", body: fd });
   if (!r.ok) {
     setMessage($("message"), await apiError(r), "error");
     return null;

@@ -32,14 +32,17 @@ function fillModels(tbody, result) {
     const td1 = document.createElement("td");
     // the plain name; the short name (as in bundle.json and summary.csv) as its tooltip
     td1.textContent = ((result.model_labels || {})[m] || m) +
-      (m === result.primary_model ? " (gives the AI score)" : "") +
+      (m === result.primary_model ? " (gives the AI assessment)" : "") +
       // buscad.labels.READS_READER: the model reads the radiologist's own BI-RADS category
       ((result.reader_models || []).includes(m) ? " (uses the reader's BI-RADS)" : "");
     td1.title = m;
     const td2 = document.createElement("td");
     const s = (result.model_scores || {})[m];
     const why = (result.skipped_models || {})[m];
-    td2.textContent = pct(s === undefined ? null : s) + (why ? " (" + why + ")" : "");
+    const flags = (result.model_flags || {})[m] || [];
+    const held = result.withheld && m === result.primary_model ? " (call withheld; for audit only)" : "";
+    td2.textContent = pct(s === undefined ? null : s) + held + (why ? " (" + why + ")" : "") +
+      (flags.length ? " (study check: " + flags.join("; ") + ")" : "");
     tr.append(td1, td2);
     tbody.append(tr);
   }

@@ -1,0 +1,352 @@
+"""What a bundle knows about its own limits: its training data, its feature space, its study checks.
+
+Three records, all written by :func:`buscad.bundle.bundle.write_bundle` into the
+bundle (JSON in ``bundle.json``; the feature model as ``ood.safetensors`` +
+``ood.json``, never a pickle), and read at every prediction:
+
+``training`` (:func:`training_record`)
+    what the models were trained on: the cohorts (name, phantom or real, image
+    counts by label), the number of training images, the CNN's input size and
+    backbone. ``phantom: true`` when any training cohort is synthetic: every
+    result then carries :data:`PHANTOM_BANNER`. A bundle written before this
+    record existed says :data:`PROVENANCE_UNKNOWN`.
+
+``ood`` (:class:`FeatureOOD`)
+    an out-of-distribution model of the training images in the CNN's feature
+    space: the k-nearest-neighbour distance (Sun et al., ICML 2022) of an image's
+    L2-normalised deep features ``z = f / ||f||`` to the training rows',
+    ``d(x) = ||z(x) - z_(k)||`` with ``z_(k)`` its k-th nearest training row. The
+    limit is the :data:`OOD_PERCENTILE` th percentile of the training rows'
+    *leave-one-out* distances (each row's k-th nearest *other* row), so about 1 % of
+    training-like images exceed it. An image above the limit gets its AI call
+    withheld.
+
+``flags`` (:func:`study_flags`, :func:`model_flags`)
+    what the study's own out-of-fold numbers say is broken about a model. The
+    policy (docs/safety.md): a flagged primary model's bundle is still written, so
+    the study can be inspected, but ``bundle.json`` lists the flags and every
+    prediction withholds its AI call and says why; a flagged other model is marked
+    in the models' table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from buscad.bundle.types import Prediction
+
+#: The phantom banner: what every result of a bundle trained on synthetic images says first.
+PHANTOM_BANNER = (
+    "DEMO MODEL trained on synthetic phantom images, not on patients: its output says "
+    "nothing about a real patient's lesion."
+)
+#: What a bundle without a ``training`` record says about its training data.
+PROVENANCE_UNKNOWN = (
+    "provenance unknown: this bundle was written before buscad recorded its training data"
+)
+#: The percentile of the training rows' leave-one-out distances used as the OOD limit.
+OOD_PERCENTILE = 99.0
+#: Neighbours of the k-NN distance (fewer when the training rows are few).
+OOD_K = 5
+#: Training rows kept in the OOD model (a seeded random subset above this).
+OOD_MAX_ROWS = 5000
+OOD_FILE = "ood"
+#: A model is "constant" when more than this fraction of its out-of-fold scores share one value.
+CONSTANT_FRACTION = 0.5
+
+
+def training_record(
+    cohorts: list[dict[str, Any]], input_size: int | None, backbone: str | None = None
+) -> dict[str, Any]:
+    """The ``training`` record of ``bundle.json``.
+
+    Parameters
+    ----------
+    cohorts : list of dict
+        One per training cohort: ``name``, ``phantom`` (bool), ``images`` (training
+        rows) and ``labels`` (label -> count).
+    input_size, backbone
+        The CNN's input size in pixels and its backbone.
+    """
+    cohorts = [
+        {
+            "name": str(c["name"]),
+            "phantom": bool(c["phantom"]),
+            "images": int(c["images"]),
+            "labels": {str(k): int(v) for k, v in (c.get("labels") or {}).items()},
+        }
+        for c in cohorts
+    ]
+    return {
+        "cohorts": cohorts,
+        "images": sum(c["images"] for c in cohorts),
+        "phantom": any(c["phantom"] for c in cohorts),
+        "input_size": None if input_size is None else int(input_size),
+        "backbone": backbone,
+    }
+
+
+def training_from_rows(rows: Any, phantom_cohorts: list[str], spec: dict) -> dict[str, Any]:
+    """:func:`training_record` from the training rows' manifest table and the CNN's spec.
+
+    A cohort is a phantom cohort when it is named in ``phantom_cohorts`` (the study
+    config generates it) or every one of its rows' ``device`` reads ``phantom-...``
+    (the manifests ``buscad demo`` writes).
+    """
+    cohorts = []
+    for name, grp in rows.groupby("cohort", sort=False):
+        dev = grp["device"].astype(str) if "device" in grp else None
+        synth = str(name) in phantom_cohorts or (
+            dev is not None and len(dev) > 0 and bool(dev.str.startswith("phantom-").all())
+        )
+        cohorts.append(
+            {
+                "name": name,
+                "phantom": synth,
+                "images": len(grp),
+                "labels": grp["label"].value_counts().to_dict(),
+            }
+        )
+    pre = spec.get("preprocessing", {})
+    bb = spec.get("backbone")
+    name = bb.get("name") if isinstance(bb, dict) else bb
+    return training_record(cohorts, pre.get("input_size"), name)
+
+
+def training_text(training: dict[str, Any] | None) -> str:
+    """What the bundle was trained on, in one line (:data:`PROVENANCE_UNKNOWN` without a record)."""
+    if not training:
+        return PROVENANCE_UNKNOWN
+    parts = []
+    for c in training.get("cohorts", []):
+        kind = "synthetic phantoms" if c.get("phantom") else "real images"
+        labels = ", ".join(f"{v} {k}" for k, v in c.get("labels", {}).items())
+        parts.append(f"{c['name']} ({c['images']} {kind}" + (f": {labels})" if labels else ")"))
+    size = training.get("input_size")
+    return (
+        f"trained on {training.get('images', 0)} images: "
+        + "; ".join(parts)
+        + (f"; CNN input {size} px" if size else "")
+    )
+
+
+def banner(training: dict[str, Any] | None) -> str | None:
+    """The banner every result carries: :data:`PHANTOM_BANNER` for a phantom-trained bundle."""
+    return PHANTOM_BANNER if training and training.get("phantom") else None
+
+
+# ------------------------------------------------------------------- study checks
+def _constant_share(scores: np.ndarray) -> float:
+    """Largest share of scores equal to one value (rounded to 1e-4)."""
+    s = np.round(np.asarray(scores, float), 4)
+    if s.size == 0:
+        return 0.0
+    _, counts = np.unique(s, return_counts=True)
+    return float(counts.max() / s.size)
+
+
+def model_flags(y: np.ndarray, scores: np.ndarray, what: str = "the model") -> list[str]:
+    """Why a model's out-of-fold training scores say it is broken (empty when none).
+
+    Rules: the AUC's 95 % DeLong CI does not exclude 0.5 (its lower bound ``<= 0.5``:
+    it is not shown to rank better than chance; this includes every AUC below 0.5),
+    or more than :data:`CONSTANT_FRACTION` of the scores share one value
+    (``max_v #{s_i = v} / n``, scores rounded to 1e-4).
+    """
+    from buscad.evaluate.delong import auc_ci
+
+    y = np.asarray(y, int)
+    s = np.asarray(scores, float)
+    ok = np.isfinite(s)
+    y, s = y[ok], s[ok]
+    out = []
+    if len(np.unique(y)) == 2 and len(y) >= 4:
+        r = auc_ci(y, s)
+        if not r.lo > 0.5:
+            worse = " (it ranks cases in reverse)" if r.hi < 0.5 else ""
+            out.append(
+                f"{what} is not shown to be better than chance: out-of-fold AUC {r.auc:.2f} "
+                f"(95% CI {r.lo:.2f}-{r.hi:.2f}){worse}"
+            )
+    share = _constant_share(s)
+    if share > CONSTANT_FRACTION:
+        out.append(f"{what} gives the same score to {100 * share:.0f}% of its training images")
+    return out
+
+
+def study_flags(
+    y: np.ndarray, oof: np.ndarray, slope: float, threshold: float, calibrated: np.ndarray
+) -> list[str]:
+    """The primary model's flags: :func:`model_flags` plus its calibration and threshold.
+
+    Also flagged: a Platt calibration slope ``a <= 0`` (the calibrated score runs
+    against the CNN's), and a threshold outside ``[min, max]`` of the calibrated
+    out-of-fold scores (it cannot separate them).
+    """
+    out = model_flags(y, oof, "the CNN")
+    if not slope > 0:
+        out.append(
+            f"the calibration slope is {slope:.2f} (not above 0): the calibrated score "
+            "runs against the CNN's"
+        )
+    c = np.asarray(calibrated, float)
+    c = c[np.isfinite(c)]
+    if c.size and not (c.min() <= threshold <= c.max()):
+        out.append(
+            f"the decision threshold {100 * threshold:.1f}% lies outside the training scores' "
+            f"range ({100 * c.min():.1f}-{100 * c.max():.1f}%)"
+        )
+    return out
+
+
+# ------------------------------------------------------------------- OOD model
+def _normalise(f: np.ndarray) -> np.ndarray:
+    f = np.asarray(f, np.float32)
+    if f.ndim == 1:
+        f = f[None]
+    n = np.linalg.norm(f, axis=1, keepdims=True)
+    return f / np.maximum(n, 1e-12)
+
+
+@dataclass
+class FeatureOOD:
+    """k-NN out-of-distribution model of the training images' deep features (see module doc).
+
+    Attributes
+    ----------
+    train : numpy.ndarray
+        ``(n, d)`` float32 L2-normalised training features.
+    k : int
+        The neighbour whose distance is taken.
+    limit : float
+        The :data:`OOD_PERCENTILE` th percentile of the training rows' leave-one-out distances.
+    """
+
+    train: np.ndarray
+    k: int
+    limit: float
+    percentile: float = OOD_PERCENTILE
+
+    @classmethod
+    def fit(
+        cls,
+        feats: np.ndarray,
+        k: int = OOD_K,
+        percentile: float = OOD_PERCENTILE,
+        max_rows: int = OOD_MAX_ROWS,
+        seed: int = 0,
+    ) -> FeatureOOD:
+        """Fit on training features ``(n, d)``; the limit from leave-one-out k-NN distances."""
+        z = _normalise(feats)
+        z = z[np.isfinite(z).all(1)]
+        if len(z) > max_rows:
+            z = z[np.random.default_rng(seed).choice(len(z), max_rows, replace=False)]
+        if len(z) < 3:
+            raise ValueError(f"the OOD model needs at least 3 training rows, got {len(z)}")
+        k = int(max(1, min(k, len(z) - 2)))
+        d = cls._knn(z, z, k + 1)  # the nearest is the row itself
+        return cls(z, k, float(np.percentile(d, percentile)), float(percentile))
+
+    @staticmethod
+    def _knn(q: np.ndarray, z: np.ndarray, k: int) -> np.ndarray:
+        """k-th smallest Euclidean distance of each unit query row to the unit rows of ``z``.
+
+        For unit vectors ``||q - z||^2 = 2 - 2 q.z``: one matrix product per 512 queries
+        (``einsum`` for a few queries: a threaded BLAS call costs more than the sums
+        themselves for one image on a busy machine).
+        """
+        out = np.empty(len(q), np.float32)
+        for i in range(0, len(q), 512):
+            qq = q[i : i + 512]
+            dot = np.einsum("ij,kj->ik", qq, z) if len(qq) <= 16 else qq @ z.T
+            d2 = np.maximum(2.0 - 2.0 * dot, 0.0)
+            out[i : i + 512] = np.sqrt(np.partition(d2, k - 1, axis=1)[:, k - 1])
+        return out
+
+    def distance(self, feats: np.ndarray) -> np.ndarray:
+        """k-NN distance of each row of ``feats`` (or one vector) to the training rows."""
+        return self._knn(_normalise(feats), self.train, self.k)
+
+    def ratio(self, feats: np.ndarray) -> float:
+        """One image's distance over the limit (> 1: outside the training images)."""
+        return float(self.distance(feats)[0] / max(self.limit, 1e-12))
+
+    def save(self, folder: str | os.PathLike[str]) -> dict[str, Any]:
+        """Write ``ood.safetensors`` + ``ood.json`` into ``folder``; the ``bundle.json`` entry."""
+        from safetensors.numpy import save_file
+
+        from buscad.utils import atomic_write_json, file_sha256
+
+        out = Path(folder)
+        st = out / f"{OOD_FILE}.safetensors"
+        save_file({"train": np.ascontiguousarray(self.train, np.float32)}, str(st))
+        meta = {
+            "method": "knn-distance on L2-normalised deep features",
+            "k": self.k,
+            "limit": self.limit,
+            "percentile": self.percentile,
+            "limit_rule": "percentile of the training rows' leave-one-out k-NN distances",
+            "rows": len(self.train),
+            "dim": int(self.train.shape[1]),
+        }
+        atomic_write_json(out / f"{OOD_FILE}.json", meta)
+        return {"file": OOD_FILE, "sha256": file_sha256(st), **meta}
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike[str], sha256: str | None = None) -> FeatureOOD:
+        """Read a model :meth:`save` wrote (checked against ``sha256`` when given)."""
+        from safetensors.numpy import load_file
+
+        from buscad.errors import ModelFileError
+        from buscad.utils import file_sha256
+
+        st = Path(folder) / f"{OOD_FILE}.safetensors"
+        js = Path(folder) / f"{OOD_FILE}.json"
+        if not st.is_file() or not js.is_file():
+            raise ModelFileError(st, "out-of-distribution model not found")
+        if sha256 and file_sha256(st) != sha256:
+            raise ModelFileError(st, "SHA-256 does not match bundle.json")
+        meta = json.loads(js.read_text(encoding="utf-8"))
+        train = load_file(str(st))["train"]
+        return cls(train, int(meta["k"]), float(meta["limit"]), float(meta["percentile"]))
+
+
+def ood_text(ratio: float) -> str:
+    """The out-of-distribution caution in words."""
+    return (
+        "this image is unlike the images the model was trained on (its distance to them is "
+        f"{ratio:.2f}x the limit that 99% of the training images fall within)"
+    )
+
+
+def with_image_checks(pred: Prediction, meta: Any) -> Prediction:
+    """``pred`` with the checks only the file can tell: a colour (Doppler) image withholds the call.
+
+    ``meta`` is the reader's :class:`~buscad.data.io.ImageMeta` (its ``colour_fraction``;
+    see :mod:`buscad.data.quality`). The same function serves ``buscad predict`` and the app.
+    """
+    from buscad.data.quality import ImageChecks
+
+    text = ImageChecks(getattr(meta, "colour_fraction", None)).colour_text()
+    return pred.with_cautions([text], withhold=True) if text else pred
+
+
+__all__ = [
+    "PHANTOM_BANNER",
+    "PROVENANCE_UNKNOWN",
+    "FeatureOOD",
+    "banner",
+    "model_flags",
+    "ood_text",
+    "study_flags",
+    "training_from_rows",
+    "training_record",
+    "training_text",
+    "with_image_checks",
+]
