@@ -282,3 +282,71 @@ def test_leave_one_cohort_out_dlr_scores_never_saw_the_cohort():
     (loco0, a, pooled0), (loco1, _, pooled1) = scores[0], scores[12]
     assert np.allclose(loco0[a], loco1[a]) and not np.allclose(loco0[~a], loco1[~a])
     assert not np.allclose(pooled0.to_numpy()[a], pooled1.to_numpy()[a])
+
+
+# ------------------------------------------------------------------ the study
+def _study_config(root, dev: tuple[str, ...]) -> dict:
+    from buscad.data.phantom import generate_cohort
+
+    cohorts = []
+    for i, name in enumerate((*dev, "b")):
+        generate_cohort(
+            28 if name != "b" else 16, root / name, seed=10 + i, size=(96, 112), cohorts=(name,)
+        ).save(root / f"{name}.csv")
+        role = "external" if name == "b" else "development"
+        cohorts.append({"name": name, "role": role, "manifest": str(root / f"{name}.csv")})
+    return {
+        "name": "fusion",
+        "seed": 0,
+        "cohorts": cohorts,
+        "models": ["deep", "dlr", "outline", "integrated"],
+        "integrated": {"weights": "cross_cohort"},
+        "deep": {
+            "backbones": ["efficientnet_lite0"],
+            "epochs": 1,
+            "input_size": 32,
+            "selection_folds": 2,
+            "batch_size": 8,
+        },
+        "split": {"cv_folds": 2, "test_size": 0.25},
+        "gallery_size": 0,
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dev", [("a", "c"), ("a",)])
+def test_study_records_the_fusion_check_in_report_and_bundle(tmp_path, dev):
+    """A pooled development arm (a+c) fits the weights leave-one-cohort-out; one development
+    cohort (a→b) falls back to grouped CV and the report says so. fusion.json's verdict is the
+    bundle's headline model, and the report says in words when the fusion loses."""
+    import io
+    import json
+    from html import unescape
+
+    from buscad.study.runner import StudyRun
+
+    # at seed 0 both verdicts occur: a+c loses to the outline model on its leave-one-cohort-out
+    # scores (0.780 vs 0.792); a alone does not (grouped CV, 0.981 = the outline model's)
+    cfg = config_from_dict(_study_config(tmp_path, dev), base_dir=tmp_path)
+    res = StudyRun(cfg, tmp_path / "run", stream=io.StringIO()).run()
+    (models_dir,) = sorted((tmp_path / "run" / "cache").glob("models-*"))
+    fusion = json.loads((models_dir / "fusion.json").read_text())
+    loco = len(dev) == 2
+    assert fusion["inner_split"] == ("leave-one-cohort-out" if loco else "folds (one cohort)")
+    assert [r["split"] for r in fusion["by_split"]] == (list(dev) if loco else ["fold0", "fold1"])
+    assert set(fusion["weights"]) == {"dlr", "outline", "deep"}
+    assert all(w >= 0 for w in fusion["weights"].values())
+    assert fusion["dropped"] == [m for m, w in fusion["weights"].items() if w == 0]
+    members = {m: fusion["auc"][m] for m in fusion["weights"]}
+    assert fusion["loses"] == (max(members.values()) > fusion["auc"]["integrated"])
+    headline = max(members, key=members.get) if fusion["loses"] else "integrated"
+    assert fusion["headline_model"] == headline
+    bundle = json.loads((res.run_dir / "bundle" / "bundle.json").read_text())
+    assert bundle["headline_model"]["model"] == headline
+    assert bundle["headline_model"]["loses"] == fusion["loses"]
+    assert bundle["primary_model"] == "deep"
+    report = unescape(res.report.read_text())
+    assert ("falls below its best member" in report) == fusion["loses"]
+    if fusion["loses"]:
+        assert f"the bundle's headline model is {headline}" in report
+    assert ("one development cohort" in report) == (not loco)

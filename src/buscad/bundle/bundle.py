@@ -2,7 +2,8 @@
 
 A bundle is a folder::
 
-    bundle.json          format, name, primary model, threshold, calibration, provenance, metrics
+    bundle.json          format, name, primary model, headline model, threshold, calibration,
+                         provenance, metrics
     model.safetensors    the chosen CNN (weights)      ┐ written by
     model.json           its spec and preprocessing    ┘ buscad.models.checkpoint
     model.onnx           the same CNN for ONNX Runtime, with its Grad-CAM in the graph
@@ -112,6 +113,7 @@ def write_bundle(
     segmenter: str | os.PathLike[str] | None = None,
     roi: str = "expert",
     reader_column: str | None = None,
+    headline: dict[str, Any] | None = None,
 ) -> Path:
     """Write a bundle from a deep checkpoint and its out-of-fold training scores.
 
@@ -140,6 +142,11 @@ def write_bundle(
         Where the models' training outlines came from (``expert``, ``auto`` or ``box``).
     reader_column : str, optional
         The column holding the reader's BI-RADS in the study (recorded in ``bundle.json``).
+    headline : dict, optional
+        The study's headline model (``headline_model`` in ``bundle.json``):
+        ``{"model": name, ...}``, the integrated model, or its best member when the
+        fusion fell below it on honest held-out scores (:func:`buscad.study.fit.fusion_summary`).
+        The AI score stays the calibrated CNN (``primary_model``).
 
     Returns
     -------
@@ -185,6 +192,7 @@ def write_bundle(
         "version": VERSION,
         "name": name,
         "primary_model": "deep",
+        "headline_model": headline,
         "reader_column": reader_column,
         "models": models,
         "calibration": {
