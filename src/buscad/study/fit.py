@@ -81,6 +81,13 @@ def fit_and_predict(
     features. The integrated model reads these models' scores as columns (as it
     reads the CNN's out-of-fold score).
 
+    ``integrated.weights: cross_cohort``: the integrated model's weights are fitted
+    on leave-one-cohort-out member scores when the training rows come from two or
+    more cohorts (``df["cohort"]``): each member fitted on the other cohorts scores
+    the held-out one (:class:`~buscad.classical.StackingIntegrator` ``inner="cohorts"``);
+    DLR/CLDLR enter with their heads fitted on the other cohorts' fold-CNN features
+    (:func:`_loco_deep_scores`). With one cohort the inner split is grouped CV.
+
     A row none of whose inputs a model has (:func:`buscad.classical.inputs.input_gaps`,
     e.g. the clinical model on a cohort without age) gets no score (NaN), never a
     score from imputed constants.
