@@ -1333,6 +1333,8 @@ def write(
         "data": cite,
         "rows": {c: {"lesions": n[c], "malignant": m[c]} for c in n},
         "seed": seed,
+        "families": res.get("families"),
+        "families_missing": res.get("families_missing"),
         "protocol": __doc__.split("Protocol\n--------\n")[1].split("\nWrites")[0],
         "honest": res["honest"],
         "study_default": res["study_default"],
@@ -1354,6 +1356,15 @@ def write(
         f"BrEaST {n['BrEaST']} ({m['BrEaST']} malignant); near-duplicate groups never cross a split.",
         "",
     ]
+    if res.get("families_missing"):
+        L += [
+            "**Not every feature family was computed: "
+            + ", ".join(res["families_missing"])
+            + " are missing, so the candidates that read them (and the fusions built on them) "
+            "were neither evaluated nor eligible.**",
+            "",
+        ]
+    L += []
     L += honest_section(res)
     L += targets_section(res)
     L += optimistic_section(res)
@@ -1441,6 +1452,8 @@ def main(argv: list[str] | None = None) -> int:
         cands = {k: v for k, v in cands.items() if k in keep}
         ablation = [x for x in ablation if x[1] in cands and x[2] in cands]
     res = run(data, cands, ablation, a.seed)
+    every = set(EF.families()) | {"geometry", "size"}
+    res["families"], res["families_missing"] = sorted(fams), sorted(every - fams)
     ft = finetuned_runs(a.finetuned)
     write(res, data, a.results / "external.json", a.results / "external.md", a.seed, ft)
     for p, h in res["honest"].items():
