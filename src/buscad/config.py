@@ -367,23 +367,27 @@ class SegmentConfig(_Strict):
 class IntegratedConfig(_Strict):
     """How the integrated model fuses the single models (:class:`buscad.classical.StackingIntegrator`).
 
-    ``weights: equal`` (default) averages the single models' logits,
-    ``logit P = (1/M) Σ_m logit p_m``: nothing is learnt, so the fusion cannot
-    over-fit the training cohort's idea of which model is best (on BUSI↔BrEaST
-    it transferred better than a learnt stack; ``benchmarks/results/external.md``).
-    ``weights: fit`` learns a logistic regression on the models' inner
+    ``weights: fit`` (default) learns a logistic regression on the models' inner
     out-of-fold ``stack_method`` values (``proba`` or ``logit``), with
-    ``positive: true`` keeping every weight ≥ 0. ``models`` names the single
-    models fused (default: every single model built). No model reads the
-    reader's BI-RADS unless ``clinical.reader_as_input: true``; then the
+    ``positive: true`` keeping every weight ≥ 0: ``logit P = b0 + Σ_m b_m logit p_m``,
+    ``b_m ≥ 0``, minimising ``Σ_i logloss_i + ||b||² / (2C)``. ``weights: equal``
+    averages the logits instead, ``logit P = (1/M) Σ_m logit p_m`` (nothing
+    learnt). The default follows benchmarks/external.py's study-default rule,
+    chosen without reading any external result: the recipe with the highest
+    grouped 5-fold CV AUC over all pooled BUSI + BrEaST rows was the
+    non-negative logit stack of the outline descriptors, frozen deep features and
+    shape radiomics (AUC 0.952; the best equal-weight fusion 0.948; the last
+    run with every feature family, ``benchmarks/results/external.json`` at
+    commit 363a810). ``models`` names the single models fused (default: every
+    single model built). No model reads the reader's BI-RADS unless ``clinical.reader_as_input: true``; then the
     integrated model that fuses a reader-reading model is fitted a second time
     without them (``integrated_without_reader``), so the report shows both.
     """
 
     weights: Literal["equal", "fit"] = Field(
-        "equal",
-        description="`equal`: the mean of the single models' logits (nothing learnt); `fit`: "
-        "a logistic regression on their inner out-of-fold scores.",
+        "fit",
+        description="`fit`: a logistic regression on the single models' inner out-of-fold "
+        "scores; `equal`: the mean of their logits (nothing learnt).",
     )
     stack_method: Literal["proba", "logit"] = Field(
         "logit", description="`weights: fit`: stack probabilities or logits."
