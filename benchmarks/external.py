@@ -2,8 +2,11 @@
 
 One command, seeded and resumable (every stage is cached under ``--out``)::
 
-    PYTHONPATH=src .venv/bin/python benchmarks/external.py            # ~25 min on 2 cores
-    PYTHONPATH=src .venv/bin/python benchmarks/external.py --fast     # frozen lite0 only
+    PYTHONPATH=src .venv/bin/python benchmarks/external.py
+    PYTHONPATH=src .venv/bin/python benchmarks/external.py --features-only   # inputs only
+
+The nested choice refits every stacked fusion's members inside every outer
+fold, so a full run costs several times the plain evaluation of the candidates.
 
 Protocol
 --------
