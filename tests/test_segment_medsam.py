@@ -301,3 +301,80 @@ def test_inference_imports_no_torch(converted: Path, tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     area, torch_loaded = out.stdout.split()
     assert int(area) > 0.8 * truth.sum() and torch_loaded == "False"
+
+
+def _cache_entry(converted: Path) -> Path:
+    """Copy the session's converted graphs to where :func:`default_folder` looks."""
+    from buscad.segment.medsam import default_folder
+
+    target = default_folder()
+    target.mkdir(parents=True, exist_ok=True)
+    for n in (ENCODER_NAME, DECODER_NAME, MANIFEST_NAME):
+        (target / n).write_bytes((converted / n).read_bytes())
+    return target
+
+
+def test_bundle_carries_litemedsam_and_outlines_boxes(
+    converted, tiny_segmenter, tmp_path, monkeypatch
+):
+    from tests.scale_fixtures import make_bundle
+
+    from buscad.bundle.bundle import Bundle
+
+    _, _, folder0 = tiny_segmenter
+    folder = tmp_path / "both"
+    folder.mkdir()
+    for p in Path(folder0).iterdir():
+        if p.is_file():
+            (folder / p.name).write_bytes(p.read_bytes())
+    add_medsam(folder, carry=False, source=converted)  # referenced by hash only
+    monkeypatch.setenv("BUSCAD_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(ModelFileError, match="LiteMedSAM graphs not found"):
+        Segmenter.load(folder)
+    monkeypatch.setenv("BUSCAD_CACHE", str(tmp_path / "cache"))
+    _cache_entry(converted)
+    out = make_bundle(tmp_path / "bundle", segmenter=folder)  # the bundle copies the graphs
+    monkeypatch.setenv("BUSCAD_CACHE", str(tmp_path / "empty-cache"))
+    doc = json.loads((out / "bundle.json").read_text())
+    assert set(doc["segmenter"]["litemedsam_sha256"]) == {ENCODER_NAME, DECODER_NAME}
+    b = Bundle.load(out, engine="onnx")
+    gray, truth = _lobulated((200, 260))
+    mask, conf, _ = b.outline(gray, box=mask_box(truth))
+    assert mask is not None and _dice(mask, truth) > 0.9 and 0 < conf <= 1
+    with open(out / "segmenter" / "litemedsam" / DECODER_NAME, "ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(ModelFileError, match=r"SHA-256 does not match bundle\.json"):
+        _ = Bundle.load(out, engine="onnx").segmenter
+
+
+def test_cli_medsam_and_box_predict(converted: Path, tmp_path: Path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from buscad.cli import app
+
+    monkeypatch.setenv("BUSCAD_CACHE", str(tmp_path / "cache"))
+    _cache_entry(converted)  # `buscad segment medsam` reuses a converted cache entry
+    runner = CliRunner()
+    r = runner.invoke(app, ["segment", "medsam", "-o", str(tmp_path / "seg")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "seg" / "litemedsam" / DECODER_NAME).is_file()
+    gray, truth = _lobulated((180, 240))
+    cv2.imwrite(str(tmp_path / "img.png"), gray)
+    x0, y0, x1, y1 = mask_box(truth)
+    r = runner.invoke(
+        app,
+        [
+            "segment", "predict", "--model", str(tmp_path / "seg"), str(tmp_path / "img.png"),
+            "-o", str(tmp_path / "out"), "--box", f"{x0},{y0},{x1},{y1}",
+        ],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "out" / "results.json").read_text())["results"][0]
+    assert res["outliner"] == "litemedsam" and res["found"] and res["mode"] == "box"
+    assert 0 < res["candidates"][0]["confidence"] <= 1
+    r = runner.invoke(
+        app,
+        ["segment", "predict", "--model", str(tmp_path / "seg"), str(tmp_path / "img.png"),
+         "-o", str(tmp_path / "out2")],
+    )  # fmt: skip
+    assert r.exit_code == 2 and "box only" in r.output

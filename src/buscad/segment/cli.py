@@ -98,6 +98,11 @@ def predict_cmd(
     prompt = _numbers(box, 4, "--box", "x0,y0,x1,y1", len(images))
     click = _numbers(point, 2, "--point", "x,y", len(images))
     seg = Segmenter.load(model, backend=backend)
+    if seg.runner is None and prompt is None:
+        raise typer.BadParameter(
+            "this segmenter (LiteMedSAM alone) outlines inside a box only: give --box",
+            param_hint="--box",
+        )
     out.mkdir(parents=True, exist_ok=True)
     results, skipped = [], []
     for i, path in enumerate(images):

@@ -158,6 +158,31 @@ def add_medsam(
     return out
 
 
+def box_candidate(
+    prob: np.ndarray, box: Box, threshold: float = 0.5, iou: float | None = None
+) -> Candidate:
+    """The outline of a box prompt from a probability map.
+
+    The connected component of ``prob > threshold`` that overlaps ``box`` most,
+    holes filled (empty when none overlaps). Its confidence is ``iou`` clipped to
+    ``[0, 1]`` when given (LiteMedSAM's IoU head), else the mean probability inside.
+    """
+    lab, n = components(prob > threshold)
+    mask = np.zeros(prob.shape, bool)
+    if n:
+        inside = lab[box[1] : box[3], box[0] : box[2]]
+        counts = np.bincount(inside.ravel(), minlength=n + 1)[1:]
+        if counts.max() > 0:
+            mask = ndimage.binary_fill_holes(lab == int(np.argmax(counts)) + 1)
+    if not mask.any():
+        conf = 0.0
+    elif iou is not None:
+        conf = float(np.clip(iou, 0.0, 1.0))
+    else:
+        conf = float(prob[mask].mean())
+    return Candidate(mask_box(mask) or box, mask, conf)
+
+
 class Segmenter:
     """Lesion outlines from a gray image, with or without a box.
 
@@ -314,21 +339,7 @@ class Segmenter:
             prob = sigmoid(logit)
         else:
             prob, _ = self._prob(norm, box)
-        lab, n = components(prob > self.config.threshold)
-        mask = np.zeros((h, w), bool)
-        if n:
-            inside = lab[bx[1] : bx[3], bx[0] : bx[2]]
-            counts = np.bincount(inside.ravel(), minlength=n + 1)[1:]
-            if counts.max() > 0:
-                mask = ndimage.binary_fill_holes(lab == int(np.argmax(counts)) + 1)
-        if not mask.any():
-            conf = 0.0
-        elif iou is not None:
-            conf = float(np.clip(iou, 0.0, 1.0))
-        else:
-            conf = float(prob[mask].mean())
-        cbox = mask_box(mask) or bx
-        return prob, Candidate(cbox, mask, conf)
+        return prob, box_candidate(prob, bx, self.config.threshold, iou)
 
     def predict(
         self,
