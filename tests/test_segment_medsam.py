@@ -378,3 +378,24 @@ def test_cli_medsam_and_box_predict(converted: Path, tmp_path: Path, monkeypatch
          "-o", str(tmp_path / "out2")],
     )  # fmt: skip
     assert r.exit_code == 2 and "box only" in r.output
+
+
+def test_study_roi_box_outlines_with_litemedsam(converted: Path, tmp_path: Path) -> None:
+    from buscad.data.manifest import Manifest
+    from buscad.data.phantom import generate_cohort
+    from buscad.study.roi import outline_manifest
+
+    folder = add_medsam(tmp_path / "seg", carry=True, source=converted)
+    man = generate_cohort(6, tmp_path / "data", seed=2, normal_fraction=0.25, size=(128, 160))
+    summary = outline_manifest(man, "box", tmp_path / "box", folder, jitter=0.1, seed=0)
+    out = Manifest.load(tmp_path / "box" / "manifest.csv").df
+    lesion = (out["label"] != "normal").to_numpy()
+    assert lesion.sum() >= 3 and (~lesion).sum() >= 1
+    assert set(out.loc[lesion, "roi_source"]) == {"box"}
+    assert set(out.loc[~lesion, "roi_source"]) == {"whole"}  # nothing to prompt, said so
+    # buscad's phantoms are small and blurred at 128x160 px: plumbing, not accuracy
+    assert out.loc[lesion, "roi_dice"].min() > 0.5 and out.loc[lesion, "roi_dice"].mean() > 0.65
+    assert out.loc[lesion, "roi_confidence"].between(0, 1, inclusive="right").all()
+    assert summary["found"] == int(lesion.sum())
+    with pytest.raises(ValueError, match="LiteMedSAM alone"):
+        outline_manifest(man, "auto", tmp_path / "auto", folder)
