@@ -237,6 +237,7 @@ def read_image(
         pixel-less files, and any other failure. Nothing else escapes.
     """
     p = Path(path)
+    fmt = "unknown"
     try:
         b = _budget(budget)
         allow = (
@@ -262,9 +263,8 @@ def read_image(
     except MemoryError as exc:
         raise ImageReadError(_safe_name(p), "not enough memory to read the image") from exc
     except Exception as exc:  # RecursionError, struct.error, zlib.error, SyntaxError...
-        raise ImageReadError(
-            _safe_name(p), f"cannot read the image ({type(exc).__name__}: {_short(exc)})"
-        ) from exc
+        detail = _kind(exc) if fmt == "dicom" else f"{type(exc).__name__}: {_short(exc)}"
+        raise ImageReadError(_safe_name(p), f"cannot read the image ({detail})") from exc
 
 
 def burned_in_warning(gray: np.ndarray, meta: ImageMeta) -> str | None:
@@ -316,6 +316,16 @@ def _short(exc: BaseException, limit: int = 200) -> str:
     """One-line, bounded description of a library exception for an error message."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _kind(exc: BaseException) -> str:
+    """The exception's class name only: for errors raised while a DICOM header is parsed.
+
+    pydicom's messages quote element values (``invalid literal for int():
+    '<text>'``); whatever a scanner wrote in a header must never reach an error
+    message, so DICOM errors name the field and the problem, never the value.
+    """
+    return type(exc).__name__
 
 
 # --------------------------------------------------------------------------- decode budget
@@ -797,17 +807,25 @@ def _open_pil(p: Path, b: DecodeBudget | None = None) -> Image.Image:
     The size Pillow reads from the header is checked against the budget
     (:class:`DecodeBudget`) before any pixel is decoded; Pillow's own
     decompression-bomb warning is turned into an error as a second guard.
+    The file is closed on every error; on success the caller closes the image
+    (multi-frame formats keep their file open after ``load``).
     """
     b = _budget(b)
+    img: Image.Image | None = None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # e.g. "Corrupt EXIF data"
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(p)
-            samples = max(1, len(img.getbands())) if img.mode != "P" else 4
-            bits = 16 if img.mode.startswith("I;16") else 32 if img.mode in ("I", "F") else 8
-            _refuse_size(p, img.width, img.height, samples, bits, b)
-            img.load()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # e.g. "Corrupt EXIF data"
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                img = Image.open(p)
+                samples = max(1, len(img.getbands())) if img.mode != "P" else 4
+                bits = 16 if img.mode.startswith("I;16") else 32 if img.mode in ("I", "F") else 8
+                _refuse_size(p, img.width, img.height, samples, bits, b)
+                img.load()
+        except BaseException:
+            if img is not None:  # a refused or undecodable image: close its file now
+                img.close()
+            raise
     except ImageReadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -838,7 +856,12 @@ def _read_pil(
     pages = int((info or {}).get("pages", 1))
     if pages > 1 and fmt != "gif":
         raise ImageReadError(p, f"multi-frame image ({pages} frames) is not supported")
-    img = _open_pil(p, b)
+    with _open_pil(p, b) as src:
+        return _pil_to_gray(p, fmt, src)
+
+
+def _pil_to_gray(p: Path, fmt: str, img: Image.Image) -> tuple[np.ndarray, ImageMeta]:
+    """Grayscale pixels and metadata of an opened Pillow image (see :func:`read_image`)."""
     mode = img.mode
     transparent = 0.0
     alpha: np.ndarray | None = None
@@ -1093,7 +1116,7 @@ def _dcmread(
             tsyntax, start = _dicom_meta(p)
     except Exception as exc:
         raise ImageReadError(
-            p, f"cannot parse the DICOM file meta information ({type(exc).__name__}: {_short(exc)})"
+            p, f"cannot parse the DICOM file meta information ({_kind(exc)})"
         ) from exc
     if tsyntax == _DEFLATED:
         _check_deflated(p, start, b)
@@ -1109,8 +1132,7 @@ def _dcmread(
         raise ImageReadError(p, "not enough memory to parse the DICOM file") from exc
     except Exception as exc:  # pydicom raises assorted errors on truncated or garbage files
         raise ImageReadError(
-            p,
-            f"cannot parse DICOM, file truncated or corrupt ({type(exc).__name__}: {_short(exc)})",
+            p, f"cannot parse DICOM, file truncated or corrupt ({_kind(exc)})"
         ) from exc
     try:
         with quiet_dicom():
@@ -1169,9 +1191,7 @@ def read_dicom_header(path: str | Path, budget: DecodeBudget | None = None) -> o
     except ImageReadError:
         raise
     except Exception as exc:
-        raise ImageReadError(
-            _safe_name(p), f"cannot read the DICOM header ({type(exc).__name__}: {_short(exc)})"
-        ) from exc
+        raise ImageReadError(_safe_name(p), f"cannot read the DICOM header ({_kind(exc)})") from exc
 
 
 def dicom_pixel_spacing_mm(ds: object) -> float | None:
@@ -1219,11 +1239,12 @@ def _check_modality(p: Path, ds: object, allow: bool | tuple[str, ...]) -> str:
         return modality
     if isinstance(allow, tuple) and modality in allow:
         return modality
+    # only a code of the table is shown: the header's own text never reaches a message
     name = MODALITY_NAMES.get(modality)
-    shown = modality if len(modality) <= 16 and modality.isprintable() else "unknown"
+    shown = f"{modality} ({name})" if name else "(not a known modality code)"
     raise UnsupportedModalityError(
         p,
-        f"modality {shown}{f' ({name})' if name else ''} is not ultrasound; "
+        f"modality {shown} is not ultrasound; "
         "use --any-modality (allow_modality=True) to read it anyway",
     )
 
@@ -1237,13 +1258,11 @@ def _read_dicom_quietly(
         raise ImageReadError(
             p, "DICOM file has no pixel data (PixelData element missing or file truncated)"
         )
-    try:
-        frames = int(ds.get("NumberOfFrames", 1) or 1)  # type: ignore[attr-defined]
-        rows, cols = int(ds.Rows), int(ds.Columns)  # type: ignore[attr-defined]
-        spp = int(ds.get("SamplesPerPixel", 1) or 1)  # type: ignore[attr-defined]
-        bits = int(ds.get("BitsAllocated", 8) or 8)  # type: ignore[attr-defined]
-    except Exception as exc:
-        raise ImageReadError(p, f"DICOM header lacks a valid image size ({_short(exc)})") from exc
+    frames = _header_int(p, ds, "NumberOfFrames", 1)
+    rows = _header_int(p, ds, "Rows")
+    cols = _header_int(p, ds, "Columns")
+    spp = _header_int(p, ds, "SamplesPerPixel", 1)
+    bits = _header_int(p, ds, "BitsAllocated", 8)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()  # type: ignore[attr-defined]
     samples = 3 if photometric == "PALETTE COLOR" else max(spp, 1)  # palettes become RGB
     _refuse_size(p, cols, rows, samples, max(bits, 8), b)
@@ -1265,11 +1284,15 @@ def _read_dicom_quietly(
     except MemoryError as exc:
         raise ImageReadError(p, "not enough memory to decode the DICOM pixel data") from exc
     except Exception as exc:
-        ts_name = getattr(tsyntax, "name", None) or str(tsyntax or "unknown transfer syntax")
+        odd = (
+            ""
+            if photometric in _PHOTOMETRIC
+            else "; PhotometricInterpretation is not a standard value"
+        )
         raise ImageReadError(
             p,
-            f"cannot decode DICOM pixel data ({ts_name}): truncated, corrupt or an "
-            f"unsupported compression ({type(exc).__name__}: {_short(exc, 120)})",
+            f"cannot decode DICOM pixel data ({_transfer_syntax_name(tsyntax)}): truncated, "
+            f"corrupt or an unsupported compression ({_kind(exc)}{odd})",
         ) from exc
     frac = 0.0
     if photometric == "PALETTE COLOR":
@@ -1279,7 +1302,7 @@ def _read_dicom_quietly(
             arr = apply_color_lut(arr, ds)
         except Exception as exc:
             raise ImageReadError(
-                p, f"cannot apply the DICOM palette colour table ({_short(exc)})"
+                p, f"cannot apply the DICOM palette colour table ({_kind(exc)})"
             ) from exc
         if arr.dtype == np.uint16:  # palette colours are 8-bit on screen; keep 8 bits
             arr = np.rint(arr / 257.0).astype(np.uint8)
@@ -1294,7 +1317,10 @@ def _read_dicom_quietly(
             arr = _invert_monochrome1(arr, ds)
         gray, bit = _to_uint(arr)
     else:
-        raise ImageReadError(p, f"unsupported DICOM pixel array shape {arr.shape} ({photometric})")
+        shown = (
+            photometric if photometric in _PHOTOMETRIC else "an unknown PhotometricInterpretation"
+        )
+        raise ImageReadError(p, f"unsupported DICOM pixel array shape {arr.shape} ({shown})")
     extra: dict = {"n_frames": frames, "frame": frame}
     if modality:
         extra["modality"] = modality
@@ -1312,6 +1338,55 @@ def _read_dicom_quietly(
         burned_in_annotation=burned,
     )
     return np.ascontiguousarray(gray), meta
+
+
+#: PhotometricInterpretation values of the DICOM standard (PS3.3 C.7.6.3.1.2): the only ones
+#: a message may name.
+_PHOTOMETRIC = frozenset(
+    {
+        "MONOCHROME1",
+        "MONOCHROME2",
+        "PALETTE COLOR",
+        "RGB",
+        "YBR_FULL",
+        "YBR_FULL_422",
+        "YBR_PARTIAL_420",
+        "YBR_ICT",
+        "YBR_RCT",
+    }
+)
+
+
+def _header_int(p: Path, ds: object, name: str, default: int | None = None) -> int:
+    """Integer value of header field ``name``; a missing or non-integer value is an ImageReadError.
+
+    The message names the field, never its value (see :func:`_kind`).
+    """
+    try:
+        value = ds.get(name, None)  # type: ignore[attr-defined]
+    except Exception as exc:
+        raise ImageReadError(p, f"DICOM header field {name} cannot be read ({_kind(exc)})") from exc
+    if value is None or value == "":
+        if default is None:
+            raise ImageReadError(p, f"DICOM header lacks {name} (no valid image size)")
+        return default
+    try:
+        return int(value)
+    except Exception as exc:
+        raise ImageReadError(p, f"DICOM header field {name} is not an integer") from exc
+
+
+def _transfer_syntax_name(tsyntax: object) -> str:
+    """pydicom's name of a transfer syntax it knows; never the header's own text."""
+    try:
+        from pydicom.uid import UID_dictionary  # type: ignore[attr-defined]
+
+        uid = str(tsyntax or "")
+        if uid in UID_dictionary:
+            return str(UID_dictionary[uid][0])
+    except Exception:
+        pass
+    return "an unknown transfer syntax" if tsyntax else "no transfer syntax"
 
 
 def _burned_in_flag(ds: object) -> bool | None:
@@ -1377,7 +1452,10 @@ def _dicom_frame(p: Path, ds: object, frame: int, frames: int, b: DecodeBudget) 
 
 def _invert_monochrome1(arr: np.ndarray, ds: object) -> np.ndarray:
     """Invert MONOCHROME1 pixels: ``v' = (2**BitsStored - 1) - v`` (unsigned), ``-1 - v`` (signed)."""
-    bits = int(getattr(ds, "BitsStored", 0) or arr.dtype.itemsize * 8)
+    try:
+        bits = int(getattr(ds, "BitsStored", 0) or arr.dtype.itemsize * 8)
+    except Exception:  # not an integer: the sample width is the stored range
+        bits = arr.dtype.itemsize * 8
     if np.issubdtype(arr.dtype, np.signedinteger):
         return (-1 - arr.astype(np.int64)).astype(arr.dtype)
     top = (1 << bits) - 1
@@ -1408,6 +1486,7 @@ def image_size(path: str | Path, budget: DecodeBudget | None = None) -> tuple[in
         Unreadable headers, and any other failure.
     """
     p = Path(path)
+    fmt = "unknown"
     try:
         b = _budget(budget)
         fmt = sniff_format(p)
@@ -1438,9 +1517,8 @@ def image_size(path: str | Path, budget: DecodeBudget | None = None) -> tuple[in
     except ImageReadError:
         raise
     except Exception as exc:
-        raise ImageReadError(
-            _safe_name(p), f"cannot read the image header ({type(exc).__name__}: {_short(exc)})"
-        ) from exc
+        detail = _kind(exc) if fmt == "dicom" else f"{type(exc).__name__}: {_short(exc)}"
+        raise ImageReadError(_safe_name(p), f"cannot read the image header ({detail})") from exc
     return h, w
 
 
@@ -1579,8 +1657,8 @@ def _read_one_mask(p: Path, shape: tuple[int, int] | None, b: DecodeBudget) -> n
         info = _check_header(p, kind, b)
         if int(info.get("pages", 1)) > 1:
             raise MaskError(p, f"multi-page mask ({info['pages']} pages) is not supported")
-        img = _open_pil(p, b)
-        arr = np.asarray(img.convert("RGBA") if img.mode in ("P", "PA", "LA") else img)
+        with _open_pil(p, b) as img:
+            arr = np.asarray(img.convert("RGBA") if img.mode in ("P", "PA", "LA") else img)
         if kind == "jpeg":  # lossy: ringing makes "any nonzero" meaningless; use half scale
             arr = np.where(arr > 127, arr, 0).astype(np.uint8)
         if arr.ndim == 3:
