@@ -20,18 +20,18 @@ import anyio
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import AfterValidator, BaseModel, Field, StrictInt
 
 from buscad.bundle.types import Prediction
 from buscad.errors import BuscadError, InputFileError
-from buscad.reader.store import Identity
 from buscad.serve import imaging
+from buscad.serve.routes.auth import BEARER as _BEARER
+from buscad.serve.routes.auth import as_organiser, as_reader, identify, prepared, study
 from buscad.serve.routes.state import AppState, _no_store, get_state
 
 log = logging.getLogger("buscad.serve")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-_BEARER = HTTPBearer(auto_error=False, description="Organiser or reader token of the study")
 
 router = APIRouter(tags=["reader study"])
 State = Annotated[AppState, Depends(get_state)]
@@ -103,55 +103,6 @@ class ReadRequest(BaseModel):
 
 
 # ------------------------------------------------------------ helpers
-def study(state: AppState):
-    from buscad.reader.store import ReaderStudy, ReaderStudyError
-
-    if state.study_path is None:
-        raise HTTPException(404, "reader-study mode is off: start with --study-db PATH")
-    try:
-        return ReaderStudy.open(state.study_path, clock=state.study_clock)
-    except ReaderStudyError as exc:
-        raise HTTPException(404, "no reader study yet: the organiser creates it") from exc
-
-
-def prepared(state: AppState):
-    from buscad.reader.store import ReaderStudy
-
-    if state.study_path is None:
-        raise HTTPException(404, "reader-study mode is off: start with --study-db PATH")
-    return ReaderStudy.prepare(state.study_path, clock=state.study_clock)
-
-
-def identify(st: Any, cred: HTTPAuthorizationCredentials | None) -> Identity:
-    """The token's identity: 401 without a valid ``Authorization: Bearer`` token."""
-    challenge = {"WWW-Authenticate": "Bearer"}
-    if cred is None or not cred.credentials:
-        raise HTTPException(
-            401, "this needs a study token: send 'Authorization: Bearer <token>'", challenge
-        )
-    who = st.authenticate(cred.credentials)
-    if who is None:
-        raise HTTPException(
-            401, "the study token is not valid (wrong, rotated or revoked)", challenge
-        )
-    return who
-
-
-def as_organiser(st: Any, cred: HTTPAuthorizationCredentials | None) -> Identity:
-    who = identify(st, cred)
-    if not who.is_organiser:
-        raise HTTPException(403, "this needs the organiser's token")
-    return who
-
-
-def as_reader(st: Any, cred: HTTPAuthorizationCredentials | None, reader_id: str) -> Identity:
-    """A reader acting for themself only (the reader id comes from the token)."""
-    who = identify(st, cred)
-    if who.role != "reader" or who.reader_id != reader_id:
-        raise HTTPException(403, "a reader's token acts for that reader only")
-    return who
-
-
 async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
     from buscad.reader.store import (
         DuplicateReadError,
@@ -205,10 +156,27 @@ def manifest_file(state: AppState, name: str) -> Path:
             "(letters, digits, '_', '.', '-'; at most 128), not a path",
         )
     root = state.study_dir.resolve()
-    p = (root / name).resolve()
-    if p.parent != root or not p.is_file():
+    if not _is_manifest(root, name):
         raise HTTPException(404, f"no manifest named {name!r} in the study folder")
-    return p
+    return root / name
+
+
+def _is_manifest(root: Path, name: str) -> bool:
+    """Whether ``root / name`` is a regular file inside ``root`` (resolved; not a symlink).
+
+    The one rule of both the listing and the creation of a study: a symlink is
+    never listed nor used, wherever it points.
+    """
+    p = root / name
+    try:
+        return (
+            _NAME_RE.fullmatch(name) is not None
+            and not p.is_symlink()
+            and p.is_file()
+            and p.resolve().parent == root
+        )
+    except OSError:
+        return False
 
 
 @router.get("/api/study")
@@ -261,10 +229,11 @@ async def study_manifests(
         as_organiser(prepared(state), cred)
         if state.study_dir is None:
             return {"manifests": []}
+        root = state.study_dir.resolve()
         found = sorted(
             p.name
-            for p in state.study_dir.iterdir()
-            if p.is_file() and p.suffix in (".csv", ".parquet") and _NAME_RE.fullmatch(p.name)
+            for p in root.iterdir()
+            if p.suffix in (".csv", ".parquet") and _is_manifest(root, p.name)
         )
         return {"manifests": found}
 
