@@ -40,7 +40,7 @@ def test_layer_contracts_hold() -> None:
     ("module", "line", "broken"),
     [
         # the data layer reaching up into the study runner
-        ("data/io.py", "from buscad.study import runner as _up", "Each stage imports only"),
+        ("data/io/image.py", "from buscad.study import runner as _up", "Each stage imports only"),
         # a lazy (function-level) upward import counts too
         ("models/train.py", "def _f():\n    import buscad.serve.app\n", "Each stage imports only"),
         # Typer outside a command-line module
