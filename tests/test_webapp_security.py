@@ -324,6 +324,31 @@ def test_open_case_screen_flag(study, png):
         assert r.status_code == 200
 
 
+def test_openapi_declares_the_bearer_scheme_on_every_token_route(study, png):
+    """The schema names the scheme on each route that needs a token; each answers 401 without."""
+    app = create_app(ContrastPredictor(), study_db=study.db, open_case_screen=True)
+    with local(app) as c:
+        spec = c.get("/openapi.json").json()
+        scheme = spec["components"]["securitySchemes"]["StudyToken"]
+        assert scheme["type"] == "http" and scheme["scheme"] == "bearer"
+        ops = {(path, m): op for path, item in spec["paths"].items() for m, op in item.items()}
+        secured = {k for k, op in ops.items() if {"StudyToken": []} in op.get("security", [])}
+        study_ops = {k for k in ops if k[0].startswith("/api/study")}
+        assert secured == study_ops | {(u, "post") for u in CASE_SCREEN_ROUTES}
+        for path, method in sorted(secured - {("/api/study", "get")}):  # GET: public status
+            url = path.replace("{reader_id}", "R01").replace("{case_id}", study.cases[0])
+            kw: dict = {}
+            if "multipart/form-data" in ops[path, method].get("requestBody", {}).get("content", {}):
+                kw["files"] = {"image": ("a.png", png)}
+            elif "requestBody" in ops[path, method]:
+                kw["json"] = {"manifest": "m.csv", "reader_id": "R01", "case_id": "x"}
+            r = c.request(method.upper(), url, **kw)
+            assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", (
+                path,
+                r.text,
+            )
+
+
 def test_case_screen_needs_no_token_without_a_study(png):
     with local(create_app(ContrastPredictor())) as c:
         assert c.post("/api/predict", files={"image": ("a.png", png)}).status_code == 200

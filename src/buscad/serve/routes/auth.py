@@ -2,14 +2,19 @@
 
 A reader study hands out two kinds of token: the organiser's, and one per reader, which
 acts for that reader only (:class:`buscad.reader.store.Identity`). The reader-study routes
-(:mod:`buscad.serve.routes.study`) and, while a study is served, the open case screen's AI
-routes (:mod:`buscad.serve.routes.predict`) check them here. OpenAPI documents the scheme
-as ``StudyToken`` (HTTP bearer).
+(:mod:`buscad.serve.routes.study`) take the authenticated study from one dependency,
+:func:`authenticated`, through the annotations :data:`AnyToken`, :data:`Organiser`,
+:data:`OrganiserBeforeStudy`, :data:`OwnReader` and :data:`OwnReaderOrOrganiser`; while
+a study is served, the open case screen's routes (:mod:`buscad.serve.routes.predict`)
+need the organiser's token (:data:`CaseScreen`). The checks run in a worker thread (the
+store is SQLite) and answer 404 (no study), 401 (no or an invalid token) or 403 (the
+wrong role), in that order. OpenAPI documents the scheme as ``StudyToken`` (HTTP bearer).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
 import anyio
 from fastapi import Depends, HTTPException
@@ -82,9 +87,107 @@ def as_reader(st: Any, cred: HTTPAuthorizationCredentials | None, reader_id: str
     return who
 
 
-async def case_screen_state(
-    state: Annotated[AppState, Depends(get_state)], cred: Credentials
-) -> AppState:
+Role = Literal["any", "organiser", "reader", "reader_or_organiser"]
+
+
+@dataclass(frozen=True)
+class StudyAccess:
+    """The served reader study and who the request's token belongs to.
+
+    Attributes
+    ----------
+    study : ReaderStudy
+        The study store (:class:`buscad.reader.store.ReaderStudy`).
+    who : Identity
+        The token's identity (organiser, or a reader and their pseudonym).
+    """
+
+    study: Any
+    who: Identity
+
+
+async def authenticated(
+    state: AppState,
+    cred: HTTPAuthorizationCredentials | None,
+    role: Role = "any",
+    reader_id: str | None = None,
+    *,
+    before_study: bool = False,
+) -> StudyAccess:
+    """The study and the token's identity, checked for ``role`` (the one dependency's core).
+
+    Parameters
+    ----------
+    state : AppState
+        The app's state (the study's paths and clock).
+    cred : HTTPAuthorizationCredentials or None
+        The request's bearer token.
+    role : {"any", "organiser", "reader", "reader_or_organiser"}
+        Who may call: any valid token, the organiser, the reader ``reader_id`` with
+        their own token, or that reader or the organiser.
+    reader_id : str, optional
+        The reader the route acts for (its ``{reader_id}`` path parameter).
+    before_study : bool, default False
+        Accept a database without a study yet (the organiser creating it).
+
+    Raises
+    ------
+    HTTPException
+        404 when reader-study mode is off or no study exists (unless
+        ``before_study``), 401 without a valid token, 403 for the wrong role.
+    """
+
+    def check() -> StudyAccess:
+        st = prepared(state) if before_study else study(state)
+        if role == "organiser":
+            who = as_organiser(st, cred)
+        elif role == "reader":
+            who = as_reader(st, cred, str(reader_id))
+        else:
+            who = identify(st, cred)
+            if role == "reader_or_organiser" and not who.is_organiser:
+                as_reader(st, cred, str(reader_id))
+        return StudyAccess(st, who)
+
+    return await anyio.to_thread.run_sync(check)
+
+
+State = Annotated[AppState, Depends(get_state)]
+
+
+async def _any_token(state: State, cred: Credentials) -> StudyAccess:
+    return await authenticated(state, cred)
+
+
+async def _organiser(state: State, cred: Credentials) -> StudyAccess:
+    return await authenticated(state, cred, "organiser")
+
+
+async def _organiser_before_study(state: State, cred: Credentials) -> StudyAccess:
+    return await authenticated(state, cred, "organiser", before_study=True)
+
+
+async def _own_reader(reader_id: str, state: State, cred: Credentials) -> StudyAccess:
+    return await authenticated(state, cred, "reader", reader_id)
+
+
+async def _own_reader_or_organiser(reader_id: str, state: State, cred: Credentials) -> StudyAccess:
+    return await authenticated(state, cred, "reader_or_organiser", reader_id)
+
+
+#: Any valid study token (organiser or reader).
+AnyToken = Annotated[StudyAccess, Depends(_any_token)]
+#: The organiser's token, the study created.
+Organiser = Annotated[StudyAccess, Depends(_organiser)]
+#: The organiser's token, before or after the study is created.
+OrganiserBeforeStudy = Annotated[StudyAccess, Depends(_organiser_before_study)]
+#: The token of the reader named by the route's ``{reader_id}`` (acting for themself).
+OwnReader = Annotated[StudyAccess, Depends(_own_reader)]
+#: The reader named by ``{reader_id}`` with their own token, or the organiser.
+OwnReaderOrOrganiser = Annotated[StudyAccess, Depends(_own_reader_or_organiser)]
+
+
+async def case_screen_state(state: State, cred: Credentials) -> AppState:
     """The app state for an open-case-screen route (a FastAPI dependency).
 
     403 while the case screen is off. While a reader study is served (the screen kept
