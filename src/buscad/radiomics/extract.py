@@ -284,11 +284,14 @@ def _die_with_parent(parent_pid: int) -> None:
     """
     import ctypes
     import signal
+    import sys
 
+    if not sys.platform.startswith("linux"):
+        return
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux
+    except (OSError, AttributeError):  # no usable libc
         return
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(1)
