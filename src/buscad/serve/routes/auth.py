@@ -196,8 +196,16 @@ async def case_screen_state(state: State, cred: Credentials) -> AppState:
     outside round 2 by uploading its image (401 without a token, 403 for a reader's).
     """
     state.require_case_screen()
-    if state.study_path is not None:
-        await anyio.to_thread.run_sync(lambda: as_organiser(prepared(state), cred))
+    if state.study_path is None:
+        return state
+    if cred is None or not cred.credentials:
+        raise HTTPException(
+            401,
+            "while a reader study is served the case screen needs the organiser's token: "
+            "enter it on /reader in this browser tab, then come back",
+            _CHALLENGE,
+        )
+    await anyio.to_thread.run_sync(lambda: as_organiser(prepared(state), cred))
     return state
 
 
