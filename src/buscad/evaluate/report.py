@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from buscad.evaluate import plots
-from buscad.evaluate.tables import fmt_ci, fmt_p, write_table
+from buscad.evaluate.tables import TABLE2_METRICS, fmt_ci, fmt_p, write_table
 from buscad.labels import model_label
 from buscad.report import (
     Bullets,
     Figure,
+    FigureRow,
     KeyValue,
     Section,
     Table,
@@ -32,6 +33,9 @@ from buscad.utils import atomic_write_text
 
 if TYPE_CHECKING:
     from buscad.evaluate.result import EvaluationResult
+
+#: Table 2's AUC column (the summary table shows it per model and cohort).
+TABLE2_AUC = TABLE2_METRICS["auc"]
 
 METHODS_TEXT = (
     "AUC: Mann–Whitney estimate with a {ci} 95% confidence interval (DeLong et al., 1988; "
@@ -156,9 +160,9 @@ def write_evaluation_outputs(
             result.cohort_comparisons, tdir / "comparisons_between_cohorts", formats=("csv", "md")
         )
 
-    # figures
+    # figures, grouped by kind (one per cohort side by side), every model by its plain name
     d, col = result.data, result.config["cohort_col"]
-    fig_sections: list[Any] = []
+    figs: dict[str, list[Figure]] = {"roc": [], "calibration": [], "decision": [], "confusion": []}
     m = result.metrics
     for c in result.cohorts:
         sub = d[d[col] == c]
@@ -188,7 +192,7 @@ def write_evaluation_outputs(
             )
             paths = plots.save_figure(fig, fdir / f"roc_{_safe(c)}")
             written["figures"] += paths
-            fig_sections.append(
+            figs["roc"].append(
                 Figure(
                     paths[0],
                     f"ROC curves, cohort {c} (n={len(sub)}; each model on the cases it "
@@ -206,18 +210,25 @@ def write_evaluation_outputs(
                 fdir / f"calibration_{_safe(c)}",
             )
             written["figures"] += paths
-            fig_sections.append(
+            figs["calibration"].append(
                 Figure(
-                    paths[0], f"Reliability curves, cohort {c} (equal-size bins; Wilson 95% CIs)."
+                    paths[0],
+                    f"Reliability curves, cohort {c}: one panel per model whose scores are "
+                    "probabilities (equal-size bins; Wilson 95% CIs; dotted: ideal).",
                 )
             )
         if c in result.decision_curves:
+            dc = result.decision_curves[c]
             paths = plots.save_figure(
-                plots.plot_decision_curve(result.decision_curves[c], f"Decision curve — {c}"),
+                plots.plot_decision_curve(
+                    dc,
+                    f"Decision curve — {c}",
+                    {k: model_label(k) for k in pd.unique(dc["strategy"])},
+                ),
                 fdir / f"decision_curve_{_safe(c)}",
             )
             written["figures"] += paths
-            fig_sections.append(Figure(paths[0], f"Decision curves, cohort {c}."))
+            figs["decision"].append(Figure(paths[0], f"Decision curves, cohort {c}."))
         if len(mc):
             panels = [
                 (
@@ -235,7 +246,7 @@ def write_evaluation_outputs(
                 fdir / f"confusion_{_safe(c)}",
             )
             written["figures"] += paths
-            fig_sections.append(
+            figs["confusion"].append(
                 Figure(
                     paths[0],
                     f"Confusion matrices, cohort {c}: one panel per model at its threshold "
@@ -293,50 +304,8 @@ def write_evaluation_outputs(
     env = environment_info(seed=seed if seed is not None else result.config.get("seed"))
     cfg = dict(result.config)
     sections = [
-        Section(
-            "Summary",
-            [
-                Text(
-                    f"{len(result.models)} model(s) evaluated on {len(result.cohorts)} cohort(s) "
-                    f"({result.config['n_cases']} cases). Thresholds chosen on '{result.train_cohort}' "
-                    f"by rule '{result.threshold_rule}'. {len(result.issues)} issue(s) found; see 'Issues'."
-                )
-            ],
-        ),
-        Section(
-            "Data and split",
-            [
-                Table(split_tab, "Cohorts and their roles."),
-                Text(
-                    split_description
-                    or "Split description not supplied; cohorts are as "
-                    "given in the predictions table."
-                ),
-            ],
-        ),
-        Section("Data audit", _audit_blocks(audit_summary)),
-        Section(
-            "Methods",
-            [
-                Text(
-                    METHODS_TEXT.format(
-                        ci=result.config["ci_method"],
-                        train=result.train_cohort,
-                        rule=result.threshold_rule,
-                    )
-                )
-            ],
-        ),
-        Section(
-            "Thresholds",
-            [
-                KeyValue(
-                    {f"{model_label(m)} ({m})": v for m, v in thr_text.items()},
-                    "Decision thresholds per model.",
-                )
-            ],
-        ),
-        Section("Table 1. Baseline characteristics", [Table(t1)]),
+        Section("Summary", _summary_blocks(result)),
+        *_figure_sections(figs),
         Section(
             "Table 2. Performance per cohort",
             [
@@ -350,6 +319,27 @@ def write_evaluation_outputs(
                     strict=False,
                 )
                 if len(part.columns) > 2
+            ],
+        ),
+        Section(
+            "Data and split",
+            [
+                Table(split_tab, "Cohorts and their roles."),
+                Text(
+                    split_description
+                    or "Split description not supplied; cohorts are as "
+                    "given in the predictions table."
+                ),
+            ],
+        ),
+        Section("Table 1. Baseline characteristics", [Table(t1)]),
+        Section(
+            "Thresholds",
+            [
+                KeyValue(
+                    {f"{model_label(m)} ({m})": v for m, v in thr_text.items()},
+                    "Decision thresholds per model.",
+                )
             ],
         ),
         Section(
@@ -368,7 +358,19 @@ def write_evaluation_outputs(
                 else Text("Only one cohort usable.")
             ],
         ),
-        Section("Figures", fig_sections or [Text("No figure (no cohort with both classes).")]),
+        Section("Data audit", _audit_blocks(audit_summary)),
+        Section(
+            "Methods",
+            [
+                Text(
+                    METHODS_TEXT.format(
+                        ci=result.config["ci_method"],
+                        train=result.train_cohort,
+                        rule=result.threshold_rule,
+                    )
+                )
+            ],
+        ),
         Section("Model card", card_blocks),
         Section(
             "TRIPOD+AI checklist",
@@ -394,6 +396,55 @@ def write_evaluation_outputs(
         )
     )
     return written
+
+
+#: Figure sections of the report, in order: (key in the figure lists, section title).
+FIGURE_SECTIONS = (
+    ("roc", "ROC curves"),
+    ("calibration", "Calibration"),
+    ("decision", "Decision curves"),
+    ("confusion", "Confusion matrices"),
+)
+
+
+def _figure_sections(figs: Mapping[str, list[Figure]]) -> list[Section]:
+    """One section per kind of figure, its cohorts side by side; one note when there is none."""
+    out = []
+    for key, title in FIGURE_SECTIONS:
+        items = figs.get(key, [])
+        if not items:
+            continue
+        wide = key in ("calibration", "confusion")  # grids of panels: full width, one per line
+        out.append(Section(title, list(items) if wide else [FigureRow(items)]))
+    return out or [Section("Figures", [Text("No figure (no cohort with both classes).")])]
+
+
+def _summary_blocks(result: EvaluationResult) -> list[Any]:
+    """The bottom line: what was evaluated, and every model's AUC (95% CI) on every cohort."""
+    text = Text(
+        f"{len(result.models)} model(s) evaluated on {len(result.cohorts)} cohort(s) "
+        f"({result.config['n_cases']} cases). Thresholds chosen on '{result.train_cohort}' "
+        f"by rule '{result.threshold_rule}' and applied unchanged to the other cohorts. "
+        f"{len(result.issues)} issue(s) found; see 'Issues'."
+    )
+    m = result.metrics
+    if not len(m):
+        return [text]
+    t2 = result.table2()
+    auc = t2.pivot(index="Model", columns="Cohort", values=TABLE2_AUC)
+    auc = auc.reindex(index=[x for x in result.models if x in auc.index])
+    auc = auc[[c for c in result.cohorts if c in auc.columns]].fillna("not scored")
+    auc = auc.reset_index()
+    auc.columns.name = None
+    return [
+        text,
+        Table(
+            auc,
+            "AUC (95% CI) of every model on every cohort; the full metrics are in Table 2, "
+            "the paired tests in Table 3.",
+            model_columns=["Model"],
+        ),
+    ]
 
 
 def _fmt_unpaired(df: pd.DataFrame) -> pd.DataFrame:
