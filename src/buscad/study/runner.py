@@ -15,7 +15,14 @@ import pandas as pd
 
 from buscad.config import StudyConfig
 from buscad.data.manifest import Manifest
-from buscad.study.cohorts import Arm, _apply_audit_policy, _folds, _stage_cohort, study_arms
+from buscad.study.cohorts import (
+    Arm,
+    _apply_audit_policy,
+    _folds,
+    _stage_cohort,
+    dropped_text,
+    study_arms,
+)
 from buscad.study.fit import (
     DEEP_FEATURE_MODELS,
     INTEGRATED_WITHOUT_READER,
@@ -528,10 +535,7 @@ class StudyRun:
         ]
         dropped = pd.read_csv(res.path / "dropped.csv")
         if len(dropped):
-            self.warnings.append(
-                f"audit policy dropped {len(dropped)} image(s): "
-                + ", ".join(f"{n} {r}" for r, n in dropped["reason"].value_counts().items())
-            )
+            self.warnings.append(dropped_text(dropped))
         return res
 
     # --------------------------------------------------------------- split
