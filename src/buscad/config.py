@@ -376,23 +376,37 @@ class IntegratedConfig(_Strict):
     it transferred better than a learnt stack; ``benchmarks/results/external.md``).
     ``weights: fit`` learns a logistic regression on the models' inner
     out-of-fold ``stack_method`` values (``proba`` or ``logit``), with
-    ``positive: true`` keeping every weight ≥ 0. ``models`` names the single
+    ``positive: true`` keeping every weight ≥ 0. ``weights: cross_cohort``
+    fits the same non-negative logistic regression (always ≥ 0; ``C``,
+    ``stack_method``) on leave-one-cohort-out scores when the arm has two or
+    more development cohorts: each single model trained on the other cohorts
+    scores the held-out one, so the weights reward what transfers to a new
+    scanner and a model that does not help across cohorts gets weight 0 (with
+    one development cohort it falls back to grouped CV and the report says
+    so). ``models`` names the single
     models fused (default: every single model built). No model reads the
     reader's BI-RADS unless ``clinical.reader_as_input: true``; then the
     integrated model that fuses a reader-reading model is fitted a second time
     without them (``integrated_without_reader``), so the report shows both.
     """
 
-    weights: Literal["equal", "fit"] = Field(
+    weights: Literal["equal", "fit", "cross_cohort"] = Field(
         "equal",
         description="`equal`: the mean of the single models' logits (nothing learnt); `fit`: "
-        "a logistic regression on their inner out-of-fold scores.",
+        "a logistic regression on their inner out-of-fold scores (grouped CV of the pooled "
+        "training rows); `cross_cohort`: a non-negative logistic regression on their "
+        "leave-one-cohort-out scores (each model trained on the other development cohorts "
+        "scores the held-out one; grouped CV when there is one development cohort).",
     )
     stack_method: Literal["proba", "logit"] = Field(
-        "logit", description="`weights: fit`: stack probabilities or logits."
+        "logit", description="`weights: fit` or `cross_cohort`: stack probabilities or logits."
     )
-    positive: bool = Field(True, description="`weights: fit`: keep every weight ≥ 0.")
-    C: float = Field(1.0, gt=0, description="`weights: fit`: inverse regularisation strength.")
+    positive: bool = Field(
+        True, description="`weights: fit`: keep every weight ≥ 0 (`cross_cohort`: always)."
+    )
+    C: float = Field(
+        1.0, gt=0, description="`weights: fit` or `cross_cohort`: inverse regularisation strength."
+    )
     models: list[ModelName] | None = Field(
         None,
         description="Single models fused (`null`: every single model built, except the US "

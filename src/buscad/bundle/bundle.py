@@ -2,7 +2,8 @@
 
 A bundle is a folder::
 
-    bundle.json          format, name, primary model, threshold, calibration, provenance, metrics
+    bundle.json          format, name, primary model, headline model, threshold, calibration,
+                         provenance, metrics
     model.safetensors    the chosen CNN (weights)      ┐ written by
     model.json           its spec and preprocessing    ┘ buscad.models.checkpoint
     model.onnx           the same CNN for ONNX Runtime, with its Grad-CAM in the graph
@@ -125,6 +126,7 @@ def write_bundle(
     reader_column: str | None = None,
     training: dict | None = None,
     train_features: np.ndarray | None = None,
+    headline: dict[str, Any] | None = None,
 ) -> Path:
     """Write a bundle from a deep checkpoint and its out-of-fold training scores.
 
@@ -158,6 +160,11 @@ def write_bundle(
     train_features : numpy.ndarray, optional
         ``(n, d)`` deep features of the training images: the out-of-distribution model
         (:class:`buscad.bundle.safety.FeatureOOD`) is fitted on them.
+    headline : dict, optional
+        The study's headline model (``headline_model`` in ``bundle.json``):
+        ``{"model": name, ...}``, the integrated model, or its best member when the
+        fusion fell below it on honest held-out scores (:func:`buscad.study.fit.fusion_summary`).
+        The AI score stays the calibrated CNN (``primary_model``).
 
     The study's checks (:func:`buscad.bundle.safety.study_flags` on ``oof_scores``,
     :func:`~buscad.bundle.safety.model_flags` on a classical model's ``oof`` and ``y``
@@ -213,6 +220,7 @@ def write_bundle(
         "version": VERSION,
         "name": name,
         "primary_model": "deep",
+        "headline_model": headline,
         "reader_column": reader_column,
         "models": models,
         "calibration": {

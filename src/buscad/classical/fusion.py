@@ -117,6 +117,18 @@ class StackingIntegrator(_BinaryClassifierMixin, BaseEstimator):
         ``b >= 0`` (L-BFGS-B). A base model that does not help on the inner folds
         gets weight 0 and none can enter inverted, so on new data the fusion
         does not fall far below its best part.
+    inner : {"folds", "cohorts"}, default "folds"
+        The inner split whose out-of-fold scores the weights are fitted on.
+        ``folds``: ``cv`` grouped stratified folds of the pooled training rows.
+        ``cohorts``: leave one cohort out (the cohort of each row is the column
+        ``cohort_column`` of ``X``): every base model is fitted on the other
+        cohorts and scores the held-out one, so the weights reward what
+        transfers between cohorts rather than what works inside one. With
+        fewer than two cohorts in the training rows it falls back to ``folds``
+        (``inner_split_`` says which was used).
+    cohort_column : str, default "cohort"
+        ``inner="cohorts"``: the column of ``X`` naming each row's cohort (read
+        by ``fit`` only; never a model input).
     random_state : int, default 0
 
     Attributes
@@ -125,6 +137,14 @@ class StackingIntegrator(_BinaryClassifierMixin, BaseEstimator):
         Base models refit on all training rows.
     oof_proba_ : pandas.DataFrame
         The out-of-fold probabilities the final model was fitted on.
+    oof_split_ : numpy.ndarray
+        Per training row, the inner split that held it out (its cohort, or
+        ``fold<k>``); None with ``weights="equal"``.
+    inner_split_ : str
+        The inner split used: ``"leave-one-cohort-out"``, ``"folds"`` (asked
+        for) or ``"folds (one cohort)"`` (``inner="cohorts"`` fell back).
+    dropped_ : list of str
+        Base models whose weight is 0 (they did not help on the inner split).
     final_estimator_ : LogisticRegression
     coef_, intercept_ : numpy.ndarray, float
         The final model's coefficients (one per base model).
@@ -138,6 +158,8 @@ class StackingIntegrator(_BinaryClassifierMixin, BaseEstimator):
         C: float = 1.0,
         positive: bool = False,
         weights: str = "fit",
+        inner: str = "folds",
+        cohort_column: str = "cohort",
         random_state: int | None = 0,
     ):
         self.estimators = estimators
@@ -146,6 +168,8 @@ class StackingIntegrator(_BinaryClassifierMixin, BaseEstimator):
         self.C = C
         self.positive = positive
         self.weights = weights
+        self.inner = inner
+        self.cohort_column = cohort_column
         self.random_state = random_state
 
     def _f(self, p: np.ndarray) -> np.ndarray:
@@ -169,9 +193,13 @@ class StackingIntegrator(_BinaryClassifierMixin, BaseEstimator):
             raise ValueError(f"weights must be 'fit' or 'equal', got {self.weights!r}")
         names = [n for n, _ in self.estimators]
         g = None if groups is None else np.asarray(groups)
+        self._oof_y = yb
+        self.dropped_: list[str] = []
         if self.weights == "equal":
             self._f(np.zeros(1))  # checks stack_method
             self.oof_proba_ = None
+            self.oof_split_ = None
+            self.inner_split_ = "none (equal weights)"
             final = LogisticRegression(C=self.C)
             final.classes_ = np.array([0, 1])
             final.coef_ = np.full((1, len(names)), 1.0 / len(names))
@@ -179,9 +207,7 @@ class StackingIntegrator(_BinaryClassifierMixin, BaseEstimator):
             final.n_features_in_ = len(names)
             self.final_estimator_ = final
             return self._refit_bases(X, yb, g)
-        splits = make_folds(
-            yb, None if groups is None else np.asarray(groups), None, self.cv, self.random_state
-        )
+        splits, split_id = self._inner_splits(X, yb, g)
         oof = np.full((len(yb), len(names)), np.nan)
         for j, (_, est) in enumerate(self.estimators):
             for tr, te in splits:
@@ -190,14 +216,75 @@ class StackingIntegrator(_BinaryClassifierMixin, BaseEstimator):
                 e.fit(_take(X, tr), yb[tr], **kw)
                 oof[te, j] = _positive_proba(e, _take(X, te))
         self.oof_proba_ = pd.DataFrame(oof, columns=names)
-        self.final_estimator_ = LogisticRegression(
-            C=self.C, max_iter=5000, random_state=self.random_state
-        ).fit(self._f(oof), yb)
-        if self.positive and (self.final_estimator_.coef_ < 0).any():
-            b0, b = _nonnegative_logistic(self._f(oof), yb, self.C)
-            self.final_estimator_.coef_ = b[None, :]
-            self.final_estimator_.intercept_ = np.array([b0])
+        self.oof_split_ = split_id
+        self.final_estimator_ = self._fit_final(oof, yb)
         return self._refit_bases(X, yb, g)
+
+    def _inner_splits(
+        self, X: Any, yb: np.ndarray, g: np.ndarray | None
+    ) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray]:
+        """The inner (train, test) index pairs and, per row, the split that holds it out."""
+        if self.inner not in ("folds", "cohorts"):
+            raise ValueError(f"inner must be 'folds' or 'cohorts', got {self.inner!r}")
+        if self.inner == "cohorts":
+            if not _named_frame(X) or self.cohort_column not in X.columns:
+                raise ValueError(
+                    f"inner='cohorts' needs a column {self.cohort_column!r} naming each row's cohort"
+                )
+            cohort = X[self.cohort_column].astype(str).to_numpy()
+            levels = sorted(set(cohort))
+            if len(levels) >= 2:
+                self.inner_split_ = "leave-one-cohort-out"
+                splits = [
+                    (np.flatnonzero(cohort != c), np.flatnonzero(cohort == c)) for c in levels
+                ]
+                return splits, cohort
+            self.inner_split_ = "folds (one cohort)"
+        else:
+            self.inner_split_ = "folds"
+        splits = make_folds(yb, g, None, self.cv, self.random_state)
+        split_id = np.empty(len(yb), dtype=object)
+        for k, (_, te) in enumerate(splits):
+            split_id[te] = f"fold{k}"
+        return splits, split_id
+
+    def _fit_final(self, oof: np.ndarray, yb: np.ndarray) -> LogisticRegression:
+        """The final logistic regression on ``f(oof)`` (non-negative weights with ``positive``)."""
+        F = self._f(oof)
+        final = LogisticRegression(C=self.C, max_iter=5000, random_state=self.random_state).fit(
+            F, yb
+        )
+        if self.positive and (final.coef_ < 0).any():
+            b0, b = _nonnegative_logistic(F, yb, self.C)
+            final.coef_ = b[None, :]
+            final.intercept_ = np.array([b0])
+        return final
+
+    def held_out_fusion(self) -> np.ndarray | None:
+        """The fusion's own held-out P(positive) on the inner split's scores.
+
+        For each inner split ``s`` (a cohort, or a fold), the final model is
+        fitted again on ``oof_proba_`` rows outside ``s`` and scores the rows of
+        ``s``: ``P_i = σ(b0^(-s) + Σ_m b_m^(-s) f(p_im))``. Neither the base
+        models (they scored ``s`` without seeing it) nor the weights were
+        fitted on a row's label, so these scores can be compared with each base
+        model's ``oof_proba_`` column on equal terms. Not fully nested: the other
+        splits' scores the weights are refitted on came from base models
+        trained partly on ``s`` (a further level would need a third cohort).
+        None with ``weights="equal"``.
+        """
+        check_is_fitted(self, "final_estimator_")
+        if self.oof_proba_ is None:
+            return None
+        oof = self.oof_proba_.to_numpy()
+        y = self._oof_y
+        out = np.full(len(y), np.nan)
+        for s in dict.fromkeys(self.oof_split_):
+            te = self.oof_split_ == s
+            if len(set(y[~te])) < 2:
+                continue
+            out[te] = self._fit_final(oof[~te], y[~te]).predict_proba(self._f(oof[te]))[:, 1]
+        return out
 
     def _refit_bases(self, X: Any, yb: np.ndarray, g: np.ndarray | None) -> StackingIntegrator:
         self.estimators_ = []
@@ -207,6 +294,10 @@ class StackingIntegrator(_BinaryClassifierMixin, BaseEstimator):
             self.estimators_.append((n, e.fit(X, yb, **kw)))
         self.coef_ = self.final_estimator_.coef_.ravel().copy()
         self.intercept_ = float(self.final_estimator_.intercept_[0])
+        if self.weights != "equal":
+            self.dropped_ = [
+                n for (n, _), b in zip(self.estimators, self.coef_, strict=True) if b <= 0
+            ]
         return self
 
     def base_proba(self, X: Any) -> pd.DataFrame:

@@ -25,9 +25,12 @@ INTEGRATED_WITHOUT_READER = "integrated_without_reader"
 #: 2: the outline model and the integrated model's options; 3: reader_models.json and
 #: the reader's BI-RADS no model input by default; 4: fold-clean deep-feature models,
 #: rows without a model's inputs not scored, input_gaps.csv).
-MODELS_EXPORT_VERSION = 4
+MODELS_EXPORT_VERSION = 5
 #: Models that read the CNN's deep features: their out-of-fold scores come from fold CNNs.
 DEEP_FEATURE_MODELS = ("dlr", "cldlr")
+#: Column of the integrated model's training table naming each row's cohort (read by
+#: ``weights: cross_cohort`` for its leave-one-cohort-out split; never a model input).
+FUSION_COHORT = "_fusion_cohort"
 
 
 def _outline_features() -> tuple[str, ...]:
@@ -77,6 +80,13 @@ def fit_and_predict(
     calibration and the integrated model's weights never read in-sample CNN
     features. The integrated model reads these models' scores as columns (as it
     reads the CNN's out-of-fold score).
+
+    ``integrated.weights: cross_cohort``: the integrated model's weights are fitted
+    on leave-one-cohort-out member scores when the training rows come from two or
+    more cohorts (``df["cohort"]``): each member fitted on the other cohorts scores
+    the held-out one (:class:`~buscad.classical.StackingIntegrator` ``inner="cohorts"``);
+    DLR/CLDLR enter with their heads fitted on the other cohorts' fold-CNN features
+    (:func:`_loco_deep_scores`). With one cohort the inner split is grouped CV.
 
     A row none of whose inputs a model has (:func:`buscad.classical.inputs.input_gaps`,
     e.g. the clinical model on a cohort without age) gets no score (NaN), never a
@@ -242,7 +252,18 @@ def fit_and_predict(
             Xn = Xn.assign(_deep_score=out["deep"].to_numpy())
         # deep-feature models enter as their fold-clean scores (swapped back for the refit models)
         as_score = [n for n in names if n in DEEP_FEATURE_MODELS]
-        Xn = Xn.assign(**{f"_{n}_score": out[n].to_numpy() for n in as_score})
+        cross = cfg.integrated.weights == "cross_cohort"
+        cohort = df["cohort" if "cohort" in df else "eval_cohort"].astype(str).to_numpy()
+        loco = cross and len(set(cohort[tr])) >= 2
+        score_cols = {f"_{n}_score": out[n].to_numpy(copy=True) for n in as_score}
+        if loco and as_score:  # leave-one-cohort-out scores: heads trained on other cohorts
+            assert fold_features is not None and deep_fold is not None
+            for n in as_score:
+                Xm = X if n == "cldlr" else Xn
+                score_cols[f"_{n}_score"][tr] = _loco_deep_scores(
+                    models[n], Xm, y, tr, deep_fold, cohort[tr], fold_features, deep_cols
+                )
+        Xn = Xn.assign(**score_cols, **{FUSION_COHORT: cohort})
         variants = [("integrated", names)]
         if any(n in reader_models for n in names):
             variants.append(
@@ -267,8 +288,10 @@ def fit_and_predict(
                 estimators=bases,
                 cv=cfg.split.cv_folds,
                 stack_method=cfg.integrated.stack_method,
-                positive=cfg.integrated.positive,
-                weights=cfg.integrated.weights,
+                positive=cross or cfg.integrated.positive,
+                weights="fit" if cross else cfg.integrated.weights,
+                inner="cohorts" if cross else "folds",
+                cohort_column=FUSION_COHORT,
                 C=cfg.integrated.C,
                 random_state=cfg.seed,
             )
@@ -300,6 +323,136 @@ def fit_and_predict(
 
         out[READER_MODEL] = birads_rank(df[reader])
     return out, notes, fitted, reader_models, gaps
+
+
+def fusion_summary(out: pd.DataFrame, fitted: dict[str, Any], train_label: str) -> dict[str, Any]:
+    """Does the integrated model beat its members on honest held-out scores? Its headline model.
+
+    Basis: with ``weights: cross_cohort`` (``inner="cohorts"``), the fusion's own
+    inner split: each member's leave-one-cohort-out scores (``oof_proba_``; with
+    one development cohort, its grouped CV scores) beside the integrated model's
+    :meth:`~buscad.classical.StackingIntegrator.held_out_fusion` scores (weights
+    refitted without the held-out cohort or fold). Otherwise the training rows'
+    out-of-fold scores of ``out`` (the predictions table).
+
+    For each member ``m``, on the rows where both ``m`` and the integrated model
+    have a score, ``Δ_m = AUC_m − AUC_integrated`` (AUC: the Mann–Whitney
+    probability that a malignant row outscores a benign one, ties ½). The fusion
+    *loses* when ``max_m Δ_m > 0``; the headline model is then the member with
+    the highest AUC, else ``integrated``.
+
+    Returns
+    -------
+    dict
+        Empty when there is no integrated model; else ``basis``, ``inner_split``,
+        ``weights`` (member -> weight, ``stack_method`` scale), ``intercept``,
+        ``dropped`` (members with weight 0), ``auc`` (model -> AUC on the basis
+        rows), ``by_split`` (per held-out cohort/fold: ``split``, ``n``, AUC of
+        each model), ``best_member``, ``best_member_auc``, ``integrated_auc``,
+        ``loses``, ``headline_model`` and ``notes`` (sentences for the report).
+    """
+    from sklearn.metrics import roc_auc_score
+
+    stack = fitted.get("integrated")
+    if stack is None:
+        return {}
+    names = [n for n, _ in stack.estimators_]
+    notes: list[str] = []
+    if stack.inner == "cohorts" and stack.oof_proba_ is not None:
+        scores = stack.oof_proba_.assign(integrated=stack.held_out_fusion())
+        y = np.asarray(stack._oof_y)
+        split = np.asarray(stack.oof_split_).astype(str)
+        if stack.inner_split_ == "leave-one-cohort-out":
+            short = "leave-one-cohort-out scores"
+            basis = (
+                f"leave-one-cohort-out scores over {', '.join(sorted(set(split)))}: each "
+                "member trained on the other development cohorts scores the held-out one, the "
+                "fusion's weights refitted without it (the CNN score and the CNN features of "
+                "DLR/CLDLR come from the fold CNNs, which saw the held-out cohort's other rows)"
+            )
+        else:
+            short = "grouped CV scores"
+            basis = (
+                f"grouped {len(set(split))}-fold CV scores of the one development cohort "
+                "(weights refitted without the held-out fold)"
+            )
+            notes.append(
+                "fusion: one development cohort, so the integrated model's weights "
+                "(weights: cross_cohort) were fitted on grouped CV scores, not "
+                "leave-one-cohort-out: they do not show which members transfer to a new cohort"
+            )
+    else:
+        rows = (out["cohort"] == train_label).to_numpy()
+        scores = out.loc[rows, [*names, "integrated"]].reset_index(drop=True)
+        y = out.loc[rows, "label"].to_numpy().astype(int)
+        split = np.full(len(y), "pooled")
+        short = "training rows' out-of-fold scores"
+        basis = "the training rows' out-of-fold scores (grouped CV; predictions.csv)"
+
+    def auc(m: str, rows: np.ndarray) -> float:
+        ok = rows & scores[m].notna().to_numpy() & scores["integrated"].notna().to_numpy()
+        return float(roc_auc_score(y[ok], scores.loc[ok, m])) if len(set(y[ok])) == 2 else np.nan
+
+    everything = np.ones(len(y), bool)
+    margin = {
+        m: auc(m, everything) - auc("integrated", scores[m].notna().to_numpy()) for m in names
+    }
+    member_auc = {m: auc(m, everything) for m in names}
+    int_auc = auc("integrated", everything)
+    ranked = [m for m in names if np.isfinite(member_auc[m])]
+    best = max(ranked, key=lambda m: member_auc[m]) if ranked else None
+    loses = any(np.isfinite(d) and d > 0 for d in margin.values())
+    if loses:
+        best = max((m for m in names if np.isfinite(margin[m])), key=lambda m: margin[m])
+    headline = best if loses and best is not None else "integrated"
+    by_split = [
+        {
+            "split": str(sp),
+            "n": int((split == sp).sum()),
+            **{m: auc(m, split == sp) for m in [*names, "integrated"]},
+        }
+        for sp in sorted(set(split))
+    ]
+    dropped = list(getattr(stack, "dropped_", []))
+    if dropped:
+        notes.append(
+            f"fusion: {', '.join(dropped)} got weight 0 in the integrated model (no help on the "
+            f"{short})"
+        )
+    if loses and best is not None:
+        notes.append(
+            f"fusion: the integrated model falls below its best member on the {short}: AUC "
+            f"{int_auc:.3f} vs {best} {member_auc[best]:.3f}; the bundle's headline model is {best}"
+        )
+    return _json_ready(
+        {
+            "basis": basis,
+            "inner_split": stack.inner_split_,
+            "stack_method": stack.stack_method,
+            "weights": dict(zip(names, map(float, stack.coef_), strict=True)),
+            "intercept": float(stack.intercept_),
+            "dropped": dropped,
+            "auc": {**member_auc, "integrated": int_auc},
+            "by_split": by_split,
+            "best_member": best,
+            "best_member_auc": member_auc.get(best, np.nan) if best else np.nan,
+            "integrated_auc": int_auc,
+            "loses": bool(loses),
+            "headline_model": headline,
+            "notes": notes,
+        }
+    )
+
+
+def _json_ready(obj: Any) -> Any:
+    """``obj`` with NaN floats as None (strict JSON)."""
+    if isinstance(obj, dict):
+        return {k: _json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_ready(v) for v in obj]
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
 
 
 def _mask_without_inputs(out: pd.DataFrame, fits: dict[str, Any], X: pd.DataFrame) -> pd.DataFrame:
@@ -384,6 +537,48 @@ def _fold_clean_oof_and_predict(
     if (~tr).any():
         s[~tr] = fitted.predict_proba(X.loc[X.index[~tr]])[:, 1]
     return s, fitted
+
+
+def _loco_deep_scores(
+    est,
+    X: pd.DataFrame,
+    y: np.ndarray,
+    tr: np.ndarray,
+    deep_fold: np.ndarray,
+    cohort: np.ndarray,
+    fold_features: pd.DataFrame,
+    deep_cols: list[str],
+) -> np.ndarray:
+    """Leave-one-cohort-out P(malignant) of a deep-feature model on the training rows.
+
+    ``cohort``: the cohort of each training row. A row of cohort ``c`` in deep
+    fold ``f`` is scored by the model fitted on the training rows of the *other*
+    cohorts, all described by the CNN trained without fold ``f`` (the CNN that
+    did not see the row), from that same CNN's features of the row. The head
+    never saw cohort ``c``; the CNN saw ``c``'s other rows (one CNN per held-out
+    cohort is not trained), so this measures how the head transfers, not the CNN.
+    """
+    from sklearn.base import clone
+
+    idx = X.index[tr]
+    Xtr = X.loc[idx]
+    ytr = y[tr]
+    s = np.full(len(idx), np.nan)
+    ff = fold_features.assign(image_id=fold_features["image_id"].astype(str))
+    for f in sorted(set(deep_fold.tolist())):
+        feats = (
+            ff[ff["cnn_fold"] == f]
+            .set_index("image_id")
+            .reindex(idx.astype(str))[deep_cols]
+            .set_axis(idx, axis=0)
+        )
+        Xf = pd.concat([Xtr.drop(columns=deep_cols), feats], axis=1)[Xtr.columns]
+        for c in sorted(set(cohort.tolist())):
+            te = (deep_fold == f) & (cohort == c)
+            if te.any():
+                model = clone(est).fit(Xf[cohort != c], ytr[cohort != c])
+                s[te] = model.predict_proba(Xf[te])[:, 1]
+    return s
 
 
 def _oof_and_predict(

@@ -33,6 +33,7 @@ from buscad.study.fit import (
     _youden,
     export_models,
     fit_and_predict,
+    fusion_summary,
 )
 from buscad.study.stages import StageResult, StageRunner
 from buscad.utils import atomic_write_json, atomic_write_table, file_sha256, stable_hash
@@ -781,6 +782,9 @@ class StudyRun:
             out, notes, fitted, reader_models, gaps = fit_and_predict(
                 cfg, man.df, table, fold_features=fold_feats
             )
+            fusion = fusion_summary(out, fitted, arm.train_label)
+            notes += fusion.get("notes", [])
+            atomic_write_json(folder / "fusion.json", fusion)
             notes += export_models(fitted, folder / "export")
             atomic_write_table(out, folder / "predictions.csv")
             atomic_write_table(gaps, folder / "input_gaps.csv")
@@ -796,6 +800,7 @@ class StudyRun:
             "models": cfg.models,
             "radiomics_cfg": cfg.radiomics.model_dump(mode="json"),
             "clinical": cfg.clinical.model_dump(),
+            "integrated": cfg.integrated.model_dump(mode="json"),
             "cv": cfg.split.cv_folds,
             "seed": cfg.seed,
             "export_version": MODELS_EXPORT_VERSION,
@@ -1330,6 +1335,7 @@ class StudyRun:
                 .reindex(tr["image_id"].astype(str))
                 .dropna()
                 .to_numpy(np.float32),
+                headline=_headline(cls_res),
             )
 
         seg_path = roi.segmenter if roi.segmenter is not None else cfg.resolve(cfg.segment.model)
@@ -1455,6 +1461,17 @@ def _eval_safe(name: str) -> str:
     from buscad.evaluate.report import _safe as safe
 
     return safe(name)
+
+
+def _headline(cls_res: StageResult) -> dict[str, Any] | None:
+    """The headline model from the models stage's ``fusion.json``: the integrated model, or
+    its best member when the fusion loses on honest held-out scores (None without one)."""
+    p = cls_res.path / "fusion.json"
+    f = json.loads(p.read_text()) if p.is_file() else {}
+    if not f:
+        return None
+    keys = ("basis", "integrated_auc", "best_member", "best_member_auc", "loses")
+    return {"model": f["headline_model"], **{k: f[k] for k in keys}}
 
 
 def _reader_models(cls_res: StageResult) -> list[str]:
