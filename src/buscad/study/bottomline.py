@@ -17,8 +17,10 @@ A *key warning* is derived from the numbers, never from the text of other warnin
 
 from __future__ import annotations
 
+import html
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -217,6 +219,58 @@ def key_warnings(arms: Sequence[ArmSummary], bundle_flags: Sequence[str] = ()) -
                     "evidence that it beats chance there."
                 )
     return out[:MAX_KEY_WARNINGS]
+
+
+def bottom_line_sections(
+    arms: Sequence[ArmSummary],
+    *,
+    n_images: int,
+    n_models: int,
+    synthetic: str = "",
+    warnings: Sequence[str] = (),
+    bundle_flags: Sequence[str] = (),
+) -> list[Any]:
+    """The report's opening sections: 'Bottom line' and the collapsed 'All warnings'.
+
+    'Bottom line' holds the synthetic-data statement (when ``synthetic``), the paragraph
+    (:func:`bottom_line_text`), the table (:func:`bottom_line_table`) and the key warnings
+    (:func:`key_warnings`); every one of ``warnings`` follows in a closed disclosure.
+    """
+    from buscad.report import Bullets, Collapsed, Html, Section, Table, Text
+
+    blocks: list[Any] = []
+    if synthetic:
+        blocks.append(Html(f'<p class="warn synthetic">{html.escape(synthetic)}</p>'))
+    blocks.append(Text(bottom_line_text(arms, n_images, n_models)))
+    table = bottom_line_table(arms)
+    if len(table):
+        blocks.append(
+            Table(
+                table,
+                "AUC (95% CI) of the chosen model and the references it must beat, on each "
+                "cohort (training: out-of-fold scores).",
+                model_columns=["Model"],
+            )
+        )
+    keys = key_warnings(arms, bundle_flags)
+    blocks.append(
+        Bullets(keys, cls="warnings key")
+        if keys
+        else Text("No warning changes this conclusion (the full list is below).")
+    )
+    sections = [Section("Bottom line", blocks)]
+    if warnings:
+        sections.append(
+            Section(
+                "All warnings",
+                [
+                    Collapsed(
+                        f"Show all {len(warnings)} warning(s)", [Bullets(warnings, cls="warnings")]
+                    )
+                ],
+            )
+        )
+    return sections
 
 
 def cohort_order(labels: Sequence[str], train: str, test: str) -> list[str]:
