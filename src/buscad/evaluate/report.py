@@ -62,6 +62,11 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("_") or "x"
 
 
+def _cohort_order(result: EvaluationResult) -> list[str]:
+    """Cohorts as the report shows them: the threshold-selection (training) cohort first."""
+    return sorted(result.cohorts, key=lambda c: c != result.train_cohort)
+
+
 def _split_description(result: EvaluationResult) -> pd.DataFrame:
     d = result.data
     col = result.config["cohort_col"]
@@ -164,7 +169,7 @@ def write_evaluation_outputs(
     d, col = result.data, result.config["cohort_col"]
     figs: dict[str, list[Figure]] = {"roc": [], "calibration": [], "decision": [], "confusion": []}
     m = result.metrics
-    for c in result.cohorts:
+    for c in _cohort_order(result):
         sub = d[d[col] == c]
         mc = m[m["cohort"] == c] if len(m) else m
         scored = {mod: sub[mod].notna() for mod in result.models}
@@ -433,7 +438,7 @@ def _summary_blocks(result: EvaluationResult) -> list[Any]:
     t2 = result.table2()
     auc = t2.pivot(index="Model", columns="Cohort", values=TABLE2_AUC)
     auc = auc.reindex(index=[x for x in result.models if x in auc.index])
-    auc = auc[[c for c in result.cohorts if c in auc.columns]].fillna("not scored")
+    auc = auc[[c for c in _cohort_order(result) if c in auc.columns]].fillna("not scored")
     auc = auc.reset_index()
     auc.columns.name = None
     return [

@@ -18,7 +18,7 @@ A *key warning* is derived from the numbers, never from the text of other warnin
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,6 +117,12 @@ def _ci(r: pd.Series | None) -> str:
     return f"{r['auc']:.3f} ({r['auc_lo']:.3f}–{r['auc_hi']:.3f})"
 
 
+def _best_shortcut(m: pd.DataFrame, cohort: str) -> pd.Series | None:
+    """The shortcut reference with the highest AUC on a cohort (None when none was measured)."""
+    found = [r for ref in SHORTCUT_MODELS if (r := _auc(m, cohort, ref)) is not None]
+    return max(found, key=lambda r: r["auc"]) if found else None
+
+
 def bottom_line_table(arms: Sequence[ArmSummary]) -> pd.DataFrame:
     """AUC (95% CI) of the chosen model and its references on each cohort.
 
@@ -158,13 +164,16 @@ def bottom_line_text(arms: Sequence[ArmSummary], n_images: int, n_models: int) -
             if r is None:
                 continue
             refs = [
-                f"{model_label(ref).removeprefix('Reference: ')} {s['auc']:.3f}"
-                for ref in (READER_MODEL, *SHORTCUT_MODELS)
-                if (s := _auc(a.metrics, c, ref)) is not None
+                f"{words} {s['auc']:.3f}"
+                for words, s in (
+                    ("the radiologist", _auc(a.metrics, c, READER_MODEL)),
+                    ("the annotations alone", _best_shortcut(a.metrics, c)),
+                )
+                if s is not None
             ]
             said.append(
-                f"on {c} (n={int(r['n'])}) AUC {_ci(r)}"
-                + (f" against {', '.join(refs)}" if refs else "")
+                f"AUC {_ci(r)} on {c} (n={int(r['n'])})"
+                + (f" against {' and '.join(refs)}" if refs else "")
             )
         arm = f" ({a.name})" if len(arms) > 1 else ""
         if said:
@@ -174,8 +183,7 @@ def bottom_line_text(arms: Sequence[ArmSummary], n_images: int, n_models: int) -
                 f"The chosen model{arm}, {label}, has no evaluation cohort with both classes."
             )
     parts.append(
-        "Thresholds and every choice were made on the training cohort's out-of-fold scores; the "
-        "internal test and external cohorts were never used to choose."
+        "Every choice (model, threshold) was made on the training cohort's out-of-fold scores."
     )
     return " ".join(parts)
 
@@ -273,14 +281,22 @@ def bottom_line_sections(
     return sections
 
 
-def cohort_order(labels: Sequence[str], train: str, test: str) -> list[str]:
-    """Cohort labels in reading order: training, internal test, then the rest as given."""
-    first = [c for c in (train, test) if c in labels]
-    return [*first, *[c for c in labels if c not in first]]
+def arm_summary(arm: Any, metrics: pd.DataFrame, headline: str | None) -> ArmSummary:
+    """An arm's :class:`ArmSummary` from its rows of the metrics table.
 
-
-def counts_by_cohort(rows: pd.DataFrame) -> Mapping[str, int]:
-    """Images per cohort (``cohort`` column), in order of appearance."""
-    if "cohort" not in rows:
-        return {}
-    return {str(k): int(v) for k, v in rows["cohort"].value_counts(sort=False).items()}
+    ``arm`` is a :class:`buscad.study.cohorts.Arm`; ``headline`` the study's headline model
+    (``fusion.json``: the integrated model, or its best member when the fusion loses). Without
+    one the chosen model is the CNN (``deep``), else the integrated model, else the first model
+    that is not a reference.
+    """
+    models = list(dict.fromkeys(metrics["model"]))
+    if headline not in models:
+        plain = [m for m in models if m not in (READER_MODEL, *SHORTCUT_MODELS)]
+        headline = next(
+            (m for m in ("deep", "integrated") if m in plain), plain[0] if plain else ""
+        )
+    labels = list(dict.fromkeys(metrics["cohort"]))
+    first = [c for c in (arm.train_label, arm.test_label) if c in labels]
+    cohorts = [*first, *[c for c in labels if c not in first]]
+    evaluation = [c for c in cohorts if c != arm.train_label]
+    return ArmSummary(arm.name, metrics, cohorts, evaluation, str(headline))

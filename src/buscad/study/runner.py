@@ -169,6 +169,7 @@ class StudyRun:
         self.arms = study_arms(cfg)
         self.runner = StageRunner(self.run_dir / "cache", total=self._n_stages(), stream=stream)
         self.warnings: list[str] = []
+        self.bundle_flags: list[str] = []  # the bundle's failed checks (the report's first warning)
         self.outputs: dict[str, Path] = {}
 
     def _n_stages(self) -> int:
@@ -1093,34 +1094,70 @@ class StudyRun:
             )
         return blocks
 
+    def _bottom_line(self, arm_outputs: list, metrics: pd.DataFrame) -> list[Any]:
+        """The report's opening (:mod:`buscad.study.bottomline`): per arm, the outlines the bundle
+        reads (automatic when run, else the first); the synthetic-data sentence on phantoms."""
+        from buscad.study.bottomline import (
+            arm_summary,
+            bottom_line_sections,
+            phantom_cohorts,
+            synthetic_text,
+        )
+
+        summaries, rows = [], []
+        for arm in self.arms:
+            mine = [o for o in arm_outputs if o[0] == arm]
+            if not mine:
+                continue
+            _, man, _, cls_res, _, roi = next((o for o in mine if o[5].mode == "auto"), mine[0])
+            m = metrics[metrics["arm"] == arm.name]
+            if "roi" in m:
+                m = m[m["roi"] == roi.mode]
+            summaries.append(arm_summary(arm, m, (_headline(cls_res) or {}).get("model")))
+            rows.append(man.df)
+        pooled = pd.concat(rows, ignore_index=True).drop_duplicates("image_id")
+        configured = [c.name for c in self.cfg.cohorts if c.phantom is not None]
+        models = set(metrics["model"]) - {READER_MODEL, *SHORTCUT_MODELS}
+        return bottom_line_sections(
+            summaries,
+            n_images=len(pooled),
+            n_models=len(models),
+            synthetic=synthetic_text(
+                phantom_cohorts(pooled, configured),
+                list(dict.fromkeys(pooled["cohort"].astype(str))),
+                reader=READER_MODEL in set(metrics["model"]),
+            ),
+            warnings=self.warnings,
+            bundle_flags=self.bundle_flags,
+        )
+
     def _report(self, arm_outputs: list, audit_res: StageResult, metrics: pd.DataFrame) -> Path:
         import yaml
 
         from buscad.labels import READS_READER
         from buscad.report import (
-            Bullets,
+            Collapsed,
             Details,
             Figure,
+            FigureRow,
             KeyValue,
             Links,
             Section,
             Table,
             build_report,
         )
+        from buscad.study.bottomline import arm_summary
 
         cfg = self.cfg
-        sections = []
         audit_rel = self._publish(audit_res.path / "audit", PUBLISHED_AUDIT)
-        sections.append(
-            Section(
-                "Warnings",
-                [Bullets(self.warnings, cls="warnings") if self.warnings else "None."],
-            )
-        )
+        sections = self._bottom_line(arm_outputs, metrics)
         if len({r.mode for r in self.rois}) > 1:
             sections.append(self._roi_comparison(metrics))
         if any(r.res is not None for r in self.rois):
-            sections.append(self._roi_section())
+            roi_sec = self._roi_section()
+            sections.append(
+                Section(roi_sec.title, [Collapsed("Show the outline stages", roi_sec.blocks)])
+            )
         for arm, man, deep_res, cls_res, ev_res, roi in arm_outputs:
             blocks: list[Any] = []
             m = metrics[metrics["arm"] == arm.name]
@@ -1140,21 +1177,20 @@ class StudyRun:
                 )
             )
             reading = _reader_models(cls_res)
-            blocks.append(
-                Table(
-                    self._metrics_table(m),
-                    caption="Every model on every cohort, beside the shortcut references "
-                    "(what the annotations alone give) and the radiologist's BI-RADS where the "
-                    "data has it. Thresholds chosen on the training cohort (out-of-fold scores) "
-                    "and applied unchanged to the other cohorts. "
-                    + _reader_caption(cfg, reading, INTEGRATED_WITHOUT_READER in set(m["model"])),
-                    model_columns=["Model"],
-                    model_notes=dict.fromkeys(reading, READS_READER),
-                )
+            every = Table(
+                self._metrics_table(m),
+                caption="Every model on every cohort, beside the shortcut references "
+                "(what the annotations alone give) and the radiologist's BI-RADS where the "
+                "data has it. Thresholds chosen on the training cohort (out-of-fold scores) "
+                "and applied unchanged to the other cohorts. "
+                + _reader_caption(cfg, reading, INTEGRATED_WITHOUT_READER in set(m["model"])),
+                model_columns=["Model"],
+                model_notes=dict.fromkeys(reading, READS_READER),
             )
+            more: list[Any] = [every]
             if deep_res is not None:
                 cv = pd.read_csv(deep_res.path / "backbone_cv.csv")
-                blocks.append(
+                more.append(
                     Table(
                         pd.DataFrame(
                             {
@@ -1172,22 +1208,31 @@ class StudyRun:
                         "(the choice is made here, never on a test cohort).",
                     )
                 )
-            cohorts = list(dict.fromkeys(m["cohort"]))
+            cohorts = arm_summary(arm, m, None).cohorts  # training, internal test, external
             fdir = ev_res.path / "evaluation" / "figures"
-            for c in cohorts:
-                f = fdir / f"roc_{_eval_safe(c)}.png"
-                if f.exists():
-                    blocks.append(
-                        Figure(
-                            f,
-                            caption=f"ROC curves of every model, cohort {c}; filled markers: "
-                            "each model's operating point at its threshold.",
-                            width="560px",
-                        )
-                    )
-            blocks += self._gallery_blocks(
+            rocs = [
+                Figure(
+                    f,
+                    caption=f"ROC curves of every model, cohort {c}; filled markers: "
+                    "each model's operating point at its threshold.",
+                )
+                for c in cohorts
+                if (f := fdir / f"roc_{_eval_safe(c)}.png").exists()
+            ]
+            if rocs:
+                blocks.append(FigureRow(rocs))
+            blocks.append(
+                Collapsed(
+                    f"Every model on every cohort ({len(m)} rows)"
+                    + (", the backbone comparison" if len(more) > 1 else ""),
+                    more,
+                )
+            )
+            gallery = self._gallery_blocks(
                 self._gallery(arm, man, deep_res, cls_res, roi), roi.label(arm)
             )
+            if gallery:
+                blocks.append(Collapsed("Grad-CAM of correct and misclassified cases", gallery))
             sections.append(Section(f"Results: {roi.label(arm)}", blocks))
         audit_sum = json.loads((audit_res.path / "audit" / "summary.json").read_text())
         from buscad.evaluate.report import _audit_blocks
@@ -1206,7 +1251,7 @@ class StudyRun:
                             )
                         ]
                     ),
-                    *_audit_blocks(audit_sum),
+                    Collapsed("Show the audit summary", _audit_blocks(audit_sum)),
                 ],
             )
         )
@@ -1240,7 +1285,15 @@ class StudyRun:
                 }
             )
         sections.append(
-            Section("Run", [Table(run, "Stages of this run (cache/ under the run folder).")])
+            Section(
+                "Run",
+                [
+                    Collapsed(
+                        f"Show the {len(run)} stages",
+                        [Table(run, "Stages of this run (cache/ under the run folder).")],
+                    )
+                ],
+            )
         )
         out = build_report(
             sections,
@@ -1363,6 +1416,7 @@ class StudyRun:
             shutil.rmtree(out)
         shutil.copytree(res.path / "bundle", out)
         flags = json.loads((out / "bundle.json").read_text(encoding="utf-8")).get("flags") or []
+        self.bundle_flags = list(flags)
         if flags:  # buscad.bundle.safety.study_flags: every prediction of it is withheld
             self.warnings.append(
                 "the bundle's CNN failed the study's checks, so every AI call of the bundle is "
