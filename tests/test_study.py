@@ -287,6 +287,15 @@ def test_study_report_opens_with_the_bottom_line(small_run, browser, tmp_path):
     h2 = page.evaluate("[...document.querySelectorAll('main h2')].map(h => h.textContent)")
     assert h2[:2] == ["Bottom line", "All warnings"]
     page.close()
+    # on paper the collapsed blocks print open
+    page = open_page(browser, res.report, 1050, "print")
+    pdf = page.pdf(landscape=True, format="A4", print_background=True)
+    page.close()
+    pdfium = pytest.importorskip("pypdfium2", reason="pypdfium2 reads the PDF's text")
+    doc = pdfium.PdfDocument(pdf)
+    printed = "".join(doc[i].get_textpage().get_text_range() for i in range(len(doc)))
+    for collapsed in ("Stages of this run", "Backbone comparison", "audit policy dropped"):
+        assert collapsed in printed, collapsed
     # counts that agree: the audit's conflicting duplicate groups are the groups the policy dropped
     audit = json.loads((out / "audit" / "summary.json").read_text())
     dropped = next(w for w in res.warnings if w.startswith("audit policy dropped"))
