@@ -255,6 +255,12 @@ def test_report_opens_with_figures_and_plain_names(tmp_path, browser):
         })"""
     )
     assert tops["summary"] < 800 and tops["fig"] < 1600 and tops["lastfig"] < tops["pairs"]
+    # long lists (every pair of 7 models per cohort, the model cards, the checklist) start closed
+    closed = page.evaluate(
+        "[...document.querySelectorAll('details.more:not([open]) > summary')].map(s => s.innerText)"
+    )
+    assert sum(c.startswith("Show the 21 pairs of models, cohort") for c in closed) == 3
+    assert "Show the model card of each of the 7 model(s)" in closed
     text = page.evaluate("document.querySelector('main').innerText")
     # the summary table: every model by its plain name, on every cohort
     summary = page.evaluate("document.querySelector('#summary table').innerText")

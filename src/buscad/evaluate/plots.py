@@ -180,7 +180,7 @@ def plot_roc(
 
 
 @_styled
-def plot_calibration(curves: dict[str, pd.DataFrame], title: str, ncols: int = 4):
+def plot_calibration(curves: dict[str, pd.DataFrame], title: str, ncols: int = 6):
     """Reliability curves, one small panel per model, with Wilson 95% CIs.
 
     Each panel plots the observed fraction malignant of a bin against its mean
@@ -195,7 +195,7 @@ def plot_calibration(curves: dict[str, pd.DataFrame], title: str, ncols: int = 4
     n = max(1, len(curves))
     ncols = min(ncols, n)
     nrows = -(-n // ncols)
-    fig = Figure(figsize=(2.3 * ncols, 2.35 * nrows + 0.45))
+    fig = Figure(figsize=(2.1 * ncols, 2.15 * nrows + 0.45))
     FigureCanvasAgg(fig)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True))
     flat = axes.ravel()
@@ -217,8 +217,10 @@ def plot_calibration(curves: dict[str, pd.DataFrame], title: str, ncols: int = 4
         ax.tick_params(labelsize=7)
     for ax in flat[len(curves) :]:
         ax.set_axis_off()
-    for ax in axes[-1]:
-        ax.set_xlabel("Mean predicted", fontsize=7.5)
+    for i, ax in enumerate(flat[: len(curves)]):
+        if i + ncols >= len(curves):  # no panel below: this one carries the x axis
+            ax.tick_params(labelbottom=True)
+            ax.set_xlabel("Mean predicted", fontsize=7.5)
     for ax in axes[:, 0]:
         ax.set_ylabel("Observed malignant", fontsize=7.5)
     fig.suptitle(f"{title} (dotted: ideal)", fontsize=9)

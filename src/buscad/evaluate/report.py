@@ -16,6 +16,7 @@ from buscad.evaluate.tables import TABLE2_METRICS, fmt_ci, fmt_p, write_table
 from buscad.labels import model_label
 from buscad.report import (
     Bullets,
+    Collapsed,
     Figure,
     FigureRow,
     KeyValue,
@@ -376,21 +377,34 @@ def write_evaluation_outputs(
                 )
             ],
         ),
-        Section("Model card", card_blocks),
+        Section(
+            "Model card",
+            [Collapsed(f"Show the model card of each of the {len(cards)} model(s)", card_blocks)],
+        ),
         Section(
             "TRIPOD+AI checklist",
-            [Table(checklist, "Items the run cannot know are marked for the author.")],
+            [
+                Collapsed(
+                    f"Show the checklist ({len(checklist)} items)",
+                    [Table(checklist, "Items the run cannot know are marked for the author.")],
+                )
+            ],
         ),
         Section("Issues", [Bullets(result.issues) if result.issues else Text("No issues.")]),
         Section(
             "Configuration and environment",
             [
-                KeyValue(cfg, "Run configuration."),
-                KeyValue(
-                    dict(input_hashes or {}) or {"inputs": "not recorded"},
-                    "Input data hashes (SHA-256).",
-                ),
-                KeyValue(env, "Environment."),
+                Collapsed(
+                    "Show the configuration, input hashes and environment",
+                    [
+                        KeyValue(cfg, "Run configuration."),
+                        KeyValue(
+                            dict(input_hashes or {}) or {"inputs": "not recorded"},
+                            "Input data hashes (SHA-256).",
+                        ),
+                        KeyValue(env, "Environment."),
+                    ],
+                )
             ],
         ),
         *extra_sections,
@@ -513,13 +527,18 @@ def _table3_blocks(t3: pd.DataFrame, pairs: pd.DataFrame) -> list[Any]:
             }
         ).reset_index(drop=True)
         blocks.append(
-            Table(
-                table,
-                f"Cohort {cohort}: every pair of models. ΔAUC = AUC of the model − AUC of the "
-                "one it is compared with (paired DeLong 95% CI and P); McNemar P of their "
-                "decisions at each model's threshold. The same numbers as a matrix are in "
-                "tables/table3_delong.csv and .xlsx.",
-                model_columns=["Model", "Compared with"],
+            Collapsed(
+                f"Show the {len(table)} pairs of models, cohort {cohort}",
+                [
+                    Table(
+                        table,
+                        f"Cohort {cohort}: every pair of models. ΔAUC = AUC of the model − AUC of the "
+                        "one it is compared with (paired DeLong 95% CI and P); McNemar P of their "
+                        "decisions at each model's threshold. The same numbers as a matrix are in "
+                        "tables/table3_delong.csv and .xlsx.",
+                        model_columns=["Model", "Compared with"],
+                    )
+                ],
             )
         )
     return blocks
