@@ -308,6 +308,11 @@ def test_study_report_opens_with_the_bottom_line(small_run, browser, tmp_path):
         "document.querySelector('figure.fig').getBoundingClientRect().top + scrollY"
     )
     assert top < 1600
+    # the evaluation report also says on its first screen that the data are synthetic
+    note = page.evaluate(
+        "(e => [e.innerText, e.getBoundingClientRect().bottom])(document.querySelector('p.synthetic'))"
+    )
+    assert note[0].startswith("Synthetic data: All images are phantoms") and note[1] < 800
     page.close()
 
 

@@ -3,6 +3,7 @@ card, TRIPOD+AI checklist and one self-contained HTML report."""
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -19,6 +20,7 @@ from buscad.report import (
     Collapsed,
     Figure,
     FigureRow,
+    Html,
     KeyValue,
     Section,
     Table,
@@ -139,6 +141,7 @@ def write_evaluation_outputs(
     seed: int | None = None,
     extra_sections: Sequence[Section] = (),
     model_details: Mapping[str, Mapping[str, str]] | None = None,
+    notice: str = "",
 ) -> dict[str, list[Path]]:
     """Write every output of an evaluation under ``out_dir`` and return the paths by kind.
 
@@ -146,7 +149,8 @@ def write_evaluation_outputs(
     CSV, XLSX, Markdown), ``figures/`` (PNG and SVG), ``model_card.md``,
     ``config.json``, ``issues.txt`` and ``report.html``. ``model_details`` adds
     lines to a model's card (model -> {field: text}, e.g. that it reads the
-    reader's BI-RADS).
+    reader's BI-RADS). ``notice`` is a sentence the summary opens with, on the first
+    screen (e.g. that the data are synthetic phantoms and the radiologist simulated).
     """
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -310,7 +314,13 @@ def write_evaluation_outputs(
     env = environment_info(seed=seed if seed is not None else result.config.get("seed"))
     cfg = dict(result.config)
     sections = [
-        Section("Summary", _summary_blocks(result)),
+        Section(
+            "Summary",
+            [
+                *([Html(f'<p class="warn synthetic">{html.escape(notice)}</p>')] if notice else []),
+                *_summary_blocks(result),
+            ],
+        ),
         *_figure_sections(figs),
         Section(
             "Table 2. Performance per cohort",

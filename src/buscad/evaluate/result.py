@@ -143,7 +143,7 @@ class EvaluationResult:
 
         Keyword arguments go to :func:`buscad.evaluate.report.write_evaluation_report`
         (``title``, ``audit_summary``, ``split_description``, ``input_hashes``,
-        ``intended_use``, ``limitations``, ``seed``, ``model_details``).
+        ``intended_use``, ``limitations``, ``seed``, ``model_details``, ``notice``).
         """
         from buscad.evaluate.report import write_evaluation_outputs
 

@@ -50,8 +50,9 @@ ROI_VERSION = 2
 #: Bumped when the gallery stage writes something new (2: cases.csv labels every tile).
 GALLERY_VERSION = 2
 #: Bumped when the evaluation stage's report changes (2: BI-RADS cuts as categories, words;
-#: 3: not-evaluable rows and cases lacking some inputs).
-EVALUATE_VERSION = 3
+#: 3: not-evaluable rows and cases lacking some inputs; 4: bottom line and figures first, the
+#: synthetic-data notice, legends below the curves, one calibration panel per model).
+EVALUATE_VERSION = 4
 
 
 #: Where the data audit's report is copied in the run folder (relative).
@@ -846,6 +847,7 @@ class StudyRun:
         def work(folder: Path) -> None:
             from buscad.evaluate import evaluate_predictions
             from buscad.labels import READS_READER
+            from buscad.study.bottomline import phantom_cohorts, synthetic_text
 
             pred = pd.read_csv(cls_res.path / "predictions.csv")
             reader = cfg.clinical.reader_column
@@ -889,6 +891,11 @@ class StudyRun:
                 ),
                 seed=cfg.seed,
                 model_details=details,
+                notice=synthetic_text(
+                    phantom_cohorts(man.df, [c.name for c in cfg.cohorts if c.phantom is not None]),
+                    list(dict.fromkeys(man.df["cohort"].astype(str))),
+                    reader=READER_MODEL in model_cols,
+                ),
             )
             atomic_write_table(ev.metrics, folder / "metrics.csv")
 
