@@ -126,7 +126,8 @@ def _best_shortcut(m: pd.DataFrame, cohort: str) -> pd.Series | None:
 def bottom_line_table(arms: Sequence[ArmSummary]) -> pd.DataFrame:
     """AUC (95% CI) of the chosen model and its references on each cohort.
 
-    One row per arm and model (the arm column only with several arms); ``—`` where a
+    The numbers are the evaluation's: AUC = P(score of a malignant case > score of a benign
+    one) + ½ P(tie) (Mann–Whitney), with its DeLong 95% CI. One row per arm and model (the arm column only with several arms); ``—`` where a
     model was not measured on a cohort. The model column keeps short names (the report
     shows their plain labels).
     """
