@@ -162,6 +162,14 @@ def _radiomics(man: Manifest, out: Path) -> pd.DataFrame:
     return res.features.reset_index() if "image_id" not in res.features else res.features
 
 
+def families() -> list[str]:
+    """Every family :func:`build` computes (besides ``geometry``, read from the audit)."""
+    deep = [deep_family(*v) for v in DEEP_VARIANTS]
+    return ["morph", "shape", "echo", "radiomics", *deep] + [
+        deep_family(*v, True) for v in NORM_VARIANTS
+    ]
+
+
 def build(man: Manifest, out: Path, families: list[str] | None = None, log=print) -> dict:
     """Compute (or reuse) every family's table; returns ``family -> seconds``."""
     folder = out / "features"

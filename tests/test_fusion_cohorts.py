@@ -350,3 +350,34 @@ def test_study_records_the_fusion_check_in_report_and_bundle(tmp_path, dev):
     if fusion["loses"]:
         assert f"the bundle's headline model is {headline}" in report
     assert ("one development cohort" in report) == (not loco)
+
+
+def test_stacked_out_of_fold_fits_get_their_groups():
+    """The out-of-fold fits of a stacked model receive the rows' groups (its inner CV stays grouped)."""
+    from sklearn.base import BaseEstimator, ClassifierMixin
+
+    from buscad.study.fit import _oof_and_predict
+
+    seen: list[np.ndarray | None] = []
+
+    class Recorder(ClassifierMixin, BaseEstimator):
+        def fit(self, X, y, groups=None):
+            seen.append(None if groups is None else np.asarray(groups))
+            self.classes_ = np.array([0, 1])
+            return self
+
+        def predict_proba(self, X):
+            return np.tile([0.5, 0.5], (len(X), 1))
+
+    n = 20
+    X = pd.DataFrame({"a": np.arange(n, dtype=float)})
+    y = np.array([0, 1] * (n // 2))
+    tr = np.ones(n, bool)
+    folds = np.array([f"fold{i % 2}" for i in range(n)])
+    groups = np.array([f"g{i // 2}" for i in range(n)])
+    _oof_and_predict(Recorder(), X, y, tr, folds, 0, groups=groups)
+    # two fold fits and the refit on all rows, each with the groups of its own rows
+    assert len(seen) == 3
+    assert all(g is not None for g in seen)
+    assert sorted(len(g) for g in seen) == [10, 10, 20]
+    assert set(seen[0]) | set(seen[1]) == set(groups)

@@ -370,20 +370,21 @@ class SegmentConfig(_Strict):
 class IntegratedConfig(_Strict):
     """How the integrated model fuses the single models (:class:`buscad.classical.StackingIntegrator`).
 
-    ``weights: equal`` (default) averages the single models' logits,
-    ``logit P = (1/M) Σ_m logit p_m``: nothing is learnt, so the fusion cannot
-    over-fit the training cohort's idea of which model is best (on BUSI↔BrEaST
-    it transferred better than a learnt stack; ``benchmarks/results/external.md``).
-    ``weights: fit`` learns a logistic regression on the models' inner
+    ``weights: fit`` (default) learns a logistic regression on the models' inner
     out-of-fold ``stack_method`` values (``proba`` or ``logit``), with
-    ``positive: true`` keeping every weight ≥ 0. ``weights: cross_cohort``
-    fits the same non-negative logistic regression (always ≥ 0; ``C``,
-    ``stack_method``) on leave-one-cohort-out scores when the arm has two or
-    more development cohorts: each single model trained on the other cohorts
-    scores the held-out one, so the weights reward what transfers to a new
-    scanner and a model that does not help across cohorts gets weight 0 (with
-    one development cohort it falls back to grouped CV and the report says
-    so). ``models`` names the single
+    ``positive: true`` keeping every weight ≥ 0: ``logit P = b0 + Σ_m b_m logit p_m``,
+    ``b_m ≥ 0``, minimising ``Σ_i logloss_i + ||b||² / (2C)``. ``weights: equal``
+    averages the logits instead, ``logit P = (1/M) Σ_m logit p_m`` (nothing
+    learnt). ``weights: cross_cohort`` fits the same non-negative logistic
+    regression on leave-one-cohort-out scores when the arm has two or more
+    development cohorts: each single model trained on the other cohorts scores the
+    held-out one, so the weights reward what transfers to a new scanner and a model
+    that does not help across cohorts gets weight 0 (with one development cohort it
+    falls back to grouped CV and the report says so). The default, ``fit``, learns
+    its weights from the training rows' own (fold-clean) out-of-fold scores, so no
+    fusion weight is ever set by a cohort a study reports as external
+    (``benchmarks/results/external.md`` compares the fusions under the protocol that
+    chooses without the external rows). ``models`` names the single
     models fused (default: every single model built). No model reads the
     reader's BI-RADS unless ``clinical.reader_as_input: true``; then the
     integrated model that fuses a reader-reading model is fitted a second time
@@ -391,10 +392,10 @@ class IntegratedConfig(_Strict):
     """
 
     weights: Literal["equal", "fit", "cross_cohort"] = Field(
-        "equal",
-        description="`equal`: the mean of the single models' logits (nothing learnt); `fit`: "
-        "a logistic regression on their inner out-of-fold scores (grouped CV of the pooled "
-        "training rows); `cross_cohort`: a non-negative logistic regression on their "
+        "fit",
+        description="`fit`: a logistic regression on the single models' inner out-of-fold "
+        "scores (grouped CV of the pooled training rows); `equal`: the mean of their logits "
+        "(nothing learnt); `cross_cohort`: a non-negative logistic regression on their "
         "leave-one-cohort-out scores (each model trained on the other development cohorts "
         "scores the held-out one; grouped CV when there is one development cohort).",
     )

@@ -285,28 +285,34 @@ def add_segmenter(out: Path, segmenter: str | os.PathLike[str], roi: str = "expe
     import shutil
 
     from buscad.segment.base import JSON_NAME, ONNX_NAME, _sidecar_paths, read_spec
+    from buscad.segment.infer import MEDSAM_ARCH, MEDSAM_DIR, add_medsam
     from buscad.utils import file_sha256
 
     spec = read_spec(segmenter)
     jpath, _, opath = _sidecar_paths(segmenter)
     dest = out / "segmenter"
     dest.mkdir(parents=True, exist_ok=True)
-    if opath.is_file():
-        shutil.copyfile(opath, dest / ONNX_NAME)
+    medsam_only = (spec.get("config") or {}).get("arch") == MEDSAM_ARCH
+    if opath.is_file() or medsam_only:
+        if opath.is_file():
+            shutil.copyfile(opath, dest / ONNX_NAME)
         shutil.copyfile(jpath, dest / JSON_NAME)
     else:
         from buscad.segment.infer import Segmenter
 
         Segmenter.load(segmenter, backend="torch").export_onnx(dest)
         spec = read_spec(dest)
+    entry: dict = {"folder": "segmenter"}
+    if (dest / ONNX_NAME).is_file():
+        entry["onnx_sha256"] = file_sha256(dest / ONNX_NAME)
+    if spec.get("litemedsam") or (jpath.parent / MEDSAM_DIR).is_dir():
+        carried = jpath.parent / MEDSAM_DIR
+        add_medsam(dest, carry=True, source=carried if carried.is_dir() else None)
+        spec = read_spec(dest)
+        entry["litemedsam_sha256"] = spec["litemedsam"]["sha256"]
     training = dict(spec.get("training") or {})
     training.pop("loss", None)
-    return {
-        "folder": "segmenter",
-        "onnx_sha256": file_sha256(dest / ONNX_NAME),
-        "training": training,
-        "models_trained_on": roi,
-    }
+    return {**entry, "training": training, "models_trained_on": roi}
 
 
 def group_inputs(inputs: list[str]) -> dict[str, Any]:
@@ -584,10 +590,16 @@ class Bundle:
             info = self.doc["segmenter"]
             folder = self.path / info["folder"]
             onnx_file = folder / "segmenter.onnx"
-            if not onnx_file.is_file():
+            if not onnx_file.is_file() and not info.get("litemedsam_sha256"):
                 raise ModelFileError(onnx_file, "segmenter ONNX model not found")
             if info.get("onnx_sha256") and file_sha256(onnx_file) != info["onnx_sha256"]:
                 raise ModelFileError(onnx_file, "SHA-256 does not match bundle.json")
+            for name, digest in (info.get("litemedsam_sha256") or {}).items():
+                graph = folder / "litemedsam" / name
+                if not graph.is_file() or file_sha256(graph) != digest:
+                    raise ModelFileError(
+                        graph, "LiteMedSAM graph missing or SHA-256 does not match bundle.json"
+                    )
             self._segmenter = Segmenter.load(folder, backend="onnx", threads=self._num_threads)
         return self._segmenter
 

@@ -98,6 +98,11 @@ def predict_cmd(
     prompt = _numbers(box, 4, "--box", "x0,y0,x1,y1", len(images))
     click = _numbers(point, 2, "--point", "x,y", len(images))
     seg = Segmenter.load(model, backend=backend)
+    if seg.runner is None and prompt is None:
+        raise typer.BadParameter(
+            "this segmenter (LiteMedSAM alone) outlines inside a box only: give --box",
+            param_hint="--box",
+        )
     out.mkdir(parents=True, exist_ok=True)
     results, skipped = [], []
     for i, path in enumerate(images):
@@ -108,6 +113,7 @@ def predict_cmd(
             typer.echo(f"skipped: {exc}", err=True)
             continue
         r = seg.predict(gray, box=prompt, point=click)
+        kind = "litemedsam" if seg.box_model is not None and r.mode == "box" else "unet"
         name = f"{i:04d}_{Path(path).stem}_mask.png"
         write_mask_png(r.mask, out / name)
         cands = []
@@ -122,6 +128,7 @@ def predict_cmd(
                 "image": str(path),
                 "mask": name,
                 "mode": r.mode,
+                "outliner": kind,
                 "found": r.found,
                 "candidates": cands,
             }
@@ -164,6 +171,26 @@ def export_cmd(
 
     seg = Segmenter.load(model, backend="torch")
     typer.echo(f"wrote {seg.export_onnx(model if model.is_dir() else model.parent)}")
+
+
+@segment_app.command("medsam")
+def medsam_cmd(
+    out: Path = typer.Option(..., "-o", "--out", help="Segmenter folder (new, or one to extend)."),
+    reference: bool = typer.Option(
+        False, "--reference", help="Reference the cached graphs by SHA-256 instead of copying."
+    ),
+) -> None:
+    """LiteMedSAM box outlines: convert the packaged checkpoint once, add it to a segmenter folder.
+
+    A new folder outlines boxes only; an existing segmenter keeps its U-Net for
+    automatic candidates and LiteMedSAM outlines boxes and refines candidates.
+    """
+    from buscad.segment.infer import add_medsam
+    from buscad.segment.medsam_convert import ensure_converted
+
+    src = ensure_converted()
+    typer.echo(f"LiteMedSAM graphs: {src}")
+    typer.echo(f"wrote {add_medsam(out, carry=not reference, source=src)}")
 
 
 def register(app: typer.Typer) -> None:

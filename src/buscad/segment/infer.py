@@ -23,6 +23,16 @@ automatic
     ``refine`` each candidate's outline is recomputed by a box-prompted pass on
     its own box.
 
+A segmenter folder may also carry LiteMedSAM (``litemedsam/``: two ONNX
+graphs and their manifest, :mod:`buscad.segment.medsam`), or reference the
+converted graphs in the cache by SHA-256 (``"litemedsam"`` in the JSON). Then
+every box-prompted outline (a user's box, and the refinement of each automatic
+candidate) is LiteMedSAM's: the thresholded logits' connected component that
+overlaps the box most, holes filled, with the decoder's IoU estimate as its
+confidence. The image embedding is cached per image, so a redrawn box reruns
+only the decoder. A folder with LiteMedSAM alone (``arch = "LiteMedSAM"``, no
+U-Net) outlines boxes only.
+
 Boxes are ``(x0, y0, x1, y1)`` in pixels of the original image, end exclusive.
 """
 
@@ -31,7 +41,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import ndimage
@@ -61,33 +71,149 @@ from buscad.segment.base import (
 )
 from buscad.utils import atomic_write_json, file_sha256
 
+if TYPE_CHECKING:
+    from buscad.segment.medsam import MedSAM
+
+#: ``SegConfig.arch`` of a segmenter that is LiteMedSAM alone (box prompts only).
+MEDSAM_ARCH = "LiteMedSAM"
+
+#: Sub-folder of a segmenter folder that carries LiteMedSAM's graphs.
+MEDSAM_DIR = "litemedsam"
+
+
+def _load_box_model(jpath: Path, spec: dict, threads: int | None) -> MedSAM | None:
+    """LiteMedSAM of a segmenter: its ``litemedsam/`` folder, else the cache entry the JSON names.
+
+    The JSON's ``litemedsam.sha256`` (both graphs' digests) must match the graphs used.
+    """
+    ref = spec.get("litemedsam")
+    carried = jpath.parent / MEDSAM_DIR
+    if ref is None and not carried.is_dir():
+        return None
+    from buscad.segment.medsam import DECODER_NAME, ENCODER_NAME, MedSAM, default_folder
+
+    folder = carried if carried.is_dir() else default_folder()
+    if not folder.is_dir():
+        raise ModelFileError(
+            folder, "LiteMedSAM graphs not found (run `buscad segment medsam` to convert them)"
+        )
+    model = MedSAM(folder, threads=threads)
+    want = (ref or {}).get("sha256") or {}
+    for name in (ENCODER_NAME, DECODER_NAME):
+        if want.get(name) and want[name] != model.manifest["sha256"][name]:
+            raise ModelFileError(folder / name, f"SHA-256 does not match {jpath.name}")
+    return model
+
+
+def add_medsam(
+    folder: str | os.PathLike[str],
+    carry: bool = True,
+    source: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Give a segmenter folder LiteMedSAM box outlines (a new folder: LiteMedSAM alone).
+
+    Parameters
+    ----------
+    folder : path-like
+        A segmenter folder (its U-Net stays the automatic proposer), or a new folder.
+    carry : bool
+        Copy both graphs into ``folder/litemedsam`` (self-contained); else the JSON
+        only references the converted cache folder by the graphs' SHA-256.
+    source : path-like, optional
+        A converted LiteMedSAM folder (default: :func:`buscad.segment.medsam_convert.ensure_converted`).
+
+    Returns
+    -------
+    pathlib.Path
+        ``folder``.
+    """
+    from buscad.segment.medsam import DECODER_NAME, ENCODER_NAME, read_manifest, segmenter_folder
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    if source is None:
+        from buscad.segment.medsam_convert import ensure_converted
+
+        source = ensure_converted()
+    src = Path(source)
+    doc = read_manifest(src)
+    if carry:
+        segmenter_folder(out, src)
+    jpath = out / JSON_NAME
+    if jpath.is_file():
+        spec = read_spec(out)
+    else:
+        spec = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "config": SegConfig(arch=MEDSAM_ARCH, threshold=0.5).to_dict(),
+        }
+    spec["litemedsam"] = {
+        "source": doc.get("source"),
+        "checkpoint_sha256": doc.get("checkpoint_sha256"),
+        "carried": bool(carry),
+        "sha256": {n: doc["sha256"][n] for n in (ENCODER_NAME, DECODER_NAME)},
+    }
+    atomic_write_json(jpath, spec)
+    return out
+
+
+def box_candidate(
+    prob: np.ndarray, box: Box, threshold: float = 0.5, iou: float | None = None
+) -> Candidate:
+    """The outline of a box prompt from a probability map.
+
+    The connected component of ``prob > threshold`` that overlaps ``box`` most,
+    holes filled (empty when none overlaps). Its confidence is ``iou`` clipped to
+    ``[0, 1]`` when given (LiteMedSAM's IoU head), else the mean probability inside.
+    """
+    lab, n = components(prob > threshold)
+    mask = np.zeros(prob.shape, bool)
+    if n:
+        inside = lab[box[1] : box[3], box[0] : box[2]]
+        counts = np.bincount(inside.ravel(), minlength=n + 1)[1:]
+        if counts.max() > 0:
+            mask = ndimage.binary_fill_holes(lab == int(np.argmax(counts)) + 1)
+    if not mask.any():
+        conf = 0.0
+    elif iou is not None:
+        conf = float(np.clip(iou, 0.0, 1.0))
+    else:
+        conf = float(prob[mask].mean())
+    return Candidate(mask_box(mask) or box, mask, conf)
+
 
 class Segmenter:
     """Lesion outlines from a gray image, with or without a box.
 
     Parameters
     ----------
-    runner : callable
-        ``runner(x)`` maps float32 ``(N, 2, S, S)`` inputs to logits ``(N, 1, S, S)``.
+    runner : callable or None
+        ``runner(x)`` maps float32 ``(N, 2, S, S)`` inputs to logits ``(N, 1, S, S)``;
+        None for a box-only segmenter (LiteMedSAM without a U-Net).
     config : SegConfig
         Architecture and inference settings.
     spec : dict, optional
         The model JSON (provenance, training record).
     module : torch.nn.Module, optional
         The PyTorch network, when loaded with the torch backend (needed to export ONNX).
+    box_model : MedSAM, optional
+        LiteMedSAM: draws every box-prompted outline when given.
     """
 
     def __init__(
         self,
-        runner: Runner,
+        runner: Runner | None,
         config: SegConfig,
         spec: dict | None = None,
         module: Any = None,
+        box_model: MedSAM | None = None,
     ) -> None:
         self.runner = runner
         self.config = config
         self.spec = spec or {}
         self.module = module
+        self.box_model = box_model
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -117,17 +243,22 @@ class Segmenter:
         spec = read_spec(path)
         jpath, wpath, opath = _sidecar_paths(path)
         config = SegConfig.from_dict(spec.get("config", {}))
+        box_model = _load_box_model(jpath, spec, threads)
+        if config.arch == MEDSAM_ARCH:
+            if box_model is None:
+                raise ModelFileError(jpath, "a LiteMedSAM segmenter without its litemedsam/ graphs")
+            return cls(None, config, spec, box_model=box_model)
         if backend == "auto":
             backend = "onnx" if opath.is_file() else "torch"
         if backend == "onnx":
             if not opath.is_file():
                 raise ModelFileError(opath, "ONNX file not found (run `buscad segment export`)")
-            return cls(OnnxRunner(opath, threads), config, spec)
+            return cls(OnnxRunner(opath, threads), config, spec, box_model=box_model)
         if backend == "torch":
             from buscad.segment.model import load_module, torch_runner
 
             module = load_module(wpath, config)
-            return cls(torch_runner(module), config, spec, module)
+            return cls(torch_runner(module), config, spec, module, box_model)
         raise ModelFileError(jpath, f"unknown backend {backend!r} (auto, onnx or torch)")
 
     def save(self, path: str | os.PathLike[str], extra: dict | None = None) -> Path:
@@ -179,6 +310,12 @@ class Segmenter:
     # ---------------------------------------------------------------- inference
     def logits(self, x: np.ndarray) -> np.ndarray:
         """Raw network output for a float32 ``(N, 2, S, S)`` batch."""
+        if self.runner is None:
+            raise ModelFileError(
+                self.spec.get("path", JSON_NAME),
+                "this segmenter outlines inside a box only (LiteMedSAM without a proposer): "
+                "give a box",
+            )
         return np.asarray(self.runner(x), dtype=np.float32)
 
     def _prob(self, norm: np.ndarray, box: Sequence[float] | None) -> tuple[np.ndarray, Box]:
@@ -186,21 +323,23 @@ class Segmenter:
         p = sigmoid(self.logits(x[None])[0, 0])
         return paste(p, crop, norm.shape), crop
 
-    def _box_outline(self, norm: np.ndarray, box: Sequence[float]) -> tuple[np.ndarray, Candidate]:
-        """Outline inside a box-prompted crop: the component overlapping the box most."""
-        prob, _ = self._prob(norm, box)
-        lab, n = components(prob > self.config.threshold)
+    def _box_outline(
+        self, norm: np.ndarray, box: Sequence[float], gray: np.ndarray | None = None
+    ) -> tuple[np.ndarray, Candidate]:
+        """Outline of a box prompt: the thresholded component overlapping the box most.
+
+        LiteMedSAM draws it when the segmenter has one (its IoU head is the
+        confidence), else the U-Net's crop pass (mean probability inside).
+        """
         h, w = norm.shape
         bx = clip_box(box, (h, w))
-        mask = np.zeros((h, w), bool)
-        if n:
-            inside = lab[bx[1] : bx[3], bx[0] : bx[2]]
-            counts = np.bincount(inside.ravel(), minlength=n + 1)[1:]
-            if counts.max() > 0:
-                mask = ndimage.binary_fill_holes(lab == int(np.argmax(counts)) + 1)
-        conf = float(prob[mask].mean()) if mask.any() else 0.0
-        cbox = mask_box(mask) or bx
-        return prob, Candidate(cbox, mask, conf)
+        iou = None
+        if self.box_model is not None:
+            logit, iou = self.box_model.logits(norm if gray is None else gray, bx)
+            prob = sigmoid(logit)
+        else:
+            prob, _ = self._prob(norm, box)
+        return prob, box_candidate(prob, bx, self.config.threshold, iou)
 
     def predict(
         self,
@@ -228,10 +367,10 @@ class Segmenter:
         h, w = norm.shape
         if box is not None:
             b = clip_box(box, (h, w))
-            prob, cand = self._box_outline(norm, b)
+            prob, cand = self._box_outline(norm, b, gray)
             found = bool(cand.mask.any())
             return SegResult(cand.mask, prob, [cand] if found else [], found, "box")
-        auto = self._auto(norm)
+        auto = self._auto(norm, gray)
         if point is None:
             return auto
         px, py = int(np.clip(point[0], 0, w - 1)), int(np.clip(point[1], 0, h - 1))
@@ -241,7 +380,7 @@ class Segmenter:
         half = 0.125 * min(h, w)
         return self.predict(gray, box=(px - half, py - half, px + half, py + half))
 
-    def _auto(self, norm: np.ndarray) -> SegResult:
+    def _auto(self, norm: np.ndarray, gray: np.ndarray | None = None) -> SegResult:
         cfg = self.config
         h, w = norm.shape
         prob, _ = self._prob(norm, None)
@@ -261,7 +400,7 @@ class Segmenter:
         if cfg.refine:
             refined = []
             for c in cands:
-                _, r = self._box_outline(norm, c.box)
+                _, r = self._box_outline(norm, c.box, gray)
                 refined.append(Candidate(r.box, r.mask, c.confidence) if r.mask.any() else c)
             cands = refined
         mask = np.zeros((h, w), bool)

@@ -24,8 +24,9 @@ INTEGRATED_WITHOUT_READER = "integrated_without_reader"
 #: Bumped when the models stage exports something new (1: portable refit models;
 #: 2: the outline model and the integrated model's options; 3: reader_models.json and
 #: the reader's BI-RADS no model input by default; 4: fold-clean deep-feature models,
-#: rows without a model's inputs not scored, input_gaps.csv).
-MODELS_EXPORT_VERSION = 5
+#: rows without a model's inputs not scored, input_gaps.csv; 5: fusion.json and the
+#: cross-cohort fusion; 6: a stacked model's inner folds grouped in its out-of-fold scores).
+MODELS_EXPORT_VERSION = 6
 #: Models that read the CNN's deep features: their out-of-fold scores come from fold CNNs.
 DEEP_FEATURE_MODELS = ("dlr", "cldlr")
 #: Column of the integrated model's training table naming each row's cohort (read by
@@ -597,7 +598,8 @@ def _oof_and_predict(
 
     s = np.full(len(y), np.nan)
     Xtr = X.loc[X.index[tr]]
-    s[tr] = cross_val_predict_grouped(clone(est), Xtr, y[tr], folds=folds)
+    # groups reach the fold fits too, so a stacked model's inner folds stay grouped
+    s[tr] = cross_val_predict_grouped(clone(est), Xtr, y[tr], groups=groups, folds=folds)
     kw = {"groups": groups} if groups is not None else {}
     fitted = clone(est).fit(Xtr, y[tr], **kw)
     if (~tr).any():

