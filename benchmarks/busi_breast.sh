@@ -17,7 +17,8 @@ import pandas as pd
 from buscad.utils import atomic_write_json
 m = pd.read_csv("runs/busi_breast/study/metrics.csv")
 run = json.load(open("runs/busi_breast/study/run.json"))
-cols = ["arm", "cohort", "model", "n", "auc", "auc_lo", "auc_hi", "accuracy", "sensitivity", "specificity"]
+cols = ["arm", "cohort", "model", "evaluable", "n", "n_missing", "n_partial_inputs", "auc", "auc_lo",
+        "auc_hi", "accuracy", "sensitivity", "specificity"]
 atomic_write_json("benchmarks/results/busi_breast.json", {
     "data": ["BUSI (Al-Dhabyani et al., Data in Brief 28:104863, 2020)",
              "BrEaST-Lesions_USG (Pawlowska et al., Sci Data 11:148, 2024)"],

@@ -14,7 +14,12 @@ input added is ``VmHWM - VmRSS(before)`` (kB, from ``/proc/self/status``) and it
 time the wall time of all its reader calls. An input over ``--timeout`` seconds
 is interrupted (``SIGALRM``) and counted as over time. An *untyped* exception
 is anything other than :class:`buscad.errors.InputFileError` (the readers must
-raise only ``ImageReadError``/``MaskError`` and their subclasses).
+raise only ``ImageReadError``/``MaskError`` and their subclasses). Every message (each
+error, and each burned-in warning) is searched for :data:`malformed.HEADER_MARKER`, the
+text the ``dicom_marked`` seeds carry in their header fields (``header_text_messages``
+counts the hits). ``resource_warnings`` counts files a reader left open (Python's
+``ResourceWarning``, recorded per input and after a garbage collection at the end of
+each worker's chunk).
 
 The named bomb classes (:data:`malformed.BOMB_CLASSES`: the RLE8 BMP, RGBA PNG,
 deflated DICOM with a 1 GiB private element, 3,000-scan progressive JPEG, TIFF
@@ -75,7 +80,7 @@ def run_one(path: Path, timeout_s: float) -> dict[str, Any]:
     from buscad.errors import InputFileError
 
     calls = malformed.reader_calls(path)
-    untyped, outcomes = [], {}
+    untyped, outcomes, marked = [], {}, []
     _reset_peak()
     before = _status_kb("VmRSS")
     signal.setitimer(signal.ITIMER_REAL, timeout_s)
@@ -84,10 +89,14 @@ def run_one(path: Path, timeout_s: float) -> dict[str, Any]:
     try:
         for name, call in calls:
             try:
-                call()
+                res = call()
                 outcomes[name] = "ok"
+                if isinstance(res, str) and malformed.HEADER_MARKER in res:
+                    marked.append(f"{name}: {res[:200]}")
             except InputFileError as exc:
                 outcomes[name] = type(exc).__name__
+                if malformed.HEADER_MARKER in str(exc):
+                    marked.append(f"{name}: {str(exc)[:200]}")
             except _Timeout:
                 raise
             except BaseException as exc:
@@ -103,22 +112,38 @@ def run_one(path: Path, timeout_s: float) -> dict[str, Any]:
         "s": dt,
         "mb": max(0, peak - before) / 1024.0,
         "untyped": untyped,
+        "header_text": marked,
         "timed_out": timed_out,
         "outcomes": outcomes,
     }
 
 
 def _worker(jobs: list[tuple[str, str, bytes]], folder: str, timeout_s: float, conn: Any) -> None:
+    import gc
+    import warnings
+
     signal.signal(signal.SIGALRM, _on_alarm)
     out = []
-    for i, (label, suffix, data) in enumerate(jobs):
-        f = Path(folder) / f"w{os.getpid()}_{i % 20}{suffix}"
-        f.write_bytes(data)
-        r = run_one(f, timeout_s)
-        r["label"] = label
-        out.append(r)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        for i, (label, suffix, data) in enumerate(jobs):
+            f = Path(folder) / f"w{os.getpid()}_{i % 20}{suffix}"
+            f.write_bytes(data)
+            before = len(caught)
+            r = run_one(f, timeout_s)
+            r["label"] = label
+            r["resource_warnings"] = _n_resource(caught[before:])
+            out.append(r)
+        before = len(caught)
+        gc.collect()  # files kept open by reference cycles warn when collected
+        if out:
+            out[-1]["resource_warnings"] += _n_resource(caught[before:])
     conn.send(out)
     conn.close()
+
+
+def _n_resource(caught: list) -> int:
+    return sum(1 for w in caught if issubclass(w.category, ResourceWarning))
 
 
 def run_jobs(
@@ -142,6 +167,8 @@ def run_jobs(
                     "s": 0.0,
                     "mb": float("nan"),
                     "untyped": ["worker died"],
+                    "header_text": [],
+                    "resource_warnings": 0,
                     "timed_out": False,
                     "outcomes": {},
                 }
@@ -158,6 +185,8 @@ def summarise(results: list[dict], key: str = "class") -> dict[str, Any]:
         return {
             "inputs": len(rs),
             "untyped_exceptions": sum(1 for r in rs if r["untyped"]),
+            "resource_warnings": sum(r.get("resource_warnings", 0) for r in rs),
+            "header_text_messages": sum(len(r.get("header_text", [])) for r in rs),
             "over_5_s": sum(1 for r in rs if r["timed_out"] or r["s"] > TIME_LIMIT_S),
             "max_s": round(max((r["s"] for r in rs), default=0.0), 3),
             "max_rss_added_mb": round(max((r["mb"] for r in rs), default=0.0), 1),
@@ -171,6 +200,9 @@ def summarise(results: list[dict], key: str = "class") -> dict[str, Any]:
     examples = [f"{r['label']}: {u}" for r in results for u in r["untyped"]][:20]
     if examples:
         out["untyped_examples"] = examples
+    leaked = [f"{r['label']}: {m}" for r in results for m in r.get("header_text", [])][:20]
+    if leaked:
+        out["header_text_examples"] = leaked
     return out
 
 
@@ -237,7 +269,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     atomic_write_json(args.out, doc)
     f = doc["fuzz"]
     print(
-        f"{f['inputs']} inputs: {f['untyped_exceptions']} untyped, {f['over_5_s']} over 5 s, "
+        f"{f['inputs']} inputs: {f['untyped_exceptions']} untyped, "
+        f"{f['resource_warnings']} ResourceWarnings, {f['header_text_messages']} messages with "
+        f"header text, {f['over_5_s']} over 5 s, "
         f"max {f['max_rss_added_mb']} MB added, max {f['max_s']} s; bombs: "
         + ", ".join(f"{k} {v['rss_added_mb']} MB {v['seconds']} s" for k, v in doc["bombs"].items())
     )

@@ -2,7 +2,8 @@
 
 Starts the app in a real uvicorn server in a child process on 127.0.0.1 (the
 test predictor of ``tests/serve_predictor.py``, a phantom reader study, the
-open case screen on) and sends ``n`` malformed requests built from a seeded
+open case screen on: its uploads mostly carry the organiser's token, which the
+screen needs while a study is served) and sends ``n`` malformed requests built from a seeded
 generator: mutated image bytes (bit flips, truncation, spliced signatures,
 DICOM with damaged tags), bad form fields (box, clinical, heatmap), and JSON
 bodies for the reader-study routes (wrong types, NaN, huge numbers, long
@@ -140,7 +141,11 @@ def _request(
             data["clinical"] = rng.choice(_CLINICAL)
         if rng.random() < 0.2:
             data["heatmap"] = rng.choice(["false", "yes", "\x00"])
-        return {"method": "POST", "url": url, "files": files, "data": data}
+        # while a study is served, the open case screen needs the organiser's token: most
+        # uploads carry it (so they reach the decoder), the rest test the refusal
+        tok = rng.choice([tokens["organiser"], tokens["organiser"], tokens["organiser"], token])
+        headers = {"Authorization": "Bearer " + tok} if rng.random() < 0.9 else {}
+        return {"method": "POST", "url": url, "files": files, "data": data, "headers": headers}
     if kind == 2:  # a reader-study JSON body
         body = {
             "case_id": rng.choice([case, "nope", "../x", "c" * 200]),

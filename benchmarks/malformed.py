@@ -27,7 +27,22 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["BOMB_CLASSES", "bomb_files", "malformed_inputs", "seed_files"]
+__all__ = ["BOMB_CLASSES", "HEADER_MARKER", "bomb_files", "malformed_inputs", "seed_files"]
+
+#: Text planted in DICOM header fields of the ``dicom_marked`` seeds: no reader message
+#: (error or warning) may ever contain it (messages name a field, never echo its value).
+HEADER_MARKER = "ZQXMARK"
+
+#: The ``dicom_marked`` seeds: header fields given the marker as text, with the VR written
+#: (``LO`` for numeric fields: a hostile file may declare any VR).
+MARKED_FIELDS: tuple[dict[str, str], ...] = (
+    {"Manufacturer": "LO", "ManufacturerModelName": "LO", "SeriesDescription": "LO"},
+    {"Modality": "CS"},
+    {"PhotometricInterpretation": "CS"},
+    {"NumberOfFrames": "LO"},
+    {"Rows": "LO"},
+    {"SamplesPerPixel": "LO", "BurnedInAnnotation": "CS"},
+)
 
 
 def _pil_bytes(arr: np.ndarray, fmt: str, **kw: object) -> bytes:
@@ -36,8 +51,19 @@ def _pil_bytes(arr: np.ndarray, fmt: str, **kw: object) -> bytes:
     return buf.getvalue()
 
 
-def _dicom_bytes(arr: np.ndarray, *, modality: str = "US", transfer: str = "explicit") -> bytes:
-    """A small DICOM file (Explicit VR LE, or deflated) written with pydicom."""
+def _dicom_bytes(
+    arr: np.ndarray,
+    *,
+    modality: str = "US",
+    transfer: str = "explicit",
+    marked: dict[str, str] | None = None,
+) -> bytes:
+    """A small DICOM file (Explicit VR LE, or deflated) written with pydicom.
+
+    ``marked`` maps header keywords to the VR under which they get :data:`HEADER_MARKER`.
+    """
+    from pydicom.datadict import tag_for_keyword
+    from pydicom.dataelem import DataElement
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import (
         DeflatedExplicitVRLittleEndian,
@@ -65,6 +91,9 @@ def _dicom_bytes(arr: np.ndarray, *, modality: str = "US", transfer: str = "expl
     ds.HighBit = ds.BitsStored - 1
     ds.PixelRepresentation = 0
     ds.PixelData = np.ascontiguousarray(arr).tobytes()
+    for keyword, vr in (marked or {}).items():
+        tag = tag_for_keyword(keyword)
+        ds[tag] = DataElement(tag, vr, HEADER_MARKER)
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
@@ -131,6 +160,7 @@ def seed_files() -> list[tuple[str, str, bytes]]:
         ("nifti", ".nii", _nifti_bytes((m > 0).astype(np.uint8), gz=False)),
         ("nifti", ".nii.gz", _nifti_bytes((m > 0).astype(np.uint8), gz=True)),
     ]
+    out += [("dicom_marked", ".dcm", _dicom_bytes(g, marked=f)) for f in MARKED_FIELDS]
     return out
 
 

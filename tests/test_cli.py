@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from buscad._cliutil import register_modules
-from buscad.cli import COMMAND_MODULES, COMMANDS
+from buscad.cli import COMMAND_MODULES, COMMANDS, register_modules
 
 
 def test_command_table_matches_what_modules_register():

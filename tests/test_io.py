@@ -246,6 +246,96 @@ def test_image_size_reads_headers(tmp_path):
     assert image_size(write_dicom(tmp_path / "a.dcm", gradient(24, 32))) == (24, 32)
 
 
+#: Planted in DICOM header fields: no error message may ever contain it.
+MARKER = "ZQXMARK"
+
+#: Header fields the readers use, each given the marker as text (``LO`` for numeric fields:
+#: a hostile file may declare any VR), and the words its error names (None: read anyway).
+MARKED_FIELDS = {
+    "Modality": ("CS", "modality (not a known modality code) is not ultrasound"),
+    "PhotometricInterpretation": ("CS", "PhotometricInterpretation is not a standard value"),
+    "NumberOfFrames": ("LO", "DICOM header field NumberOfFrames is not an integer"),
+    "Rows": ("LO", "DICOM header field Rows is not an integer"),
+    "Columns": ("LO", "DICOM header field Columns is not an integer"),
+    "SamplesPerPixel": ("LO", "DICOM header field SamplesPerPixel is not an integer"),
+    "BitsAllocated": ("LO", "DICOM header field BitsAllocated is not an integer"),
+    "BitsStored": ("LO", "cannot decode DICOM pixel data"),
+    "BurnedInAnnotation": ("CS", None),
+    "PixelSpacing": ("LO", None),
+}
+
+
+def _every_message(f: Path) -> list[str]:
+    """Run every reader on ``f``; return each error message (and burned-in warning)."""
+    from buscad.data.io import burned_in_warning, read_dicom_header, sniff_format
+
+    out = []
+    for call in (
+        lambda: sniff_format(f),
+        lambda: burned_in_warning(*read_image(f)),
+        lambda: image_size(f),
+        lambda: read_dicom_header(f),
+        lambda: read_mask(f),
+    ):
+        try:
+            res = call()
+            out += [res] if isinstance(res, str) else []
+        except InputFileError as exc:
+            out.append(str(exc))
+    return out
+
+
+@pytest.mark.parametrize("field", sorted(MARKED_FIELDS))
+def test_dicom_errors_name_the_field_never_its_text(tmp_path, field):
+    import pydicom
+    from pydicom.datadict import tag_for_keyword
+    from pydicom.dataelem import DataElement
+
+    f = write_dicom(tmp_path / "m.dcm", gradient(), "MONOCHROME1")
+    ds = pydicom.dcmread(f)
+    vr, words = MARKED_FIELDS[field]
+    ds[tag_for_keyword(field)] = DataElement(tag_for_keyword(field), vr, MARKER)
+    ds.save_as(f)
+    messages = _every_message(f)
+    assert not [m for m in messages if MARKER in m]
+    if words is None:
+        gray, _ = read_image(f)
+        assert gray.shape == gradient().shape
+    else:
+        assert any(words in m for m in messages), messages
+
+
+def test_dicom_transfer_syntax_text_is_not_echoed(tmp_path):
+    f = write_dicom(tmp_path / "ts.dcm", gradient())
+    raw = f.read_bytes()
+    assert raw.count(b"1.2.840.10008.1.2.1\x00") == 1  # Explicit VR Little Endian
+    f.write_bytes(raw.replace(b"1.2.840.10008.1.2.1\x00", b"1.2.ZQXMARK.99999.1\x00"))
+    messages = _every_message(f)
+    assert not [m for m in messages if MARKER in m]
+    assert any("cannot decode DICOM pixel data (an unknown transfer syntax)" in m for m in messages)
+
+
+def test_truncated_dicom_with_marked_text_never_echoes_it(tmp_path):
+    marked = {
+        k: MARKER
+        for k in ("ImageType", "SeriesDescription", "StudyDescription", "BodyPartExamined")
+    }
+    full = write_dicom(
+        tmp_path / "full.dcm", gradient(), manufacturer=MARKER, model=MARKER, extra=marked
+    )
+    data = full.read_bytes()
+    starts = [i for i in range(len(data)) if data.startswith(MARKER.encode(), i)]
+    assert len(starts) == 6
+    f = tmp_path / "cut.dcm"
+    n_errors = 0
+    for cut in sorted({c + k for c in starts for k in (-9, -3, -1, 0, 3)}):
+        f.write_bytes(data[:cut])  # truncated right at or inside a marked element
+        messages = _every_message(f)
+        assert not [m for m in messages if MARKER in m], cut
+        n_errors += sum(": " in m for m in messages)
+    assert n_errors > 0
+
+
 # ------------------------------------------------------------------------------ bad input
 
 

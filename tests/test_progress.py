@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from buscad._cliutil import display_path, output_lines
 from buscad.progress import Progress, fmt_duration, reporting, track
+from buscad.utils import display_path, output_lines
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_reader_analysis import _synthetic_reads

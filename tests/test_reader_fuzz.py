@@ -7,7 +7,9 @@ and the web fuzz campaign); the larger campaign with time and memory figures is
 
 from __future__ import annotations
 
+import gc
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from malformed import malformed_inputs, reader_calls, seed_files
 
 N_INPUTS = 2000
+
+# an unclosed file anywhere in these tests is an error, not a warning
+pytestmark = pytest.mark.filterwarnings("error::ResourceWarning")
 
 
 def run_readers(path: Path) -> list[str]:
@@ -68,17 +73,31 @@ def _err(f: Path) -> str:
 def test_fuzz_only_typed_errors_escape(tmp_path):
     counts: dict[str, int] = {}
     n = 0
-    for i, (label, suffix, data) in enumerate(malformed_inputs(N_INPUTS, seed=1234)):
-        f = tmp_path / f"in{i % 50}{suffix}"
-        f.write_bytes(data)
-        try:
-            outcomes = run_readers(f)
-        except Exception as exc:  # an untyped exception (or a bad message) fails the test
-            raise AssertionError(f"input #{i} ({label}): {type(exc).__name__}: {exc}") from exc
-        for outcome in outcomes:
-            counts[outcome] = counts.get(outcome, 0) + 1
-        n += 1
+    unclosed: list[str] = []
+    batch: list[str] = []
+    start = 0  # first warning of the batch
+    with warnings.catch_warnings(record=True) as caught:
+        # an unclosed file warns when it is collected: collect every 100 inputs (a full
+        # collection per input would double the test's time) and name the batch that leaked
+        warnings.simplefilter("always", ResourceWarning)
+        for i, (label, suffix, data) in enumerate(malformed_inputs(N_INPUTS, seed=1234)):
+            f = tmp_path / f"in{i % 50}{suffix}"
+            f.write_bytes(data)
+            try:
+                outcomes = run_readers(f)
+            except Exception as exc:  # an untyped exception (or a bad message) fails the test
+                raise AssertionError(f"input #{i} ({label}): {type(exc).__name__}: {exc}") from exc
+            batch.append(f"#{i} {label}")
+            if len(batch) == 100 or i == N_INPUTS - 1:
+                gc.collect()
+                leaks = [w for w in caught[start:] if issubclass(w.category, ResourceWarning)]
+                unclosed += [f"{w.message} (one of {batch[0]}..{batch[-1]})" for w in leaks]
+                batch, start = [], len(caught)
+            for outcome in outcomes:
+                counts[outcome] = counts.get(outcome, 0) + 1
+            n += 1
     assert n == N_INPUTS
+    assert unclosed == [], f"{len(unclosed)} files left open, e.g. {unclosed[:3]}"
     # the corpus reaches both outcomes of the main readers
     assert counts.get("image:ok", 0) > 50 and counts.get("image:ImageReadError", 0) > 500
     assert counts.get("mask:ok", 0) > 50 and counts.get("mask:MaskError", 0) > 500

@@ -336,6 +336,33 @@ gallery_size: 0
 """
 
 
+def _descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (from /proc: each process's parent id)."""
+    parent: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        parent[int(stat.parent.name)] = int(fields[1])
+    found, todo = set(), [pid]
+    while todo:
+        top = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == top and c not in found]
+        found.update(kids)
+        todo += kids
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its reaper is not running)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 @pytest.mark.slow
 def test_killed_study_resumes_with_identical_tables(tmp_path):
     cfg = tmp_path / "study.yaml"
@@ -359,12 +386,23 @@ def test_killed_study_resumes_with_identical_tables(tmp_path):
     killed = False
     while time.monotonic() < deadline and proc.poll() is None:
         if list((tmp_path / "run" / "cache").glob(".radiomics-*.tmp*")):
+            workers = _descendants(proc.pid)  # the radiomics worker processes, once started
+            while not workers and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.05)
+                workers = _descendants(proc.pid)
             os.kill(proc.pid, signal.SIGKILL)
             killed = True
             break
         time.sleep(0.05)
     proc.wait(timeout=60)
     assert killed, "the study finished before it could be killed; make the test cohort larger"
+    # no process of the study is left 10 s after kill -9 (its workers die with it)
+    if sys.platform == "linux":
+        assert workers, "the radiomics stage runs without worker processes"
+        end = time.monotonic() + 10
+        while time.monotonic() < end and any(_alive(w) for w in workers):
+            time.sleep(0.1)
+        assert not [w for w in workers if _alive(w)], "worker processes outlived the study"
     cache = tmp_path / "run" / "cache"
     assert not list(cache.glob("radiomics-*/_DONE"))  # no half stage was published
     done_before = {p.parent.name for p in cache.glob("*/_DONE")}

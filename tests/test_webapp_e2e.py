@@ -94,9 +94,32 @@ def _page(browser, base):
     return page, outside
 
 
+def _as_organiser(page, base: str) -> None:
+    """Enter the organiser's token on /reader, as the organiser does before using the case
+    screen while a study is served (the token stays in the tab's sessionStorage)."""
+    page.goto(base + "/reader")
+    page.click("#organiser summary")
+    page.fill("#org-token", _server_tokens()["organiser"])
+    page.click("#org-unlock")
+    page.wait_for_selector("#org-panel:not([hidden])")
+
+
+def test_case_screen_refuses_without_the_organiser_token(browser, server, cohort):
+    server, predictor = server
+    page, outside = _page(browser, server)
+    page.goto(server + "/")
+    page.wait_for_selector(f"#model-line:has-text('{predictor.name}')")
+    page.set_input_files("#image-input", str(cohort.image_path(0)))
+    page.wait_for_selector("text=needs the organiser's token")
+    assert page.is_disabled("#analyse")
+    assert outside == []
+    page.close()
+
+
 def test_case_screen(browser, server, cohort, shots):
     server, predictor = server
     page, outside = _page(browser, server)
+    _as_organiser(page, server)
     page.goto(server + "/")
     page.wait_for_selector(f"#model-line:has-text('{predictor.name}')")
     page.set_input_files("#image-input", str(cohort.image_path(0)))
@@ -167,6 +190,7 @@ def test_dicom_shown_deidentified_and_clinical_input(browser, server, cohort, tm
     dcm.write_bytes(make_dicom(gray))
     server, predictor = server
     page, outside = _page(browser, server)
+    _as_organiser(page, server)
     page.goto(server + "/")
     with_age = "age" in predictor.clinical_inputs
     page.wait_for_selector(
@@ -195,6 +219,7 @@ def test_dicom_shown_deidentified_and_clinical_input(browser, server, cohort, tm
 def test_bad_file_shows_message(browser, server, tmp_path):
     server, _ = server
     page, _ = _page(browser, server)
+    _as_organiser(page, server)
     page.goto(server + "/")
     fake = tmp_path / "notes.png"
     fake.write_text("not an image")
@@ -273,6 +298,7 @@ def test_new_case_starts_from_a_clean_slate(browser, server, cohort, tmp_path):
 
     predictor.predict = spy
     try:
+        _as_organiser(page, server)
         page.goto(server + "/")
         page.wait_for_selector(f"#model-line:has-text('{predictor.name}')")
         page.set_input_files("#image-input", str(cohort.image_path(0)))

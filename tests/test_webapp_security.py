@@ -124,6 +124,20 @@ def test_study_manifest_never_discloses_a_file(disclosure, name):
                 assert line.strip() not in body or not line.strip()
 
 
+def test_manifest_listing_is_regular_files_inside_the_folder(disclosure, tmp_path):
+    app, org, files = disclosure
+    sdir = files[2].parent
+    (sdir / "alias.csv").symlink_to(sdir / "bad.csv")  # a symlink, even one pointing inside
+    (sdir / "folder.csv").mkdir()
+    (sdir / "notes.txt").write_text("not a manifest")
+    with local(app) as c:
+        r = c.get("/api/study/manifests", headers=auth(org))
+        assert r.status_code == 200 and r.json() == {"manifests": ["bad.csv"]}
+        for name in ("link.csv", "alias.csv", "folder.csv"):  # POST refuses what is not listed
+            r = c.post("/api/study", json={"manifest": name}, headers=auth(org))
+            assert r.status_code == 404 and "no manifest named" in r.json()["detail"], name
+
+
 def test_study_manifest_needs_organiser_and_study_dir(disclosure, cohort, tmp_path):
     app, _, _ = disclosure
     with local(app) as c:
@@ -280,16 +294,64 @@ def test_round1_reader_gets_no_ai_from_any_route(study, cohort, png):
     assert calls > 40
 
 
+CASE_SCREEN_ROUTES = ("/api/predict", "/api/heatmap", "/api/report", "/api/preview", "/api/outline")
+
+
 def test_open_case_screen_flag(study, png):
     app = create_app(ContrastPredictor(), study_db=study.db)
     with local(app) as c:
-        for url in ("/api/predict", "/api/heatmap", "/api/report", "/api/preview"):
-            r = c.post(url, files={"image": ("a.png", png)})
-            assert r.status_code == 403 and "--open-case-screen" in r.json()["detail"]
+        for url in CASE_SCREEN_ROUTES:
+            for headers in ({}, auth(study.org)):
+                r = c.post(url, files={"image": ("a.png", png)}, headers=headers)
+                assert r.status_code == 403 and "--open-case-screen" in r.json()["detail"]
         assert c.get("/", follow_redirects=False).headers["location"] == "/reader"
     with local(create_app(ContrastPredictor(), study_db=study.db, open_case_screen=True)) as c:
-        assert c.post("/api/predict", files={"image": ("a.png", png)}).status_code == 200
         assert c.get("/").status_code == 200
+        # while a study is served, the open screen's routes are the organiser's: a reader
+        # must not get AI output for a study case by uploading its image
+        for url in CASE_SCREEN_ROUTES:
+            r = c.post(url, files={"image": ("a.png", png)})
+            assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", url
+            r = c.post(url, files={"image": ("a.png", png)}, headers=auth("not-a-token"))
+            assert r.status_code == 401, url
+            for rid in ("R01", "R02"):
+                r = c.post(url, files={"image": ("a.png", png)}, headers=auth(study.tok[rid]))
+                assert r.status_code == 403 and "organiser" in r.json()["detail"], (url, rid)
+                assert not _has_ai(r)
+        r = c.post("/api/predict", files={"image": ("a.png", png)}, headers=auth(study.org))
+        assert r.status_code == 200 and _has_ai(r)
+        r = c.post("/api/preview", files={"image": ("a.png", png)}, headers=auth(study.org))
+        assert r.status_code == 200
+
+
+def test_openapi_declares_the_bearer_scheme_on_every_token_route(study, png):
+    """The schema names the scheme on each route that needs a token; each answers 401 without."""
+    app = create_app(ContrastPredictor(), study_db=study.db, open_case_screen=True)
+    with local(app) as c:
+        spec = c.get("/openapi.json").json()
+        scheme = spec["components"]["securitySchemes"]["StudyToken"]
+        assert scheme["type"] == "http" and scheme["scheme"] == "bearer"
+        ops = {(path, m): op for path, item in spec["paths"].items() for m, op in item.items()}
+        secured = {k for k, op in ops.items() if {"StudyToken": []} in op.get("security", [])}
+        study_ops = {k for k in ops if k[0].startswith("/api/study")}
+        assert secured == study_ops | {(u, "post") for u in CASE_SCREEN_ROUTES}
+        for path, method in sorted(secured - {("/api/study", "get")}):  # GET: public status
+            url = path.replace("{reader_id}", "R01").replace("{case_id}", study.cases[0])
+            kw: dict = {}
+            if "multipart/form-data" in ops[path, method].get("requestBody", {}).get("content", {}):
+                kw["files"] = {"image": ("a.png", png)}
+            elif "requestBody" in ops[path, method]:
+                kw["json"] = {"manifest": "m.csv", "reader_id": "R01", "case_id": "x"}
+            r = c.request(method.upper(), url, **kw)
+            assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", (
+                path,
+                r.text,
+            )
+
+
+def test_case_screen_needs_no_token_without_a_study(png):
+    with local(create_app(ContrastPredictor())) as c:
+        assert c.post("/api/predict", files={"image": ("a.png", png)}).status_code == 200
 
 
 # ----------------------------------------------------------------- uploads

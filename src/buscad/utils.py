@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic writes, content hashes, seeding."""
+"""Small shared helpers: atomic writes, content hashes, seeding, paths as the user sees them."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import os
 import tempfile
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -269,3 +269,19 @@ def seed_everything(seed: int) -> np.random.Generator:
 
         torch.manual_seed(seed)
     return np.random.default_rng(seed)
+
+
+def display_path(path: str | os.PathLike[str], cwd: str | os.PathLike[str] | None = None) -> str:
+    """``path`` relative to the current folder when it lies inside it, else absolute."""
+    p = Path(path).absolute()
+    here = Path(cwd).absolute() if cwd is not None else Path.cwd()
+    try:
+        return str(p.relative_to(here))
+    except ValueError:
+        return str(p)
+
+
+def output_lines(outputs: Mapping[str, str | os.PathLike[str]]) -> list[str]:
+    """One aligned ``  name  path`` line per output (paths by :func:`display_path`)."""
+    width = max((len(k) for k in outputs), default=0)
+    return [f"  {k:<{width}}  {display_path(v)}" for k, v in outputs.items()]

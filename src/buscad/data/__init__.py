@@ -5,7 +5,7 @@ The names below are imported on first use (PEP 562), so reading one image
 
 Owns: the manifest contract, image and mask readers (with the decode budget), importers,
 the audit, leakage groups, splits, BI-RADS ranks, lexicon tokens, phantoms and ``buscad data``.
-May import: report (the audit's HTML page), utils, errors, _lazy, _cliutil; nothing above it.
+May import: report (the audit's HTML page), utils, errors, _lazy; nothing above it.
 """
 
 from __future__ import annotations

@@ -1,5 +1,10 @@
 """Write an :class:`~buscad.evaluate.result.EvaluationResult`: tables, figures, model
-card, TRIPOD+AI checklist and one self-contained HTML report."""
+card, TRIPOD+AI checklist and one self-contained HTML report.
+
+``result.py`` calls this module (``EvaluationResult.write``), so this module does not
+import ``result.py``, not even for type checking: it reads a result through
+:class:`EvaluationOutputs`, the part of an ``EvaluationResult`` a report needs.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import pandas as pd
 
@@ -34,8 +39,34 @@ from buscad.report import (
 )
 from buscad.utils import atomic_write_text
 
-if TYPE_CHECKING:
-    from buscad.evaluate.result import EvaluationResult
+
+class EvaluationOutputs(Protocol):
+    """What the writer reads of an :class:`~buscad.evaluate.result.EvaluationResult`."""
+
+    data: pd.DataFrame
+    models: list[str]
+    cohorts: list[str]
+    train_cohort: str
+    threshold_rule: str
+    thresholds: dict[str, float]
+    metrics: pd.DataFrame
+    comparisons: pd.DataFrame
+    cohort_comparisons: pd.DataFrame
+    calibration_curves: dict[tuple[str, str], pd.DataFrame]
+    decision_curves: dict[str, pd.DataFrame]
+    issues: list[str]
+    config: dict[str, Any]
+
+    def table1(self) -> pd.DataFrame: ...
+
+    def table2(self) -> pd.DataFrame: ...
+
+    def table3(self) -> pd.DataFrame: ...
+
+    def threshold_text(
+        self, model: str, value: float | None = None, short: bool = False
+    ) -> str: ...
+
 
 #: Table 2's AUC column (the summary table shows it per model and cohort).
 TABLE2_AUC = TABLE2_METRICS["auc"]
@@ -65,12 +96,12 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("_") or "x"
 
 
-def _cohort_order(result: EvaluationResult) -> list[str]:
+def _cohort_order(result: EvaluationOutputs) -> list[str]:
     """Cohorts as the report shows them: the threshold-selection (training) cohort first."""
     return sorted(result.cohorts, key=lambda c: c != result.train_cohort)
 
 
-def _split_description(result: EvaluationResult) -> pd.DataFrame:
+def _split_description(result: EvaluationOutputs) -> pd.DataFrame:
     d = result.data
     col = result.config["cohort_col"]
     rows = []
@@ -91,7 +122,7 @@ def _split_description(result: EvaluationResult) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _tripod_known(result: EvaluationResult, has_audit: bool, split_text: str) -> dict[str, str]:
+def _tripod_known(result: EvaluationOutputs, has_audit: bool, split_text: str) -> dict[str, str]:
     ci = result.config["ci_method"]
     known = {
         "data_sources": "Cohorts and case counts: section 'Data and split'.",
@@ -129,7 +160,7 @@ def _tripod_known(result: EvaluationResult, has_audit: bool, split_text: str) ->
 
 
 def write_evaluation_outputs(
-    result: EvaluationResult,
+    result: EvaluationOutputs,
     out_dir: Path,
     *,
     title: str = "buscad evaluation report",
@@ -448,7 +479,7 @@ def _figure_sections(figs: Mapping[str, list[Figure]]) -> list[Section]:
     return out or [Section("Figures", [Text("No figure (no cohort with both classes).")])]
 
 
-def _summary_blocks(result: EvaluationResult) -> list[Any]:
+def _summary_blocks(result: EvaluationOutputs) -> list[Any]:
     """The bottom line: what was evaluated, and every model's AUC (95% CI) on every cohort."""
     text = Text(
         f"{len(result.models)} model(s) evaluated on {len(result.cohorts)} cohort(s) "
@@ -620,7 +651,7 @@ def _audit_blocks(audit: Any) -> list[Any]:
     return [Text(str(audit))]
 
 
-def config_json(result: EvaluationResult) -> str:
+def config_json(result: EvaluationOutputs) -> str:
     """The run's configuration and thresholds as JSON text."""
     obj: Mapping[str, Any] = {
         **result.config,

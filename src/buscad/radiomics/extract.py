@@ -268,6 +268,41 @@ def _quiet_pyradiomics() -> None:
     logging.getLogger("radiomics").setLevel(logging.ERROR)
 
 
+#: ``prctl`` option that asks the kernel to signal this process when its parent dies (Linux).
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Make this worker process end when the process that started it dies (Linux).
+
+    A ``ProcessPoolExecutor`` worker forked from a process that is killed with
+    ``SIGKILL`` (``kill -9``, the OOM killer) otherwise sleeps forever on a pipe
+    whose write end it holds itself. ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` has the
+    kernel kill it when its parent (the thread that forked it) goes; a parent
+    that died before the call is caught by comparing ``getppid()``. Elsewhere
+    (no ``prctl``) this does nothing.
+    """
+    import ctypes
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):  # no usable libc
+        return
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _init_worker(parent_pid: int) -> None:
+    """Initializer of the extraction workers: die with the parent, quiet pyradiomics."""
+    _die_with_parent(parent_pid)
+    _quiet_pyradiomics()
+
+
 _EXTRACTORS: dict[str, Any] = {}
 
 
@@ -521,7 +556,9 @@ def extract_features(
             n_computed += nn
             bar.update(1)
     else:
-        with ProcessPoolExecutor(max_workers=n_jobs, initializer=_quiet_pyradiomics) as pool:
+        with ProcessPoolExecutor(
+            max_workers=n_jobs, initializer=_init_worker, initargs=(os.getpid(),)
+        ) as pool:
             futs = [pool.submit(_extract_row, *job, params, cdir) for job in jobs]
             for fut in as_completed(futs):
                 iid, feats, fails, nc, nn = fut.result()

@@ -86,8 +86,8 @@ def run_cmd(
     ),
 ) -> None:
     """Check the config, then audit, split, train and compare, evaluate and report; cached and resumable."""
-    from buscad._cliutil import output_lines
     from buscad.study.runner import run_study
+    from buscad.utils import output_lines
 
     try:
         res = run_study(config, out)

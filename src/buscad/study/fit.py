@@ -148,7 +148,7 @@ def fit_and_predict(
             random_state=cfg.seed,
         )
     deep_fold = df["deep_fold"].to_numpy()[tr] if "deep_fold" in df else None
-    fold_clean = deep_cols and fold_features is not None and deep_fold is not None
+    fold_clean = bool(deep_cols) and fold_features is not None and deep_fold is not None
     if deep_cols and not fold_clean:
         for n in DEEP_FEATURE_MODELS:
             if n in cfg.models:

@@ -1,45 +1,44 @@
 """The open case screen's API: ``/api/preview``, ``/api/outline``, ``/api/predict``,
 ``/api/heatmap``, ``/api/report``.
 
-Each reads one multipart upload (:meth:`AppState.read_form`), decodes it on the bounded
+The screen is off while a reader study is served, unless the server runs with
+``--open-case-screen``; then every route here needs the organiser's token
+(:func:`~buscad.serve.routes.auth.case_screen_state`). Each reads one multipart upload
+(:meth:`AppState.read_form`), decodes it on the bounded
 decode pool and runs the predictor on the inference pool; nothing is stored.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 
 from buscad.serve import imaging
 from buscad.serve.imaging import UploadError
 from buscad.serve.report import render_html, render_pdf
+from buscad.serve.routes.auth import CaseScreen
 from buscad.serve.routes.state import (
     OUTLINE_SCHEMA,
     UPLOAD_SCHEMA,
-    AppState,
     _b64,
     _clean,
     _no_store,
-    get_state,
     parse_exam,
 )
 
 router = APIRouter(tags=["predict"])
-State = Annotated[AppState, Depends(get_state)]
 
 
 @router.post("/api/preview", openapi_extra=UPLOAD_SCHEMA)
-async def preview(request: Request, state: State) -> Response:
+async def preview(request: Request, state: CaseScreen) -> Response:
     """The uploaded image as a de-identified 8-bit PNG (pixels only; DICOM headers dropped).
 
     Warnings about the image (e.g. possible burned-in patient text) come in the
     ``X-Buscad-Warnings`` header as a JSON list.
     """
-    state.require_case_screen()
     form = await state.read_form(request)
     img = await state.run_decode(imaging.decode_image, form.image, state.max_bytes)
     png = await anyio.to_thread.run_sync(imaging.gray_png, img.gray)
@@ -48,7 +47,7 @@ async def preview(request: Request, state: State) -> Response:
 
 
 @router.post("/api/outline", openapi_extra=OUTLINE_SCHEMA)
-async def outline(request: Request, state: State) -> JSONResponse:
+async def outline(request: Request, state: CaseScreen) -> JSONResponse:
     """The bundle's automatic lesion outline: what the models would read.
 
     Without ``box`` the segmenter looks at the whole image (automatic mode, the most
@@ -65,7 +64,6 @@ async def outline(request: Request, state: State) -> JSONResponse:
     """
     import time
 
-    state.require_case_screen()
     state.require_outline()
     form = await state.read_form(request)
     img = await state.run_decode(imaging.decode_image, form.image, state.max_bytes)
@@ -108,7 +106,7 @@ async def outline(request: Request, state: State) -> JSONResponse:
 
 
 @router.post("/api/predict", openapi_extra=UPLOAD_SCHEMA)
-async def predict(request: Request, state: State) -> JSONResponse:
+async def predict(request: Request, state: CaseScreen) -> JSONResponse:
     """Score one image: AI score, threshold, decision, likelihood band, model scores.
 
     The region read is the mask if given, else the box, else the whole image
@@ -116,7 +114,6 @@ async def predict(request: Request, state: State) -> JSONResponse:
     response carries ``heatmap_png``: a base64 RGBA PNG to stack over the image.
     ``warnings`` lists concerns about the image (e.g. burned-in patient text).
     """
-    state.require_case_screen()
     form = await state.read_form(request)
     img, pred = await state.predict_upload(form)
     d = state.prediction_json(pred, img)
@@ -129,9 +126,8 @@ async def predict(request: Request, state: State) -> JSONResponse:
 
 
 @router.post("/api/heatmap", openapi_extra=UPLOAD_SCHEMA)
-async def heatmap(request: Request, state: State) -> Response:
+async def heatmap(request: Request, state: CaseScreen) -> Response:
     """The Grad-CAM heatmap as an RGBA PNG (image size; transparent outside the region)."""
-    state.require_case_screen()
     form = await state.read_form(request)
     _, pred = await state.predict_upload(form, heatmap=True)
     if pred.heatmap is None:
@@ -141,14 +137,13 @@ async def heatmap(request: Request, state: State) -> Response:
 
 
 @router.post("/api/report", openapi_extra=UPLOAD_SCHEMA)
-async def report(request: Request, state: State, format: str = "html") -> Response:
+async def report(request: Request, state: CaseScreen, format: str = "html") -> Response:
     """One-page case report as HTML (``format=html``) or PDF (``format=pdf``).
 
     ``exam`` (form field): the exam or accession number the user typed, printed on
     the report; it is never read from the DICOM header. Nothing is stored on the
     server: the report is the response.
     """
-    state.require_case_screen()
     if format not in ("html", "pdf"):
         raise UploadError(422, f"format must be html or pdf, got {format[:20]!r}")
     form = await state.read_form(request)

@@ -1,9 +1,13 @@
 """The reader-study API under ``/api/study``: create, enrol, sessions, cases, reads, export.
 
 Every route but ``GET /api/study`` needs a study token (``Authorization: Bearer``): the
-organiser's, or a reader's own, which acts for that reader only. Manifests are chosen by
-name inside the server's ``study_dir``, never by a client path. Store calls run in a worker
-thread (:func:`in_thread`), which also maps the store's errors to 404/409/422.
+organiser's, or a reader's own, which acts for that reader only. A route declares who may
+call it by the type of its ``access`` parameter (:data:`~buscad.serve.routes.auth.Organiser`,
+:data:`~buscad.serve.routes.auth.OwnReader`, ...): one dependency,
+:func:`~buscad.serve.routes.auth.authenticated`, opens the study and checks the token
+before the route runs. Manifests are chosen by name inside the server's ``study_dir``,
+never by a client path. Store calls run in a worker thread (:func:`in_thread`), which also
+maps the store's errors to 404/409/422.
 """
 
 from __future__ import annotations
@@ -20,18 +24,26 @@ import anyio
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, BaseModel, Field, StrictInt
 
 from buscad.bundle.types import Prediction
 from buscad.errors import BuscadError, InputFileError
-from buscad.reader.store import Identity
 from buscad.serve import imaging
+from buscad.serve.routes.auth import (
+    AnyToken,
+    Credentials,
+    Organiser,
+    OrganiserBeforeStudy,
+    OwnReader,
+    OwnReaderOrOrganiser,
+    identify,
+    prepared,
+    study,
+)
 from buscad.serve.routes.state import AppState, _no_store, get_state
 
 log = logging.getLogger("buscad.serve")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-_BEARER = HTTPBearer(auto_error=False, description="Organiser or reader token of the study")
 
 router = APIRouter(tags=["reader study"])
 State = Annotated[AppState, Depends(get_state)]
@@ -103,55 +115,6 @@ class ReadRequest(BaseModel):
 
 
 # ------------------------------------------------------------ helpers
-def study(state: AppState):
-    from buscad.reader.store import ReaderStudy, ReaderStudyError
-
-    if state.study_path is None:
-        raise HTTPException(404, "reader-study mode is off: start with --study-db PATH")
-    try:
-        return ReaderStudy.open(state.study_path, clock=state.study_clock)
-    except ReaderStudyError as exc:
-        raise HTTPException(404, "no reader study yet: the organiser creates it") from exc
-
-
-def prepared(state: AppState):
-    from buscad.reader.store import ReaderStudy
-
-    if state.study_path is None:
-        raise HTTPException(404, "reader-study mode is off: start with --study-db PATH")
-    return ReaderStudy.prepare(state.study_path, clock=state.study_clock)
-
-
-def identify(st: Any, cred: HTTPAuthorizationCredentials | None) -> Identity:
-    """The token's identity: 401 without a valid ``Authorization: Bearer`` token."""
-    challenge = {"WWW-Authenticate": "Bearer"}
-    if cred is None or not cred.credentials:
-        raise HTTPException(
-            401, "this needs a study token: send 'Authorization: Bearer <token>'", challenge
-        )
-    who = st.authenticate(cred.credentials)
-    if who is None:
-        raise HTTPException(
-            401, "the study token is not valid (wrong, rotated or revoked)", challenge
-        )
-    return who
-
-
-def as_organiser(st: Any, cred: HTTPAuthorizationCredentials | None) -> Identity:
-    who = identify(st, cred)
-    if not who.is_organiser:
-        raise HTTPException(403, "this needs the organiser's token")
-    return who
-
-
-def as_reader(st: Any, cred: HTTPAuthorizationCredentials | None, reader_id: str) -> Identity:
-    """A reader acting for themself only (the reader id comes from the token)."""
-    who = identify(st, cred)
-    if who.role != "reader" or who.reader_id != reader_id:
-        raise HTTPException(403, "a reader's token acts for that reader only")
-    return who
-
-
 async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
     from buscad.reader.store import (
         DuplicateReadError,
@@ -205,17 +168,34 @@ def manifest_file(state: AppState, name: str) -> Path:
             "(letters, digits, '_', '.', '-'; at most 128), not a path",
         )
     root = state.study_dir.resolve()
-    p = (root / name).resolve()
-    if p.parent != root or not p.is_file():
+    if not _is_manifest(root, name):
         raise HTTPException(404, f"no manifest named {name!r} in the study folder")
-    return p
+    return root / name
+
+
+def _is_manifest(root: Path, name: str) -> bool:
+    """Whether ``root / name`` is a regular file inside ``root`` (resolved; not a symlink).
+
+    The one rule of both the listing and the creation of a study: a symlink is
+    never listed nor used, wherever it points.
+    """
+    p = root / name
+    try:
+        return (
+            _NAME_RE.fullmatch(name) is not None
+            and not p.is_symlink()
+            and p.is_file()
+            and p.resolve().parent == root
+        )
+    except OSError:
+        return False
 
 
 @router.get("/api/study")
 async def study_info(
     state: State,
     request: Request,
-    cred: HTTPAuthorizationCredentials | None = Depends(_BEARER),
+    cred: Credentials,
 ) -> dict[str, Any]:
     """Whether a study exists; with the organiser's token, the study and every reader's progress."""
     if state.study_path is None:
@@ -251,20 +231,17 @@ async def study_info(
 
 
 @router.get("/api/study/manifests")
-async def study_manifests(
-    state: State,
-    cred: HTTPAuthorizationCredentials | None = Depends(_BEARER),
-) -> dict[str, Any]:
+async def study_manifests(state: State, access: OrganiserBeforeStudy) -> dict[str, Any]:
     """Manifest names in the server's study folder (organiser)."""
 
     def names() -> dict[str, Any]:
-        as_organiser(prepared(state), cred)
         if state.study_dir is None:
             return {"manifests": []}
+        root = state.study_dir.resolve()
         found = sorted(
             p.name
-            for p in state.study_dir.iterdir()
-            if p.is_file() and p.suffix in (".csv", ".parquet") and _NAME_RE.fullmatch(p.name)
+            for p in root.iterdir()
+            if p.suffix in (".csv", ".parquet") and _is_manifest(root, p.name)
         )
         return {"manifests": found}
 
@@ -276,7 +253,7 @@ async def study_create(
     state: State,
     req: StudyCreate,
     request: Request,
-    cred: HTTPAuthorizationCredentials | None = Depends(_BEARER),
+    access: OrganiserBeforeStudy,
 ) -> dict[str, Any]:
     """Create the study from a manifest NAME in the server's study folder (organiser).
 
@@ -285,7 +262,6 @@ async def study_create(
     from buscad.reader.store import ReaderStudy, ReaderStudyError
 
     def create() -> dict[str, Any]:
-        as_organiser(prepared(state), cred)
         path = manifest_file(state, req.manifest)
         try:
             st = ReaderStudy.create(
@@ -325,17 +301,11 @@ async def study_create(
 
 
 @router.post("/api/study/readers", status_code=201)
-async def enrol(
-    state: State,
-    req: ReaderRequest,
-    request: Request,
-    cred: HTTPAuthorizationCredentials | None = Depends(_BEARER),
-) -> dict[str, Any]:
+async def enrol(req: ReaderRequest, request: Request, access: Organiser) -> dict[str, Any]:
     """Enrol a reader (if new) and issue their token, shown once; an old token stops working."""
 
     def issue() -> dict[str, Any]:
-        st = study(state)
-        as_organiser(st, cred)
+        st = access.study
         new = req.reader_id not in st.readers()
         if new:
             st.add_reader(req.reader_id)
@@ -351,32 +321,21 @@ async def enrol(
 
 
 @router.delete("/api/study/readers/{reader_id}/token")
-async def revoke(
-    state: State,
-    reader_id: str,
-    cred: HTTPAuthorizationCredentials | None = Depends(_BEARER),
-) -> dict[str, Any]:
+async def revoke(reader_id: str, access: Organiser) -> dict[str, Any]:
     """Revoke a reader's token (organiser); their reads are kept."""
 
     def rv() -> dict[str, Any]:
-        st = study(state)
-        as_organiser(st, cred)
-        return {"reader_id": reader_id, "revoked": st.revoke_reader_token(reader_id)}
+        return {"reader_id": reader_id, "revoked": access.study.revoke_reader_token(reader_id)}
 
     return await in_thread(rv)
 
 
 @router.post("/api/study/sessions")
-async def session(
-    state: State,
-    cred: HTTPAuthorizationCredentials | None = Depends(_BEARER),
-    req: SessionRequest | None = None,
-) -> dict[str, Any]:
+async def session(access: AnyToken, req: SessionRequest | None = None) -> dict[str, Any]:
     """Open or resume the session of the token's reader."""
 
     def open_session() -> dict[str, Any]:
-        st = study(state)
-        who = identify(st, cred)
+        st, who = access.study, access.who
         if who.role != "reader":
             raise HTTPException(403, "a reader's session needs that reader's token")
         if req is not None and req.reader_id is not None and req.reader_id != who.reader_id:
@@ -388,21 +347,9 @@ async def session(
 
 
 @router.get("/api/study/readers/{reader_id}")
-async def reader_progress(
-    state: State,
-    reader_id: str,
-    cred: HTTPAuthorizationCredentials | None = Depends(_BEARER),
-) -> dict[str, Any]:
+async def reader_progress(reader_id: str, access: OwnReaderOrOrganiser) -> dict[str, Any]:
     """A reader's progress and which round is open (that reader or the organiser)."""
-
-    def get() -> dict[str, Any]:
-        st = study(state)
-        who = identify(st, cred)
-        if not who.is_organiser:
-            as_reader(st, cred, reader_id)
-        return reader_state(st, reader_id)
-
-    return await in_thread(get)
+    return await in_thread(reader_state, access.study, reader_id)
 
 
 def load_case(
@@ -469,11 +416,7 @@ def case_outline(state: AppState, st: Any, case_id: str, pred: Prediction) -> di
 
 
 @router.get("/api/study/readers/{reader_id}/next")
-async def next_case(
-    state: State,
-    reader_id: str,
-    cred: HTTPAuthorizationCredentials | None = Depends(_BEARER),
-) -> dict[str, Any]:
+async def next_case(state: State, reader_id: str, access: OwnReader) -> dict[str, Any]:
     """The reader's next case in their random order (round 2 carries the AI result).
 
     ``case`` is null when nothing is open: round 1 and 2 done, or the washout
@@ -481,8 +424,7 @@ async def next_case(
     """
 
     def nxt() -> dict[str, Any]:
-        st = study(state)
-        as_reader(st, cred, reader_id)
+        st = access.study
         progress = reader_state(st, reader_id)
         if progress["round"] is None:
             return {**progress, "case": None}
@@ -516,33 +458,22 @@ async def next_case(
 
 
 @router.get("/api/study/cases/{case_id}/image.png")
-async def case_image(
-    state: State,
-    case_id: str,
-    cred: HTTPAuthorizationCredentials | None = Depends(_BEARER),
-) -> Response:
+async def case_image(state: State, case_id: str, access: AnyToken) -> Response:
     """A study case's image as an 8-bit PNG (pixels only; any study token)."""
 
     def png() -> bytes:
-        st = study(state)
-        identify(st, cred)
-        gray, _, _, _ = load_case(state, st, case_id)
+        gray, _, _, _ = load_case(state, access.study, case_id)
         return imaging.gray_png(gray)
 
     return Response(await in_thread(png), media_type="image/png", headers=_no_store())
 
 
 @router.get("/api/study/cases/{case_id}/heatmap.png")
-async def case_heatmap(
-    state: State,
-    case_id: str,
-    cred: HTTPAuthorizationCredentials | None = Depends(_BEARER),
-) -> Response:
+async def case_heatmap(state: State, case_id: str, access: AnyToken) -> Response:
     """A case's heatmap, only for the token's reader once their round 2 is open."""
 
     def png() -> bytes:
-        st = study(state)
-        who = identify(st, cred)
+        st, who = access.study, access.who
         if who.role != "reader" or reader_state(st, str(who.reader_id))["status"] not in (
             "round2",
             "done",
@@ -561,7 +492,7 @@ async def submit(
     state: State,
     reader_id: str,
     req: ReadRequest,
-    cred: HTTPAuthorizationCredentials | None = Depends(_BEARER),
+    access: OwnReader,
 ) -> dict[str, Any]:
     """Record one read of the token's reader at once (append-only, synced to disk).
 
@@ -571,8 +502,7 @@ async def submit(
     now = time.monotonic()
 
     def record() -> dict[str, Any]:
-        st = study(state)
-        as_reader(st, cred, reader_id)
+        st = access.study
         t0 = state.served.get((reader_id, req.round, req.case_id))
         server_s = None if t0 is None else max(0.0, now - t0)
         client_s = req.client_time_s
@@ -611,15 +541,11 @@ async def submit(
 
 
 @router.get("/api/study/export.csv")
-async def export(
-    state: State, cred: HTTPAuthorizationCredentials | None = Depends(_BEARER)
-) -> Response:
+async def export(access: Organiser) -> Response:
     """Every read as CSV (organiser): reader, case, round, BI-RADS, confidence, AI score, time."""
 
     def csv() -> str:
-        st = study(state)
-        as_organiser(st, cred)
-        return st.reads().to_csv(index=False)
+        return access.study.reads().to_csv(index=False)
 
     return Response(
         await in_thread(csv),

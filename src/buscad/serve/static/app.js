@@ -8,6 +8,13 @@ const state = { file: null, box: null, natural: null, drag: null, info: null, ma
   outline: null, outlining: false, outlineSeq: 0, whole: false };
 const OUTLINE_COLOUR = "#00e5ff"; // buscad.serve.imaging.OUTLINE_RGB
 
+// While a reader study is served with --open-case-screen, this page's API needs the
+// organiser's token: the one entered on /reader in this tab (sessionStorage), if any.
+function organiserAuth() {
+  const t = sessionStorage.getItem("buscad-organiser-token");
+  return t ? { Authorization: "Bearer " + t } : {};
+}
+
 function outlineAvailable() {
   return !!(state.info && state.info.outline_available);
 }
@@ -126,7 +133,7 @@ async function requestOutline(box) {
   let res = null;
   let err = null;
   try {
-    const r = await fetch("/api/outline", { method: "POST", body: fd });
+    const r = await fetch("/api/outline", { method: "POST", body: fd, headers: organiserAuth() });
     if (r.ok) res = await r.json(); else err = await apiError(r);
   } catch (e) {
     err = "The outline could not be computed: " + e.message;
@@ -240,7 +247,7 @@ async function openImage(file) {
   setMessage($("message"), "Reading image…");
   const fd = new FormData();
   fd.append("image", file);
-  const r = await fetch("/api/preview", { method: "POST", body: fd });
+  const r = await fetch("/api/preview", { method: "POST", body: fd, headers: organiserAuth() });
   if (!r.ok) {
     state.file = null;
     $("analyse").disabled = true;
@@ -438,7 +445,7 @@ async function analyse() {
   $("analyse").disabled = true;
   setMessage($("message"), "Analysing…");
   try {
-    const r = await fetch("/api/predict", { method: "POST", body: formData() });
+    const r = await fetch("/api/predict", { method: "POST", body: formData(), headers: organiserAuth() });
     if (!r.ok) {
       setMessage($("message"), await apiError(r), "error");
       return;
@@ -501,7 +508,8 @@ async function fetchReport(format) {
   const fd = formData();
   const exam = $("exam").value.trim();
   if (exam) fd.append("exam", exam);  // typed by the user, never read from the DICOM header
-  const r = await fetch("/api/report?format=" + format, { method: "POST", body: fd });
+  const r = await fetch("/api/report?format=" + format, {
+    method: "POST", body: fd, headers: organiserAuth() });
   if (!r.ok) {
     setMessage($("message"), await apiError(r), "error");
     return null;
