@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from buscad.cli import app
 from buscad.evaluate import EvaluationInputError, evaluate_predictions, select_threshold
+from buscad.labels import model_label
 from buscad.report import Figure, KeyValue, Section, Table, Text, build_report, tripod_ai_checklist
 
 
@@ -209,3 +210,95 @@ def test_conflicting_duplicate_ids_and_non_probability_scores():
     # AUC is rank-based: the logit of a score has the same AUC as the score
     cnn_rows = r.metrics[r.metrics.model == "cnn"]
     assert np.allclose(logit_rows["auc"].to_numpy(), cnn_rows["auc"].to_numpy())
+
+
+def many_models(n: int = 120, seed: int = 5) -> pd.DataFrame:
+    """Eight models (plain-label short names) on three cohorts: a report with many curves."""
+    df = make_predictions(n=n, seed=seed).drop(columns=["cnn", "radiomics"])
+    rng = np.random.default_rng(seed)
+    y = (df["label"] == "malignant").to_numpy(int)
+    df["cohort"] = np.array(["train", "internal", "external"])[np.arange(n) % 3]
+    for k, name in enumerate(("deep", "radiomics", "dlr", "clinical", "us", "cldlr", "outline")):
+        df[name] = 1 / (1 + np.exp(-((0.6 + 0.3 * k) * (y - 0.5) + rng.normal(0, 1, n))))
+    return df
+
+
+def test_report_opens_with_figures_and_plain_names(tmp_path, browser):
+    """TOC, bottom-line AUC table and the first figure within two 800-px screens at 1280 px; the
+    pairwise tests after every figure; plain model names; Table 1 says benign / malignant."""
+    import os
+    from pathlib import Path
+
+    from tests.render import check_page, open_page
+
+    res = evaluate_predictions(many_models(), train_cohort="train", covariates=["age"])
+    res.write(tmp_path / "eval")
+    html_path = tmp_path / "eval" / "report.html"
+    t1 = pd.read_csv(tmp_path / "eval" / "tables" / "table1_baseline.csv")
+    rows = [str(r).strip() for r in t1["Characteristic"]]
+    assert "Reference diagnosis, n (%)" in rows and {"benign", "malignant"} <= set(rows)
+    assert not {"yes", "no"} & set(rows) and rows[0].startswith("Age (years), ")
+    page = open_page(browser, html_path, 1280, "screen")
+    page.set_viewport_size({"width": 1280, "height": 800})
+    toc = page.evaluate("[...document.querySelectorAll('nav a')].map(a => a.textContent)")
+    heads = page.evaluate("[...document.querySelectorAll('main h2')].map(h => h.textContent)")
+    assert toc == heads and len(toc) >= 10
+    assert heads[:2] == ["Summary", "ROC curves"]
+    tops = page.evaluate(
+        """() => ({
+        fig: document.querySelector('figure.fig').getBoundingClientRect().top + scrollY,
+        summary: document.querySelector('#summary table').getBoundingClientRect().top + scrollY,
+        pairs: [...document.querySelectorAll('main h2')].find(h => h.textContent.startsWith(
+          'Table 3.')).getBoundingClientRect().top + scrollY,
+        lastfig: Math.max(...[...document.querySelectorAll('figure.fig')]
+          .map(f => f.getBoundingClientRect().top + scrollY)),
+        })"""
+    )
+    assert tops["summary"] < 800 and tops["fig"] < 1600 and tops["lastfig"] < tops["pairs"]
+    # long lists (every pair of 7 models per cohort, the model cards, the checklist) start closed
+    closed = page.evaluate(
+        "[...document.querySelectorAll('details.more:not([open]) > summary')].map(s => s.innerText)"
+    )
+    assert sum(c.startswith("Show the 21 pairs of models, cohort") for c in closed) == 3
+    assert "Show the model card of each of the 7 model(s)" in closed
+    text = page.evaluate("document.querySelector('main').innerText")
+    # the summary table: every model by its plain name, on every cohort
+    summary = page.evaluate("document.querySelector('#summary table').innerText")
+    for short in ("deep", "us", "cldlr"):
+        assert model_label(short) in summary
+    assert summary.count("\n") == 7 and "external" in summary.split("\n")[0]
+    # the summary, figures and Table 2 name models in words (short names only as tooltips)
+    assert "cldlr" not in text.split("Data and split")[0].replace("(CLDLR)", "")
+    page.close()
+    shots = os.environ.get("BUSCAD_EVAL_SHOTS")
+    check_page(browser, html_path, tmp_path / "e.pdf", Path(shots) / "eval.png" if shots else None)
+
+
+def test_figures_keep_legends_off_the_curves_and_one_calibration_panel_per_model(tmp_path):
+    from buscad.evaluate import plots
+
+    res = evaluate_predictions(many_models(), train_cohort="train")
+    d = res.data[res.data["cohort"] == "external"]
+    curves = {model_label(m): (d["_y"].to_numpy(), d[m].to_numpy(float)) for m in res.models}
+    fig = plots.plot_roc(curves, {k: "0.7" for k in curves}, "ROC")
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    leg = ax.get_legend().get_window_extent()
+    assert leg.y1 < ax.get_window_extent().y0  # wholly below the plot area
+    assert [t.get_text().split(":")[0] for t in ax.get_legend().get_texts()][1:] == list(curves)
+    cal = {
+        model_label(m): res.calibration_curves[("external", m)]
+        for m in res.models
+        if ("external", m) in res.calibration_curves
+    }
+    fig = plots.plot_calibration(cal, "Calibration")
+    shown = [a for a in fig.axes if a.axison]
+    assert len(cal) == 7 and [a.get_title() for a in shown] == list(cal)
+    assert all(len(a.lines) >= 2 for a in shown)  # ideal line and the model's curve
+    dc = res.decision_curves["external"]
+    fig = plots.plot_decision_curve(dc, "DCA", {m: model_label(m) for m in res.models})
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    names = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert model_label("cldlr") in names and "cldlr" not in names
+    assert ax.get_legend().get_window_extent().y1 < ax.get_window_extent().y0

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,23 +93,27 @@ def training_record(
     }
 
 
+def is_phantom_cohort(name: str, rows: Any, phantom_cohorts: Sequence[str]) -> bool:
+    """Whether a cohort is synthetic: named in ``phantom_cohorts`` (the study config generates
+    it) or every one of its ``rows``' ``device`` reads ``phantom-...`` (the manifests
+    ``buscad demo`` writes)."""
+    dev = rows["device"].astype(str) if "device" in rows else None
+    return str(name) in phantom_cohorts or (
+        dev is not None and len(dev) > 0 and bool(dev.str.startswith("phantom-").all())
+    )
+
+
 def training_from_rows(rows: Any, phantom_cohorts: list[str], spec: dict) -> dict[str, Any]:
     """:func:`training_record` from the training rows' manifest table and the CNN's spec.
 
-    A cohort is a phantom cohort when it is named in ``phantom_cohorts`` (the study
-    config generates it) or every one of its rows' ``device`` reads ``phantom-...``
-    (the manifests ``buscad demo`` writes).
+    A cohort is a phantom cohort by :func:`is_phantom_cohort`.
     """
     cohorts = []
     for name, grp in rows.groupby("cohort", sort=False):
-        dev = grp["device"].astype(str) if "device" in grp else None
-        synth = str(name) in phantom_cohorts or (
-            dev is not None and len(dev) > 0 and bool(dev.str.startswith("phantom-").all())
-        )
         cohorts.append(
             {
                 "name": name,
-                "phantom": synth,
+                "phantom": is_phantom_cohort(str(name), grp, phantom_cohorts),
                 "images": len(grp),
                 "labels": grp["label"].value_counts().to_dict(),
             }

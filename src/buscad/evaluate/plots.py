@@ -2,8 +2,10 @@
 
 matplotlib's object-oriented API only (``Figure`` + ``FigureCanvasAgg``): no
 pyplot, no global backend switch, no global rcParams change. Figures are readable in greyscale print:
-every model gets its own line style and marker, not only its own colour.
-Each figure is saved as PNG and SVG.
+every model gets its own line style and marker, not only its own colour; legends sit below the
+axes (:func:`legend_below`), never over a curve; calibration gets one small panel per model
+rather than many error-bar curves on one plot. Callers pass plain model names
+(:func:`buscad.labels.model_label`). Each figure is saved as PNG and SVG.
 """
 
 from __future__ import annotations
@@ -109,6 +111,23 @@ def _markevery(n: int) -> int:
     return max(1, n // 8)
 
 
+def legend_below(ax: Any, title: str | None = None, ncol: int = 1) -> Any:
+    """The axes' legend in a box below the plot area (outside every curve).
+
+    The figure is saved with ``bbox_inches="tight"`` (:func:`save_figure`), so the
+    legend adds height to the image instead of covering the curves.
+    """
+    return ax.legend(
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.16),
+        fontsize=7,
+        frameon=False,
+        ncol=ncol,
+        title=title,
+        title_fontsize=7,
+    )
+
+
 @_styled
 def plot_roc(
     curves: dict[str, tuple[np.ndarray, np.ndarray]],
@@ -155,44 +174,68 @@ def plot_roc(
         title=title,
         aspect="equal",
     )
-    ax.legend(loc="lower right", fontsize=7, frameon=True, title="AUC (95% CI)", title_fontsize=7)
+    legend_below(ax, title="AUC (95% CI)")
     ax.grid(True, color="0.9", lw=0.5)
     return fig
 
 
 @_styled
-def plot_calibration(curves: dict[str, pd.DataFrame], title: str):
-    """Reliability curves (observed against mean predicted probability) with Wilson CIs."""
-    fig, ax = new_figure((4.2, 4.2))
-    ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, linestyle=":", label="Ideal")
-    for (name, c), st in zip(curves.items(), styles(len(curves)), strict=True):
+def plot_calibration(curves: dict[str, pd.DataFrame], title: str, ncols: int = 6):
+    """Reliability curves, one small panel per model, with Wilson 95% CIs.
+
+    Each panel plots the observed fraction malignant of a bin against its mean
+    predicted probability (equal-size bins, as
+    :func:`buscad.evaluate.calibration.reliability_curve` makes them) beside the
+    ideal line ``observed = predicted``; the panel title is the model's name.
+    Panels share their axes, ``ncols`` to a row.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n = max(1, len(curves))
+    ncols = min(ncols, n)
+    nrows = -(-n // ncols)
+    fig = Figure(figsize=(2.1 * ncols, 2.15 * nrows + 0.45))
+    FigureCanvasAgg(fig)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True))
+    flat = axes.ravel()
+    for ax, (name, c), st in zip(flat, curves.items(), styles(len(curves)), strict=False):
+        ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, linestyle=":")
         ax.errorbar(
             c["mean_predicted"],
             c["observed"],
             yerr=[c["observed"] - c["lo"], c["hi"] - c["observed"]],
             capsize=2,
-            lw=1.3,
-            markersize=4,
+            lw=1.2,
+            markersize=3.5,
             markerfacecolor="white",
-            label=name,
-            **st,
+            **{**st, "color": "#000000", "linestyle": "-"},
         )
-    ax.set(
-        xlim=(-0.02, 1.02),
-        ylim=(-0.02, 1.02),
-        xlabel="Mean predicted probability",
-        ylabel="Observed fraction malignant",
-        title=title,
-        aspect="equal",
-    )
-    ax.legend(loc="upper left", fontsize=7)
-    ax.grid(True, color="0.9", lw=0.5)
+        ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), aspect="equal")
+        ax.set_title(name, fontsize=7.5)
+        ax.grid(True, color="0.9", lw=0.5)
+        ax.tick_params(labelsize=7)
+    for ax in flat[len(curves) :]:
+        ax.set_axis_off()
+    for i, ax in enumerate(flat[: len(curves)]):
+        if i + ncols >= len(curves):  # no panel below: this one carries the x axis
+            ax.tick_params(labelbottom=True)
+            ax.set_xlabel("Mean predicted", fontsize=7.5)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("Observed malignant", fontsize=7.5)
+    fig.suptitle(f"{title} (dotted: ideal)", fontsize=9)
+    fig.tight_layout()
     return fig
 
 
 @_styled
-def plot_decision_curve(dc: pd.DataFrame, title: str):
-    """Net benefit against threshold probability for each model, treat-all and treat-none."""
+def plot_decision_curve(dc: pd.DataFrame, title: str, labels: dict[str, str] | None = None):
+    """Net benefit against threshold probability for each model, treat-all and treat-none.
+
+    Net benefit at threshold probability ``pt`` is ``TP/N − FP/N · pt/(1 − pt)``;
+    ``labels`` maps a strategy (a model's short name) to the name its legend shows.
+    """
+    labels = labels or {}
     fig, ax = new_figure((5.0, 3.6))
     models = [m for m in pd.unique(dc["strategy"]) if m not in ("treat all", "treat none")]
     ref = {
@@ -211,7 +254,7 @@ def plot_decision_curve(dc: pd.DataFrame, title: str):
             markevery=10,
             markersize=4,
             markerfacecolor="white",
-            label=name,
+            label=labels.get(name, name),
             **st,
         )
     prev = dc.loc[dc["strategy"] == "treat all", "net_benefit"].max()
@@ -222,7 +265,7 @@ def plot_decision_curve(dc: pd.DataFrame, title: str):
         ylabel="Net benefit",
         title=title,
     )
-    ax.legend(loc="upper right", fontsize=7)
+    legend_below(ax, ncol=2)
     ax.grid(True, color="0.9", lw=0.5)
     return fig
 

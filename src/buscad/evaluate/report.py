@@ -8,6 +8,7 @@ import ``result.py``, not even for type checking: it reads a result through
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -17,11 +18,14 @@ from typing import Any, Protocol
 import pandas as pd
 
 from buscad.evaluate import plots
-from buscad.evaluate.tables import fmt_ci, fmt_p, write_table
+from buscad.evaluate.tables import TABLE2_METRICS, fmt_ci, fmt_p, write_table
 from buscad.labels import model_label
 from buscad.report import (
     Bullets,
+    Collapsed,
     Figure,
+    FigureRow,
+    Html,
     KeyValue,
     Section,
     Table,
@@ -64,6 +68,9 @@ class EvaluationOutputs(Protocol):
     ) -> str: ...
 
 
+#: Table 2's AUC column (the summary table shows it per model and cohort).
+TABLE2_AUC = TABLE2_METRICS["auc"]
+
 METHODS_TEXT = (
     "AUC: Mann–Whitney estimate with a {ci} 95% confidence interval (DeLong et al., 1988; "
     "pROC conventions). Proportions (accuracy, sensitivity, specificity, PPV, NPV): Wilson "
@@ -87,6 +94,11 @@ METHODS_TEXT = (
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("_") or "x"
+
+
+def _cohort_order(result: EvaluationOutputs) -> list[str]:
+    """Cohorts as the report shows them: the threshold-selection (training) cohort first."""
+    return sorted(result.cohorts, key=lambda c: c != result.train_cohort)
 
 
 def _split_description(result: EvaluationOutputs) -> pd.DataFrame:
@@ -160,6 +172,7 @@ def write_evaluation_outputs(
     seed: int | None = None,
     extra_sections: Sequence[Section] = (),
     model_details: Mapping[str, Mapping[str, str]] | None = None,
+    notice: str = "",
 ) -> dict[str, list[Path]]:
     """Write every output of an evaluation under ``out_dir`` and return the paths by kind.
 
@@ -167,7 +180,8 @@ def write_evaluation_outputs(
     CSV, XLSX, Markdown), ``figures/`` (PNG and SVG), ``model_card.md``,
     ``config.json``, ``issues.txt`` and ``report.html``. ``model_details`` adds
     lines to a model's card (model -> {field: text}, e.g. that it reads the
-    reader's BI-RADS).
+    reader's BI-RADS). ``notice`` is a sentence the summary opens with, on the first
+    screen (e.g. that the data are synthetic phantoms and the radiologist simulated).
     """
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -187,11 +201,11 @@ def write_evaluation_outputs(
             result.cohort_comparisons, tdir / "comparisons_between_cohorts", formats=("csv", "md")
         )
 
-    # figures
+    # figures, grouped by kind (one per cohort side by side), every model by its plain name
     d, col = result.data, result.config["cohort_col"]
-    fig_sections: list[Any] = []
+    figs: dict[str, list[Figure]] = {"roc": [], "calibration": [], "decision": [], "confusion": []}
     m = result.metrics
-    for c in result.cohorts:
+    for c in _cohort_order(result):
         sub = d[d[col] == c]
         mc = m[m["cohort"] == c] if len(m) else m
         scored = {mod: sub[mod].notna() for mod in result.models}
@@ -219,7 +233,7 @@ def write_evaluation_outputs(
             )
             paths = plots.save_figure(fig, fdir / f"roc_{_safe(c)}")
             written["figures"] += paths
-            fig_sections.append(
+            figs["roc"].append(
                 Figure(
                     paths[0],
                     f"ROC curves, cohort {c} (n={len(sub)}; each model on the cases it "
@@ -237,18 +251,25 @@ def write_evaluation_outputs(
                 fdir / f"calibration_{_safe(c)}",
             )
             written["figures"] += paths
-            fig_sections.append(
+            figs["calibration"].append(
                 Figure(
-                    paths[0], f"Reliability curves, cohort {c} (equal-size bins; Wilson 95% CIs)."
+                    paths[0],
+                    f"Reliability curves, cohort {c}: one panel per model whose scores are "
+                    "probabilities (equal-size bins; Wilson 95% CIs; dotted: ideal).",
                 )
             )
         if c in result.decision_curves:
+            dc = result.decision_curves[c]
             paths = plots.save_figure(
-                plots.plot_decision_curve(result.decision_curves[c], f"Decision curve — {c}"),
+                plots.plot_decision_curve(
+                    dc,
+                    f"Decision curve — {c}",
+                    {k: model_label(k) for k in pd.unique(dc["strategy"])},
+                ),
                 fdir / f"decision_curve_{_safe(c)}",
             )
             written["figures"] += paths
-            fig_sections.append(Figure(paths[0], f"Decision curves, cohort {c}."))
+            figs["decision"].append(Figure(paths[0], f"Decision curves, cohort {c}."))
         if len(mc):
             panels = [
                 (
@@ -266,7 +287,7 @@ def write_evaluation_outputs(
                 fdir / f"confusion_{_safe(c)}",
             )
             written["figures"] += paths
-            fig_sections.append(
+            figs["confusion"].append(
                 Figure(
                     paths[0],
                     f"Confusion matrices, cohort {c}: one panel per model at its threshold "
@@ -327,47 +348,11 @@ def write_evaluation_outputs(
         Section(
             "Summary",
             [
-                Text(
-                    f"{len(result.models)} model(s) evaluated on {len(result.cohorts)} cohort(s) "
-                    f"({result.config['n_cases']} cases). Thresholds chosen on '{result.train_cohort}' "
-                    f"by rule '{result.threshold_rule}'. {len(result.issues)} issue(s) found; see 'Issues'."
-                )
+                *([Html(f'<p class="warn synthetic">{html.escape(notice)}</p>')] if notice else []),
+                *_summary_blocks(result),
             ],
         ),
-        Section(
-            "Data and split",
-            [
-                Table(split_tab, "Cohorts and their roles."),
-                Text(
-                    split_description
-                    or "Split description not supplied; cohorts are as "
-                    "given in the predictions table."
-                ),
-            ],
-        ),
-        Section("Data audit", _audit_blocks(audit_summary)),
-        Section(
-            "Methods",
-            [
-                Text(
-                    METHODS_TEXT.format(
-                        ci=result.config["ci_method"],
-                        train=result.train_cohort,
-                        rule=result.threshold_rule,
-                    )
-                )
-            ],
-        ),
-        Section(
-            "Thresholds",
-            [
-                KeyValue(
-                    {f"{model_label(m)} ({m})": v for m, v in thr_text.items()},
-                    "Decision thresholds per model.",
-                )
-            ],
-        ),
-        Section("Table 1. Baseline characteristics", [Table(t1)]),
+        *_figure_sections(figs),
         Section(
             "Table 2. Performance per cohort",
             [
@@ -381,6 +366,27 @@ def write_evaluation_outputs(
                     strict=False,
                 )
                 if len(part.columns) > 2
+            ],
+        ),
+        Section(
+            "Data and split",
+            [
+                Table(split_tab, "Cohorts and their roles."),
+                Text(
+                    split_description
+                    or "Split description not supplied; cohorts are as "
+                    "given in the predictions table."
+                ),
+            ],
+        ),
+        Section("Table 1. Baseline characteristics", [Table(t1)]),
+        Section(
+            "Thresholds",
+            [
+                KeyValue(
+                    {f"{model_label(m)} ({m})": v for m, v in thr_text.items()},
+                    "Decision thresholds per model.",
+                )
             ],
         ),
         Section(
@@ -399,22 +405,47 @@ def write_evaluation_outputs(
                 else Text("Only one cohort usable.")
             ],
         ),
-        Section("Figures", fig_sections or [Text("No figure (no cohort with both classes).")]),
-        Section("Model card", card_blocks),
+        Section("Data audit", _audit_blocks(audit_summary)),
+        Section(
+            "Methods",
+            [
+                Text(
+                    METHODS_TEXT.format(
+                        ci=result.config["ci_method"],
+                        train=result.train_cohort,
+                        rule=result.threshold_rule,
+                    )
+                )
+            ],
+        ),
+        Section(
+            "Model card",
+            [Collapsed(f"Show the model card of each of the {len(cards)} model(s)", card_blocks)],
+        ),
         Section(
             "TRIPOD+AI checklist",
-            [Table(checklist, "Items the run cannot know are marked for the author.")],
+            [
+                Collapsed(
+                    f"Show the checklist ({len(checklist)} items)",
+                    [Table(checklist, "Items the run cannot know are marked for the author.")],
+                )
+            ],
         ),
         Section("Issues", [Bullets(result.issues) if result.issues else Text("No issues.")]),
         Section(
             "Configuration and environment",
             [
-                KeyValue(cfg, "Run configuration."),
-                KeyValue(
-                    dict(input_hashes or {}) or {"inputs": "not recorded"},
-                    "Input data hashes (SHA-256).",
-                ),
-                KeyValue(env, "Environment."),
+                Collapsed(
+                    "Show the configuration, input hashes and environment",
+                    [
+                        KeyValue(cfg, "Run configuration."),
+                        KeyValue(
+                            dict(input_hashes or {}) or {"inputs": "not recorded"},
+                            "Input data hashes (SHA-256).",
+                        ),
+                        KeyValue(env, "Environment."),
+                    ],
+                )
             ],
         ),
         *extra_sections,
@@ -425,6 +456,55 @@ def write_evaluation_outputs(
         )
     )
     return written
+
+
+#: Figure sections of the report, in order: (key in the figure lists, section title).
+FIGURE_SECTIONS = (
+    ("roc", "ROC curves"),
+    ("calibration", "Calibration"),
+    ("decision", "Decision curves"),
+    ("confusion", "Confusion matrices"),
+)
+
+
+def _figure_sections(figs: Mapping[str, list[Figure]]) -> list[Section]:
+    """One section per kind of figure, its cohorts side by side; one note when there is none."""
+    out = []
+    for key, title in FIGURE_SECTIONS:
+        items = figs.get(key, [])
+        if not items:
+            continue
+        wide = key in ("calibration", "confusion")  # grids of panels: full width, one per line
+        out.append(Section(title, list(items) if wide else [FigureRow(items)]))
+    return out or [Section("Figures", [Text("No figure (no cohort with both classes).")])]
+
+
+def _summary_blocks(result: EvaluationOutputs) -> list[Any]:
+    """The bottom line: what was evaluated, and every model's AUC (95% CI) on every cohort."""
+    text = Text(
+        f"{len(result.models)} model(s) evaluated on {len(result.cohorts)} cohort(s) "
+        f"({result.config['n_cases']} cases). Thresholds chosen on '{result.train_cohort}' "
+        f"by rule '{result.threshold_rule}' and applied unchanged to the other cohorts. "
+        f"{len(result.issues)} issue(s) found; see 'Issues'."
+    )
+    m = result.metrics
+    if not len(m):
+        return [text]
+    t2 = result.table2()
+    auc = t2.pivot(index="Model", columns="Cohort", values=TABLE2_AUC)
+    auc = auc.reindex(index=[x for x in result.models if x in auc.index])
+    auc = auc[[c for c in _cohort_order(result) if c in auc.columns]].fillna("not scored")
+    auc = auc.reset_index()
+    auc.columns.name = None
+    return [
+        text,
+        Table(
+            auc,
+            "AUC (95% CI) of every model on every cohort; the full metrics are in Table 2, "
+            "the paired tests in Table 3.",
+            model_columns=["Model"],
+        ),
+    ]
 
 
 def _fmt_unpaired(df: pd.DataFrame) -> pd.DataFrame:
@@ -488,13 +568,18 @@ def _table3_blocks(t3: pd.DataFrame, pairs: pd.DataFrame) -> list[Any]:
             }
         ).reset_index(drop=True)
         blocks.append(
-            Table(
-                table,
-                f"Cohort {cohort}: every pair of models. ΔAUC = AUC of the model − AUC of the "
-                "one it is compared with (paired DeLong 95% CI and P); McNemar P of their "
-                "decisions at each model's threshold. The same numbers as a matrix are in "
-                "tables/table3_delong.csv and .xlsx.",
-                model_columns=["Model", "Compared with"],
+            Collapsed(
+                f"Show the {len(table)} pairs of models, cohort {cohort}",
+                [
+                    Table(
+                        table,
+                        f"Cohort {cohort}: every pair of models. ΔAUC = AUC of the model − AUC of the "
+                        "one it is compared with (paired DeLong 95% CI and P); McNemar P of their "
+                        "decisions at each model's threshold. The same numbers as a matrix are in "
+                        "tables/table3_delong.csv and .xlsx.",
+                        model_columns=["Model", "Compared with"],
+                    )
+                ],
             )
         )
     return blocks

@@ -24,9 +24,12 @@ from buscad.evaluate.dca import decision_curve
 from buscad.evaluate.delong import delong_matrix, delong_unpaired_test
 from buscad.evaluate.metrics import cohort_metrics, parse_threshold_rule, select_threshold
 from buscad.evaluate.tables import table1, table2, table3
+from buscad.labels import input_label
 
 #: Name used for the cohort column's value when the table has no cohort column.
 SINGLE_COHORT = "all"
+#: Table 1's row of the reference label (levels ``benign`` and ``malignant``).
+DIAGNOSIS_ROW = "Reference diagnosis"
 
 
 class EvaluationInputError(BuscadError):
@@ -140,7 +143,7 @@ class EvaluationResult:
 
         Keyword arguments go to :func:`buscad.evaluate.report.write_evaluation_report`
         (``title``, ``audit_summary``, ``split_description``, ``input_hashes``,
-        ``intended_use``, ``limitations``, ``seed``, ``model_details``).
+        ``intended_use``, ``limitations``, ``seed``, ``model_details``, ``notice``).
         """
         from buscad.evaluate.report import write_evaluation_outputs
 
@@ -498,11 +501,11 @@ def evaluate_predictions(
     cohort_comparisons = pd.DataFrame(up)
 
     # Table 1
-    variables = [*covariates, "_y"]
-    t1_df = df.rename(columns={"_y": "malignant"})
-    t1_vars = [v if v != "_y" else "malignant" for v in variables]
-    t1_df["malignant"] = t1_df["malignant"].map({1: "yes", 0: "no"})
-    baseline = table1(t1_df, cohort_col, t1_vars)
+    # Table 1: covariates by their plain labels, the reference label as benign / malignant
+    t1_names = {v: input_label(v) for v in covariates}
+    t1_df = df[[cohort_col, *covariates]].rename(columns=t1_names)
+    t1_df[DIAGNOSIS_ROW] = df["_y"].map({1: "malignant", 0: "benign"})
+    baseline = table1(t1_df, cohort_col, [*t1_names.values(), DIAGNOSIS_ROW])
 
     config = {
         "label_col": label_col,

@@ -91,7 +91,7 @@ def plot_roc(preds: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     """ROC curves of every backbone on the test set (solid) and train set (dotted)."""
     from sklearn.metrics import roc_curve
 
-    from buscad.evaluate.plots import new_figure
+    from buscad.evaluate.plots import legend_below, new_figure
 
     fig, ax = new_figure((5, 5))
     for i, (name, g) in enumerate(preds.groupby("backbone", sort=False)):
@@ -105,11 +105,10 @@ def plot_roc(preds: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
             ax.plot(fpr, tpr, style, color=colour, label=f"{name} {split} AUC {a:.3f}")
     ax.plot([0, 1], [0, 1], color="0.6", lw=0.8)
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC")
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    legend_below(ax)  # outside the plot area, never over a curve
     p = Path(path)
     with atomic_path(p) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
+        fig.savefig(tmp, dpi=120, format="png", bbox_inches="tight")
     return p
 
 

@@ -429,7 +429,7 @@ def roc_figure(
     filled: with AI) and the model's ROC curve when given."""
     import matplotlib
 
-    from buscad.evaluate.plots import new_figure
+    from buscad.evaluate.plots import legend_below, new_figure
     from buscad.evaluate.plots import roc_points as _roc_points
 
     df, _ = _with_truth(reads, truth)
@@ -460,10 +460,9 @@ def roc_figure(
     ax.plot([0, 1], [0, 1], ":", color="grey", lw=0.8)
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity", ylabel="Sensitivity")
     ax.set_title(f"ROC of BI-RADS; points: calls at >= {normalize_birads(cut).upper()}")
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    legend_below(ax, ncol=2)  # outside the plot area, never over a curve
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", bbox_inches="tight")
     return buf.getvalue()
 
 

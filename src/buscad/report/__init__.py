@@ -17,8 +17,10 @@ audit can render its page here).
 
 from buscad.report.builder import (
     Bullets,
+    Collapsed,
     Details,
     Figure,
+    FigureRow,
     Gallery,
     Html,
     KeyValue,
@@ -42,8 +44,10 @@ from buscad.report.cards import (
 
 __all__ = [
     "Bullets",
+    "Collapsed",
     "Details",
     "Figure",
+    "FigureRow",
     "Gallery",
     "Html",
     "KeyValue",

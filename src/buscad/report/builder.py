@@ -163,6 +163,30 @@ class Figure:
 
 
 @dataclass
+class FigureRow:
+    """Figures side by side, wrapping to the next line when the page is narrow (e.g. one per cohort)."""
+
+    figures: Sequence[Figure]
+
+    def to_html(self) -> str:
+        return '<div class="figrow">' + "".join(f.to_html() for f in self.figures) + "</div>"
+
+
+@dataclass
+class Collapsed:
+    """Blocks behind a closed ``<details>`` disclosure: read on demand, out of the first screen."""
+
+    summary: str
+    blocks: Sequence[Any]
+
+    def to_html(self) -> str:
+        body = Section("", self.blocks).render_blocks()
+        return (
+            f'<details class="more"><summary>{html.escape(self.summary)}</summary>{body}</details>'
+        )
+
+
+@dataclass
 class KeyValue:
     """A two-column key/value table (configuration, environment, hashes).
 

@@ -146,10 +146,30 @@ def _apply_audit_policy(
         drop[audited["audit_has_annotations"].fillna(False).astype(bool) & (drop == "")] = (
             "burned-in annotations"
         )
-    dropped = audited.loc[drop != "", ["image_id", "label", "cohort"]].assign(
-        reason=drop[drop != ""]
-    )
+    cols = ["image_id", "label", "cohort", *(["dup_group"] if "dup_group" in audited else [])]
+    dropped = audited.loc[drop != "", cols].assign(reason=drop[drop != ""])
     return audited.loc[drop == ""].copy(), dropped
+
+
+def dropped_text(dropped: pd.DataFrame) -> str:
+    """What the audit policy dropped, counted as the audit counts it ('' when nothing).
+
+    Images are counted per reason; a reason about duplicate groups also gives the number of
+    groups (``dup_group``), so the line agrees with the audit's "N duplicate group(s) carry
+    different labels": ``"dropped 4 image(s): 4 in 2 duplicate group(s) with conflicting
+    labels"``.
+    """
+    if not len(dropped):
+        return ""
+    parts = []
+    for reason, g in dropped.groupby("reason", sort=False):
+        if str(reason).startswith("duplicate group"):
+            rest = str(reason).removeprefix("duplicate group")
+            groups = f"{g['dup_group'].nunique()} " if "dup_group" in g else ""
+            parts.append(f"{len(g)} image(s) in {groups}duplicate group(s){rest}")
+        else:
+            parts.append(f"{len(g)} image(s) ({reason})")
+    return f"audit policy dropped {len(dropped)} image(s): " + ", ".join(parts)
 
 
 # ============================================================== helpers

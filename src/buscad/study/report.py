@@ -10,13 +10,14 @@ reports into the run folder and writes the page; it runs no stage.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from buscad.config import StudyConfig
-from buscad.study.fit import INTEGRATED_WITHOUT_READER, READER_MODEL
+from buscad.study.fit import INTEGRATED_WITHOUT_READER, READER_MODEL, SHORTCUT_MODELS
 from buscad.study.stages import StageResult
 
 #: Where the data audit's report is copied in the run folder (relative).
@@ -224,6 +225,7 @@ def write_study_report(
     metrics: pd.DataFrame,
     stages: list[dict[str, Any]],
     needs_morphology: bool,
+    bundle_flags: Sequence[str] = (),
 ) -> Path:
     """Write the run's ``report.html`` from its results; runs no stage.
 
@@ -250,6 +252,12 @@ def write_study_report(
         The stage summary (:meth:`buscad.study.stages.StageRunner.summary`).
     needs_morphology : bool
         Whether a model reads the outline descriptors (the outline section says so).
+    bundle_flags : sequence of str
+        The study's checks the bundle failed (its AI calls are withheld): the bottom line's
+        first warning.
+
+    The page opens with the bottom line (:func:`bottom_line`); every other block starts
+    collapsed (and prints open).
 
     Returns
     -------
@@ -260,28 +268,27 @@ def write_study_report(
 
     from buscad.labels import READS_READER
     from buscad.report import (
-        Bullets,
+        Collapsed,
         Details,
         Figure,
+        FigureRow,
         KeyValue,
         Links,
         Section,
         Table,
         build_report,
     )
+    from buscad.study.bottomline import arm_summary
 
-    sections = []
     audit_rel = publish(run_dir, audit_res.path / "audit", PUBLISHED_AUDIT)
-    sections.append(
-        Section(
-            "Warnings",
-            [Bullets(warnings, cls="warnings") if warnings else "None."],
-        )
-    )
+    sections = bottom_line(cfg, arm_outputs, metrics, warnings, bundle_flags)
     if len({r.mode for r in rois}) > 1:
         sections.append(roi_comparison(metrics, rois))
     if any(r.res is not None for r in rois):
-        sections.append(roi_section(rois, needs_morphology))
+        roi_sec = roi_section(rois, needs_morphology)
+        sections.append(
+            Section(roi_sec.title, [Collapsed("Show the outline stages", roi_sec.blocks)])
+        )
     for (arm, _man, deep_res, cls_res, ev_res, roi), cases in zip(
         arm_outputs, galleries, strict=True
     ):
@@ -303,7 +310,7 @@ def write_study_report(
             )
         )
         reading = reader_models(cls_res)
-        blocks.append(
+        more: list[Any] = [
             Table(
                 metrics_table(m),
                 caption="Every model on every cohort, beside the shortcut references "
@@ -314,10 +321,10 @@ def write_study_report(
                 model_columns=["Model"],
                 model_notes=dict.fromkeys(reading, READS_READER),
             )
-        )
+        ]
         if deep_res is not None:
             cv = pd.read_csv(deep_res.path / "backbone_cv.csv")
-            blocks.append(
+            more.append(
                 Table(
                     pd.DataFrame(
                         {
@@ -333,20 +340,29 @@ def write_study_report(
                     "(the choice is made here, never on a test cohort).",
                 )
             )
-        cohorts = list(dict.fromkeys(m["cohort"]))
+        cohorts = arm_summary(arm, m, None).cohorts  # training, internal test, external
         fdir = ev_res.path / "evaluation" / "figures"
-        for c in cohorts:
-            f = fdir / f"roc_{eval_safe(c)}.png"
-            if f.exists():
-                blocks.append(
-                    Figure(
-                        f,
-                        caption=f"ROC curves of every model, cohort {c}; filled markers: "
-                        "each model's operating point at its threshold.",
-                        width="560px",
-                    )
-                )
-        blocks += gallery_blocks(cases, roi.label(arm))
+        rocs = [
+            Figure(
+                f,
+                caption=f"ROC curves of every model, cohort {c}; filled markers: "
+                "each model's operating point at its threshold.",
+            )
+            for c in cohorts
+            if (f := fdir / f"roc_{eval_safe(c)}.png").exists()
+        ]
+        if rocs:
+            blocks.append(FigureRow(rocs))
+        blocks.append(
+            Collapsed(
+                f"Every model on every cohort ({len(m)} rows)"
+                + (", the backbone comparison" if len(more) > 1 else ""),
+                more,
+            )
+        )
+        gallery = gallery_blocks(cases, roi.label(arm))
+        if gallery:
+            blocks.append(Collapsed("Grad-CAM of correct and misclassified cases", gallery))
         sections.append(Section(f"Results: {roi.label(arm)}", blocks))
     audit_sum = json.loads((audit_res.path / "audit" / "summary.json").read_text())
     from buscad.evaluate.report import _audit_blocks
@@ -365,7 +381,7 @@ def write_study_report(
                         )
                     ]
                 ),
-                *_audit_blocks(audit_sum),
+                Collapsed("Show the audit summary", _audit_blocks(audit_sum)),
             ],
         )
     )
@@ -399,7 +415,15 @@ def write_study_report(
             }
         )
     sections.append(
-        Section("Run", [Table(run, "Stages of this run (cache/ under the run folder).")])
+        Section(
+            "Run",
+            [
+                Collapsed(
+                    f"Show the {len(run)} stages",
+                    [Table(run, "Stages of this run (cache/ under the run folder).")],
+                )
+            ],
+        )
     )
     out = build_report(
         sections,
@@ -408,6 +432,63 @@ def write_study_report(
         subtitle="Breast ultrasound: benign vs malignant. Research software, not a medical device.",
     )
     return out
+
+
+def bottom_line(
+    cfg: StudyConfig,
+    arm_outputs: list[Any],
+    metrics: pd.DataFrame,
+    warnings: Sequence[str],
+    bundle_flags: Sequence[str] = (),
+) -> list[Any]:
+    """The report's opening sections (:func:`buscad.study.bottomline.bottom_line_sections`).
+
+    Per arm, the outlines the bundle reads (automatic when run, else the first mode); the
+    chosen model is the headline of :func:`headline`; the synthetic-data sentence when a
+    cohort is made of phantoms (:func:`buscad.study.bottomline.phantom_cohorts`).
+    """
+    from buscad.study.bottomline import (
+        arm_summary,
+        bottom_line_sections,
+        phantom_cohorts,
+        synthetic_text,
+    )
+
+    summaries, rows = [], []
+    for arm in dict.fromkeys(o[0] for o in arm_outputs):
+        mine = [o for o in arm_outputs if o[0] == arm]
+        _, man, _, cls_res, _, roi = next((o for o in mine if o[5].mode == "auto"), mine[0])
+        m = metrics[metrics["arm"] == arm.name]
+        if "roi" in m:
+            m = m[m["roi"] == roi.mode]
+        summaries.append(arm_summary(arm, m, (headline(cls_res) or {}).get("model")))
+        rows.append(man.df)
+    pooled = pd.concat(rows, ignore_index=True).drop_duplicates("image_id")
+    configured = [c.name for c in cfg.cohorts if c.phantom is not None]
+    models = set(metrics["model"]) - {READER_MODEL, *SHORTCUT_MODELS}
+    return bottom_line_sections(
+        summaries,
+        n_images=len(pooled),
+        n_models=len(models),
+        synthetic=synthetic_text(
+            phantom_cohorts(pooled, configured),
+            list(dict.fromkeys(pooled["cohort"].astype(str))),
+            reader=READER_MODEL in set(metrics["model"]),
+        ),
+        warnings=warnings,
+        bundle_flags=bundle_flags,
+    )
+
+
+def headline(cls_res: StageResult) -> dict[str, Any] | None:
+    """The headline model from the models stage's ``fusion.json``: the integrated model, or
+    its best member when the fusion loses on honest held-out scores (None without one)."""
+    p = cls_res.path / "fusion.json"
+    f = json.loads(p.read_text()) if p.is_file() else {}
+    if not f:
+        return None
+    keys = ("basis", "integrated_auc", "best_member", "best_member_auc", "loses")
+    return {"model": f["headline_model"], **{k: f[k] for k in keys}}
 
 
 def eval_safe(name: str) -> str:

@@ -15,7 +15,14 @@ import pandas as pd
 
 from buscad.config import StudyConfig
 from buscad.data.manifest import Manifest
-from buscad.study.cohorts import Arm, _apply_audit_policy, _folds, _stage_cohort, study_arms
+from buscad.study.cohorts import (
+    Arm,
+    _apply_audit_policy,
+    _folds,
+    _stage_cohort,
+    dropped_text,
+    study_arms,
+)
 from buscad.study.fit import (
     DEEP_FEATURE_MODELS,
     MODELS_EXPORT_VERSION,
@@ -28,6 +35,7 @@ from buscad.study.fit import (
     fusion_summary,
 )
 from buscad.study.report import PUBLISHED_AUDIT, published_evaluation, write_study_report
+from buscad.study.report import headline as _headline
 from buscad.study.report import reader_models as _reader_models
 from buscad.study.stages import StageResult, StageRunner
 from buscad.utils import atomic_write_json, atomic_write_table, file_sha256, stable_hash
@@ -44,8 +52,9 @@ ROI_VERSION = 2
 #: Bumped when the gallery stage writes something new (2: cases.csv labels every tile).
 GALLERY_VERSION = 2
 #: Bumped when the evaluation stage's report changes (2: BI-RADS cuts as categories, words;
-#: 3: not-evaluable rows and cases lacking some inputs).
-EVALUATE_VERSION = 3
+#: 3: not-evaluable rows and cases lacking some inputs; 4: bottom line and figures first, the
+#: synthetic-data notice, legends below the curves, one calibration panel per model).
+EVALUATE_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -142,6 +151,7 @@ class StudyRun:
         self.arms = study_arms(cfg)
         self.runner = StageRunner(self.run_dir / "cache", total=self._n_stages(), stream=stream)
         self.warnings: list[str] = []
+        self.bundle_flags: list[str] = []  # the bundle's failed checks (the report's first warning)
         self.outputs: dict[str, Path] = {}
 
     def _n_stages(self) -> int:
@@ -270,6 +280,7 @@ class StudyRun:
             metrics=metrics_df,
             stages=self.runner.summary(),
             needs_morphology=self._needs_morphology(),
+            bundle_flags=self.bundle_flags,
         )
         atomic_write_table(metrics_df, self.run_dir / "metrics.csv")
         secs = time.monotonic() - t0
@@ -524,10 +535,7 @@ class StudyRun:
         ]
         dropped = pd.read_csv(res.path / "dropped.csv")
         if len(dropped):
-            self.warnings.append(
-                f"audit policy dropped {len(dropped)} image(s): "
-                + ", ".join(f"{n} {r}" for r, n in dropped["reason"].value_counts().items())
-            )
+            self.warnings.append(dropped_text(dropped))
         return res
 
     # --------------------------------------------------------------- split
@@ -836,6 +844,7 @@ class StudyRun:
         def work(folder: Path) -> None:
             from buscad.evaluate import evaluate_predictions
             from buscad.labels import READS_READER
+            from buscad.study.bottomline import phantom_cohorts, synthetic_text
 
             pred = pd.read_csv(cls_res.path / "predictions.csv")
             reader = cfg.clinical.reader_column
@@ -879,6 +888,11 @@ class StudyRun:
                 ),
                 seed=cfg.seed,
                 model_details=details,
+                notice=synthetic_text(
+                    phantom_cohorts(man.df, [c.name for c in cfg.cohorts if c.phantom is not None]),
+                    list(dict.fromkeys(man.df["cohort"].astype(str))),
+                    reader=READER_MODEL in model_cols,
+                ),
             )
             atomic_write_table(ev.metrics, folder / "metrics.csv")
 
@@ -1028,6 +1042,7 @@ class StudyRun:
             shutil.rmtree(out)
         shutil.copytree(res.path / "bundle", out)
         flags = json.loads((out / "bundle.json").read_text(encoding="utf-8")).get("flags") or []
+        self.bundle_flags = list(flags)
         if flags:  # buscad.bundle.safety.study_flags: every prediction of it is withheld
             self.warnings.append(
                 "the bundle's CNN failed the study's checks, so every AI call of the bundle is "
@@ -1119,17 +1134,6 @@ class StudyRun:
         return pd.read_csv(res.path / "cases.csv").assign(
             overlay=lambda d: [str(res.path / o) for o in d["overlay"]]
         )
-
-
-def _headline(cls_res: StageResult) -> dict[str, Any] | None:
-    """The headline model from the models stage's ``fusion.json``: the integrated model, or
-    its best member when the fusion loses on honest held-out scores (None without one)."""
-    p = cls_res.path / "fusion.json"
-    f = json.loads(p.read_text()) if p.is_file() else {}
-    if not f:
-        return None
-    keys = ("basis", "integrated_auc", "best_member", "best_member_auc", "loses")
-    return {"model": f["headline_model"], **{k: f[k] for k in keys}}
 
 
 def _with_outlines(man: Manifest, outlined: Manifest) -> Manifest:
