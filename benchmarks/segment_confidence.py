@@ -23,7 +23,9 @@ Protocol
    draw of ``segment_medsam.py``), plus ±20 %: Spearman's rho of predicted with
    true Dice (Pearson correlation of average ranks; 95 % percentile bootstrap CI
    over lesions, ``--n-boot`` resamples), the share of Dice < 0.7 outlines
-   flagged, the share of all outlines flagged, mean absolute error
+   flagged (with its Wilson 95 % interval
+   ``(p + z²/2n ± z sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n)``, ``z = 1.96``: few
+   outlines are poor), the share of all outlines flagged, mean absolute error
    ``mean |predicted - true|``.
 
 Dice ``2|A∩B| / (|A| + |B|)``; an empty outline has Dice 0 and predicted Dice
@@ -125,6 +127,16 @@ def fit(t, catch: float) -> dict:
     }
 
 
+def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
+    """Wilson score 95 % interval of a proportion ``k / n`` (module docstring)."""
+    if n == 0:
+        return [float("nan"), float("nan")]
+    p = k / n
+    c = (p + z * z / (2 * n)) / (1 + z * z / n)
+    h = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [float(c - h), float(c + h)]
+
+
 def evaluate(t, rule, n_boot: int, seed: int) -> dict:
     """Spearman (bootstrap CI), poor outlines flagged, all flagged, MAE on one prompt's rows."""
     from segment_medsam import spearman
@@ -153,6 +165,7 @@ def evaluate(t, rule, n_boot: int, seed: int) -> dict:
         "n_dice_below_0.7": int(poor.sum()),
         "share_dice_below_0.7_flagged": float(flag[poor].mean()) if poor.any() else None,
         "n_dice_below_0.7_flagged": int(flag[poor].sum()),
+        "share_dice_below_0.7_flagged_wilson95": wilson(int(flag[poor].sum()), int(poor.sum())),
         "share_flagged": float(flag.mean()),
         "share_flagged_with_dice_at_least_0.7": float(flag[~poor].mean()),
     }

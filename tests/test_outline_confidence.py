@@ -315,8 +315,9 @@ def test_app_shows_the_flag_and_asks_to_check_before_analyse(browser, server, ca
         out = Path(os.environ.get("BUSCAD_SCREENSHOT_DIR") or tmp_path)
         out.mkdir(parents=True, exist_ok=True)
         page.evaluate("window.scrollTo(0, 0)")
-        Image.open(io.BytesIO(page.screenshot())).convert("RGB").save(
-            out / "app-outline-flagged.png"
+        img = Image.open(io.BytesIO(page.screenshot())).convert("RGB")
+        img.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(
+            out / "app-outline-flagged.png", optimize=True
         )
         page.click("#accept-outline")
         page.wait_for_selector("#outline-status:has-text('you checked and accepted')")
