@@ -216,6 +216,30 @@ def test_box_outline_beats_the_box_ellipse(converted: Path, tmp_path: Path) -> N
         seg.predict(gray)
 
 
+def test_litemedsam_outlines_carry_the_packaged_predicted_dice(converted: Path, tmp_path: Path):
+    """add_medsam copies the packaged calibration into segmenter.json; outlines get its estimate."""
+    from buscad.segment.medsam import default_confidence, iou_to_dice
+
+    rule = default_confidence()
+    if rule is None:
+        pytest.skip("no packaged calibration (benchmarks/segment_confidence.py --write)")
+    folder = add_medsam(tmp_path / "seg", carry=True, source=converted)
+    spec = json.loads((folder / "segmenter.json").read_text())
+    assert spec["litemedsam"]["confidence"]["threshold"] == rule.threshold
+    seg = Segmenter.load(folder)
+    gray, truth = _lobulated((240, 320))
+    box = mask_box(truth)
+    good = seg.predict(gray, box=box).candidates[0]
+    want = float(np.interp(iou_to_dice(good.confidence), rule.knots_x, rule.knots_y))
+    assert good.predicted_dice == pytest.approx(want)
+    assert good.flagged == (want < rule.threshold)
+    # a box far off the lesion: a worse outline and no higher predicted Dice
+    h, w = gray.shape
+    off = seg.predict(gray, box=(0, 0, w // 4, h // 4)).candidates
+    if off:
+        assert off[0].predicted_dice <= good.predicted_dice
+
+
 def test_redrawn_box_reruns_only_the_decoder(converted: Path, tmp_path: Path) -> None:
     sam = MedSAM(converted, threads=1, cache_size=2)
     calls = {"encoder": 0}

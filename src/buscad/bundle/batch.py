@@ -334,6 +334,8 @@ def score_items(
                     "cautions": "; ".join(pred.cautions),
                     "roi_source": pred.roi_source,
                     "roi_confidence": getattr(pred, "roi_confidence", None),
+                    "predicted_dice": getattr(pred, "predicted_dice", None),
+                    "outline_flagged": "yes" if getattr(pred, "outline_flagged", False) else "no",
                     **({"roi": " ".join(map(str, pred.roi))} if keyed else {}),
                     **{f"p_{n}": v for n, v in pred.model_scores.items() if n != "deep"},
                     **(
@@ -392,6 +394,8 @@ def row_columns(b: Any) -> list[str]:
         "cautions",
         "roi_source",
         "roi_confidence",
+        "predicted_dice",
+        "outline_flagged",
         "roi",
         *(f"p_{n}" for n in models),
         "skipped_models",

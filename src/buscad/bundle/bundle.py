@@ -42,7 +42,10 @@ Automatic ROI: a bundle with a segmenter (:mod:`buscad.segment`, ONNX Runtime on
 no PyTorch) outlines the lesion itself when no mask is given: box-prompted when a
 box is given (``roi_source = "box"``), automatic otherwise (``roi_source = "auto"``,
 the most confident candidate). The outline's confidence (mean lesion probability
-inside it) is in the prediction, and radiomics reads the predicted outline. When
+inside it, or LiteMedSAM's IoU-head estimate) is in the prediction with, for
+LiteMedSAM outlines, the calibrated predicted Dice (``predicted_dice``) and
+``outline_flagged`` (predicted Dice below the calibration's threshold: a caution
+asks the user to check or redraw it), and radiomics reads the predicted outline. When
 no lesion is found, the box (if any) or the whole image is read and a note says so.
 
 Knowing when not to answer (:mod:`buscad.bundle.safety`, docs/safety.md): ``bundle.json``
@@ -70,7 +73,7 @@ from typing import Any
 
 import numpy as np
 
-from buscad.bundle.types import Prediction, likelihood_band
+from buscad.bundle.types import Outline, Prediction, likelihood_band
 from buscad.errors import MaskError, ModelFileError
 from buscad.labels import inputs_text
 from buscad.utils import atomic_write_json, atomic_write_text
@@ -423,6 +426,9 @@ class _Prepared:
     crop: np.ndarray
     timings: dict[str, float]
     found: bool | None = None
+    predicted_dice: float | None = None
+    outline_flagged: bool = False
+    flag_threshold: float | None = None
 
 
 class Bundle:
@@ -603,13 +609,13 @@ class Bundle:
             self._segmenter = Segmenter.load(folder, backend="onnx", threads=self._num_threads)
         return self._segmenter
 
-    def outline(
-        self, gray: np.ndarray, box: tuple[int, int, int, int] | None = None
-    ) -> tuple[np.ndarray | None, float | None, str | None]:
-        """The segmenter's outline: ``(mask or None, confidence, note)``.
+    def outline(self, gray: np.ndarray, box: tuple[int, int, int, int] | None = None) -> Outline:
+        """The segmenter's outline (:class:`~buscad.bundle.types.Outline`).
 
-        Box-prompted when ``box`` is given, else automatic (the most confident
-        candidate); ``mask`` is None when no lesion is found, with a note saying so.
+        It unpacks as ``(mask or None, confidence, note)`` and carries
+        ``predicted_dice`` and ``flagged`` (LiteMedSAM outlines). Box-prompted when
+        ``box`` is given, else automatic (the most confident candidate); ``mask`` is
+        None when no lesion is found, with a note saying so.
         The one outline path: :meth:`predict` reads this outline when no mask is
         given, and the web app's ``POST /api/outline`` shows it to the user first.
         Thread-safe (one inference at a time).
@@ -620,7 +626,7 @@ class Bundle:
             res = self.segmenter.predict(to_uint8(gray), box=box)
         if not res.found:
             where = "in the box" if box is not None else "in the image"
-            return None, None, f"no lesion found {where} by the segmenter"
+            return Outline(None, None, f"no lesion found {where} by the segmenter")
         best = res.candidates[0]
         note = None
         if len(res.candidates) > 1:
@@ -628,7 +634,21 @@ class Bundle:
                 f"the segmenter found {len(res.candidates)} candidate lesions; the most "
                 f"confident ({best.confidence:.2f}) is outlined"
             )
-        return best.mask.astype(bool), float(best.confidence), note
+        pd = best.predicted_dice
+        return Outline(
+            best.mask.astype(bool),
+            float(best.confidence),
+            note,
+            None if pd is None else float(pd),
+            bool(best.flagged),
+            self.outline_threshold,
+        )
+
+    @property
+    def outline_threshold(self) -> float | None:
+        """The segmenter's flag threshold on the predicted Dice (None: no calibration)."""
+        rule = getattr(getattr(self.segmenter, "box_model", None), "confidence", None)
+        return None if rule is None else float(rule.threshold)
 
     def _roi(
         self, gray: np.ndarray, mask: np.ndarray | None, box: tuple[int, int, int, int] | None
@@ -826,9 +846,11 @@ class Bundle:
         notes: list[str] = []
         outline = None
         timings: dict[str, float] = {}
+        checked = Outline(None, None, None)
         if mask is None and auto_roi and self.has_segmenter:
             t = time.perf_counter()
-            outline, confidence, note = self.outline(g, box)
+            checked = self.outline(g, box)
+            outline, confidence, note = checked
             timings["segment"] = (time.perf_counter() - t) * 1000
             if note and outline is None:
                 fallback = "the box" if box is not None else "the whole image"
@@ -846,7 +868,21 @@ class Bundle:
         crop = resize(g[y0:y1, x0:x1], self.pre.input_size)
         timings = {"preprocess": (time.perf_counter() - t0) * 1000, **timings}
         found = (outline is not None) if "segment" in timings else None
-        return _Prepared(g, roi, source, read, outline, confidence, notes, crop, timings, found)
+        return _Prepared(
+            g,
+            roi,
+            source,
+            read,
+            outline,
+            confidence,
+            notes,
+            crop,
+            timings,
+            found,
+            checked.predicted_dice if outline is not None else None,
+            checked.flagged and outline is not None,
+            checked.threshold,
+        )
 
     def _finish(
         self,
@@ -894,6 +930,8 @@ class Bundle:
             roi=(int(x0), int(y0), int(x1), int(y1)),
             roi_source=prep.source,
             roi_confidence=prep.confidence,
+            predicted_dice=prep.predicted_dice,
+            outline_flagged=prep.outline_flagged,
             notes=prep.notes,
             outline=prep.outline,
             heatmap=hm,
@@ -920,9 +958,10 @@ class Bundle:
         ratio > 1), or the segmenter found no lesion in the image. Unreliable: text burned
         in over or near the region read (:func:`buscad.data.quality.text_near`), the
         Grad-CAM peak on text or outside the lesion outline, the whole image read without
-        an outline, or no lesion found inside the box drawn (the box is read as drawn).
+        an outline, no lesion found inside the box drawn (the box is read as drawn), or
+        the segmenter's outline flagged as poor (predicted Dice below its threshold).
         """
-        from buscad.bundle.safety import ood_text
+        from buscad.bundle.safety import flagged_outline_text, ood_text
         from buscad.data import quality
 
         withhold: list[str] = []
@@ -942,6 +981,8 @@ class Bundle:
             withhold.append("no lesion found in the image by the segmenter")
         elif prep.source == "whole":
             soft.append("no lesion was outlined: the whole image was read")
+        if prep.outline_flagged and prep.predicted_dice is not None:
+            soft.append(flagged_outline_text(prep.predicted_dice, prep.flag_threshold))
         # only the region read and its surroundings are searched for text (cheap per image)
         boxes = quality.text_boxes(prep.gray, None if prep.source == "whole" else prep.roi)
         near = quality.text_near(boxes, prep.roi)

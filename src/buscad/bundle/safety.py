@@ -330,6 +330,20 @@ def ood_text(ratio: float) -> str:
     )
 
 
+def flagged_outline_text(
+    predicted_dice: float, threshold: float | None = None, accepted: bool = False
+) -> str:
+    """The caution of a flagged outline: its predicted Dice under the flag threshold.
+
+    ``accepted``: the user saw the flag and accepted the outline (the web app).
+    """
+    below = "" if threshold is None else f", below {threshold:.2f}"
+    head = f"the segmenter's outline may be wrong (predicted Dice {predicted_dice:.2f}{below})"
+    if accepted:
+        return f"{head}; the user checked and accepted it"
+    return f"{head}: check the outline or redraw the box before trusting the result"
+
+
 def with_image_checks(pred: Prediction, meta: Any) -> Prediction:
     """``pred`` with the checks only the file can tell: a colour (Doppler) image withholds the call.
 

@@ -8,6 +8,7 @@ score, the region used, and optionally a heatmap in full-image coordinates.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -93,16 +94,29 @@ def band_text(band: LikelihoodBand) -> str:
     return f"{band.category} ({band.text})"
 
 
-def roi_text(source: str, confidence: float | None = None, accepted: bool = False) -> str:
+def roi_text(
+    source: str,
+    confidence: float | None = None,
+    accepted: bool = False,
+    predicted_dice: float | None = None,
+    flagged: bool = False,
+) -> str:
     """Where the region the models read came from, in the words every screen uses.
 
     ``source`` is :attr:`Prediction.roi_source`; ``confidence`` the segmenter's
     (None: no outline was predicted); ``accepted``: the user saw the segmenter's
     outline and accepted it (:attr:`Prediction.roi_accepted`). E.g. ``"the lesion
     outlined automatically by the bundle's segmenter (confidence 0.87), accepted
-    by the user"``.
+    by the user"``. With ``predicted_dice`` (a LiteMedSAM outline) the parenthesis
+    gives it, e.g. ``"(confidence 0.93, predicted Dice 0.95)"``, and ``flagged``
+    adds ``"flagged: check or redraw"``.
     """
-    conf = "" if confidence is None else f" (confidence {confidence:.2f})"
+    parts = [] if confidence is None else [f"confidence {confidence:.2f}"]
+    if predicted_dice is not None:
+        parts.append(f"predicted Dice {predicted_dice:.2f}")
+    if flagged:
+        parts.append("flagged: check or redraw")
+    conf = f" ({', '.join(parts)})" if parts else ""
     seen = ", accepted by the user" if accepted else ", not shown to the user before the analysis"
     if source == "mask":
         return "the lesion mask given with the image (drawn by a person)"
@@ -240,7 +254,15 @@ class Prediction:
         (the given box, or the segmenter's outline inside it) or ``whole`` (the whole image).
     roi_confidence : float or None
         The segmenter's confidence in its outline (mean lesion probability inside
-        it, in [0, 1]); None when no outline was predicted.
+        it, or LiteMedSAM's IoU-head estimate, in [0, 1]); None when no outline was
+        predicted.
+    predicted_dice : float or None
+        The outline's predicted Dice with the true lesion (calibrated LiteMedSAM
+        IoU head, :class:`buscad.segment.medsam.OutlineConfidence`); None when no
+        outline was predicted or the segmenter has no calibrated estimate.
+    outline_flagged : bool
+        ``predicted_dice`` is below the calibration's flag threshold: the outline
+        should be checked or redrawn (a caution says so).
     roi_accepted : bool
         The segmenter's outline (``roi_source`` ``auto`` or ``box``) was shown to the
         user, who accepted it before the models read it (the web app's outline on
@@ -290,6 +312,8 @@ class Prediction:
     roi: tuple[int, int, int, int] = (0, 0, 0, 0)
     roi_source: str = "whole"
     roi_confidence: float | None = None
+    predicted_dice: float | None = None
+    outline_flagged: bool = False
     roi_accepted: bool = False
     notes: list[str] = field(default_factory=list)
     outline: np.ndarray | None = None
@@ -377,7 +401,13 @@ class Prediction:
     @property
     def roi_text(self) -> str:
         """Where the region read came from, in words (:func:`roi_text`)."""
-        return roi_text(self.roi_source, self.roi_confidence, self.roi_accepted)
+        return roi_text(
+            self.roi_source,
+            self.roi_confidence,
+            self.roi_accepted,
+            self.predicted_dice,
+            self.outline_flagged,
+        )
 
     def text(self) -> str:
         """One line: the banner, then the headline (:func:`assessment_text`)."""
@@ -428,6 +458,40 @@ class Predictor(Protocol):
         ...
 
 
+@dataclass
+class Outline:
+    """A segmenter's outline of one image (:meth:`buscad.bundle.Bundle.outline`).
+
+    Unpacks as ``mask, confidence, note = outline``.
+
+    Attributes
+    ----------
+    mask : numpy.ndarray or None
+        Boolean ``(H, W)``; None when no lesion was found.
+    confidence : float or None
+        The segmenter's confidence (mean probability inside, or LiteMedSAM's IoU head).
+    note : str or None
+        What the user should know (no lesion found, several candidates).
+    predicted_dice : float or None
+        Calibrated predicted Dice (LiteMedSAM outlines), else None.
+    flagged : bool
+        ``predicted_dice`` below ``threshold``: check or redraw the outline.
+    threshold : float or None
+        The flag threshold of the segmenter's calibration.
+    """
+
+    mask: np.ndarray | None
+    confidence: float | None
+    note: str | None
+    predicted_dice: float | None = None
+    flagged: bool = False
+    threshold: float | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        """``mask, confidence, note``."""
+        return iter((self.mask, self.confidence, self.note))
+
+
 class Outliner(Protocol):
     """What a predictor with a lesion segmenter adds (:class:`buscad.bundle.Bundle` has it).
 
@@ -438,8 +502,6 @@ class Outliner(Protocol):
 
     has_segmenter: bool
 
-    def outline(
-        self, gray: np.ndarray, box: tuple[int, int, int, int] | None = None
-    ) -> tuple[np.ndarray | None, float | None, str | None]:
-        """``(mask or None, confidence, note)``: box-prompted with a box, else automatic."""
+    def outline(self, gray: np.ndarray, box: tuple[int, int, int, int] | None = None) -> Outline:
+        """:class:`Outline` (unpacks as ``mask, confidence, note``): box-prompted with a box, else automatic."""
         ...

@@ -100,12 +100,22 @@ class Candidate:
     mask : numpy.ndarray
         Boolean ``(H, W)`` outline of this candidate.
     confidence : float
-        Mean lesion probability inside ``mask``.
+        Mean lesion probability inside ``mask`` (U-Net), or LiteMedSAM's IoU-head
+        estimate for a LiteMedSAM outline.
+    predicted_dice : float or None
+        The outline's predicted Dice with the true lesion (LiteMedSAM outlines:
+        :class:`buscad.segment.medsam.OutlineConfidence`); None when the outline
+        has no calibrated estimate (the U-Net's own outlines).
+    flagged : bool
+        ``predicted_dice`` is below the calibration's flag threshold: the user
+        should check or redraw the outline. Always False without ``predicted_dice``.
     """
 
     box: Box
     mask: np.ndarray
     confidence: float
+    predicted_dice: float | None = None
+    flagged: bool = False
 
     @property
     def area(self) -> int:

@@ -79,6 +79,19 @@ def train_cmd(
     typer.echo(f"trained on {len(items)} images ({hist['steps']} steps); wrote {out}")
 
 
+def _outline_line(cands: list) -> str:
+    """``"1 lesion(s); predicted Dice 0.93"`` (the best candidate's), ``"; FLAGGED: check or redraw"``."""
+    line = f"{len(cands)} lesion(s)"
+    best = cands[0]
+    if best.predicted_dice is not None:
+        line += f"; predicted Dice {best.predicted_dice:.2f}"
+    else:
+        line += f"; confidence {best.confidence:.2f}"
+    if best.flagged:
+        line += "; FLAGGED: check the outline or redraw the box"
+    return line
+
+
 @segment_app.command("predict")
 def predict_cmd(
     model: Path = typer.Option(..., "--model", help="Segmenter folder or file."),
@@ -122,7 +135,15 @@ def predict_cmd(
                 morph = describe(c.mask, meta.pixel_spacing_mm).as_dict()
             except BuscadError:
                 morph = None
-            cands.append({"box": list(c.box), "confidence": c.confidence, "morphology": morph})
+            cands.append(
+                {
+                    "box": list(c.box),
+                    "confidence": c.confidence,
+                    "predicted_dice": c.predicted_dice,
+                    "outline_flagged": c.flagged,
+                    "morphology": morph,
+                }
+            )
         results.append(
             {
                 "image": str(path),
@@ -133,7 +154,7 @@ def predict_cmd(
                 "candidates": cands,
             }
         )
-        typer.echo(f"{path}: {'no lesion found' if not r.found else f'{len(cands)} lesion(s)'}")
+        typer.echo(f"{path}: {_outline_line(r.candidates) if r.found else 'no lesion found'}")
     atomic_write_json(out / "results.json", {"results": results, "skipped": skipped})
 
 

@@ -29,7 +29,13 @@ converted graphs in the cache by SHA-256 (``"litemedsam"`` in the JSON). Then
 every box-prompted outline (a user's box, and the refinement of each automatic
 candidate) is LiteMedSAM's: the thresholded logits' connected component that
 overlaps the box most, holes filled, with the decoder's IoU estimate as its
-confidence. The image embedding is cached per image, so a redrawn box reruns
+confidence, and its calibrated predicted Dice
+(:class:`buscad.segment.medsam.OutlineConfidence`; the JSON's
+``litemedsam.confidence`` when present, else the packaged calibration) sets
+``Candidate.predicted_dice`` and ``Candidate.flagged`` (predicted Dice below the
+calibration's threshold: check or redraw). The U-Net's own outlines keep their
+mean-probability confidence with no predicted Dice and are never flagged: that
+number is not a Dice estimate. The image embedding is cached per image, so a redrawn box reruns
 only the decoder. A folder with LiteMedSAM alone (``arch = "LiteMedSAM"``, no
 U-Net) outlines boxes only.
 
@@ -102,6 +108,10 @@ def _load_box_model(jpath: Path, spec: dict, threads: int | None) -> MedSAM | No
     for name in (ENCODER_NAME, DECODER_NAME):
         if want.get(name) and want[name] != model.manifest["sha256"][name]:
             raise ModelFileError(folder / name, f"SHA-256 does not match {jpath.name}")
+    if (ref or {}).get("confidence") is not None:
+        from buscad.segment.medsam import OutlineConfidence
+
+        model.confidence = OutlineConfidence.from_dict(ref["confidence"], jpath)
     return model
 
 
@@ -154,6 +164,11 @@ def add_medsam(
         "carried": bool(carry),
         "sha256": {n: doc["sha256"][n] for n in (ENCODER_NAME, DECODER_NAME)},
     }
+    from buscad.segment.medsam import default_confidence
+
+    rule = default_confidence(doc.get("checkpoint_sha256"))
+    if rule is not None:  # the predicted-Dice calibration travels with the segmenter
+        spec["litemedsam"]["confidence"] = rule.doc
     atomic_write_json(jpath, spec)
     return out
 
@@ -339,7 +354,12 @@ class Segmenter:
             prob = sigmoid(logit)
         else:
             prob, _ = self._prob(norm, box)
-        return prob, box_candidate(prob, bx, self.config.threshold, iou)
+        cand = box_candidate(prob, bx, self.config.threshold, iou)
+        rule = getattr(self.box_model, "confidence", None)
+        if iou is not None and rule is not None and cand.mask.any():
+            cand.predicted_dice = rule.predicted_dice(iou)
+            cand.flagged = rule.flagged(cand.predicted_dice)
+        return prob, cand
 
     def predict(
         self,
@@ -401,7 +421,11 @@ class Segmenter:
             refined = []
             for c in cands:
                 _, r = self._box_outline(norm, c.box, gray)
-                refined.append(Candidate(r.box, r.mask, c.confidence) if r.mask.any() else c)
+                refined.append(
+                    Candidate(r.box, r.mask, c.confidence, r.predicted_dice, r.flagged)
+                    if r.mask.any()
+                    else c
+                )
             cands = refined
         mask = np.zeros((h, w), bool)
         for c in cands:

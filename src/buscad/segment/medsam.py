@@ -26,6 +26,17 @@ The image embedding ``(1, 256, 64, 64)`` is computed once per image
 SHA-256) and reused: a redrawn box reruns only the decoder. The decoder's IoU
 head (its own estimate of the outline's IoU with the truth) is the outline's
 confidence.
+
+Predicted Dice (:class:`OutlineConfidence`): the IoU head's estimate ``u``
+becomes a Dice, ``d = 2 u / (1 + u)`` (the identity ``Dice = 2 IoU / (1 + IoU)``
+of one mask pair), then a monotone calibration ``f`` (isotonic regression of the
+true Dice on ``d``, stored as the knots of a piecewise-linear function) gives the
+predicted Dice ``f(d)``; an outline is *flagged* (check or redraw it) when
+``f(d) < threshold``. Both were fitted on BUSI lesions with expert and jittered
+boxes (``benchmarks/segment_confidence.py``) and are read from
+``buscad/resources/litemedsam_confidence.json`` (or a segmenter JSON's
+``litemedsam.confidence``), valid for the LiteMedSAM checkpoint whose SHA-256
+they name (any conversion of it: the graphs match PyTorch to 1e-4).
 """
 
 from __future__ import annotations
@@ -58,6 +69,100 @@ MANIFEST_NAME = "litemedsam.json"
 
 #: Format written in :data:`MANIFEST_NAME`.
 FORMAT = "buscad-litemedsam"
+
+
+#: Package file of the predicted-Dice calibration and flag threshold (JSON).
+CONFIDENCE_FILE = Path(__file__).resolve().parents[1] / "resources" / "litemedsam_confidence.json"
+
+#: Format written in :data:`CONFIDENCE_FILE`.
+CONFIDENCE_FORMAT = "buscad-litemedsam-confidence"
+
+
+def iou_to_dice(iou: float | np.ndarray) -> float | np.ndarray:
+    """``2 u / (1 + u)``: the Dice of a mask pair whose IoU is ``u`` (``u`` clipped to [0, 1])."""
+    u = np.clip(np.asarray(iou, np.float64), 0.0, 1.0)
+    d = 2 * u / (1 + u)
+    return float(d) if d.ndim == 0 else d
+
+
+@dataclass
+class OutlineConfidence:
+    """Predicted Dice of a LiteMedSAM outline from its IoU head, and the flag rule.
+
+    ``predicted_dice(u) = interp(2 u / (1 + u), knots_x, knots_y)`` (piecewise
+    linear, constant beyond the end knots); ``flagged(p) = p < threshold``.
+
+    Attributes
+    ----------
+    knots_x, knots_y : list of float
+        Increasing inputs (IoU-head Dice) and non-decreasing outputs (Dice).
+    threshold : float
+        Outlines whose predicted Dice is below it are flagged.
+    doc : dict
+        The whole JSON (provenance: cohort, protocol, decoder SHA-256).
+    """
+
+    knots_x: list[float]
+    knots_y: list[float]
+    threshold: float
+    doc: dict
+
+    @classmethod
+    def from_dict(
+        cls, doc: dict, where: str | os.PathLike[str] = "confidence"
+    ) -> OutlineConfidence:
+        """Read and check a calibration dict (:data:`CONFIDENCE_FORMAT`).
+
+        Raises
+        ------
+        ModelFileError
+            Wrong format, unequal or non-monotone knots, or a threshold outside [0, 1].
+        """
+        try:
+            if doc.get("format") != CONFIDENCE_FORMAT:
+                raise ValueError(f"format must be {CONFIDENCE_FORMAT!r}")
+            x = [float(v) for v in doc["knots_x"]]
+            y = [float(v) for v in doc["knots_y"]]
+            t = float(doc["threshold"])
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise ModelFileError(where, f"not an outline-confidence calibration ({exc})") from exc
+        if len(x) != len(y) or len(x) < 2 or np.any(np.diff(x) <= 0) or np.any(np.diff(y) < 0):
+            raise ModelFileError(
+                where, "calibration knots must be increasing, equal in number (>= 2)"
+            )
+        if not 0.0 <= t <= 1.0:
+            raise ModelFileError(where, f"flag threshold {t} is outside [0, 1]")
+        return cls(x, y, t, doc)
+
+    @classmethod
+    def read(cls, path: str | os.PathLike[str] = CONFIDENCE_FILE) -> OutlineConfidence:
+        """:meth:`from_dict` of a JSON file."""
+        try:
+            doc = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise ModelFileError(path, f"cannot read the outline-confidence JSON ({exc})") from exc
+        return cls.from_dict(doc, path)
+
+    def predicted_dice(self, iou: float) -> float:
+        """``interp(2 u / (1 + u))`` of the IoU head's estimate ``u``."""
+        return float(np.interp(iou_to_dice(iou), self.knots_x, self.knots_y))
+
+    def flagged(self, predicted_dice: float) -> bool:
+        """``predicted_dice < threshold``."""
+        return bool(predicted_dice < self.threshold)
+
+
+def default_confidence(
+    checkpoint_sha256: str | None = CHECKPOINT_SHA256,
+) -> OutlineConfidence | None:
+    """The packaged calibration; None when absent or fitted for another checkpoint than ``checkpoint_sha256``."""
+    if not CONFIDENCE_FILE.is_file():
+        return None
+    conf = OutlineConfidence.read(CONFIDENCE_FILE)
+    want = conf.doc.get("checkpoint_sha256")
+    if checkpoint_sha256 and want and want != checkpoint_sha256:
+        return None
+    return conf
 
 
 def default_folder() -> Path:
@@ -246,6 +351,10 @@ class MedSAM:
         self.decoder = _session(self.folder / DECODER_NAME, threads)
         self.cache_size = int(cache_size)
         self._cache: OrderedDict[str, Embedding] = OrderedDict()
+        #: Predicted Dice and flag rule (:func:`default_confidence` for this checkpoint).
+        self.confidence: OutlineConfidence | None = default_confidence(
+            self.manifest.get("checkpoint_sha256")
+        )
 
     @property
     def model_hash(self) -> str:
@@ -332,9 +441,12 @@ __all__ = [
     "CHECKPOINT_SHA256",
     "Embedding",
     "MedSAM",
+    "OutlineConfidence",
+    "default_confidence",
     "default_folder",
     "gray_uint8",
     "image_key",
+    "iou_to_dice",
     "postprocess",
     "preprocess",
     "read_manifest",

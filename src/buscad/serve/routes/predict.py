@@ -56,7 +56,10 @@ async def outline(request: Request, state: CaseScreen) -> JSONResponse:
     (:meth:`buscad.bundle.Bundle.outline`). ``found`` is false ("no lesion found")
     when there is none. Otherwise: ``polygons`` (outer contours, ``[[x, y], ...]``
     in image pixels), ``box`` (the outline's ``x0,y0,x1,y1``), ``confidence`` (mean
-    lesion probability inside it), ``mask_png`` (base64 binary PNG of the image's
+    lesion probability inside it, or LiteMedSAM's IoU-head estimate),
+    ``predicted_dice`` (calibrated, LiteMedSAM outlines; else null),
+    ``outline_flagged`` (predicted Dice below ``flag_threshold``: the app asks the
+    user to check or redraw the outline before Analyse), ``mask_png`` (base64 binary PNG of the image's
     size) and ``outline_token``. To analyse the outline the user accepted, send
     ``mask_png`` as ``mask`` with ``outline_token`` to ``/api/predict`` or
     ``/api/report``: the result records it as the segmenter's outline accepted by
@@ -69,7 +72,8 @@ async def outline(request: Request, state: CaseScreen) -> JSONResponse:
     img = await state.run_decode(imaging.decode_image, form.image, state.max_bytes)
     box = imaging.parse_box(form.box, img.shape)
     t0 = time.perf_counter()
-    mask, confidence, note = await state.run_outline(img.gray, box)
+    res = await state.run_outline(img.gray, box)
+    mask, confidence, note = res
     seg_ms = (time.perf_counter() - t0) * 1000
     mode = "box" if box is not None else "auto"
     h, w = img.shape
@@ -78,6 +82,9 @@ async def outline(request: Request, state: CaseScreen) -> JSONResponse:
         "mode": mode,
         "prompt_box": list(box) if box is not None else None,
         "confidence": None,
+        "predicted_dice": None,
+        "outline_flagged": False,
+        "flag_threshold": getattr(res, "threshold", None),
         "box": None,
         "area_px": 0,
         "polygons": [],
@@ -96,11 +103,20 @@ async def outline(request: Request, state: CaseScreen) -> JSONResponse:
         conf = float(confidence) if confidence is not None else 0.0
         d.update(
             confidence=conf,
+            predicted_dice=getattr(res, "predicted_dice", None),
+            outline_flagged=bool(getattr(res, "flagged", False)),
             box=[int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1],
             area_px=int(mask.sum()),
             polygons=polys,
             mask_png=_b64(png),
-            outline_token=state.outline_token(img.gray, mask, mode, conf),
+            outline_token=state.outline_token(
+                img.gray,
+                mask,
+                mode,
+                conf,
+                getattr(res, "predicted_dice", None),
+                bool(getattr(res, "flagged", False)),
+            ),
         )
     return JSONResponse(_clean(d), headers=_no_store())
 

@@ -30,7 +30,7 @@ from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from buscad.bundle.types import Prediction, Predictor
+from buscad.bundle.types import Outline, Prediction, Predictor
 from buscad.errors import BuscadError
 from buscad.serve import imaging
 from buscad.serve.imaging import UploadError
@@ -48,7 +48,7 @@ OUTLINE_UNAVAILABLE = (
     "draw a box, upload a mask or read the whole image"
 )
 #: An outline token: ``mode.confidence.hmac`` (:meth:`AppState.outline_token`).
-_TOKEN_RE = re.compile(r"(auto|box)\.([01]\.\d{6})\.([0-9a-f]{64})")
+_TOKEN_RE = re.compile(r"(auto|box)\.([01]\.\d{6})((?:\.[01]\.\d{6}\.[01])?)\.([0-9a-f]{64})")
 
 
 class _MemoryMultiPartParser(MultiPartParser):
@@ -316,9 +316,7 @@ class AppState:
         if not self.outline_available:
             raise UploadError(409, OUTLINE_UNAVAILABLE)
 
-    async def run_outline(
-        self, gray: np.ndarray, box: tuple[int, int, int, int] | None
-    ) -> tuple[np.ndarray | None, float | None, str | None]:
+    async def run_outline(self, gray: np.ndarray, box: tuple[int, int, int, int] | None) -> Outline:
         """The predictor's outline (:meth:`buscad.bundle.Bundle.outline`) off the event loop."""
         loop = asyncio.get_running_loop()
         outline = self.predictor.outline  # type: ignore[attr-defined]
@@ -338,22 +336,33 @@ class AppState:
         return h.hexdigest()
 
     def outline_token(
-        self, gray: np.ndarray, mask: np.ndarray, mode: str, confidence: float
+        self,
+        gray: np.ndarray,
+        mask: np.ndarray,
+        mode: str,
+        confidence: float,
+        predicted_dice: float | None = None,
+        flagged: bool = False,
     ) -> str:
         """A token saying this mask is the segmenter's outline (``mode``) of this image.
 
-        ``mode.confidence.hmac``: an HMAC-SHA256, under a key that lives only in
-        this process, of the image's pixels, the mask, the mode and the confidence.
+        ``mode.confidence.hmac``, or ``mode.confidence.predicted_dice.flag.hmac``
+        when the outline has a predicted Dice (flag ``1``: flagged): an
+        HMAC-SHA256, under a key that lives only in this process, of the image's
+        pixels, the mask, the mode, the confidence and the predicted Dice and flag.
         Nothing is stored: the client sends the mask back with the token when the
         user accepts the outline, and :meth:`check_outline_token` recomputes it.
         """
         conf = f"{min(max(float(confidence), 0.0), 1.0):.6f}"
+        if predicted_dice is not None:
+            pd = min(max(float(predicted_dice), 0.0), 1.0)
+            conf += f".{pd:.6f}.{int(bool(flagged))}"
         return f"{mode}.{conf}.{self._outline_mac(gray, mask, mode, conf)}"
 
     def check_outline_token(
         self, token: str, gray: np.ndarray, mask: np.ndarray
-    ) -> tuple[str, float]:
-        """``(mode, confidence)`` of a valid outline token for this image and mask.
+    ) -> tuple[str, float, float | None, bool]:
+        """``(mode, confidence, predicted Dice or None, flagged)`` of a valid outline token.
 
         Raises
         ------
@@ -363,14 +372,17 @@ class AppState:
         m = _TOKEN_RE.fullmatch(token.strip())
         if m is None:
             raise UploadError(422, "outline_token is not an outline token of POST /api/outline")
-        mode, conf, mac = m.groups()
-        if not hmac.compare_digest(mac, self._outline_mac(gray, mask, mode, conf)):
+        mode, conf, extra, mac = m.groups()
+        if not hmac.compare_digest(mac, self._outline_mac(gray, mask, mode, conf + extra)):
             raise UploadError(
                 422,
                 "outline_token does not match this image and mask (edited, another image, or "
                 "the server restarted): outline the image again",
             )
-        return mode, float(conf)
+        if not extra:
+            return mode, float(conf), None, False
+        pd, flag = extra[1:].rsplit(".", 1)
+        return mode, float(conf), float(pd), flag == "1"
 
     def require_case_screen(self) -> None:
         """403 while the open case screen is off (a reader study is served)."""
@@ -439,7 +451,9 @@ class AppState:
 
         A mask sent with a valid ``outline_token`` is the segmenter's outline, accepted
         by the user: the prediction reads it as a mask and records it as the outline
-        (``roi_source`` ``auto`` or ``box``, its confidence, ``roi_accepted``).
+        (``roi_source`` ``auto`` or ``box``, its confidence, predicted Dice and flag,
+        ``roi_accepted``); a flagged outline keeps its caution, saying the user
+        accepted it.
         ``auto_outline=false`` stops a predictor with a segmenter from outlining
         the lesion itself (the box or the whole image is read as drawn).
         """
@@ -463,9 +477,22 @@ class AppState:
         if accepted is not None:
             import dataclasses
 
-            mode, conf = accepted
+            from buscad.bundle.safety import flagged_outline_text
+
+            mode, conf, pd, flagged = accepted
+            cautions = list(pred.cautions)
+            if flagged and pd is not None:
+                thr = getattr(self.predictor, "outline_threshold", None)
+                cautions.append(flagged_outline_text(pd, thr, accepted=True))
             pred = dataclasses.replace(
-                pred, roi_source=mode, roi_confidence=conf, roi_accepted=True, outline=mask
+                pred,
+                roi_source=mode,
+                roi_confidence=conf,
+                predicted_dice=pd,
+                outline_flagged=flagged,
+                roi_accepted=True,
+                outline=mask,
+                cautions=cautions,
             )
         from buscad.bundle.safety import with_image_checks
 

@@ -4,7 +4,8 @@
 const $ = (id) => document.getElementById(id);
 const state = { file: null, box: null, natural: null, drag: null, info: null, maskEdge: null,
   // the segmenter's outline proposed for this image ({polygons, token, maskBlob, confidence,
-  // mode, accepted}); outlineSeq drops answers that arrive after the case changed
+  // predictedDice, flagged, threshold, mode, accepted}); outlineSeq drops answers that arrive
+  // after the case changed
   outline: null, outlining: false, outlineSeq: 0, whole: false };
 const OUTLINE_COLOUR = "#00e5ff"; // buscad.serve.imaging.OUTLINE_RGB
 
@@ -85,19 +86,30 @@ function outlineText() {
   const o = state.outline;
   if (!o) return "";
   const where = o.mode === "box" ? "inside your box" : "automatic";
-  return "Outline (" + where + ", segmenter confidence " + o.confidence.toFixed(2) + ")" +
-    (o.accepted ? ": accepted; the models will read it." : ": proposed; accept it or redraw it.");
+  const conf = o.predictedDice != null
+    ? "predicted Dice " + o.predictedDice.toFixed(2)
+    : "segmenter confidence " + o.confidence.toFixed(2);
+  const head = "Outline (" + where + ", " + conf + ")";
+  if (o.flagged && !o.accepted) {
+    return head + ": FLAGGED, it may be wrong" +
+      (o.threshold != null ? " (predicted Dice below " + o.threshold.toFixed(2) + ")" : "") +
+      ". Check it against the lesion, or drag a box around the lesion to redraw it, before Analyse.";
+  }
+  if (o.flagged) return head + ": flagged; you checked and accepted it; the models will read it.";
+  return head + (o.accepted ? ": accepted; the models will read it." : ": proposed; accept it or redraw it.");
 }
 
 function updateOutlinePanel() {
   const panel = $("outline-panel");
   panel.hidden = !outlineAvailable() || !state.natural;
+  panel.classList.toggle("flagged", !!(state.outline && state.outline.flagged));
   $("outline-status").textContent = state.outlining ? "Outlining the lesion…"
     : state.outline ? outlineText()
     : state.whole ? "Whole image: the models will read the whole image."
     : state.outlineNote || "";
   $("accept-outline").disabled = !state.outline || state.outline.accepted;
-  $("accept-outline").textContent = state.outline && state.outline.accepted ? "Outline accepted" : "Accept outline";
+  $("accept-outline").textContent = state.outline && state.outline.accepted ? "Outline accepted"
+    : state.outline && state.outline.flagged ? "I checked it: accept outline" : "Accept outline";
   $("auto-outline").disabled = state.outlining || !state.file;
   $("whole-image").disabled = state.outlining || !state.file;
   updateAnalyse();
@@ -146,10 +158,17 @@ async function requestOutline(box) {
   } else if (res.found) {
     state.outline = {
       polygons: res.polygons, token: res.outline_token, confidence: res.confidence, mode: res.mode,
+      predictedDice: res.predicted_dice, flagged: !!res.outline_flagged, threshold: res.flag_threshold,
       maskBlob: b64Blob(res.mask_png, "image/png"), box: res.box, accepted: false,
     };
-    setMessage($("message"), "The lesion is outlined in cyan (dashed until you accept it). " +
-      "Accept the outline, or drag a box around the lesion to outline it again inside the box.");
+    if (res.outline_flagged) {
+      setMessage($("message"), "This outline is flagged as possibly wrong (predicted Dice " +
+        res.predicted_dice.toFixed(2) + "). Check it, or drag a box around the lesion to redraw it, " +
+        "before Analyse.", "error");
+    } else {
+      setMessage($("message"), "The lesion is outlined in cyan (dashed until you accept it). " +
+        "Accept the outline, or drag a box around the lesion to outline it again inside the box.");
+    }
   } else {
     state.outlineNote = box
       ? "No lesion found inside the box: the box itself will be read."
