@@ -32,14 +32,16 @@ from buscad.labels import input_label, inputs_text
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _pred(p: float = 0.3, threshold: float = 0.4, **kw) -> Prediction:
+def _pred(p: float = 0.3, threshold: float = 0.4, model: str = "deep", **kw) -> Prediction:
+    """A prediction whose headline (``primary_model``) is ``model``; the CNN scores 55% otherwise."""
+    scores = {"deep": p if model == "deep" else 0.55, "us": 0.7, "cldlr": None}
     return Prediction(
         ai_score=p,
-        primary_model="deep",
+        primary_model=model,
         threshold=threshold,
         decision="malignant" if p >= threshold else "benign",
         band=likelihood_band(p),
-        model_scores={"deep": p, "us": 0.7, "cldlr": None},
+        model_scores={**scores, model: p},
         skipped_models={"cldlr": "needs at least one of its inputs: Age (years)"},
         roi=(1, 2, 30, 40),
         roi_source="mask",
@@ -118,10 +120,21 @@ def test_other_models_sentence_when_they_disagree():
 @given(
     p=st.floats(0.0, 1.0, allow_nan=False),
     t=st.floats(0.001, 0.999, allow_nan=False),
+    model=st.sampled_from(["deep", "integrated", "outline", "us"]),
 )
-def test_band_and_call_never_contradict(p, t):
-    pred = _pred(p, t)
+def test_band_and_call_never_contradict(p, t, model):
+    from buscad.labels import model_label
+
+    # the headline may be the CNN or the study's headline model (bundle.json headline_model)
+    pred = _pred(p, t, model)
+    pred.model_thresholds = {n: 0.5 for n in ("deep", "us") if n != model}
     text = pred.assessment_text
+    assert text.startswith(f"AI assessment by the {model_label(model)}: ")
+    assert pred.to_json()["headline_model"] == model
+    others = pred.others_text
+    assert model_label(model) + " " not in others.split(". The headline")[0]  # never an "other"
+    if "disagree" in others:
+        assert others.endswith(f"The headline follows the {model_label(model)}.")
     band = likelihood_band(p).category
     assert text.count("likelihood band ") == 1 and f"likelihood band {band} (" in text
     assert ("AI call: flagged" in text) == (p >= t)

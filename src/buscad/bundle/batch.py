@@ -247,6 +247,7 @@ def score_items(
     from buscad.explain.heatmap import overlay, save_png
     from buscad.utils import atomic_write_json
 
+    named = names_headline(b)
     rows: list[dict[str, Any]] = []
     for start in range(0, len(items), max(1, batch_size)):
         chunk = items[start : start + max(1, batch_size)]
@@ -327,6 +328,7 @@ def score_items(
                 {
                     **head,
                     "ai_score": pred.ai_score,
+                    **({"headline_model": pred.primary_model} if named else {}),
                     "threshold": pred.threshold,
                     "decision": pred.decision,
                     "band": pred.band.category,
@@ -337,7 +339,7 @@ def score_items(
                     "predicted_dice": getattr(pred, "predicted_dice", None),
                     "outline_flagged": "yes" if getattr(pred, "outline_flagged", False) else "no",
                     **({"roi": " ".join(map(str, pred.roi))} if keyed else {}),
-                    **{f"p_{n}": v for n, v in pred.model_scores.items() if n != "deep"},
+                    **{f"p_{n}": v for n, v in pred.model_scores.items() if named or n != "deep"},
                     **(
                         {
                             "skipped_models": "; ".join(
@@ -380,13 +382,24 @@ def models_text(pred: Prediction) -> str:
 
 
 # ------------------------------------------------------------- resumable output
+def names_headline(b: Any) -> bool:
+    """Whether bundle ``b`` names a headline model other than the CNN (``headline_model``).
+
+    Its rows then say which model gave each image's ``ai_score`` (``headline_model``)
+    and keep the CNN's score as ``p_deep``; otherwise ``ai_score`` is the CNN's, as before.
+    """
+    return getattr(b, "headline_model", "deep") != "deep"
+
+
 def row_columns(b: Any) -> list[str]:
     """The fixed column order of a manifest run's rows for bundle ``b``."""
-    models = [n for n in getattr(b, "model_names", []) if n != "deep"]
+    named = names_headline(b)
+    models = [n for n in getattr(b, "model_names", []) if named or n != "deep"]
     return [
         "image_id",
         "image",
         "ai_score",
+        *(["headline_model"] if named else []),
         "threshold",
         "decision",
         "band",
@@ -567,6 +580,7 @@ __all__ = [
     "finish",
     "items_from_manifest",
     "models_text",
+    "names_headline",
     "predict_batch",
     "row_columns",
     "row_inputs",

@@ -35,8 +35,15 @@ skipped), the outline's geometry, smoothed shape and echo ratios computed from
 whatever outline the prediction uses (outline: :func:`computed_descriptors`), and
 the CNN's raw score plus the other models' inputs (integrated).
 Their probabilities are reported as the models give them, with each model's
-Youden threshold on its out-of-fold training scores; the AI score stays the
-calibrated CNN. A model that cannot run says why in ``skipped_models``.
+Youden threshold on its out-of-fold training scores. A model that cannot run says
+why in ``skipped_models``.
+
+The headline (the AI score, its band and the call): the study's headline model
+(``headline_model`` in ``bundle.json``: the integrated model, or its best member when
+the fusion loses on honest held-out scores) when the bundle carries it and it scored
+the image, its probability at its own threshold; otherwise the calibrated CNN at the
+bundle's threshold, and ``headline_note`` says why the named model was not used. The
+Grad-CAM heatmap is always the CNN's.
 
 Automatic ROI: a bundle with a segmenter (:mod:`buscad.segment`, ONNX Runtime only,
 no PyTorch) outlines the lesion itself when no mask is given: box-prompted when a
@@ -167,7 +174,8 @@ def write_bundle(
         The study's headline model (``headline_model`` in ``bundle.json``):
         ``{"model": name, ...}``, the integrated model, or its best member when the
         fusion fell below it on honest held-out scores (:func:`buscad.study.fit.fusion_summary`).
-        The AI score stays the calibrated CNN (``primary_model``).
+        Predictions take their AI score, band and call from it when it can score the
+        image (:meth:`Bundle.headline_for`); ``primary_model`` stays the CNN, the fallback.
 
     The study's checks (:func:`buscad.bundle.safety.study_flags` on ``oof_scores``,
     :func:`~buscad.bundle.safety.model_flags` on a classical model's ``oof`` and ``y``
@@ -454,6 +462,13 @@ class Bundle:
         self.name = str(doc.get("name", path.name))
         self.threshold = float(doc["threshold"])
         self.primary_model = str(doc["primary_model"])
+        named = doc.get("headline_model")
+        #: the study's headline model (``headline_model`` in bundle.json), else the primary model
+        self.headline_model = (
+            str(named["model"])
+            if isinstance(named, dict) and named.get("model")
+            else self.primary_model
+        )
         self.classical: dict[str, Any] = {}
         for mname, info in doc["models"].items():
             if mname != "deep":
@@ -914,16 +929,22 @@ class Bundle:
         skipped.update(self.not_exported)
         cal = self.doc["calibration"]
         p = float(calibrate(raw, cal["a"], cal["b"])[0])
-        t4 = time.perf_counter()
-        withhold, soft, ratio = self._cautions(prep, feats, hm)
-        timings["checks"] = (time.perf_counter() - t4) * 1000
+        head, why = self.headline_for(others, skipped)
         models = self.doc["models"]
+        score = p if head == "deep" else float(others[head])  # type: ignore[arg-type]
+        threshold = self.threshold if head == "deep" else float(models[head]["threshold"])
+        t4 = time.perf_counter()
+        withhold, soft, ratio = self._cautions(prep, feats, hm, head)
+        timings["checks"] = (time.perf_counter() - t4) * 1000
+        thresholds = {
+            n: float(models[n]["threshold"]) for n in self.classical if "threshold" in models[n]
+        }
         return Prediction(
-            ai_score=p,
-            primary_model="deep",
-            threshold=self.threshold,
-            decision="malignant" if p >= self.threshold else "benign",
-            band=likelihood_band(p),
+            ai_score=score,
+            primary_model=head,
+            threshold=threshold,
+            decision="malignant" if score >= threshold else "benign",
+            band=likelihood_band(score),
             model_scores={"deep": p, **others, **dict.fromkeys(self.not_exported)},
             skipped_models=skipped,
             reader_models=list(self.reader_models),
@@ -942,18 +963,46 @@ class Bundle:
             banner=self.banner,
             training=self.training_text,
             ood_ratio=ratio,
-            model_thresholds={
-                n: float(models[n]["threshold"]) for n in self.classical if "threshold" in models[n]
-            },
+            model_thresholds=thresholds
+            if head == "deep"
+            else {"deep": self.threshold, **thresholds},
             model_flags={n: list(m["flags"]) for n, m in models.items() if m.get("flags")},
+            headline_note=why,
         )
 
+    def headline_for(
+        self, scores: dict[str, float | None], skipped: dict[str, str]
+    ) -> tuple[str, str | None]:
+        """The model giving one image's headline, and why the study's headline model does not.
+
+        The study's headline model (:attr:`headline_model`) when the bundle carries it
+        with a threshold and it scored the image (``scores``: the other models'
+        probabilities; ``skipped``: why a model did not run), else ``"deep"`` (the
+        calibrated CNN) with the reason in words.
+        """
+        from buscad.labels import model_label
+
+        name = self.headline_model
+        if name in ("deep", self.primary_model):
+            return "deep", None
+        head = f"the study's headline model, the {model_label(name)},"
+        if name not in self.classical:
+            return "deep", f"{head} is not in this bundle"
+        if "threshold" not in self.doc["models"][name]:
+            return "deep", f"{head} has no decision threshold in this bundle"
+        s = scores.get(name)
+        if s is None or not np.isfinite(s):
+            why = skipped.get(name)
+            return "deep", f"{head} could not score this image" + (f" ({why})" if why else "")
+        return name, None
+
     def _cautions(
-        self, prep: _Prepared, feats: np.ndarray, hm: np.ndarray | None
+        self, prep: _Prepared, feats: np.ndarray, hm: np.ndarray | None, head: str = "deep"
     ) -> tuple[list[str], list[str], float | None]:
         """Why the call is withheld, why it is unreliable (in words), and the OOD ratio.
 
-        Withheld: the primary model failed the study's checks (``flags``), the image is
+        Withheld: the headline model ``head`` failed the study's checks (the bundle's
+        ``flags`` for the CNN, its own ``flags`` entry for another model), the image is
         outside the training images in feature space (:class:`~buscad.bundle.safety.FeatureOOD`
         ratio > 1), or the segmenter found no lesion in the image. Unreliable: text burned
         in over or near the region read (:func:`buscad.data.quality.text_near`), the
@@ -967,10 +1016,9 @@ class Bundle:
         withhold: list[str] = []
         soft: list[str] = []
         ratio = None
-        if self.flags:
-            withhold.append(
-                "the model failed the study's own checks (" + "; ".join(self.flags) + ")"
-            )
+        flags = self.flags if head == "deep" else self.doc["models"][head].get("flags") or []
+        if flags:
+            withhold.append("the model failed the study's own checks (" + "; ".join(flags) + ")")
         if self.ood is not None:
             ratio = self.ood.ratio(feats)
             if ratio > 1.0:

@@ -74,9 +74,12 @@ def predict_cmd(
         help="Score DICOM files of any modality (default: ultrasound, or no Modality, only).",
     ),
 ) -> None:
-    """AI score, decision at the bundle's threshold, Grad-CAM overlay and a JSON per image; summary CSV.
+    """AI score, decision at the model's threshold, Grad-CAM overlay and a JSON per image; summary CSV.
 
-    Every model in the bundle scores each image it has the inputs for (radiomics
+    The AI score, band and call come from the study's headline model (the integrated
+    model, or its best member) when the bundle names one and it can score the image,
+    else from the CNN; the line and the JSON (``headline_model``) name that model, and
+    the Grad-CAM overlay is the CNN's. Every model in the bundle scores each image it has the inputs for (radiomics
     needs --mask; clinical and US models need --clinical); the JSON says why a
     model did not run. PyTorch is not loaded on the ONNX engine.
 
@@ -180,11 +183,13 @@ def _bundle_lines(b: Any, log: Any) -> None:
         log(f"bundle {b.name}: {b.training_text}", True)
     flags = getattr(b, "flags", None)
     if flags:
-        log(
-            "WARNING: the bundle's model failed the study's checks; every AI call is withheld: "
-            + "; ".join(flags),
-            True,
+        which = (
+            "model failed the study's checks; every AI call is withheld"
+            if getattr(b, "headline_model", "deep") == "deep"
+            else "CNN failed the study's checks; every AI call it gives (when the study's "
+            "headline model cannot score an image) is withheld"
         )
+        log(f"WARNING: the bundle's {which}: " + "; ".join(flags), True)
 
 
 def _finish_manifest_run(summary, bundle: Path, items, out: Path, dicom_sr: Path | None) -> None:

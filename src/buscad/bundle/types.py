@@ -1,9 +1,11 @@
 """Types shared by the model bundle, ``buscad predict`` and the web app.
 
-A *prediction* for one image holds the AI score (the bundle's calibrated
-probability of malignancy), the decision at the bundle's threshold, a
+A *prediction* for one image holds the AI score (the headline model's
+probability of malignancy), the decision at that model's threshold, a
 BI-RADS-aligned likelihood band (decision support only), each model's own
-score, the region used, and optionally a heatmap in full-image coordinates.
+score, the region used, and optionally the CNN's Grad-CAM heatmap in full-image
+coordinates. The headline model is the study's (``headline_model`` in
+``bundle.json``) when the image's inputs let it score, else the CNN.
 """
 
 from __future__ import annotations
@@ -230,11 +232,15 @@ class Prediction:
     Attributes
     ----------
     ai_score : float
-        Calibrated probability of malignancy from the bundle's primary model.
+        Probability of malignancy from the headline model (``primary_model``): the
+        calibrated CNN score, or the study's headline model's own probability.
     primary_model : str
-        Which model gives ``ai_score``.
+        Which model gives ``ai_score``, the band and the call: the headline model
+        (``headline_model`` in the JSON). ``model_scores`` holds every model's score
+        under its own name, the CNN's under ``deep`` whichever model is the headline.
     threshold : float
-        Decision threshold on ``ai_score`` (chosen on the training data).
+        Decision threshold on ``ai_score``: the headline model's Youden threshold on its
+        out-of-fold training scores.
     decision : str
         ``malignant`` when ``ai_score >= threshold`` else ``benign``.
     band : LikelihoodBand
@@ -272,7 +278,8 @@ class Prediction:
     outline : numpy.ndarray or None
         Boolean ``(H, W)`` predicted outline (not in the JSON).
     heatmap : numpy.ndarray or None
-        ``(H, W)`` float32 in [0, 1], full-image coordinates, zero outside the ROI.
+        The CNN's Grad-CAM (whichever model is the headline): ``(H, W)`` float32 in
+        [0, 1], full-image coordinates, zero outside the ROI.
     timings_ms : dict
         Stage timings.
     inputs : list of dict
@@ -296,9 +303,15 @@ class Prediction:
         The image's feature distance over the training limit (> 1: unlike the training
         images); None when the bundle has no out-of-distribution model.
     model_thresholds : dict
-        Each other model's own threshold (Youden on its out-of-fold training scores).
+        Each other model's own threshold (Youden on its out-of-fold training scores;
+        the CNN's, ``deep``, when another model is the headline).
     model_flags : dict
         Model name -> what the study found broken about it (e.g. constant scores).
+    headline_note : str or None
+        Why the study's headline model (``headline_model`` in ``bundle.json``) does not
+        give the AI assessment for this image (not in the bundle, or it could not
+        score the image) and the CNN does instead; None when it does, or when the
+        bundle names no headline model.
     """
 
     ai_score: float
@@ -327,6 +340,7 @@ class Prediction:
     ood_ratio: float | None = None
     model_thresholds: dict[str, float] = field(default_factory=dict)
     model_flags: dict[str, list[str]] = field(default_factory=dict)
+    headline_note: str | None = None
 
     @property
     def borderline(self) -> str | None:
@@ -351,8 +365,18 @@ class Prediction:
         """One sentence on the other models: whether they agree with the headline's call.
 
         A model agrees when its score is on the same side of its own threshold
-        (``model_thresholds``) as the AI score is of the bundle's.
+        (``model_thresholds``) as the AI score is of the headline model's. Preceded by
+        ``headline_note`` (why the study's headline model is not the headline) when set.
         """
+        text = self._others_text()
+        if self.headline_note:
+            from buscad.labels import model_label
+
+            lead = f"The {model_label(self.primary_model)} gives the AI assessment"
+            return f"{lead}: {self.headline_note}. {text}"
+        return text
+
+    def _others_text(self) -> str:
         from buscad.labels import model_label
 
         flagged = self.ai_score >= self.threshold
@@ -418,7 +442,8 @@ class Prediction:
 
         Besides the fields: ``assessment_text`` (the headline), ``decision_text``,
         ``band_text``, ``borderline``, ``others_text`` and ``roi_text``, the wording
-        every screen shows, and ``model_labels``: each model's plain name.
+        every screen shows, ``headline_model`` (the model giving ``ai_score``, the band
+        and the call: ``primary_model``) and ``model_labels``: each model's plain name.
         """
         from buscad.labels import model_label
 
@@ -432,6 +457,7 @@ class Prediction:
         d["assessment_text"] = self.assessment_text
         d["borderline"] = self.borderline
         d["others_text"] = self.others_text
+        d["headline_model"] = self.primary_model
         names = [*self.model_scores, *self.skipped_models]
         d["model_labels"] = {n: model_label(n) for n in names}
         return d

@@ -72,7 +72,10 @@ def summary_rows(pred: Prediction) -> list[tuple[str, str]]:
         ]
     else:
         rows = [
-            ("AI score (calibrated probability of malignancy)", _fmt(pred.ai_score)),
+            (
+                "AI score (probability of malignancy from the model giving the AI assessment)",
+                _fmt(pred.ai_score),
+            ),
             ("BI-RADS-aligned likelihood band", pred.band_text),
             ("AI call at the model's threshold", pred.decision_text),
         ]
@@ -324,7 +327,7 @@ def pdf_figures(pred: Prediction, gray: np.ndarray, ctx: ReportContext) -> list[
         panels.append(
             (
                 composite(gray, pred.heatmap, pred.roi, 0.5, pred.outline),
-                "Grad-CAM overlay (50% opacity): where the model looked",
+                "Grad-CAM overlay (50% opacity): where the CNN looked (always the CNN's)",
             )
         )
     pg.images(panels)

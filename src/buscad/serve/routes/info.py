@@ -63,7 +63,9 @@ async def info(state: Annotated[AppState, Depends(get_state)]) -> dict[str, Any]
     lesion itself (``POST /api/outline``), else ``outline_note`` says why not.
     ``banner`` is the phantom banner (None for a bundle trained on real images),
     ``training`` what the bundle was trained on, ``flags`` what the study found
-    broken about its model (its calls are then withheld).
+    broken about its model (its calls are then withheld). ``headline_model`` is the
+    model that gives the AI assessment when it can score an image (the study's headline
+    model, else ``primary_model``, the CNN, which gives it otherwise).
     """
     from buscad.labels import model_description, model_label
 
@@ -77,6 +79,7 @@ async def info(state: Annotated[AppState, Depends(get_state)]) -> dict[str, Any]
         "flags": list(getattr(predictor, "flags", []) or []),
         "threshold": float(predictor.threshold),
         "primary_model": predictor.primary_model,
+        "headline_model": getattr(predictor, "headline_model", predictor.primary_model),
         "model_names": list(predictor.model_names),
         "models": [
             {"name": n, "label": model_label(n), "description": model_description(n)}
