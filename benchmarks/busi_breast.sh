@@ -24,7 +24,7 @@ atomic_write_json("benchmarks/results/busi_breast.json", {
              "BrEaST-Lesions_USG (Pawlowska et al., Sci Data 11:148, 2024)"],
     "config": "configs/busi_breast.yaml", "wall_seconds_total": int(sys.argv[1]),
     "stages": run["stages"], "warnings": run["warnings"],
-    "metrics": m[[c for c in cols if c in m.columns]].round(4).to_dict(orient="records"),
+    "metrics": m[[c for c in cols if c in m.columns]].round(6).to_dict(orient="records"),
 })
 print("wrote benchmarks/results/busi_breast.json")
 PY
