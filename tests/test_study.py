@@ -507,7 +507,8 @@ def test_bundle_predict_and_serve(small_run, tmp_path):
     outside[y0:y1, x0:x1] = 0
     # confined to the region read, within [0, 1]
     assert outside.max() == 0 and p.heatmap.min() >= 0 and p.heatmap.max() <= 1
-    assert p.decision == ("malignant" if p.ai_score >= b.threshold else "benign")
+    # the call is the headline model's, at its own threshold
+    assert p.decision == ("malignant" if p.ai_score >= p.threshold else "benign")
     # without a mask radiomics cannot run; without clinical inputs the clinical models do not
     q = b.predict(gray, box=p.roi, heatmap=False)
     assert q.skipped_models["radiomics"].startswith("needs the lesion mask")
@@ -516,8 +517,10 @@ def test_bundle_predict_and_serve(small_run, tmp_path):
     # the PyTorch engine (checkpoint + pytorch-grad-cam) gives the same score and heatmap,
     # compared on an external image whose map is not trivial (asserted first)
     torch_bundle = Bundle.load(bdir, engine="torch")
-    pt = torch_bundle.predict(gray, mask=mask)
+    pt = torch_bundle.predict(gray, mask=mask, clinical=clin)
+    assert pt.primary_model == p.primary_model
     assert pt.ai_score == pytest.approx(p.ai_score, abs=1e-5)
+    assert pt.model_scores["deep"] == pytest.approx(p.model_scores["deep"], abs=1e-5)
     shown = 0
     for j in np.flatnonzero((man.df["split"] == "external").to_numpy())[:8]:
         g_j, _ = read_image(man.image_path(j))
@@ -549,9 +552,12 @@ def test_bundle_predict_and_serve(small_run, tmp_path):
     assert r.exit_code == 0, r.output
     stem = man.image_path(i).stem
     got = json.loads((tmp_path / "pred" / f"{stem}.json").read_text())
-    assert got["ai_score"] == pytest.approx(p.ai_score, abs=1e-6)
+    # the CLI got the image and mask only: the same inputs give the same headline and score
+    alone = b.predict(gray, mask=mask)
+    assert got["primary_model"] == alone.primary_model
+    assert got["ai_score"] == pytest.approx(alone.ai_score, abs=1e-6)
     assert (tmp_path / "pred" / f"{stem}_overlay.png").exists()
-    assert pd.read_csv(tmp_path / "pred" / "summary.csv")["decision"].iat[0] == p.decision
+    assert pd.read_csv(tmp_path / "pred" / "summary.csv")["decision"].iat[0] == alone.decision
     # from the shell, predict loads neither PyTorch, pandas, SciPy nor scikit-learn (that makes it quick),
     # and with --mask and --clinical every bundled model runs
     code = (
@@ -568,6 +574,9 @@ def test_bundle_predict_and_serve(small_run, tmp_path):
     assert r2.returncode == 0, r2.stderr
     got2 = json.loads((tmp_path / "pred2" / f"{stem}.json").read_text())
     assert got2["engine"] == "onnx" and got2["skipped_models"] == {}
+    # with every input the headline is the one of the in-process prediction with them
+    assert got2["primary_model"] == p.primary_model
+    assert got2["ai_score"] == pytest.approx(p.ai_score, abs=1e-6)
     for name in classical:
         assert got2["model_scores"][name] == pytest.approx(row[name], abs=1e-4), name
     # the web app serves the real bundle
@@ -580,7 +589,7 @@ def test_bundle_predict_and_serve(small_run, tmp_path):
             },
         )
         assert resp.status_code == 200, resp.text
-        assert resp.json()["ai_score"] == pytest.approx(p.ai_score, abs=1e-6)
+        assert resp.json()["ai_score"] == pytest.approx(alone.ai_score, abs=1e-6)
 
 
 def test_manifest_fingerprint_follows_content_not_mtime(tmp_path):
