@@ -522,13 +522,7 @@ def _fold_clean_oof_and_predict(
     d = np.full(len(idx), np.nan)
     ff = fold_features.assign(image_id=fold_features["image_id"].astype(str))
     for f in sorted(set(deep_fold.tolist())):
-        feats = (
-            ff[ff["cnn_fold"] == f]
-            .set_index("image_id")
-            .reindex(idx.astype(str))[deep_cols]
-            .set_axis(idx, axis=0)
-        )
-        Xf = pd.concat([Xtr.drop(columns=deep_cols), feats], axis=1)[Xtr.columns]
+        Xf = _with_fold_features(Xtr, ff, f, deep_cols)
         te = deep_fold == f
         model = clone(est).fit(Xf[~te], ytr[~te])
         d[te] = model.decision_function(Xf[te])
@@ -538,6 +532,20 @@ def _fold_clean_oof_and_predict(
     if (~tr).any():
         s[~tr] = fitted.predict_proba(X.loc[X.index[~tr]])[:, 1]
     return s, fitted
+
+
+def _with_fold_features(
+    Xtr: pd.DataFrame, ff: pd.DataFrame, f: Any, deep_cols: list[str]
+) -> pd.DataFrame:
+    """``Xtr`` with its deep-feature columns replaced by fold ``f``'s CNN features of the same rows."""
+    idx = Xtr.index
+    feats = (
+        ff[ff["cnn_fold"] == f]
+        .set_index("image_id")
+        .reindex(idx.astype(str))[deep_cols]
+        .set_axis(idx, axis=0)
+    )
+    return pd.concat([Xtr.drop(columns=deep_cols), feats], axis=1)[Xtr.columns]
 
 
 def _loco_deep_scores(
@@ -567,13 +575,7 @@ def _loco_deep_scores(
     s = np.full(len(idx), np.nan)
     ff = fold_features.assign(image_id=fold_features["image_id"].astype(str))
     for f in sorted(set(deep_fold.tolist())):
-        feats = (
-            ff[ff["cnn_fold"] == f]
-            .set_index("image_id")
-            .reindex(idx.astype(str))[deep_cols]
-            .set_axis(idx, axis=0)
-        )
-        Xf = pd.concat([Xtr.drop(columns=deep_cols), feats], axis=1)[Xtr.columns]
+        Xf = _with_fold_features(Xtr, ff, f, deep_cols)
         for c in sorted(set(cohort.tolist())):
             te = (deep_fold == f) & (cohort == c)
             if te.any():
