@@ -17,33 +17,15 @@ import pytest
 
 from buscad.bundle.safety import PHANTOM_BANNER
 from buscad.bundle.types import Prediction, input_sources, likelihood_band
+from buscad.segment.descriptors import DESCRIPTOR_NAMES
 from buscad.serve.report import A4, ReportContext, pdf_figures, render_html, render_pdf
 
 pdfium = pytest.importorskip(
     "pypdfium2", reason="pypdfium2 renders the PDF (pip install pypdfium2)"
 )
 
-OUTLINE = [
-    f"morph_{k}"
-    for k in (
-        "sm_solidity",
-        "sm_convexity",
-        "sm_circularity",
-        "sm_axis_ratio",
-        "sm_depth_width",
-        "sm_ellipse_misfit",
-        "sm_hf_energy",
-        "sm_angle",
-        "echo_lesion_ring",
-        "echo_lesion_image",
-        "echo_cv",
-        "echo_posterior",
-        "echo_posterior_lesion",
-        "echo_edge",
-        "echo_dark_frac",
-        "echo_entropy",
-    )
-]
+#: Every outline descriptor the outline model reads (its report rows need plain names).
+OUTLINE = [f"morph_{k}" for k in DESCRIPTOR_NAMES]
 CLINICAL = ["age", "birads", "shape", "margin", "echogenicity", "posterior_features"]
 
 
