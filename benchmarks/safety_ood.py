@@ -1,5 +1,10 @@
 """How often the out-of-distribution check fires (docs/safety.md), on real images.
 
+The OOD model (docs/safety.md): a k-NN (k = 5) in a frozen ImageNet EfficientNet-Lite0's
+feature space of the region the CNN reads, limit at the 99th percentile of the training rows'
+out-of-fold distances (:mod:`buscad.bundle.ood_encoder`). ``busi_bundle_cnn_space`` measures
+the first design beside it: the bundle CNN's own features, leave-one-out limit.
+
 Part 1 (``--bundle``, a bundle trained on BUSI): the share of images the OOD check
 (:class:`buscad.bundle.safety.FeatureOOD`, ratio > 1) flags among pydicom's ultrasound
 examples (none of them a breast B-mode: a colour-Doppler lymph node, cardiac echoes, ...;
@@ -43,6 +48,7 @@ import numpy as np
 import pandas as pd
 
 from buscad.bundle.bundle import Bundle, add_ood
+from buscad.bundle.ood_encoder import SPACE, training_features
 from buscad.bundle.safety import training_from_rows, with_image_checks
 from buscad.data.io import read_image, read_mask, reader_settings
 from buscad.data.manifest import Manifest
@@ -81,11 +87,20 @@ def measure_busi_bundle(bundle: Path, manifest: Path) -> dict:
     df = man.df
     res: dict = {"bundle": str(bundle), "ood_limit": b.ood.limit, "k": b.ood.k}
 
+    res["ood_space"] = b.ood.space
+    res["limit_rule"] = b.ood.limit_rule
+
     def ratio(gray, mask=None) -> float:
         return float(b.predict(gray, mask=mask, heatmap=False).ood_ratio)
 
-    py = {n: ratio(g) for n, g, _ in _pydicom()}
+    def withheld(gray, meta, mask=None) -> bool:
+        """The AI call withheld: out of distribution, a colour (Doppler) image, or both."""
+        return with_image_checks(b.predict(gray, mask=mask, heatmap=False), meta).withheld
+
+    pyd = _pydicom()
+    py = {n: ratio(g) for n, g, _ in pyd}
     res["pydicom_us_whole"] = {**_share([r > 1 for r in py.values()]), "ratios": py}
+    held = [withheld(g, meta) for _, g, meta in pyd]
     rows = {"internal_test": df[(df["split"] == "test") & (df["cohort"] == "BUSI")]}
     rows["breast"] = df[df["cohort"] == "BrEaST"]
     colour, colour_r = [], {}
@@ -96,9 +111,12 @@ def measure_busi_bundle(bundle: Path, manifest: Path) -> dict:
             m = read_mask(mp, shape=g.shape) if mp.exists() else None
             colour_r[p.name] = ratio(g, m if m is not None and m.any() else None)
             colour.append(colour_r[p.name] > 1)
+            held.append(withheld(g, meta, m if m is not None and m.any() else None))
     res["busi_colour_images_mask"] = {**_share(colour), "ratios": colour_r}
     both = [*res["pydicom_us_whole"]["ratios"].values(), *colour_r.values()]
     res["pydicom_and_colour"] = _share([r > 1 for r in both])
+    # what the user gets: the call withheld by the OOD check or the colour check
+    res["pydicom_and_colour_withheld"] = _share(held)
     for name, sub in rows.items():
         with_mask, whole = [], []
         for i in np.flatnonzero(df.index.isin(sub.index)):
@@ -113,6 +131,35 @@ def measure_busi_bundle(bundle: Path, manifest: Path) -> dict:
     return res
 
 
+def measure_cnn_space(bundle: Path, manifest: Path) -> dict:
+    """The first design, for comparison: the OOD model in the bundle's own CNN's feature
+    space, fitted on its training rows' features with the leave-one-out limit."""
+    from buscad.bundle.safety import FeatureOOD
+
+    b = Bundle.load(bundle)
+    man = Manifest.load(manifest)
+    df = man.df
+
+    def feats(i: int | None = None, gray=None) -> np.ndarray:
+        m = None
+        if i is not None:
+            gray, _ = read_image(man.image_path(i))
+            m = read_mask(man.mask_paths(i), shape=gray.shape)
+        return b._score_and_cam(b._prepare(gray, m, auto_roi=False).crop, False)[2]
+
+    is_busi = (df["cohort"] == "BUSI").to_numpy()
+    tr = np.flatnonzero((df["split"] == "train").to_numpy() & is_busi)
+    ood = FeatureOOD.fit(np.stack([feats(i) for i in tr]))
+    res: dict = {"space": "cnn", "limit_rule": ood.limit_rule, "k": ood.k}
+    res["pydicom_us_whole"] = _share([ood.ratio(feats(gray=g)) > 1 for _, g, _ in _pydicom()])
+    for name, sel in (
+        ("internal_test_mask", (df["split"] == "test").to_numpy() & is_busi),
+        ("breast_mask", (df["cohort"] == "BrEaST").to_numpy()),
+    ):
+        res[name] = _share([ood.ratio(feats(i)) > 1 for i in np.flatnonzero(sel)])
+    return res
+
+
 def measure_demo_bundle(demo: Path, manifest: Path) -> dict:
     """Part 2: the demo bundle (brought up to date with an OOD model) on real images."""
     tmp = Path(tempfile.mkdtemp()) / "bundle"
@@ -120,15 +167,14 @@ def measure_demo_bundle(demo: Path, manifest: Path) -> dict:
     split = Manifest.load(manifest)
     tr = split.df[split.df["split"] == "train"]
     b = Bundle.load(tmp)
-    feats = []
-    for i in np.flatnonzero((split.df["split"] == "train").to_numpy()):
-        g, _ = read_image(split.image_path(i))
-        m = read_mask(split.mask_paths(i), shape=g.shape)
-        feats.append(b._score_and_cam(b._prepare(g, m).crop, False)[2])
+    rows = np.flatnonzero((split.df["split"] == "train").to_numpy())
+    feats, kept = training_features(split, rows, b.pre.margin, whole=b.pre.roi == "whole")
+    folds = split.df["cv_fold"].to_numpy()[rows][kept] if "cv_fold" in split.df else None
     spec = json.loads(
         (tmp / b.doc["models"]["deep"]["checkpoint"]).with_suffix(".json").read_text()
     )
-    add_ood(tmp, np.stack(feats), training_from_rows(tr, [], spec))
+    frame, _ = training_features(split, rows[kept], 0.0, whole=True)
+    add_ood(tmp, feats, training_from_rows(tr, [], spec), folds, SPACE, frame_features=frame)
     b = Bundle.load(tmp)
     out: dict = {"bundle": str(demo), "training": b.training_text, "results": []}
     images = [
@@ -174,11 +220,17 @@ def main() -> None:
             "pydicom's test files (ultrasound examples)",
         ],
         "busi_bundle": measure_busi_bundle(a.bundle, a.manifest),
+        "busi_bundle_cnn_space": measure_cnn_space(a.bundle, a.manifest),
     }
     if a.demo_bundle is not None:
         doc["demo_bundle"] = measure_demo_bundle(a.demo_bundle, a.demo_manifest)
     atomic_write_json(a.out, doc)
-    print(json.dumps({k: v for k, v in doc["busi_bundle"].items() if "share" in str(v)}, indent=1))
+    short = {
+        k: {kk: vv for kk, vv in v.items() if kk != "ratios"}
+        for k, v in doc["busi_bundle"].items()
+        if isinstance(v, dict)
+    }
+    print(json.dumps(short, indent=1))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tests.scale_fixtures import make_bundle, make_manifest
 
 from buscad.bundle.bundle import Bundle, add_ood, write_bundle
+from buscad.bundle.ood_encoder import SPACE, OODEncoder, encoder_path, region
 from buscad.bundle.safety import (
     PHANTOM_BANNER,
     PROVENANCE_UNKNOWN,
@@ -32,6 +33,8 @@ from buscad.bundle.safety import (
 )
 from buscad.data import quality
 from buscad.data.io import read_image, reader_settings
+from buscad.errors import ModelFileError
+from buscad.utils import file_sha256
 
 PHANTOM_TRAINING = training_record(
     [{"name": "site_a", "phantom": True, "images": 40, "labels": {"benign": 20, "malignant": 20}}],
@@ -62,15 +65,17 @@ def phantoms(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
 
 @pytest.fixture(scope="module")
 def phantom_bundle(tmp_path_factory, phantoms) -> Path:
-    """A phantom-trained bundle: its OOD model fitted on 40 phantoms' deep features."""
+    """A phantom-trained bundle: its OOD model fitted on 40 phantoms' encoder features
+    (the regions the CNN reads, through the frozen ImageNet encoder; 5 folds)."""
     folder, df = phantoms
     out = make_bundle(tmp_path_factory.mktemp("b") / "bundle")
     b = Bundle.load(out)
-    feats = []
+    enc = OODEncoder(encoder_path())
+    regions = []
     for r in df.iloc[:40].itertuples():
         gray, _, m = _read(folder / r.image_path, folder / r.mask_path)
-        feats.append(b._score_and_cam(b._prepare(gray, m).crop, False)[2])
-    add_ood(out, np.stack(feats), training=PHANTOM_TRAINING)
+        regions.append(region(gray, b._prepare(gray, m).roi))
+    add_ood(out, enc.features(regions), PHANTOM_TRAINING, folds=np.arange(40) % 5, space=SPACE)
     return out
 
 
@@ -103,6 +108,91 @@ def test_ood_model_limit_is_the_leave_one_out_percentile(tmp_path):
 
     with pytest.raises(ModelFileError, match="SHA-256"):
         FeatureOOD.load(tmp_path, "0" * 64)
+
+
+def test_ood_limit_out_of_fold_survives_near_duplicates():
+    """Every training image has a near-twin (BUSI has many): the leave-one-out limit collapses
+    to the twins' distance and flags fresh images of the same distribution; the out-of-fold
+    limit (twins in one fold, distances to the other folds) does not."""
+    rng = np.random.default_rng(1)
+    base = rng.normal(0, 1, (150, 16)) + 5.0
+    train = np.vstack([base, base + rng.normal(0, 1e-3, base.shape)])
+    folds = np.tile(np.arange(150) % 5, 2)  # a twin shares its original's fold
+    loo = FeatureOOD.fit(train, k=1)
+    oof = FeatureOOD.fit(train, k=1, folds=folds)
+    z = train / np.linalg.norm(train, axis=1, keepdims=True)
+    d = np.sqrt(((z[:, None] - z[None]) ** 2).sum(-1))
+    d[folds[:, None] == folds[None, :]] = np.inf
+    assert oof.limit == pytest.approx(np.percentile(d.min(1), 99), rel=1e-4)
+    assert oof.limit_rule == "out-of-fold" and loo.limit_rule == "leave-one-out"
+    fresh = rng.normal(0, 1, (400, 16)) + 5.0
+    assert (loo.distance(fresh) > loo.limit).mean() > 0.9
+    assert (oof.distance(fresh) > oof.limit).mean() < 0.06
+
+
+def test_ood_encoder_onnx_matches_pytorch():
+    """The bundle's ONNX encoder gives the frozen ImageNet trunk's pooled features."""
+    import torch
+
+    from buscad.bundle.ood_encoder import _trunk
+
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 256, (300, 400), dtype=np.uint8)
+    x = np.stack([region(gray, (10, 20, 210, 180)), region(gray, (0, 0, 400, 300))])
+    assert x.shape == (2, 224, 224) and x.dtype == np.uint8
+    f = OODEncoder(encoder_path()).features(x)
+    t = (torch.from_numpy(x).float() / 255 - 0.5) / 0.5
+    with torch.no_grad():
+        ref = _trunk()(t[:, None].expand(-1, 3, -1, -1)).numpy()
+    assert f.shape == (2, 1280)
+    np.testing.assert_allclose(f, ref, atol=1e-4)
+    assert np.abs(f[0] - f[1]).max() > 1e-2  # different regions, different features
+
+
+def test_whole_frame_check_marks_automatic_outlines_only(tmp_path, phantom_bundle, phantoms):
+    """The whole-frame OOD model: when the segmenter searched the frame (``auto``), a frame
+    unlike the training frames gets a caution in words even if the region read looks
+    familiar; with a mask the user gave, only the region is judged."""
+    import dataclasses
+
+    folder, df = phantoms
+    out = tmp_path / "bundle"
+    shutil.copytree(phantom_bundle, out)
+    b = Bundle.load(out)
+    enc = OODEncoder(encoder_path())
+    regions, frames = [], []
+    for r in df.iloc[:40].itertuples():
+        gray, _, m = _read(folder / r.image_path, folder / r.mask_path)
+        regions.append(region(gray, b._prepare(gray, m).roi))
+        frames.append(region(gray, (0, 0, gray.shape[1], gray.shape[0])))
+    folds = np.arange(40) % 5
+    entry = add_ood(
+        out, enc.features(regions), PHANTOM_TRAINING, folds, SPACE, enc.features(frames)
+    )
+    doc = json.loads((out / "bundle.json").read_text())
+    assert doc["ood_frame"]["file"] == "ood_frame" and entry["file"] == "ood"
+    assert (out / "ood_frame.safetensors").is_file()
+    b = Bundle.load(out)
+    assert b.ood_frame is not None and b.ood_frame.limit_rule == "out-of-fold"
+    # a training lesion pasted into a checkerboard: the region is familiar, the frame is not
+    gray, _, m = _read(folder / df.image_path[0], folder / df.mask_path[0])
+    yy, xx = np.indices(gray.shape)
+    noisy = (((yy // 12 + xx // 12) % 2) * 255).astype(np.uint8)
+    ys, xs = np.nonzero(m)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    noisy[y0:y1, x0:x1] = gray[y0:y1, x0:x1]
+    prep = b._prepare(noisy, m)
+    feats = b._score_and_cam(prep.crop, False)[2]
+    given = b._cautions(prep, feats, None)
+    auto = b._cautions(dataclasses.replace(prep, source="auto"), feats, None)
+    frame_note = "the whole image is unlike the images the model was trained on"
+    assert not any(frame_note in c for c in given[0] + given[1])
+    assert any(frame_note in c for c in auto[1]), auto
+    # an ordinary training frame read automatically gets no frame caution
+    gray, _, m = _read(folder / df.image_path[1], folder / df.mask_path[1])
+    prep = b._prepare(gray, m)
+    auto = b._cautions(dataclasses.replace(prep, source="auto"), feats, None)
+    assert not any(frame_note in c for c in auto[0] + auto[1])
 
 
 # ----------------------------------------------------------------------------- study checks
@@ -371,6 +461,10 @@ def test_label_shuffled_phantom_study_cannot_make_an_unflagged_bundle(tmp_path):
     assert doc["training"]["input_size"] == 32
     assert doc["ood"]["rows"] == doc["training"]["images"]
     assert (tmp_path / "run" / "bundle" / "ood.safetensors").is_file()
+    # in the frozen encoder's space, its limit from out-of-fold distances, the encoder inside
+    assert doc["ood"]["space"] == SPACE and "out-of-fold" in doc["ood"]["limit_rule"]
+    enc = tmp_path / "run" / "bundle" / doc["ood"]["encoder"]
+    assert enc.is_file() and doc["ood"]["encoder_sha256"] == file_sha256(enc)
     assert any("every AI call of the bundle is withheld" in w for w in res.warnings)
     b = Bundle.load(tmp_path / "run" / "bundle")
     row = df.iloc[0]
@@ -378,6 +472,9 @@ def test_label_shuffled_phantom_study_cannot_make_an_unflagged_bundle(tmp_path):
     p = b.predict(gray)
     assert p.withheld and p.banner == PHANTOM_BANNER
     assert p.cautions[0].startswith("the model failed the study's own checks")
+    enc.write_bytes(enc.read_bytes() + b"\0")  # a changed encoder is refused
+    with pytest.raises(ModelFileError, match="SHA-256"):
+        Bundle.load(tmp_path / "run" / "bundle")
 
 
 # ----------------------------------------------------------------------------- the app

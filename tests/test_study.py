@@ -480,6 +480,9 @@ def test_bundle_predict_and_serve(small_run, tmp_path):
         "models",
         "ood.json",  # the out-of-distribution model of the training images (docs/safety.md)
         "ood.safetensors",
+        "ood_encoder.onnx",  # its frozen encoder
+        "ood_frame.json",  # the same of the whole training images
+        "ood_frame.safetensors",
     ]
     assert doc["training"]["phantom"] and doc["ood"]["rows"] == doc["training"]["images"]
     assert {p.suffix for p in (bdir / "models").iterdir()} == {".json", ".safetensors"}

@@ -9,8 +9,10 @@ A bundle is a folder::
     model.onnx           the same CNN for ONNX Runtime, with its Grad-CAM in the graph
     models/NAME.*        each classical/fusion model (buscad.bundle.portable: safetensors + JSON)
     segmenter/           optional lesion segmenter: segmenter.onnx + segmenter.json
-    ood.safetensors      the training images' deep features  ┐ out-of-distribution model
-    ood.json             its k and limit                      ┘ (buscad.bundle.safety)
+    ood.safetensors      the training images' features        ┐ out-of-distribution model
+    ood.json             its space, k and limit               │ (buscad.bundle.safety)
+    ood_frame.*          the same of the whole training images │ (checked in automatic mode)
+    ood_encoder.onnx     the frozen encoder of those features ┘ (buscad.bundle.ood_encoder)
     model_card.md        intended use, data, metrics, limitations
 
 Nothing in it is a pickle. The AI score is the CNN's malignant probability
@@ -83,7 +85,7 @@ import numpy as np
 from buscad.bundle.types import Outline, Prediction, likelihood_band
 from buscad.errors import MaskError, ModelFileError
 from buscad.labels import inputs_text
-from buscad.utils import atomic_write_json, atomic_write_text
+from buscad.utils import atomic_write_json, atomic_write_text, file_sha256
 
 FORMAT = "buscad-bundle"
 VERSION = 1
@@ -136,6 +138,9 @@ def write_bundle(
     reader_column: str | None = None,
     training: dict | None = None,
     train_features: np.ndarray | None = None,
+    ood_folds: np.ndarray | None = None,
+    ood_space: str = "cnn",
+    frame_features: np.ndarray | None = None,
     headline: dict[str, Any] | None = None,
 ) -> Path:
     """Write a bundle from a deep checkpoint and its out-of-fold training scores.
@@ -168,8 +173,19 @@ def write_bundle(
     training : dict, optional
         What the bundle was trained on (:func:`buscad.bundle.safety.training_record`).
     train_features : numpy.ndarray, optional
-        ``(n, d)`` deep features of the training images: the out-of-distribution model
+        ``(n, d)`` features of the training images: the out-of-distribution model
         (:class:`buscad.bundle.safety.FeatureOOD`) is fitted on them.
+    ood_folds : numpy.ndarray, optional
+        The training rows' cross-validation folds: the OOD limit is set on out-of-fold
+        distances (leave-one-out without them).
+    ood_space : str
+        What ``train_features`` are: ``cnn`` (the CNN's own features) or
+        :data:`buscad.bundle.ood_encoder.SPACE` (the frozen encoder's, copied into the
+        bundle as ``ood_encoder.onnx``).
+    frame_features : numpy.ndarray, optional
+        The encoder's features of the whole training images, same rows and folds: the
+        whole-frame OOD model (``ood_frame``), checked when the segmenter searched the
+        frame for the outline.
     headline : dict, optional
         The study's headline model (``headline_model`` in ``bundle.json``):
         ``{"model": name, ...}``, the integrated model, or its best member when the
@@ -200,7 +216,7 @@ def write_bundle(
     s, yy = np.asarray(oof_scores, dtype=float)[ok], np.asarray(y, dtype=int)[ok]
     a, b = fit_platt(s, yy)
     threshold = youden_threshold(yy, calibrate(s, a, b))
-    from buscad.bundle.safety import FeatureOOD, model_flags, study_flags
+    from buscad.bundle.safety import OOD_FRAME_FILE, model_flags, study_flags
 
     flags = study_flags(yy, s, a, threshold, calibrate(s, a, b))
     deep: dict[str, Any] = {"checkpoint": stem.name, "cam": cam_method, "reads_reader": False}
@@ -253,7 +269,12 @@ def write_bundle(
         "provenance": provenance or {},
         "training": training,
         "flags": flags,
-        "ood": FeatureOOD.fit(train_features).save(out) if train_features is not None else None,
+        "ood": _save_ood(out, train_features, ood_folds, ood_space)
+        if train_features is not None
+        else None,
+        "ood_frame": _save_ood(out, frame_features, ood_folds, ood_space, OOD_FRAME_FILE)
+        if frame_features is not None
+        else None,
     }
     atomic_write_json(out / "bundle.json", doc)
     atomic_write_text(out / "model_card.md", model_card or f"# {name}\n")
@@ -262,10 +283,32 @@ def write_bundle(
     return out
 
 
+def _save_ood(
+    out: Path, feats: np.ndarray, folds: np.ndarray | None, space: str, name: str = "ood"
+) -> dict[str, Any]:
+    """Fit :class:`~buscad.bundle.safety.FeatureOOD`, write it (and its encoder) into ``out``."""
+    from buscad.bundle.safety import FeatureOOD
+
+    entry = FeatureOOD.fit(feats, folds=folds, space=space).save(out, name)
+    if space != "cnn":
+        import shutil
+
+        from buscad.bundle.ood_encoder import ENCODER_FILE, SPACE, encoder_path
+
+        if space != SPACE:
+            raise ValueError(f"unknown OOD feature space {space!r}")
+        shutil.copyfile(encoder_path(), out / ENCODER_FILE)
+        entry.update(encoder=ENCODER_FILE, encoder_sha256=file_sha256(out / ENCODER_FILE))
+    return entry
+
+
 def add_ood(
     bundle: str | os.PathLike[str],
     train_features: np.ndarray,
     training: dict | None = None,
+    folds: np.ndarray | None = None,
+    space: str = "cnn",
+    frame_features: np.ndarray | None = None,
 ) -> dict:
     """Fit the out-of-distribution model on training features and record it in ``bundle.json``.
 
@@ -277,11 +320,13 @@ def add_ood(
     dict
         The ``ood`` entry of ``bundle.json``.
     """
-    from buscad.bundle.safety import FeatureOOD
-
     out = Path(bundle)
     doc = json.loads((out / "bundle.json").read_text(encoding="utf-8"))
-    doc["ood"] = FeatureOOD.fit(train_features).save(out)
+    from buscad.bundle.safety import OOD_FRAME_FILE
+
+    doc["ood"] = _save_ood(out, train_features, folds, space)
+    if frame_features is not None:
+        doc["ood_frame"] = _save_ood(out, frame_features, folds, space, OOD_FRAME_FILE)
     if training is not None:
         doc["training"] = training
     atomic_write_json(out / "bundle.json", doc)
@@ -496,7 +541,7 @@ class Bundle:
             )
         )
         self.version = str(doc.get("version"))
-        from buscad.bundle.safety import FeatureOOD, banner, training_text
+        from buscad.bundle.safety import OOD_FRAME_FILE, FeatureOOD, banner, training_text
 
         #: what the bundle was trained on (None: provenance unknown) and its banner
         self.training: dict | None = doc.get("training")
@@ -506,6 +551,18 @@ class Bundle:
         self.flags: list[str] = list(doc.get("flags") or [])
         ood = doc.get("ood")
         self.ood = FeatureOOD.load(path, ood.get("sha256")) if ood else None
+        frame = doc.get("ood_frame")
+        self.ood_frame = (
+            FeatureOOD.load(path, frame.get("sha256"), OOD_FRAME_FILE) if frame else None
+        )
+        self._ood_encoder: Any = None
+        if ood and ood.get("encoder"):
+            from buscad.bundle.ood_encoder import OODEncoder
+
+            enc = path / ood["encoder"]
+            if enc.is_file() and ood.get("encoder_sha256") != file_sha256(enc):
+                raise ModelFileError(enc, "SHA-256 does not match bundle.json")
+            self._ood_encoder = OODEncoder(enc, num_threads)
         self._lock = threading.Lock()
         self._model: Any = None
         self._onnx: Any = None
@@ -1010,7 +1067,7 @@ class Bundle:
         an outline, no lesion found inside the box drawn (the box is read as drawn), or
         the segmenter's outline flagged as poor (predicted Dice below its threshold).
         """
-        from buscad.bundle.safety import flagged_outline_text, ood_text
+        from buscad.bundle.safety import flagged_outline_text, ood_frame_text, ood_text
         from buscad.data import quality
 
         withhold: list[str] = []
@@ -1020,9 +1077,22 @@ class Bundle:
         if flags:
             withhold.append("the model failed the study's own checks (" + "; ".join(flags) + ")")
         if self.ood is not None:
+            if self._ood_encoder is not None:
+                from buscad.bundle.ood_encoder import region
+
+                feats = self._ood_encoder.features(region(prep.gray, prep.roi))
             ratio = self.ood.ratio(feats)
             if ratio > 1.0:
                 withhold.append(ood_text(ratio))
+        if self.ood_frame is not None and self._ood_encoder is not None and prep.source == "auto":
+            from buscad.bundle.ood_encoder import region
+
+            h, w = prep.gray.shape[:2]
+            frame = self.ood_frame.ratio(
+                self._ood_encoder.features(region(prep.gray, (0, 0, w, h)))
+            )
+            if frame > 1.0:
+                soft.append(ood_frame_text(frame))
         if prep.found is False and prep.source == "box":  # the box drawn is read as drawn
             soft.append("no lesion found in the box by the segmenter: the whole box was read")
         elif prep.found is False:

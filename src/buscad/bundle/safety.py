@@ -12,14 +12,17 @@ bundle (JSON in ``bundle.json``; the feature model as ``ood.safetensors`` +
     record existed says :data:`PROVENANCE_UNKNOWN`.
 
 ``ood`` (:class:`FeatureOOD`)
-    an out-of-distribution model of the training images in the CNN's feature
-    space: the k-nearest-neighbour distance (Sun et al., ICML 2022) of an image's
-    L2-normalised deep features ``z = f / ||f||`` to the training rows',
-    ``d(x) = ||z(x) - z_(k)||`` with ``z_(k)`` its k-th nearest training row. The
-    limit is the :data:`OOD_PERCENTILE` th percentile of the training rows'
-    *leave-one-out* distances (each row's k-th nearest *other* row), so about 1 % of
-    training-like images exceed it. An image above the limit gets its AI call
-    withheld.
+    an out-of-distribution model of the training images in a feature space: the
+    k-nearest-neighbour distance (Sun et al., ICML 2022) of an image's L2-normalised
+    features ``z = f / ||f||`` to the training rows', ``d(x) = ||z(x) - z_(k)||`` with
+    ``z_(k)`` its k-th nearest training row. The features are a frozen ImageNet
+    encoder's of the region the CNN reads (:mod:`buscad.bundle.ood_encoder`; space
+    ``imagenet-efficientnet_lite0-224``), or, in bundles written before it (space
+    ``cnn``), the CNN's own. The limit is the :data:`OOD_PERCENTILE` th percentile of
+    the training rows' *out-of-fold* distances (each row's k-th nearest row in the
+    other cross-validation folds; without folds, its k-th nearest *other* row), so
+    about 1 % of training-like images exceed it. An image above the limit gets its AI
+    call withheld.
 
 ``flags`` (:func:`study_flags`, :func:`model_flags`)
     what the study's own out-of-fold numbers say is broken about a model. The
@@ -58,6 +61,8 @@ OOD_K = 5
 #: Training rows kept in the OOD model (a seeded random subset above this).
 OOD_MAX_ROWS = 5000
 OOD_FILE = "ood"
+#: File stem of the whole-frame OOD model (checked when the segmenter searched the frame).
+OOD_FRAME_FILE = "ood_frame"
 #: A model is "constant" when more than this fraction of its out-of-fold scores share one value.
 CONSTANT_FRACTION = 0.5
 
@@ -237,6 +242,8 @@ class FeatureOOD:
     k: int
     limit: float
     percentile: float = OOD_PERCENTILE
+    space: str = "cnn"
+    limit_rule: str = "leave-one-out"
 
     @classmethod
     def fit(
@@ -246,17 +253,33 @@ class FeatureOOD:
         percentile: float = OOD_PERCENTILE,
         max_rows: int = OOD_MAX_ROWS,
         seed: int = 0,
+        folds: np.ndarray | None = None,
+        space: str = "cnn",
     ) -> FeatureOOD:
-        """Fit on training features ``(n, d)``; the limit from leave-one-out k-NN distances."""
+        """Fit on training features ``(n, d)``.
+
+        The limit is the ``percentile`` of the training rows' k-NN distances to the
+        rows of the *other* folds when ``folds`` (one fold id per row, at least two
+        folds) is given, otherwise to every other row (leave-one-out).
+        """
         z = _normalise(feats)
-        z = z[np.isfinite(z).all(1)]
+        ok = np.isfinite(z).all(1)
+        z = z[ok]
+        f = None if folds is None else np.asarray(folds)[ok]
         if len(z) > max_rows:
-            z = z[np.random.default_rng(seed).choice(len(z), max_rows, replace=False)]
+            keep = np.random.default_rng(seed).choice(len(z), max_rows, replace=False)
+            z, f = z[keep], (None if f is None else f[keep])
         if len(z) < 3:
             raise ValueError(f"the OOD model needs at least 3 training rows, got {len(z)}")
+        if f is not None and len(np.unique(f)) >= 2:
+            kk = int(max(1, min(k, min(int((f != v).sum()) for v in np.unique(f)))))
+            d = np.concatenate([cls._knn(z[f == v], z[f != v], kk) for v in np.unique(f)])
+            return cls(
+                z, kk, float(np.percentile(d, percentile)), float(percentile), space, "out-of-fold"
+            )
         k = int(max(1, min(k, len(z) - 2)))
         d = cls._knn(z, z, k + 1)  # the nearest is the row itself
-        return cls(z, k, float(np.percentile(d, percentile)), float(percentile))
+        return cls(z, k, float(np.percentile(d, percentile)), float(percentile), space)
 
     @staticmethod
     def _knn(q: np.ndarray, z: np.ndarray, k: int) -> np.ndarray:
@@ -282,44 +305,55 @@ class FeatureOOD:
         """One image's distance over the limit (> 1: outside the training images)."""
         return float(self.distance(feats)[0] / max(self.limit, 1e-12))
 
-    def save(self, folder: str | os.PathLike[str]) -> dict[str, Any]:
-        """Write ``ood.safetensors`` + ``ood.json`` into ``folder``; the ``bundle.json`` entry."""
+    def save(self, folder: str | os.PathLike[str], name: str = OOD_FILE) -> dict[str, Any]:
+        """Write ``{name}.safetensors`` + ``{name}.json`` into ``folder``; the ``bundle.json`` entry."""
         from safetensors.numpy import save_file
 
         from buscad.utils import atomic_write_json, file_sha256
 
         out = Path(folder)
-        st = out / f"{OOD_FILE}.safetensors"
+        st = out / f"{name}.safetensors"
         save_file({"train": np.ascontiguousarray(self.train, np.float32)}, str(st))
         meta = {
-            "method": "knn-distance on L2-normalised deep features",
+            "method": "knn-distance on L2-normalised features",
+            "space": self.space,
             "k": self.k,
             "limit": self.limit,
             "percentile": self.percentile,
-            "limit_rule": "percentile of the training rows' leave-one-out k-NN distances",
+            "limit_rule": f"percentile of the training rows' {self.limit_rule} k-NN distances",
             "rows": len(self.train),
             "dim": int(self.train.shape[1]),
         }
-        atomic_write_json(out / f"{OOD_FILE}.json", meta)
-        return {"file": OOD_FILE, "sha256": file_sha256(st), **meta}
+        atomic_write_json(out / f"{name}.json", meta)
+        return {"file": name, "sha256": file_sha256(st), **meta}
 
     @classmethod
-    def load(cls, folder: str | os.PathLike[str], sha256: str | None = None) -> FeatureOOD:
+    def load(
+        cls, folder: str | os.PathLike[str], sha256: str | None = None, name: str = OOD_FILE
+    ) -> FeatureOOD:
         """Read a model :meth:`save` wrote (checked against ``sha256`` when given)."""
         from safetensors.numpy import load_file
 
         from buscad.errors import ModelFileError
         from buscad.utils import file_sha256
 
-        st = Path(folder) / f"{OOD_FILE}.safetensors"
-        js = Path(folder) / f"{OOD_FILE}.json"
+        st = Path(folder) / f"{name}.safetensors"
+        js = Path(folder) / f"{name}.json"
         if not st.is_file() or not js.is_file():
             raise ModelFileError(st, "out-of-distribution model not found")
         if sha256 and file_sha256(st) != sha256:
             raise ModelFileError(st, "SHA-256 does not match bundle.json")
         meta = json.loads(js.read_text(encoding="utf-8"))
         train = load_file(str(st))["train"]
-        return cls(train, int(meta["k"]), float(meta["limit"]), float(meta["percentile"]))
+        rule = str(meta.get("limit_rule", ""))
+        return cls(
+            train,
+            int(meta["k"]),
+            float(meta["limit"]),
+            float(meta["percentile"]),
+            str(meta.get("space", "cnn")),
+            "out-of-fold" if "out-of-fold" in rule else "leave-one-out",
+        )
 
 
 def ood_text(ratio: float) -> str:
@@ -327,6 +361,15 @@ def ood_text(ratio: float) -> str:
     return (
         "this image is unlike the images the model was trained on (its distance to them is "
         f"{ratio:.2f}x the limit that 99% of the training images fall within)"
+    )
+
+
+def ood_frame_text(ratio: float) -> str:
+    """The caution when the whole frame the segmenter searched is unlike the training frames."""
+    return (
+        "the whole image is unlike the images the model was trained on (its distance to them "
+        f"is {ratio:.2f}x the limit that 99% of the training images fall within): the "
+        "automatic outline and the result may be unreliable"
     )
 
 
@@ -362,6 +405,7 @@ __all__ = [
     "FeatureOOD",
     "banner",
     "model_flags",
+    "ood_frame_text",
     "ood_text",
     "study_flags",
     "training_from_rows",

@@ -42,8 +42,9 @@ from buscad.utils import atomic_write_json, atomic_write_table, file_sha256, sta
 
 #: Bumped when the bundle stage writes something new (2: model.onnx with Grad-CAM;
 #: 3: the classical and fusion models; 4: why a configured model is not in it;
-#: 5: each model's ``reads_reader``; 6: training record, study flags, OOD model).
-BUNDLE_VERSION = 6
+#: 5: each model's ``reads_reader``; 6: training record, study flags, OOD model;
+#: 7: the OOD model in a frozen ImageNet encoder's space, limit out-of-fold).
+BUNDLE_VERSION = 7
 #: Bumped when the fold-features stage writes something new (1: each CV fold CNN's
 #: features of every training row, for fold-clean deep-feature models).
 FOLD_FEATURES_VERSION = 1
@@ -55,6 +56,50 @@ GALLERY_VERSION = 2
 #: 3: not-evaluable rows and cases lacking some inputs; 4: bottom line and figures first, the
 #: synthetic-data notice, legends below the curves, one calibration panel per model).
 EVALUATE_VERSION = 4
+
+
+def _ood_reference(man: Manifest, deep_path: Path, log: Any = None) -> dict[str, Any]:
+    """The out-of-distribution model's training features for :func:`write_bundle`.
+
+    The frozen ImageNet encoder's features of the regions the CNN reads
+    (:func:`buscad.bundle.ood_encoder.training_features`) and of the whole images
+    (the whole-frame model), with the training rows' cross-validation folds for an
+    out-of-fold limit; the CNN's own features
+    (leave-one-out limit) when the encoder's weights are not installed.
+    """
+    from buscad.bundle.ood_encoder import SPACE, training_features
+    from buscad.errors import ModelFileError
+
+    is_tr = (man.df["split"] == "train").to_numpy()
+    rows = np.flatnonzero(is_tr)
+    pre = json.loads((deep_path / "model.json").read_text(encoding="utf-8"))["preprocessing"]
+    fold_col = next((c for c in ("cv_fold", "deep_fold") if c in man.df), None)
+    try:
+        feats, kept = training_features(
+            man, rows, float(pre.get("margin", 0.1)), whole=pre.get("roi") == "whole"
+        )
+    except ModelFileError as exc:
+        if log is not None:
+            log(f"OOD model in the CNN's feature space: {exc}")
+        tr = man.df[is_tr]
+        cnn = (
+            pd.read_parquet(deep_path / "features.parquet")
+            .set_index("image_id")
+            .reindex(tr["image_id"].astype(str))
+            .dropna()
+        )
+        return {"train_features": cnn.to_numpy(np.float32)}
+    folds = None
+    if fold_col is not None:
+        folds = man.df[fold_col].to_numpy()[rows][kept]
+        folds = folds if pd.notna(folds).all() else None
+    frame, kept_frame = training_features(man, rows[kept], 0.0, whole=True)
+    return {
+        "train_features": feats,
+        "ood_folds": folds,
+        "ood_space": SPACE,
+        "frame_features": frame if len(kept_frame) == len(kept) else None,
+    }
 
 
 @dataclass(frozen=True)
@@ -1009,11 +1054,7 @@ class StudyRun:
                     [c.name for c in cfg.cohorts if c.phantom is not None],
                     json.loads((deep_res.path / "model.json").read_text(encoding="utf-8")),
                 ),
-                train_features=pd.read_parquet(deep_res.path / "features.parquet")
-                .set_index("image_id")
-                .reindex(tr["image_id"].astype(str))
-                .dropna()
-                .to_numpy(np.float32),
+                **_ood_reference(man, deep_res.path, self.warnings.append),
                 headline=_headline(cls_res),
             )
 
