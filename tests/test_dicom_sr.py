@@ -70,6 +70,20 @@ def test_sr_round_trip(scored):
     assert ds.Modality == "SR" and ds.StudyInstanceUID == scored["study"]
     assert str(ds.PatientName) == PHI_NAME and ds.PatientID == PHI_ID  # copied, as required
     assert ds.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+    # the algorithm identification names the model that gave the AI score, not just the bundle
+    assert doc["headline_model"] == "deep"
+    texts: list[str] = []
+
+    def walk(d) -> None:
+        for el in d:
+            if el.VR == "SQ":
+                for item in el.value:
+                    walk(item)
+            elif el.keyword == "TextValue":
+                texts.append(str(el.value))
+
+    walk(ds)
+    assert "model=deep (Deep-learning model (CNN))" in texts
 
 
 def test_no_other_output_carries_header_values(scored):

@@ -216,6 +216,21 @@ def test_model_flags_rules():
     assert study_flags(y, good, 1.1, float(np.median(cal)), cal) == []
 
 
+def test_flags_text_says_which_calls_are_withheld():
+    from buscad.bundle.safety import flags_text
+
+    assert flags_text([]) is None
+    deep = flags_text(["CNN AUC 0.28"], "deep")
+    assert deep == (
+        "The bundle's CNN failed the study's checks, so every AI call of the bundle is "
+        "withheld: CNN AUC 0.28"
+    )
+    assert flags_text(["CNN AUC 0.28"], None) == deep
+    other = flags_text(["a", "b"], "integrated")
+    assert "every AI call the CNN gives (when the study's headline model cannot score" in other
+    assert other.endswith(": a; b")
+
+
 def test_training_record_from_rows():
     rows = pd.DataFrame(
         {

@@ -90,7 +90,10 @@ def test_key_warnings_come_from_the_numbers_most_serious_first():
         "reaches 0.5: no evidence that it beats chance there.",
     ]
     flagged = key_warnings([arm(bad)], ["CNN out-of-fold AUC 0.28 is below 0.5"])
-    assert len(flagged) == 3 and flagged[0].startswith("The bundle failed the study's checks")
+    assert len(flagged) == 3 and flagged[0].startswith("The bundle's CNN failed the study's checks")
+    # the arm's chosen model is the integrated one: only the CNN's own calls are withheld
+    assert "every AI call the CNN gives" in flagged[0]
+    assert "every AI call of the bundle" not in flagged[0]
     # the training cohort never raises one: its numbers are out-of-fold, not an evaluation
     assert key_warnings([arm({**GOOD, (TRAIN, "integrated"): (0.5, 0.3, 0.7)})]) == []
 

@@ -262,6 +262,9 @@ def test_reader_screens(browser, server, shots):
     page.wait_for_selector("#ai-panel:visible")
     assert page.inner_text("#round") == "Round 2: with AI"
     assert page.inner_text("#score").endswith("%")
+    # the same headline words as the case screen: "AI assessment by the <model>: ..."
+    assert page.inner_text("#threshold").startswith("AI assessment by the ")
+    assert "calibrated probability" not in page.inner_text("#ai-panel")
     page.wait_for_function("document.getElementById('heat-img').naturalWidth > 0")
     # round 2 draws the region the AI read (the case's mask) over the image; it can be hidden
     assert page.locator("#outline-svg").is_visible()

@@ -181,15 +181,11 @@ def _bundle_lines(b: Any, log: Any) -> None:
         log(f"*** {banner} ***", True)
     if getattr(b, "training_text", None):
         log(f"bundle {b.name}: {b.training_text}", True)
-    flags = getattr(b, "flags", None)
-    if flags:
-        which = (
-            "model failed the study's checks; every AI call is withheld"
-            if getattr(b, "headline_model", "deep") == "deep"
-            else "CNN failed the study's checks; every AI call it gives (when the study's "
-            "headline model cannot score an image) is withheld"
-        )
-        log(f"WARNING: the bundle's {which}: " + "; ".join(flags), True)
+    from buscad.bundle.safety import flags_text
+
+    text = flags_text(getattr(b, "flags", None) or [], getattr(b, "headline_model", "deep"))
+    if text:
+        log(f"WARNING: {text}", True)
 
 
 def _finish_manifest_run(summary, bundle: Path, items, out: Path, dicom_sr: Path | None) -> None:

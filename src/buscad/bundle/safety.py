@@ -146,6 +146,26 @@ def training_text(training: dict[str, Any] | None) -> str:
     )
 
 
+def flags_text(flags: Sequence[str], headline: str | None = "deep") -> str | None:
+    """What the study's checks of the CNN (``flags``) mean for the bundle's calls, in one sentence.
+
+    With the CNN as the headline model (``headline`` ``"deep"`` or None) every AI call is
+    withheld; with another headline model only the calls the CNN gives (when that model
+    cannot score an image) are. None without flags. The CLI, the app, the study's
+    warnings and its report's bottom line all say this sentence.
+    """
+    if not flags:
+        return None
+    if headline in (None, "deep"):
+        which = "so every AI call of the bundle is withheld"
+    else:
+        which = (
+            "so every AI call the CNN gives (when the study's headline model cannot score an "
+            "image) is withheld"
+        )
+    return f"The bundle's CNN failed the study's checks, {which}: " + "; ".join(flags)
+
+
 def banner(training: dict[str, Any] | None) -> str | None:
     """The banner every result carries: :data:`PHANTOM_BANNER` for a phantom-trained bundle."""
     return PHANTOM_BANNER if training and training.get("phantom") else None
@@ -404,6 +424,7 @@ __all__ = [
     "PROVENANCE_UNKNOWN",
     "FeatureOOD",
     "banner",
+    "flags_text",
     "model_flags",
     "ood_frame_text",
     "ood_text",

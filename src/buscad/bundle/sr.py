@@ -112,6 +112,8 @@ def build_sr(
     import pydicom
     from pydicom.sr.codedict import codes
 
+    from buscad.labels import model_label
+
     try:
         src = pydicom.dcmread(source, stop_before_pixels=True)
     except Exception as exc:
@@ -131,7 +133,13 @@ def build_sr(
             observer_type=codes.DCM.Device, observer_identifying_attributes=device
         )
     )
-    algorithm = hd.sr.AlgorithmIdentification(name=f"buscad bundle {name}"[:64], version=version)
+    # the model that gave the AI score (the headline model) is named beside the bundle
+    model = str(result.get("headline_model") or "deep")
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=f"buscad bundle {name}"[:64],
+        version=version,
+        parameters=[f"model={model} ({model_label(model)})"],
+    )
     region = hd.sr.ImageRegion(
         graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
         graphic_data=outline(tuple(result["roi"]), mask),

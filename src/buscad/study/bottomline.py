@@ -194,13 +194,12 @@ def key_warnings(arms: Sequence[ArmSummary], bundle_flags: Sequence[str] = ()) -
 
     See the module docstring for the rules; each sentence names the cohort and the numbers.
     """
+    from buscad.bundle.safety import flags_text
+
     out: list[str] = []
-    if bundle_flags:
-        out.append(
-            "The bundle failed the study's checks, so every AI call it makes is withheld: "
-            + "; ".join(bundle_flags)
-            + "."
-        )
+    text = flags_text(bundle_flags, arms[0].chosen if arms else "deep")
+    if text:
+        out.append(text + ".")
     for a in arms:
         label = model_label(a.chosen)
         arm = f" ({a.name})" if len(arms) > 1 else ""

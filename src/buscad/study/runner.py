@@ -1082,13 +1082,13 @@ class StudyRun:
         if out.exists():
             shutil.rmtree(out)
         shutil.copytree(res.path / "bundle", out)
-        flags = json.loads((out / "bundle.json").read_text(encoding="utf-8")).get("flags") or []
-        self.bundle_flags = list(flags)
-        if flags:  # buscad.bundle.safety.study_flags: every prediction of it is withheld
-            self.warnings.append(
-                "the bundle's CNN failed the study's checks, so every AI call of the bundle is "
-                "withheld: " + "; ".join(flags)
-            )
+        from buscad.bundle.safety import flags_text
+
+        doc = json.loads((out / "bundle.json").read_text(encoding="utf-8"))
+        self.bundle_flags = list(doc.get("flags") or [])
+        text = flags_text(self.bundle_flags, (doc.get("headline_model") or {}).get("model"))
+        if text:  # buscad.bundle.safety.study_flags: the CNN's calls are withheld
+            self.warnings.append(text)
         return out
 
     def _gallery(

@@ -63,10 +63,12 @@ async def info(state: Annotated[AppState, Depends(get_state)]) -> dict[str, Any]
     lesion itself (``POST /api/outline``), else ``outline_note`` says why not.
     ``banner`` is the phantom banner (None for a bundle trained on real images),
     ``training`` what the bundle was trained on, ``flags`` what the study found
-    broken about its model (its calls are then withheld). ``headline_model`` is the
+    broken about its CNN and ``flags_text`` what that means for its calls
+    (:func:`buscad.bundle.safety.flags_text`). ``headline_model`` is the
     model that gives the AI assessment when it can score an image (the study's headline
     model, else ``primary_model``, the CNN, which gives it otherwise).
     """
+    from buscad.bundle.safety import flags_text
     from buscad.labels import model_description, model_label
 
     predictor = state.predictor
@@ -77,6 +79,10 @@ async def info(state: Annotated[AppState, Depends(get_state)]) -> dict[str, Any]
         "banner": getattr(predictor, "banner", None),
         "training": getattr(predictor, "training_text", None),
         "flags": list(getattr(predictor, "flags", []) or []),
+        "flags_text": flags_text(
+            getattr(predictor, "flags", []) or [],
+            getattr(predictor, "headline_model", predictor.primary_model),
+        ),
         "threshold": float(predictor.threshold),
         "primary_model": predictor.primary_model,
         "headline_model": getattr(predictor, "headline_model", predictor.primary_model),

@@ -28,7 +28,7 @@ async function loadInfo() {
     " · threshold " + pct(i.threshold) + " · uploads up to " + i.max_upload_mb + " MB" +
     (i.training ? " · " + i.training : "");
   // what the bundle is, first: the phantom banner and the study's checks (docs/safety.md)
-  const top = [i.banner, ...(i.flags || []).map((f) => "The model failed its study's checks: " + f)].filter(Boolean);
+  const top = [i.banner, i.flags_text].filter(Boolean);
   $("bundle-banner").hidden = !top.length;
   $("bundle-banner").textContent = top.join(" · ");
   const box = $("clinical");

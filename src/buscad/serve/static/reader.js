@@ -252,7 +252,8 @@ async function nextCase() {
   if (c.ai) {
     $("ai-panel").hidden = false;
     $("score").textContent = pct(c.ai.ai_score);
-    $("threshold").textContent = c.ai.decision_text;
+    // the case screen's headline words (model, score, band and call), once
+    $("threshold").textContent = c.ai.assessment_text || c.ai.decision_text;
     showBand(c.ai, $("band"), $("band-note"));
     fillModels(document.querySelector("#models tbody"), c.ai);
     if (c.ai.heatmap_url) {
