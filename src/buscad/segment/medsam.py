@@ -380,25 +380,12 @@ class MedSAM:
         """:meth:`embed` through an on-disk cache ``folder/<model12>/<image sha256>.npy``.
 
         The key is the image's SHA-256 (:func:`image_key`) under the encoder
-        graph's SHA-256, so a changed model never reuses an old embedding.
+        graph's SHA-256, so a changed model never reuses an old embedding; a corrupt
+        entry is recomputed (:class:`buscad.segment.medsam_features.EmbeddingCache`).
         """
-        from buscad.utils import atomic_path
+        from buscad.segment.medsam_features import EmbeddingCache
 
-        k = image_key(gray)
-        p = Path(folder) / self.model_hash[:12] / f"{k}.npy"
-        shape = tuple(np.shape(gray)[:2])
-        if p.is_file():
-            try:
-                arr = np.load(p, allow_pickle=False)
-                if arr.shape == (1, 256, 64, 64):
-                    return Embedding(arr.astype(np.float32), resized_size(shape), shape)  # type: ignore[arg-type]
-            except (OSError, ValueError):
-                pass  # a corrupt entry is recomputed
-        emb = self.embed(gray, key=k)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(p) as tmp, open(tmp, "wb") as fh:
-            np.save(fh, emb.array)
-        return emb
+        return EmbeddingCache(folder, self.model_hash, self.embed).get(gray)
 
     def decode_low_res(
         self, emb: Embedding, boxes: Sequence[Sequence[float]]
