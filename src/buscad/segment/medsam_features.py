@@ -358,7 +358,7 @@ class MedSAMFeatures:
                     raise
                 failures.append(f"{ids[i]}: {exc}")
                 rows.append(dict.fromkeys(COLUMNS, np.nan))
-        out = pd.DataFrame(rows, columns=list(COLUMNS)).astype(np.float32)
+        out = pd.DataFrame(rows, columns=list(COLUMNS), dtype=np.float64)
         out.insert(0, "image_id", ids)
         return out, failures
 
