@@ -77,7 +77,12 @@ class MedSAMModel(_WrappedClassifier):
         if k >= 2:
             splits = make_folds(yb, groups, None, k, self.random_state)
             head: Any = LogisticRegressionCV(
-                Cs=list(self.Cs), cv=splits, scoring="roc_auc", max_iter=5000
+                Cs=list(self.Cs),
+                cv=splits,
+                scoring="roc_auc",
+                max_iter=5000,
+                l1_ratios=(0.0,),  # L2 only
+                use_legacy_attributes=False,
             )
         else:
             head = LogisticRegression(C=1.0, max_iter=5000)
