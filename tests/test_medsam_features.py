@@ -289,3 +289,21 @@ def test_bundle_refuses_a_changed_encoder(study, tmp_path: Path) -> None:
         fh.write(b"\0")
     with pytest.raises(ModelFileError, match=r"encoder\.onnx: SHA-256 does not match bundle\.json"):
         Bundle.load(copy)
+
+
+def test_bundle_reuses_the_segmenters_litemedsam_encoder(tmp_path: Path) -> None:
+    import shutil
+
+    from buscad.bundle.bundle import add_medsam_encoder
+
+    src = fake_encoder(tmp_path / "enc")
+    digest = file_sha256(src / ENCODER_NAME)
+    alone = add_medsam_encoder(tmp_path / "b1", src)
+    assert alone["encoder"] == "medsam/encoder.onnx" and alone["encoder_sha256"] == digest
+    assert file_sha256(tmp_path / "b1" / "medsam" / ENCODER_NAME) == digest
+    carried = tmp_path / "b2" / "segmenter" / "litemedsam"
+    carried.mkdir(parents=True)
+    shutil.copyfile(src / ENCODER_NAME, carried / ENCODER_NAME)
+    shared = add_medsam_encoder(tmp_path / "b2", src)
+    assert shared["encoder"] == "segmenter/litemedsam/encoder.onnx"
+    assert not (tmp_path / "b2" / "medsam").exists()

@@ -12,6 +12,7 @@ A bundle is a folder::
     ood.safetensors      the training images' deep features  ┐ out-of-distribution model
     ood.json             its k and limit                      ┘ (buscad.bundle.safety)
     medsam/encoder.onnx  LiteMedSAM's image encoder, when a model reads the ``medsam`` features
+                         (unless segmenter/litemedsam/ already holds the same graph)
     model_card.md        intended use, data, metrics, limitations
 
 Nothing in it is a pickle. The AI score is the CNN's malignant probability
@@ -236,6 +237,8 @@ def write_bundle(
     needs_medsam = any(m.get("inputs", {}).get("medsam") for m in models.values())
     if needs_medsam and medsam is None:
         raise ValueError("a bundled model reads the LiteMedSAM features: pass medsam")
+    # the segmenter first: a LiteMedSAM segmenter's encoder serves the medsam model too
+    seg_entry = add_segmenter(out, segmenter, roi) if segmenter is not None else None
     doc = {
         "format": FORMAT,
         "version": VERSION,
@@ -259,7 +262,7 @@ def write_bundle(
         },
         "radiomics_params": radiomics_params if needs_radiomics else None,
         "medsam": add_medsam_encoder(out, medsam) if needs_medsam else None,
-        "segmenter": add_segmenter(out, segmenter, roi) if segmenter is not None else None,
+        "segmenter": seg_entry,
         "metrics": metrics or [],
         "provenance": provenance or {},
         "training": training,
@@ -361,19 +364,27 @@ def add_medsam_encoder(out: Path, folder: str | os.PathLike[str]) -> dict:
     """Copy a converted LiteMedSAM folder's encoder graph to ``out/medsam``; its ``bundle.json`` entry.
 
     The graph's SHA-256 must match the folder's manifest (checked again when the
-    bundle loads). The entry names the graph, its SHA-256 and the version of the
+    bundle loads). When the bundle's segmenter already carries the same graph
+    (``segmenter/litemedsam/encoder.onnx``), the entry names that file and nothing
+    is copied. The entry names the graph, its SHA-256 and the version of the
     pooled features (:data:`buscad.segment.medsam_features.FEATURES_VERSION`).
     """
     import shutil
 
+    from buscad.segment.medsam import ENCODER_NAME
     from buscad.segment.medsam_features import FEATURES_VERSION, Encoder
+    from buscad.utils import file_sha256
 
     src = Encoder.from_folder(folder)  # checks the graph against the manifest
-    dest = out / "medsam"
-    dest.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src.path, dest / "encoder.onnx")
+    carried = out / "segmenter" / "litemedsam" / ENCODER_NAME
+    if carried.is_file() and file_sha256(carried) == src.model_hash:
+        rel = carried.relative_to(out).as_posix()
+    else:
+        (out / "medsam").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src.path, out / "medsam" / ENCODER_NAME)
+        rel = f"medsam/{ENCODER_NAME}"
     return {
-        "encoder": "medsam/encoder.onnx",
+        "encoder": rel,
         "encoder_sha256": src.model_hash,
         "features_version": FEATURES_VERSION,
     }
