@@ -19,11 +19,15 @@ import pandas as pd
 import pytest
 
 from buscad.errors import ModelFileError
-from buscad.segment.medsam import ENCODER_NAME, MANIFEST_NAME, image_key
+from buscad.segment.medsam import (
+    EMBEDDING_SHAPE,
+    ENCODER_NAME,
+    MANIFEST_NAME,
+    EmbeddingCache,
+    image_key,
+)
 from buscad.segment.medsam_features import (
     COLUMNS,
-    EMBEDDING_SHAPE,
-    EmbeddingCache,
     Encoder,
     MedSAMFeatures,
     pooled_features,

@@ -26,7 +26,7 @@ inside ``R``. The pooled feature of channel ``c`` is the weighted mean
 on the bottom edge). Columns: ``medsam_in_000`` ... ``medsam_in_255``, then
 ``medsam_ring_*``, then ``medsam_below_*`` (768 in all, :data:`COLUMNS`).
 
-Embeddings are cached on disk (:class:`EmbeddingCache`): key
+Embeddings are cached on disk (:class:`~buscad.segment.medsam.EmbeddingCache`): key
 ``<cache>/<first 12 hex of the encoder graph's SHA-256>/<image SHA-256>.npy``, the
 image's SHA-256 being :func:`buscad.segment.medsam.image_key` of the 8-bit gray
 image (shape, dtype and bytes). The default cache is
@@ -37,7 +37,6 @@ image (shape, dtype and bytes). The default cache is
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,12 +45,13 @@ import numpy as np
 
 from buscad.errors import ModelFileError
 from buscad.segment.medsam import (
+    EMBEDDING_SHAPE,
     ENCODER_NAME,
     MANIFEST_NAME,
     SIZE,
     Embedding,
+    EmbeddingCache,
     gray_uint8,
-    image_key,
     preprocess,
     resized_size,
 )
@@ -61,8 +61,6 @@ if TYPE_CHECKING:
 
     from buscad.data.manifest import Manifest
 
-#: The embedding's shape, ``(batch, channels, grid, grid)``.
-EMBEDDING_SHAPE = (1, 256, 64, 64)
 #: Column prefix of the family (what models and bundles recognise).
 PREFIX = "medsam_"
 #: Regions pooled, in column order: name -> :func:`~buscad.segment.descriptors.lesion_regions` key.
@@ -75,13 +73,6 @@ COLUMNS: tuple[str, ...] = tuple(
 COLUMN_PATTERN = rf"^{PREFIX}(?:{'|'.join(REGIONS)})_\d{{3}}$"
 #: Bumped when the pooled features change meaning.
 FEATURES_VERSION = 1
-
-
-def default_cache() -> Path:
-    """``cache_root() / "litemedsam" / "embeddings"`` (not created here)."""
-    from buscad.utils import cache_root
-
-    return cache_root() / "litemedsam" / "embeddings"
 
 
 # ------------------------------------------------------------------ pooling
@@ -191,69 +182,6 @@ class Encoder:
         return Embedding(np.asarray(arr, np.float32), new_size, shape)  # type: ignore[arg-type]
 
 
-class EmbeddingCache:
-    """Embeddings on disk: ``<folder>/<model_hash[:12]>/<image SHA-256>.npy``.
-
-    Parameters
-    ----------
-    folder : path-like, optional
-        The cache's root (default :func:`default_cache`).
-    model_hash : str
-        SHA-256 of the encoder graph that made (or makes) the embeddings.
-    compute : callable, optional
-        ``compute(gray, key) -> Embedding`` for images not cached (e.g.
-        :meth:`Encoder.embed`); without it the cache is read-only and a missing or
-        unreadable entry raises.
-    """
-
-    def __init__(
-        self,
-        folder: str | os.PathLike[str] | None,
-        model_hash: str,
-        compute: Callable[[np.ndarray, str], Embedding] | None = None,
-    ) -> None:
-        self.root = Path(folder) if folder is not None else default_cache()
-        self.folder = self.root / model_hash[:12]
-        self.compute = compute
-
-    def path(self, key: str) -> Path:
-        """The file of an image's embedding (``key``: :func:`~buscad.segment.medsam.image_key`)."""
-        return self.folder / f"{key}.npy"
-
-    def get(self, gray: np.ndarray) -> Embedding:
-        """The embedding of ``gray``: read from the cache, else computed and stored.
-
-        An unreadable or wrongly shaped entry is recomputed (and replaced) when the
-        cache can compute; otherwise it raises.
-
-        Raises
-        ------
-        ModelFileError
-            Read-only cache (no ``compute``) and the entry is missing or unreadable.
-        """
-        from buscad.utils import atomic_path
-
-        k = image_key(gray)
-        p = self.path(k)
-        shape = tuple(np.shape(gray)[:2])
-        problem = f"no cached LiteMedSAM embedding of this image (key {k[:12]}...)"
-        if p.is_file():
-            try:
-                arr = np.load(p, allow_pickle=False)
-                if arr.shape != EMBEDDING_SHAPE:
-                    raise ValueError(f"shape {arr.shape}, expected {EMBEDDING_SHAPE}")
-                return Embedding(arr.astype(np.float32), resized_size(shape), shape)  # type: ignore[arg-type]
-            except (OSError, ValueError, EOFError) as exc:
-                problem = f"unreadable cached LiteMedSAM embedding ({exc})"
-        if self.compute is None:
-            raise ModelFileError(p, f"{problem} and no encoder to compute it")
-        emb = self.compute(gray, k)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(p) as tmp, open(tmp, "wb") as fh:
-            np.save(fh, emb.array)
-        return emb
-
-
 class MedSAMFeatures:
     """The ``medsam`` feature family of images and outlines, through the embedding cache.
 
@@ -263,7 +191,7 @@ class MedSAMFeatures:
         An :class:`Encoder` (or a converted LiteMedSAM folder, loaded lazily: a run
         whose embeddings are all cached never loads the graph). None: cache only.
     cache : path-like, optional
-        The embedding cache (default :func:`default_cache`).
+        The embedding cache (default :func:`~buscad.segment.medsam.default_cache`).
     model_hash : str, optional
         The encoder graph's SHA-256; needed with ``encoder=None`` (read-only cache),
         else read from the encoder's manifest.
@@ -380,10 +308,8 @@ __all__ = [
     "FEATURES_VERSION",
     "PREFIX",
     "REGIONS",
-    "EmbeddingCache",
     "Encoder",
     "MedSAMFeatures",
-    "default_cache",
     "feature_dict",
     "pooled_features",
     "region_weights",
