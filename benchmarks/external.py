@@ -665,6 +665,8 @@ def nested_cv(eng: Engine, names: list[str], rows: np.ndarray, folds: int = 5, l
 L0 = "deep_lite0_m0.1_s224"
 #: The ``medsam`` family's candidate (benchmarks/medsam_features.py measures it alone).
 MEDSAM = "LiteMedSAM features LR C by CV"
+#: The same with the regions' max-pooled embedding added (an ablation).
+MEDSAM_MAX = "LiteMedSAM features mean+max pool LR C by CV"
 #: BrEaST's in-domain CV: a ceiling for BUSI→BrEaST, run for the chosen recipes only.
 CEILING = "BrEaST CV"
 #: The evaluations of the former, optimistic rule (best worst-case AUC over them).
@@ -777,6 +779,7 @@ def candidates(
     # LiteMedSAM's image embedding pooled inside / around / below the outline (the study's
     # ``medsam`` model: z-score, L2 logistic regression, C by inner grouped CV)
     add(Candidate(MEDSAM, ["medsam"], kind="lrcv", note="buscad.classical.MedSAMModel"))
+    add(Candidate(MEDSAM_MAX, ["medsam", "medsam_max"], kind="lrcv", note="+ max pooling"))
     # fusion
     ens = "deep ensemble (lite0/1/2 × 2 crops, mean logit)"
     ens01 = "deep ensemble, members C=0.01"
@@ -910,6 +913,7 @@ def candidates(
             "fusion stack: descriptors + deep ensemble + radiomics",
         ),
         ("LiteMedSAM features vs frozen lite0", "lite0 ROI LR C by CV", MEDSAM),
+        ("LiteMedSAM features: + max pooling", MEDSAM, MEDSAM_MAX),
         (
             "descriptors: + LiteMedSAM features (stack)",
             desc,

@@ -21,6 +21,7 @@ medsam       LiteMedSAM's image embedding mean-pooled inside the expert outline,
              around it and in the posterior band below it (buscad.segment.medsam_features;
              768 columns); embeddings from the on-disk cache (key: image SHA-256 under the
              encoder graph's SHA-256), the packaged checkpoint converted once when missing
+medsam_max   the same regions max-pooled (cells at least half inside; an ablation)
 
 Data: BUSI (Al-Dhabyani et al., Data in Brief 28:104863, 2020, CC0) and
 BrEaST-Lesions_USG (Pawlowska et al., Sci Data 11:148, 2024, CC BY 4.0), read in place.
@@ -166,12 +167,12 @@ def _radiomics(man: Manifest, out: Path) -> pd.DataFrame:
     return res.features.reset_index() if "image_id" not in res.features else res.features
 
 
-def _medsam(man: Manifest) -> pd.DataFrame:
+def _medsam(man: Manifest, pool: str = "mean") -> pd.DataFrame:
     from buscad.segment.medsam_convert import ensure_converted
     from buscad.segment.medsam_features import MedSAMFeatures
 
     folder = ensure_converted()  # converted once (PyTorch); the graph loads only for a miss
-    table, failures = MedSAMFeatures(folder, threads=2).table(man, progress=False)
+    table, failures = MedSAMFeatures(folder, threads=2).table(man, progress=False, pool=pool)
     if failures:
         print(f"medsam: {len(failures)} row(s) without features, e.g. {failures[0]}")
     return table
@@ -180,7 +181,7 @@ def _medsam(man: Manifest) -> pd.DataFrame:
 def families() -> list[str]:
     """Every family :func:`build` computes (besides ``geometry``, read from the audit)."""
     deep = [deep_family(*v) for v in DEEP_VARIANTS]
-    return ["morph", "shape", "echo", "radiomics", "medsam", *deep] + [
+    return ["morph", "shape", "echo", "radiomics", "medsam", "medsam_max", *deep] + [
         deep_family(*v, True) for v in NORM_VARIANTS
     ]
 
@@ -195,6 +196,7 @@ def build(man: Manifest, out: Path, families: list[str] | None = None, log=print
         "echo": lambda: _per_image(man, echo_features),
         "radiomics": lambda: _radiomics(man, out),
         "medsam": lambda: _medsam(man),
+        "medsam_max": lambda: _medsam(man, "max"),
     }
     for bb, margin, size in DEEP_VARIANTS:
         jobs[deep_family(bb, margin, size)] = lambda bb=bb, margin=margin, size=size: _deep_table(

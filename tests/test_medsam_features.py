@@ -28,8 +28,10 @@ from buscad.segment.medsam import (
 )
 from buscad.segment.medsam_features import (
     COLUMNS,
+    MAX_COLUMNS,
     Encoder,
     MedSAMFeatures,
+    max_pooled_features,
     pooled_features,
     region_weights,
 )
@@ -88,6 +90,10 @@ def test_pooled_features_are_the_region_means_of_a_constructed_embedding() -> No
     # posterior band: rows 128..191 (cells 32..47) below columns 64..127: 4 cell rows of -5,
     # 12 of 7 -> (4 * -5 + 12 * 7) / 16 = 4
     np.testing.assert_allclose(f[512:], 4.0)
+    # the max-pool ablation: the largest value over the cells at least half inside
+    g = max_pooled_features(e, mask)
+    np.testing.assert_allclose(g, np.concatenate([np.arange(256) + 1.0, [-5.0] * 256, [7.0] * 256]))
+    assert MAX_COLUMNS[0] == "medsam_max_in_000" and len(MAX_COLUMNS) == 768
 
 
 def test_padding_is_never_pooled_and_a_bottom_lesion_has_no_posterior_band() -> None:

@@ -69,6 +69,8 @@ REGIONS: dict[str, str] = {"in": "lesion", "ring": "ring", "below": "posterior"}
 COLUMNS: tuple[str, ...] = tuple(
     f"{PREFIX}{r}_{c:03d}" for r in REGIONS for c in range(EMBEDDING_SHAPE[1])
 )
+#: Columns of :func:`max_pooled_features` (the ``medsam_max`` ablation family).
+MAX_COLUMNS: tuple[str, ...] = tuple(c.replace(PREFIX, f"{PREFIX}max_", 1) for c in COLUMNS)
 #: Regular expression of the family's columns.
 COLUMN_PATTERN = rf"^{PREFIX}(?:{'|'.join(REGIONS)})_\d{{3}}$"
 #: Bumped when the pooled features change meaning.
@@ -111,6 +113,21 @@ def pooled_features(embedding: np.ndarray, mask: np.ndarray) -> np.ndarray:
     ValueError
         Wrong embedding shape or an empty mask.
     """
+    return _pool(embedding, mask, "mean")
+
+
+def max_pooled_features(embedding: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Max-pooled features (:data:`MAX_COLUMNS` order): an ablation, not the study model's input.
+
+    ``g_R[c] = max E[c, i, j]`` over the cells with ``w_R[i, j] >= min(0.5, max w_R)``
+    (at least half inside the region; the most covered cells of a region smaller
+    than half a cell); NaN when ``w_R`` is all zero. Arguments and errors as
+    :func:`pooled_features`.
+    """
+    return _pool(embedding, mask, "max")
+
+
+def _pool(embedding: np.ndarray, mask: np.ndarray, how: str) -> np.ndarray:
     from buscad.segment.descriptors import lesion_regions
 
     e = np.asarray(embedding, dtype=np.float64)
@@ -124,7 +141,12 @@ def pooled_features(embedding: np.ndarray, mask: np.ndarray) -> np.ndarray:
     for key in REGIONS.values():
         w = region_weights(regions[key]).ravel()
         total = w.sum()
-        out.append(flat @ w / total if total > 0 else np.full(e.shape[1], np.nan))
+        if total <= 0:
+            out.append(np.full(e.shape[1], np.nan))
+        elif how == "mean":
+            out.append(flat @ w / total)
+        else:
+            out.append(flat[:, w >= min(0.5, w.max())].max(axis=1))
     return np.concatenate(out)
 
 
@@ -229,8 +251,11 @@ class MedSAMFeatures:
         """The (cached) embedding of an image (8-bit gray: :func:`~buscad.segment.medsam.gray_uint8`)."""
         return self.cache.get(gray_uint8(gray))
 
-    def features(self, gray: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    def features(self, gray: np.ndarray, mask: np.ndarray, pool: str = "mean") -> dict[str, float]:
         """``column -> value`` of one image and its lesion outline.
+
+        ``pool``: ``mean`` (:data:`COLUMNS`, the model's inputs) or ``max``
+        (:data:`MAX_COLUMNS`, an ablation).
 
         Raises
         ------
@@ -251,17 +276,22 @@ class MedSAMFeatures:
             )
         if not m.any():
             raise MaskError("<mask>", "mask is empty")
-        return feature_dict(self.cache.get(g).array, m)
+        if pool not in ("mean", "max"):
+            raise ValueError(f"pool must be 'mean' or 'max', got {pool!r}")
+        cols = COLUMNS if pool == "mean" else MAX_COLUMNS
+        values = _pool(self.cache.get(g).array, m, pool)
+        return dict(zip(cols, values.tolist(), strict=True))
 
     def table(
-        self, manifest: Manifest, progress: bool | None = None
+        self, manifest: Manifest, progress: bool | None = None, pool: str = "mean"
     ) -> tuple[pd.DataFrame, list[str]]:
         """Features of every row of a manifest (its image and ``mask_path`` outline).
 
         Returns
         -------
         (pandas.DataFrame, list of str)
-            ``image_id`` then :data:`COLUMNS` (NaN for rows that could not be read:
+            ``image_id`` then :data:`COLUMNS` (``pool="max"``: :data:`MAX_COLUMNS`;
+            NaN for rows that could not be read:
             no image, no or an empty mask), and one ``"<image_id>: <problem>"``
             line per such row.
         """
@@ -280,13 +310,14 @@ class MedSAMFeatures:
                 paths = manifest.mask_paths(i)
                 if not paths:
                     raise ValueError("no outline (mask_path) for this row")
-                rows.append(self.features(g, read_mask(paths, g.shape)))
+                rows.append(self.features(g, read_mask(paths, g.shape), pool))
             except (InputFileError, ValueError) as exc:
                 if isinstance(exc, ModelFileError):
                     raise
                 failures.append(f"{ids[i]}: {exc}")
-                rows.append(dict.fromkeys(COLUMNS, np.nan))
-        out = pd.DataFrame(rows, columns=list(COLUMNS), dtype=np.float64)
+                rows.append({})
+        cols = list(COLUMNS if pool == "mean" else MAX_COLUMNS)
+        out = pd.DataFrame(rows, columns=cols, dtype=np.float64)
         out.insert(0, "image_id", ids)
         return out, failures
 
@@ -306,11 +337,13 @@ __all__ = [
     "COLUMN_PATTERN",
     "EMBEDDING_SHAPE",
     "FEATURES_VERSION",
+    "MAX_COLUMNS",
     "PREFIX",
     "REGIONS",
     "Encoder",
     "MedSAMFeatures",
     "feature_dict",
+    "max_pooled_features",
     "pooled_features",
     "region_weights",
 ]
