@@ -1,8 +1,10 @@
 """The ``medsam`` feature family alone, in both external directions (benchmarks/external.py's engine).
 
-Command (about a minute once the embeddings are cached; the cohorts and every
-other family's features are reused from ``--out``, only ``features/medsam.parquet``
-and the candidate's score cache are added there)::
+Command (the cohorts and every other family's features are reused from ``--out``;
+only ``features/medsam*.parquet`` and the candidates' score caches are added there;
+measured on 2 shared CPU cores with every embedding cached: 386 s for the first
+run, 125 s of it pooling features, 492 s for the run that added the max-pool
+ablation)::
 
     PYTHONPATH=src nice -n 10 .venv/bin/python benchmarks/medsam_features.py \\
         --out ../honestsel/runs/external
