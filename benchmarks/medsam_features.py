@@ -3,7 +3,7 @@
 Command (the cohorts and every other family's features are reused from ``--out``;
 only ``features/medsam*.parquet`` and the candidates' score caches are added there;
 measured on 2 shared CPU cores with every embedding cached: 386 s for the first
-run, 125 s of it pooling features, 492 s for the run that added the max-pool
+run, 125 s of it pooling features, 486 s for the run that added the max-pool
 ablation)::
 
     PYTHONPATH=src nice -n 10 .venv/bin/python benchmarks/medsam_features.py \\
