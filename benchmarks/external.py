@@ -17,7 +17,8 @@ Protocol
    near-duplicate groups are the grouping unit of every split.
 2. Inputs (benchmarks/external_features.py): frozen ImageNet EfficientNet-Lite
    features of the ROI, outline shape, gain-free echo ratios, pyradiomics, the
-   audit's mask geometry. Computed once per image, without labels.
+   audit's mask geometry, LiteMedSAM's image embedding pooled inside, around and
+   below the outline (``medsam``). Computed once per image, without labels.
 3. Three evaluations of every candidate: BUSI→BrEaST (fit on all of BUSI, score
    BrEaST), BrEaST→BUSI, and pooled grouped stratified 5-fold CV. Every
    hyper-parameter and threshold of a candidate is chosen on its training rows
@@ -662,6 +663,10 @@ def nested_cv(eng: Engine, names: list[str], rows: np.ndarray, folds: int = 5, l
 
 # ============================================================== candidates
 L0 = "deep_lite0_m0.1_s224"
+#: The ``medsam`` family's candidate (benchmarks/medsam_features.py measures it alone).
+MEDSAM = "LiteMedSAM features LR C by CV"
+#: The same with the regions' max-pooled embedding added (an ablation).
+MEDSAM_MAX = "LiteMedSAM features mean+max pool LR C by CV"
 #: BrEaST's in-domain CV: a ceiling for BUSI→BrEaST, run for the chosen recipes only.
 CEILING = "BrEaST CV"
 #: The evaluations of the former, optimistic rule (best worst-case AUC over them).
@@ -771,6 +776,10 @@ def candidates(
     add(Candidate(desc, ["geometry", "shape", "echo"]))
     add(Candidate(desc + ", C=0.1", ["geometry", "shape", "echo"], C=0.1))
     add(Candidate(desc + ", site-harmonised", ["geometry", "shape", "echo"], harmonise=True))
+    # LiteMedSAM's image embedding pooled inside / around / below the outline (the study's
+    # ``medsam`` model: z-score, L2 logistic regression, C by inner grouped CV)
+    add(Candidate(MEDSAM, ["medsam"], kind="lrcv", note="buscad.classical.MedSAMModel"))
+    add(Candidate(MEDSAM_MAX, ["medsam", "medsam_max"], kind="lrcv", note="+ max pooling"))
     # fusion
     ens = "deep ensemble (lite0/1/2 × 2 crops, mean logit)"
     ens01 = "deep ensemble, members C=0.01"
@@ -819,6 +828,15 @@ def candidates(
         )
     )
 
+    add(Combo(f"fusion stack: descriptors + {MEDSAM}", [desc, MEDSAM], how="stack"))
+    add(
+        Combo(
+            f"fusion stack: descriptors + deep ensemble C=0.01 + {MEDSAM}",
+            [desc, ens01, MEDSAM],
+            how="stack",
+        )
+    )
+    add(Combo(f"fusion mean: descriptors + deep ensemble + {MEDSAM}", [desc, ens, MEDSAM]))
     add(
         Combo(
             "fusion mean: descriptors + deep ensemble, recalibrated",
@@ -893,6 +911,23 @@ def candidates(
             "fusion: + all radiomics",
             "fusion stack: descriptors + deep ensemble",
             "fusion stack: descriptors + deep ensemble + radiomics",
+        ),
+        ("LiteMedSAM features vs frozen lite0", "lite0 ROI LR C by CV", MEDSAM),
+        ("LiteMedSAM features: + max pooling", MEDSAM, MEDSAM_MAX),
+        (
+            "descriptors: + LiteMedSAM features (stack)",
+            desc,
+            f"fusion stack: descriptors + {MEDSAM}",
+        ),
+        (
+            "fusion C=0.01 stack: + LiteMedSAM features",
+            "fusion stack: descriptors + deep ensemble C=0.01",
+            f"fusion stack: descriptors + deep ensemble C=0.01 + {MEDSAM}",
+        ),
+        (
+            "fusion mean: + LiteMedSAM features",
+            "fusion mean: descriptors + deep ensemble",
+            f"fusion mean: descriptors + deep ensemble + {MEDSAM}",
         ),
         *ft_ablation,
     ]

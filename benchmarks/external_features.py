@@ -17,6 +17,11 @@ deep_<bb>_m<margin>_s<size>
              ``g_*`` are the global average pool, ``m_*`` the mask-guided pool (features
              averaged over the lesion's pixels only)
 radiomics    pyradiomics 2D features with configs/radiomics.yaml (buscad.radiomics)
+medsam       LiteMedSAM's image embedding mean-pooled inside the expert outline, in a ring
+             around it and in the posterior band below it (buscad.segment.medsam_features;
+             768 columns); embeddings from the on-disk cache (key: image SHA-256 under the
+             encoder graph's SHA-256), the packaged checkpoint converted once when missing
+medsam_max   the same regions max-pooled (cells at least half inside; an ablation)
 
 Data: BUSI (Al-Dhabyani et al., Data in Brief 28:104863, 2020, CC0) and
 BrEaST-Lesions_USG (Pawlowska et al., Sci Data 11:148, 2024, CC BY 4.0), read in place.
@@ -162,10 +167,21 @@ def _radiomics(man: Manifest, out: Path) -> pd.DataFrame:
     return res.features.reset_index() if "image_id" not in res.features else res.features
 
 
+def _medsam(man: Manifest, pool: str = "mean") -> pd.DataFrame:
+    from buscad.segment.medsam_convert import ensure_converted
+    from buscad.segment.medsam_features import MedSAMFeatures
+
+    folder = ensure_converted()  # converted once (PyTorch); the graph loads only for a miss
+    table, failures = MedSAMFeatures(folder, threads=2).table(man, progress=False, pool=pool)
+    if failures:
+        print(f"medsam: {len(failures)} row(s) without features, e.g. {failures[0]}")
+    return table
+
+
 def families() -> list[str]:
     """Every family :func:`build` computes (besides ``geometry``, read from the audit)."""
     deep = [deep_family(*v) for v in DEEP_VARIANTS]
-    return ["morph", "shape", "echo", "radiomics", *deep] + [
+    return ["morph", "shape", "echo", "radiomics", "medsam", "medsam_max", *deep] + [
         deep_family(*v, True) for v in NORM_VARIANTS
     ]
 
@@ -179,6 +195,8 @@ def build(man: Manifest, out: Path, families: list[str] | None = None, log=print
         "shape": lambda: _per_image(man, lambda g, m: smooth_shape(m)),
         "echo": lambda: _per_image(man, echo_features),
         "radiomics": lambda: _radiomics(man, out),
+        "medsam": lambda: _medsam(man),
+        "medsam_max": lambda: _medsam(man, "max"),
     }
     for bb, margin, size in DEEP_VARIANTS:
         jobs[deep_family(bb, margin, size)] = lambda bb=bb, margin=margin, size=size: _deep_table(

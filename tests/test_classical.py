@@ -22,6 +22,7 @@ from buscad.classical.cv import cross_val_predict_grouped, make_folds
 from buscad.classical.deep import CLDLR, DLR
 from buscad.classical.fusion import ColumnScore, StackingIntegrator
 from buscad.classical.lexicon import LexiconEncoder, USModel
+from buscad.classical.medsam import MedSAMModel
 from buscad.classical.radscore import (
     RadScore,
     apply_radscore_formula,
@@ -200,6 +201,7 @@ _CHECKED = [
     PlattSVC(),
     DLR(),
     CLDLR(include="^x", numeric=None),
+    MedSAMModel(),
     StackingIntegrator([("lr", LogisticRegression())], cv=2),
     ICCFilter(),
     ClinicalSelector(),

@@ -167,7 +167,7 @@ def test_schema_errors_all_listed_with_did_you_mean(tmp_path):
             "s.yaml: cohort: unknown key; did you mean 'cohorts'?",
             "s.yaml: deep.epoch: unknown key; did you mean 'epochs'?",
             "s.yaml: models.1: unknown value 'dlrr'; did you mean 'dlr'? (one of: deep, "
-            "radiomics, dlr, clinical, us, cldlr, outline, integrated)",
+            "radiomics, dlr, clinical, us, cldlr, outline, medsam, integrated)",
             "s.yaml: roi: unknown value 'drawn' (one of: expert, auto, box)",
         ]
     )

@@ -31,7 +31,9 @@ from buscad.data.manifest import LEXICON_COLUMNS
 from buscad.errors import ConfigError, ConfigProblems
 from buscad.utils import did_you_mean
 
-ModelName = Literal["deep", "radiomics", "dlr", "clinical", "us", "cldlr", "outline", "integrated"]
+ModelName = Literal[
+    "deep", "radiomics", "dlr", "clinical", "us", "cldlr", "outline", "medsam", "integrated"
+]
 #: Where the lesion outline every mask-reading model uses comes from.
 RoiMode = Literal["expert", "auto", "box"]
 
@@ -239,6 +241,25 @@ class RadiomicsConfig(_Strict):
         le=1,
         description="Of two features with Spearman |rho| above this, the redundant one is dropped.",
     )
+
+
+class MedSAMConfig(_Strict):
+    """The ``medsam`` model: LiteMedSAM's image embedding pooled inside, around and below the
+    outline (:mod:`buscad.segment.medsam_features`) → z-score → L2 logistic regression, C by
+    inner grouped CV. Opt-in: list ``medsam`` in ``models``."""
+
+    folder: Path | None = Field(
+        None,
+        description="A converted LiteMedSAM folder (`encoder.onnx` + `litemedsam.json`), relative "
+        "to the config's folder; `null`: the packaged checkpoint, converted once into buscad's "
+        "cache (needs PyTorch the first time).",
+    )
+    cache: Path | None = Field(
+        None,
+        description="Embedding cache folder (`null`: `<buscad cache>/litemedsam/embeddings`); "
+        "an image is encoded once per encoder graph.",
+    )
+    threads: int = Field(1, ge=1, description="ONNX Runtime threads of the encoder.")
 
 
 class ClinicalConfig(_Strict):
@@ -461,11 +482,15 @@ class StudyConfig(_Strict):
         ["deep", "radiomics", "dlr", "clinical", "us", "cldlr", "outline", "integrated"],
         description="Models built: `deep` (fine-tuned CNN), `radiomics`, `dlr` (deep features → "
         "SVM), `clinical`, `us` (BI-RADS lexicon), `cldlr` (clinical + deep features), "
-        "`outline` (the outline's geometry and echo ratios), `integrated` (fusion).",
+        "`outline` (the outline's geometry and echo ratios), `medsam` (LiteMedSAM embedding "
+        "features; opt-in), `integrated` (fusion).",
     )
     deep: DeepConfig = Field(DeepConfig(), description="The CNN backbones and their training.")
     radiomics: RadiomicsConfig = Field(
         RadiomicsConfig(), description="Radiomics extraction and feature selection."
+    )
+    medsam: MedSAMConfig = Field(
+        MedSAMConfig(), description="The LiteMedSAM embedding features of the `medsam` model."
     )
     clinical: ClinicalConfig = Field(
         ClinicalConfig(), description="Clinical, lexicon and reader columns."

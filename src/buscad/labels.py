@@ -32,6 +32,11 @@ MODELS: dict[str, tuple[str, str]] = {
         "Outline descriptors",
         "shape, margin and echo descriptors computed from the lesion outline",
     ),
+    "medsam": (
+        "LiteMedSAM image features",
+        "a medical foundation model's image embedding inside, around and below the lesion "
+        "outline, in a logistic regression",
+    ),
     "integrated": ("Integrated model (fusion)", "fusion of the single models' scores"),
     "integrated_without_reader": (
         "Integrated model without the reader",

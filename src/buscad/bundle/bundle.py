@@ -13,6 +13,8 @@ A bundle is a folder::
     ood.json             its space, k and limit               │ (buscad.bundle.safety)
     ood_frame.*          the same of the whole training images │ (checked in automatic mode)
     ood_encoder.onnx     the frozen encoder of those features ┘ (buscad.bundle.ood_encoder)
+    medsam/encoder.onnx  LiteMedSAM's image encoder, when a model reads the ``medsam`` features
+                         (unless segmenter/litemedsam/ already holds the same graph)
     model_card.md        intended use, data, metrics, limitations
 
 Nothing in it is a pickle. The AI score is the CNN's malignant probability
@@ -34,8 +36,10 @@ image from what it read in training: the CNN's deep features of the same ROI
 not a box), clinical or BI-RADS lexicon inputs (clinical, US, CLDLR: missing
 values are imputed as in training, but a model none of whose inputs is given is
 skipped), the outline's geometry, smoothed shape and echo ratios computed from
-whatever outline the prediction uses (outline: :func:`computed_descriptors`), and
-the CNN's raw score plus the other models' inputs (integrated).
+whatever outline the prediction uses (outline: :func:`computed_descriptors`),
+LiteMedSAM's image embedding pooled inside, around and below that outline (medsam:
+the bundle's ``medsam/encoder.onnx`` on ONNX Runtime, :mod:`buscad.segment.medsam_features`),
+and the CNN's raw score plus the other models' inputs (integrated).
 Their probabilities are reported as the models give them, with each model's
 Youden threshold on its out-of-fold training scores. A model that cannot run says
 why in ``skipped_models``.
@@ -142,6 +146,7 @@ def write_bundle(
     ood_space: str = "cnn",
     frame_features: np.ndarray | None = None,
     headline: dict[str, Any] | None = None,
+    medsam: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Write a bundle from a deep checkpoint and its out-of-fold training scores.
 
@@ -192,6 +197,9 @@ def write_bundle(
         fusion fell below it on honest held-out scores (:func:`buscad.study.fit.fusion_summary`).
         Predictions take their AI score, band and call from it when it can score the
         image (:meth:`Bundle.headline_for`); ``primary_model`` stays the CNN, the fallback.
+    medsam : path-like, optional
+        A converted LiteMedSAM folder (needed when a model reads the ``medsam``
+        features): its encoder graph is copied to ``medsam/encoder.onnx``.
 
     The study's checks (:func:`buscad.bundle.safety.study_flags` on ``oof_scores``,
     :func:`~buscad.bundle.safety.model_flags` on a classical model's ``oof`` and ``y``
@@ -242,6 +250,11 @@ def write_bundle(
     needs_radiomics = any(m.get("inputs", {}).get("radiomics") for m in models.values())
     if needs_radiomics and radiomics_params is None:
         raise ValueError("a bundled model reads radiomics features: pass radiomics_params")
+    needs_medsam = any(m.get("inputs", {}).get("medsam") for m in models.values())
+    if needs_medsam and medsam is None:
+        raise ValueError("a bundled model reads the LiteMedSAM features: pass medsam")
+    # the segmenter first: a LiteMedSAM segmenter's encoder serves the medsam model too
+    seg_entry = add_segmenter(out, segmenter, roi) if segmenter is not None else None
     doc = {
         "format": FORMAT,
         "version": VERSION,
@@ -264,7 +277,8 @@ def write_bundle(
             if n not in models
         },
         "radiomics_params": radiomics_params if needs_radiomics else None,
-        "segmenter": add_segmenter(out, segmenter, roi) if segmenter is not None else None,
+        "medsam": add_medsam_encoder(out, medsam) if needs_medsam else None,
+        "segmenter": seg_entry,
         "metrics": metrics or [],
         "provenance": provenance or {},
         "training": training,
@@ -374,15 +388,50 @@ def add_segmenter(out: Path, segmenter: str | os.PathLike[str], roi: str = "expe
 def group_inputs(inputs: list[str]) -> dict[str, Any]:
     """Sort a model's input columns by where they come from at prediction time."""
     from buscad.classical.radscore import RADIOMICS_COLUMNS
+    from buscad.segment.medsam_features import COLUMN_PATTERN
 
     deep = [c for c in inputs if DEEP_FEATURE.match(c)]
     rad = [c for c in inputs if re.match(RADIOMICS_COLUMNS, c) and c not in deep]
-    rest = [c for c in inputs if c not in deep and c not in rad and c != DEEP_SCORE]
+    med = [c for c in inputs if re.match(COLUMN_PATTERN, c)]
+    rest = [
+        c for c in inputs if c not in deep and c not in rad and c not in med and c != DEEP_SCORE
+    ]
     return {
         "deep_features": len(deep),
         "deep_score": DEEP_SCORE in inputs,
         "radiomics": rad,
+        "medsam": med,
         "clinical": rest,
+    }
+
+
+def add_medsam_encoder(out: Path, folder: str | os.PathLike[str]) -> dict:
+    """Copy a converted LiteMedSAM folder's encoder graph to ``out/medsam``; its ``bundle.json`` entry.
+
+    The graph's SHA-256 must match the folder's manifest (checked again when the
+    bundle loads). When the bundle's segmenter already carries the same graph
+    (``segmenter/litemedsam/encoder.onnx``), the entry names that file and nothing
+    is copied. The entry names the graph, its SHA-256 and the version of the
+    pooled features (:data:`buscad.segment.medsam_features.FEATURES_VERSION`).
+    """
+    import shutil
+
+    from buscad.segment.medsam import ENCODER_NAME
+    from buscad.segment.medsam_features import FEATURES_VERSION, Encoder
+    from buscad.utils import file_sha256
+
+    src = Encoder.from_folder(folder)  # checks the graph against the manifest
+    carried = out / "segmenter" / "litemedsam" / ENCODER_NAME
+    if carried.is_file() and file_sha256(carried) == src.model_hash:
+        rel = carried.relative_to(out).as_posix()
+    else:
+        (out / "medsam").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src.path, out / "medsam" / ENCODER_NAME)
+        rel = f"medsam/{ENCODER_NAME}"
+    return {
+        "encoder": rel,
+        "encoder_sha256": src.model_hash,
+        "features_version": FEATURES_VERSION,
     }
 
 
@@ -567,6 +616,7 @@ class Bundle:
         self._model: Any = None
         self._onnx: Any = None
         self._radiomics_params: dict | None = None
+        self._medsam: Any = None
         self._segmenter: Any = None
         self._num_threads = num_threads
         deep = doc["models"]["deep"]
@@ -644,6 +694,13 @@ class Bundle:
                 raise ModelFileError(onnx_file, "ONNX model not found")
             if deep.get("onnx_sha256") and file_sha256(onnx_file) != deep["onnx_sha256"]:
                 raise ModelFileError(onnx_file, "SHA-256 does not match bundle.json")
+        med = doc.get("medsam")
+        if med:  # checked now, loaded on first use
+            enc = p / med["encoder"]
+            if not enc.is_file():
+                raise ModelFileError(enc, "LiteMedSAM encoder graph not found")
+            if file_sha256(enc) != med.get("encoder_sha256"):
+                raise ModelFileError(enc, "SHA-256 does not match bundle.json")
         seg = doc.get("segmenter")
         if seg:  # checked now, loaded on first use (a prediction with a mask never needs it)
             seg_file = p / seg["folder"] / "segmenter.onnx"
@@ -802,7 +859,9 @@ class Bundle:
         for name, need in needs.items():
             if need["radiomics"] and mask is None:
                 skipped[name] = "needs the lesion mask (radiomics reads its outline and texture)"
-            elif mask is None and need["clinical"] and set(need["clinical"]) <= set(computed):
+            elif mask is None and (
+                need.get("medsam") or (need["clinical"] and set(need["clinical"]) <= set(computed))
+            ):
                 skipped[name] = "needs the lesion outline (a mask, a box or the bundle's segmenter)"
             elif need["clinical"] and not any(c in given for c in need["clinical"]):
                 skipped[name] = "needs at least one of its inputs: " + inputs_text(need["clinical"])
@@ -814,6 +873,14 @@ class Bundle:
                 for n in needs:
                     if needs[n]["radiomics"] and n not in skipped:
                         skipped[n] = f"radiomics failed: {exc}"
+        medsam: dict[str, float] = {}
+        if any(needs[n].get("medsam") for n in needs if n not in skipped):
+            try:
+                medsam = self._medsam_features(gray, mask)
+            except (ValueError, ModelFileError, MaskError) as exc:
+                for n in needs:
+                    if needs[n].get("medsam") and n not in skipped:
+                        skipped[n] = f"LiteMedSAM features failed: {exc}"
         # one table (column -> value, no pandas) for every model
         row = as_table(
             {
@@ -821,6 +888,7 @@ class Bundle:
                 DEEP_SCORE: raw,
                 **given,
                 **radiomics,
+                **medsam,
             }
         )
         scores = {
@@ -875,6 +943,21 @@ class Bundle:
             }
             self._radiomics_params = restrict_params(self.doc["radiomics_params"], sorted(cols))
         return extract_arrays(gray, mask, self._radiomics_params)
+
+    def _medsam_features(self, gray: np.ndarray, mask: np.ndarray | None) -> dict[str, float]:
+        """The ``medsam`` features of the image and outline (the bundle's encoder, ONNX Runtime).
+
+        The encoder is loaded on first use; the embedding is not cached on disk.
+        """
+        from buscad.segment.medsam_features import Encoder, feature_dict
+
+        assert mask is not None  # checked against the image by _roi
+        if self._medsam is None:
+            info = self.doc["medsam"]
+            self._medsam = Encoder(
+                self.path / info["encoder"], info["encoder_sha256"], self._num_threads
+            )
+        return feature_dict(self._medsam.embed(gray).array, np.asarray(mask, bool))
 
     def predict(
         self,

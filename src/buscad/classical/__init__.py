@@ -30,6 +30,8 @@ Stages
   one-hot → logistic regression.
 - :class:`DLR`: deep features → scaler → SVM with probabilities.
 - :class:`CLDLR`: clinical + deep features → SVM.
+- :class:`MedSAMModel`: LiteMedSAM embedding features (:mod:`buscad.segment.medsam_features`)
+  → z-score → L2 logistic regression, C by inner grouped CV.
 - :class:`StackingIntegrator`: logistic regression on the single models'
   out-of-fold probabilities; coefficients exported for a nomogram.
 - :func:`cross_val_predict_grouped`: pooled out-of-fold probabilities with the
@@ -57,6 +59,7 @@ _LAZY = {
     "ICCFilter": "buscad.classical.selection",
     "LassoSelector": "buscad.classical.selection",
     "LexiconEncoder": "buscad.classical.lexicon",
+    "MedSAMModel": "buscad.classical.medsam",
     "PlattSVC": "buscad.classical.base",
     "RADIOMICS_COLUMNS": "buscad.classical.radscore",
     "RadScore": "buscad.classical.radscore",

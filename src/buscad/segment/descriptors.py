@@ -118,6 +118,39 @@ def smooth_shape(mask: np.ndarray, n_harmonics: int = 12, n_points: int = 256) -
     }
 
 
+# ----------------------------------------------------------------- regions
+def lesion_regions(mask: np.ndarray) -> dict:
+    """The lesion and the regions around it that the echo ratios and MedSAM features read.
+
+    ``lesion`` ``L``: the mask's largest 8-connected component. ``ring``: ``L``
+    dilated by an elliptical disc of radius ``r = max(2, round(sqrt(|L| / pi) / 4))``
+    (a quarter of the equivalent radius), ``L`` excluded. ``posterior``: the band
+    of ``L``'s width directly below its bounding box, as deep as ``L`` is tall
+    (rows ``y1 .. min(H, y1 + h) - 1``, columns ``x0 .. x1 - 1``), where acoustic
+    shadowing or enhancement shows. ``box``: ``(y0, y1, x0, x1)`` of ``L``, end
+    exclusive. Boolean masks of the image's shape; ``posterior`` is empty when the
+    lesion touches the bottom edge.
+
+    Raises
+    ------
+    ValueError
+        The mask is empty.
+    """
+    L = _largest(np.asarray(mask, bool))
+    area = int(L.sum())
+    if area == 0:
+        raise ValueError("the mask is empty")
+    H = L.shape[0]
+    r = max(2, round(0.25 * np.sqrt(area / np.pi)))
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    ring = cv2.dilate(L.astype(np.uint8), k).astype(bool) & ~L
+    ys, xs = np.nonzero(L)
+    y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+    post = np.zeros_like(L)
+    post[y1 : min(H, y1 + (y1 - y0)), x0:x1] = True
+    return {"lesion": L, "ring": ring, "posterior": post, "box": (y0, y1, x0, x1)}
+
+
 # -------------------------------------------------------------------- echo
 def echo_features(gray: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     """Echogenicity, heterogeneity, margin contrast and posterior features, gain-free.
@@ -136,18 +169,14 @@ def echo_features(gray: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     histogram after scaling by R's 1st-99th percentiles.
     """
     nan = float("nan")
-    L = _largest(mask)
     g = gray.astype(np.float32)
     H, W = g.shape
-    area = int(L.sum())
-    if area < 16:
+    L = _largest(mask)
+    if int(L.sum()) < 16:
         return {}
-    r = max(2, round(0.25 * np.sqrt(area / np.pi)))
-    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-    dil = cv2.dilate(L.astype(np.uint8), k).astype(bool)
-    ring = dil & ~L
-    ys, xs = np.nonzero(L)
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    reg = lesion_regions(L)
+    L, ring = reg["lesion"], reg["ring"]
+    y0, y1, x0, x1 = reg["box"]
     h, w = y1 - y0, x1 - x0
     py0, py1 = y1, min(H, y1 + h)
     post = g[py0:py1, x0:x1]
@@ -206,5 +235,6 @@ __all__ = [
     "SHAPE_NAMES",
     "echo_features",
     "lesion_descriptors",
+    "lesion_regions",
     "smooth_shape",
 ]

@@ -45,7 +45,7 @@ import hashlib
 import json
 import os
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -320,6 +320,78 @@ def _session(path: Path, threads: int | None) -> object:
         raise ModelFileError(path, f"cannot load the ONNX model ({exc})") from exc
 
 
+#: The image embedding's shape, ``(batch, channels, grid, grid)``.
+EMBEDDING_SHAPE = (1, 256, 64, 64)
+
+
+def default_cache() -> Path:
+    """``cache_root() / "litemedsam" / "embeddings"``: the on-disk embedding cache (not created here)."""
+    return cache_root() / "litemedsam" / "embeddings"
+
+
+class EmbeddingCache:
+    """Embeddings on disk: ``<folder>/<model_hash[:12]>/<image SHA-256>.npy``.
+
+    Parameters
+    ----------
+    folder : path-like, optional
+        The cache's root (default :func:`default_cache`).
+    model_hash : str
+        SHA-256 of the encoder graph that made (or makes) the embeddings.
+    compute : callable, optional
+        ``compute(gray, key) -> Embedding`` for images not cached (e.g.
+        :meth:`MedSAM.embed`); without it the cache is read-only and a missing or
+        unreadable entry raises.
+    """
+
+    def __init__(
+        self,
+        folder: str | os.PathLike[str] | None,
+        model_hash: str,
+        compute: Callable[[np.ndarray, str], Embedding] | None = None,
+    ) -> None:
+        self.root = Path(folder) if folder is not None else default_cache()
+        self.folder = self.root / model_hash[:12]
+        self.compute = compute
+
+    def path(self, key: str) -> Path:
+        """The file of an image's embedding (``key``: :func:`~buscad.segment.medsam.image_key`)."""
+        return self.folder / f"{key}.npy"
+
+    def get(self, gray: np.ndarray) -> Embedding:
+        """The embedding of ``gray``: read from the cache, else computed and stored.
+
+        An unreadable or wrongly shaped entry is recomputed (and replaced) when the
+        cache can compute; otherwise it raises.
+
+        Raises
+        ------
+        ModelFileError
+            Read-only cache (no ``compute``) and the entry is missing or unreadable.
+        """
+        from buscad.utils import atomic_path
+
+        k = image_key(gray)
+        p = self.path(k)
+        shape = tuple(np.shape(gray)[:2])
+        problem = f"no cached LiteMedSAM embedding of this image (key {k[:12]}...)"
+        if p.is_file():
+            try:
+                arr = np.load(p, allow_pickle=False)
+                if arr.shape != EMBEDDING_SHAPE:
+                    raise ValueError(f"shape {arr.shape}, expected {EMBEDDING_SHAPE}")
+                return Embedding(arr.astype(np.float32), resized_size(shape), shape)  # type: ignore[arg-type]
+            except (OSError, ValueError, EOFError) as exc:
+                problem = f"unreadable cached LiteMedSAM embedding ({exc})"
+        if self.compute is None:
+            raise ModelFileError(p, f"{problem} and no encoder to compute it")
+        emb = self.compute(gray, k)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(p) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, emb.array)
+        return emb
+
+
 class MedSAM:
     """LiteMedSAM's two ONNX graphs with the original pre- and post-processing.
 
@@ -380,25 +452,10 @@ class MedSAM:
         """:meth:`embed` through an on-disk cache ``folder/<model12>/<image sha256>.npy``.
 
         The key is the image's SHA-256 (:func:`image_key`) under the encoder
-        graph's SHA-256, so a changed model never reuses an old embedding.
+        graph's SHA-256, so a changed model never reuses an old embedding; a corrupt
+        entry is recomputed (:class:`EmbeddingCache`).
         """
-        from buscad.utils import atomic_path
-
-        k = image_key(gray)
-        p = Path(folder) / self.model_hash[:12] / f"{k}.npy"
-        shape = tuple(np.shape(gray)[:2])
-        if p.is_file():
-            try:
-                arr = np.load(p, allow_pickle=False)
-                if arr.shape == (1, 256, 64, 64):
-                    return Embedding(arr.astype(np.float32), resized_size(shape), shape)  # type: ignore[arg-type]
-            except (OSError, ValueError):
-                pass  # a corrupt entry is recomputed
-        emb = self.embed(gray, key=k)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(p) as tmp, open(tmp, "wb") as fh:
-            np.save(fh, emb.array)
-        return emb
+        return EmbeddingCache(folder, self.model_hash, self.embed).get(gray)
 
     def decode_low_res(
         self, emb: Embedding, boxes: Sequence[Sequence[float]]
@@ -439,9 +496,12 @@ def segmenter_folder(out: str | os.PathLike[str], source: str | os.PathLike[str]
 
 __all__ = [
     "CHECKPOINT_SHA256",
+    "EMBEDDING_SHAPE",
     "Embedding",
+    "EmbeddingCache",
     "MedSAM",
     "OutlineConfidence",
+    "default_cache",
     "default_confidence",
     "default_folder",
     "gray_uint8",

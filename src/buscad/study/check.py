@@ -144,6 +144,14 @@ def _files(cfg: StudyConfig, res: CheckResult) -> None:
                 load_params(p)
             except ConfigError as exc:
                 res.errors.append(f"radiomics.params: {exc}")
+    if cfg.medsam.folder is not None and "medsam" in cfg.models:
+        p = cfg.resolve(cfg.medsam.folder)
+        if p is None or not (p / "encoder.onnx").is_file() or not (p / "litemedsam.json").is_file():
+            res.errors.append(
+                f"medsam.folder: no encoder.onnx and litemedsam.json in {p}"
+                + _relative_hint(cfg, cfg.medsam.folder)
+                + "; leave the key out to use the packaged LiteMedSAM"
+            )
     if cfg.segment.model is not None:
         p = cfg.resolve(cfg.segment.model)
         if p is None or not (p / "segmenter.json").is_file():

@@ -218,6 +218,14 @@ def fit_and_predict(
             )
         else:
             notes.append("outline model not built: no outline descriptors in the training rows")
+    if "medsam" in cfg.models:
+        from buscad.segment.medsam_features import COLUMN_PATTERN
+
+        cols = present([c for c in X.columns if re.match(COLUMN_PATTERN, str(c))])
+        if cols:
+            models["medsam"] = C.MedSAMModel(include=COLUMN_PATTERN, random_state=cfg.seed)
+        else:
+            notes.append("medsam model not built: no LiteMedSAM features in the training rows")
     shortcut = {}
     for name, features in zip(SHORTCUT_MODELS, (GEOMETRY_FEATURES, SIZE_FEATURES), strict=True):
         cols = [c for c in features if c in X]
@@ -238,8 +246,8 @@ def fit_and_predict(
             out[name], fit = _fold_clean_oof_and_predict(
                 est, Xm, y, tr, deep_fold, fold_features, deep_cols
             )
-        else:
-            out[name], fit = _oof_and_predict(est, Xm, y, tr, folds, cfg.seed)
+        else:  # groups reach the models whose own inner CV reads them (medsam's C)
+            out[name], fit = _oof_and_predict(est, Xm, y, tr, folds, cfg.seed, groups=groups)
         fits[name] = fit
         if name in models:
             fitted[name] = fit
@@ -593,17 +601,22 @@ def _oof_and_predict(
     seed: int,
     groups: np.ndarray | None = None,
 ) -> tuple[np.ndarray, Any]:
-    """Out-of-fold P(malignant) on training rows, refit-on-all prediction elsewhere; the refit model."""
+    """Out-of-fold P(malignant) on training rows, refit-on-all prediction elsewhere; the refit model.
+
+    ``groups`` (one per training row) reach every fit whose ``fit`` takes them (a
+    stacked model's inner folds, the medsam model's choice of C): grouped inner CV.
+    """
     from sklearn.base import clone
 
-    from buscad.classical.cv import cross_val_predict_grouped
+    from buscad.classical.cv import _fit_accepts_groups, cross_val_predict_grouped
 
     s = np.full(len(y), np.nan)
     Xtr = X.loc[X.index[tr]]
     # groups reach the fold fits too, so a stacked model's inner folds stay grouped
     s[tr] = cross_val_predict_grouped(clone(est), Xtr, y[tr], groups=groups, folds=folds)
-    kw = {"groups": groups} if groups is not None else {}
-    fitted = clone(est).fit(Xtr, y[tr], **kw)
+    fitted = clone(est)
+    kw = {"groups": groups} if groups is not None and _fit_accepts_groups(fitted) else {}
+    fitted.fit(Xtr, y[tr], **kw)
     if (~tr).any():
         s[~tr] = fitted.predict_proba(X.loc[X.index[~tr]])[:, 1]
     return s, fitted

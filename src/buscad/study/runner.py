@@ -217,7 +217,8 @@ class StudyRun:
             len(cfg.cohorts)
             + 1
             + n_roi
-            + len(modes) * (int(self._needs_radiomics()) + len(self.arms) * per_arm)
+            + len(modes)
+            * (int(self._needs_radiomics()) + int(self._needs_medsam()) + len(self.arms) * per_arm)
             + len(self.arms)
             + bundle
         )
@@ -271,6 +272,11 @@ class StudyRun:
                     if self._needs_radiomics()
                     else None
                 )
+                shared_medsam = (
+                    self._medsam(shared_data, shared.data_key(audit_res.key), shared)
+                    if self._needs_medsam()
+                    else None
+                )
             for arm in self.arms:
                 split_res = splits[arm.name]
                 man = Manifest.load(split_res.path / "manifest.csv")
@@ -284,8 +290,14 @@ class StudyRun:
                         if self._needs_radiomics()
                         else None
                     )
+                    medsam_res = (
+                        self._medsam(data, roi.data_key(split_res.key), roi)
+                        if self._needs_medsam()
+                        else None
+                    )
                 else:
                     roi, data, radiomics_res = shared, shared_data, shared_rad
+                    medsam_res = shared_medsam
                 if roi.res is not None:
                     man = _with_outlines(man, data)
                 deep_res, folds_res = (
@@ -294,7 +306,15 @@ class StudyRun:
                     else (None, None)
                 )
                 cls_res = self._classical(
-                    arm, man, split_res, deep_res, radiomics_res, audit_res, roi, folds_res
+                    arm,
+                    man,
+                    split_res,
+                    deep_res,
+                    radiomics_res,
+                    audit_res,
+                    roi,
+                    folds_res,
+                    medsam_res,
                 )
                 ev_res = self._evaluate(arm, cls_res, man, audit_res, split_res, roi)
                 preds[roi.label(arm)] = cls_res.path / "predictions.csv"
@@ -388,6 +408,18 @@ class StudyRun:
 
     def _needs_radiomics(self) -> bool:
         return "radiomics" in self.cfg.models
+
+    def _needs_medsam(self) -> bool:
+        return "medsam" in self.cfg.models
+
+    def _medsam_folder(self) -> Path:
+        """The converted LiteMedSAM folder of the ``medsam`` model (converted once when absent)."""
+        cfg = self.cfg
+        if cfg.medsam.folder is not None:
+            return cfg.resolve(cfg.medsam.folder)  # type: ignore[return-value]
+        from buscad.segment.medsam_convert import ensure_converted
+
+        return ensure_converted()
 
     def _needs_morphology(self) -> bool:
         from buscad.study.roi import wants_morphology
@@ -802,6 +834,35 @@ class StudyRun:
             self.warnings.append(f"radiomics: {len(fails)} image(s) skipped, e.g. {fails[0]}")
         return res
 
+    # -------------------------------------------------------------- medsam
+    def _medsam(self, data: Manifest, data_key: str, roi: Roi) -> StageResult:
+        """The ``medsam`` features of every row (its outline under ``roi``): ``features.parquet``.
+
+        Embeddings come from the on-disk cache (``medsam.cache``; key: the image's
+        SHA-256 under the encoder graph's SHA-256), so only unseen images are encoded.
+        """
+        from buscad.segment.medsam_features import FEATURES_VERSION, MedSAMFeatures
+
+        cfg = self.cfg
+        folder = self._medsam_folder()
+        fx = MedSAMFeatures(folder, cfg.resolve(cfg.medsam.cache), threads=cfg.medsam.threads)
+
+        def work(out: Path) -> None:
+            table, failures = fx.table(data)
+            atomic_write_table(table, out / "features.parquet")
+            atomic_write_json(out / "failures.json", failures)
+
+        name = "medsam" if roi.mode == "expert" else f"medsam-roi-{roi.mode}"
+        res = self.runner.run(
+            name, {"data": data_key, "encoder": fx.model_hash, "v": FEATURES_VERSION}, work
+        )
+        fails = json.loads((res.path / "failures.json").read_text())
+        if fails:
+            self.warnings.append(
+                f"medsam: {len(fails)} image(s) without features (not scored), e.g. {fails[0]}"
+            )
+        return res
+
     # ----------------------------------------------------------- classical
     def _classical(
         self,
@@ -813,11 +874,12 @@ class StudyRun:
         audit_res: StageResult,
         roi: Roi,
         folds_res: StageResult | None = None,
+        medsam_res: StageResult | None = None,
     ) -> StageResult:
         cfg = self.cfg
 
         def work(folder: Path) -> None:
-            table = self._feature_table(man, deep_res, radiomics_res, audit_res)
+            table = self._feature_table(man, deep_res, radiomics_res, audit_res, medsam_res)
             fold_feats = (
                 pd.read_parquet(folds_res.path / "fold_features.parquet")
                 if folds_res is not None
@@ -851,13 +913,17 @@ class StudyRun:
         }
         if roi.res is not None:
             key["roi"] = roi.res.key
+        if medsam_res is not None:  # absent from the key otherwise: earlier runs' caches hold
+            key["medsam"] = medsam_res.key
         res = self.runner.run(f"models-{roi.tag(arm)}", key, work)
         self.warnings += [
             f"{roi.label(arm)}: {n}" for n in json.loads((res.path / "notes.json").read_text())
         ]
         return res
 
-    def _feature_table(self, man: Manifest, deep_res, radiomics_res, audit_res) -> pd.DataFrame:
+    def _feature_table(
+        self, man: Manifest, deep_res, radiomics_res, audit_res, medsam_res=None
+    ) -> pd.DataFrame:
         from buscad.study.roi import ROI_COLUMNS
 
         df = man.df.set_index("image_id")
@@ -871,6 +937,9 @@ class StudyRun:
         if radiomics_res is not None:
             rf = pd.read_parquet(radiomics_res.path / "features.parquet").set_index("image_id")
             parts.append(rf.reindex(df.index))
+        if medsam_res is not None:
+            mf = pd.read_parquet(medsam_res.path / "features.parquet").set_index("image_id")
+            parts.append(mf.reindex(df.index.astype(str)).set_axis(df.index, axis=0))
         table = pd.concat(parts, axis=1)
         return table.loc[df.index]
 
@@ -1056,6 +1125,7 @@ class StudyRun:
                 ),
                 **_ood_reference(man, deep_res.path, self.warnings.append),
                 headline=_headline(cls_res),
+                medsam=self._medsam_folder() if self._needs_medsam() else None,
             )
 
         seg_path = roi.segmenter if roi.segmenter is not None else cfg.resolve(cfg.segment.model)
