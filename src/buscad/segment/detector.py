@@ -14,8 +14,9 @@ Candidates (:meth:`Detector.propose`):
    ``min_cells`` cells is a proposal (at most ``max_components``, highest
    ``max h`` first); its cell box ``(c0, r0, c1, r1)`` becomes image pixels
    ``4 (c0, r0, c1, r1) / s`` (``s = 256 / max(H, W)``), enlarged by
-   ``margin`` of its width / height on each side;
-3. LiteMedSAM outlines each box (the caller's box-prompted outline);
+   each ``m`` in ``margins`` times its width / height on each side;
+3. LiteMedSAM outlines each box (the caller's box-prompted outline); of a
+   component's boxes, the outline with the highest IoU-head estimate is kept;
 4. score ``p = sigmoid(w . f + b)`` of the features
    ``f = (logit max h, logit mean h, u, log a)`` (``u``: LiteMedSAM's IoU-head
    estimate, ``a``: outline area / image area; ``logit q = log(q / (1 - q))``,
@@ -90,8 +91,9 @@ class DetectorConfig:
         Smallest component (cells of the 64 x 64 grid).
     max_components : int
         At most this many components are outlined (highest heat-map maximum first).
-    margin : float
-        A proposal box is enlarged by this fraction of its width / height per side.
+    margins : list of float
+        A component's box is enlarged by each of these fractions of its width / height
+        per side; LiteMedSAM outlines each and the outline its IoU head rates best is kept.
     max_candidates : int
         At most this many candidates are returned.
     nms_iou : float
@@ -103,7 +105,7 @@ class DetectorConfig:
     heat_threshold: float = 0.5
     min_cells: int = 2
     max_components: int = 6
-    margin: float = 0.1
+    margins: list[float] = field(default_factory=lambda: [0.1])
     max_candidates: int = 3
     nms_iou: float = 0.5
 
@@ -247,7 +249,7 @@ class Proposal:
 def heat_components(
     heat: np.ndarray, shape: tuple[int, int], config: DetectorConfig
 ) -> list[tuple[tuple[int, int, int, int], float, float]]:
-    """``(image box, max h, mean h)`` of the heat-map's components (module docstring, step 2)."""
+    """``(cell box, max h, mean h)`` of the heat-map's components (module docstring, step 2)."""
     h = np.where(valid_cells(shape), heat, 0.0)
     lab, n = components(h > config.heat_threshold)
     out = []
@@ -257,9 +259,7 @@ def heat_components(
             continue
         rows, cols = np.flatnonzero(cell.any(axis=1)), np.flatnonzero(cell.any(axis=0))
         cb = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
-        out.append(
-            (cells_to_box(cb, shape, config.margin), float(h[cell].max()), float(h[cell].mean()))
-        )
+        out.append((cb, float(h[cell].max()), float(h[cell].mean())))
     out.sort(key=lambda t: -t[1])
     return out[: config.max_components]
 
@@ -272,14 +272,22 @@ def propose(
 ) -> list[Proposal]:
     """Outline each heat-map component (``outline(box)``: LiteMedSAM's box outline) with its features.
 
-    Components whose outline comes back empty are dropped.
+    Of a component's boxes (one per margin) the non-empty outline with the highest
+    IoU-head estimate is kept (ties: the first margin); a component whose outlines
+    are all empty is dropped.
     """
     area = float(shape[0] * shape[1])
     out = []
-    for box, hmax, hmean in heat_components(heat, shape, config):
-        cand = outline(box)
-        if not cand.mask.any():
+    for cells, hmax, hmean in heat_components(heat, shape, config):
+        best: tuple[Candidate, tuple[int, int, int, int]] | None = None
+        for m in config.margins:
+            box = cells_to_box(cells, shape, m)
+            c = outline(box)
+            if c.mask.any() and (best is None or c.confidence > best[0].confidence):
+                best = (c, box)
+        if best is None:
             continue
+        cand, box = best
         out.append(
             Proposal(cand, candidate_features(hmax, hmean, cand.confidence, cand.area / area), box)
         )
