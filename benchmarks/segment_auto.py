@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         tr = [i for i in range(nb) if fit.folds[i] != k] + list(range(nb, len(both)))
         te = [i for i in range(nb) if fit.folds[i] == k]
         rule_k = choose_rule([fit.oof[i] for i in range(nb) if fit.folds[i] != k], cfg)
-        m, h = train_head(both.embeddings, both.targets, cfg, tc, rows=tr)
+        m, h = train_head(both.train_input(cfg), both.targets, cfg, tc, rows=tr)
         props = proposals_for(both, te, head_runner(m), sam, cfg)
         t = score_images(both, te, props, rule_k, cfg)
         t["fold"] = k

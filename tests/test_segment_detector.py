@@ -129,6 +129,15 @@ def test_head_learns_phantom_lesions(phantoms) -> None:
             assert heat[k].max() < 0.5
 
 
+def test_pooled_training_input_trains_the_same_head(phantoms) -> None:
+    _, data = phantoms
+    one = HeadTrainConfig(epochs=2, batch_size=8, threads=1)
+    _, raw = train_head(data.embeddings, data.targets, CFG, one, rows=range(16))
+    assert data.train_input(CFG).shape == (24, 256, 32, 32)
+    _, pooled = train_head(data.train_input(CFG), data.targets, CFG, one, rows=range(16))
+    np.testing.assert_allclose(raw["loss"], pooled["loss"], rtol=1e-4)
+
+
 def test_heat_target_and_valid_cells() -> None:
     mask = np.zeros((100, 200), bool)
     mask[:, :100] = True  # left half; the image fills 256 x 128 of the frame

@@ -71,7 +71,8 @@ EMBED_CHANNELS = 256
 FEATURES = ("logit_heat_max", "logit_heat_mean", "iou_head", "log_area")
 
 HEAD_DOC = (
-    "conv1x1(256->c) ReLU, conv3x3(c->c, dilation d) ReLU for each d in dilations, conv1x1(c->1)"
+    "avgpool(k) when k > 1, conv1x1(256->c) ReLU, conv3x3(c->c, dilation d) ReLU for each d "
+    "in dilations, conv1x1(c->1), bilinear upsampling x k back to 64 x 64 when k > 1"
 )
 
 
@@ -85,6 +86,9 @@ class DetectorConfig:
         Width ``c`` of the head.
     dilations : list of int
         One 3x3 convolution per entry, with that dilation.
+    pool : int
+        The embedding is average-pooled by ``k = pool`` first (the head runs on a
+        ``64 / k`` grid, ``k^2`` times cheaper) and its logits upsampled back.
     heat_threshold : float
         Heat-map cells above it form the proposals' components.
     min_cells : int
@@ -102,6 +106,7 @@ class DetectorConfig:
 
     channels: int = 16
     dilations: list[int] = field(default_factory=lambda: [1, 2, 4])
+    pool: int = 2
     heat_threshold: float = 0.5
     min_cells: int = 2
     max_components: int = 6
