@@ -12,7 +12,7 @@ Detector (:mod:`buscad.segment.detector`): a 16-channel head on LiteMedSAM's cac
 image embedding, trained with BCE + soft Dice; candidates = heat-map components ->
 enlarged box -> LiteMedSAM outline -> logistic score; "no lesion found" below the
 score threshold. The score and its threshold are chosen on out-of-fold proposals of
-grouped 5-fold CV on the training cohort only (:func:`buscad.segment.detector_train.fit_detector`;
+grouped 3-fold CV on the training cohort only (:func:`buscad.segment.detector_train.fit_detector`;
 groups: the audit's near-duplicate groups, :func:`buscad.data.audit.duplicates.near_duplicate_groups`;
 strata: benign / malignant / normal).
 
@@ -28,14 +28,14 @@ Protocols:
     images (no candidate: 0) and where found; 95 % percentile bootstrap CIs over
     images (ratios as ratios of sums per resample). The BUSI out-of-fold numbers of
     the CV that chose the threshold are reported beside, labelled as such.
-(b) "no lesion found" specificity on BUSI's normal images: for each of the same five
-    grouped BUSI folds, a head trained on BrEaST + the other four BUSI folds scores the
+(b) "no lesion found" specificity on BUSI's normal images: for each of the same three
+    grouped BUSI folds, a head trained on BrEaST + the other BUSI folds scores the
     fold's images; its score rule is refit on the out-of-fold proposals of (a) for the
     rows outside the fold (their heads were trained on BUSI only and did see the
     held-out fold's images as training data; the held-out fold's own scores never
     choose anything). Specificity = normal images with no kept candidate / normal
-    images; also false candidates per normal image and, for the fold's lesion images,
-    the found share.
+    images and false candidates per normal image (only the fold's normal images are
+    scored).
 (c) baselines and cost: the box-ellipse baseline (:mod:`buscad.segment.baseline`) has
     no automatic mode: without a box it finds nothing (it is run, not assumed); the
     ellipse inscribed in each kept candidate's heat-map box (the detector without
@@ -256,13 +256,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", default=str(cache_root() / "litemedsam" / "embeddings"))
     ap.add_argument("--model-out", default=str(cache_root() / "detector" / "busi"))
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--folds", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--channels", type=int, default=16)
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--limit", type=int, default=0, help="Per-class sample (smoke runs).")
     ap.add_argument("--n-encoder", type=int, default=10)
+    ap.add_argument("--n-timing", type=int, default=50, help="BrEaST images timed.")
     args = ap.parse_args(argv)
 
     import torch
@@ -320,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     t_busi = score_images(busi, range(len(busi)), fit.oof, fit.rule, cfg)
     seg = Segmenter(None, SegConfig(arch=MEDSAM_ARCH, threshold=0.5), box_model=sam, detector=det)
     deployed = check_deployed(seg, sam, breast, breast_m, br_props, fit.rule, cfg, br_rows[:25])
-    speed = timing(seg, sam, breast, breast_m, br_rows, args.n_encoder)
+    speed = timing(seg, sam, breast, breast_m, br_rows[: args.n_timing], args.n_encoder)
     ell = EllipseBaseline()
     ell_found = sum(int(ell.predict(np.zeros(breast.shapes[i], np.uint8)).found) for i in br_rows)
     log(f"(a) BrEaST: {summary(t_a, 200, args.seed)}")
@@ -338,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     rows_b, runs_b = [], []
     for k in range(int(fit.folds.max()) + 1):
         tr = [i for i in range(nb) if fit.folds[i] != k] + list(range(nb, len(both)))
-        te = [i for i in range(nb) if fit.folds[i] == k]
+        te = [i for i in range(nb) if fit.folds[i] == k and not busi.masks[i].any()]
         rule_k = choose_rule([fit.oof[i] for i in range(nb) if fit.folds[i] != k], cfg)
         m, h = train_head(both.train_input(cfg), both.targets, cfg, tc, rows=tr)
         props = proposals_for(both, te, head_runner(m), sam, cfg)
@@ -395,7 +396,8 @@ def main(argv: list[str] | None = None) -> int:
             **summary(t_busi, args.n_boot, args.seed),
         },
         "b_busi_normals_specificity": {
-            "protocol": "heads trained on BrEaST + 4 BUSI folds score the 5th; rule refit on (a)'s "
+            "protocol": "heads trained on BrEaST + the other BUSI folds score a fold's normal images; "
+            "rule refit on (a)'s "
             "out-of-fold proposals outside the fold",
             **summary(t_b, args.n_boot, args.seed),
             "runs": runs_b,

@@ -10,13 +10,17 @@ training target (:func:`heat_target`) is the expert mask in the same padded
 Candidates (:meth:`Detector.propose`):
 
 1. ``h`` is zeroed outside the resized image (the padding);
-2. each 8-connected component of ``h > heat_threshold`` with at least
-   ``min_cells`` cells is a proposal (at most ``max_components``, highest
+2. for each ``t`` in ``heat_thresholds``, each 8-connected component of
+   ``h > t`` with at least ``min_cells`` cells is a proposal (the same cell box
+   found at two thresholds once) (at most ``max_components``, highest
    ``max h`` first); its cell box ``(c0, r0, c1, r1)`` becomes image pixels
    ``4 (c0, r0, c1, r1) / s`` (``s = 256 / max(H, W)``), enlarged by
    each ``m`` in ``margins`` times its width / height on each side;
 3. LiteMedSAM outlines each box (the caller's box-prompted outline); of a
    component's boxes, the outline with the highest IoU-head estimate is kept;
+   then, ``refine`` times, LiteMedSAM is prompted again with that outline's
+   bounding box enlarged by 5 % per side and its new outline replaces it when
+   not empty;
 4. score ``p = sigmoid(w . f + b)`` of the features
    ``f = (logit max h, logit mean h, u, log a)`` (``u``: LiteMedSAM's IoU-head
    estimate, ``a``: outline area / image area; ``logit q = log(q / (1 - q))``,
@@ -48,7 +52,7 @@ import cv2
 import numpy as np
 
 from buscad.errors import ModelFileError
-from buscad.segment.base import Candidate, clip_box, components
+from buscad.segment.base import Candidate, clip_box, components, mask_box
 from buscad.segment.medsam import SIZE as FRAME
 from buscad.segment.medsam import resized_size
 
@@ -89,8 +93,8 @@ class DetectorConfig:
     pool : int
         The embedding is average-pooled by ``k = pool`` first (the head runs on a
         ``64 / k`` grid, ``k^2`` times cheaper) and its logits upsampled back.
-    heat_threshold : float
-        Heat-map cells above it form the proposals' components.
+    heat_thresholds : list of float
+        Heat-map cells above each threshold form proposals' components.
     min_cells : int
         Smallest component (cells of the 64 x 64 grid).
     max_components : int
@@ -102,17 +106,20 @@ class DetectorConfig:
         At most this many candidates are returned.
     nms_iou : float
         A candidate whose outline overlaps a better one's by more than this mask IoU is dropped.
+    refine : int
+        Re-prompts of LiteMedSAM with the box of its own outline.
     """
 
     channels: int = 16
     dilations: list[int] = field(default_factory=lambda: [1, 2, 4])
     pool: int = 2
-    heat_threshold: float = 0.5
+    heat_thresholds: list[float] = field(default_factory=lambda: [0.5, 0.9])
     min_cells: int = 2
     max_components: int = 6
     margins: list[float] = field(default_factory=lambda: [0.1])
     max_candidates: int = 3
     nms_iou: float = 0.5
+    refine: int = 0
 
     @classmethod
     def from_dict(cls, d: dict) -> DetectorConfig:
@@ -256,15 +263,18 @@ def heat_components(
 ) -> list[tuple[tuple[int, int, int, int], float, float]]:
     """``(cell box, max h, mean h)`` of the heat-map's components (module docstring, step 2)."""
     h = np.where(valid_cells(shape), heat, 0.0)
-    lab, n = components(h > config.heat_threshold)
-    out = []
-    for k in range(1, n + 1):
-        cell = lab == k
-        if int(cell.sum()) < config.min_cells:
-            continue
-        rows, cols = np.flatnonzero(cell.any(axis=1)), np.flatnonzero(cell.any(axis=0))
-        cb = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
-        out.append((cb, float(h[cell].max()), float(h[cell].mean())))
+    out, seen = [], set()
+    for t in config.heat_thresholds:
+        lab, n = components(h > t)
+        for k in range(1, n + 1):
+            cell = lab == k
+            if int(cell.sum()) < config.min_cells:
+                continue
+            rows, cols = np.flatnonzero(cell.any(axis=1)), np.flatnonzero(cell.any(axis=0))
+            cb = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
+            if cb not in seen:
+                seen.add(cb)
+                out.append((cb, float(h[cell].max()), float(h[cell].mean())))
     out.sort(key=lambda t: -t[1])
     return out[: config.max_components]
 
@@ -293,6 +303,16 @@ def propose(
         if best is None:
             continue
         cand, box = best
+        for _ in range(int(config.refine)):
+            b = mask_box(cand.mask)
+            assert b is not None
+            bw, bh = b[2] - b[0], b[3] - b[1]
+            box2 = clip_box(
+                (b[0] - 0.05 * bw, b[1] - 0.05 * bh, b[2] + 0.05 * bw, b[3] + 0.05 * bh), shape
+            )
+            c = outline(box2)
+            if c.mask.any():
+                cand, box = c, box2
         out.append(
             Proposal(cand, candidate_features(hmax, hmean, cand.confidence, cand.area / area), box)
         )
