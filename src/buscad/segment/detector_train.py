@@ -67,7 +67,7 @@ class HeadTrainConfig:
         torch intra-op threads.
     """
 
-    epochs: int = 20
+    epochs: int = 30
     batch_size: int = 16
     lr: float = 2e-3
     weight_decay: float = 1e-4
