@@ -380,6 +380,12 @@ def add_segmenter(out: Path, segmenter: str | os.PathLike[str], roi: str = "expe
         add_medsam(dest, carry=True, source=carried if carried.is_dir() else None)
         spec = read_spec(dest)
         entry["litemedsam_sha256"] = spec["litemedsam"]["sha256"]
+    if (jpath.parent / "detector").is_dir():  # the lesion detector travels with LiteMedSAM
+        from buscad.segment.infer import add_detector
+
+        add_detector(dest, jpath.parent / "detector")
+        spec = read_spec(dest)
+        entry["detector_json_sha256"] = spec["detector"]["json_sha256"]
     training = dict(spec.get("training") or {})
     training.pop("loss", None)
     return {**entry, "training": training, "models_trained_on": roi}

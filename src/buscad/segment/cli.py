@@ -111,7 +111,7 @@ def predict_cmd(
     prompt = _numbers(box, 4, "--box", "x0,y0,x1,y1", len(images))
     click = _numbers(point, 2, "--point", "x,y", len(images))
     seg = Segmenter.load(model, backend=backend)
-    if seg.runner is None and prompt is None:
+    if not seg.can_auto and prompt is None:
         raise typer.BadParameter(
             "this segmenter (LiteMedSAM alone) outlines inside a box only: give --box",
             param_hint="--box",
@@ -126,7 +126,8 @@ def predict_cmd(
             typer.echo(f"skipped: {exc}", err=True)
             continue
         r = seg.predict(gray, box=prompt, point=click)
-        kind = "litemedsam" if seg.box_model is not None and r.mode == "box" else "unet"
+        lite = r.mode == "box" or seg.proposer == "detector"
+        kind = "litemedsam" if seg.box_model is not None and lite else "unet"
         name = f"{i:04d}_{Path(path).stem}_mask.png"
         write_mask_png(r.mask, out / name)
         cands = []
@@ -192,6 +193,107 @@ def export_cmd(
 
     seg = Segmenter.load(model, backend="torch")
     typer.echo(f"wrote {seg.export_onnx(model if model.is_dir() else model.parent)}")
+
+
+@segment_app.command("detector")
+def detector_cmd(
+    manifest: Path = typer.Option(
+        ..., "--manifest", "-m", help="Manifest: lesion rows with mask_path, normal rows."
+    ),
+    out: Path = typer.Option(
+        ..., "-o", "--out", help="Segmenter folder (new, or one with LiteMedSAM to extend)."
+    ),
+    split: str = typer.Option("", help="Train on rows whose split column equals this."),
+    group_column: str = typer.Option(
+        "",
+        help="Rows sharing a value are never split by the CV folds (default: dup_group, "
+        "else patient_id, else image_id).",
+    ),
+    folds: int = typer.Option(5, help="Grouped CV folds that choose the score threshold."),
+    epochs: int = typer.Option(30),
+    channels: int = typer.Option(32, help="Width of the head."),
+    threads: int = typer.Option(2, help="torch and ONNX Runtime threads."),
+    seed: int = typer.Option(0),
+    reference: bool = typer.Option(
+        False, "--reference", help="Reference the cached LiteMedSAM graphs instead of copying."
+    ),
+) -> None:
+    """Train the lesion detector on LiteMedSAM's cached embeddings: automatic outlines.
+
+    The head learns a lesion heat-map on the image embedding; grouped CV chooses its
+    candidate score and "no lesion found" threshold; LiteMedSAM outlines each
+    candidate. OUT becomes (or stays) a segmenter with LiteMedSAM whose automatic
+    proposer is the detector (out/detector/: safetensors, ONNX, JSON).
+    """
+    from buscad.data.manifest import Manifest
+    from buscad.errors import ManifestError
+    from buscad.segment.base import JSON_NAME
+    from buscad.segment.detector import DETECTOR_DIR, DetectorConfig
+    from buscad.segment.detector_train import (
+        HeadTrainConfig,
+        embed_manifest,
+        fit_detector,
+        save_detector,
+    )
+    from buscad.segment.infer import add_detector, add_medsam
+    from buscad.segment.medsam import MedSAM
+    from buscad.segment.medsam_convert import ensure_converted
+    from buscad.utils import cache_root
+
+    m = Manifest.load(manifest)
+    if split:
+        if "split" not in m.df.columns:
+            raise ManifestError(
+                manifest, f"--split {split} given but the manifest has no split column"
+            )
+        m = m.subset(m.df["split"].astype(str) == split)
+    gcol = group_column or next(
+        (c for c in ("dup_group", "patient_id", "image_id") if c in m.df.columns), "image_id"
+    )
+    if gcol not in m.df.columns:
+        raise ManifestError(manifest, f"--group-column {gcol!r} is not a column")
+    src = ensure_converted()
+    sam = MedSAM(src, threads=threads, cache_size=2)
+    data = embed_manifest(
+        m,
+        sam,
+        cache_root() / "litemedsam" / "embeddings",
+        on_skip=lambda s: typer.echo(f"skipped: {s}", err=True),
+        log=typer.echo,
+    )
+    keep = m.df["image_id"].astype(str).isin(set(data.ids)).to_numpy()
+    sub = m.df[keep]
+    cfg = DetectorConfig(channels=channels)
+    tc = HeadTrainConfig(epochs=epochs, seed=seed, threads=threads)
+    fit = fit_detector(
+        data,
+        sub[gcol].astype(str).tolist(),
+        sub["label"].astype(str).tolist(),
+        sam,
+        cfg,
+        tc,
+        folds,
+        log=typer.echo,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / JSON_NAME).is_file() or not (
+        (out / "litemedsam").is_dir() or "litemedsam" in json.loads((out / JSON_NAME).read_text())
+    ):
+        add_medsam(out, carry=not reference, source=src)
+    folder = save_detector(
+        out / DETECTOR_DIR,
+        fit.module,
+        cfg,
+        fit.rule,
+        sam.model_hash,
+        {"data": {"manifest": str(manifest), "group_column": gcol}, "training": fit.record},
+    )
+    add_detector(out, folder)
+    at = fit.rule.doc.get("at_threshold", {})
+    typer.echo(
+        f"trained on {len(data)} images ({fit.record['cpu_s_total']:.0f} s CPU); "
+        f"out-of-fold at threshold {fit.rule.threshold:.3f}: {json.dumps(at)}; wrote {out}"
+    )
 
 
 @segment_app.command("medsam")

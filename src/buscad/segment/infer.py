@@ -37,7 +37,15 @@ calibration's threshold: check or redraw). The U-Net's own outlines keep their
 mean-probability confidence with no predicted Dice and are never flagged: that
 number is not a Dice estimate. The image embedding is cached per image, so a redrawn box reruns
 only the decoder. A folder with LiteMedSAM alone (``arch = "LiteMedSAM"``, no
-U-Net) outlines boxes only.
+U-Net) outlines boxes only, unless it also carries a lesion detector.
+
+A segmenter folder with LiteMedSAM may carry a lesion detector (``detector/``,
+:mod:`buscad.segment.detector`, recorded in the JSON's ``"detector"`` with the
+SHA-256 of its ``detector.json``): a small head on LiteMedSAM's image embedding
+whose heat-map components, outlined by LiteMedSAM, are the automatic candidates
+(ranked by the detector's score, which is then their ``confidence``; "no lesion
+found" when none reaches its threshold). When present it is the automatic
+proposer, in place of the U-Net (:attr:`Segmenter.can_auto`).
 
 Boxes are ``(x0, y0, x1, y1)`` in pixels of the original image, end exclusive.
 """
@@ -78,6 +86,7 @@ from buscad.segment.base import (
 from buscad.utils import atomic_write_json, file_sha256
 
 if TYPE_CHECKING:
+    from buscad.segment.detector import Detector
     from buscad.segment.medsam import MedSAM
 
 #: ``SegConfig.arch`` of a segmenter that is LiteMedSAM alone (box prompts only).
@@ -173,6 +182,69 @@ def add_medsam(
     return out
 
 
+def _load_detector(
+    jpath: Path, spec: dict, box_model: MedSAM | None, threads: int | None
+) -> Detector | None:
+    """The segmenter's lesion detector (``detector/``), checked against the JSON and the encoder."""
+    from buscad.segment import detector as dt
+
+    ref = spec.get("detector")
+    folder = jpath.parent / dt.DETECTOR_DIR
+    if ref is None and not folder.is_dir():
+        return None
+    if not folder.is_dir():
+        raise ModelFileError(
+            folder, f"{jpath.name} names a lesion detector but the folder is missing"
+        )
+    if box_model is None:
+        raise ModelFileError(
+            folder, "a lesion detector needs LiteMedSAM (run `buscad segment medsam`)"
+        )
+    want = (ref or {}).get("json_sha256")
+    if want and file_sha256(folder / dt.JSON_NAME) != want:
+        raise ModelFileError(folder / dt.JSON_NAME, f"SHA-256 does not match {jpath.name}")
+    return dt.Detector.load(folder, encoder_sha256=box_model.model_hash, threads=threads)
+
+
+def add_detector(folder: str | os.PathLike[str], detector: str | os.PathLike[str]) -> Path:
+    """Give a segmenter folder with LiteMedSAM a lesion detector (copied into ``folder/detector``).
+
+    The detector becomes the folder's automatic proposer. ``detector`` is a
+    detector folder (:func:`buscad.segment.detector_train.save_detector`); it is
+    checked (digests, encoder) before the JSON records it.
+
+    Raises
+    ------
+    ModelFileError
+        ``folder`` has no LiteMedSAM, or the detector does not load or was trained
+        on another encoder's embeddings.
+    """
+    import shutil
+
+    from buscad.segment import detector as dt
+
+    out = Path(folder)
+    spec = read_spec(out)
+    box_model = _load_box_model(_sidecar_paths(out)[0], spec, 1)
+    if box_model is None:
+        raise ModelFileError(out, "a lesion detector needs LiteMedSAM in the segmenter folder")
+    src, dest = Path(detector), out / dt.DETECTOR_DIR
+    det = dt.Detector.load(src, encoder_sha256=box_model.model_hash)
+    if src.resolve() != dest.resolve():
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in (dt.JSON_NAME, dt.ONNX_NAME, dt.WEIGHTS_NAME):
+            if (src / name).is_file():
+                shutil.copyfile(src / name, dest / name)
+    spec["detector"] = {
+        "folder": dt.DETECTOR_DIR,
+        "json_sha256": file_sha256(dest / dt.JSON_NAME),
+        "encoder_sha256": det.encoder_sha256,
+        "rule": det.rule.to_dict(),
+    }
+    atomic_write_json(_sidecar_paths(out)[0], spec)
+    return out
+
+
 def box_candidate(
     prob: np.ndarray, box: Box, threshold: float = 0.5, iou: float | None = None
 ) -> Candidate:
@@ -214,6 +286,9 @@ class Segmenter:
         The PyTorch network, when loaded with the torch backend (needed to export ONNX).
     box_model : MedSAM, optional
         LiteMedSAM: draws every box-prompted outline when given.
+    detector : Detector, optional
+        Lesion detector on LiteMedSAM's embedding: the automatic proposer when
+        given (needs ``box_model``).
     """
 
     def __init__(
@@ -223,12 +298,26 @@ class Segmenter:
         spec: dict | None = None,
         module: Any = None,
         box_model: MedSAM | None = None,
+        detector: Detector | None = None,
     ) -> None:
         self.runner = runner
         self.config = config
         self.spec = spec or {}
         self.module = module
         self.box_model = box_model
+        self.detector = detector
+
+    @property
+    def can_auto(self) -> bool:
+        """Whether it finds lesions without a box (a U-Net, or a detector with LiteMedSAM)."""
+        return self.runner is not None or (self.detector is not None and self.box_model is not None)
+
+    @property
+    def proposer(self) -> str | None:
+        """The automatic proposer: ``"detector"``, ``"unet"`` or None (boxes only)."""
+        if self.detector is not None and self.box_model is not None:
+            return "detector"
+        return "unet" if self.runner is not None else None
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -259,21 +348,22 @@ class Segmenter:
         jpath, wpath, opath = _sidecar_paths(path)
         config = SegConfig.from_dict(spec.get("config", {}))
         box_model = _load_box_model(jpath, spec, threads)
+        detector = _load_detector(jpath, spec, box_model, threads)
         if config.arch == MEDSAM_ARCH:
             if box_model is None:
                 raise ModelFileError(jpath, "a LiteMedSAM segmenter without its litemedsam/ graphs")
-            return cls(None, config, spec, box_model=box_model)
+            return cls(None, config, spec, box_model=box_model, detector=detector)
         if backend == "auto":
             backend = "onnx" if opath.is_file() else "torch"
         if backend == "onnx":
             if not opath.is_file():
                 raise ModelFileError(opath, "ONNX file not found (run `buscad segment export`)")
-            return cls(OnnxRunner(opath, threads), config, spec, box_model=box_model)
+            return cls(OnnxRunner(opath, threads), config, spec, None, box_model, detector)
         if backend == "torch":
             from buscad.segment.model import load_module, torch_runner
 
             module = load_module(wpath, config)
-            return cls(torch_runner(module), config, spec, module, box_model)
+            return cls(torch_runner(module), config, spec, module, box_model, detector)
         raise ModelFileError(jpath, f"unknown backend {backend!r} (auto, onnx or torch)")
 
     def save(self, path: str | os.PathLike[str], extra: dict | None = None) -> Path:
@@ -400,7 +490,33 @@ class Segmenter:
         half = 0.125 * min(h, w)
         return self.predict(gray, box=(px - half, py - half, px + half, py + half))
 
+    def _detect(self, norm: np.ndarray, gray: np.ndarray | None = None) -> SegResult:
+        """Automatic candidates of the lesion detector, outlined by LiteMedSAM.
+
+        ``prob`` is the detector's heat-map resized to the image (LiteMedSAM's
+        post-processing: the 64-cell grid to the 256 frame, cropped, resized).
+        """
+        import cv2
+
+        from buscad.segment.medsam import SIZE, postprocess
+
+        assert self.detector is not None and self.box_model is not None
+        g = norm if gray is None else gray
+        emb = self.box_model.embed(g)
+        cands = self.detector.propose(
+            emb.array, emb.shape, lambda b: self._box_outline(norm, b, gray)[1]
+        )
+        heat = self.detector.heat(emb.array)
+        heat256 = cv2.resize(heat, (SIZE, SIZE), interpolation=cv2.INTER_LINEAR)
+        prob = np.clip(postprocess(heat256, emb.new_size, emb.shape), 0.0, 1.0)
+        mask = np.zeros(norm.shape, bool)
+        for c in cands:
+            mask |= c.mask
+        return SegResult(mask, prob.astype(np.float32), cands, bool(cands), "auto")
+
     def _auto(self, norm: np.ndarray, gray: np.ndarray | None = None) -> SegResult:
+        if self.proposer == "detector":
+            return self._detect(norm, gray)
         cfg = self.config
         h, w = norm.shape
         prob, _ = self._prob(norm, None)

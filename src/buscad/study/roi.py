@@ -139,7 +139,7 @@ def outline_manifest(
         from buscad.segment.infer import Segmenter
 
         seg = Segmenter.load(segmenter, threads=threads)
-        if mode == "auto" and seg.runner is None:
+        if mode == "auto" and not seg.can_auto:
             raise ValueError(
                 f"roi: auto needs a segmenter with an automatic proposer; {segmenter} is "
                 "LiteMedSAM alone (box outlines only)"
@@ -167,7 +167,7 @@ def outline_manifest(
                 from buscad.segment.base import mask_box
 
                 res = seg.predict(gray, box=jitter_box(mask_box(expert), jitter, rng))
-            elif seg.runner is None:  # a box-only segmenter (LiteMedSAM) and no box
+            elif not seg.can_auto:  # a box-only segmenter (LiteMedSAM) and no box
                 from buscad.segment.base import SegResult
 
                 res = SegResult(

