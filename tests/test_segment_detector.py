@@ -251,6 +251,22 @@ def test_segmenter_folder_loads_the_detector_and_checks_the_encoder(
     seg = Segmenter.load(folder)
     assert seg.can_auto and seg.proposer == "detector"
     assert seg.detector.encoder_sha256 == encoder
+    # a bundle carrying it (LiteMedSAM + detector, no U-Net ONNX) loads and outlines on its own
+    from tests.scale_fixtures import make_bundle
+
+    from buscad.bundle.bundle import Bundle, add_segmenter
+
+    bdir = make_bundle(tmp_path / "bundle", classical=False)
+    doc = json.loads((bdir / "bundle.json").read_text())
+    doc["segmenter"] = add_segmenter(bdir, folder, "expert")
+    (bdir / "bundle.json").write_text(json.dumps(doc))
+    assert not (bdir / "segmenter" / "segmenter.onnx").exists()
+    b = Bundle.load(bdir)
+    gray, _ = phantom(seed=100)
+    p = b.predict(gray, heatmap=False)
+    assert b.has_segmenter and p.roi_source in ("auto", "whole")
+    if p.roi_source == "whole":  # nothing kept: said first, the call withheld
+        assert p.withheld and "no lesion found" in p.cautions[0]
     shutil.copyfile(fitted / JSON_NAME, folder / "detector" / JSON_NAME)
     with pytest.raises(ModelFileError, match=r"detector\.json.*SHA-256 does not match"):
         Segmenter.load(folder)

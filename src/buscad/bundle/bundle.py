@@ -710,7 +710,7 @@ class Bundle:
         seg = doc.get("segmenter")
         if seg:  # checked now, loaded on first use (a prediction with a mask never needs it)
             seg_file = p / seg["folder"] / "segmenter.onnx"
-            if not seg_file.is_file():
+            if not seg_file.is_file() and not seg.get("litemedsam_sha256"):
                 raise ModelFileError(seg_file, "segmenter ONNX model not found")
             if seg.get("onnx_sha256") and file_sha256(seg_file) != seg["onnx_sha256"]:
                 raise ModelFileError(seg_file, "SHA-256 does not match bundle.json")
