@@ -68,8 +68,8 @@ def groups_of(items: list[dict], cohort: str) -> np.ndarray:
         from buscad.data.audit.duplicates import near_duplicate_groups
 
         g = split_groups(m, near_duplicate_groups(m))
-    else:
-        g = split_groups(m)
+    else:  # one image per case
+        g = m.df["patient_id"]
     by_id = dict(zip(m.df["image_id"], g.astype(str), strict=True))
     return np.array([by_id[it["image_id"]] for it in items])
 
@@ -150,9 +150,35 @@ def medsam_of(folder: Path, threads: int):
     return MedSAM(folder, threads=threads, cache_size=0)
 
 
+def combine(paths: list[str], out: str, extra: list[str]) -> None:
+    """One results file from the per-direction files (``train_cohort -> result``) and extra sections."""
+    import json
+
+    doc: dict = {
+        "benchmark": "LiteMedSAM decoder fine-tuning on cached embeddings (both directions)",
+        "datasets": {
+            "BUSI": "Al-Dhabyani et al., Data in Brief 28:104863, 2020 (CC0)",
+            "BrEaST": "Pawlowska et al., Sci Data 11:148, 2024; TCIA DOI 10.7937/9WKK-Q141 "
+            "(CC BY 4.0)",
+        },
+        "note": "MedSAM's training corpus may include BUSI: BUSI numbers may be in-sample for "
+        "the base model.",
+        "directions": {},
+    }
+    for p in paths:
+        r = json.loads(Path(p).read_text())
+        doc["directions"][f"{r['train_cohort']}->{r['test_cohort']}"] = r
+    for kv in extra:
+        name, p = kv.split("=", 1)
+        doc[name] = json.loads(Path(p).read_text())
+    atomic_write_json(out, doc)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--train", choices=["BUSI", "BrEaST"], required=True)
+    ap.add_argument("--combine", nargs="*", help="Merge these per-direction files into --out.")
+    ap.add_argument("--extra", nargs="*", default=[], help="NAME=file.json sections (--combine).")
+    ap.add_argument("--train", choices=["BUSI", "BrEaST"])
     ap.add_argument("--cache", default=str(cache_root() / "litemedsam" / "embeddings"))
     ap.add_argument("--out", required=True)
     ap.add_argument("--folds", type=int, default=5)
@@ -164,6 +190,11 @@ def main() -> None:
     ap.add_argument("--boxes-per-image", type=int, default=2)
     ap.add_argument("--limit", type=int, default=0, help="First N lesions per cohort (smoke runs).")
     args = ap.parse_args()
+    if args.combine:
+        combine(args.combine, args.out, args.extra)
+        return
+    if not args.train:
+        ap.error("--train is required")
 
     import torch
     from segment_medsam import load_lesions
@@ -202,8 +233,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     items = {c: load_lesions(DATA, [c])[: args.limit or None] for c in (train_c, test_c)}
-    for c in items:
-        prepare(zs, items[c], args.cache, args.seed, args.jitter)
+    prepare(zs, items[train_c], args.cache, args.seed, args.jitter)
     print(f"loaded {[len(v) for v in items.values()]} lesions {time.perf_counter() - t0:.0f} s")
 
     # 1. grouped CV on the training cohort
@@ -291,6 +321,7 @@ def main() -> None:
     }
     save()
     te = items[test_c]
+    prepare(zs, te, args.cache, args.seed, args.jitter)  # embeddings looked up only now
     ext_zs, ext_ft = evaluate(zs, te), evaluate(medsam_of(folder, args.threads), te)
     result["external"] = {
         p: {

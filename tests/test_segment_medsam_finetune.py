@@ -253,3 +253,44 @@ def test_a_tampered_fine_tuned_file_is_refused(tuned, tmp_path) -> None:
     (seg / "segmenter.json").write_text(json.dumps(spec))
     with pytest.raises(ModelFileError, match=r"SHA-256 does not match segmenter\.json"):
         Segmenter.load(seg)
+
+
+def test_cli_finetune_writes_a_segmenter_that_outlines_boxes(base, tmp_path, monkeypatch) -> None:
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from buscad.cli import app
+
+    monkeypatch.setenv("BUSCAD_CACHE", str(tmp_path / "cache"))
+    rows = []
+    for k in range(2):
+        gray, mask = _phantom((160, 200), 10 + k)
+        cv2.imwrite(str(tmp_path / f"p{k}.png"), gray)
+        cv2.imwrite(str(tmp_path / f"p{k}_mask.png"), mask.astype(np.uint8) * 255)
+        rows.append(
+            {
+                "image_id": f"p{k}",
+                "image_path": f"p{k}.png",
+                "mask_path": f"p{k}_mask.png",
+                "label": "benign",
+                "patient_id": f"p{k}",
+            }
+        )
+    pd.DataFrame(rows).to_csv(tmp_path / "m.csv", index=False)
+    args = ["segment", "finetune", "-m", str(tmp_path / "m.csv"), "-o", str(tmp_path / "seg")]
+    r = CliRunner().invoke(app, [*args, "--base", str(base), "--max-steps", "2"])
+    assert r.exit_code == 0, r.output
+    assert "2 lesion images embedded" in r.output
+    spec = json.loads((tmp_path / "seg" / "segmenter.json").read_text())
+    rec = spec["litemedsam"]["finetune"]
+    assert rec["rows"] == 2 and rec["steps"] == 2 and rec["cpu_seconds"] > 0
+    tuned = tmp_path / "cache" / "litemedsam" / "finetuned"
+    (folder,) = [p for p in tuned.iterdir() if not p.name.startswith("tmp-")]
+    assert (
+        spec["litemedsam"]["sha256"][DECODER_NAME] == read_manifest(folder)["sha256"][DECODER_NAME]
+    )
+    assert len(list((tmp_path / "cache" / "litemedsam" / "embeddings").rglob("*.npy"))) == 2
+    seg = Segmenter.load(tmp_path / "seg")  # the stand-in encoder makes no real outline
+    assert seg.box_model.manifest["finetune"]["steps"] == 2 and seg.box_model.confidence is None
+    for name in (ENCODER_NAME, DECODER_NAME):
+        assert seg.box_model.manifest["sha256"][name] == read_manifest(folder)["sha256"][name]

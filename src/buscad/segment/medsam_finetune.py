@@ -377,10 +377,11 @@ def save_finetuned(
 
     src, dest = Path(base), Path(out)
     doc = read_manifest(src)
+    if dest.resolve() == src.resolve():
+        raise ValueError(f"{dest}: write a fine-tuned decoder beside its base folder, not into it")
     dest.mkdir(parents=True, exist_ok=True)
-    if src.resolve() != dest.resolve():
-        with atomic_path(dest / ENCODER_NAME) as tmp:
-            shutil.copyfile(src / ENCODER_NAME, tmp)
+    with atomic_path(dest / ENCODER_NAME) as tmp:
+        shutil.copyfile(src / ENCODER_NAME, tmp)
     module = module.eval()
     state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
     with atomic_path(dest / DECODER_WEIGHTS_NAME) as tmp:
@@ -431,13 +432,12 @@ def store_finetuned(
     return final
 
 
-def add_finetuned(
-    out: str | os.PathLike[str], source: str | os.PathLike[str], carry: bool = True
-) -> Path:
+def add_finetuned(out: str | os.PathLike[str], source: str | os.PathLike[str]) -> Path:
     """Give a segmenter folder a fine-tuned LiteMedSAM (:func:`buscad.segment.infer.add_medsam`).
 
-    The graphs (and ``decoder.safetensors``) are copied into ``out/litemedsam``
-    with their SHA-256 recorded in ``segmenter.json``; the packaged predicted-Dice
+    The graphs (and ``decoder.safetensors``) are always copied into
+    ``out/litemedsam`` (the cache holds the shipped decoder only), with their
+    SHA-256 and the ``finetune`` record in ``segmenter.json``; the packaged predicted-Dice
     calibration is not carried (it was fitted on the shipped decoder), so the
     outlines' confidence is the fine-tuned IoU head's estimate.
 
@@ -458,8 +458,8 @@ def add_finetuned(
         raise ModelFileError(
             src / MANIFEST_NAME, "not a fine-tuned LiteMedSAM (no finetune record)"
         )
-    dest = add_medsam(out, carry=carry, source=src)
-    if carry and (src / DECODER_WEIGHTS_NAME).is_file():
+    dest = add_medsam(out, carry=True, source=src)
+    if (src / DECODER_WEIGHTS_NAME).is_file():
         shutil.copyfile(src / DECODER_WEIGHTS_NAME, dest / MEDSAM_DIR / DECODER_WEIGHTS_NAME)
     jpath = dest / JSON_NAME
     spec = json.loads(jpath.read_text())
