@@ -150,6 +150,19 @@ def medsam_of(folder: Path, threads: int):
     return MedSAM(folder, threads=threads, cache_size=0)
 
 
+def cv_record(cv: dict, train_c: str) -> dict:
+    """The CV result as recorded in a fine-tuned folder's ``finetune.cv``."""
+    return {
+        "folds": len(cv["folds"]),
+        "groups": "audit near-duplicate groups" if train_c == "BUSI" else "case id",
+        "dice_jitter_zero_shot": cv["jitter"]["zero_shot"]["dice_all"][0],
+        "dice_jitter_finetuned": cv["jitter"]["finetuned"]["dice_all"][0],
+        "dice_box_zero_shot": cv["box"]["zero_shot"]["dice_all"][0],
+        "dice_box_finetuned": cv["box"]["finetuned"]["dice_all"][0],
+        "decision": cv["decision"],
+    }
+
+
 def combine(paths: list[str], out: str, extra: list[str]) -> None:
     """One results file from the per-direction files (``train_cohort -> result``) and extra sections."""
     import json
@@ -165,79 +178,37 @@ def combine(paths: list[str], out: str, extra: list[str]) -> None:
         "the base model.",
         "directions": {},
     }
-    for p in paths:
+    for p in paths:  # a direction's CV run and its --refit-only run are merged
         r = json.loads(Path(p).read_text())
-        doc["directions"][f"{r['train_cohort']}->{r['test_cohort']}"] = r
+        key = f"{r['train_cohort']}->{r['test_cohort']}"
+        d = doc["directions"].setdefault(key, {"files": []})
+        d["files"].append({"file": p, "command": r.get("command")})
+        d.update({k: v for k, v in r.items() if v is not None and k != "command"})
+    for d in doc["directions"].values():
+        if "cv" in d and "refit" in d and not d["refit"]["manifest"]["finetune"].get("cv"):
+            from buscad.segment.medsam import read_manifest, write_manifest
+
+            folder = Path(d["refit"]["folder"])
+            m = read_manifest(folder)
+            m["finetune"]["cv"] = cv_record(d["cv"], d["train_cohort"])
+            write_manifest(
+                folder, {k: v for k, v in m.items() if k not in ("format", "version", "sha256")}
+            )
+            d["refit"]["manifest"] = read_manifest(folder)
+        if "cv" in d and "external" in d:
+            d["external"]["used"] = d["cv"]["decision"]
     for kv in extra:
         name, p = kv.split("=", 1)
         doc[name] = json.loads(Path(p).read_text())
     atomic_write_json(out, doc)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--combine", nargs="*", help="Merge these per-direction files into --out.")
-    ap.add_argument("--extra", nargs="*", default=[], help="NAME=file.json sections (--combine).")
-    ap.add_argument("--train", choices=["BUSI", "BrEaST"])
-    ap.add_argument("--cache", default=str(cache_root() / "litemedsam" / "embeddings"))
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--jitter", type=float, default=0.10)
-    ap.add_argument("--n-boot", type=int, default=1000)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--boxes-per-image", type=int, default=2)
-    ap.add_argument("--limit", type=int, default=0, help="First N lesions per cohort (smoke runs).")
-    args = ap.parse_args()
-    if args.combine:
-        combine(args.combine, args.out, args.extra)
-        return
-    if not args.train:
-        ap.error("--train is required")
-
-    import torch
-    from segment_medsam import load_lesions
+def run_cv(zs, base, tr: list[dict], train_c: str, cfg, args, result: dict, save) -> dict:
+    """Grouped, stratified k-fold CV of zero-shot vs fine-tuned on the training cohort (module doc)."""
     from sklearn.model_selection import StratifiedGroupKFold
 
-    from buscad.segment.medsam_convert import ensure_converted
-    from buscad.segment.medsam_finetune import (
-        FinetuneConfig,
-        finetune,
-        save_finetuned,
-        store_finetuned,
-    )
+    from buscad.segment.medsam_finetune import finetune, save_finetuned
 
-    torch.set_num_threads(args.threads)
-    base = ensure_converted()
-    zs = medsam_of(base, args.threads)
-    train_c, test_c = args.train, OTHER[args.train]
-    cfg = FinetuneConfig(epochs=args.epochs, boxes_per_image=args.boxes_per_image, seed=args.seed)
-    result: dict = {
-        "benchmark": "LiteMedSAM decoder fine-tuning on cached embeddings",
-        "command": " ".join(sys.argv),
-        "train_cohort": train_c,
-        "test_cohort": test_c,
-        "config": cfg.to_dict(),
-        "base_manifest": zs.manifest,
-        "note": "MedSAM's training corpus may include BUSI: BUSI numbers may be in-sample for "
-        "the base model. Choice on the training cohort's grouped CV only; the other cohort "
-        "is evaluated once.",
-        "cpus": os.cpu_count(),
-        "load_avg_start": os.getloadavg(),
-    }
-
-    def save() -> None:
-        result["load_avg_now"] = os.getloadavg()
-        atomic_write_json(args.out, result)
-
-    t0 = time.perf_counter()
-    items = {c: load_lesions(DATA, [c])[: args.limit or None] for c in (train_c, test_c)}
-    prepare(zs, items[train_c], args.cache, args.seed, args.jitter)
-    print(f"loaded {[len(v) for v in items.values()]} lesions {time.perf_counter() - t0:.0f} s")
-
-    # 1. grouped CV on the training cohort
-    tr = items[train_c]
     groups, labels = groups_of(tr, train_c), labels_of(tr)
     folds = np.zeros(len(tr), int)
     sgk = StratifiedGroupKFold(n_splits=args.folds, shuffle=True, random_state=args.seed)
@@ -283,6 +254,69 @@ def main() -> None:
     result["cv"] = cv
     save()
     print("CV", {p: cv[p]["paired_dice_gain"] for p in ("box", "jitter")}, cv["decision"])
+    return cv
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--combine", nargs="*", help="Merge these per-direction files into --out.")
+    ap.add_argument("--extra", nargs="*", default=[], help="NAME=file.json sections (--combine).")
+    ap.add_argument("--train", choices=["BUSI", "BrEaST"])
+    ap.add_argument("--cache", default=str(cache_root() / "litemedsam" / "embeddings"))
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--jitter", type=float, default=0.10)
+    ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--boxes-per-image", type=int, default=2)
+    ap.add_argument("--refit-only", action="store_true", help="Skip the CV (run separately).")
+    ap.add_argument("--limit", type=int, default=0, help="First N lesions per cohort (smoke runs).")
+    args = ap.parse_args()
+    if args.combine:
+        combine(args.combine, args.out, args.extra)
+        return
+    if not args.train:
+        ap.error("--train is required")
+
+    import torch
+    from segment_medsam import load_lesions
+
+    from buscad.segment.medsam_convert import ensure_converted
+    from buscad.segment.medsam_finetune import FinetuneConfig, finetune, store_finetuned
+
+    torch.set_num_threads(args.threads)
+    base = ensure_converted()
+    zs = medsam_of(base, args.threads)
+    train_c, test_c = args.train, OTHER[args.train]
+    cfg = FinetuneConfig(epochs=args.epochs, boxes_per_image=args.boxes_per_image, seed=args.seed)
+    result: dict = {
+        "benchmark": "LiteMedSAM decoder fine-tuning on cached embeddings",
+        "command": " ".join(sys.argv),
+        "train_cohort": train_c,
+        "test_cohort": test_c,
+        "config": cfg.to_dict(),
+        "base_manifest": zs.manifest,
+        "note": "MedSAM's training corpus may include BUSI: BUSI numbers may be in-sample for "
+        "the base model. Choice on the training cohort's grouped CV only; the other cohort "
+        "is evaluated once.",
+        "cpus": os.cpu_count(),
+        "load_avg_start": os.getloadavg(),
+    }
+
+    def save() -> None:
+        result["load_avg_now"] = os.getloadavg()
+        atomic_write_json(args.out, result)
+
+    t0 = time.perf_counter()
+    items = {c: load_lesions(DATA, [c])[: args.limit or None] for c in (train_c, test_c)}
+    prepare(zs, items[train_c], args.cache, args.seed, args.jitter)
+    print(f"loaded {[len(v) for v in items.values()]} lesions {time.perf_counter() - t0:.0f} s")
+
+    # 1. grouped CV on the training cohort (skipped with --refit-only: another run does it)
+    tr = items[train_c]
+    cv = None if args.refit_only else run_cv(zs, base, tr, train_c, cfg, args, result, save)
 
     # 2. refit on the whole training cohort, evaluate once on the other cohort
     module, hist = finetune(train_items(tr), base, cfg, log=print)
@@ -298,15 +332,7 @@ def main() -> None:
         "wall_seconds": hist["wall_seconds"],
         "threads": hist["threads"],
         "load_avg": os.getloadavg(),
-        "cv": {
-            "folds": args.folds,
-            "groups": "audit near-duplicate groups" if train_c == "BUSI" else "case id",
-            "dice_jitter_zero_shot": cv["jitter"]["zero_shot"]["dice_all"][0],
-            "dice_jitter_finetuned": cv["jitter"]["finetuned"]["dice_all"][0],
-            "dice_box_zero_shot": cv["box"]["zero_shot"]["dice_all"][0],
-            "dice_box_finetuned": cv["box"]["finetuned"]["dice_all"][0],
-            "decision": cv["decision"],
-        },
+        "cv": cv_record(cv, train_c) if cv else None,
     }
     folder = store_finetuned(module, base, record)
     from buscad.segment.medsam import read_manifest
@@ -331,7 +357,7 @@ def main() -> None:
         }
         for p in ext_zs
     }
-    result["external"]["used"] = cv["decision"]
+    result["external"]["used"] = cv["decision"] if cv else "see the CV run"
     result["seconds"] = time.perf_counter() - t0
     save()
     print("external", {p: result["external"][p]["paired_dice_gain"] for p in ("box", "jitter")})
