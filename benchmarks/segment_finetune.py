@@ -152,6 +152,12 @@ def medsam_of(folder: Path, threads: int):
 
 def cv_record(cv: dict, train_c: str) -> dict:
     """The CV result as recorded in a fine-tuned folder's ``finetune.cv``."""
+    if "partial" in cv:
+        return {
+            "groups": "audit near-duplicate groups" if train_c == "BUSI" else "case id",
+            **cv["partial"],
+            "decision": cv["decision"],
+        }
     return {
         "folds": len(cv["folds"]),
         "groups": "audit near-duplicate groups" if train_c == "BUSI" else "case id",
@@ -185,6 +191,21 @@ def combine(paths: list[str], out: str, extra: list[str]) -> None:
         d["files"].append({"file": p, "command": r.get("command")})
         d.update({k: v for k, v in r.items() if v is not None and k != "command"})
     for d in doc["directions"].values():
+        cv = d.get("cv")
+        if cv and "decision" not in cv:  # a CV run stopped early: its finished folds only
+            f = cv["folds"]
+            n = np.array([x["n_held_out"] for x in f], float)
+            zs = float(np.dot(n, [x["dice_jitter_zero_shot"] for x in f]) / n.sum())
+            ft = float(np.dot(n, [x["dice_jitter_finetuned"] for x in f]) / n.sum())
+            cv["partial"] = {
+                "folds_done": len(f),
+                "n_held_out": int(n.sum()),
+                "dice_jitter_zero_shot": zs,
+                "dice_jitter_finetuned": ft,
+                "note": "the run was stopped for time: Dice over the held-out lesions of the "
+                "finished folds only (no bootstrap CI)",
+            }
+            cv["decision"] = "fine-tuned" if ft > zs else "zero-shot"
         if "cv" in d and "refit" in d and not d["refit"]["manifest"]["finetune"].get("cv"):
             from buscad.segment.medsam import read_manifest, write_manifest
 
