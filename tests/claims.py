@@ -278,10 +278,13 @@ class ResultsIndex:
         self._printed: dict[tuple[str, int, bool], set[str]] = {}
 
     def printed(self, file: str, places: int, percent: bool = False) -> set[str]:
-        """Every number of ``file`` as printed with ``places`` decimals (x100 too for percent)."""
+        """Every number of ``file`` as printed with ``places`` decimals (x100 too for percent).
+
+        Magnitudes: the claim's number is read without its sign (``−0.008`` as ``0.008``).
+        """
         key = (file, places, percent)
         if key not in self._printed:
-            vals = {v for r in self.records[file] for v in r}
+            vals = {abs(v) for r in self.records[file] for v in r}
             if percent:
                 vals |= {v * 100 for v in vals}
             self._printed[key] = set().union(*(_rounded(v, places) for v in vals))

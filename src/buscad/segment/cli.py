@@ -316,6 +316,81 @@ def medsam_cmd(
     typer.echo(f"wrote {add_medsam(out, carry=not reference, source=src)}")
 
 
+@segment_app.command("finetune")
+def finetune_cmd(
+    manifest: Path = typer.Option(..., "--manifest", "-m", help="buscad manifest with mask_path."),
+    out: Path = typer.Option(..., "-o", "--out", help="Segmenter folder (new, or one to extend)."),
+    split: str = typer.Option("", help="Train on rows whose split column equals this."),
+    epochs: int = typer.Option(1),
+    boxes_per_image: int = typer.Option(2, help="Jittered boxes per image and epoch."),
+    lr: float = typer.Option(1e-4),
+    max_steps: int = typer.Option(0, help="Stop after this many steps (0: no limit)."),
+    threads: int = typer.Option(1, help="torch threads."),
+    seed: int = typer.Option(0),
+    cache: Path = typer.Option(
+        None, help="On-disk embedding cache (default: litemedsam/embeddings in the buscad cache)."
+    ),
+    base: Path = typer.Option(
+        None, help="Converted LiteMedSAM folder (default: convert the packaged checkpoint once)."
+    ),
+) -> None:
+    """Fine-tune LiteMedSAM's prompt encoder + mask decoder on the manifest's lesion masks.
+
+    The image encoder stays frozen: embeddings are computed once (cached on disk)
+    and the decoder is trained on jittered boxes. The fine-tuned graphs
+    (safetensors + ONNX, keyed by the decoder graph's SHA-256, with a JSON record)
+    go into the buscad cache and the segmenter folder ``--out`` outlines boxes
+    with them. Check on held-out data that it beats the zero-shot decoder
+    (``benchmarks/segment_finetune.py``) before using it.
+    """
+    import os
+
+    from buscad.errors import ConfigError
+    from buscad.segment.medsam import MedSAM
+    from buscad.segment.medsam_convert import ensure_converted
+    from buscad.segment.medsam_finetune import (
+        FinetuneConfig,
+        TrainItem,
+        add_finetuned,
+        finetune,
+        store_finetuned,
+    )
+    from buscad.utils import cache_root
+
+    src = base if base is not None else ensure_converted()
+    sam = MedSAM(src, threads=threads, cache_size=0)
+    emb_dir = cache if cache is not None else cache_root() / "litemedsam" / "embeddings"
+    rows = [it for it in _items(manifest, split or None, 10**9) if it.mask.any()]
+    if not rows:
+        raise ConfigError("--manifest", f"{manifest} has no lesion rows with a mask to train on")
+    train = [TrainItem.from_mask(sam.embed_cached(it.gray, emb_dir), it.mask) for it in rows]
+    typer.echo(f"{len(train)} lesion images embedded (cache {emb_dir})")
+    cfg = FinetuneConfig(
+        epochs=epochs,
+        boxes_per_image=boxes_per_image,
+        lr=lr,
+        seed=seed,
+        threads=threads,
+        max_steps=max_steps or None,
+    )
+    module, hist = finetune(train, src, cfg, log=typer.echo)
+    record = {
+        "cohort": str(manifest),
+        "split": split or None,
+        "rows": len(train),
+        "config": cfg.to_dict(),
+        "steps": hist["steps"],
+        "cpu_seconds": hist["cpu_seconds"],
+        "wall_seconds": hist["wall_seconds"],
+        "threads": hist["threads"],
+        "load_avg": os.getloadavg(),
+        "cv": None,
+    }
+    folder = store_finetuned(module, src, record)
+    typer.echo(f"fine-tuned LiteMedSAM: {folder} ({hist['cpu_seconds']:.0f} s CPU)")
+    typer.echo(f"wrote {add_finetuned(out, folder)}")
+
+
 def register(app: typer.Typer) -> None:
     """Add ``buscad segment`` to the top-level app."""
     app.add_typer(segment_app, name="segment")

@@ -65,6 +65,8 @@ SIZE = 256
 ENCODER_NAME = "encoder.onnx"
 DECODER_NAME = "decoder.onnx"
 SAFETENSORS_NAME = "lite_medsam.safetensors"
+#: Fine-tuned prompt-encoder + mask-decoder tensors (:mod:`buscad.segment.medsam_finetune`).
+DECODER_WEIGHTS_NAME = "decoder.safetensors"
 MANIFEST_NAME = "litemedsam.json"
 
 #: Format written in :data:`MANIFEST_NAME`.
@@ -154,9 +156,15 @@ class OutlineConfidence:
 
 def default_confidence(
     checkpoint_sha256: str | None = CHECKPOINT_SHA256,
+    finetuned: bool = False,
 ) -> OutlineConfidence | None:
-    """The packaged calibration; None when absent or fitted for another checkpoint than ``checkpoint_sha256``."""
-    if not CONFIDENCE_FILE.is_file():
+    """The packaged calibration; None when absent, fitted for another checkpoint, or ``finetuned``.
+
+    The calibration holds for any conversion of its checkpoint, not for a
+    fine-tuned decoder (a manifest with a ``finetune`` record): those outlines
+    carry the IoU head's estimate only.
+    """
+    if finetuned or not CONFIDENCE_FILE.is_file():
         return None
     conf = OutlineConfidence.read(CONFIDENCE_FILE)
     want = conf.doc.get("checkpoint_sha256")
@@ -179,7 +187,7 @@ def write_manifest(folder: str | os.PathLike[str], extra: dict) -> dict:
         **extra,
         "sha256": {
             n: file_sha256(f / n)
-            for n in (ENCODER_NAME, DECODER_NAME, SAFETENSORS_NAME)
+            for n in (ENCODER_NAME, DECODER_NAME, SAFETENSORS_NAME, DECODER_WEIGHTS_NAME)
             if (f / n).is_file()
         },
     }
@@ -425,7 +433,7 @@ class MedSAM:
         self._cache: OrderedDict[str, Embedding] = OrderedDict()
         #: Predicted Dice and flag rule (:func:`default_confidence` for this checkpoint).
         self.confidence: OutlineConfidence | None = default_confidence(
-            self.manifest.get("checkpoint_sha256")
+            self.manifest.get("checkpoint_sha256"), "finetune" in self.manifest
         )
 
     @property
@@ -496,6 +504,7 @@ def segmenter_folder(out: str | os.PathLike[str], source: str | os.PathLike[str]
 
 __all__ = [
     "CHECKPOINT_SHA256",
+    "DECODER_WEIGHTS_NAME",
     "EMBEDDING_SHAPE",
     "Embedding",
     "EmbeddingCache",
