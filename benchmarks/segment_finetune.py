@@ -305,7 +305,12 @@ def main() -> None:
     from segment_medsam import load_lesions
 
     from buscad.segment.medsam_convert import ensure_converted
-    from buscad.segment.medsam_finetune import FinetuneConfig, finetune, store_finetuned
+    from buscad.segment.medsam_finetune import (
+        FinetuneConfig,
+        finetune,
+        store_finetuned,
+        training_record,
+    )
 
     torch.set_num_threads(args.threads)
     base = ensure_converted()
@@ -341,20 +346,16 @@ def main() -> None:
 
     # 2. refit on the whole training cohort, evaluate once on the other cohort
     module, hist = finetune(train_items(tr), base, cfg, log=print)
-    record = {
-        "cohort": train_c,
-        "rows": len(tr),
-        "citation": "BUSI: Al-Dhabyani et al., Data in Brief 28:104863, 2020 (CC0)"
+    record = training_record(
+        cfg,
+        hist,
+        cohort=train_c,
+        rows=len(tr),
+        citation="BUSI: Al-Dhabyani et al., Data in Brief 28:104863, 2020 (CC0)"
         if train_c == "BUSI"
         else "BrEaST-Lesions_USG: Pawlowska et al., Sci Data 11:148, 2024 (CC BY 4.0)",
-        "config": cfg.to_dict(),
-        "steps": hist["steps"],
-        "cpu_seconds": hist["cpu_seconds"],
-        "wall_seconds": hist["wall_seconds"],
-        "threads": hist["threads"],
-        "load_avg": os.getloadavg(),
-        "cv": cv_record(cv, train_c) if cv else None,
-    }
+        cv=cv_record(cv, train_c) if cv else None,
+    )
     folder = store_finetuned(module, base, record)
     from buscad.segment.medsam import read_manifest
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from buscad.data.manifest import Manifest
 
 segment_app = typer.Typer(
     help="Lesion outlines: train a segmenter, outline images (box or automatic), evaluate it.",
@@ -13,9 +17,9 @@ segment_app = typer.Typer(
 )
 
 
-def _items(manifest: Path, split: str | None, cache_side: int) -> list:
+def _manifest(manifest: Path, split: str | None) -> Manifest:
+    """The manifest, restricted to the rows whose ``split`` column equals ``split`` when given."""
     from buscad.data.manifest import Manifest
-    from buscad.segment.train import load_items
 
     m = Manifest.load(manifest)
     if split:
@@ -26,6 +30,13 @@ def _items(manifest: Path, split: str | None, cache_side: int) -> list:
                 manifest, f"--split {split} given but the manifest has no split column"
             )
         m = m.subset(m.df["split"].astype(str) == split)
+    return m
+
+
+def _items(manifest: Path, split: str | None, cache_side: int) -> list:
+    from buscad.segment.train import load_items
+
+    m = _manifest(manifest, split)
     return load_items(m, cache_side, on_skip=lambda s: typer.echo(f"skipped: {s}", err=True))
 
 
@@ -225,7 +236,6 @@ def detector_cmd(
     candidate. OUT becomes (or stays) a segmenter with LiteMedSAM whose automatic
     proposer is the detector (out/detector/: safetensors, ONNX, JSON).
     """
-    from buscad.data.manifest import Manifest
     from buscad.errors import ManifestError
     from buscad.segment.base import JSON_NAME
     from buscad.segment.detector import DETECTOR_DIR, DetectorConfig
@@ -236,17 +246,10 @@ def detector_cmd(
         save_detector,
     )
     from buscad.segment.infer import add_detector, add_medsam
-    from buscad.segment.medsam import MedSAM
+    from buscad.segment.medsam import MedSAM, default_cache
     from buscad.segment.medsam_convert import ensure_converted
-    from buscad.utils import cache_root
 
-    m = Manifest.load(manifest)
-    if split:
-        if "split" not in m.df.columns:
-            raise ManifestError(
-                manifest, f"--split {split} given but the manifest has no split column"
-            )
-        m = m.subset(m.df["split"].astype(str) == split)
+    m = _manifest(manifest, split)
     gcol = group_column or next(
         (c for c in ("dup_group", "patient_id", "image_id") if c in m.df.columns), "image_id"
     )
@@ -257,7 +260,7 @@ def detector_cmd(
     data = embed_manifest(
         m,
         sam,
-        cache_root() / "litemedsam" / "embeddings",
+        default_cache(),
         on_skip=lambda s: typer.echo(f"skipped: {s}", err=True),
         log=typer.echo,
     )
@@ -343,10 +346,9 @@ def finetune_cmd(
     with them. Check on held-out data that it beats the zero-shot decoder
     (``benchmarks/segment_finetune.py``) before using it.
     """
-    import os
 
     from buscad.errors import ConfigError
-    from buscad.segment.medsam import MedSAM
+    from buscad.segment.medsam import MedSAM, default_cache
     from buscad.segment.medsam_convert import ensure_converted
     from buscad.segment.medsam_finetune import (
         FinetuneConfig,
@@ -354,12 +356,12 @@ def finetune_cmd(
         add_finetuned,
         finetune,
         store_finetuned,
+        training_record,
     )
-    from buscad.utils import cache_root
 
     src = base if base is not None else ensure_converted()
     sam = MedSAM(src, threads=threads, cache_size=0)
-    emb_dir = cache if cache is not None else cache_root() / "litemedsam" / "embeddings"
+    emb_dir = cache if cache is not None else default_cache()
     rows = [it for it in _items(manifest, split or None, 10**9) if it.mask.any()]
     if not rows:
         raise ConfigError("--manifest", f"{manifest} has no lesion rows with a mask to train on")
@@ -374,18 +376,9 @@ def finetune_cmd(
         max_steps=max_steps or None,
     )
     module, hist = finetune(train, src, cfg, log=typer.echo)
-    record = {
-        "cohort": str(manifest),
-        "split": split or None,
-        "rows": len(train),
-        "config": cfg.to_dict(),
-        "steps": hist["steps"],
-        "cpu_seconds": hist["cpu_seconds"],
-        "wall_seconds": hist["wall_seconds"],
-        "threads": hist["threads"],
-        "load_avg": os.getloadavg(),
-        "cv": None,
-    }
+    record = training_record(
+        cfg, hist, cohort=str(manifest), split=split or None, rows=len(train), cv=None
+    )
     folder = store_finetuned(module, src, record)
     typer.echo(f"fine-tuned LiteMedSAM: {folder} ({hist['cpu_seconds']:.0f} s CPU)")
     typer.echo(f"wrote {add_finetuned(out, folder)}")

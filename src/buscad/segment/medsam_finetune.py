@@ -356,6 +356,23 @@ def finetune(
     return dec.eval(), hist
 
 
+def training_record(cfg: FinetuneConfig, hist: dict, **extra: Any) -> dict:
+    """The ``finetune`` record of a fine-tuned folder: the recipe and what :func:`finetune` cost.
+
+    ``extra`` (cohort, rows, CV result, ...) comes first; then ``config``, ``steps``,
+    ``cpu_seconds``, ``wall_seconds``, ``threads`` and the load average at the end.
+    """
+    return {
+        **extra,
+        "config": cfg.to_dict(),
+        "steps": hist["steps"],
+        "cpu_seconds": hist["cpu_seconds"],
+        "wall_seconds": hist["wall_seconds"],
+        "threads": hist["threads"],
+        "load_avg": os.getloadavg(),
+    }
+
+
 # ----------------------------------------------------------------------- files
 def save_finetuned(
     module: Any,
