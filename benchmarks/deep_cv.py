@@ -101,6 +101,23 @@ MODELS = {
 PARTIAL = {"efficientnet_lite0": 6}
 
 
+def busi_normal_rows(data: Path) -> list[dict]:
+    """Manifest rows of BUSI's normal images (no lesion, no mask), in file-name order."""
+    folder = data / "BUSI" / "Dataset_BUSI_with_GT" / "normal"
+    return [
+        dict(
+            image_id=f"busi/{p.stem}",
+            image_path=str(p),
+            mask_path="",
+            label="normal",
+            patient_id=f"busi/{p.stem}",
+            cohort="BUSI",
+        )
+        for p in sorted(folder.glob("*.png"))
+        if "_mask" not in p.stem
+    ]
+
+
 def build_manifest(data: Path) -> Manifest:
     """BUSI + BrEaST benign/malignant rows with absolute paths."""
     rows = []

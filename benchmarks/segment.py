@@ -71,22 +71,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def build_manifest(data: Path) -> Manifest:
     """BUSI (benign, malignant, normal) + BrEaST (benign, malignant) with shape/margin."""
     from deep_cv import build_manifest as lesion_manifest
+    from deep_cv import busi_normal_rows
 
     m = lesion_manifest(data)
     df = m.df.copy()
-    busi = data / "BUSI" / "Dataset_BUSI_with_GT" / "normal"
-    normals = [
-        dict(
-            image_id=f"busi/{p.stem}",
-            image_path=str(p),
-            mask_path="",
-            label="normal",
-            patient_id=f"busi/{p.stem}",
-            cohort="BUSI",
-        )
-        for p in sorted(busi.glob("*.png"))
-        if "_mask" not in p.stem
-    ]
+    normals = busi_normal_rows(data)
     br = data / "BrEaST-Lesions_USG"
     clin = pd.read_csv(br / "BrEaST-Lesions-USG-clinical-data-Dec-15-2023.csv")
     clin["image_id"] = "breast/" + clin["Image_filename"].str.replace(".png", "", regex=False)

@@ -85,28 +85,13 @@ CITATIONS = {
 
 def manifests(data: Path, limit: int = 0) -> tuple:
     """``(busi, breast)`` manifests: BUSI lesions + normals, BrEaST lesions (absolute paths)."""
-    from deep_cv import build_manifest
+    from deep_cv import build_manifest, busi_normal_rows
 
     from buscad.data.manifest import Manifest
 
     m = build_manifest(data)
     df = m.df
-    normal = sorted(
-        p
-        for p in (data / "BUSI" / "Dataset_BUSI_with_GT" / "normal").glob("*.png")
-        if "_mask" not in p.stem
-    )
-    rows = [
-        dict(
-            image_id=f"busi/{p.stem}",
-            image_path=str(p),
-            mask_path="",
-            label="normal",
-            patient_id=f"busi/{p.stem}",
-            cohort="BUSI",
-        )
-        for p in normal
-    ]
+    rows = busi_normal_rows(data)
     busi = pd.concat([df[df["cohort"] == "BUSI"], pd.DataFrame(rows)], ignore_index=True)
     breast = df[df["cohort"] == "BrEaST"].reset_index(drop=True)
     if limit:
