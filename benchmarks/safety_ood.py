@@ -168,12 +168,11 @@ def measure_demo_bundle(demo: Path, manifest: Path) -> dict:
     tr = split.df[split.df["split"] == "train"]
     b = Bundle.load(tmp)
     rows = np.flatnonzero((split.df["split"] == "train").to_numpy())
-    feats, kept = training_features(split, rows, b.pre.margin, whole=b.pre.roi == "whole")
+    feats, kept, frame = training_features(split, rows, b.pre.margin, whole=b.pre.roi == "whole")
     folds = split.df["cv_fold"].to_numpy()[rows][kept] if "cv_fold" in split.df else None
     spec = json.loads(
         (tmp / b.doc["models"]["deep"]["checkpoint"]).with_suffix(".json").read_text()
     )
-    frame, _ = training_features(split, rows[kept], 0.0, whole=True)
     add_ood(tmp, feats, training_from_rows(tr, [], spec), folds, SPACE, frame_features=frame)
     b = Bundle.load(tmp)
     out: dict = {"bundle": str(demo), "training": b.training_text, "results": []}

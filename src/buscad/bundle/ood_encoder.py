@@ -157,12 +157,12 @@ def training_features(
     margin: float,
     whole: bool = False,
     num_threads: int | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Encoder features of a manifest's rows, each read as the bundle reads it.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Encoder features of a manifest's rows, each read as the bundle reads it, and of their frames.
 
     The region is the row's mask's bounding box enlarged by ``margin`` on every side
     (:func:`buscad.models.preprocess.roi_box`), or the whole image (``whole`` or a row
-    without a mask). Unreadable rows are left out.
+    without a mask). Each image is read once and gives both. Unreadable rows are left out.
 
     Parameters
     ----------
@@ -174,16 +174,18 @@ def training_features(
     Returns
     -------
     feats : numpy.ndarray
-        ``(n, 1280)`` float32.
+        ``(n, 1280)`` float32, of the regions.
     kept : numpy.ndarray
         The positions in ``rows`` that were read.
+    frames : numpy.ndarray
+        ``(n, 1280)`` float32, of the whole images (the whole-frame model's).
     """
     from buscad.data.io import read_image, read_mask
     from buscad.errors import BuscadError
     from buscad.models.preprocess import roi_box
 
     enc = OODEncoder(encoder_path(), num_threads)
-    regions, kept = [], []
+    regions, frames, kept = [], [], []
     for j, i in enumerate(rows):
         try:
             g, _ = read_image(man.image_path(int(i)))  # type: ignore[attr-defined]
@@ -198,10 +200,12 @@ def training_features(
         else:
             box = (0, 0, w, h)
         regions.append(region(g, box))
+        frames.append(region(g, (0, 0, w, h)))
         kept.append(j)
     if not regions:
-        return np.zeros((0, 1280), np.float32), np.zeros(0, int)
-    return enc.features(regions), np.asarray(kept, int)
+        empty = np.zeros((0, 1280), np.float32)
+        return empty, np.zeros(0, int), empty
+    return enc.features(regions), np.asarray(kept, int), enc.features(frames)
 
 
 __all__ = [

@@ -75,7 +75,7 @@ def _ood_reference(man: Manifest, deep_path: Path, log: Any = None) -> dict[str,
     pre = json.loads((deep_path / "model.json").read_text(encoding="utf-8"))["preprocessing"]
     fold_col = next((c for c in ("cv_fold", "deep_fold") if c in man.df), None)
     try:
-        feats, kept = training_features(
+        feats, kept, frame = training_features(
             man, rows, float(pre.get("margin", 0.1)), whole=pre.get("roi") == "whole"
         )
     except ModelFileError as exc:
@@ -93,12 +93,11 @@ def _ood_reference(man: Manifest, deep_path: Path, log: Any = None) -> dict[str,
     if fold_col is not None:
         folds = man.df[fold_col].to_numpy()[rows][kept]
         folds = folds if pd.notna(folds).all() else None
-    frame, kept_frame = training_features(man, rows[kept], 0.0, whole=True)
     return {
         "train_features": feats,
         "ood_folds": folds,
         "ood_space": SPACE,
-        "frame_features": frame if len(kept_frame) == len(kept) else None,
+        "frame_features": frame,
     }
 
 
