@@ -58,7 +58,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy import ndimage
 
 from buscad.errors import ModelFileError
 from buscad.segment.base import (
@@ -76,6 +75,7 @@ from buscad.segment.base import (
     _sidecar_paths,
     clip_box,
     components,
+    fill_holes,
     make_input,
     mask_box,
     normalise,
@@ -260,7 +260,7 @@ def box_candidate(
         inside = lab[box[1] : box[3], box[0] : box[2]]
         counts = np.bincount(inside.ravel(), minlength=n + 1)[1:]
         if counts.max() > 0:
-            mask = ndimage.binary_fill_holes(lab == int(np.argmax(counts)) + 1)
+            mask = fill_holes(lab == int(np.argmax(counts)) + 1)
     if not mask.any():
         conf = 0.0
     elif iou is not None:
@@ -524,12 +524,14 @@ class Segmenter:
         cands: list[Candidate] = []
         if n:
             idx = np.arange(1, n + 1)
-            areas = ndimage.sum_labels(np.ones_like(prob), lab, idx)
-            means = ndimage.mean(prob, lab, idx)
+            areas = np.bincount(lab.ravel(), minlength=n + 1)[1:]
+            means = np.bincount(lab.ravel(), prob.ravel(), minlength=n + 1)[1:] / np.maximum(
+                areas, 1
+            )
             for k, area, conf in zip(idx, areas, means, strict=True):
                 if area < cfg.min_area * h * w or conf < cfg.confidence_threshold:
                     continue
-                m = ndimage.binary_fill_holes(lab == k)
+                m = fill_holes(lab == k)
                 cands.append(Candidate(mask_box(m), m, float(conf)))  # type: ignore[arg-type]
         cands.sort(key=lambda c: -c.confidence)
         cands = cands[: cfg.max_candidates]

@@ -32,10 +32,10 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 import pandas as pd
-from scipy import ndimage
 
 from buscad.data.lexicon import lexicon_tokens
 from buscad.errors import MaskError
+from buscad.segment.base import components, fill_holes
 
 #: Thresholds of the rules above.
 RULES: dict[str, float] = {
@@ -73,11 +73,11 @@ class Morphology:
 
 
 def _largest(mask: np.ndarray) -> np.ndarray:
-    lab, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    lab, n = components(mask)
     if n > 1:
         sizes = np.bincount(lab.ravel())[1:]
         mask = lab == int(np.argmax(sizes)) + 1
-    return ndimage.binary_fill_holes(mask)
+    return fill_holes(mask)
 
 
 def describe(mask: np.ndarray, spacing_mm: float | None = None) -> Morphology:
