@@ -146,6 +146,66 @@ def cnn_only(bundle: Path, dest: Path) -> Path:
     return dest
 
 
+BREAST = ROOT.parent / "shared" / "data" / "BrEaST-Lesions_USG"
+
+
+def auto_outlines(args: argparse.Namespace) -> None:
+    """``predict --manifest`` without masks: the bundle's segmenter outlines every image.
+
+    Images: the first ``--n-auto`` benign/malignant BrEaST-Lesions_USG images (Pawlowska
+    et al., Sci Data 11:148, 2024; CC BY 4.0), read in place, no mask column, so
+    each is embedded by LiteMedSAM, searched by the detector and its candidates
+    outlined. Local engine; the rate counts images with and without a lesion found.
+    Merged into ``--out`` under ``automatic_outlines`` (the other entries are kept).
+    """
+    from buscad.utils import atomic_write_json
+
+    clin = pd.read_csv(BREAST / "BrEaST-Lesions-USG-clinical-data-Dec-15-2023.csv")
+    clin = clin[clin["Classification"].isin(["benign", "malignant"])].head(args.n_auto)
+    folder = BREAST / "BrEaST-Lesions_USG-images_and_masks"
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="buscad-scale-auto-"))
+    work.mkdir(parents=True, exist_ok=True)
+    manifest = work / "breast_no_masks.csv"
+    pd.DataFrame(
+        {
+            "image_id": [Path(f).stem for f in clin["Image_filename"]],
+            "image_path": [str(folder / f) for f in clin["Image_filename"]],
+        }
+    ).to_csv(manifest, index=False)
+    out = work / "auto"
+    shutil.rmtree(out, ignore_errors=True)
+    load0 = os.getloadavg()[0]
+    s, peak, wall = predict(args.auto_bundle, manifest, out)
+    table = pd.read_csv(out / "summary.csv")
+    rois = table["roi_source"].astype("string").fillna("error")
+    doc = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    doc["automatic_outlines"] = {
+        "data": "BrEaST-Lesions_USG (Pawlowska et al., Sci Data 11:148, 2024; CC BY 4.0), "
+        "benign + malignant images without masks, read in place",
+        "bundle": str(args.auto_bundle),
+        "segmenter": {
+            "arch": json.loads((args.auto_bundle / "segmenter" / "segmenter.json").read_text())[
+                "config"
+            ]["arch"],
+            "detector": (args.auto_bundle / "segmenter" / "detector").is_dir(),
+        },
+        "n_images": len(clin),
+        "engine": "local",
+        "images_per_s": s["images_per_s"],
+        "end_to_end_images_per_s": round(s["this_run_rows"] / wall, 3),
+        "wall_seconds_with_startup": round(wall, 2),
+        "peak_rss_mib": round(peak, 1),
+        "n_failed": s["n_failed"],
+        "roi_sources": rois.value_counts().to_dict(),
+        "load_avg_1min_before_after": [round(load0, 2), round(os.getloadavg()[0], 2)],
+        "cpu_cores": os.cpu_count(),
+    }
+    atomic_write_json(args.out, doc)
+    print("automatic_outlines", doc["automatic_outlines"], flush=True)
+    if args.workdir is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=5000)
@@ -154,7 +214,18 @@ def main() -> None:
     ap.add_argument("--no-ray", action="store_true")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "scale.json")
+    ap.add_argument(
+        "--auto-bundle",
+        type=Path,
+        default=None,
+        help="Only measure automatic outlines: this bundle (LiteMedSAM + detector segmenter) "
+        "scores --n-auto BrEaST images without masks; the result is merged into --out.",
+    )
+    ap.add_argument("--n-auto", type=int, default=100)
     args = ap.parse_args()
+    if args.auto_bundle is not None:
+        auto_outlines(args)
+        return
     from tests.scale_fixtures import make_bundle, make_manifest
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="buscad-scale-"))
