@@ -1603,22 +1603,34 @@ def write_box(
 ) -> None:
     """external_box.json and .md: both training variants on the box outlines."""
     import json
+    import os
+    import re
 
     from buscad.utils import atomic_write_json, atomic_write_text
 
     n = {c: int((data.cohort == c).sum()) for c in ("BUSI", "BrEaST")}
     m = {c: int(data.y[data.cohort == c].sum()) for c in ("BUSI", "BrEaST")}
     dice = outline_summary(out)
-    ref_path = path_json.parent / "external.json"
-    ref = json.loads(ref_path.read_text()) if ref_path.is_file() else None
+    # the expert-outline run, for reading beside (its own results folder, else the repo's)
+    ref_path = next(
+        (
+            f
+            for f in (path_json.parent / "external.json", ROOT / "benchmarks/results/external.json")
+            if f.is_file()
+        ),
+        None,
+    )
+    ref = json.loads(ref_path.read_text()) if ref_path else None
+    # the box paragraph of external_features' "Outline sources"
+    box_text = EF.__doc__.split("``box`` (")[1].split("\n\nData:")[0]
+    box_text = "``box`` (" + box_text
     doc = {
         "data": CITE,
         "rows": {c: {"lesions": n[c], "malignant": m[c]} for c in n},
         "seed": seed,
         "outlines": "box",
-        "outline_source": EF.__doc__.split("Outline sources\n---------------\n")[1].split(
-            "\n\nData:"
-        )[0],
+        "outline_source": " ".join(box_text.split()),
+        "expert_reference": os.path.relpath(ref_path, ROOT) if ref_path else None,
         "outline_dice": dice,
         "protocol": __doc__.split("Protocol\n--------\n")[1].split("\nWrites")[0],
         "variants": {
@@ -1646,7 +1658,10 @@ def write_box(
         f"Rows after the audit: BUSI {n['BUSI']} lesions ({m['BUSI']} malignant), "
         f"BrEaST {n['BrEaST']} ({m['BrEaST']} malignant); near-duplicate groups never cross a split.",
         "",
-        "Outlines: " + " ".join(doc["outline_source"].split()),
+        "Outlines: "
+        + re.sub(
+            r":func:|``", lambda m_: "`" if m_.group() == "``" else "", " ".join(box_text.split())
+        ),
         "",
         "Every model scores box outlines (test rows and every held-out row of the training "
         "cohort's CV alike). Variants: "
@@ -1657,7 +1672,7 @@ def write_box(
         "## Outline Dice against the expert masks",
         "",
         "| cohort | n | Dice mean | median | 5th pct | min | Dice < 0.5 | empty → ellipse | "
-        "IoU-head median | decoder ms (median) |",
+        "IoU-head median | decoder ms (median, shared CPU under load) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for coh, d in dice.items():
