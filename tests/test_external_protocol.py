@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import external as EX
@@ -222,3 +223,44 @@ def test_dice():
     assert EF.dice(a, b) == 0.5
     assert EF.dice(a, a) == 1.0
     assert EF.dice(a, np.zeros_like(a)) == 0.0
+
+
+def test_box_outlines_on_real_images(tmp_path):
+    """LiteMedSAM prompted with the expert box outlines real lesions close to the expert mask."""
+    import external_features as EF
+
+    from buscad.data.io import read_mask
+    from buscad.data.manifest import Manifest
+    from buscad.segment.medsam import default_folder
+
+    data = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    busi = data / "BUSI" / "Dataset_BUSI_with_GT" / "benign"
+    breast = data / "BrEaST-Lesions_USG" / "BrEaST-Lesions_USG-images_and_masks"
+    if not (busi.is_dir() and breast.is_dir()):
+        pytest.skip("BUSI / BrEaST-Lesions_USG not found under ../shared/data")
+    if not (default_folder() / "litemedsam.json").is_file():
+        pytest.skip("converted LiteMedSAM not in the cache (buscad segment medsam)")
+    rows = [
+        ("busi_benign_1", busi / "benign (1).png", busi / "benign (1)_mask.png", "BUSI"),
+        ("breast_case072", breast / "case072.png", breast / "case072_tumor.png", "BrEaST"),
+    ]
+    df = pd.DataFrame(
+        {
+            "image_id": [r[0] for r in rows],
+            "image_path": [str(r[1]) for r in rows],
+            "mask_path": [str(r[2]) for r in rows],
+            "label": ["benign", "malignant"],
+            "cohort": [r[3] for r in rows],
+        }
+    )
+    man = Manifest(df, root=tmp_path)
+    box = EF.box_outlines(man, tmp_path, threads=1, log=lambda *_: None)
+    t = pd.read_csv(EF.outline_dir(tmp_path, "box") / "outlines.csv")
+    assert list(t["image_id"]) == [r[0] for r in rows]
+    assert not t["fallback"].any()
+    for i in range(len(rows)):
+        got = read_mask(box.mask_paths(i))
+        truth = read_mask(man.mask_paths(i))
+        assert got.shape == truth.shape
+        assert t["dice"].iat[i] == pytest.approx(EF.dice(got, truth))
+        assert 0.8 < t["dice"].iat[i] < 1.0  # an outline of its own, near the expert's
