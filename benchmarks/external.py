@@ -451,7 +451,7 @@ class Engine:
         arrays = {f"{k[1]}__{k[2]}": v for k, v in self.memo.items() if k[0] == name}
         key = spec_key(self.cands[name], self.cands, self.seed, self.data.sources)
         f = self.folder / f"{key}.npz"
-        tmp = f.with_suffix(".tmp.npz")
+        tmp = f.with_suffix(f".{os.getpid()}.tmp.npz")  # runs of two variants share files
         np.savez(tmp, **arrays)
         os.replace(tmp, f)
 
