@@ -1642,7 +1642,8 @@ def write_box(
                 "results": r["results"],
                 "ablation": r["ablation"],
                 "seconds_per_candidate": r["seconds"],
-                "wall_seconds": r.get("wall_seconds"),
+                # this invocation only: scores cached under --out are reused, not recomputed
+                "wall_seconds_this_run": r.get("wall_seconds"),
             }
             for v, r in runs.items()
         },
