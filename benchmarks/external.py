@@ -56,6 +56,25 @@ Protocol
 
 Writes ``benchmarks/results/external.json`` and ``external.md``.
 
+Deployed outlines (``--outlines box``)
+-------------------------------------
+The same protocol on the outline a clinician gets by drawing a box: zero-shot
+LiteMedSAM (nothing trained, float encoder) prompted with the expert mask's
+bounding box, for every image of both cohorts (:func:`external_features.box_outlines`;
+their Dice against the expert masks is reported per cohort). The outline families
+(geometry, morph, shape, echo, radiomics, medsam, medsam_max) are recomputed from
+it; the deep families keep their crop, which is the box the user drew (the expert
+mask's bounding box plus margin), and only their global pool (``g_*``): the
+mask-guided pool reads the expert outline, so its candidates are left out. Every
+model scores box outlines (the external cohort and every held-out row of the
+training cohort's CV); two variants differ in what it is fit on: ``expert``
+(the training cohort's expert outlines, as a model trained on a curated dataset
+would be) and ``box`` (the box outlines, the ones deployed). The choice is the
+honest one above, per variant. Fine-tuned networks are not evaluated. Writes
+``external_box.json`` and ``external_box.md``; external.json is not touched::
+
+    PYTHONPATH=src .venv/bin/python benchmarks/external.py --outlines box --threads 1
+
 Data: BUSI (Al-Dhabyani W et al., Data in Brief 28:104863, 2020; CC0) and
 BrEaST-Lesions_USG (Pawlowska A et al., Sci Data 11:148, 2024; TCIA DOI
 10.7937/9WKK-Q141; CC BY 4.0), read in place from ../shared/data.
@@ -137,9 +156,15 @@ def cohorts(out: Path, seed: int = 0, log=print) -> Manifest:
 
 # ================================================================= engine
 class Data:
-    """The pooled rows and every feature family, aligned by ``image_id``."""
+    """The pooled rows and every feature family, aligned by ``image_id``.
 
-    def __init__(self, man: Manifest, out: Path):
+    ``fit`` and ``score``: the outline source (``expert``, ``box``) of the tables a
+    model is fit on and of those it scores (held-out rows, inner and outer), so a
+    model trained on expert outlines and scored on the outlines deployed is
+    ``Data(man, out, fit="expert", score="box")``.
+    """
+
+    def __init__(self, man: Manifest, out: Path, fit: str = "expert", score: str = "expert"):
         from buscad.data.birads import birads_rank
 
         df = man.df.reset_index(drop=True)
@@ -154,12 +179,21 @@ class Data:
             else np.full(len(df), np.nan)
         )
         self.out = out
-        self._cache: dict[str, pd.DataFrame] = {}
+        #: role (``fit``/``score``) -> outline source
+        self.sources = {"fit": fit, "score": score}
+        self._cache: dict[tuple[str, str], pd.DataFrame] = {}
 
-    def family(self, name: str) -> pd.DataFrame:
-        """One family's table in row order (missing rows NaN)."""
-        if name not in self._cache:
-            if name == "geometry":
+    def family(self, name: str, role: str = "score") -> pd.DataFrame:
+        """One family's table in row order (missing rows NaN), from ``role``'s outlines.
+
+        Outline families (:data:`external_features.OUTLINE_FAMILIES`) are read from
+        the source's own tables; a deep family of a source other than ``expert``
+        keeps its ``g_*`` columns only (its crop is the box; ``m_*`` pools inside
+        the expert outline).
+        """
+        source = self.sources[role]
+        if (name, source) not in self._cache:
+            if name == "geometry" and source == "expert":
                 from buscad.data.audit.masks import GEOMETRY_FEATURES
 
                 t = self.df.set_index("image_id")[list(GEOMETRY_FEATURES)]
@@ -167,11 +201,15 @@ class Data:
                 from buscad.data.audit.masks import SIZE_FEATURES
 
                 t = self.df.set_index("image_id")[list(SIZE_FEATURES)]
+            elif name in EF.OUTLINE_FAMILIES:
+                t = EF.load(EF.outline_dir(self.out, source), name)
             else:
                 t = EF.load(self.out, name)
+                if source != "expert":
+                    t = t[[c for c in t.columns if c.startswith("g_")]]
             t.index = t.index.astype(str)
-            self._cache[name] = t.reindex(self.ids).astype(float)
-        return self._cache[name]
+            self._cache[(name, source)] = t.reindex(self.ids).astype(float)
+        return self._cache[(name, source)]
 
 
 def _key(idx: np.ndarray) -> str:
@@ -204,13 +242,14 @@ class Candidate:
         #: ``finetuned`` kind: direction (``busi2breast``/``breast2busi``) -> scores.csv
         self.scores = scores or {}
 
-    def matrix(self, data: Data) -> pd.DataFrame:
+    def matrix(self, data: Data, role: str = "score") -> pd.DataFrame:
+        """The inputs of every row, from the outlines of ``role`` (``fit``/``score``)."""
         import re
 
         parts = []
         for spec in self.inputs:
             fam, _, rx = spec.partition(":")
-            t = data.family(fam)
+            t = data.family(fam, role)
             if rx:
                 t = t[[c for c in t.columns if re.search(rx, c)]]
             # one family keeps its own column names (the rad-score pipeline selects by them)
@@ -342,15 +381,20 @@ ENGINE_VERSION = 1
 COMBO_VERSION = 2
 
 
-def spec_key(c: Candidate | Combo, cands: dict, seed: int) -> str:
-    """Hash of everything a candidate's scores depend on (members included)."""
+def spec_key(c: Candidate | Combo, cands: dict, seed: int, sources: dict | None = None) -> str:
+    """Hash of everything a candidate's scores depend on (members included).
+
+    ``sources`` (:attr:`Data.sources`) enters the hash of a candidate that reads an
+    outline family when either source is not ``expert``, so a candidate of the deep
+    families alone shares its scores across outline sources (its inputs are the same).
+    """
     import hashlib
     import json
 
     if isinstance(c, Combo):
         d = {
             "how": c.how,
-            "members": [spec_key(cands[m], cands, seed) for m in c.members],
+            "members": [spec_key(cands[m], cands, seed, sources) for m in c.members],
             "v": COMBO_VERSION,
         }
     elif c.kind == "finetuned":
@@ -361,6 +405,9 @@ def spec_key(c: Candidate | Combo, cands: dict, seed: int) -> str:
         }
     else:
         d = {"inputs": c.inputs, "kind": c.kind, "C": c.C, "harmonise": c.harmonise}
+        reads_outline = any(i.partition(":")[0] in EF.OUTLINE_FAMILIES for i in c.inputs)
+        if reads_outline and sources and set(sources.values()) != {"expert"}:
+            d["outlines"] = dict(sources)
     d.update(seed=seed, v=ENGINE_VERSION)
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -375,12 +422,12 @@ class Engine:
     def __init__(self, data: Data, cands: dict, seed: int = 0, inner_folds: int = 5):
         self.data, self.cands, self.seed, self.k = data, cands, seed, inner_folds
         self.memo: dict[tuple, np.ndarray] = {}
-        self.mats: dict[str, pd.DataFrame] = {}
+        self.mats: dict[tuple[str, str], pd.DataFrame] = {}
         self.folder = data.out / "scores"
         self.folder.mkdir(parents=True, exist_ok=True)
         self._saved: dict[str, int] = {}
         for name, c in cands.items():
-            f = self.folder / f"{spec_key(c, cands, seed)}.npz"
+            f = self.folder / f"{spec_key(c, cands, seed, data.sources)}.npz"
             if f.is_file():
                 with np.load(f) as z:
                     for k in z.files:
@@ -402,15 +449,17 @@ class Engine:
         import os
 
         arrays = {f"{k[1]}__{k[2]}": v for k, v in self.memo.items() if k[0] == name}
-        f = self.folder / f"{spec_key(self.cands[name], self.cands, self.seed)}.npz"
-        tmp = f.with_suffix(".tmp.npz")
+        key = spec_key(self.cands[name], self.cands, self.seed, self.data.sources)
+        f = self.folder / f"{key}.npz"
+        tmp = f.with_suffix(f".{os.getpid()}.tmp.npz")  # runs of two variants share files
         np.savez(tmp, **arrays)
         os.replace(tmp, f)
 
-    def _X(self, name: str) -> pd.DataFrame:
-        if name not in self.mats:
-            self.mats[name] = self.cands[name].matrix(self.data)
-        return self.mats[name]
+    def _X(self, name: str, role: str = "score") -> pd.DataFrame:
+        key = (name, self.data.sources[role])
+        if key not in self.mats:
+            self.mats[key] = self.cands[name].matrix(self.data, role)
+        return self.mats[key]
 
     def predict(self, name: str, tr: np.ndarray, te: np.ndarray) -> np.ndarray:
         """P(malignant) of rows ``te`` from the candidate fit on rows ``tr``."""
@@ -426,7 +475,8 @@ class Engine:
         elif c.kind == "finetuned":
             s = self._finetuned(c, tr)[0].reindex(self.data.ids[te]).to_numpy(dtype=float)
         else:
-            X = self._X(name)
+            # fit on the training rows' ``fit`` outlines, score the ``score`` outlines
+            X, Xs = self._X(name, "fit"), self._X(name, "score")
             est = c.estimator(self.seed)
             if c.kind in ("lrcv", "l1cv"):
                 from sklearn.model_selection import StratifiedGroupKFold
@@ -435,7 +485,7 @@ class Engine:
                 splits = list(cv.split(tr, self.data.y[tr], self.data.groups[tr]))
                 est.steps[-1][1].set_params(cv=splits)
             est.fit(X.iloc[tr], self.data.y[tr])
-            s = est.predict_proba(X.iloc[te])[:, 1]
+            s = est.predict_proba(Xs.iloc[te])[:, 1]
         self.memo[key] = s
         return s
 
@@ -674,12 +724,14 @@ TARGETS = ("BUSI→BrEaST", "BrEaST→BUSI", "pooled CV")
 
 
 def candidates(
-    families: set[str], finetuned: Path | None = None
+    families: set[str], finetuned: Path | None = None, global_pool_only: bool = False
 ) -> tuple[dict, list[tuple[str, str, str]]]:
     """Every candidate (name -> Candidate/Combo) and the ablation pairs (lever, from, to).
 
     Only candidates whose inputs were computed are returned; ``finetuned`` is the
     ``--out`` folder of benchmarks/external_finetune.py (its runs become candidates).
+    ``global_pool_only``: leave out candidates that read a deep family's ``m_*``
+    columns (pooled inside the expert outline; outline sources other than ``expert``).
     """
     c: dict[str, Candidate | Combo] = {}
 
@@ -850,6 +902,10 @@ def candidates(
     def ok(x) -> bool:
         if isinstance(x, Combo):
             return all(m in c and ok(c[m]) for m in x.members)
+        if global_pool_only and any(
+            i.startswith("deep_") and not i.endswith(":^g_") for i in x.inputs
+        ):
+            return False
         return all(i.partition(":")[0] in families for i in x.inputs)
 
     c = {k: v for k, v in c.items() if ok(v)}
@@ -1357,59 +1413,10 @@ def finetuned_section(runs: list[dict]) -> list[str]:
     return L
 
 
-def write(
-    res: dict, data: Data, path_json: Path, path_md: Path, seed: int, ft_runs: list | None = None
-) -> None:
-    from buscad.utils import atomic_write_json, atomic_write_text
-
+def tables_section(res: dict) -> list[str]:
+    """Markdown lines: every candidate's metrics per evaluation, then the ablation table."""
     prot = list(res["results"])
-    cite = [
-        "BUSI: Al-Dhabyani W et al., Data in Brief 28:104863 (2020), CC0",
-        "BrEaST-Lesions_USG: Pawlowska A et al., Sci Data 11:148 (2024), "
-        "TCIA DOI 10.7937/9WKK-Q141, CC BY 4.0",
-    ]
-    n = {c: int((data.cohort == c).sum()) for c in ("BUSI", "BrEaST")}
-    m = {c: int(data.y[data.cohort == c].sum()) for c in ("BUSI", "BrEaST")}
-    doc = {
-        "data": cite,
-        "rows": {c: {"lesions": n[c], "malignant": m[c]} for c in n},
-        "seed": seed,
-        "families": res.get("families"),
-        "families_missing": res.get("families_missing"),
-        "protocol": __doc__.split("Protocol\n--------\n")[1].split("\nWrites")[0],
-        "honest": res["honest"],
-        "study_default": res["study_default"],
-        "selected_on_these_cohorts_optimistic": res["optimistic"],
-        "targets": TARGET_AUC,
-        "baseline_published": BASELINE_PUBLISHED,
-        "results": res["results"],
-        "ablation": res["ablation"],
-        "seconds_per_candidate": res["seconds"],
-    }
-    if ft_runs:
-        doc["finetuned_runs"] = ft_runs
-    atomic_write_json(path_json, doc)
-    L = [
-        "# External validation: BUSI ↔ BrEaST-Lesions_USG",
-        "",
-        f"Written by `benchmarks/external.py` (seed {seed}). Data: {cite[0]}; {cite[1]}.",
-        f"Rows after the audit: BUSI {n['BUSI']} lesions ({m['BUSI']} malignant), "
-        f"BrEaST {n['BrEaST']} ({m['BrEaST']} malignant); near-duplicate groups never cross a split.",
-        "",
-    ]
-    if res.get("families_missing"):
-        L += [
-            "**Not every feature family was computed: "
-            + ", ".join(res["families_missing"])
-            + " are missing, so the candidates that read them (and the fusions built on them) "
-            "were neither evaluated nor eligible.**",
-            "",
-        ]
-    L += []
-    L += honest_section(res)
-    L += targets_section(res)
-    L += optimistic_section(res)
-    L += finetuned_section(ft_runs or [])
+    L: list[str] = []
     for p in prot:
         L += [
             f"## {p}: " + ("the chosen recipes" if p == CEILING else "every candidate"),
@@ -1456,7 +1463,337 @@ def write(
             )
             + " |"
         )
+    return L
+
+
+#: The datasets, cited in every output.
+CITE = [
+    "BUSI: Al-Dhabyani W et al., Data in Brief 28:104863 (2020), CC0",
+    "BrEaST-Lesions_USG: Pawlowska A et al., Sci Data 11:148 (2024), "
+    "TCIA DOI 10.7937/9WKK-Q141, CC BY 4.0",
+]
+
+
+def write(
+    res: dict, data: Data, path_json: Path, path_md: Path, seed: int, ft_runs: list | None = None
+) -> None:
+    from buscad.utils import atomic_write_json, atomic_write_text
+
+    cite = CITE
+    n = {c: int((data.cohort == c).sum()) for c in ("BUSI", "BrEaST")}
+    m = {c: int(data.y[data.cohort == c].sum()) for c in ("BUSI", "BrEaST")}
+    doc = {
+        "data": cite,
+        "rows": {c: {"lesions": n[c], "malignant": m[c]} for c in n},
+        "seed": seed,
+        "families": res.get("families"),
+        "families_missing": res.get("families_missing"),
+        "protocol": __doc__.split("Protocol\n--------\n")[1].split("\nWrites")[0],
+        "honest": res["honest"],
+        "study_default": res["study_default"],
+        "selected_on_these_cohorts_optimistic": res["optimistic"],
+        "targets": TARGET_AUC,
+        "baseline_published": BASELINE_PUBLISHED,
+        "results": res["results"],
+        "ablation": res["ablation"],
+        "seconds_per_candidate": res["seconds"],
+    }
+    if ft_runs:
+        doc["finetuned_runs"] = ft_runs
+    atomic_write_json(path_json, doc)
+    L = [
+        "# External validation: BUSI ↔ BrEaST-Lesions_USG",
+        "",
+        f"Written by `benchmarks/external.py` (seed {seed}). Data: {cite[0]}; {cite[1]}.",
+        f"Rows after the audit: BUSI {n['BUSI']} lesions ({m['BUSI']} malignant), "
+        f"BrEaST {n['BrEaST']} ({m['BrEaST']} malignant); near-duplicate groups never cross a split.",
+        "",
+    ]
+    if res.get("families_missing"):
+        L += [
+            "**Not every feature family was computed: "
+            + ", ".join(res["families_missing"])
+            + " are missing, so the candidates that read them (and the fusions built on them) "
+            "were neither evaluated nor eligible.**",
+            "",
+        ]
+    L += []
+    L += honest_section(res)
+    L += targets_section(res)
+    L += optimistic_section(res)
+    L += finetuned_section(ft_runs or [])
+    L += tables_section(res)
     atomic_write_text(path_md, "\n".join(L) + "\n")
+
+
+def outline_summary(out: Path, source: str = "box") -> dict:
+    """Per cohort: the outlines' Dice against the expert masks and how many fell back.
+
+    Dice ``2|A∩B| / (|A| + |B|)`` per lesion (:func:`external_features.dice`);
+    reported as mean, median, 5th percentile (linear interpolation) and minimum,
+    with the count of lesions below 0.5 and of empty outlines replaced by the box's
+    inscribed ellipse (``fallback``); the IoU head's median estimate; the decoder's
+    median ms per image (one ONNX Runtime thread, embedding cached).
+    """
+    t = pd.read_csv(EF.outline_dir(out, source) / "outlines.csv")
+    doc = {}
+    for coh, g in t.groupby("cohort", sort=False):
+        d = g["dice"].to_numpy(float)
+        doc[str(coh)] = {
+            "n": len(d),
+            "dice_mean": float(d.mean()),
+            "dice_median": float(np.median(d)),
+            "dice_p05": float(np.percentile(d, 5)),
+            "dice_min": float(d.min()),
+            "n_dice_below_0.5": int((d < 0.5).sum()),
+            "n_fallback_ellipse": int(g["fallback"].astype(bool).sum()),
+            "iou_pred_median": float(g["iou_pred"].median()),
+            "decode_ms_median": float(g["decode_ms"].median()),
+        }
+    return doc
+
+
+#: Box mode's training variants: outline source the models are fit on -> label.
+TRAIN_VARIANTS = {
+    "expert": "trained on expert outlines, scored on box outlines",
+    "box": "trained and scored on box outlines",
+}
+
+
+def compare_variants(runs: dict[str, dict], data: Data) -> dict:
+    """Per evaluation and candidate: AUC trained on expert vs on box outlines, paired DeLong.
+
+    Both variants score the same rows (box outlines); ``delta`` = AUC(box-trained) −
+    AUC(expert-trained) and ``p`` the paired DeLong test of the two score vectors.
+    """
+    from buscad.evaluate.delong import delong_test
+
+    a, b = runs["expert"], runs["box"]
+    prot = protocols(data, 0)
+    out: dict[str, dict] = {}
+    for p in TARGETS:
+        rows = np.concatenate([te for _, te in prot[p]])
+        out[p] = {}
+        for name in a["results"][p]:
+            if name not in b["results"][p] or (p, name) not in a["scores"]:
+                continue
+            if (p, name) not in b["scores"]:
+                continue
+            t = delong_test(
+                data.y[rows], b["scores"][(p, name)][rows], a["scores"][(p, name)][rows]
+            )
+            out[p][name] = {
+                "auc_expert_trained": a["results"][p][name]["auc"],
+                "auc_box_trained": b["results"][p][name]["auc"],
+                "delta": t.diff,
+                "p": t.p,
+            }
+        hon = {}
+        for v, r in runs.items():
+            hon[v] = r["honest"][p]["metrics"]["auc"]
+        out[p]["honest (recipe chosen on the training cohort)"] = {
+            "auc_expert_trained": hon["expert"],
+            "auc_box_trained": hon["box"],
+        }
+    return out
+
+
+def write_box(
+    runs: dict[str, dict], data: Data, out: Path, path_json: Path, path_md: Path, seed: int
+) -> None:
+    """external_box.json and .md: both training variants on the box outlines."""
+    import json
+    import os
+    import re
+
+    from buscad.utils import atomic_write_json, atomic_write_text
+
+    n = {c: int((data.cohort == c).sum()) for c in ("BUSI", "BrEaST")}
+    m = {c: int(data.y[data.cohort == c].sum()) for c in ("BUSI", "BrEaST")}
+    dice = outline_summary(out)
+    # the expert-outline run, for reading beside (its own results folder, else the repo's)
+    ref_path = next(
+        (
+            f
+            for f in (path_json.parent / "external.json", ROOT / "benchmarks/results/external.json")
+            if f.is_file()
+        ),
+        None,
+    )
+    ref = json.loads(ref_path.read_text()) if ref_path else None
+    # the box paragraph of external_features' "Outline sources"
+    box_text = EF.__doc__.split("``box`` (")[1].split("\n\nData:")[0]
+    box_text = "``box`` (" + box_text
+    doc = {
+        "data": CITE,
+        "rows": {c: {"lesions": n[c], "malignant": m[c]} for c in n},
+        "seed": seed,
+        "outlines": "box",
+        "outline_source": " ".join(box_text.split()),
+        "expert_reference": os.path.relpath(ref_path, ROOT) if ref_path else None,
+        "outline_dice": dice,
+        "protocol": __doc__.split("Protocol\n--------\n")[1].split("\nWrites")[0],
+        "variants": {
+            v: {
+                "label": TRAIN_VARIANTS[v],
+                "families": r.get("families"),
+                "honest": r["honest"],
+                "study_default": r["study_default"],
+                "results": r["results"],
+                "ablation": r["ablation"],
+                "seconds_per_candidate": r["seconds"],
+                # this invocation only: scores cached under --out are reused, not recomputed
+                "wall_seconds_this_run": r.get("wall_seconds"),
+            }
+            for v, r in runs.items()
+        },
+    }
+    if len(runs) == 2:
+        doc["expert_vs_box_training"] = compare_variants(runs, data)
+    atomic_write_json(path_json, doc)
+    L = [
+        "# External validation on the deployed (box-prompted) outlines: BUSI ↔ BrEaST-Lesions_USG",
+        "",
+        f"Written by `benchmarks/external.py --outlines box` (seed {seed}). Data: {CITE[0]}; "
+        f"{CITE[1]}.",
+        f"Rows after the audit: BUSI {n['BUSI']} lesions ({m['BUSI']} malignant), "
+        f"BrEaST {n['BrEaST']} ({m['BrEaST']} malignant); near-duplicate groups never cross a split.",
+        "",
+        "Outlines: "
+        + re.sub(
+            r":func:|``", lambda m_: "`" if m_.group() == "``" else "", " ".join(box_text.split())
+        ),
+        "",
+        "Every model scores box outlines (test rows and every held-out row of the training "
+        "cohort's CV alike). Variants: "
+        + "; ".join(f"`{v}`: {lab}" for v, lab in TRAIN_VARIANTS.items() if v in runs)
+        + ". The recipe is chosen by the same honest protocol (grouped CV of the training "
+        "cohort only; nested for pooled CV). Fine-tuned networks are not evaluated here.",
+        "",
+        "## Outline Dice against the expert masks",
+        "",
+        "| cohort | n | Dice mean | median | 5th pct | min | Dice < 0.5 | empty → ellipse | "
+        "IoU-head median | decoder ms (median, shared CPU under load) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for coh, d in dice.items():
+        L.append(
+            f"| {coh} | {d['n']} | {d['dice_mean']:.3f} | {d['dice_median']:.3f} | "
+            f"{d['dice_p05']:.3f} | {d['dice_min']:.3f} | {d['n_dice_below_0.5']} | "
+            f"{d['n_fallback_ellipse']} | {d['iou_pred_median']:.3f} | "
+            f"{d['decode_ms_median']:.0f} |"
+        )
+    L += [
+        "",
+        "## Recipe chosen without the test rows, per training variant",
+        "",
+        "| evaluation | outlines (fit → scored) | chosen recipe | training-cohort CV AUC | "
+        "AUC [95% CI] (DeLong) |",
+        "|---|---|---|---|---|",
+    ]
+    for p in TARGETS:
+        if ref:
+            h = ref["honest"][p]
+            m_ = h["metrics"]
+            L.append(
+                f"| {p} | expert → expert (external.json) | {h.get('chosen', 'per outer fold')} | "
+                f"{_fmt(h.get('training_cv_auc'))} | {_fmt(m_['auc'])} "
+                f"[{_fmt(m_['auc_lo'])}–{_fmt(m_['auc_hi'])}] |"
+            )
+        for v, r in runs.items():
+            h = r["honest"][p]
+            m_ = h["metrics"]
+            L.append(
+                f"| {p} | {v} → box | {h.get('chosen', 'per outer fold')} | "
+                f"{_fmt(h.get('training_cv_auc'))} | {_fmt(m_['auc'])} "
+                f"[{_fmt(m_['auc_lo'])}–{_fmt(m_['auc_hi'])}] |"
+            )
+    L.append("")
+    if "expert_vs_box_training" in doc:
+        cmp_ = doc["expert_vs_box_training"]
+        L += [
+            "## Does training on the deployed outlines transfer better?",
+            "",
+            "Each candidate's AUC on box outlines when fit on expert outlines vs on box "
+            "outlines (the same rows; Δ = box-trained − expert-trained, paired DeLong p). "
+            "Expert → expert: external.json, for reading. Candidates of the deep families "
+            "alone read no outline and are the same in both variants; they are left out.",
+            "",
+            "| evaluation | candidate | expert → expert | expert → box | box → box | Δ (p) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for p in TARGETS:
+            for name, c in cmp_[p].items():
+                if "delta" in c and abs(c["auc_expert_trained"] - c["auc_box_trained"]) < 1e-12:
+                    continue
+                e = ref["results"][p].get(name, {}).get("auc") if ref else None
+                L.append(
+                    f"| {p} | {name} | {_fmt(e)} | {_fmt(c['auc_expert_trained'])} | "
+                    f"{_fmt(c['auc_box_trained'])} | "
+                    + (f"{c['delta']:+.3f} ({c['p']:.3g})" if "delta" in c else "")
+                    + " |"
+                )
+        L.append("")
+    for v, r in runs.items():
+        L += [f"# Variant `{v}`: {TRAIN_VARIANTS[v]}", ""]
+        L += honest_section(r)
+        L += targets_section(r)
+        L += tables_section(r)
+    atomic_write_text(path_md, "\n".join(L) + "\n")
+
+
+def restrict(cands: dict, ablation: list, only: list[str]) -> tuple[dict, list]:
+    """The candidates named in ``only`` and, recursively, their members."""
+    keep, todo = set(), list(only)
+    while todo:
+        n = todo.pop()
+        if n not in keep:
+            keep.add(n)
+            todo += list(getattr(cands.get(n), "members", []))
+    cands = {k: v for k, v in cands.items() if k in keep}
+    return cands, [x for x in ablation if x[1] in cands and x[2] in cands]
+
+
+def main_box(a: argparse.Namespace) -> int:
+    """``--outlines box``: both training variants scored on the box-prompted outlines."""
+    import time
+
+    man = cohorts(a.out, a.seed)
+    if not a.no_build:
+        EF.build(man, a.out, a.families, threads=a.threads)
+        EF.build_box(man, a.out, a.threads)
+    if a.features_only:
+        return 0
+    box = EF.outline_dir(a.out, "box") / "features"
+    expert = {p.stem for p in (a.out / "features").glob("*.parquet")} | {"geometry", "size"}
+    fams = {
+        f
+        for f in expert
+        if f not in EF.OUTLINE_FAMILIES or f == "size" or (box / f"{f}.parquet").is_file()
+    }
+    runs = {}
+    for v in a.train_outlines:
+        data = Data(man, a.out, fit=v, score="box")
+        cands, ablation = candidates(fams, None, global_pool_only=True)
+        if a.only:
+            cands, ablation = restrict(cands, ablation, a.only)
+        print(f"== {TRAIN_VARIANTS[v]}: {len(cands)} candidates", flush=True)
+        t0 = time.perf_counter()
+        runs[v] = run(data, cands, ablation, a.seed)
+        runs[v]["wall_seconds"] = round(time.perf_counter() - t0, 1)
+        runs[v]["families"] = sorted(fams)
+        for p, h in runs[v]["honest"].items():
+            print(f"{v} → box, {p}: {h.get('chosen', 'per fold')} AUC {h['metrics']['auc']:.3f}")
+    write_box(
+        runs,
+        Data(man, a.out, score="box"),
+        a.out,
+        a.results / "external_box.json",
+        a.results / "external_box.md",
+        a.seed,
+    )
+    print(f"wrote {a.results / 'external_box.json'}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1474,24 +1811,34 @@ def main(argv: list[str] | None = None) -> int:
         default=ROOT / "runs" / "external-ft",
         help="benchmarks/external_finetune.py's --out (its runs become candidates)",
     )
+    ap.add_argument(
+        "--outlines",
+        choices=("expert", "box"),
+        default="expert",
+        help="outline source of the outline families (box: zero-shot LiteMedSAM prompted "
+        "with the expert mask's box; writes external_box.json)",
+    )
+    ap.add_argument(
+        "--train-outlines",
+        nargs="+",
+        choices=tuple(TRAIN_VARIANTS),
+        default=list(TRAIN_VARIANTS),
+        help="--outlines box: the outline source(s) the models are fit on",
+    )
+    ap.add_argument("--threads", type=int, default=2, help="radiomics processes, ONNX threads")
     a = ap.parse_args(argv)
+    if a.outlines == "box":
+        return main_box(a)
     man = cohorts(a.out, a.seed)
     if not a.no_build:
-        EF.build(man, a.out, a.families)
+        EF.build(man, a.out, a.families, threads=a.threads)
     if a.features_only:
         return 0
     data = Data(man, a.out)
     fams = {p.stem for p in (a.out / "features").glob("*.parquet")} | {"geometry", "size"}
     cands, ablation = candidates(fams, a.finetuned if a.finetuned.is_dir() else None)
     if a.only:
-        keep, todo = set(), list(a.only)
-        while todo:  # the candidates asked for and, recursively, their members
-            n = todo.pop()
-            if n not in keep:
-                keep.add(n)
-                todo += list(getattr(cands.get(n), "members", []))
-        cands = {k: v for k, v in cands.items() if k in keep}
-        ablation = [x for x in ablation if x[1] in cands and x[2] in cands]
+        cands, ablation = restrict(cands, ablation, a.only)
     res = run(data, cands, ablation, a.seed)
     every = set(EF.families()) | {"geometry", "size"}
     res["families"], res["families_missing"] = sorted(fams), sorted(every - fams)

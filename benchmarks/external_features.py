@@ -23,6 +23,20 @@ medsam       LiteMedSAM's image embedding mean-pooled inside the expert outline,
              encoder graph's SHA-256), the packaged checkpoint converted once when missing
 medsam_max   the same regions max-pooled (cells at least half inside; an ablation)
 
+Outline sources
+---------------
+``expert`` (default): every outline-dependent family reads the dataset's expert mask.
+``box`` (:func:`box_outlines`, :func:`build_box`): the outline a clinician gets by
+drawing a box, i.e. zero-shot LiteMedSAM (float encoder, nothing trained; the
+embedding read from the on-disk cache) prompted with the expert mask's bounding
+box, the component of ``sigmoid(logit) > 0.5`` that overlaps the box most, holes
+filled (:func:`buscad.segment.infer.box_candidate`, as ``buscad predict`` draws
+it). Where that is empty the box's inscribed ellipse stands in (counted). The
+outline families (``OUTLINE_FAMILIES`` and ``geometry``) are recomputed from it
+under ``<out>/outlines-box``; the deep families keep their crop, which is the box
+(the expert mask's bounding box plus margin), so only their ``g_*`` columns are
+read in box mode (``m_*`` pools inside the expert outline).
+
 Data: BUSI (Al-Dhabyani et al., Data in Brief 28:104863, 2020, CC0) and
 BrEaST-Lesions_USG (Pawlowska et al., Sci Data 11:148, 2024, CC BY 4.0), read in place.
 """
@@ -159,20 +173,20 @@ def _morph(g: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     }
 
 
-def _radiomics(man: Manifest, out: Path) -> pd.DataFrame:
+def _radiomics(man: Manifest, out: Path, jobs: int = 2) -> pd.DataFrame:
     from buscad.radiomics.extract import extract_features, load_params
 
     params = load_params(Path(__file__).resolve().parents[1] / "configs" / "radiomics.yaml")
-    res = extract_features(man, params, cache_dir=out / "radiomics-cache", n_jobs=2)
+    res = extract_features(man, params, cache_dir=out / "radiomics-cache", n_jobs=jobs)
     return res.features.reset_index() if "image_id" not in res.features else res.features
 
 
-def _medsam(man: Manifest, pool: str = "mean") -> pd.DataFrame:
+def _medsam(man: Manifest, pool: str = "mean", jobs: int = 2) -> pd.DataFrame:
     from buscad.segment.medsam_convert import ensure_converted
     from buscad.segment.medsam_features import MedSAMFeatures
 
     folder = ensure_converted()  # converted once (PyTorch); the graph loads only for a miss
-    table, failures = MedSAMFeatures(folder, threads=2).table(man, progress=False, pool=pool)
+    table, failures = MedSAMFeatures(folder, threads=jobs).table(man, progress=False, pool=pool)
     if failures:
         print(f"medsam: {len(failures)} row(s) without features, e.g. {failures[0]}")
     return table
@@ -186,17 +200,32 @@ def families() -> list[str]:
     ]
 
 
-def build(man: Manifest, out: Path, families: list[str] | None = None, log=print) -> dict:
-    """Compute (or reuse) every family's table; returns ``family -> seconds``."""
+def _geometry(g: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    from buscad.data.geometry import GEOMETRY_FEATURES, mask_geometry
+
+    d = mask_geometry(mask)
+    return {k: float(d[k]) for k in GEOMETRY_FEATURES}
+
+
+def build(
+    man: Manifest, out: Path, families: list[str] | None = None, log=print, threads: int = 2
+) -> dict:
+    """Compute (or reuse) every family's table; returns ``family -> seconds``.
+
+    ``geometry`` (:func:`buscad.data.geometry.mask_geometry` of the manifest's
+    outline) is computed only when ``families`` names it: the expert run reads the
+    audit's. ``threads``: radiomics processes and ONNX Runtime threads.
+    """
     folder = out / "features"
     folder.mkdir(parents=True, exist_ok=True)
     jobs = {
+        "geometry": lambda: _per_image(man, _geometry),
         "morph": lambda: _per_image(man, _morph),
         "shape": lambda: _per_image(man, lambda g, m: smooth_shape(m)),
         "echo": lambda: _per_image(man, echo_features),
-        "radiomics": lambda: _radiomics(man, out),
-        "medsam": lambda: _medsam(man),
-        "medsam_max": lambda: _medsam(man, "max"),
+        "medsam": lambda: _medsam(man, jobs=threads),
+        "medsam_max": lambda: _medsam(man, "max", jobs=threads),
+        "radiomics": lambda: _radiomics(man, out, threads),
     }
     for bb, margin, size in DEEP_VARIANTS:
         jobs[deep_family(bb, margin, size)] = lambda bb=bb, margin=margin, size=size: _deep_table(
@@ -208,7 +237,7 @@ def build(man: Manifest, out: Path, families: list[str] | None = None, log=print
         )
     times = {}
     for name, fn in jobs.items():
-        if families and name not in families:
+        if (families and name not in families) or (name == "geometry" and not families):
             continue
         path = folder / f"{name}.parquet"
         if path.is_file():
@@ -219,6 +248,104 @@ def build(man: Manifest, out: Path, families: list[str] | None = None, log=print
         times[name] = round(time.perf_counter() - t0, 1)
         log(f"features {name}: {table.shape} in {times[name]} s")
     return times
+
+
+#: Families computed from the outline (recomputed for every outline source but ``expert``).
+OUTLINE_FAMILIES: tuple[str, ...] = (
+    "geometry",
+    "morph",
+    "shape",
+    "echo",
+    "medsam",
+    "medsam_max",
+    "radiomics",
+)
+
+
+def outline_dir(out: Path, source: str) -> Path:
+    """Root of an outline source's tables (``out`` itself for the expert outlines)."""
+    return out if source == "expert" else out / f"outlines-{source}"
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice ``2|A∩B| / (|A| + |B|)`` of two boolean masks (1 when both are empty)."""
+    s = int(a.sum()) + int(b.sum())
+    return 1.0 if s == 0 else 2.0 * int((a & b).sum()) / s
+
+
+def box_outlines(man: Manifest, out: Path, threads: int = 1, log=print) -> Manifest:
+    """Zero-shot LiteMedSAM outlines prompted with each expert mask's bounding box.
+
+    Writes one PNG per row under ``outline_dir(out, "box") / "masks"`` and
+    ``outlines.csv`` (``image_id``, ``cohort``, ``dice`` against the expert mask,
+    ``iou_pred`` from LiteMedSAM's IoU head, ``fallback`` where the outline was empty
+    and the box's inscribed ellipse stands in, ``decode_ms``). Cached: a second call
+    reads the CSV. Embeddings come from the on-disk cache
+    (:func:`buscad.segment.medsam.default_cache`), read-only; a missing one is
+    computed in memory and not stored.
+
+    Returns
+    -------
+    Manifest
+        ``man`` with ``mask_path`` pointing at the LiteMedSAM outlines.
+    """
+    from buscad.errors import ModelFileError
+    from buscad.segment.base import mask_box, sigmoid
+    from buscad.segment.baseline import box_ellipse
+    from buscad.segment.infer import box_candidate
+    from buscad.segment.medsam import EmbeddingCache, MedSAM, gray_uint8
+    from buscad.segment.medsam_convert import ensure_converted
+
+    root = outline_dir(out, "box")
+    masks = root / "masks"
+    table = root / "outlines.csv"
+    ids = man.df["image_id"].astype(str).tolist()
+    paths = [str((masks / f"{i}.png").resolve()) for i in ids]
+    if not table.is_file():
+        masks.mkdir(parents=True, exist_ok=True)
+        sam = MedSAM(ensure_converted(), threads=threads, cache_size=0)
+        cache = EmbeddingCache(None, sam.model_hash)
+        rows, missed = [], 0
+        t0 = time.perf_counter()
+        for i in range(len(man)):
+            g, truth = _load(man, i)
+            gray = gray_uint8(g)
+            try:
+                emb = cache.get(gray)
+            except ModelFileError:
+                emb, missed = sam.embed(gray), missed + 1
+            box = mask_box(truth)
+            t1 = time.perf_counter()
+            logit, iou = sam.decode(emb, box)
+            cand = box_candidate(sigmoid(logit), box, 0.5, iou)
+            ms = (time.perf_counter() - t1) * 1e3
+            mask = cand.mask
+            fallback = not mask.any()
+            if fallback:
+                mask = box_ellipse(box, truth.shape)
+            cv2.imwrite(paths[i], mask.astype(np.uint8) * 255)
+            rows.append(
+                {
+                    "image_id": ids[i],
+                    "cohort": man.df["cohort"].iat[i],
+                    "dice": dice(mask, truth),
+                    "iou_pred": iou,
+                    "fallback": fallback,
+                    "decode_ms": ms,
+                }
+            )
+        atomic_write_table(pd.DataFrame(rows), table)
+        log(
+            f"box outlines: {len(rows)} in {time.perf_counter() - t0:.0f} s "
+            f"({missed} embeddings not cached, computed)"
+        )
+    return man.with_columns(mask_path=paths)
+
+
+def build_box(man: Manifest, out: Path, threads: int = 1, log=print) -> dict:
+    """:func:`box_outlines` then every outline family recomputed from them."""
+    box = box_outlines(man, out, threads, log)
+    return build(box, outline_dir(out, "box"), list(OUTLINE_FAMILIES), log, threads)
 
 
 def load(out: Path, name: str) -> pd.DataFrame:

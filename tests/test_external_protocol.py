@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import external as EX
@@ -126,3 +127,140 @@ def test_nested_cv_chooses_inside_every_fold(tmp_path):
     ev = EX.evaluate(eng, nest["chosen"], nest["pairs"])
     assert ev["metrics"]["n"] == len(rows)
     assert ev["metrics"]["auc"] > 0.8
+
+
+# ------------------------------------------------------ outline sources (--outlines box)
+def _outline_tables(tmp: Path, df: pd.DataFrame, feats: pd.DataFrame) -> pd.DataFrame:
+    """Expert ``shape`` table = the informative features; ``box`` table = them plus noise."""
+    import external_features as EF
+
+    rng = np.random.default_rng(3)
+    box = feats.copy()
+    cols = [c for c in feats.columns if c != "image_id"]
+    box[cols] = box[cols] + rng.normal(scale=1.5, size=(len(box), len(cols)))
+    for source, t in (("expert", feats), ("box", box)):
+        folder = EF.outline_dir(tmp, source) / "features"
+        folder.mkdir(parents=True, exist_ok=True)
+        t.to_parquet(folder / "shape.parquet", index=False)
+    # a deep family: global (g_) and mask-guided (m_) pools
+    deep = pd.DataFrame(
+        {"image_id": feats["image_id"], "g_0000": feats["a0"], "m_0000": feats["b0"]}
+    )
+    deep.to_parquet(tmp / "features" / "deep_lite0_m0.1_s224.parquet", index=False)
+    return box
+
+
+def test_fit_and_score_outline_sources(tmp_path):
+    """A model is fit on the ``fit`` source's rows and scores the ``score`` source's rows."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    df, feats = _cohorts()
+    box = _outline_tables(tmp_path, df, feats)
+    cands = {"a LR": EX.Candidate("a LR", ["shape:^a"])}
+    train = np.flatnonzero(df["cohort"] == "T")
+    ext = np.flatnonzero(df["cohort"] == "E")
+    y = (df["label"] == "malignant").to_numpy().astype(int)
+    cols = ["a0", "a1", "a2"]
+    got = {}
+    for fit in ("expert", "box"):
+        data = EX.Data(SimpleNamespace(df=df), tmp_path, fit=fit, score="box")
+        got[fit] = EX.Engine(data, cands, seed=0).predict("a LR", train, ext)
+        src = feats if fit == "expert" else box
+        sc = StandardScaler().fit(src[cols].iloc[train])
+        lr = LogisticRegression(max_iter=5000).fit(sc.transform(src[cols].iloc[train]), y[train])
+        want = lr.predict_proba(sc.transform(box[cols].iloc[ext]))[:, 1]
+        np.testing.assert_allclose(got[fit], want, rtol=1e-6)
+    assert not np.allclose(got["expert"], got["box"])
+    # expert → expert reads the expert table only
+    data = EX.Data(SimpleNamespace(df=df), tmp_path)
+    s = EX.Engine(data, cands, seed=0).predict("a LR", train, ext)
+    assert not np.allclose(s, got["expert"])
+
+
+def test_deep_families_keep_the_box_crop_global_pool_only(tmp_path):
+    df, feats = _cohorts()
+    (tmp_path / "features").mkdir()
+    _outline_tables(tmp_path, df, feats)
+    expert = EX.Data(SimpleNamespace(df=df), tmp_path)
+    box = EX.Data(SimpleNamespace(df=df), tmp_path, score="box")
+    fam = "deep_lite0_m0.1_s224"
+    assert list(expert.family(fam).columns) == ["g_0000", "m_0000"]
+    assert list(box.family(fam).columns) == ["g_0000"]
+    np.testing.assert_array_equal(box.family(fam)["g_0000"], expert.family(fam)["g_0000"])
+    fams = {fam, "shape", "geometry", "size"}
+    every, _ = EX.candidates(fams)
+    glob, _ = EX.candidates(fams, global_pool_only=True)
+    dropped = set(every) - set(glob)
+    assert dropped == {"lite0 ROI mask-pool LR", "lite0 ROI global+mask-pool LR"}
+    assert "lite0 ROI LR C=0.1" in glob and "smoothed outline shape" in glob
+
+
+def test_score_cache_key_names_the_outlines_only_where_read(tmp_path):
+    fams = {"deep_lite0_m0.1_s224", "shape", "echo", "geometry", "size"}
+    cands, _ = EX.candidates(fams)
+    expert = {"fit": "expert", "score": "expert"}
+    mixed = {"fit": "expert", "score": "box"}
+    boxed = {"fit": "box", "score": "box"}
+    key = EX.spec_key
+    for name in ("lite0 ROI LR C=0.1", "ref: image size"):  # no outline read: shared
+        c = cands[name]
+        assert key(c, cands, 0) == key(c, cands, 0, expert) == key(c, cands, 0, mixed)
+        assert key(c, cands, 0, mixed) == key(c, cands, 0, boxed)
+    desc = "descriptors: geometry + smoothed shape + echo"
+    c = cands[desc]
+    assert key(c, cands, 0) == key(c, cands, 0, expert)  # expert runs keep their cache
+    assert len({key(c, cands, 0, s) for s in (expert, mixed, boxed)}) == 3
+
+
+def test_dice():
+    import external_features as EF
+
+    a = np.zeros((10, 10), bool)
+    b = np.zeros((10, 10), bool)
+    a[2:6, 2:6] = True  # 16 px
+    b[4:8, 2:6] = True  # 16 px, 8 shared
+    assert EF.dice(a, b) == 0.5
+    assert EF.dice(a, a) == 1.0
+    assert EF.dice(a, np.zeros_like(a)) == 0.0
+
+
+def test_box_outlines_on_real_images(tmp_path):
+    """LiteMedSAM prompted with the expert box outlines real lesions close to the expert mask."""
+    import external_features as EF
+
+    from buscad.data.io import read_mask
+    from buscad.data.manifest import Manifest
+    from buscad.segment.medsam import default_folder
+
+    data = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    busi = data / "BUSI" / "Dataset_BUSI_with_GT" / "benign"
+    breast = data / "BrEaST-Lesions_USG" / "BrEaST-Lesions_USG-images_and_masks"
+    if not (busi.is_dir() and breast.is_dir()):
+        pytest.skip("BUSI / BrEaST-Lesions_USG not found under ../shared/data")
+    if not (default_folder() / "litemedsam.json").is_file():
+        pytest.skip("converted LiteMedSAM not in the cache (buscad segment medsam)")
+    rows = [
+        ("busi_benign_1", busi / "benign (1).png", busi / "benign (1)_mask.png", "BUSI"),
+        ("breast_case072", breast / "case072.png", breast / "case072_tumor.png", "BrEaST"),
+    ]
+    df = pd.DataFrame(
+        {
+            "image_id": [r[0] for r in rows],
+            "image_path": [str(r[1]) for r in rows],
+            "mask_path": [str(r[2]) for r in rows],
+            "label": ["benign", "malignant"],
+            "cohort": [r[3] for r in rows],
+        }
+    )
+    man = Manifest(df, root=tmp_path)
+    box = EF.box_outlines(man, tmp_path, threads=1, log=lambda *_: None)
+    t = pd.read_csv(EF.outline_dir(tmp_path, "box") / "outlines.csv")
+    assert list(t["image_id"]) == [r[0] for r in rows]
+    assert not t["fallback"].any()
+    for i in range(len(rows)):
+        got = read_mask(box.mask_paths(i))
+        truth = read_mask(man.mask_paths(i))
+        assert got.shape == truth.shape
+        assert t["dice"].iat[i] == pytest.approx(EF.dice(got, truth))
+        assert 0.8 < t["dice"].iat[i] < 1.0  # an outline of its own, near the expert's
