@@ -58,7 +58,7 @@ from buscad.segment.medsam import resized_size
 
 #: Format written in :data:`JSON_NAME`.
 FORMAT = "buscad-lesion-detector"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 #: Sub-folder of a segmenter folder that carries the detector, and its files.
 DETECTOR_DIR = "detector"
@@ -71,8 +71,18 @@ GRID = 64
 #: Channels of LiteMedSAM's image embedding.
 EMBED_CHANNELS = 256
 
-#: Names of the score features (:func:`candidate_features`).
+#: The score features of format version 1 (a rule without a ``features`` list uses these).
 FEATURES = ("logit_heat_max", "logit_heat_mean", "iou_head", "log_area")
+
+#: Every feature :func:`candidate_features` computes, in this order (module docstring, step 4).
+ALL_FEATURES = (
+    *FEATURES,
+    "heat_ratio",
+    "logit_heat_in",
+    "heat_contrast",
+    "compactness",
+    "box_fill",
+)
 
 HEAD_DOC = (
     "avgpool(k) when k > 1, conv1x1(256->c) ReLU, conv3x3(c->c, dilation d) ReLU for each d "
@@ -95,6 +105,10 @@ class DetectorConfig:
         ``64 / k`` grid, ``k^2`` times cheaper) and its logits upsampled back.
     heat_thresholds : list of float
         Heat-map cells above each threshold form proposals' components.
+    heat_ratios : list of float
+        Also, for each ``r``, cells above ``r * max h`` (the image's own maximum over
+        its valid cells) form components: candidates that do not depend on the
+        heat-map's absolute calibration (the score rule then decides "no lesion").
     min_cells : int
         Smallest component (cells of the 64 x 64 grid).
     max_components : int
@@ -108,18 +122,23 @@ class DetectorConfig:
         A candidate whose outline overlaps a better one's by more than this mask IoU is dropped.
     refine : int
         Re-prompts of LiteMedSAM with the box of its own outline.
+    normalize : bool
+        Each (pooled) embedding channel is standardised over the image's grid first,
+        ``(x - mean) / sqrt(var + 1e-5)`` (instance normalisation, no learnt scale).
     """
 
     channels: int = 32
     dilations: list[int] = field(default_factory=lambda: [1, 2, 4])
     pool: int = 2
     heat_thresholds: list[float] = field(default_factory=lambda: [0.5, 0.9])
+    heat_ratios: list[float] = field(default_factory=list)
     min_cells: int = 2
     max_components: int = 6
     margins: list[float] = field(default_factory=lambda: [0.1])
     max_candidates: int = 3
     nms_iou: float = 0.5
     refine: int = 0
+    normalize: bool = False
 
     @classmethod
     def from_dict(cls, d: dict) -> DetectorConfig:
@@ -134,7 +153,7 @@ class DetectorConfig:
 
 @dataclass
 class ScoreRule:
-    """``p = sigmoid(w . f + b)`` of :data:`FEATURES`; a candidate is kept when ``p >= threshold``.
+    """``p = sigmoid(w . f + b)`` of the named features; a candidate is kept when ``p >= threshold``.
 
     Attributes
     ----------
@@ -146,22 +165,36 @@ class ScoreRule:
         Smallest kept score; the image is "no lesion found" when no candidate reaches it.
     doc : dict
         Provenance (how ``w``, ``b`` and ``threshold`` were chosen).
+    features : list of str
+        Names (of :data:`ALL_FEATURES`) the weights apply to; default :data:`FEATURES`.
     """
 
     weights: list[float]
     bias: float
     threshold: float
     doc: dict = field(default_factory=dict)
+    features: list[str] = field(default_factory=lambda: list(FEATURES))
+
+    def columns(self) -> list[int]:
+        """Indices of :attr:`features` in :data:`ALL_FEATURES`."""
+        return [ALL_FEATURES.index(f) for f in self.features]
 
     def score(self, features: np.ndarray) -> np.ndarray:
-        """``sigmoid(features @ w + b)`` for ``(n, 4)`` (or ``(4,)``) features."""
-        z = np.asarray(features, np.float64) @ np.asarray(self.weights, np.float64) + self.bias
+        """``sigmoid(f @ w + b)`` of ``(n, len(ALL_FEATURES))`` (or ``(len(ALL_FEATURES),)``) features.
+
+        ``f`` is the rule's columns of them; features with exactly ``len(self.features)``
+        columns are taken as already selected.
+        """
+        x = np.asarray(features, np.float64)
+        if x.shape[-1] != len(self.features):
+            x = x[..., self.columns()]
+        z = x @ np.asarray(self.weights, np.float64) + self.bias
         return 1.0 / (1.0 + np.exp(-z))
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""
         return {
-            "features": list(FEATURES),
+            "features": list(self.features),
             "weights": [float(v) for v in self.weights],
             "bias": float(self.bias),
             "threshold": float(self.threshold),
@@ -175,20 +208,22 @@ class ScoreRule:
         Raises
         ------
         ModelFileError
-            Missing keys, another feature list, or a threshold outside [0, 1].
+            Missing keys, an unknown feature, or a threshold outside [0, 1].
         """
         try:
-            if list(d.get("features", FEATURES)) != list(FEATURES):
-                raise ValueError(f"features must be {list(FEATURES)}")
+            names = [str(f) for f in d.get("features", FEATURES)]
+            unknown = [f for f in names if f not in ALL_FEATURES]
+            if unknown or not names:
+                raise ValueError(f"unknown features {unknown}; known: {list(ALL_FEATURES)}")
             w = [float(v) for v in d["weights"]]
             b, t = float(d["bias"]), float(d["threshold"])
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise ModelFileError(where, f"not a detector score rule ({exc})") from exc
-        if len(w) != len(FEATURES):
-            raise ModelFileError(where, f"score rule needs {len(FEATURES)} weights, got {len(w)}")
+        if len(w) != len(names):
+            raise ModelFileError(where, f"score rule needs {len(names)} weights, got {len(w)}")
         if not 0.0 <= t <= 1.0:
             raise ModelFileError(where, f"score threshold {t} is outside [0, 1]")
-        return cls(w, b, t, dict(d.get("doc") or {}))
+        return cls(w, b, t, dict(d.get("doc") or {}), names)
 
 
 # ------------------------------------------------------------------ geometry
@@ -230,13 +265,49 @@ def _logit(q: float) -> float:
     return float(np.log(q / (1 - q)))
 
 
+def _perimeter(mask: np.ndarray) -> float:
+    """Length of the outer contours of a boolean mask (``cv2.arcLength``, closed), in pixels."""
+    cs, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    return float(sum(cv2.arcLength(c, True) for c in cs))
+
+
 def candidate_features(
-    heat_max: float, heat_mean: float, iou: float, area_frac: float
+    heat_max: float,
+    heat_mean: float,
+    iou: float,
+    area_frac: float,
+    heat: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
+    box: tuple[int, int, int, int] | None = None,
 ) -> np.ndarray:
-    """:data:`FEATURES` of one candidate (module docstring, step 4)."""
-    return np.array(
-        [_logit(heat_max), _logit(heat_mean), float(iou), float(np.log(max(area_frac, 1e-6)))]
-    )
+    """:data:`ALL_FEATURES` of one candidate (module docstring, step 4).
+
+    ``heat`` is the image's ``(64, 64)`` heat-map with the padding zeroed, ``mask``
+    the outline, ``box`` the prompt box; without them the last five features are 0.
+    With ``g`` = the outline's cell fractions (:func:`heat_target` of ``mask``) and
+    ``R`` = the valid cells within 3 cells of ``g > 0`` but outside it:
+
+    - ``heat_ratio = max h (component) / max h (image)``;
+    - ``logit_heat_in = logit(Σ g h / Σ g)``;
+    - ``heat_contrast = Σ g h / Σ g - mean_R h`` (0 when ``R`` is empty);
+    - ``compactness = 4 π |mask| / perimeter²`` (1 for a disk);
+    - ``box_fill = |mask| / box area``.
+    """
+    f = np.zeros(len(ALL_FEATURES))
+    f[:4] = [_logit(heat_max), _logit(heat_mean), float(iou), float(np.log(max(area_frac, 1e-6)))]
+    if heat is None or mask is None or box is None or not mask.any():
+        return f
+    f[4] = heat_max / max(float(heat.max()), 1e-6)
+    g = heat_target(mask)
+    inside = float((g * heat).sum() / max(float(g.sum()), 1e-6))
+    core = (g > 0).astype(np.uint8)
+    ring = (cv2.dilate(core, np.ones((7, 7), np.uint8)) > 0) & ~(g > 0) & valid_cells(mask.shape)
+    f[5] = _logit(inside)
+    f[6] = inside - float(heat[ring].mean()) if ring.any() else 0.0
+    area = float(mask.sum())
+    f[7] = min(4 * np.pi * area / max(_perimeter(mask), 1.0) ** 2, 1.0)
+    f[8] = area / max(float((box[2] - box[0]) * (box[3] - box[1])), 1.0)
+    return f
 
 
 @dataclass
@@ -248,7 +319,7 @@ class Proposal:
     candidate : Candidate
         LiteMedSAM's outline of the component's enlarged box.
     features : numpy.ndarray
-        :data:`FEATURES` ``(4,)``.
+        :data:`ALL_FEATURES` ``(9,)``.
     box : tuple of int
         The enlarged heat-map box LiteMedSAM was prompted with (image pixels).
     """
@@ -263,8 +334,11 @@ def heat_components(
 ) -> list[tuple[tuple[int, int, int, int], float, float]]:
     """``(cell box, max h, mean h)`` of the heat-map's components (module docstring, step 2)."""
     h = np.where(valid_cells(shape), heat, 0.0)
+    top = float(h.max())
+    levels = [float(t) for t in config.heat_thresholds]
+    levels += [float(r) * top for r in config.heat_ratios if float(r) * top > 0]
     out, seen = [], set()
-    for t in config.heat_thresholds:
+    for t in levels:
         lab, n = components(h > t)
         for k in range(1, n + 1):
             cell = lab == k
@@ -292,6 +366,7 @@ def propose(
     are all empty is dropped.
     """
     area = float(shape[0] * shape[1])
+    h = np.where(valid_cells(shape), heat, 0.0)
     out = []
     for cells, hmax, hmean in heat_components(heat, shape, config):
         best: tuple[Candidate, tuple[int, int, int, int]] | None = None
@@ -313,9 +388,8 @@ def propose(
             c = outline(box2)
             if c.mask.any():
                 cand, box = c, box2
-        out.append(
-            Proposal(cand, candidate_features(hmax, hmean, cand.confidence, cand.area / area), box)
-        )
+        f = candidate_features(hmax, hmean, cand.confidence, cand.area / area, h, cand.mask, box)
+        out.append(Proposal(cand, f, box))
     return out
 
 
