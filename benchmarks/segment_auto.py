@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "segment_auto.json"))
     ap.add_argument("--data", default=str(DATA))
     ap.add_argument("--cache", default=str(cache_root() / "litemedsam" / "embeddings"))
-    ap.add_argument("--model-out", default=str(cache_root() / "detector" / "busi"))
+    ap.add_argument("--model-out", default=str(cache_root() / "detector" / "busi_v2"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=30)
@@ -248,7 +248,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--limit", type=int, default=0, help="Per-class sample (smoke runs).")
     ap.add_argument("--n-encoder", type=int, default=10)
-    ap.add_argument("--n-timing", type=int, default=50, help="BrEaST images timed.")
+    ap.add_argument("--n-timing", type=int, default=15, help="BrEaST images timed (0: none).")
+    ap.add_argument("--normalize", action="store_true", help="Instance-normalised embedding.")
+    ap.add_argument("--heat-thresholds", type=float, nargs="*", default=[0.5, 0.9])
+    ap.add_argument("--heat-ratios", type=float, nargs="*", default=[])
+    ap.add_argument("--max-components", type=int, default=6)
+    ap.add_argument("--score-features", nargs="+", default=None)
     args = ap.parse_args(argv)
 
     import torch
@@ -285,7 +290,14 @@ def main(argv: list[str] | None = None) -> int:
     labels = busi_m.df["label"].astype(str).to_numpy()
     log(f"BUSI near-duplicate groups: {len(set(groups))} for {len(groups)} images")
 
-    cfg = DetectorConfig(channels=args.channels)
+    cfg = DetectorConfig(
+        channels=args.channels,
+        normalize=args.normalize,
+        heat_thresholds=args.heat_thresholds,
+        heat_ratios=args.heat_ratios,
+        max_components=args.max_components,
+        **({"score_features": args.score_features} if args.score_features else {}),
+    )
     tc = HeadTrainConfig(epochs=args.epochs, seed=args.seed, threads=args.threads)
 
     # (a) BUSI -> BrEaST
@@ -306,7 +318,11 @@ def main(argv: list[str] | None = None) -> int:
     t_busi = score_images(busi, range(len(busi)), fit.oof, fit.rule, cfg)
     seg = Segmenter(None, SegConfig(arch=MEDSAM_ARCH, threshold=0.5), box_model=sam, detector=det)
     deployed = check_deployed(seg, sam, breast, breast_m, br_props, fit.rule, cfg, br_rows[:25])
-    speed = timing(seg, sam, breast, breast_m, br_rows[: args.n_timing], args.n_encoder)
+    speed = (
+        timing(seg, sam, breast, breast_m, br_rows[: args.n_timing], args.n_encoder)
+        if args.n_timing
+        else "not measured (--n-timing 0)"
+    )
     ell = EllipseBaseline()
     ell_found = sum(int(ell.predict(np.zeros(breast.shapes[i], np.uint8)).found) for i in br_rows)
     log(f"(a) BrEaST: {summary(t_a, 200, args.seed)}")
@@ -325,7 +341,11 @@ def main(argv: list[str] | None = None) -> int:
     for k in range(int(fit.folds.max()) + 1):
         tr = [i for i in range(nb) if fit.folds[i] != k] + list(range(nb, len(both)))
         te = [i for i in range(nb) if fit.folds[i] == k and not busi.masks[i].any()]
-        rule_k = choose_rule([fit.oof[i] for i in range(nb) if fit.folds[i] != k], cfg)
+        rule_k = choose_rule(
+            [fit.oof[i] for i in range(nb) if fit.folds[i] != k],
+            cfg,
+            features=cfg.score_features,
+        )
         m, h = train_head(both.train_input(cfg), both.targets, cfg, tc, rows=tr)
         props = proposals_for(both, te, head_runner(m), sam, cfg)
         t = score_images(both, te, props, rule_k, cfg)
@@ -400,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
             "benchmark_cpu_s": time.process_time() - cpu_start,
             "machine": platform.platform(),
         },
-        "args": vars(args) | {"cache": "<cache>", "model_out": "<cache>/detector/busi"},
+        "args": vars(args)
+        | {"cache": "<cache>", "model_out": "<cache>/detector/" + Path(args.model_out).name},
     }
     if args.limit:
         res["smoke"] = f"--limit {args.limit}: a per-class sample, not the full benchmark"

@@ -111,6 +111,13 @@ def phantoms() -> tuple[list, EmbeddedSet]:
 
 
 CFG = DetectorConfig(channels=8, dilations=[1, 2])
+#: The fitted detector: ratio proposals (every image gets candidates) and every score feature.
+CFG_FIT = DetectorConfig(
+    channels=8,
+    dilations=[1, 2],
+    heat_ratios=[0.5],
+    score_features=["logit_heat_max", "iou_head", "heat_ratio", "heat_contrast", "box_fill"],
+)
 TRAIN = HeadTrainConfig(epochs=12, batch_size=8, lr=5e-3, threads=1)
 
 
@@ -165,11 +172,12 @@ def fitted(phantoms, tmp_path_factory: pytest.TempPathFactory) -> Path:
     ims, data = phantoms
     groups = [str(i // 2) for i in range(len(ims))]
     strata = ["lesion" if m.any() else "normal" for _, m in ims]
-    fit = fit_detector(data, groups, strata, FakeSAM(), CFG, TRAIN, n_folds=2)
+    fit = fit_detector(data, groups, strata, FakeSAM(), CFG_FIT, TRAIN, n_folds=2)
+    assert fit.rule.features == CFG_FIT.score_features
     assert set(fit.folds.tolist()) == {0, 1}
     for g in set(groups):  # a group is never split
         assert len({int(fit.folds[i]) for i in range(len(ims)) if groups[i] == g}) == 1
-    return save_detector(tmp_path_factory.mktemp("det"), fit.module, CFG, fit.rule, ENCODER)
+    return save_detector(tmp_path_factory.mktemp("det"), fit.module, CFG_FIT, fit.rule, ENCODER)
 
 
 def test_segmenter_finds_the_lesion_and_reports_none_without(fitted: Path) -> None:
@@ -201,7 +209,10 @@ def test_saved_folder_round_trips_and_refuses_wrong_hashes(
     _, data = phantoms
     spec = json.loads((fitted / JSON_NAME).read_text())
     assert spec["encoder_sha256"] == ENCODER and spec["n_parameters"] < 1_000_000
+    assert spec["version"] == 2 and spec["config"]["heat_ratios"] == [0.5]
+    assert spec["rule"]["features"] == CFG_FIT.score_features
     det = Detector.load(fitted, encoder_sha256=ENCODER)
+    assert det.config == CFG_FIT and det.rule.features == CFG_FIT.score_features
     x = data.embeddings[:1].astype(np.float32)
     ref = 1 / (1 + np.exp(-head_runner(load_head(fitted))(x)[0, 0]))
     assert np.abs(det.heat(x) - ref).max() < 1e-4
@@ -242,7 +253,7 @@ def test_segmenter_folder_loads_the_detector_and_checks_the_encoder(
     det_dir = save_detector(
         tmp_path / "det",
         load_head(fitted),
-        CFG,
+        CFG_FIT,
         Detector.load(fitted).rule,
         encoder,
     )
@@ -396,3 +407,11 @@ def test_normalised_head_ignores_a_per_channel_shift_and_scale(tmp_path: Path) -
     assert np.abs(head_runner(plain)(x) - head_runner(plain)(a * x + b)).max() > 0.1
     onnx = OnnxRunner(export_head(module, tmp_path / "n.onnx"), threads=1)
     assert np.abs(onnx(x) - run(x)).max() < 1e-4
+
+
+def test_a_format_one_config_keeps_its_settings() -> None:
+    old = {"channels": 32, "heat_thresholds": [0.5, 0.9], "refine": 0}  # no later keys
+    cfg = DetectorConfig.from_dict(old)
+    assert cfg.heat_ratios == [] and cfg.normalize is False
+    assert cfg.score_features == ["logit_heat_max", "logit_heat_mean", "iou_head", "log_area"]
+    assert DetectorConfig.from_dict(CFG_FIT.to_dict()) == CFG_FIT

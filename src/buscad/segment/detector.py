@@ -10,26 +10,36 @@ training target (:func:`heat_target`) is the expert mask in the same padded
 Candidates (:meth:`Detector.propose`):
 
 1. ``h`` is zeroed outside the resized image (the padding);
-2. for each ``t`` in ``heat_thresholds``, each 8-connected component of
-   ``h > t`` with at least ``min_cells`` cells is a proposal (the same cell box
-   found at two thresholds once) (at most ``max_components``, highest
-   ``max h`` first); its cell box ``(c0, r0, c1, r1)`` becomes image pixels
-   ``4 (c0, r0, c1, r1) / s`` (``s = 256 / max(H, W)``), enlarged by
-   each ``m`` in ``margins`` times its width / height on each side;
+2. for each level ``t`` in ``heat_thresholds`` and ``r * max h`` for each ``r``
+   in ``heat_ratios`` (the image's own maximum: levels that do not depend on the
+   heat-map's absolute calibration), each 8-connected component of ``h > t``
+   with at least ``min_cells`` cells is a proposal (the same cell box found at
+   two levels once) (at most ``max_components``, highest ``max h`` first); its
+   cell box ``(c0, r0, c1, r1)`` becomes image pixels ``4 (c0, r0, c1, r1) / s``
+   (``s = 256 / max(H, W)``), enlarged by each ``m`` in ``margins`` times its
+   width / height on each side;
 3. LiteMedSAM outlines each box (the caller's box-prompted outline); of a
    component's boxes, the outline with the highest IoU-head estimate is kept;
    then, ``refine`` times, LiteMedSAM is prompted again with that outline's
    bounding box enlarged by 5 % per side and its new outline replaces it when
    not empty;
-4. score ``p = sigmoid(w . f + b)`` of the features
-   ``f = (logit max h, logit mean h, u, log a)`` (``u``: LiteMedSAM's IoU-head
-   estimate, ``a``: outline area / image area; ``logit q = log(q / (1 - q))``,
-   ``q`` clipped to ``[1e-4, 1 - 1e-4]``): a logistic regression of "this
-   outline has mask IoU >= 0.5 with an expert lesion" fitted on out-of-fold
-   candidates (:class:`ScoreRule`);
+4. score ``p = sigmoid(w . f + b)`` of the rule's features ``f`` (named in the
+   JSON; of :data:`ALL_FEATURES`, :func:`candidate_features`): ``logit max h``,
+   ``logit mean h`` (over the component), ``u`` (LiteMedSAM's IoU-head
+   estimate), ``log a`` (``a``: outline area / image area), the component's
+   ``max h`` over the image's, the heat inside the outline and its contrast with
+   a ring around it, the outline's compactness and its share of the prompt box
+   (``logit q = log(q / (1 - q))``, ``q`` clipped to ``[1e-4, 1 - 1e-4]``): a
+   logistic regression of "this outline has mask IoU >= 0.5 with an expert
+   lesion" fitted on out-of-fold candidates (:class:`ScoreRule`); format 1 used
+   the first four (:data:`FEATURES`);
 5. candidates with ``p >= threshold`` are kept, highest first; one whose outline
    has mask IoU > ``nms_iou`` with a better kept one is dropped; at most
    ``max_candidates``. None kept: "no lesion found".
+
+With ``normalize`` the head first standardises each embedding channel over the
+image (instance normalisation), a guard against a scanner's or a cohort's shift
+of the embedding.
 
 The head is stored as ``detector.safetensors`` (PyTorch weights, for
 re-training or export), ``detector.onnx`` (what inference runs, ONNX Runtime)
@@ -84,8 +94,11 @@ ALL_FEATURES = (
     "box_fill",
 )
 
+#: Values of settings that format 1 did not have (:meth:`DetectorConfig.from_dict`).
+LEGACY: dict = {"heat_ratios": [], "normalize": False, "score_features": list(FEATURES)}
+
 HEAD_DOC = (
-    "avgpool(k) when k > 1, conv1x1(256->c) ReLU, conv3x3(c->c, dilation d) ReLU for each d "
+    "avgpool(k) when k > 1, instance normalisation when normalize, conv1x1(256->c) ReLU, conv3x3(c->c, dilation d) ReLU for each d "
     "in dilations, conv1x1(c->1), bilinear upsampling x k back to 64 x 64 when k > 1"
 )
 
@@ -125,6 +138,8 @@ class DetectorConfig:
     normalize : bool
         Each (pooled) embedding channel is standardised over the image's grid first,
         ``(x - mean) / sqrt(var + 1e-5)`` (instance normalisation, no learnt scale).
+    score_features : list of str
+        Features (of :data:`ALL_FEATURES`) the score rule is fitted on.
     """
 
     channels: int = 32
@@ -139,12 +154,16 @@ class DetectorConfig:
     nms_iou: float = 0.5
     refine: int = 0
     normalize: bool = False
+    score_features: list[str] = field(default_factory=lambda: list(FEATURES))
 
     @classmethod
     def from_dict(cls, d: dict) -> DetectorConfig:
-        """Config from a dict, ignoring unknown keys."""
+        """Config from a dict, ignoring unknown keys; missing keys take :data:`LEGACY` values.
+
+        (A format-1 JSON lacks the later keys: its detector keeps behaving as it was saved.)
+        """
         names = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(**{**LEGACY, **{k: v for k, v in d.items() if k in names}})
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""

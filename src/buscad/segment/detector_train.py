@@ -679,7 +679,7 @@ def fit_detector(
         oof.update(proposals_for(data, te, head_runner(m), sam, cfg))
         runs.append({"fold": k, "n_train": len(tr), "cpu_s": h["cpu_s"], "loss": h["loss"][-1]})
         say(f"fold {k + 1}: trained on {len(tr)} images ({h['cpu_s']:.0f} s CPU)")
-    rule = choose_rule([oof[i] for i in range(len(data))], cfg)
+    rule = choose_rule([oof[i] for i in range(len(data))], cfg, features=cfg.score_features)
     say(f"score threshold {rule.threshold:.3f}: {rule.doc['at_threshold']}")
     module, h = train_head(data.train_input(cfg), data.targets, cfg, tc)
     say(f"final head: {len(data)} images ({h['cpu_s']:.0f} s CPU)")
