@@ -254,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--heat-ratios", type=float, nargs="*", default=[])
     ap.add_argument("--max-components", type=int, default=6)
     ap.add_argument("--score-features", nargs="+", default=None)
+    ap.add_argument("--rule-max-false", type=float, default=None)
+    ap.add_argument("--rule-min-specificity", type=float, default=None)
+    ap.add_argument("--selection", default="", help="Which selection row chose these settings.")
     args = ap.parse_args(argv)
 
     import torch
@@ -296,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         heat_thresholds=args.heat_thresholds,
         heat_ratios=args.heat_ratios,
         max_components=args.max_components,
+        rule_max_false=args.rule_max_false,
+        rule_min_specificity=args.rule_min_specificity,
         **({"score_features": args.score_features} if args.score_features else {}),
     )
     tc = HeadTrainConfig(epochs=args.epochs, seed=args.seed, threads=args.threads)
@@ -345,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
             [fit.oof[i] for i in range(nb) if fit.folds[i] != k],
             cfg,
             features=cfg.score_features,
+            max_false=cfg.rule_max_false,
+            min_specificity=cfg.rule_min_specificity,
         )
         m, h = train_head(both.train_input(cfg), both.targets, cfg, tc, rows=tr)
         props = proposals_for(both, te, head_runner(m), sam, cfg)
@@ -366,6 +373,17 @@ def main(argv: list[str] | None = None) -> int:
             "rule were chosen only on BUSI out-of-fold proposals (grouped CV); BrEaST was "
             "scored once."
         ),
+        "breast_looks": {
+            "note": "every time BrEaST was scored by this benchmark, in order; only BUSI chose "
+            "settings",
+            "runs": [
+                "results/segment_auto_run1_c16.json (16 channels, 10 epochs)",
+                "results/segment_auto_run2.json (32 channels, 30 epochs, absolute heat levels, "
+                "4 score features)",
+                f"this file: {args.selection or 'settings given on the command line'}",
+            ],
+        },
+        "selection_record": "results/segment_auto_select.json (BUSI grouped CV only)",
         "detector": {
             "config": cfg.to_dict(),
             "n_parameters": n_parameters(fit.module),

@@ -56,11 +56,21 @@ PROPOSALS = {
 }
 
 V1 = ["logit_heat_max", "logit_heat_mean", "iou_head", "log_area"]
-#: name -> score features.
+ALL = [*V1, "heat_ratio", "logit_heat_in", "heat_contrast", "compactness", "box_fill"]
+# no absolute heat level: robust to a cohort whose heat-map is calibrated lower
+RELATIVE = ["iou_head", "log_area", "heat_ratio", "heat_contrast", "compactness", "box_fill"]
+#: Threshold bounds of the "@b" rules (set from the targets, false <= 0.3 and normals >= 0.8,
+#: with a margin, before any of these rows was seen).
+BUDGET = {"max_false": 0.2, "min_specificity": 0.85}
+#: name -> (score features, threshold bounds; empty: max found - false).
 RULES = {
-    "v1": V1,
-    "v1+ratio": [*V1, "heat_ratio"],
-    "all": [*V1, "heat_ratio", "logit_heat_in", "heat_contrast", "compactness", "box_fill"],
+    "v1": (V1, {}),
+    "v1+ratio": ([*V1, "heat_ratio"], {}),
+    "all": (ALL, {}),
+    "relative": (RELATIVE, {}),
+    "v1+ratio@b": ([*V1, "heat_ratio"], BUDGET),
+    "all@b": (ALL, BUDGET),
+    "relative@b": (RELATIVE, BUDGET),
 }
 
 
@@ -194,12 +204,7 @@ def evaluate(data, folds, props, rules, cfg) -> dict:
         found, false, lesions = found + f, false + x, lesions + im.n_lesions
         if im.n_lesions:
             anyhit += int((im.lesion_iou >= 0.5).any(axis=0).sum()) if len(im.proposals) else 0
-            t = data.masks[i]
-            if kept:
-                m = im.proposals[kept[0]].candidate.mask
-                dices.append(2 * (m & t).sum() / (m.sum() + t.sum()))
-            else:
-                dices.append(0.0)
+            dices.append(float(im.dice[kept[0]]) if kept else 0.0)
         else:
             free += 1
             free_none += int(len(kept) == 0)
@@ -211,6 +216,56 @@ def evaluate(data, folds, props, rules, cfg) -> dict:
         "proposal_recall_before_rule": anyhit / lesions,
         "proposals_per_image": float(np.mean([len(props[i].proposals) for i in range(len(data))])),
     }
+
+
+def light(im, truth: np.ndarray):
+    """``im`` without the outlines: features, overlaps and each outline's Dice with ``truth``."""
+    from buscad.segment.detector import Proposal
+    from buscad.segment.detector_train import ImageProposals
+
+    d = [
+        float(2 * (p.candidate.mask & truth).sum() / (p.candidate.mask.sum() + truth.sum()))
+        for p in im.proposals
+    ]
+    out = ImageProposals([Proposal(None, p.features, p.box) for p in im.proposals], *im_iou(im))
+    out.dice = d
+    return out
+
+
+def im_iou(im):
+    return im.lesion_iou, im.pair_iou
+
+
+def save_light(path: Path, props: dict) -> None:
+    doc = {
+        str(i): {
+            "f": im.features().tolist(),
+            "li": im.lesion_iou.tolist(),
+            "nl": im.n_lesions,
+            "pi": im.pair_iou.tolist(),
+            "d": im.dice,
+        }
+        for i, im in props.items()
+    }
+    path.write_text(json.dumps(doc))
+
+
+def load_light(path: Path) -> dict:
+    from buscad.segment.detector import ALL_FEATURES, Proposal
+    from buscad.segment.detector_train import ImageProposals
+
+    out = {}
+    for k, v in json.loads(path.read_text()).items():
+        f = np.asarray(v["f"], float).reshape(-1, len(ALL_FEATURES))
+        li = np.asarray(v["li"], float).reshape(len(f), v["nl"])
+        im = ImageProposals(
+            [Proposal(None, r, (0, 0, 0, 0)) for r in f],
+            li,
+            np.asarray(v["pi"], float).reshape(len(f), len(f)),
+        )
+        im.dice = v["d"]
+        out[int(k)] = im
+    return out
 
 
 def cmd_eval(heads: list[str], proposals: list[str], rules: list[str], threads: int) -> None:
@@ -225,22 +280,31 @@ def cmd_eval(heads: list[str], proposals: list[str], rules: list[str], threads: 
         memos = {i: Memo(sam, data, i) for i in range(len(data))}
         for pname in proposals:
             cfg = DetectorConfig(**{**HEADS[hname][0], **PROPOSALS[pname]})
-            t0 = time.perf_counter()
-            props = {
-                i: ImageProposals.build(
-                    propose(heat[i], data.shapes[i], memos[i], cfg), data.masks[i]
-                )
-                for i in range(len(data))
-            }
-            print(f"{hname}/{pname}: proposals {time.perf_counter() - t0:.0f} s", flush=True)
+            lpath = cache_dir() / f"proposals_{hname}_{pname}.json"
+            full = None
+            if lpath.is_file():
+                props = load_light(lpath)
+            else:
+                t0 = time.perf_counter()
+                full = {
+                    i: ImageProposals.build(
+                        propose(heat[i], data.shapes[i], memos[i], cfg), data.masks[i]
+                    )
+                    for i in range(len(data))
+                }
+                props = {i: light(im, data.masks[i]) for i, im in full.items()}
+                save_light(lpath, props)
+                print(f"{hname}/{pname}: proposals {time.perf_counter() - t0:.0f} s", flush=True)
             for rname in rules:
                 if (hname, pname, rname) in done:
                     continue
+                feats, bounds = RULES[rname]
                 fold_rules = {
                     k: choose_rule(
                         [props[i] for i in range(len(data)) if folds[i] != k],
                         cfg,
-                        features=RULES[rname],
+                        features=feats,
+                        **bounds,
                     )
                     for k in range(3)
                 }
@@ -251,14 +315,15 @@ def cmd_eval(heads: list[str], proposals: list[str], rules: list[str], threads: 
                     **evaluate(data, folds, props, fold_rules, cfg),
                     "thresholds": [fold_rules[k].threshold for k in range(3)],
                 }
-                if rname == rules[0]:
+                if rname == rules[0] and full is not None:
                     row["diagnosis"] = diagnose(
-                        data, folds, heat, props, fold_rules, cfg, sam, memos
+                        data, folds, heat, full, fold_rules, cfg, sam, memos
                     )
                 print(json.dumps(row), flush=True)
-                record["rows"].append(row)
                 from buscad.utils import atomic_write_json
 
+                record = json.loads(OUT.read_text()) if OUT.is_file() else {"rows": []}
+                record["rows"].append(row)  # re-read: another eval may have added rows
                 atomic_write_json(OUT, record)
 
 

@@ -386,6 +386,25 @@ def test_chosen_threshold_is_the_best_of_a_brute_force_sweep() -> None:
     best = max(j(float(t)) for t in grid)
     assert j(rule.threshold) == pytest.approx(best)
     assert rule.doc["at_threshold"] == sweep(images, rule, CFG, rule.threshold)
+    # bounded: the most lesions found with at most 0.2 false candidates per image
+    # and at least 90 % of the lesion-free images without a candidate
+    b = choose_rule(
+        images, CFG, features=["iou_head", "heat_ratio"], max_false=0.2, min_specificity=0.9
+    )
+    ok = [
+        s
+        for t in grid
+        if (s := sweep(images, b, CFG, float(t)))["false_per_image"] <= 0.2
+        and s["no_lesion_specificity"] >= 0.9
+    ]
+    at = sweep(images, b, CFG, b.threshold)
+    assert at["false_per_image"] <= 0.2 and at["no_lesion_specificity"] >= 0.9
+    assert at["found_share"] == max(s["found_share"] for s in ok)
+    loose = choose_rule(images, CFG, features=["iou_head", "heat_ratio"], max_false=10.0)
+    assert loose.doc["at_threshold"]["found_share"] == max(
+        sweep(images, loose, CFG, float(t))["found_share"] for t in grid
+    )
+    assert "subject to false/images <= 0.2" in b.doc["threshold_objective"]
 
 
 def test_normalised_head_ignores_a_per_channel_shift_and_scale(tmp_path: Path) -> None:

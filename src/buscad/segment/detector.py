@@ -95,7 +95,13 @@ ALL_FEATURES = (
 )
 
 #: Values of settings that format 1 did not have (:meth:`DetectorConfig.from_dict`).
-LEGACY: dict = {"heat_ratios": [], "normalize": False, "score_features": list(FEATURES)}
+LEGACY: dict = {
+    "heat_ratios": [],
+    "normalize": False,
+    "score_features": list(FEATURES),
+    "rule_max_false": None,
+    "rule_min_specificity": None,
+}
 
 HEAD_DOC = (
     "avgpool(k) when k > 1, instance normalisation when normalize, conv1x1(256->c) ReLU, conv3x3(c->c, dilation d) ReLU for each d "
@@ -140,6 +146,10 @@ class DetectorConfig:
         ``(x - mean) / sqrt(var + 1e-5)`` (instance normalisation, no learnt scale).
     score_features : list of str
         Features (of :data:`ALL_FEATURES`) the score rule is fitted on.
+    rule_max_false, rule_min_specificity : float, optional
+        When set, the score threshold maximises the found share under these bounds on
+        false candidates per image and on lesion-free images without a candidate
+        (:func:`buscad.segment.detector_train.choose_rule`); unset: found - false.
     """
 
     channels: int = 32
@@ -155,6 +165,8 @@ class DetectorConfig:
     refine: int = 0
     normalize: bool = False
     score_features: list[str] = field(default_factory=lambda: list(FEATURES))
+    rule_max_false: float | None = None
+    rule_min_specificity: float | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> DetectorConfig:

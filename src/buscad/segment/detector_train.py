@@ -515,8 +515,16 @@ def choose_rule(
     config: DetectorConfig,
     C: float = 1.0,
     features: Sequence[str] = FEATURES,
+    max_false: float | None = None,
+    min_specificity: float | None = None,
 ) -> ScoreRule:
     """Logistic score of ``features`` and threshold from out-of-fold proposals (module docstring).
+
+    Threshold: without ``max_false`` and ``min_specificity``, the one maximising
+    ``found / lesions - false / images``; with them, the one maximising
+    ``found / lesions`` among those with ``false / images <= max_false`` and a share
+    of lesion-free images without a candidate ``>= min_specificity`` (the highest
+    threshold when none qualifies).
 
     The features are standardised (``(f - mean) / sd`` over the proposals) for the
     L2-regularised fit (inverse strength ``C``) and the weights mapped back to the raw
@@ -559,11 +567,28 @@ def choose_rule(
         f = [image_outcome(im.lesion_iou, kept[:n]) for n in range(len(kept) + 1)]
         curves.append((sc, np.array(f).reshape(-1, 2), im.n_lesions))
     lesions = max(sum(c[2] for c in curves), 1)
-    found, false = np.zeros(len(grid)), np.zeros(len(grid))
-    for sc, f, _ in curves:
+    found, false, clean = np.zeros(len(grid)), np.zeros(len(grid)), np.zeros(len(grid))
+    for sc, f, nl in curves:
         n = (sc[None, :] >= grid[:, None]).sum(axis=1)
         found, false = found + f[n, 0], false + f[n, 1]
-    j = found / lesions - false / max(len(images), 1)
+        if nl == 0:
+            clean += f[n, 1] == 0
+    n_free = sum(c[2] == 0 for c in curves)
+    if max_false is None and min_specificity is None:
+        j = found / lesions - false / max(len(images), 1)
+        objective = "max found/lesions - false/images (ties: higher threshold)"
+    else:
+        ok = np.ones(len(grid), bool)
+        if max_false is not None:
+            ok &= false / max(len(images), 1) <= max_false
+        if min_specificity is not None and n_free:
+            ok &= clean / n_free >= min_specificity
+        ok[-1] = True  # the highest threshold is always allowed
+        j = np.where(ok, found / lesions, -np.inf)
+        objective = (
+            f"max found/lesions subject to false/images <= {max_false} and lesion-free images "
+            f"without a candidate >= {min_specificity} (ties: higher threshold)"
+        )
     best = len(j) - 1 - int(np.argmax(j[::-1]))  # ties: the higher threshold
     best_t = float(grid[best]) if len(grid) else 0.5
     rule.threshold = best_t
@@ -572,7 +597,7 @@ def choose_rule(
         "score": note,
         "fitted_on": "out-of-fold proposals of grouped cross-validation folds",
         "label": f"outline mask IoU >= {MATCH_IOU} with an expert lesion",
-        "threshold_objective": "max found/lesions - false/images (ties: higher threshold)",
+        "threshold_objective": objective,
         "n_images": len(images),
         "n_proposals": len(y),
         "n_positive": int(y.sum()),
@@ -679,7 +704,13 @@ def fit_detector(
         oof.update(proposals_for(data, te, head_runner(m), sam, cfg))
         runs.append({"fold": k, "n_train": len(tr), "cpu_s": h["cpu_s"], "loss": h["loss"][-1]})
         say(f"fold {k + 1}: trained on {len(tr)} images ({h['cpu_s']:.0f} s CPU)")
-    rule = choose_rule([oof[i] for i in range(len(data))], cfg, features=cfg.score_features)
+    rule = choose_rule(
+        [oof[i] for i in range(len(data))],
+        cfg,
+        features=cfg.score_features,
+        max_false=cfg.rule_max_false,
+        min_specificity=cfg.rule_min_specificity,
+    )
     say(f"score threshold {rule.threshold:.3f}: {rule.doc['at_threshold']}")
     module, h = train_head(data.train_input(cfg), data.targets, cfg, tc)
     say(f"final head: {len(data)} images ({h['cpu_s']:.0f} s CPU)")
