@@ -25,6 +25,7 @@ from buscad.segment.base import SegConfig
 from buscad.segment.detector import (
     JSON_NAME,
     ONNX_NAME,
+    RECOMMENDED,
     Detector,
     DetectorConfig,
     heat_target,
@@ -111,13 +112,9 @@ def phantoms() -> tuple[list, EmbeddedSet]:
 
 
 CFG = DetectorConfig(channels=8, dilations=[1, 2])
-#: The fitted detector: ratio proposals (every image gets candidates) and every score feature.
-CFG_FIT = DetectorConfig(
-    channels=8,
-    dilations=[1, 2],
-    heat_ratios=[0.5],
-    score_features=["logit_heat_max", "iou_head", "heat_ratio", "heat_contrast", "box_fill"],
-)
+#: The fitted detector: the settings ``buscad segment detector`` trains with (ratio proposals,
+#: every image gets candidates; normalised embedding; bounded threshold).
+CFG_FIT = DetectorConfig(channels=8, dilations=[1, 2], **RECOMMENDED)
 TRAIN = HeadTrainConfig(epochs=12, batch_size=8, lr=5e-3, threads=1)
 
 
@@ -209,7 +206,8 @@ def test_saved_folder_round_trips_and_refuses_wrong_hashes(
     _, data = phantoms
     spec = json.loads((fitted / JSON_NAME).read_text())
     assert spec["encoder_sha256"] == ENCODER and spec["n_parameters"] < 1_000_000
-    assert spec["version"] == 2 and spec["config"]["heat_ratios"] == [0.5]
+    assert spec["version"] == 2 and spec["config"]["heat_ratios"] == [0.3, 0.5, 0.7]
+    assert spec["config"]["normalize"] is True
     assert spec["rule"]["features"] == CFG_FIT.score_features
     det = Detector.load(fitted, encoder_sha256=ENCODER)
     assert det.config == CFG_FIT and det.rule.features == CFG_FIT.score_features

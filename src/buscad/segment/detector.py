@@ -103,6 +103,16 @@ LEGACY: dict = {
     "rule_min_specificity": None,
 }
 
+#: Settings chosen by BUSI grouped cross-validation (``benchmarks/segment_auto_select.py``,
+#: ``results/segment_auto_select.json``); ``buscad segment detector`` trains with them.
+RECOMMENDED: dict = {
+    "normalize": True,
+    "heat_ratios": [0.3, 0.5, 0.7],
+    "score_features": [*FEATURES, "heat_ratio"],
+    "rule_max_false": 0.2,
+    "rule_min_specificity": 0.85,
+}
+
 HEAD_DOC = (
     "avgpool(k) when k > 1, instance normalisation when normalize, conv1x1(256->c) ReLU, conv3x3(c->c, dilation d) ReLU for each d "
     "in dilations, conv1x1(c->1), bilinear upsampling x k back to 64 x 64 when k > 1"
@@ -597,8 +607,10 @@ class Detector:
 
 
 __all__ = [
+    "ALL_FEATURES",
     "DETECTOR_DIR",
     "FEATURES",
+    "RECOMMENDED",
     "Detector",
     "DetectorConfig",
     "Proposal",
