@@ -9,12 +9,15 @@ shipped; MedSAM's training corpus may include BUSI, so its BUSI outlines may be
 in-sample, while BrEaST is the honest test.
 
 Detector (:mod:`buscad.segment.detector`): a 32-channel head (30 epochs) on LiteMedSAM's cached
-image embedding, trained with BCE + soft Dice; candidates = heat-map components ->
-enlarged box -> LiteMedSAM outline -> logistic score; "no lesion found" below the
-score threshold. The score and its threshold are chosen on out-of-fold proposals of
-grouped 3-fold CV on the training cohort only (:func:`buscad.segment.detector_train.fit_detector`;
-groups: the audit's near-duplicate groups, :func:`buscad.data.audit.duplicates.near_duplicate_groups`;
-strata: benign / malignant / normal).
+image embedding (optionally instance-normalised, ``--normalize``), trained with BCE + soft Dice;
+candidates = heat-map components above fixed levels (``--heat-thresholds``) and above fractions
+of the image's own maximum (``--heat-ratios``) -> enlarged box -> LiteMedSAM outline -> logistic
+score of ``--score-features``; "no lesion found" below the score threshold (max found - false,
+or max found under ``--rule-max-false`` / ``--rule-min-specificity``). The score and its
+threshold are chosen on out-of-fold proposals of grouped 3-fold CV on the training cohort only
+(:func:`buscad.segment.detector_train.fit_detector`; groups: the audit's near-duplicate groups,
+:func:`buscad.data.audit.duplicates.near_duplicate_groups`; strata: benign / malignant /
+normal); the settings themselves were chosen on BUSI by ``segment_auto_select.py``.
 
 Protocols:
 
@@ -45,8 +48,10 @@ Protocols:
 
 Example::
 
-    nice -n 10 python benchmarks/segment_auto.py --threads 2 \\
-        --out benchmarks/results/segment_auto.json
+    nice -n 10 python benchmarks/segment_auto.py --threads 2 --n-timing 0 --normalize \\
+        --heat-ratios 0.3 0.5 0.7 --score-features logit_heat_max logit_heat_mean iou_head \\
+        log_area heat_ratio --rule-max-false 0.2 --rule-min-specificity 0.85 \\
+        --out benchmarks/results/segment_auto.json   # the run in results/ (run 3)
 """
 
 from __future__ import annotations
@@ -142,6 +147,10 @@ def score_images(data, rows, props: dict, rule, cfg, ellipse: bool = False) -> p
         else:
             masks = [im.proposals[k].candidate.mask for k in kept]
             found, false = image_outcome(im.lesion_iou, kept)
+        if kept and getattr(im, "dice", None) is not None and not ellipse:
+            top = float(im.dice[kept[0]])  # outline-free proposals (--oof-from)
+        else:
+            top = dice(masks[0], truth) if masks else 0.0
         out.append(
             {
                 "image_id": data.ids[i],
@@ -149,7 +158,7 @@ def score_images(data, rows, props: dict, rule, cfg, ellipse: bool = False) -> p
                 "found": found,
                 "false": false,
                 "n_kept": len(kept),
-                "dice_top": dice(masks[0], truth) if masks else 0.0,
+                "dice_top": top,
             }
         )
     return pd.DataFrame(out)
@@ -256,6 +265,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--score-features", nargs="+", default=None)
     ap.add_argument("--rule-max-false", type=float, default=None)
     ap.add_argument("--rule-min-specificity", type=float, default=None)
+    ap.add_argument(
+        "--oof-from",
+        default="",
+        help="Out-of-fold proposals cached by segment_auto_select.py (skips the CV heads).",
+    )
+    ap.add_argument("--oof-head", default="c32_e30_norm", help="Their head (for the CPU record).")
     ap.add_argument("--selection", default="", help="Which selection row chose these settings.")
     args = ap.parse_args(argv)
 
@@ -306,7 +321,40 @@ def main(argv: list[str] | None = None) -> int:
     tc = HeadTrainConfig(epochs=args.epochs, seed=args.seed, threads=args.threads)
 
     # (a) BUSI -> BrEaST
-    fit = fit_detector(busi, groups, labels, sam, cfg, tc, args.folds, log=log)
+    if args.oof_from:  # the selection's out-of-fold proposals: same folds, config and seed
+        import json
+
+        from segment_auto_select import load_light
+
+        from buscad.segment.detector_train import FitResult, grouped_folds
+
+        folds = grouped_folds(groups, labels, args.folds, tc.seed)
+        oof = load_light(Path(args.oof_from))
+        rule = choose_rule(
+            [oof[i] for i in range(len(busi))],
+            cfg,
+            features=cfg.score_features,
+            max_false=cfg.rule_max_false,
+            min_specificity=cfg.rule_min_specificity,
+        )
+        module, h = train_head(busi.train_input(cfg), busi.targets, cfg, tc)
+        head_doc = json.loads(Path(args.oof_from).with_name(args.oof_head + ".json").read_text())
+        runs = [{"fold": k, "cpu_s": c, "threads": 1} for k, c in enumerate(head_doc["cpu_s"])]
+        record = {
+            "n_images": len(busi),
+            "n_lesion_images": int(sum(bool(m.any()) for m in busi.masks)),
+            "n_folds": int(folds.max()) + 1,
+            "train": vars(tc),
+            "cv_runs": runs,
+            "cv_source": "out-of-fold proposals of segment_auto_select.py (same folds, config, "
+            "seed; fold heads trained with 1 thread)",
+            "final": {"cpu_s": h["cpu_s"], "wall_s": h["wall_s"], "loss": h["loss"]},
+            "cpu_s_total": float(sum(r["cpu_s"] for r in runs) + h["cpu_s"]),
+        }
+        fit = FitResult(module, rule, folds, oof, record)
+        log(f"score threshold {rule.threshold:.3f}: {rule.doc['at_threshold']}")
+    else:
+        fit = fit_detector(busi, groups, labels, sam, cfg, tc, args.folds, log=log)
     folder = save_detector(
         args.model_out,
         fit.module,
