@@ -144,11 +144,14 @@ def score_images(data, rows, props: dict, rule, cfg, ellipse: bool = False) -> p
                 len(masks), len(les)
             )
             found, false = image_outcome(li, range(len(kept)))
+        elif getattr(im, "dice", None) is not None:  # outline-free proposals (--oof-from)
+            masks = []
+            found, false = image_outcome(im.lesion_iou, kept)
         else:
             masks = [im.proposals[k].candidate.mask for k in kept]
             found, false = image_outcome(im.lesion_iou, kept)
-        if kept and getattr(im, "dice", None) is not None and not ellipse:
-            top = float(im.dice[kept[0]])  # outline-free proposals (--oof-from)
+        if kept and not masks:
+            top = float(im.dice[kept[0]])
         else:
             top = dice(masks[0], truth) if masks else 0.0
         out.append(
