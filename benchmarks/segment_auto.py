@@ -9,12 +9,15 @@ shipped; MedSAM's training corpus may include BUSI, so its BUSI outlines may be
 in-sample, while BrEaST is the honest test.
 
 Detector (:mod:`buscad.segment.detector`): a 32-channel head (30 epochs) on LiteMedSAM's cached
-image embedding, trained with BCE + soft Dice; candidates = heat-map components ->
-enlarged box -> LiteMedSAM outline -> logistic score; "no lesion found" below the
-score threshold. The score and its threshold are chosen on out-of-fold proposals of
-grouped 3-fold CV on the training cohort only (:func:`buscad.segment.detector_train.fit_detector`;
-groups: the audit's near-duplicate groups, :func:`buscad.data.audit.duplicates.near_duplicate_groups`;
-strata: benign / malignant / normal).
+image embedding (optionally instance-normalised, ``--normalize``), trained with BCE + soft Dice;
+candidates = heat-map components above fixed levels (``--heat-thresholds``) and above fractions
+of the image's own maximum (``--heat-ratios``) -> enlarged box -> LiteMedSAM outline -> logistic
+score of ``--score-features``; "no lesion found" below the score threshold (max found - false,
+or max found under ``--rule-max-false`` / ``--rule-min-specificity``). The score and its
+threshold are chosen on out-of-fold proposals of grouped 3-fold CV on the training cohort only
+(:func:`buscad.segment.detector_train.fit_detector`; groups: the audit's near-duplicate groups,
+:func:`buscad.data.audit.duplicates.near_duplicate_groups`; strata: benign / malignant /
+normal); the settings themselves were chosen on BUSI by ``segment_auto_select.py``.
 
 Protocols:
 
@@ -45,8 +48,10 @@ Protocols:
 
 Example::
 
-    nice -n 10 python benchmarks/segment_auto.py --threads 2 \\
-        --out benchmarks/results/segment_auto.json
+    nice -n 10 python benchmarks/segment_auto.py --threads 2 --n-timing 0 --normalize \\
+        --heat-ratios 0.3 0.5 0.7 --score-features logit_heat_max logit_heat_mean iou_head \\
+        log_area heat_ratio --rule-max-false 0.2 --rule-min-specificity 0.85 \\
+        --out benchmarks/results/segment_auto.json   # the run in results/ (run 3)
 """
 
 from __future__ import annotations
@@ -139,9 +144,16 @@ def score_images(data, rows, props: dict, rule, cfg, ellipse: bool = False) -> p
                 len(masks), len(les)
             )
             found, false = image_outcome(li, range(len(kept)))
+        elif getattr(im, "dice", None) is not None:  # outline-free proposals (--oof-from)
+            masks = []
+            found, false = image_outcome(im.lesion_iou, kept)
         else:
             masks = [im.proposals[k].candidate.mask for k in kept]
             found, false = image_outcome(im.lesion_iou, kept)
+        if kept and not masks:
+            top = float(im.dice[kept[0]])
+        else:
+            top = dice(masks[0], truth) if masks else 0.0
         out.append(
             {
                 "image_id": data.ids[i],
@@ -149,7 +161,7 @@ def score_images(data, rows, props: dict, rule, cfg, ellipse: bool = False) -> p
                 "found": found,
                 "false": false,
                 "n_kept": len(kept),
-                "dice_top": dice(masks[0], truth) if masks else 0.0,
+                "dice_top": top,
             }
         )
     return pd.DataFrame(out)
@@ -239,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "segment_auto.json"))
     ap.add_argument("--data", default=str(DATA))
     ap.add_argument("--cache", default=str(cache_root() / "litemedsam" / "embeddings"))
-    ap.add_argument("--model-out", default=str(cache_root() / "detector" / "busi"))
+    ap.add_argument("--model-out", default=str(cache_root() / "detector" / "busi_v2"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=30)
@@ -248,7 +260,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--limit", type=int, default=0, help="Per-class sample (smoke runs).")
     ap.add_argument("--n-encoder", type=int, default=10)
-    ap.add_argument("--n-timing", type=int, default=50, help="BrEaST images timed.")
+    ap.add_argument("--n-timing", type=int, default=15, help="BrEaST images timed (0: none).")
+    ap.add_argument("--normalize", action="store_true", help="Instance-normalised embedding.")
+    ap.add_argument("--heat-thresholds", type=float, nargs="*", default=[0.5, 0.9])
+    ap.add_argument("--heat-ratios", type=float, nargs="*", default=[])
+    ap.add_argument("--max-components", type=int, default=6)
+    ap.add_argument("--score-features", nargs="+", default=None)
+    ap.add_argument("--rule-max-false", type=float, default=None)
+    ap.add_argument("--rule-min-specificity", type=float, default=None)
+    ap.add_argument(
+        "--oof-from",
+        default="",
+        help="Out-of-fold proposals cached by segment_auto_select.py (skips the CV heads).",
+    )
+    ap.add_argument("--oof-head", default="c32_e30_norm", help="Their head (for the CPU record).")
+    ap.add_argument("--selection", default="", help="Which selection row chose these settings.")
     args = ap.parse_args(argv)
 
     import torch
@@ -285,11 +311,53 @@ def main(argv: list[str] | None = None) -> int:
     labels = busi_m.df["label"].astype(str).to_numpy()
     log(f"BUSI near-duplicate groups: {len(set(groups))} for {len(groups)} images")
 
-    cfg = DetectorConfig(channels=args.channels)
+    cfg = DetectorConfig(
+        channels=args.channels,
+        normalize=args.normalize,
+        heat_thresholds=args.heat_thresholds,
+        heat_ratios=args.heat_ratios,
+        max_components=args.max_components,
+        rule_max_false=args.rule_max_false,
+        rule_min_specificity=args.rule_min_specificity,
+        **({"score_features": args.score_features} if args.score_features else {}),
+    )
     tc = HeadTrainConfig(epochs=args.epochs, seed=args.seed, threads=args.threads)
 
     # (a) BUSI -> BrEaST
-    fit = fit_detector(busi, groups, labels, sam, cfg, tc, args.folds, log=log)
+    if args.oof_from:  # the selection's out-of-fold proposals: same folds, config and seed
+        import json
+
+        from segment_auto_select import load_light
+
+        from buscad.segment.detector_train import FitResult, grouped_folds
+
+        folds = grouped_folds(groups, labels, args.folds, tc.seed)
+        oof = load_light(Path(args.oof_from))
+        rule = choose_rule(
+            [oof[i] for i in range(len(busi))],
+            cfg,
+            features=cfg.score_features,
+            max_false=cfg.rule_max_false,
+            min_specificity=cfg.rule_min_specificity,
+        )
+        module, h = train_head(busi.train_input(cfg), busi.targets, cfg, tc)
+        head_doc = json.loads(Path(args.oof_from).with_name(args.oof_head + ".json").read_text())
+        runs = [{"fold": k, "cpu_s": c, "threads": 1} for k, c in enumerate(head_doc["cpu_s"])]
+        record = {
+            "n_images": len(busi),
+            "n_lesion_images": int(sum(bool(m.any()) for m in busi.masks)),
+            "n_folds": int(folds.max()) + 1,
+            "train": vars(tc),
+            "cv_runs": runs,
+            "cv_source": "out-of-fold proposals of segment_auto_select.py (same folds, config, "
+            "seed; fold heads trained with 1 thread)",
+            "final": {"cpu_s": h["cpu_s"], "wall_s": h["wall_s"], "loss": h["loss"]},
+            "cpu_s_total": float(sum(r["cpu_s"] for r in runs) + h["cpu_s"]),
+        }
+        fit = FitResult(module, rule, folds, oof, record)
+        log(f"score threshold {rule.threshold:.3f}: {rule.doc['at_threshold']}")
+    else:
+        fit = fit_detector(busi, groups, labels, sam, cfg, tc, args.folds, log=log)
     folder = save_detector(
         args.model_out,
         fit.module,
@@ -306,7 +374,11 @@ def main(argv: list[str] | None = None) -> int:
     t_busi = score_images(busi, range(len(busi)), fit.oof, fit.rule, cfg)
     seg = Segmenter(None, SegConfig(arch=MEDSAM_ARCH, threshold=0.5), box_model=sam, detector=det)
     deployed = check_deployed(seg, sam, breast, breast_m, br_props, fit.rule, cfg, br_rows[:25])
-    speed = timing(seg, sam, breast, breast_m, br_rows[: args.n_timing], args.n_encoder)
+    speed = (
+        timing(seg, sam, breast, breast_m, br_rows[: args.n_timing], args.n_encoder)
+        if args.n_timing
+        else "not measured (--n-timing 0)"
+    )
     ell = EllipseBaseline()
     ell_found = sum(int(ell.predict(np.zeros(breast.shapes[i], np.uint8)).found) for i in br_rows)
     log(f"(a) BrEaST: {summary(t_a, 200, args.seed)}")
@@ -325,7 +397,13 @@ def main(argv: list[str] | None = None) -> int:
     for k in range(int(fit.folds.max()) + 1):
         tr = [i for i in range(nb) if fit.folds[i] != k] + list(range(nb, len(both)))
         te = [i for i in range(nb) if fit.folds[i] == k and not busi.masks[i].any()]
-        rule_k = choose_rule([fit.oof[i] for i in range(nb) if fit.folds[i] != k], cfg)
+        rule_k = choose_rule(
+            [fit.oof[i] for i in range(nb) if fit.folds[i] != k],
+            cfg,
+            features=cfg.score_features,
+            max_false=cfg.rule_max_false,
+            min_specificity=cfg.rule_min_specificity,
+        )
         m, h = train_head(both.train_input(cfg), both.targets, cfg, tc, rows=tr)
         props = proposals_for(both, te, head_runner(m), sam, cfg)
         t = score_images(both, te, props, rule_k, cfg)
@@ -346,6 +424,17 @@ def main(argv: list[str] | None = None) -> int:
             "rule were chosen only on BUSI out-of-fold proposals (grouped CV); BrEaST was "
             "scored once."
         ),
+        "breast_looks": {
+            "note": "every time BrEaST was scored by this benchmark, in order; only BUSI chose "
+            "settings",
+            "runs": [
+                "results/segment_auto_run1_c16.json (16 channels, 10 epochs)",
+                "results/segment_auto_run2.json (32 channels, 30 epochs, absolute heat levels, "
+                "4 score features)",
+                f"this file: {args.selection or 'settings given on the command line'}",
+            ],
+        },
+        "selection_record": "results/segment_auto_select.json (BUSI grouped CV only)",
         "detector": {
             "config": cfg.to_dict(),
             "n_parameters": n_parameters(fit.module),
@@ -400,7 +489,8 @@ def main(argv: list[str] | None = None) -> int:
             "benchmark_cpu_s": time.process_time() - cpu_start,
             "machine": platform.platform(),
         },
-        "args": vars(args) | {"cache": "<cache>", "model_out": "<cache>/detector/busi"},
+        "args": vars(args)
+        | {"cache": "<cache>", "model_out": "<cache>/detector/" + Path(args.model_out).name},
     }
     if args.limit:
         res["smoke"] = f"--limit {args.limit}: a per-class sample, not the full benchmark"

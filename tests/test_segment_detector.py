@@ -25,6 +25,7 @@ from buscad.segment.base import SegConfig
 from buscad.segment.detector import (
     JSON_NAME,
     ONNX_NAME,
+    RECOMMENDED,
     Detector,
     DetectorConfig,
     heat_target,
@@ -111,6 +112,9 @@ def phantoms() -> tuple[list, EmbeddedSet]:
 
 
 CFG = DetectorConfig(channels=8, dilations=[1, 2])
+#: The fitted detector: the settings ``buscad segment detector`` trains with (ratio proposals,
+#: every image gets candidates; normalised embedding; bounded threshold).
+CFG_FIT = DetectorConfig(channels=8, dilations=[1, 2], **RECOMMENDED)
 TRAIN = HeadTrainConfig(epochs=12, batch_size=8, lr=5e-3, threads=1)
 
 
@@ -165,11 +169,12 @@ def fitted(phantoms, tmp_path_factory: pytest.TempPathFactory) -> Path:
     ims, data = phantoms
     groups = [str(i // 2) for i in range(len(ims))]
     strata = ["lesion" if m.any() else "normal" for _, m in ims]
-    fit = fit_detector(data, groups, strata, FakeSAM(), CFG, TRAIN, n_folds=2)
+    fit = fit_detector(data, groups, strata, FakeSAM(), CFG_FIT, TRAIN, n_folds=2)
+    assert fit.rule.features == CFG_FIT.score_features
     assert set(fit.folds.tolist()) == {0, 1}
     for g in set(groups):  # a group is never split
         assert len({int(fit.folds[i]) for i in range(len(ims)) if groups[i] == g}) == 1
-    return save_detector(tmp_path_factory.mktemp("det"), fit.module, CFG, fit.rule, ENCODER)
+    return save_detector(tmp_path_factory.mktemp("det"), fit.module, CFG_FIT, fit.rule, ENCODER)
 
 
 def test_segmenter_finds_the_lesion_and_reports_none_without(fitted: Path) -> None:
@@ -201,7 +206,11 @@ def test_saved_folder_round_trips_and_refuses_wrong_hashes(
     _, data = phantoms
     spec = json.loads((fitted / JSON_NAME).read_text())
     assert spec["encoder_sha256"] == ENCODER and spec["n_parameters"] < 1_000_000
+    assert spec["version"] == 2 and spec["config"]["heat_ratios"] == [0.3, 0.5, 0.7]
+    assert spec["config"]["normalize"] is True
+    assert spec["rule"]["features"] == CFG_FIT.score_features
     det = Detector.load(fitted, encoder_sha256=ENCODER)
+    assert det.config == CFG_FIT and det.rule.features == CFG_FIT.score_features
     x = data.embeddings[:1].astype(np.float32)
     ref = 1 / (1 + np.exp(-head_runner(load_head(fitted))(x)[0, 0]))
     assert np.abs(det.heat(x) - ref).max() < 1e-4
@@ -242,7 +251,7 @@ def test_segmenter_folder_loads_the_detector_and_checks_the_encoder(
     det_dir = save_detector(
         tmp_path / "det",
         load_head(fitted),
-        CFG,
+        CFG_FIT,
         Detector.load(fitted).rule,
         encoder,
     )
@@ -270,3 +279,156 @@ def test_segmenter_folder_loads_the_detector_and_checks_the_encoder(
     shutil.copyfile(fitted / JSON_NAME, folder / "detector" / JSON_NAME)
     with pytest.raises(ModelFileError, match=r"detector\.json.*SHA-256 does not match"):
         Segmenter.load(folder)
+
+
+def test_ratio_proposals_do_not_depend_on_the_heat_calibration() -> None:
+    from buscad.segment.detector import heat_components
+
+    heat = np.full((64, 64), 0.01, np.float32)
+    heat[10:16, 20:30] = 0.2  # a weak (badly calibrated) blob
+    heat[40:42, 40:42] = 0.08
+    shape = (256, 256)
+    assert heat_components(heat, shape, DetectorConfig()) == []
+    comps = heat_components(heat, shape, DetectorConfig(heat_ratios=[0.3, 0.5]))
+    # 0.3 * 0.2 = 0.06: both blobs; 0.5 * 0.2 = 0.1: the same first blob box, found once
+    assert [c[0] for c in comps] == [(20, 10, 30, 16), (40, 40, 42, 42)]
+    assert comps[0][1] == pytest.approx(0.2) and comps[1][1] == pytest.approx(0.08)
+    # the padding never forms a component
+    comps = heat_components(heat, (256, 64), DetectorConfig(heat_ratios=[0.3]))
+    assert comps == [] or all(c[0][2] <= 16 for c in comps)
+
+
+def test_candidate_features_of_a_disk() -> None:
+    from buscad.segment.detector import ALL_FEATURES, candidate_features
+
+    yy, xx = np.mgrid[:256, :256]
+    mask = np.hypot(yy - 128, xx - 128) < 40
+    heat = np.full((64, 64), 0.1, np.float32)
+    heat[22:42, 22:42] = 0.9
+    f = dict(
+        zip(
+            ALL_FEATURES,
+            candidate_features(0.9, 0.8, 0.7, mask.mean(), heat, mask, (88, 88, 168, 168)),
+            strict=True,
+        )
+    )
+    assert f["iou_head"] == pytest.approx(0.7)
+    assert f["logit_heat_max"] == pytest.approx(np.log(9))
+    assert f["heat_ratio"] == pytest.approx(1.0)
+    assert f["logit_heat_in"] == pytest.approx(
+        np.log(9), abs=1e-3
+    )  # the disk lies in the hot square
+    # ring: 3 cells around the disk, partly hot (inside the square), partly 0.1
+    assert 0.2 < f["heat_contrast"] < 0.8
+    assert f["compactness"] == pytest.approx(1.0, abs=0.12)
+    assert f["box_fill"] == pytest.approx(np.pi / 4, abs=0.02)
+    empty = candidate_features(0.9, 0.8, 0.7, 0.1)
+    assert empty.shape == (len(ALL_FEATURES),) and not empty[4:].any()
+
+
+def test_score_rule_features_and_version_one_rules() -> None:
+    from buscad.segment.detector import ALL_FEATURES, FEATURES, ScoreRule
+
+    old = {"weights": [1.0, 0.0, 2.0, 0.0], "bias": -1.0, "threshold": 0.5}  # version 1
+    r = ScoreRule.from_dict(old)
+    assert r.features == list(FEATURES)
+    x = np.arange(len(ALL_FEATURES), dtype=float)[None] / 10
+    assert r.score(x)[0] == pytest.approx(1 / (1 + np.exp(-(0.0 + 2 * 0.2 - 1))))
+    new = ScoreRule([1.0, -1.0], 0.5, 0.4, features=["heat_ratio", "box_fill"])
+    back = ScoreRule.from_dict(json.loads(json.dumps(new.to_dict())))
+    assert back.features == ["heat_ratio", "box_fill"]
+    assert back.score(x)[0] == pytest.approx(1 / (1 + np.exp(-(0.4 - 0.8 + 0.5))))
+    with pytest.raises(ModelFileError, match="unknown features \\['colour'\\]"):
+        ScoreRule.from_dict({**old, "features": ["colour"], "weights": [1.0]})
+    with pytest.raises(ModelFileError, match="needs 2 weights, got 4"):
+        ScoreRule.from_dict({**old, "features": ["heat_ratio", "box_fill"]})
+
+
+def test_chosen_threshold_is_the_best_of_a_brute_force_sweep() -> None:
+    from buscad.segment.base import Candidate
+    from buscad.segment.detector import ALL_FEATURES, Proposal
+    from buscad.segment.detector_train import ImageProposals, choose_rule, sweep
+
+    rng = np.random.default_rng(3)
+    images = []
+    for n in range(40):
+        truth = np.zeros((40, 40), bool)
+        if n % 5:
+            truth[5:15, 5:15] = True
+        props = []
+        for k in range(int(rng.integers(0, 5))):
+            m = np.zeros((40, 40), bool)
+            good = bool(truth.any()) and rng.random() < 0.5
+            if good:
+                m[5:15, 5 + k % 2 : 15] = True
+            else:
+                m[20 + k : 30, 20:30] = True
+            f = rng.normal(size=len(ALL_FEATURES))
+            f[2] += 1.5 * good
+            props.append(Proposal(Candidate((0, 0, 40, 40), m, 0.5), f, (0, 0, 40, 40)))
+        images.append(ImageProposals.build(props, truth))
+    rule = choose_rule(images, CFG, features=["iou_head", "heat_ratio"])
+    assert rule.weights[0] > 0  # iou_head separates the classes
+    j = lambda t: (lambda s: s["found_share"] - s["false_per_image"])(  # noqa: E731
+        sweep(images, rule, CFG, t)
+    )
+    grid = np.unique(
+        np.round(
+            np.r_[
+                np.linspace(0, 1, 101),
+                rule.score(np.concatenate([im.features() for im in images if im.proposals])),
+            ],
+            4,
+        )
+    )
+    best = max(j(float(t)) for t in grid)
+    assert j(rule.threshold) == pytest.approx(best)
+    assert rule.doc["at_threshold"] == sweep(images, rule, CFG, rule.threshold)
+    # bounded: the most lesions found with at most 0.2 false candidates per image
+    # and at least 90 % of the lesion-free images without a candidate
+    b = choose_rule(
+        images, CFG, features=["iou_head", "heat_ratio"], max_false=0.2, min_specificity=0.9
+    )
+    ok = [
+        s
+        for t in grid
+        if (s := sweep(images, b, CFG, float(t)))["false_per_image"] <= 0.2
+        and s["no_lesion_specificity"] >= 0.9
+    ]
+    at = sweep(images, b, CFG, b.threshold)
+    assert at["false_per_image"] <= 0.2 and at["no_lesion_specificity"] >= 0.9
+    assert at["found_share"] == max(s["found_share"] for s in ok)
+    loose = choose_rule(images, CFG, features=["iou_head", "heat_ratio"], max_false=10.0)
+    assert loose.doc["at_threshold"]["found_share"] == max(
+        sweep(images, loose, CFG, float(t))["found_share"] for t in grid
+    )
+    assert "subject to false/images <= 0.2" in b.doc["threshold_objective"]
+
+
+def test_normalised_head_ignores_a_per_channel_shift_and_scale(tmp_path: Path) -> None:
+    from buscad.segment.base import OnnxRunner
+
+    cfg = DetectorConfig(channels=8, dilations=[1], normalize=True)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 256, 64, 64)).astype(np.float32)
+    t = np.zeros((2, 64, 64), np.float32)
+    t[:, 10:20, 10:20] = 1
+    module, _ = train_head(x, t, cfg, HeadTrainConfig(epochs=1, batch_size=2, threads=1))
+    a = rng.uniform(0.5, 2.0, (1, 256, 1, 1)).astype(np.float32)
+    b = 10 * rng.normal(size=(1, 256, 1, 1)).astype(np.float32)
+    run = head_runner(module)
+    assert np.abs(run(x) - run(a * x + b)).max() < 1e-3
+    plain, _ = train_head(
+        x, t, DetectorConfig(channels=8, dilations=[1]), HeadTrainConfig(epochs=1, threads=1)
+    )
+    assert np.abs(head_runner(plain)(x) - head_runner(plain)(a * x + b)).max() > 0.1
+    onnx = OnnxRunner(export_head(module, tmp_path / "n.onnx"), threads=1)
+    assert np.abs(onnx(x) - run(x)).max() < 1e-4
+
+
+def test_a_format_one_config_keeps_its_settings() -> None:
+    old = {"channels": 32, "heat_thresholds": [0.5, 0.9], "refine": 0}  # no later keys
+    cfg = DetectorConfig.from_dict(old)
+    assert cfg.heat_ratios == [] and cfg.normalize is False
+    assert cfg.score_features == ["logit_heat_max", "logit_heat_mean", "iou_head", "log_area"]
+    assert DetectorConfig.from_dict(CFG_FIT.to_dict()) == CFG_FIT

@@ -238,7 +238,7 @@ def detector_cmd(
     """
     from buscad.errors import ManifestError
     from buscad.segment.base import JSON_NAME
-    from buscad.segment.detector import DETECTOR_DIR, DetectorConfig
+    from buscad.segment.detector import DETECTOR_DIR, RECOMMENDED, DetectorConfig
     from buscad.segment.detector_train import (
         HeadTrainConfig,
         embed_manifest,
@@ -266,7 +266,7 @@ def detector_cmd(
     )
     keep = m.df["image_id"].astype(str).isin(set(data.ids)).to_numpy()
     sub = m.df[keep]
-    cfg = DetectorConfig(channels=channels)
+    cfg = DetectorConfig(channels=channels, **RECOMMENDED)
     tc = HeadTrainConfig(epochs=epochs, seed=seed, threads=threads)
     fit = fit_detector(
         data,

@@ -10,26 +10,36 @@ training target (:func:`heat_target`) is the expert mask in the same padded
 Candidates (:meth:`Detector.propose`):
 
 1. ``h`` is zeroed outside the resized image (the padding);
-2. for each ``t`` in ``heat_thresholds``, each 8-connected component of
-   ``h > t`` with at least ``min_cells`` cells is a proposal (the same cell box
-   found at two thresholds once) (at most ``max_components``, highest
-   ``max h`` first); its cell box ``(c0, r0, c1, r1)`` becomes image pixels
-   ``4 (c0, r0, c1, r1) / s`` (``s = 256 / max(H, W)``), enlarged by
-   each ``m`` in ``margins`` times its width / height on each side;
+2. for each level ``t`` in ``heat_thresholds`` and ``r * max h`` for each ``r``
+   in ``heat_ratios`` (the image's own maximum: levels that do not depend on the
+   heat-map's absolute calibration), each 8-connected component of ``h > t``
+   with at least ``min_cells`` cells is a proposal (the same cell box found at
+   two levels once) (at most ``max_components``, highest ``max h`` first); its
+   cell box ``(c0, r0, c1, r1)`` becomes image pixels ``4 (c0, r0, c1, r1) / s``
+   (``s = 256 / max(H, W)``), enlarged by each ``m`` in ``margins`` times its
+   width / height on each side;
 3. LiteMedSAM outlines each box (the caller's box-prompted outline); of a
    component's boxes, the outline with the highest IoU-head estimate is kept;
    then, ``refine`` times, LiteMedSAM is prompted again with that outline's
    bounding box enlarged by 5 % per side and its new outline replaces it when
    not empty;
-4. score ``p = sigmoid(w . f + b)`` of the features
-   ``f = (logit max h, logit mean h, u, log a)`` (``u``: LiteMedSAM's IoU-head
-   estimate, ``a``: outline area / image area; ``logit q = log(q / (1 - q))``,
-   ``q`` clipped to ``[1e-4, 1 - 1e-4]``): a logistic regression of "this
-   outline has mask IoU >= 0.5 with an expert lesion" fitted on out-of-fold
-   candidates (:class:`ScoreRule`);
+4. score ``p = sigmoid(w . f + b)`` of the rule's features ``f`` (named in the
+   JSON; of :data:`ALL_FEATURES`, :func:`candidate_features`): ``logit max h``,
+   ``logit mean h`` (over the component), ``u`` (LiteMedSAM's IoU-head
+   estimate), ``log a`` (``a``: outline area / image area), the component's
+   ``max h`` over the image's, the heat inside the outline and its contrast with
+   a ring around it, the outline's compactness and its share of the prompt box
+   (``logit q = log(q / (1 - q))``, ``q`` clipped to ``[1e-4, 1 - 1e-4]``): a
+   logistic regression of "this outline has mask IoU >= 0.5 with an expert
+   lesion" fitted on out-of-fold candidates (:class:`ScoreRule`); format 1 used
+   the first four (:data:`FEATURES`);
 5. candidates with ``p >= threshold`` are kept, highest first; one whose outline
    has mask IoU > ``nms_iou`` with a better kept one is dropped; at most
    ``max_candidates``. None kept: "no lesion found".
+
+With ``normalize`` the head first standardises each embedding channel over the
+image (instance normalisation), a guard against a scanner's or a cohort's shift
+of the embedding.
 
 The head is stored as ``detector.safetensors`` (PyTorch weights, for
 re-training or export), ``detector.onnx`` (what inference runs, ONNX Runtime)
@@ -58,7 +68,7 @@ from buscad.segment.medsam import resized_size
 
 #: Format written in :data:`JSON_NAME`.
 FORMAT = "buscad-lesion-detector"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 #: Sub-folder of a segmenter folder that carries the detector, and its files.
 DETECTOR_DIR = "detector"
@@ -71,11 +81,40 @@ GRID = 64
 #: Channels of LiteMedSAM's image embedding.
 EMBED_CHANNELS = 256
 
-#: Names of the score features (:func:`candidate_features`).
+#: The score features of format version 1 (a rule without a ``features`` list uses these).
 FEATURES = ("logit_heat_max", "logit_heat_mean", "iou_head", "log_area")
 
+#: Every feature :func:`candidate_features` computes, in this order (module docstring, step 4).
+ALL_FEATURES = (
+    *FEATURES,
+    "heat_ratio",
+    "logit_heat_in",
+    "heat_contrast",
+    "compactness",
+    "box_fill",
+)
+
+#: Values of settings that format 1 did not have (:meth:`DetectorConfig.from_dict`).
+LEGACY: dict = {
+    "heat_ratios": [],
+    "normalize": False,
+    "score_features": list(FEATURES),
+    "rule_max_false": None,
+    "rule_min_specificity": None,
+}
+
+#: Settings chosen by BUSI grouped cross-validation (``benchmarks/segment_auto_select.py``,
+#: ``results/segment_auto_select.json``); ``buscad segment detector`` trains with them.
+RECOMMENDED: dict = {
+    "normalize": True,
+    "heat_ratios": [0.3, 0.5, 0.7],
+    "score_features": [*FEATURES, "heat_ratio"],
+    "rule_max_false": 0.2,
+    "rule_min_specificity": 0.85,
+}
+
 HEAD_DOC = (
-    "avgpool(k) when k > 1, conv1x1(256->c) ReLU, conv3x3(c->c, dilation d) ReLU for each d "
+    "avgpool(k) when k > 1, instance normalisation when normalize, conv1x1(256->c) ReLU, conv3x3(c->c, dilation d) ReLU for each d "
     "in dilations, conv1x1(c->1), bilinear upsampling x k back to 64 x 64 when k > 1"
 )
 
@@ -95,6 +134,10 @@ class DetectorConfig:
         ``64 / k`` grid, ``k^2`` times cheaper) and its logits upsampled back.
     heat_thresholds : list of float
         Heat-map cells above each threshold form proposals' components.
+    heat_ratios : list of float
+        Also, for each ``r``, cells above ``r * max h`` (the image's own maximum over
+        its valid cells) form components: candidates that do not depend on the
+        heat-map's absolute calibration (the score rule then decides "no lesion").
     min_cells : int
         Smallest component (cells of the 64 x 64 grid).
     max_components : int
@@ -108,24 +151,41 @@ class DetectorConfig:
         A candidate whose outline overlaps a better one's by more than this mask IoU is dropped.
     refine : int
         Re-prompts of LiteMedSAM with the box of its own outline.
+    normalize : bool
+        Each (pooled) embedding channel is standardised over the image's grid first,
+        ``(x - mean) / sqrt(var + 1e-5)`` (instance normalisation, no learnt scale).
+    score_features : list of str
+        Features (of :data:`ALL_FEATURES`) the score rule is fitted on.
+    rule_max_false, rule_min_specificity : float, optional
+        When set, the score threshold maximises the found share under these bounds on
+        false candidates per image and on lesion-free images without a candidate
+        (:func:`buscad.segment.detector_train.choose_rule`); unset: found - false.
     """
 
     channels: int = 32
     dilations: list[int] = field(default_factory=lambda: [1, 2, 4])
     pool: int = 2
     heat_thresholds: list[float] = field(default_factory=lambda: [0.5, 0.9])
+    heat_ratios: list[float] = field(default_factory=list)
     min_cells: int = 2
     max_components: int = 6
     margins: list[float] = field(default_factory=lambda: [0.1])
     max_candidates: int = 3
     nms_iou: float = 0.5
     refine: int = 0
+    normalize: bool = False
+    score_features: list[str] = field(default_factory=lambda: list(FEATURES))
+    rule_max_false: float | None = None
+    rule_min_specificity: float | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> DetectorConfig:
-        """Config from a dict, ignoring unknown keys."""
+        """Config from a dict, ignoring unknown keys; missing keys take :data:`LEGACY` values.
+
+        (A format-1 JSON lacks the later keys: its detector keeps behaving as it was saved.)
+        """
         names = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(**{**LEGACY, **{k: v for k, v in d.items() if k in names}})
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""
@@ -134,7 +194,7 @@ class DetectorConfig:
 
 @dataclass
 class ScoreRule:
-    """``p = sigmoid(w . f + b)`` of :data:`FEATURES`; a candidate is kept when ``p >= threshold``.
+    """``p = sigmoid(w . f + b)`` of the named features; a candidate is kept when ``p >= threshold``.
 
     Attributes
     ----------
@@ -146,22 +206,36 @@ class ScoreRule:
         Smallest kept score; the image is "no lesion found" when no candidate reaches it.
     doc : dict
         Provenance (how ``w``, ``b`` and ``threshold`` were chosen).
+    features : list of str
+        Names (of :data:`ALL_FEATURES`) the weights apply to; default :data:`FEATURES`.
     """
 
     weights: list[float]
     bias: float
     threshold: float
     doc: dict = field(default_factory=dict)
+    features: list[str] = field(default_factory=lambda: list(FEATURES))
+
+    def columns(self) -> list[int]:
+        """Indices of :attr:`features` in :data:`ALL_FEATURES`."""
+        return [ALL_FEATURES.index(f) for f in self.features]
 
     def score(self, features: np.ndarray) -> np.ndarray:
-        """``sigmoid(features @ w + b)`` for ``(n, 4)`` (or ``(4,)``) features."""
-        z = np.asarray(features, np.float64) @ np.asarray(self.weights, np.float64) + self.bias
+        """``sigmoid(f @ w + b)`` of ``(n, len(ALL_FEATURES))`` (or ``(len(ALL_FEATURES),)``) features.
+
+        ``f`` is the rule's columns of them; features with exactly ``len(self.features)``
+        columns are taken as already selected.
+        """
+        x = np.asarray(features, np.float64)
+        if x.shape[-1] != len(self.features):
+            x = x[..., self.columns()]
+        z = x @ np.asarray(self.weights, np.float64) + self.bias
         return 1.0 / (1.0 + np.exp(-z))
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""
         return {
-            "features": list(FEATURES),
+            "features": list(self.features),
             "weights": [float(v) for v in self.weights],
             "bias": float(self.bias),
             "threshold": float(self.threshold),
@@ -175,20 +249,22 @@ class ScoreRule:
         Raises
         ------
         ModelFileError
-            Missing keys, another feature list, or a threshold outside [0, 1].
+            Missing keys, an unknown feature, or a threshold outside [0, 1].
         """
         try:
-            if list(d.get("features", FEATURES)) != list(FEATURES):
-                raise ValueError(f"features must be {list(FEATURES)}")
+            names = [str(f) for f in d.get("features", FEATURES)]
+            unknown = [f for f in names if f not in ALL_FEATURES]
+            if unknown or not names:
+                raise ValueError(f"unknown features {unknown}; known: {list(ALL_FEATURES)}")
             w = [float(v) for v in d["weights"]]
             b, t = float(d["bias"]), float(d["threshold"])
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise ModelFileError(where, f"not a detector score rule ({exc})") from exc
-        if len(w) != len(FEATURES):
-            raise ModelFileError(where, f"score rule needs {len(FEATURES)} weights, got {len(w)}")
+        if len(w) != len(names):
+            raise ModelFileError(where, f"score rule needs {len(names)} weights, got {len(w)}")
         if not 0.0 <= t <= 1.0:
             raise ModelFileError(where, f"score threshold {t} is outside [0, 1]")
-        return cls(w, b, t, dict(d.get("doc") or {}))
+        return cls(w, b, t, dict(d.get("doc") or {}), names)
 
 
 # ------------------------------------------------------------------ geometry
@@ -230,13 +306,49 @@ def _logit(q: float) -> float:
     return float(np.log(q / (1 - q)))
 
 
+def _perimeter(mask: np.ndarray) -> float:
+    """Length of the outer contours of a boolean mask (``cv2.arcLength``, closed), in pixels."""
+    cs, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    return float(sum(cv2.arcLength(c, True) for c in cs))
+
+
 def candidate_features(
-    heat_max: float, heat_mean: float, iou: float, area_frac: float
+    heat_max: float,
+    heat_mean: float,
+    iou: float,
+    area_frac: float,
+    heat: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
+    box: tuple[int, int, int, int] | None = None,
 ) -> np.ndarray:
-    """:data:`FEATURES` of one candidate (module docstring, step 4)."""
-    return np.array(
-        [_logit(heat_max), _logit(heat_mean), float(iou), float(np.log(max(area_frac, 1e-6)))]
-    )
+    """:data:`ALL_FEATURES` of one candidate (module docstring, step 4).
+
+    ``heat`` is the image's ``(64, 64)`` heat-map with the padding zeroed, ``mask``
+    the outline, ``box`` the prompt box; without them the last five features are 0.
+    With ``g`` = the outline's cell fractions (:func:`heat_target` of ``mask``) and
+    ``R`` = the valid cells within 3 cells of ``g > 0`` but outside it:
+
+    - ``heat_ratio = max h (component) / max h (image)``;
+    - ``logit_heat_in = logit(Σ g h / Σ g)``;
+    - ``heat_contrast = Σ g h / Σ g - mean_R h`` (0 when ``R`` is empty);
+    - ``compactness = 4 π |mask| / perimeter²`` (1 for a disk);
+    - ``box_fill = |mask| / box area``.
+    """
+    f = np.zeros(len(ALL_FEATURES))
+    f[:4] = [_logit(heat_max), _logit(heat_mean), float(iou), float(np.log(max(area_frac, 1e-6)))]
+    if heat is None or mask is None or box is None or not mask.any():
+        return f
+    f[4] = heat_max / max(float(heat.max()), 1e-6)
+    g = heat_target(mask)
+    inside = float((g * heat).sum() / max(float(g.sum()), 1e-6))
+    core = (g > 0).astype(np.uint8)
+    ring = (cv2.dilate(core, np.ones((7, 7), np.uint8)) > 0) & ~(g > 0) & valid_cells(mask.shape)
+    f[5] = _logit(inside)
+    f[6] = inside - float(heat[ring].mean()) if ring.any() else 0.0
+    area = float(mask.sum())
+    f[7] = min(4 * np.pi * area / max(_perimeter(mask), 1.0) ** 2, 1.0)
+    f[8] = area / max(float((box[2] - box[0]) * (box[3] - box[1])), 1.0)
+    return f
 
 
 @dataclass
@@ -248,7 +360,7 @@ class Proposal:
     candidate : Candidate
         LiteMedSAM's outline of the component's enlarged box.
     features : numpy.ndarray
-        :data:`FEATURES` ``(4,)``.
+        :data:`ALL_FEATURES` ``(9,)``.
     box : tuple of int
         The enlarged heat-map box LiteMedSAM was prompted with (image pixels).
     """
@@ -263,8 +375,11 @@ def heat_components(
 ) -> list[tuple[tuple[int, int, int, int], float, float]]:
     """``(cell box, max h, mean h)`` of the heat-map's components (module docstring, step 2)."""
     h = np.where(valid_cells(shape), heat, 0.0)
+    top = float(h.max())
+    levels = [float(t) for t in config.heat_thresholds]
+    levels += [float(r) * top for r in config.heat_ratios if float(r) * top > 0]
     out, seen = [], set()
-    for t in config.heat_thresholds:
+    for t in levels:
         lab, n = components(h > t)
         for k in range(1, n + 1):
             cell = lab == k
@@ -292,6 +407,7 @@ def propose(
     are all empty is dropped.
     """
     area = float(shape[0] * shape[1])
+    h = np.where(valid_cells(shape), heat, 0.0)
     out = []
     for cells, hmax, hmean in heat_components(heat, shape, config):
         best: tuple[Candidate, tuple[int, int, int, int]] | None = None
@@ -313,9 +429,8 @@ def propose(
             c = outline(box2)
             if c.mask.any():
                 cand, box = c, box2
-        out.append(
-            Proposal(cand, candidate_features(hmax, hmean, cand.confidence, cand.area / area), box)
-        )
+        f = candidate_features(hmax, hmean, cand.confidence, cand.area / area, h, cand.mask, box)
+        out.append(Proposal(cand, f, box))
     return out
 
 
@@ -492,8 +607,10 @@ class Detector:
 
 
 __all__ = [
+    "ALL_FEATURES",
     "DETECTOR_DIR",
     "FEATURES",
+    "RECOMMENDED",
     "Detector",
     "DetectorConfig",
     "Proposal",

@@ -34,6 +34,7 @@ import numpy as np
 
 from buscad.segment.base import Candidate, components
 from buscad.segment.detector import (
+    ALL_FEATURES,
     EMBED_CHANNELS,
     FEATURES,
     FORMAT,
@@ -82,6 +83,8 @@ def build_head(config: DetectorConfig) -> Any:
 
     c, k = config.channels, int(config.pool)
     layers: list[nn.Module] = [nn.AvgPool2d(k)] if k > 1 else []
+    if config.normalize:
+        layers.append(nn.InstanceNorm2d(EMBED_CHANNELS, affine=False, eps=1e-5))
     layers += [nn.Conv2d(EMBED_CHANNELS, c, 1), nn.ReLU()]
     for d in config.dilations:
         layers += [nn.Conv2d(c, c, 3, padding=int(d), dilation=int(d)), nn.ReLU()]
@@ -449,9 +452,11 @@ class ImageProposals:
         return cls(proposals, li, pi)
 
     def features(self) -> np.ndarray:
-        """``(P, 4)`` features."""
+        """``(P, len(ALL_FEATURES))`` features."""
         return (
-            np.stack([p.features for p in self.proposals]) if self.proposals else np.zeros((0, 4))
+            np.stack([p.features for p in self.proposals])
+            if self.proposals
+            else np.zeros((0, len(ALL_FEATURES)))
         )
 
     def kept(
@@ -506,16 +511,32 @@ def sweep(
 
 
 def choose_rule(
-    images: Sequence[ImageProposals], config: DetectorConfig, C: float = 1.0
+    images: Sequence[ImageProposals],
+    config: DetectorConfig,
+    C: float = 1.0,
+    features: Sequence[str] = FEATURES,
+    max_false: float | None = None,
+    min_specificity: float | None = None,
 ) -> ScoreRule:
-    """Logistic score and threshold from out-of-fold proposals (module docstring).
+    """Logistic score of ``features`` and threshold from out-of-fold proposals (module docstring).
 
-    Without proposals of both classes the score is the constant 0.5 (the threshold
-    then keeps all or none, whichever the objective prefers).
+    Threshold: without ``max_false`` and ``min_specificity``, the one maximising
+    ``found / lesions - false / images``; with them, the one maximising
+    ``found / lesions`` among those with ``false / images <= max_false`` and a share
+    of lesion-free images without a candidate ``>= min_specificity`` (the highest
+    threshold when none qualifies).
+
+    The features are standardised (``(f - mean) / sd`` over the proposals) for the
+    L2-regularised fit (inverse strength ``C``) and the weights mapped back to the raw
+    features. Without proposals of both classes the score is the constant 0.5 (the
+    threshold then keeps all or none, whichever the objective prefers).
     """
     from sklearn.linear_model import LogisticRegression
 
-    X = np.concatenate([im.features() for im in images] + [np.zeros((0, len(FEATURES)))])
+    names = list(features)
+    cols = [ALL_FEATURES.index(f) for f in names]
+    X = np.concatenate([im.features() for im in images] + [np.zeros((0, len(ALL_FEATURES)))])
+    X = X[:, cols]
     y = np.concatenate(
         [
             (im.lesion_iou.max(axis=1) >= MATCH_IOU)
@@ -526,26 +547,57 @@ def choose_rule(
         + [np.zeros(0, bool)]
     ).astype(int)
     if len(set(y.tolist())) < 2:  # no proposal, or one class: a constant score 0.5
-        rule, note = ScoreRule([0.0] * len(FEATURES), 0.0, 0.5), "single class: constant score"
+        rule = ScoreRule([0.0] * len(names), 0.0, 0.5, features=names)
+        note = "single class: constant score"
     else:
-        lr = LogisticRegression(C=C, max_iter=1000).fit(X, y)
-        rule = ScoreRule([float(v) for v in lr.coef_[0]], float(lr.intercept_[0]), 0.5)
-        note = "logistic regression"
+        mu, sd = X.mean(axis=0), X.std(axis=0)
+        sd = np.where(sd > 1e-9, sd, 1.0)
+        lr = LogisticRegression(C=C, max_iter=2000).fit((X - mu) / sd, y)
+        w = lr.coef_[0] / sd
+        b = float(lr.intercept_[0] - (lr.coef_[0] * mu / sd).sum())
+        rule = ScoreRule([float(v) for v in w], b, 0.5, features=names)
+        note = f"logistic regression (L2, C={C}, standardised features)"
     grid = np.unique(np.round(np.concatenate([rule.score(X), np.linspace(0, 1, 101)]), 4))
-    best_t, best_j, table = 0.5, -np.inf, []
-    for t in grid:
-        s = sweep(images, rule, config, float(t))
-        j = s["found_share"] - s["false_per_image"]
-        table.append((float(t), j))
-        if j >= best_j:
-            best_t, best_j = float(t), j
+    # kept(t) is the prefix of kept(0) with score >= t (select() only stops at the
+    # threshold), and the greedy matching is incremental: one pass per image.
+    curves = []
+    for im in images:
+        kept = im.kept(rule, config, 0.0)
+        sc = rule.score(im.features())[kept] if kept else np.zeros(0)
+        f = [image_outcome(im.lesion_iou, kept[:n]) for n in range(len(kept) + 1)]
+        curves.append((sc, np.array(f).reshape(-1, 2), im.n_lesions))
+    lesions = max(sum(c[2] for c in curves), 1)
+    found, false, clean = np.zeros(len(grid)), np.zeros(len(grid)), np.zeros(len(grid))
+    for sc, f, nl in curves:
+        n = (sc[None, :] >= grid[:, None]).sum(axis=1)
+        found, false = found + f[n, 0], false + f[n, 1]
+        if nl == 0:
+            clean += f[n, 1] == 0
+    n_free = sum(c[2] == 0 for c in curves)
+    if max_false is None and min_specificity is None:
+        j = found / lesions - false / max(len(images), 1)
+        objective = "max found/lesions - false/images (ties: higher threshold)"
+    else:
+        ok = np.ones(len(grid), bool)
+        if max_false is not None:
+            ok &= false / max(len(images), 1) <= max_false
+        if min_specificity is not None and n_free:
+            ok &= clean / n_free >= min_specificity
+        ok[-1] = True  # the highest threshold is always allowed
+        j = np.where(ok, found / lesions, -np.inf)
+        objective = (
+            f"max found/lesions subject to false/images <= {max_false} and lesion-free images "
+            f"without a candidate >= {min_specificity} (ties: higher threshold)"
+        )
+    best = len(j) - 1 - int(np.argmax(j[::-1]))  # ties: the higher threshold
+    best_t = float(grid[best]) if len(grid) else 0.5
     rule.threshold = best_t
     at = sweep(images, rule, config, best_t)
     rule.doc = {
         "score": note,
         "fitted_on": "out-of-fold proposals of grouped cross-validation folds",
         "label": f"outline mask IoU >= {MATCH_IOU} with an expert lesion",
-        "threshold_objective": "max found/lesions - false/images (ties: higher threshold)",
+        "threshold_objective": objective,
         "n_images": len(images),
         "n_proposals": len(y),
         "n_positive": int(y.sum()),
@@ -652,7 +704,13 @@ def fit_detector(
         oof.update(proposals_for(data, te, head_runner(m), sam, cfg))
         runs.append({"fold": k, "n_train": len(tr), "cpu_s": h["cpu_s"], "loss": h["loss"][-1]})
         say(f"fold {k + 1}: trained on {len(tr)} images ({h['cpu_s']:.0f} s CPU)")
-    rule = choose_rule([oof[i] for i in range(len(data))], cfg)
+    rule = choose_rule(
+        [oof[i] for i in range(len(data))],
+        cfg,
+        features=cfg.score_features,
+        max_false=cfg.rule_max_false,
+        min_specificity=cfg.rule_min_specificity,
+    )
     say(f"score threshold {rule.threshold:.3f}: {rule.doc['at_threshold']}")
     module, h = train_head(data.train_input(cfg), data.targets, cfg, tc)
     say(f"final head: {len(data)} images ({h['cpu_s']:.0f} s CPU)")
