@@ -119,7 +119,7 @@ def main() -> None:
     ap.add_argument("--jitter", type=float, default=0.10)
     ap.add_argument("--steps", type=float, nargs="*", default=[0.05])
     ap.add_argument("--means", nargs="*", default=["logit"], choices=["logit", "prob"])
-    ap.add_argument("--thresholds", type=float, nargs="*", default=[0.4, 0.5, 0.6])
+    ap.add_argument("--thresholds", type=float, nargs="*", default=[0.2, 0.3, 0.4, 0.5, 0.6])
     ap.add_argument("--min-gain", type=float, default=0.001)
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=1)

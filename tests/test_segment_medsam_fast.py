@@ -176,3 +176,32 @@ def test_int8_encoder_errors(converted: Path, with_int8: Path, tmp_path: Path) -
         fh.write(b"\0")
     with pytest.raises(ModelFileError, match=r"encoder_int8\.onnx: SHA-256 does not match"):
         MedSAM(bad, encoder_variant="int8")
+
+
+def test_segmenter_json_box_ensemble_drives_box_outlines(converted: Path, tmp_path: Path) -> None:
+    from buscad.segment.base import sigmoid
+    from buscad.segment.infer import Segmenter, add_medsam, box_candidate
+
+    gray, mask = _lesion(seed=5)
+    box = mask_box(mask)
+    out = add_medsam(tmp_path / "seg", carry=False, source=converted)
+    plain = Segmenter.load(out).predict(gray, box=box)
+    jpath = out / "segmenter.json"
+    spec = json.loads(jpath.read_text())
+    ens = BoxEnsemble("scale3", 0.05, "logit", 0.3)
+    spec["litemedsam"]["box_ensemble"] = ens.to_dict()
+    jpath.write_text(json.dumps(spec))
+    seg = Segmenter.load(out)
+    assert seg.box_model.box_ensemble == ens
+    got = seg.predict(gray, box=box)
+    sam = MedSAM(converted, cache_size=0)
+    emb = sam.embed(gray)
+    low, iou = sam.decode_low_res(emb, ens.boxes(box, emb.shape))
+    prob = sigmoid(postprocess(low.mean(axis=0), emb.new_size, emb.shape))
+    want = box_candidate(prob, box, 0.3, float(iou[0])).mask  # mean probability > 0.3
+    assert (got.mask != want).sum() <= 2  # float32 ties at the threshold
+    assert (got.mask != plain.mask).sum() > 20  # not the single box at 0.5
+    spec["litemedsam"]["box_ensemble"] = {"kind": "scale3", "step": 0.05, "threshold": 2}
+    jpath.write_text(json.dumps(spec))
+    with pytest.raises(ModelFileError, match=r"segmenter\.json.*not a LiteMedSAM box ensemble"):
+        Segmenter.load(out)
