@@ -30,8 +30,8 @@ Protocol:
    IoU over all lesions with percentile-bootstrap 95 % CIs (1000 resamples over
    lesions, seeded) and the paired difference with its CI.
 
-Decoder time of a ``K``-box ensemble (one decoder run with ``K`` boxes + the
-up-sampling, 2 threads) is measured on BUSI embeddings when the load is low.
+The redraw time of a ``K``-box ensemble (one decoder run with ``K`` boxes + the
+up-sampling, 2 threads) is measured by ``segment_speed.py --ensemble KIND:STEP``.
 
 Example::
 
