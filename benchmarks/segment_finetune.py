@@ -243,7 +243,7 @@ def run_cv(zs, base, tr: list[dict], train_c: str, cfg, args, result: dict, save
         fit = [i for i in range(len(tr)) if folds[i] != k]
         held = [i for i in range(len(tr)) if folds[i] == k]
         module, hist = finetune(train_items([tr[i] for i in fit]), base, cfg, log=print)
-        folder = save_finetuned(module, base, fold_root / f"{train_c}_fold{k}")
+        folder = save_finetuned(module, base, fold_root / f"{train_c}{args.fold_tag}_fold{k}")
         ev = evaluate(medsam_of(folder, args.threads), [tr[i] for i in held])
         for p in ev:
             ev_ft[p][held] = ev[p]
@@ -258,6 +258,8 @@ def run_cv(zs, base, tr: list[dict], train_c: str, cfg, args, result: dict, save
                 "loss_last": hist["loss_last"],
                 "dice_jitter_zero_shot": float(ev_zs["jitter"][held, 0].mean()),
                 "dice_jitter_finetuned": float(ev["jitter"][:, 0].mean()),
+                "dice_box_zero_shot": float(ev_zs["box"][held, 0].mean()),
+                "dice_box_finetuned": float(ev["box"][:, 0].mean()),
                 "load_avg": os.getloadavg(),
             }
         )
@@ -292,6 +294,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--boxes-per-image", type=int, default=2)
+    ap.add_argument(
+        "--train-jitter",
+        type=float,
+        nargs="*",
+        default=[0.1, 0.2],
+        help="FinetuneConfig.jitter: maximum side jitter of the training boxes, cycled.",
+    )
+    ap.add_argument("--fold-tag", default="", help="Suffix of the CV fold folders in the cache.")
     ap.add_argument("--refit-only", action="store_true", help="Skip the CV (run separately).")
     ap.add_argument("--limit", type=int, default=0, help="First N lesions per cohort (smoke runs).")
     args = ap.parse_args()
@@ -316,7 +326,12 @@ def main() -> None:
     base = ensure_converted()
     zs = medsam_of(base, args.threads)
     train_c, test_c = args.train, OTHER[args.train]
-    cfg = FinetuneConfig(epochs=args.epochs, boxes_per_image=args.boxes_per_image, seed=args.seed)
+    cfg = FinetuneConfig(
+        epochs=args.epochs,
+        boxes_per_image=args.boxes_per_image,
+        jitter=tuple(args.train_jitter),
+        seed=args.seed,
+    )
     result: dict = {
         "benchmark": "LiteMedSAM decoder fine-tuning on cached embeddings",
         "command": " ".join(sys.argv),

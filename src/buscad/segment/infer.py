@@ -99,7 +99,9 @@ MEDSAM_DIR = "litemedsam"
 def _load_box_model(jpath: Path, spec: dict, threads: int | None) -> MedSAM | None:
     """LiteMedSAM of a segmenter: its ``litemedsam/`` folder, else the cache entry the JSON names.
 
-    The JSON's ``litemedsam.sha256`` (both graphs' digests) must match the graphs used.
+    The JSON's ``litemedsam.sha256`` (both graphs' digests) must match the graphs used;
+    its ``litemedsam.box_ensemble``, when present, is the box prompts'
+    :class:`buscad.segment.medsam.BoxEnsemble` (absent: the box alone at 0.5).
     """
     ref = spec.get("litemedsam")
     carried = jpath.parent / MEDSAM_DIR
@@ -121,6 +123,10 @@ def _load_box_model(jpath: Path, spec: dict, threads: int | None) -> MedSAM | No
         from buscad.segment.medsam import OutlineConfidence
 
         model.confidence = OutlineConfidence.from_dict(ref["confidence"], jpath)
+    if (ref or {}).get("box_ensemble") is not None:  # test-time box ensemble / threshold
+        from buscad.segment.medsam import BoxEnsemble
+
+        model.box_ensemble = BoxEnsemble.from_dict(ref["box_ensemble"], jpath)
     return model
 
 

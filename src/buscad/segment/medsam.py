@@ -72,6 +72,10 @@ MANIFEST_NAME = "litemedsam.json"
 #: Format written in :data:`MANIFEST_NAME`.
 FORMAT = "buscad-litemedsam"
 
+#: Derived encoder graphs a converted folder may hold (name -> file), recorded in the
+#: manifest's ``encoder_variants`` (:func:`buscad.segment.medsam_convert.quantise_encoder`).
+ENCODER_VARIANTS = {"int8": "encoder_int8.onnx"}
+
 
 #: Package file of the predicted-Dice calibration and flag threshold (JSON).
 CONFIDENCE_FILE = Path(__file__).resolve().parents[1] / "resources" / "litemedsam_confidence.json"
@@ -223,6 +227,38 @@ def read_manifest(folder: str | os.PathLike[str], verify: bool = True) -> dict:
     return doc
 
 
+def encoder_variant_file(folder: str | os.PathLike[str], name: str, verify: bool = True) -> Path:
+    """The file of a derived encoder (:data:`ENCODER_VARIANTS`) recorded in the folder's manifest.
+
+    Its entry (``encoder_variants[name]``) holds its SHA-256 and the float graph it
+    derives from; with ``verify`` the file's digest is checked.
+
+    Raises
+    ------
+    ModelFileError
+        Unknown variant, no manifest entry, missing file or a digest that does not match.
+    """
+    f = Path(folder)
+    if name not in ENCODER_VARIANTS:
+        raise ModelFileError(
+            f, f"unknown LiteMedSAM encoder variant {name!r} (one of {', '.join(ENCODER_VARIANTS)})"
+        )
+    doc = read_manifest(f, verify=False)
+    entry = (doc.get("encoder_variants") or {}).get(name)
+    p = f / ENCODER_VARIANTS[name]
+    if not isinstance(entry, dict) or not entry.get("sha256"):
+        raise ModelFileError(
+            f / MANIFEST_NAME,
+            f"no {name!r} encoder recorded (build it with "
+            "buscad.segment.medsam_convert.quantise_encoder)",
+        )
+    if not p.is_file():
+        raise ModelFileError(p, f"LiteMedSAM {name} encoder graph not found")
+    if verify and file_sha256(p) != entry["sha256"]:
+        raise ModelFileError(p, "SHA-256 does not match litemedsam.json")
+    return p
+
+
 # ----------------------------------------------------------------- preprocessing
 def gray_uint8(gray: np.ndarray) -> np.ndarray:
     """``(H, W)`` ``uint8`` gray: colour averaged, other types windowed by ``to_uint8``."""
@@ -290,6 +326,130 @@ def image_key(gray: np.ndarray) -> str:
     h = hashlib.sha256(f"{a.shape}{a.dtype}".encode())
     h.update(a.tobytes())
     return h.hexdigest()
+
+
+# ------------------------------------------------------- test-time box ensembles
+#: Shapes of :func:`box_moves`.
+ENSEMBLE_KINDS = ("single", "scale3", "shift5", "both7")
+
+
+def box_moves(kind: str, step: float) -> tuple[tuple[float, float, float, float], ...]:
+    """Side moves ``(dx0, dy0, dx1, dy1)`` of an ensemble, fractions of the box's width / height.
+
+    The first move is ``(0, 0, 0, 0)`` (the box itself). ``scale3``: the box, every
+    side moved out by ``step`` (enlarged) and in by ``step`` (shrunk); ``shift5``: the
+    box and the box shifted by ``+-step`` in x and in y; ``both7``: both;
+    ``single``: the box alone.
+
+    Raises
+    ------
+    ValueError
+        An unknown ``kind``.
+    """
+    d = float(step)
+    scale = ((-d, -d, d, d), (d, d, -d, -d))
+    shift = ((d, 0.0, d, 0.0), (-d, 0.0, -d, 0.0), (0.0, d, 0.0, d), (0.0, -d, 0.0, -d))
+    parts = {
+        "single": (),
+        "scale3": scale,
+        "shift5": shift,
+        "both7": scale + shift,
+    }
+    if kind not in parts:
+        raise ValueError(f"unknown box ensemble {kind!r} (one of {', '.join(ENSEMBLE_KINDS)})")
+    return ((0.0, 0.0, 0.0, 0.0), *parts[kind])
+
+
+@dataclass
+class BoxEnsemble:
+    """Test-time box ensemble of a box prompt: K boxes, one decoder run, one averaged map.
+
+    The prompt box ``b = (x0, y0, x1, y1)`` (width ``w``, height ``h``) becomes the
+    boxes ``b + (dx0 w, dy0 h, dx1 w, dy1 h)`` of :func:`box_moves` (clipped to the
+    image); the decoder's ``K`` low-resolution logits ``z_k`` are averaged,
+    ``mean`` = ``"logit"``: ``z = (1/K) sum z_k``, or ``"prob"``:
+    ``z = logit((1/K) sum s(z_k))`` (``s`` the logistic, the mean clipped to
+    ``[1e-6, 1 - 1e-6]``); ``threshold`` ``t`` shifts the map,
+    ``z - logit(t)``, so that the usual ``z > 0`` (probability > 0.5) is the
+    mean's ``> t``. The IoU head's estimate is the unmoved box's.
+
+    Attributes
+    ----------
+    kind : str
+        One of :data:`ENSEMBLE_KINDS`.
+    step : float
+        Side move as a fraction of the box's side.
+    mean : str
+        ``"logit"`` or ``"prob"``.
+    threshold : float
+        Probability threshold of the averaged map, in (0, 1).
+    """
+
+    kind: str = "single"
+    step: float = 0.0
+    mean: str = "logit"
+    threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        box_moves(self.kind, self.step)
+        if self.mean not in ("logit", "prob"):
+            raise ValueError(f"box ensemble mean must be 'logit' or 'prob', not {self.mean!r}")
+        if not 0.0 < float(self.threshold) < 1.0:
+            raise ValueError(f"box ensemble threshold {self.threshold} is outside (0, 1)")
+
+    @classmethod
+    def from_dict(cls, doc: dict, where: str | os.PathLike[str] = "box_ensemble") -> BoxEnsemble:
+        """From :meth:`to_dict`'s JSON.
+
+        Raises
+        ------
+        ModelFileError
+            Unknown keys or values.
+        """
+        try:
+            return cls(
+                str(doc["kind"]),
+                float(doc["step"]),
+                str(doc.get("mean", "logit")),
+                float(doc.get("threshold", 0.5)),
+            )
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise ModelFileError(where, f"not a LiteMedSAM box ensemble ({exc})") from exc
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict."""
+        return {
+            "kind": self.kind,
+            "step": self.step,
+            "mean": self.mean,
+            "threshold": self.threshold,
+        }
+
+    @property
+    def size(self) -> int:
+        """``K``: boxes per prompt (decoder batch size)."""
+        return len(box_moves(self.kind, self.step))
+
+    def boxes(
+        self, box: Sequence[float], shape: tuple[int, int]
+    ) -> list[tuple[int, int, int, int]]:
+        """The ``K`` boxes of a prompt in image pixels (first: the prompt itself, clipped)."""
+        from buscad.segment.base import clip_box
+
+        b = np.asarray(box, np.float64)
+        wh = np.array([b[2] - b[0], b[3] - b[1]] * 2)
+        return [clip_box(b + np.asarray(m) * wh, shape) for m in box_moves(self.kind, self.step)]
+
+    def combine(self, low: np.ndarray) -> np.ndarray:
+        """``(K, S, S)`` logits -> one ``(S, S)`` map (class docstring)."""
+        z = np.asarray(low, np.float64)
+        if self.mean == "logit":
+            m = z.mean(axis=0)
+        else:
+            p = np.clip((1.0 / (1.0 + np.exp(-z))).mean(axis=0), 1e-6, 1 - 1e-6)
+            m = np.log(p / (1 - p))
+        t = float(self.threshold)
+        return (m - np.log(t / (1 - t))).astype(np.float32)
 
 
 # --------------------------------------------------------------------- runtime
@@ -415,6 +575,11 @@ class MedSAM:
         Check both graphs' SHA-256 against the manifest.
     encoder : path-like, optional
         Another encoder graph (e.g. int8-quantised) in place of the folder's.
+    encoder_variant : str, optional
+        A derived encoder recorded in the manifest (:func:`encoder_variant_file`, e.g.
+        ``"int8"``) in place of the folder's float graph; not with ``encoder``.
+    box_ensemble : BoxEnsemble, optional
+        Test-time box ensemble of :meth:`decode` (default: the box alone).
     """
 
     def __init__(
@@ -424,10 +589,26 @@ class MedSAM:
         cache_size: int = 8,
         verify: bool = True,
         encoder: str | os.PathLike[str] | None = None,
+        box_ensemble: BoxEnsemble | None = None,
+        encoder_variant: str | None = None,
     ) -> None:
         self.folder = Path(folder)
+        self.box_ensemble = box_ensemble
         self.manifest = read_manifest(self.folder, verify=verify)
-        self.encoder = _session(Path(encoder) if encoder else self.folder / ENCODER_NAME, threads)
+        if encoder and encoder_variant:
+            raise ValueError("give encoder or encoder_variant, not both")
+        #: The derived encoder in use (None: the folder's float graph or ``encoder``).
+        self.encoder_variant = encoder_variant
+        if encoder_variant:
+            enc = encoder_variant_file(self.folder, encoder_variant, verify)
+            self._encoder_sha = str(self.manifest["encoder_variants"][encoder_variant]["sha256"])
+        elif encoder:
+            enc = Path(encoder)
+            self._encoder_sha = file_sha256(enc)
+        else:
+            enc = self.folder / ENCODER_NAME
+            self._encoder_sha = str(self.manifest["sha256"][ENCODER_NAME])
+        self.encoder = _session(enc, threads)
         self.decoder = _session(self.folder / DECODER_NAME, threads)
         self.cache_size = int(cache_size)
         self._cache: OrderedDict[str, Embedding] = OrderedDict()
@@ -438,8 +619,13 @@ class MedSAM:
 
     @property
     def model_hash(self) -> str:
-        """SHA-256 of the encoder graph (the on-disk embedding caches' model key)."""
-        return str(self.manifest["sha256"][ENCODER_NAME])
+        """SHA-256 of the encoder graph in use (the on-disk embedding caches' model key).
+
+        The folder's float graph, or the derived / given encoder when one replaces it,
+        so embeddings of different encoders never share a cache folder and a detector
+        trained on the float embeddings refuses another encoder.
+        """
+        return self._encoder_sha
 
     def embed(self, gray: np.ndarray, key: str | None = None) -> Embedding:
         """The image embedding, from the in-memory cache when this image was seen."""
@@ -476,9 +662,19 @@ class MedSAM:
         return np.asarray(low[:, 0], np.float32), np.asarray(iou[:, 0], np.float32)
 
     def decode(self, emb: Embedding, box: Sequence[float]) -> tuple[np.ndarray, float]:
-        """Full-resolution logits ``(H, W)`` for one box and the IoU head's estimate."""
-        low, iou = self.decode_low_res(emb, [box])
-        return postprocess(low[0], emb.new_size, emb.shape), float(iou[0])
+        """Full-resolution logits ``(H, W)`` for one box and the IoU head's estimate.
+
+        With :attr:`box_ensemble` the decoder runs once on its ``K`` boxes and the
+        logits are :meth:`BoxEnsemble.combine`-d; the estimate is the prompt box's.
+        """
+        ens = self.box_ensemble
+        if ens is None:
+            low, iou = self.decode_low_res(emb, [box])
+            z = low[0]
+        else:
+            low, iou = self.decode_low_res(emb, ens.boxes(box, emb.shape))
+            z = ens.combine(low)
+        return postprocess(z, emb.new_size, emb.shape), float(iou[0])
 
     def logits(self, gray: np.ndarray, box: Sequence[float]) -> tuple[np.ndarray, float]:
         """:meth:`embed` (cached) then :meth:`decode`."""
@@ -506,13 +702,18 @@ __all__ = [
     "CHECKPOINT_SHA256",
     "DECODER_WEIGHTS_NAME",
     "EMBEDDING_SHAPE",
+    "ENCODER_VARIANTS",
+    "ENSEMBLE_KINDS",
+    "BoxEnsemble",
     "Embedding",
     "EmbeddingCache",
     "MedSAM",
     "OutlineConfidence",
+    "box_moves",
     "default_cache",
     "default_confidence",
     "default_folder",
+    "encoder_variant_file",
     "gray_uint8",
     "image_key",
     "iou_to_dice",

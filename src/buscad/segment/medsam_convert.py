@@ -17,6 +17,15 @@ matches :data:`CHECKPOINT_SHA256`, and only with ``torch.load(weights_only=True)
 ``litemedsam.json``
     provenance and the SHA-256 of every file.
 
+:func:`quantise_encoder` adds an opt-in derived encoder, ``encoder_int8.onnx``:
+ONNX Runtime's dynamic quantisation of the float encoder's MatMul weights
+(``quantize_dynamic``, signed int8 per output channel, the activations quantised
+per call; :data:`QUANTISATION`), recorded in the manifest's
+``encoder_variants.int8`` with its SHA-256, the float graph's SHA-256 and the
+method. Its embeddings differ from the float graph's, so they get their own
+on-disk cache folder (:attr:`buscad.segment.medsam.MedSAM.model_hash`) and a
+detector trained on float embeddings refuses it.
+
 Inference (:mod:`buscad.segment.medsam`) needs only ONNX Runtime.
 """
 
@@ -33,6 +42,7 @@ from buscad.segment.medsam import (
     CHECKPOINT_SHA256,
     DECODER_NAME,
     ENCODER_NAME,
+    ENCODER_VARIANTS,
     MANIFEST_NAME,
     SAFETENSORS_NAME,
     default_folder,
@@ -216,6 +226,70 @@ def convert(
     return folder
 
 
+#: How :func:`quantise_encoder` builds the int8 encoder (``quantize_dynamic`` arguments).
+QUANTISATION = {
+    "tool": "onnxruntime.quantization.quantize_dynamic",
+    "op_types_to_quantize": ["MatMul"],
+    "weight_type": "QInt8",
+    "per_channel": True,
+}
+
+
+def quantise_encoder(folder: str | os.PathLike[str] | None = None, force: bool = False) -> Path:
+    """Write the int8 encoder (:data:`QUANTISATION`) beside the float one and record it.
+
+    The manifest gains ``encoder_variants.int8``: ``file``, ``sha256``,
+    ``derived_from`` (the float ``encoder.onnx`` and its SHA-256), ``method`` and
+    the ONNX Runtime version; everything else in it is kept. Reused when recorded
+    for the folder's current float graph and intact (unless ``force``).
+
+    Returns
+    -------
+    pathlib.Path
+        The int8 graph.
+
+    Raises
+    ------
+    ModelFileError
+        The folder fails its manifest check (:func:`buscad.segment.medsam.read_manifest`).
+    """
+    import onnxruntime
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    f = Path(folder) if folder is not None else default_folder()
+    doc = read_manifest(f)
+    float_sha = doc["sha256"][ENCODER_NAME]
+    out = f / ENCODER_VARIANTS["int8"]
+    entry = (doc.get("encoder_variants") or {}).get("int8") or {}
+    if (
+        not force
+        and out.is_file()
+        and entry.get("derived_from", {}).get("sha256") == float_sha
+        and entry.get("sha256") == file_sha256(out)
+    ):
+        return out
+    with atomic_path(out) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_dynamic(
+            str(f / ENCODER_NAME),
+            str(tmp),
+            op_types_to_quantize=list(QUANTISATION["op_types_to_quantize"]),
+            weight_type=QuantType.QInt8,
+            per_channel=bool(QUANTISATION["per_channel"]),
+        )
+    variants = {**(doc.get("encoder_variants") or {})}
+    variants["int8"] = {
+        "file": out.name,
+        "sha256": file_sha256(out),
+        "derived_from": {"file": ENCODER_NAME, "sha256": float_sha},
+        "method": QUANTISATION,
+        "onnxruntime": onnxruntime.__version__,
+    }
+    keep = {k: v for k, v in doc.items() if k not in ("format", "version", "sha256")}
+    write_manifest(f, {**keep, "encoder_variants": variants})
+    return out
+
+
 def ensure_converted(folder: str | os.PathLike[str] | None = None) -> Path:
     """A converted folder: reused when its manifest exists, else converted (needs PyTorch)."""
     f = Path(folder) if folder is not None else default_folder()
@@ -230,10 +304,12 @@ def ensure_converted(folder: str | os.PathLike[str] | None = None) -> Path:
 
 __all__ = [
     "OPSET",
+    "QUANTISATION",
     "build_module",
     "convert",
     "decoder_module",
     "ensure_converted",
     "packaged_checkpoint",
+    "quantise_encoder",
     "read_checkpoint",
 ]
