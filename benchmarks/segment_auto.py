@@ -65,6 +65,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from buscad.segment.medsam import default_cache as medsam_cache
 from buscad.utils import atomic_write_json, cache_root
 
 REPO = Path(__file__).resolve().parents[1]
@@ -250,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "segment_auto.json"))
     ap.add_argument("--data", default=str(DATA))
-    ap.add_argument("--cache", default=str(cache_root() / "litemedsam" / "embeddings"))
+    ap.add_argument("--cache", default=str(medsam_cache()))
     ap.add_argument("--model-out", default=str(cache_root() / "detector" / "busi_v2"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--folds", type=int, default=3)

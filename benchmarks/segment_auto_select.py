@@ -79,12 +79,11 @@ def load(threads: int):
 
     from buscad.data.audit.duplicates import near_duplicate_groups
     from buscad.segment.detector_train import embed_manifest, grouped_folds
-    from buscad.segment.medsam import MedSAM, default_folder
-    from buscad.utils import cache_root
+    from buscad.segment.medsam import MedSAM, default_cache, default_folder
 
     busi_m, _ = manifests(DATA)
     sam = MedSAM(default_folder(), threads=threads, cache_size=2)
-    data = embed_manifest(busi_m, sam, cache_root() / "litemedsam" / "embeddings")
+    data = embed_manifest(busi_m, sam, default_cache())
     groups = near_duplicate_groups(busi_m).to_numpy()
     folds = grouped_folds(groups, busi_m.df.label.astype(str).to_numpy(), 3, 0)
     return sam, data, folds

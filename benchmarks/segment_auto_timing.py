@@ -28,7 +28,7 @@ def main() -> None:
     from buscad.segment.detector import Detector
     from buscad.segment.detector_train import embed_manifest
     from buscad.segment.infer import MEDSAM_ARCH, Segmenter
-    from buscad.segment.medsam import MedSAM, default_folder
+    from buscad.segment.medsam import MedSAM, default_cache, default_folder
     from buscad.utils import atomic_write_json, cache_root
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -41,7 +41,7 @@ def main() -> None:
     _, breast_m = manifests(DATA)
     breast_m.df = breast_m.df.iloc[: a.n].reset_index(drop=True)
     sam = MedSAM(default_folder(), threads=a.threads, cache_size=2)
-    data = embed_manifest(breast_m, sam, cache_root() / "litemedsam" / "embeddings")
+    data = embed_manifest(breast_m, sam, default_cache())
     det = Detector.load(a.detector, encoder_sha256=sam.model_hash, threads=a.threads)
     seg = Segmenter(None, SegConfig(arch=MEDSAM_ARCH, threshold=0.5), box_model=sam, detector=det)
     load = os.getloadavg()[0]

@@ -49,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
+from buscad.segment.medsam import default_cache as medsam_cache
 from buscad.utils import atomic_write_json, cache_root
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -110,7 +111,7 @@ def score_lesion(sam, emb, truth: np.ndarray, box, settings: list) -> tuple[np.n
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--cache", default=str(cache_root() / "litemedsam" / "embeddings"))
+    ap.add_argument("--cache", default=str(medsam_cache()))
     ap.add_argument(
         "--refit", default=str(cache_root() / "litemedsam" / "finetuned" / "f564c862dd60")
     )

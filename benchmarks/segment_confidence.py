@@ -47,7 +47,8 @@ from pathlib import Path
 
 import numpy as np
 
-from buscad.utils import atomic_write_json, cache_root
+from buscad.segment.medsam import default_cache as medsam_cache
+from buscad.utils import atomic_write_json
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -175,7 +176,7 @@ def main() -> None:
     import pandas as pd
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--cache", default=str(cache_root() / "litemedsam" / "embeddings"))
+    ap.add_argument("--cache", default=str(medsam_cache()))
     ap.add_argument("--out", default=str(REPO / "benchmarks/results/segment_confidence.json"))
     ap.add_argument("--fit-jitter", default="0.1,0.2", help="Jitter fractions of the fit boxes.")
     ap.add_argument("--fit-draws", type=int, default=2, help="Jittered boxes per fraction.")

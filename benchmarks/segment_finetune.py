@@ -47,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
+from buscad.segment.medsam import default_cache as medsam_cache
 from buscad.utils import atomic_write_json, cache_root
 
 REPO = Path(__file__).resolve().parents[1]
@@ -285,7 +286,7 @@ def main() -> None:
     ap.add_argument("--combine", nargs="*", help="Merge these per-direction files into --out.")
     ap.add_argument("--extra", nargs="*", default=[], help="NAME=file.json sections (--combine).")
     ap.add_argument("--train", choices=["BUSI", "BrEaST"])
-    ap.add_argument("--cache", default=str(cache_root() / "litemedsam" / "embeddings"))
+    ap.add_argument("--cache", default=str(medsam_cache()))
     ap.add_argument("--out", required=True)
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)

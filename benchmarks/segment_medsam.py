@@ -44,7 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
-from buscad.utils import atomic_write_json, cache_root
+from buscad.segment.medsam import default_cache as medsam_cache
+from buscad.utils import atomic_write_json
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -313,7 +314,7 @@ def evaluate_all(sam, items: list, args: argparse.Namespace, folder: Path) -> di
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--cache", default=str(cache_root() / "litemedsam" / "embeddings"))
+    ap.add_argument("--cache", default=str(medsam_cache()))
     ap.add_argument("--out", default=str(REPO / "benchmarks/results/segment_medsam.json"))
     ap.add_argument("--cohorts", default="BrEaST,BUSI")
     ap.add_argument("--threads", type=int, default=2)
