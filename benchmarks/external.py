@@ -1691,23 +1691,19 @@ def write_box(
         "AUC [95% CI] (DeLong) |",
         "|---|---|---|---|---|",
     ]
+
+    def honest_row(p: str, outlines: str, h: dict) -> str:
+        m_ = h["metrics"]
+        return (
+            f"| {p} | {outlines} | {h.get('chosen', 'per outer fold')} | "
+            f"{_fmt(h.get('training_cv_auc'))} | {_fmt(m_['auc'])} "
+            f"[{_fmt(m_['auc_lo'])}–{_fmt(m_['auc_hi'])}] |"
+        )
+
     for p in TARGETS:
         if ref:
-            h = ref["honest"][p]
-            m_ = h["metrics"]
-            L.append(
-                f"| {p} | expert → expert (external.json) | {h.get('chosen', 'per outer fold')} | "
-                f"{_fmt(h.get('training_cv_auc'))} | {_fmt(m_['auc'])} "
-                f"[{_fmt(m_['auc_lo'])}–{_fmt(m_['auc_hi'])}] |"
-            )
-        for v, r in runs.items():
-            h = r["honest"][p]
-            m_ = h["metrics"]
-            L.append(
-                f"| {p} | {v} → box | {h.get('chosen', 'per outer fold')} | "
-                f"{_fmt(h.get('training_cv_auc'))} | {_fmt(m_['auc'])} "
-                f"[{_fmt(m_['auc_lo'])}–{_fmt(m_['auc_hi'])}] |"
-            )
+            L.append(honest_row(p, "expert → expert (external.json)", ref["honest"][p]))
+        L += [honest_row(p, f"{v} → box", r["honest"][p]) for v, r in runs.items()]
     L.append("")
     if "expert_vs_box_training" in doc:
         cmp_ = doc["expert_vs_box_training"]
