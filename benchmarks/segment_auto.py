@@ -334,13 +334,7 @@ def main(argv: list[str] | None = None) -> int:
 
         folds = grouped_folds(groups, labels, args.folds, tc.seed)
         oof = load_light(Path(args.oof_from))
-        rule = choose_rule(
-            [oof[i] for i in range(len(busi))],
-            cfg,
-            features=cfg.score_features,
-            max_false=cfg.rule_max_false,
-            min_specificity=cfg.rule_min_specificity,
-        )
+        rule = choose_rule([oof[i] for i in range(len(busi))], cfg)
         module, h = train_head(busi.train_input(cfg), busi.targets, cfg, tc)
         head_doc = json.loads(Path(args.oof_from).with_name(args.oof_head + ".json").read_text())
         runs = [{"fold": k, "cpu_s": c, "threads": 1} for k, c in enumerate(head_doc["cpu_s"])]
@@ -398,13 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     for k in range(int(fit.folds.max()) + 1):
         tr = [i for i in range(nb) if fit.folds[i] != k] + list(range(nb, len(both)))
         te = [i for i in range(nb) if fit.folds[i] == k and not busi.masks[i].any()]
-        rule_k = choose_rule(
-            [fit.oof[i] for i in range(nb) if fit.folds[i] != k],
-            cfg,
-            features=cfg.score_features,
-            max_false=cfg.rule_max_false,
-            min_specificity=cfg.rule_min_specificity,
-        )
+        rule_k = choose_rule([fit.oof[i] for i in range(nb) if fit.folds[i] != k], cfg)
         m, h = train_head(both.train_input(cfg), both.targets, cfg, tc, rows=tr)
         props = proposals_for(both, te, head_runner(m), sam, cfg)
         t = score_images(both, te, props, rule_k, cfg)

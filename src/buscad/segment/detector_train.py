@@ -36,7 +36,6 @@ from buscad.segment.base import Candidate, components
 from buscad.segment.detector import (
     ALL_FEATURES,
     EMBED_CHANNELS,
-    FEATURES,
     FORMAT,
     FORMAT_VERSION,
     GRID,
@@ -510,15 +509,22 @@ def sweep(
     }
 
 
+#: Default of :func:`choose_rule`'s settings: take the detector config's.
+FROM_CONFIG: Any = object()
+
+
 def choose_rule(
     images: Sequence[ImageProposals],
     config: DetectorConfig,
     C: float = 1.0,
-    features: Sequence[str] = FEATURES,
-    max_false: float | None = None,
-    min_specificity: float | None = None,
+    features: Sequence[str] = FROM_CONFIG,
+    max_false: float | None = FROM_CONFIG,
+    min_specificity: float | None = FROM_CONFIG,
 ) -> ScoreRule:
     """Logistic score of ``features`` and threshold from out-of-fold proposals (module docstring).
+
+    ``features``, ``max_false`` and ``min_specificity`` default to the config's
+    ``score_features``, ``rule_max_false`` and ``rule_min_specificity`` (None: unbounded).
 
     Threshold: without ``max_false`` and ``min_specificity``, the one maximising
     ``found / lesions - false / images``; with them, the one maximising
@@ -533,6 +539,12 @@ def choose_rule(
     """
     from sklearn.linear_model import LogisticRegression
 
+    if features is FROM_CONFIG:
+        features = config.score_features
+    if max_false is FROM_CONFIG:
+        max_false = config.rule_max_false
+    if min_specificity is FROM_CONFIG:
+        min_specificity = config.rule_min_specificity
     names = list(features)
     cols = [ALL_FEATURES.index(f) for f in names]
     X = np.concatenate([im.features() for im in images] + [np.zeros((0, len(ALL_FEATURES)))])
@@ -704,13 +716,7 @@ def fit_detector(
         oof.update(proposals_for(data, te, head_runner(m), sam, cfg))
         runs.append({"fold": k, "n_train": len(tr), "cpu_s": h["cpu_s"], "loss": h["loss"][-1]})
         say(f"fold {k + 1}: trained on {len(tr)} images ({h['cpu_s']:.0f} s CPU)")
-    rule = choose_rule(
-        [oof[i] for i in range(len(data))],
-        cfg,
-        features=cfg.score_features,
-        max_false=cfg.rule_max_false,
-        min_specificity=cfg.rule_min_specificity,
-    )
+    rule = choose_rule([oof[i] for i in range(len(data))], cfg)
     say(f"score threshold {rule.threshold:.3f}: {rule.doc['at_threshold']}")
     module, h = train_head(data.train_input(cfg), data.targets, cfg, tc)
     say(f"final head: {len(data)} images ({h['cpu_s']:.0f} s CPU)")
