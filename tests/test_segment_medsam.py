@@ -45,12 +45,6 @@ from buscad.segment.medsam_convert import (  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def converted(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The packaged LiteMedSAM converted once for the session (safetensors + 2 ONNX graphs)."""
-    return convert(out=tmp_path_factory.mktemp("litemedsam"))
-
-
-@pytest.fixture(scope="session")
 def net(converted: Path):
     """The PyTorch LiteMedSAM built from the same checked checkpoint (the reference)."""
     return build_module(read_checkpoint(packaged_checkpoint()))

@@ -31,13 +31,7 @@ from buscad.segment.medsam import (
     image_key,
     postprocess,
 )
-from buscad.segment.medsam_convert import convert, quantise_encoder
-
-
-@pytest.fixture(scope="session")
-def converted(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The packaged LiteMedSAM converted once for the session."""
-    return convert(out=tmp_path_factory.mktemp("litemedsam"))
+from buscad.segment.medsam_convert import quantise_encoder
 
 
 @pytest.fixture(scope="session")
