@@ -52,13 +52,6 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-CITATION = {
-    "BrEaST": "Pawlowska A, et al. Curated benchmark dataset for ultrasound based breast lesion "
-    "analysis. Scientific Data 11:148 (2024). TCIA DOI 10.7937/9WKK-Q141. CC BY 4.0.",
-    "BUSI": "Al-Dhabyani W, Gomaa M, Khaled H, Fahmy A. Dataset of breast ultrasound images. "
-    "Data in Brief 28:104863 (2020). CC0.",
-}
-
 
 def outlines(sam, emb, box) -> np.ndarray:
     """The inference outline of one box prompt (:func:`buscad.segment.infer.box_candidate`)."""
@@ -89,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from segment import build_manifest  # BrEaST's Shape / Margin columns joined
+    from segment_auto import CITATIONS
     from segment_medsam import jitter, load_lesions
 
     from buscad.segment.base import SegConfig, mask_box
@@ -145,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result: dict = {
         "benchmark": "segment_morphology",
-        "datasets": CITATION,
+        "datasets": {k: CITATIONS[k] for k in ("BrEaST", "BUSI")},
         "n_lesions": len(items),
         "jitter": args.jitter,
         "seed": args.seed,
