@@ -53,15 +53,6 @@ DATA = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def outlines(sam, emb, box) -> np.ndarray:
-    """The inference outline of one box prompt (:func:`buscad.segment.infer.box_candidate`)."""
-    from buscad.segment.base import sigmoid
-    from buscad.segment.infer import box_candidate
-
-    logit, iou = sam.decode(emb, box)
-    return box_candidate(sigmoid(logit), tuple(int(v) for v in box), 0.5, iou).mask
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DATA)
@@ -87,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from buscad.segment.base import SegConfig, mask_box
     from buscad.segment.detector import Detector
+    from buscad.segment.detector_train import outline_fn
     from buscad.segment.infer import MEDSAM_ARCH, Segmenter
     from buscad.segment.medsam import MedSAM, default_cache, image_key
     from buscad.segment.medsam_convert import ensure_converted
@@ -125,11 +117,13 @@ def main(argv: list[str] | None = None) -> int:
         jbox = jitter(box, args.jitter, rng, gray.shape)
         emb = zero.embed_cached(gray, cache)
         add("expert_mask", it["image_id"], truth)
-        add("litemedsam_box", it["image_id"], outlines(zero, emb, box))
-        add("litemedsam_jitter", it["image_id"], outlines(zero, emb, jbox))
+        outline = outline_fn(zero, emb)  # the inference outline of a box prompt
+        add("litemedsam_box", it["image_id"], outline(box).mask)
+        add("litemedsam_jitter", it["image_id"], outline(jbox).mask)
         if ft is not None:
-            add("busi_finetuned_box", it["image_id"], outlines(ft, emb, box))
-            add("busi_finetuned_jitter", it["image_id"], outlines(ft, emb, jbox))
+            outline = outline_fn(ft, emb)
+            add("busi_finetuned_box", it["image_id"], outline(box).mask)
+            add("busi_finetuned_jitter", it["image_id"], outline(jbox).mask)
         if seg is not None:
             zero._cache.clear()
             zero._cache[image_key(gray)] = emb
