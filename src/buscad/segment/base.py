@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from buscad.errors import ModelFileError
+
+if TYPE_CHECKING:
+    from buscad.data.manifest import Manifest
 
 #: Model-file format written in the JSON sidecar.
 FORMAT = "buscad-segmenter"
@@ -293,6 +297,39 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     ff = np.zeros((pad.shape[0] + 2, pad.shape[1] + 2), np.uint8)
     cv2.floodFill(pad, ff, (0, 0), 2, flags=4)
     return (pad != 2)[1:-1, 1:-1]
+
+
+def training_rows(
+    manifest: Manifest, on_skip: Callable[[str], None] | None = None
+) -> Iterator[tuple[int, str, np.ndarray, np.ndarray]]:
+    """``(row, label, uint8 gray, bool mask)`` of each row usable for training, read one at a time.
+
+    Lesion rows need a mask (``mask_path``); ``normal`` rows get an empty one (a mask
+    given with a normal image is ignored). A lesion row without ``mask_path``, or a
+    row whose image or mask cannot be read, is skipped and reported through
+    ``on_skip`` (one line naming the row or the file).
+    """
+    from buscad.data.io import read_image, read_mask, to_uint8
+    from buscad.errors import BuscadError
+
+    df = manifest.df
+    for i in range(len(df)):
+        label = str(df["label"].iat[i])
+        paths = manifest.mask_paths(i)
+        if label != "normal" and not paths:
+            if on_skip:
+                on_skip(f"{df['image_id'].iat[i]}: no mask_path for a {label} image")
+            continue
+        try:
+            gray = to_uint8(read_image(manifest.image_path(i))[0])
+            mask = read_mask(paths, shape=gray.shape) if paths else np.zeros(gray.shape[:2], bool)
+        except BuscadError as exc:
+            if on_skip:
+                on_skip(str(exc))
+            continue
+        if label == "normal":
+            mask = np.zeros_like(mask)
+        yield i, label, gray, mask
 
 
 def _sidecar_paths(path: str | os.PathLike[str]) -> tuple[Path, Path, Path]:

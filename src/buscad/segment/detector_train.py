@@ -360,28 +360,12 @@ def embed_manifest(
     Lesion rows need a mask (``mask_path``); ``normal`` rows get an empty one. A row
     whose image or mask cannot be read is skipped and reported through ``on_skip``.
     """
-    from buscad.data.io import read_image, read_mask, to_uint8
-    from buscad.errors import BuscadError
+    from buscad.segment.base import training_rows
 
     df = manifest.df
     ids, embs, shapes, masks = [], [], [], []
     t0 = time.perf_counter()
-    for i in range(len(df)):
-        label = str(df["label"].iat[i])
-        paths = manifest.mask_paths(i)
-        if label != "normal" and not paths:
-            if on_skip:
-                on_skip(f"{df['image_id'].iat[i]}: no mask_path for a {label} image")
-            continue
-        try:
-            gray = to_uint8(read_image(manifest.image_path(i))[0])
-            mask = read_mask(paths, shape=gray.shape) if paths else np.zeros(gray.shape[:2], bool)
-        except BuscadError as exc:
-            if on_skip:
-                on_skip(str(exc))
-            continue
-        if label == "normal":
-            mask = np.zeros_like(mask)
+    for i, _label, gray, mask in training_rows(manifest, on_skip):
         emb = sam.embed_cached(gray, cache)
         ids.append(str(df["image_id"].iat[i]))
         embs.append(emb.array[0].astype(np.float16))

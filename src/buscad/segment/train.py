@@ -49,10 +49,17 @@ import pandas as pd
 
 import buscad._compat  # noqa: F401
 from buscad._compat import torch
-from buscad.data.io import read_image, read_mask, split_mask_paths, to_uint8
 from buscad.data.manifest import Manifest
 from buscad.errors import BuscadError, ModelFileError
-from buscad.segment.base import SegConfig, _resize, components, make_input, mask_box, normalise
+from buscad.segment.base import (
+    SegConfig,
+    _resize,
+    components,
+    make_input,
+    mask_box,
+    normalise,
+    training_rows,
+)
 from buscad.segment.infer import Segmenter
 from buscad.segment.model import build_module, load_imagenet_encoder, torch_runner
 from buscad.utils import (
@@ -145,27 +152,8 @@ def load_items(
     """
     df = manifest.df
     items: list[Item] = []
-    for i in range(len(df)):
+    for i, label, gray, mask in training_rows(manifest, on_skip):
         row = df.iloc[i]
-        label = str(row["label"])
-        paths = split_mask_paths(row.get("mask_path"))
-        if label != "normal" and not paths:
-            if on_skip:
-                on_skip(f"{row['image_id']}: no mask_path for a {label} image")
-            continue
-        try:
-            gray, _ = read_image(manifest.image_path(i))
-            gray = to_uint8(gray)
-            if paths:
-                mask = read_mask([manifest.resolve(p) for p in paths], shape=gray.shape)
-            else:
-                mask = np.zeros(gray.shape, bool)
-        except BuscadError as exc:
-            if on_skip:
-                on_skip(str(exc))
-            continue
-        if label == "normal":
-            mask = np.zeros_like(mask)
         h0 = gray.shape[0]
         gray, mask = _shrink(gray, mask, cache_side)
         cohort = str(row.get("cohort", "")) if "cohort" in df.columns else ""
