@@ -75,6 +75,26 @@ honest one above, per variant. Fine-tuned networks are not evaluated. Writes
 
     PYTHONPATH=src .venv/bin/python benchmarks/external.py --outlines box --threads 1
 
+Automatic outlines (``--outlines auto``)
+---------------------------------------
+The same on the outline the detector draws with no box at all
+(:func:`external_features.auto_outlines_part`): each row is outlined by a detector
+trained on the same cohorts as the model that scores it, never on the row itself
+(:class:`Data`): the external cohort of a direction by the detector trained on the
+training cohort, a held-out row of the training cohort's CV (and of pooled CV) by the
+detector trained on the other folds of its own cohort. Where no candidate is kept the
+call is withheld, as ``buscad predict`` withholds it: the AUCs are over the outlined
+rows, with their number, and the AUC over all rows with every withheld pair a coin
+flip (:func:`withheld_auc`) beside. Variants: fit on the training cohort's expert
+outlines, or on its out-of-fold automatic outlines. The detectors train in two
+processes, one per cohort, then the features of each source::
+
+    PYTHONPATH=src .venv/bin/python benchmarks/external.py --outlines auto --features-only \
+        --auto-cohorts BUSI --auto-sources --threads 1 &   # and BrEaST, in parallel
+    PYTHONPATH=src .venv/bin/python benchmarks/external.py --outlines auto --features-only \
+        --auto-cohorts --auto-sources auto-oof --threads 1 &   # and auto-x, in parallel
+    PYTHONPATH=src .venv/bin/python benchmarks/external.py --outlines auto --no-build
+
 Data: BUSI (Al-Dhabyani W et al., Data in Brief 28:104863, 2020; CC0) and
 BrEaST-Lesions_USG (Pawlowska A et al., Sci Data 11:148, 2024; TCIA DOI
 10.7937/9WKK-Q141; CC BY 4.0), read in place from ../shared/data.
@@ -158,10 +178,20 @@ def cohorts(out: Path, seed: int = 0, log=print) -> Manifest:
 class Data:
     """The pooled rows and every feature family, aligned by ``image_id``.
 
-    ``fit`` and ``score``: the outline source (``expert``, ``box``) of the tables a
-    model is fit on and of those it scores (held-out rows, inner and outer), so a
-    model trained on expert outlines and scored on the outlines deployed is
+    ``fit`` and ``score``: the outline source (``expert``, ``box``, ``auto``) of the
+    tables a model is fit on and of those it scores (held-out rows, inner and outer),
+    so a model trained on expert outlines and scored on the outlines deployed is
     ``Data(man, out, fit="expert", score="box")``.
+
+    ``auto`` (:func:`external_features.auto_outlines_part`): a row is outlined by a
+    detector trained on the same cohorts as the model that scores it. When the model's
+    training rows include the row's cohort (held-out rows of a cohort's CV, pooled CV),
+    the row's out-of-fold outline (``auto-oof``: the detector trained on the other folds
+    of its cohort); when they are the other cohort only (the external rows of a
+    direction), the outline of the detector trained on that cohort (``auto-x``). Models
+    fit on ``auto`` read the training rows' ``auto-oof`` outlines. A row without an
+    outline ("no lesion found") is withheld: no score (NaN), as ``buscad predict``
+    withholds the call, and a model fit on ``auto`` does not train on it.
     """
 
     def __init__(self, man: Manifest, out: Path, fit: str = "expert", score: str = "expert"):
@@ -179,19 +209,55 @@ class Data:
             else np.full(len(df), np.nan)
         )
         self.out = out
-        #: role (``fit``/``score``) -> outline source
-        self.sources = {"fit": fit, "score": score}
+        #: role -> outline source: ``fit`` (training rows), ``score`` (held-out rows of a
+        #: cohort the model trained on), ``score_x`` (rows of a cohort it did not train on)
+        #: (``score_x`` only where it differs from ``score``: the cache keys of the
+        #: expert and box runs stay as they were)
+        self.sources = {
+            "fit": "auto-oof" if fit == "auto" else fit,
+            "score": "auto-oof" if score == "auto" else score,
+        }
+        if score == "auto":
+            self.sources["score_x"] = "auto-x"
         self._cache: dict[tuple[str, str], pd.DataFrame] = {}
+        self._outlined: dict[str, np.ndarray] = {}
+
+    def outlined(self, role: str) -> np.ndarray:
+        """Bool per row: ``role``'s source has an outline for it (always, but for ``auto-*``)."""
+        source = self.source(role)
+        if source not in self._outlined:
+            if source in EF.AUTO_SOURCES:
+                t = pd.read_csv(
+                    EF.outline_dir(self.out, source) / "outlines.csv", dtype={"image_id": str}
+                ).set_index("image_id")
+                have = t["found_any"].reindex(self.ids).fillna(False).astype(bool).to_numpy()
+            else:
+                have = np.ones(len(self.ids), bool)
+            self._outlined[source] = have
+        return self._outlined[source]
+
+    def source(self, role: str) -> str:
+        """The outline source of ``role`` (``score_x`` defaults to ``score``'s)."""
+        return self.sources.get(role, self.sources["score"])
+
+    def score_role(self, train: np.ndarray, test: np.ndarray) -> str:
+        """``score_x`` when no row of ``train`` shares a cohort with ``test``'s rows, else ``score``."""
+        return (
+            "score_x"
+            if not set(self.cohort[train].tolist()) & set(self.cohort[test].tolist())
+            else "score"
+        )
 
     def family(self, name: str, role: str = "score") -> pd.DataFrame:
         """One family's table in row order (missing rows NaN), from ``role``'s outlines.
 
         Outline families (:data:`external_features.OUTLINE_FAMILIES`) are read from
         the source's own tables; a deep family of a source other than ``expert``
-        keeps its ``g_*`` columns only (its crop is the box; ``m_*`` pools inside
-        the expert outline).
+        keeps its ``g_*`` columns only, from the source's own table when it has one
+        (``auto``: the crop around the detector's outline), else the expert one (``box``:
+        the crop is the box; ``m_*`` pools inside the expert outline).
         """
-        source = self.sources[role]
+        source = self.source(role)
         if (name, source) not in self._cache:
             if name == "geometry" and source == "expert":
                 from buscad.data.audit.masks import GEOMETRY_FEATURES
@@ -204,7 +270,9 @@ class Data:
             elif name in EF.OUTLINE_FAMILIES:
                 t = EF.load(EF.outline_dir(self.out, source), name)
             else:
-                t = EF.load(self.out, name)
+                own = EF.outline_dir(self.out, source)
+                own_file = (own / "features" / f"{name}.parquet").is_file()
+                t = EF.load(own if source != "expert" and own_file else self.out, name)
                 if source != "expert":
                     t = t[[c for c in t.columns if c.startswith("g_")]]
             t.index = t.index.astype(str)
@@ -385,8 +453,10 @@ def spec_key(c: Candidate | Combo, cands: dict, seed: int, sources: dict | None 
     """Hash of everything a candidate's scores depend on (members included).
 
     ``sources`` (:attr:`Data.sources`) enters the hash of a candidate that reads an
-    outline family when either source is not ``expert``, so a candidate of the deep
-    families alone shares its scores across outline sources (its inputs are the same).
+    outline family when a source is not ``expert``, so a candidate of the deep
+    families alone shares its scores across outline sources (its inputs are the same);
+    with automatic outlines it enters every candidate's hash (crops and withheld rows
+    differ).
     """
     import hashlib
     import json
@@ -406,7 +476,9 @@ def spec_key(c: Candidate | Combo, cands: dict, seed: int, sources: dict | None 
     else:
         d = {"inputs": c.inputs, "kind": c.kind, "C": c.C, "harmonise": c.harmonise}
         reads_outline = any(i.partition(":")[0] in EF.OUTLINE_FAMILIES for i in c.inputs)
-        if reads_outline and sources and set(sources.values()) != {"expert"}:
+        # automatic outlines change every candidate: the crops, and which rows are withheld
+        auto = bool(sources) and bool(set(sources.values()) & set(EF.AUTO_SOURCES))
+        if (reads_outline or auto) and sources and set(sources.values()) != {"expert"}:
             d["outlines"] = dict(sources)
     d.update(seed=seed, v=ENGINE_VERSION)
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
@@ -456,7 +528,7 @@ class Engine:
         os.replace(tmp, f)
 
     def _X(self, name: str, role: str = "score") -> pd.DataFrame:
-        key = (name, self.data.sources[role])
+        key = (name, self.data.source(role))
         if key not in self.mats:
             self.mats[key] = self.cands[name].matrix(self.data, role)
         return self.mats[key]
@@ -475,17 +547,21 @@ class Engine:
         elif c.kind == "finetuned":
             s = self._finetuned(c, tr)[0].reindex(self.data.ids[te]).to_numpy(dtype=float)
         else:
-            # fit on the training rows' ``fit`` outlines, score the ``score`` outlines
-            X, Xs = self._X(name, "fit"), self._X(name, "score")
+            # fit on the training rows' ``fit`` outlines (those that have one), score the
+            # test rows' outlines (:meth:`Data.score_role`); a row without one is withheld
+            role = self.data.score_role(tr, te)
+            X, Xs = self._X(name, "fit"), self._X(name, role)
+            fit = tr[self.data.outlined("fit")[tr]]
             est = c.estimator(self.seed)
             if c.kind in ("lrcv", "l1cv"):
                 from sklearn.model_selection import StratifiedGroupKFold
 
                 cv = StratifiedGroupKFold(self.k, shuffle=True, random_state=self.seed)
-                splits = list(cv.split(tr, self.data.y[tr], self.data.groups[tr]))
+                splits = list(cv.split(fit, self.data.y[fit], self.data.groups[fit]))
                 est.steps[-1][1].set_params(cv=splits)
-            est.fit(X.iloc[tr], self.data.y[tr])
+            est.fit(X.iloc[fit], self.data.y[fit])
             s = est.predict_proba(Xs.iloc[te])[:, 1]
+            s = np.where(self.data.outlined(role)[te], s, np.nan)
         self.memo[key] = s
         return s
 
@@ -584,20 +660,47 @@ def evaluate(eng: Engine, name: str | list[str], pairs: list, thresholds: bool =
             t = youden_threshold(d.y[tr][ok], o[ok])
             call[te] = score[te] >= t
     te_all = np.concatenate([te for _, te in pairs])
-    y, s = d.y[te_all], score[te_all]
+    fin = np.isfinite(score[te_all])  # withheld rows (automatic outlines: none found)
+    y_all = d.y[te_all]
+    y, s = y_all[fin], score[te_all][fin]
     a = auc_ci(y, s)
     row = {"n": len(y), "auc": a.auc, "auc_lo": a.lo, "auc_hi": a.hi}
+    if not fin.all():
+        row["n_rows"], row["n_withheld"] = len(te_all), int((~fin).sum())
+        row["auc_all_rows_withheld_as_coin"] = withheld_auc(y_all, score[te_all])
     if thresholds:
-        m = binary_metrics(y, call[te_all].astype(float), 0.5)
+        m = binary_metrics(y, call[te_all][fin].astype(float), 0.5)
         row.update(sensitivity=m.sensitivity, specificity=m.specificity, accuracy=m.accuracy)
     row["calibration_slope"] = calibration_slope_intercept(y, s).slope
-    rs = d.reader[te_all]
+    rs = d.reader[te_all][fin]
     if np.isfinite(rs).all():
         r = reader_calls(y, rs)
         t = sensitivity_threshold(y, s, r.sensitivity)
         row["spec_at_reader_sens"] = binary_metrics(y, s, t).specificity
         row["reader_sens"], row["reader_spec"] = r.sensitivity, r.specificity
     return {"metrics": row, "score": score, "rows": te_all}
+
+
+def withheld_auc(y: np.ndarray, s: np.ndarray) -> float:
+    """Mann-Whitney AUC over every malignant/benign pair, a withheld row (NaN) a coin flip.
+
+    ``(Σ_{i∈M, j∈B} [s_i > s_j] + ½ [s_i = s_j or s_i or s_j withheld]) / (|M| |B|)``:
+    the AUC of the whole cohort when a withheld call gives no information.
+    """
+    pos, neg = s[y == 1], s[y == 0]
+    fp, fn = np.isfinite(pos), np.isfinite(neg)
+    p, n = pos[fp], neg[fn]
+    gt = (p[:, None] > n[None, :]).sum() + 0.5 * (p[:, None] == n[None, :]).sum()
+    coin = len(pos) * len(neg) - len(p) * len(n)
+    return float((gt + 0.5 * coin) / (len(pos) * len(neg)))
+
+
+def finite_rows(rows: np.ndarray, *scores: np.ndarray) -> np.ndarray:
+    """The rows every score vector scored (finite)."""
+    ok = np.ones(len(rows), bool)
+    for sc in scores:
+        ok &= np.isfinite(sc[rows])
+    return rows[ok]
 
 
 # ======================================================= honest selection
@@ -658,7 +761,8 @@ def choose(
         s = np.full(len(train), np.nan)
         for a, b in outer:
             s[b] = eng.predict(name, train[a], train[b])
-        cv_auc[name] = float(roc_auc(y, s))
+        ok = np.isfinite(s)  # rows withheld (no automatic outline) choose nothing
+        cv_auc[name] = float(roc_auc(y[ok], s[ok]))
         eng.save_all()
         if log:
             log(f"  {name:60s} outer-CV AUC {cv_auc[name]:.3f}")
@@ -1090,7 +1194,7 @@ def run(data: Data, cands: dict, ablation: list, seed: int, log=print) -> dict:
             row = ev["metrics"]
             if p == "pooled CV":
                 for coh in ("BUSI", "BrEaST"):
-                    r = np.flatnonzero(data.cohort == coh)
+                    r = finite_rows(np.flatnonzero(data.cohort == coh), ev["score"])
                     row[f"auc_{coh}"] = auc_ci(data.y[r], ev["score"][r]).auc
             results[p][name] = row
         eng.save_all()
@@ -1122,6 +1226,7 @@ def run(data: Data, cands: dict, ablation: list, seed: int, log=print) -> dict:
             if a not in results[p] or b not in results[p]:
                 continue
             rows = np.concatenate([te for _, te in pairs])
+            rows = finite_rows(rows, scores[(p, b)], scores[(p, a)])
             t = delong_test(data.y[rows], scores[(p, b)][rows], scores[(p, a)][rows])
             row[p] = {
                 "from": results[p][a]["auc"],
@@ -1138,7 +1243,8 @@ def run(data: Data, cands: dict, ablation: list, seed: int, log=print) -> dict:
         log(f"{p}: choosing among {len(pool)} candidates on the {len(tr)} training rows")
         r = choose(eng, pool, tr, te, log=log)
         ch = r["chosen"]
-        assert np.array_equal(r["score"], scores[(p, ch)][te])  # the same fit, scored once
+        # the same fit, scored once
+        assert np.array_equal(r["score"], scores[(p, ch)][te], equal_nan=True)
         rank = sorted(pool, key=lambda n: -r["cv_auc"][n])
         honest[p] = {
             "trained_on": str(data.cohort[tr[0]]),
@@ -1157,7 +1263,7 @@ def run(data: Data, cands: dict, ablation: list, seed: int, log=print) -> dict:
     ev = evaluate(eng, nest["chosen"], nest["pairs"])
     row = ev["metrics"]
     for coh in ("BUSI", "BrEaST"):
-        rr = np.flatnonzero(data.cohort == coh)
+        rr = finite_rows(np.flatnonzero(data.cohort == coh), ev["score"])
         row[f"auc_{coh}"] = auc_ci(data.y[rr], ev["score"][rr]).auc
     honest["pooled CV"] = {"folds": nest["folds"], "metrics": row}
     scores[("pooled CV", "honest")] = ev["score"]
@@ -1553,22 +1659,54 @@ def outline_summary(out: Path, source: str = "box") -> dict:
     return doc
 
 
-#: Box mode's training variants: outline source the models are fit on -> label.
+def auto_summary(out: Path) -> dict:
+    """Per automatic source and cohort: rows outlined, lesions found, Dice with the expert.
+
+    ``outlined`` = rows with a kept candidate / rows; ``found`` = rows whose top
+    candidate has mask IoU ``>= 0.5`` with an expert lesion / rows; Dice
+    ``2|A∩B| / (|A| + |B|)`` of the top candidate's outline with the expert mask, over
+    all rows (0 when withheld) and over the outlined rows.
+    """
+    doc: dict[str, dict] = {}
+    for source in EF.AUTO_SOURCES:
+        t = pd.read_csv(EF.outline_dir(out, source) / "outlines.csv")
+        doc[source] = {}
+        for coh, g in t.groupby("cohort", sort=False):
+            o = g["found_any"].astype(bool)
+            doc[source][str(coh)] = {
+                "n": len(g),
+                "detector_trained_on": str(g["detector_trained_on"].iat[0]),
+                "outlined": float(o.mean()),
+                "found": float(g["found"].astype(bool).mean()),
+                "dice_all": float(g["dice"].mean()),
+                "dice_outlined": float(g.loc[o, "dice"].mean()) if o.any() else None,
+            }
+    return doc
+
+
+#: Deployed-outline modes' training variants: outline source the models are fit on -> label.
 TRAIN_VARIANTS = {
-    "expert": "trained on expert outlines, scored on box outlines",
-    "box": "trained and scored on box outlines",
+    "box": {
+        "expert": "trained on expert outlines, scored on box outlines",
+        "box": "trained and scored on box outlines",
+    },
+    "auto": {
+        "expert": "trained on expert outlines, scored on automatic outlines",
+        "auto": "trained and scored on automatic outlines (the training rows' out-of-fold ones)",
+    },
 }
 
 
-def compare_variants(runs: dict[str, dict], data: Data) -> dict:
-    """Per evaluation and candidate: AUC trained on expert vs on box outlines, paired DeLong.
+def compare_variants(runs: dict[str, dict], data: Data, mode: str = "box") -> dict:
+    """Per evaluation and candidate: AUC trained on expert vs on ``mode`` outlines, paired DeLong.
 
-    Both variants score the same rows (box outlines); ``delta`` = AUC(box-trained) −
-    AUC(expert-trained) and ``p`` the paired DeLong test of the two score vectors.
+    Both variants score the same rows (``mode`` outlines); ``delta`` = AUC(``mode``-trained)
+    − AUC(expert-trained) and ``p`` the paired DeLong test of the two score vectors on
+    the rows both scored.
     """
     from buscad.evaluate.delong import delong_test
 
-    a, b = runs["expert"], runs["box"]
+    a, b = runs["expert"], runs[mode]
     prot = protocols(data, 0)
     out: dict[str, dict] = {}
     for p in TARGETS:
@@ -1579,12 +1717,12 @@ def compare_variants(runs: dict[str, dict], data: Data) -> dict:
                 continue
             if (p, name) not in b["scores"]:
                 continue
-            t = delong_test(
-                data.y[rows], b["scores"][(p, name)][rows], a["scores"][(p, name)][rows]
-            )
+            sb, sa = b["scores"][(p, name)], a["scores"][(p, name)]
+            r = finite_rows(rows, sb, sa)
+            t = delong_test(data.y[r], sb[r], sa[r])
             out[p][name] = {
                 "auc_expert_trained": a["results"][p][name]["auc"],
-                "auc_box_trained": b["results"][p][name]["auc"],
+                f"auc_{mode}_trained": b["results"][p][name]["auc"],
                 "delta": t.diff,
                 "p": t.p,
             }
@@ -1593,15 +1731,21 @@ def compare_variants(runs: dict[str, dict], data: Data) -> dict:
             hon[v] = r["honest"][p]["metrics"]["auc"]
         out[p]["honest (recipe chosen on the training cohort)"] = {
             "auc_expert_trained": hon["expert"],
-            "auc_box_trained": hon["box"],
+            f"auc_{mode}_trained": hon[mode],
         }
     return out
 
 
 def write_box(
-    runs: dict[str, dict], data: Data, out: Path, path_json: Path, path_md: Path, seed: int
+    runs: dict[str, dict],
+    data: Data,
+    out: Path,
+    path_json: Path,
+    path_md: Path,
+    seed: int,
+    mode: str = "box",
 ) -> None:
-    """external_box.json and .md: both training variants on the box outlines."""
+    """external_box.json/.md (or external_auto's): both training variants on deployed outlines."""
     import json
     import os
     import re
@@ -1610,7 +1754,8 @@ def write_box(
 
     n = {c: int((data.cohort == c).sum()) for c in ("BUSI", "BrEaST")}
     m = {c: int(data.y[data.cohort == c].sum()) for c in ("BUSI", "BrEaST")}
-    dice = outline_summary(out)
+    variants = TRAIN_VARIANTS[mode]
+    dice = outline_summary(out) if mode == "box" else auto_summary(out)
     # the expert-outline run, for reading beside (its own results folder, else the repo's)
     ref_path = next(
         (
@@ -1621,21 +1766,20 @@ def write_box(
         None,
     )
     ref = json.loads(ref_path.read_text()) if ref_path else None
-    # the box paragraph of external_features' "Outline sources"
-    box_text = EF.__doc__.split("``box`` (")[1].split("\n\nData:")[0]
-    box_text = "``box`` (" + box_text
+    # the mode's paragraph of external_features' "Outline sources"
+    box_text = f"``{mode}`` (" + EF.__doc__.split(f"``{mode}`` (")[1].split("\n\n")[0]
     doc = {
         "data": CITE,
         "rows": {c: {"lesions": n[c], "malignant": m[c]} for c in n},
         "seed": seed,
-        "outlines": "box",
+        "outlines": mode,
         "outline_source": " ".join(box_text.split()),
         "expert_reference": os.path.relpath(ref_path, ROOT) if ref_path else None,
         "outline_dice": dice,
         "protocol": __doc__.split("Protocol\n--------\n")[1].split("\nWrites")[0],
         "variants": {
             v: {
-                "label": TRAIN_VARIANTS[v],
+                "label": variants[v],
                 "families": r.get("families"),
                 "honest": r["honest"],
                 "study_default": r["study_default"],
@@ -1649,12 +1793,13 @@ def write_box(
         },
     }
     if len(runs) == 2:
-        doc["expert_vs_box_training"] = compare_variants(runs, data)
+        doc[f"expert_vs_{mode}_training"] = compare_variants(runs, data, mode)
     atomic_write_json(path_json, doc)
+    what = {"box": "box-prompted", "auto": "automatic"}[mode]
     L = [
-        "# External validation on the deployed (box-prompted) outlines: BUSI ↔ BrEaST-Lesions_USG",
+        f"# External validation on the deployed ({what}) outlines: BUSI ↔ BrEaST-Lesions_USG",
         "",
-        f"Written by `benchmarks/external.py --outlines box` (seed {seed}). Data: {CITE[0]}; "
+        f"Written by `benchmarks/external.py --outlines {mode}` (seed {seed}). Data: {CITE[0]}; "
         f"{CITE[1]}.",
         f"Rows after the audit: BUSI {n['BUSI']} lesions ({m['BUSI']} malignant), "
         f"BrEaST {n['BrEaST']} ({m['BrEaST']} malignant); near-duplicate groups never cross a split.",
@@ -1664,32 +1809,55 @@ def write_box(
             r":func:|``", lambda m_: "`" if m_.group() == "``" else "", " ".join(box_text.split())
         ),
         "",
-        "Every model scores box outlines (test rows and every held-out row of the training "
+        f"Every model scores {what} outlines (test rows and every held-out row of the training "
         "cohort's CV alike). Variants: "
-        + "; ".join(f"`{v}`: {lab}" for v, lab in TRAIN_VARIANTS.items() if v in runs)
+        + "; ".join(f"`{v}`: {lab}" for v, lab in variants.items() if v in runs)
         + ". The recipe is chosen by the same honest protocol (grouped CV of the training "
         "cohort only; nested for pooled CV). Fine-tuned networks are not evaluated here.",
         "",
-        "## Outline Dice against the expert masks",
-        "",
-        "| cohort | n | Dice mean | median | 5th pct | min | Dice < 0.5 | empty → ellipse | "
-        "IoU-head median | decoder ms (median, shared CPU under load) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for coh, d in dice.items():
-        L.append(
-            f"| {coh} | {d['n']} | {d['dice_mean']:.3f} | {d['dice_median']:.3f} | "
-            f"{d['dice_p05']:.3f} | {d['dice_min']:.3f} | {d['n_dice_below_0.5']} | "
-            f"{d['n_fallback_ellipse']} | {d['iou_pred_median']:.3f} | "
-            f"{d['decode_ms_median']:.0f} |"
-        )
+    if mode == "box":
+        L += [
+            "## Outline Dice against the expert masks",
+            "",
+            "| cohort | n | Dice mean | median | 5th pct | min | Dice < 0.5 | empty → ellipse | "
+            "IoU-head median | decoder ms (median, shared CPU under load) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for coh, d in dice.items():
+            L.append(
+                f"| {coh} | {d['n']} | {d['dice_mean']:.3f} | {d['dice_median']:.3f} | "
+                f"{d['dice_p05']:.3f} | {d['dice_min']:.3f} | {d['n_dice_below_0.5']} | "
+                f"{d['n_fallback_ellipse']} | {d['iou_pred_median']:.3f} | "
+                f"{d['decode_ms_median']:.0f} |"
+            )
+    else:
+        L += [
+            "## The detector's outlines (external_auto.json)",
+            "",
+            "A row without a kept candidate is withheld (no score: `buscad predict` withholds "
+            "the call). AUCs below are over the outlined rows (n); `all rows` counts every "
+            "pair with a withheld row as a coin flip. Found: the top candidate's mask IoU "
+            "≥ 0.5 with an expert lesion.",
+            "",
+            "| outlines | cohort | detector trained on | n | outlined | found | Dice (all) | "
+            "Dice (outlined) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for source, per in dice.items():
+            for coh, d in per.items():
+                L.append(
+                    f"| {source} | {coh} | {d['detector_trained_on']} | {d['n']} | "
+                    f"{d['outlined']:.3f} | {d['found']:.3f} | {d['dice_all']:.3f} | "
+                    f"{_fmt(d['dice_outlined'])} |"
+                )
     L += [
         "",
         "## Recipe chosen without the test rows, per training variant",
         "",
         "| evaluation | outlines (fit → scored) | chosen recipe | training-cohort CV AUC | "
-        "AUC [95% CI] (DeLong) |",
-        "|---|---|---|---|---|",
+        "AUC [95% CI] (DeLong) | n scored / rows | AUC, all rows (withheld = coin) |",
+        "|---|---|---|---|---|---|---|",
     ]
 
     def honest_row(p: str, outlines: str, h: dict) -> str:
@@ -1697,41 +1865,43 @@ def write_box(
         return (
             f"| {p} | {outlines} | {h.get('chosen', 'per outer fold')} | "
             f"{_fmt(h.get('training_cv_auc'))} | {_fmt(m_['auc'])} "
-            f"[{_fmt(m_['auc_lo'])}–{_fmt(m_['auc_hi'])}] |"
+            f"[{_fmt(m_['auc_lo'])}–{_fmt(m_['auc_hi'])}] | "
+            f"{m_['n']} / {m_.get('n_rows', m_['n'])} | "
+            f"{_fmt(m_.get('auc_all_rows_withheld_as_coin', m_['auc']))} |"
         )
 
     for p in TARGETS:
         if ref:
             L.append(honest_row(p, "expert → expert (external.json)", ref["honest"][p]))
-        L += [honest_row(p, f"{v} → box", r["honest"][p]) for v, r in runs.items()]
+        L += [honest_row(p, f"{v} → {mode}", r["honest"][p]) for v, r in runs.items()]
     L.append("")
-    if "expert_vs_box_training" in doc:
-        cmp_ = doc["expert_vs_box_training"]
+    if f"expert_vs_{mode}_training" in doc:
+        cmp_ = doc[f"expert_vs_{mode}_training"]
         L += [
             "## Does training on the deployed outlines transfer better?",
             "",
-            "Each candidate's AUC on box outlines when fit on expert outlines vs on box "
-            "outlines (the same rows; Δ = box-trained − expert-trained, paired DeLong p). "
-            "Expert → expert: external.json, for reading. Candidates of the deep families "
-            "alone read no outline and are the same in both variants; they are left out.",
+            f"Each candidate's AUC on {what} outlines when fit on expert outlines vs on "
+            f"{what} outlines (the same rows; Δ = {mode}-trained − expert-trained, paired "
+            "DeLong p). Expert → expert: external.json, for reading. Candidates that are the "
+            "same in both variants (they read no outline) are left out.",
             "",
-            "| evaluation | candidate | expert → expert | expert → box | box → box | Δ (p) |",
+            f"| evaluation | candidate | expert → expert | expert → {mode} | {mode} → {mode} | Δ (p) |",
             "|---|---|---|---|---|---|",
         ]
         for p in TARGETS:
             for name, c in cmp_[p].items():
-                if "delta" in c and abs(c["auc_expert_trained"] - c["auc_box_trained"]) < 1e-12:
+                if "delta" in c and abs(c["auc_expert_trained"] - c[f"auc_{mode}_trained"]) < 1e-12:
                     continue
                 e = ref["results"][p].get(name, {}).get("auc") if ref else None
                 L.append(
                     f"| {p} | {name} | {_fmt(e)} | {_fmt(c['auc_expert_trained'])} | "
-                    f"{_fmt(c['auc_box_trained'])} | "
+                    f"{_fmt(c[f'auc_{mode}_trained'])} | "
                     + (f"{c['delta']:+.3f} ({c['p']:.3g})" if "delta" in c else "")
                     + " |"
                 )
         L.append("")
     for v, r in runs.items():
-        L += [f"# Variant `{v}`: {TRAIN_VARIANTS[v]}", ""]
+        L += [f"# Variant `{v}`: {variants[v]}", ""]
         L += honest_section(r)
         L += targets_section(r)
         L += tables_section(r)
@@ -1750,45 +1920,59 @@ def restrict(cands: dict, ablation: list, only: list[str]) -> tuple[dict, list]:
     return cands, [x for x in ablation if x[1] in cands and x[2] in cands]
 
 
-def main_box(a: argparse.Namespace) -> int:
-    """``--outlines box``: both training variants scored on the box-prompted outlines."""
+def main_deployed(a: argparse.Namespace) -> int:
+    """``--outlines box|auto``: both training variants scored on the deployed outlines."""
     import time
 
+    mode = a.outlines
     man = cohorts(a.out, a.seed)
     if not a.no_build:
         EF.build(man, a.out, a.families, threads=a.threads)
-        EF.build_box(man, a.out, a.threads)
+        if mode == "box":
+            EF.build_box(man, a.out, a.threads)
+        else:
+            for c in a.auto_cohorts:
+                EF.auto_outlines_part(man, a.out, c, DATA, threads=a.threads, seed=a.seed)
+            for s in a.auto_sources:
+                EF.build_auto(man, a.out, s, threads=a.threads)
     if a.features_only:
         return 0
-    box = EF.outline_dir(a.out, "box") / "features"
+    sources = ["box"] if mode == "box" else list(EF.AUTO_SOURCES)
     expert = {p.stem for p in (a.out / "features").glob("*.parquet")} | {"geometry", "size"}
     fams = {
         f
         for f in expert
-        if f not in EF.OUTLINE_FAMILIES or f == "size" or (box / f"{f}.parquet").is_file()
+        if f not in EF.OUTLINE_FAMILIES
+        or f == "size"
+        or all((EF.outline_dir(a.out, s) / "features" / f"{f}.parquet").is_file() for s in sources)
     }
+    variants = TRAIN_VARIANTS[mode]
     runs = {}
-    for v in a.train_outlines:
-        data = Data(man, a.out, fit=v, score="box")
+    for v in a.train_outlines or list(variants):
+        if v not in variants:
+            raise SystemExit(f"--train-outlines {v}: not a variant of --outlines {mode}")
+        data = Data(man, a.out, fit=v, score=mode)
         cands, ablation = candidates(fams, None, global_pool_only=True)
         if a.only:
             cands, ablation = restrict(cands, ablation, a.only)
-        print(f"== {TRAIN_VARIANTS[v]}: {len(cands)} candidates", flush=True)
+        print(f"== {variants[v]}: {len(cands)} candidates", flush=True)
         t0 = time.perf_counter()
         runs[v] = run(data, cands, ablation, a.seed)
         runs[v]["wall_seconds"] = round(time.perf_counter() - t0, 1)
         runs[v]["families"] = sorted(fams)
         for p, h in runs[v]["honest"].items():
-            print(f"{v} → box, {p}: {h.get('chosen', 'per fold')} AUC {h['metrics']['auc']:.3f}")
+            print(f"{v} → {mode}, {p}: {h.get('chosen', 'per fold')} AUC {h['metrics']['auc']:.3f}")
+    name = f"external_{mode}"
     write_box(
         runs,
-        Data(man, a.out, score="box"),
+        Data(man, a.out, score=mode),
         a.out,
-        a.results / "external_box.json",
-        a.results / "external_box.md",
+        a.results / f"{name}.json",
+        a.results / f"{name}.md",
         a.seed,
+        mode,
     )
-    print(f"wrote {a.results / 'external_box.json'}")
+    print(f"wrote {a.results / (name + '.json')}")
     return 0
 
 
@@ -1809,7 +1993,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--outlines",
-        choices=("expert", "box"),
+        choices=("expert", "box", "auto"),
         default="expert",
         help="outline source of the outline families (box: zero-shot LiteMedSAM prompted "
         "with the expert mask's box; writes external_box.json)",
@@ -1817,14 +2001,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--train-outlines",
         nargs="+",
-        choices=tuple(TRAIN_VARIANTS),
-        default=list(TRAIN_VARIANTS),
-        help="--outlines box: the outline source(s) the models are fit on",
+        choices=("expert", "box", "auto"),
+        default=None,
+        help="--outlines box|auto: the outline source(s) the models are fit on (default: "
+        "expert and the deployed one)",
+    )
+    ap.add_argument(
+        "--auto-cohorts",
+        nargs="*",
+        choices=("BUSI", "BrEaST"),
+        default=["BUSI", "BrEaST"],
+        help="--outlines auto: train the detectors of these cohorts (one process each runs in parallel)",
+    )
+    ap.add_argument(
+        "--auto-sources",
+        nargs="*",
+        choices=EF.AUTO_SOURCES,
+        default=list(EF.AUTO_SOURCES),
+        help="--outlines auto: compute the features of these outline sources",
     )
     ap.add_argument("--threads", type=int, default=2, help="radiomics processes, ONNX threads")
     a = ap.parse_args(argv)
-    if a.outlines == "box":
-        return main_box(a)
+    if a.outlines in ("box", "auto"):
+        return main_deployed(a)
     man = cohorts(a.out, a.seed)
     if not a.no_build:
         EF.build(man, a.out, a.families, threads=a.threads)

@@ -37,12 +37,26 @@ under ``<out>/outlines-box``; the deep families keep their crop, which is the bo
 (the expert mask's bounding box plus margin), so only their ``g_*`` columns are
 read in box mode (``m_*`` pools inside the expert outline).
 
+``auto`` (:func:`auto_outlines_part`, :func:`build_auto`): the outline a clinician
+gets without drawing anything, i.e. ``buscad segment detector``'s lesion detector
+(its recommended settings, on LiteMedSAM's cached float embedding) proposes boxes,
+zero-shot LiteMedSAM outlines them and the top-ranked kept candidate is read, as
+``buscad predict`` without a mask reads it. Every row is outlined by a detector that
+never saw it: ``auto-oof`` by the detector trained on the other grouped folds of its
+own cohort (BUSI with its normal images), ``auto-x`` by the detector trained on the
+whole other cohort. A row with no kept candidate has no outline ("no lesion found"):
+``buscad predict`` withholds its call, and so does the protocol. The outline families
+and every cropped deep family (the crop is the outline's box plus margin) are
+recomputed from the outlines under ``<out>/outlines-auto-oof`` and
+``<out>/outlines-auto-x``; the whole-image deep family is unchanged.
+
 Data: BUSI (Al-Dhabyani et al., Data in Brief 28:104863, 2020, CC0) and
 BrEaST-Lesions_USG (Pawlowska et al., Sci Data 11:148, 2024, CC BY 4.0), read in place.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -346,6 +360,210 @@ def build_box(man: Manifest, out: Path, threads: int = 1, log=print) -> dict:
     """:func:`box_outlines` then every outline family recomputed from them."""
     box = box_outlines(man, out, threads, log)
     return build(box, outline_dir(out, "box"), list(OUTLINE_FAMILIES), log, threads)
+
+
+# ------------------------------------------------------- automatic outlines
+#: Automatic-outline sources: ``auto-oof`` (each row outlined by a detector trained on the
+#: other folds of its own cohort) and ``auto-x`` (by the detector trained on the other cohort).
+AUTO_SOURCES: tuple[str, ...] = ("auto-oof", "auto-x")
+
+
+def _detector_set(man: Manifest, cohort: str, data: Path, sam, cache: Path):
+    """The detector's training images of ``cohort``: its lesion rows of ``man`` (+ BUSI's normals).
+
+    Returns ``(EmbeddedSet, groups, strata, n_lesion_rows)``; the first ``n_lesion_rows``
+    rows are ``man``'s rows of the cohort in order.
+    """
+    from deep_cv import busi_normal_rows
+
+    from buscad.data.audit.duplicates import near_duplicate_groups
+    from buscad.segment.detector_train import EmbeddedSet, embed_manifest
+
+    les = man.subset((man.df["cohort"] == cohort).to_numpy())
+    sets = [embed_manifest(les, sam, cache)]
+    groups = les.df["group"].astype(str).tolist()
+    strata = les.df["label"].astype(str).tolist()
+    if len(sets[0]) != len(les):
+        raise RuntimeError(f"{cohort}: {len(les) - len(sets[0])} lesion rows could not be read")
+    if cohort == "BUSI":  # BUSI's normal images teach "no lesion"
+        normals = Manifest(pd.DataFrame(busi_normal_rows(data)), root=Path("/"))
+        sets.append(embed_manifest(normals, sam, cache))
+        groups += [f"normal_{g}" for g in near_duplicate_groups(normals).astype(str)]
+        strata += ["normal"] * len(normals)
+    joined = EmbeddedSet(
+        [i for s in sets for i in s.ids],
+        np.concatenate([s.embeddings for s in sets]),
+        [sh for s in sets for sh in s.shapes],
+        [m for s in sets for m in s.masks],
+    )
+    return joined, groups, strata, len(les)
+
+
+def auto_outlines_part(
+    man: Manifest,
+    out: Path,
+    cohort: str,
+    data: Path,
+    threads: int = 1,
+    folds: int = 5,
+    seed: int = 0,
+    log=print,
+) -> dict:
+    """Detectors trained on ``cohort``: out-of-fold outlines of its rows, outlines of the others.
+
+    The detector is ``buscad segment detector``'s (:data:`buscad.segment.detector.RECOMMENDED`,
+    32 channels, 30 epochs) on LiteMedSAM's cached float embeddings. The cohort's lesion
+    images (BUSI: with its 133 normal images) are split into ``folds`` grouped folds (the
+    protocol's near-duplicate groups; strata benign / malignant / normal). Fold ``k``'s
+    images are outlined by a head trained on the other folds, with the score rule chosen
+    on the out-of-fold proposals of the rows outside fold ``k`` (the rows of fold ``k``
+    choose nothing that outlines them); these are the rows' ``auto-oof`` outlines. The
+    head trained on every image, with the rule chosen on all out-of-fold proposals (as
+    :func:`buscad.segment.detector_train.fit_detector` builds the shipped detector),
+    outlines the other cohort's rows: their ``auto-x`` outlines. Each outline is the
+    top-ranked kept candidate (as ``buscad predict`` without a mask reads it); a row
+    without one is withheld ("no lesion found"). Writes one PNG per outlined row under
+    ``outline_dir(out, source) / "masks"`` and ``parts/<cohort>.csv`` per source (one row
+    per lesion row: ``found_any``, ``found`` (IoU >= 0.5 with an expert lesion),
+    ``dice`` with the expert mask (0 when withheld), ``score``, ``predicted_dice``,
+    ``n_kept``). Cached per part.
+    """
+    import torch
+
+    from buscad.segment.detector import RECOMMENDED, DetectorConfig
+    from buscad.segment.detector_train import (
+        HeadTrainConfig,
+        choose_rule,
+        embed_manifest,
+        grouped_folds,
+        head_runner,
+        proposals_for,
+        train_head,
+    )
+    from buscad.segment.medsam import MedSAM, default_cache
+    from buscad.segment.medsam_convert import ensure_converted
+
+    other = {"BUSI": "BrEaST", "BrEaST": "BUSI"}[cohort]
+    parts = {s: outline_dir(out, s) / "parts" / f"{cohort}.csv" for s in AUTO_SOURCES}
+    if all(p.is_file() for p in parts.values()):
+        return {}
+    torch.set_num_threads(threads)
+    t0, c0 = time.perf_counter(), time.process_time()
+    sam = MedSAM(ensure_converted(), threads=threads, cache_size=2)
+    cache = default_cache()
+    cfg = DetectorConfig(channels=32, **RECOMMENDED)
+    tc = HeadTrainConfig(epochs=30, seed=seed, threads=threads)
+    train, groups, strata, n_les = _detector_set(man, cohort, data, sam, cache)
+    log(f"{cohort}: {len(train)} training images ({n_les} lesion rows)")
+    fold = grouped_folds(groups, strata, folds, seed)
+    oof, cpu = {}, []
+    for k in range(int(fold.max()) + 1):
+        tr, te = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+        m, h = train_head(train.train_input(cfg), train.targets, cfg, tc, rows=tr)
+        oof.update(proposals_for(train, te, head_runner(m), sam, cfg))
+        cpu.append(h["cpu_s"])
+        log(f"{cohort} fold {k + 1}: head on {len(tr)} images ({h['cpu_s']:.0f} s CPU)")
+    rules = {
+        k: choose_rule([oof[i] for i in range(len(train)) if fold[i] != k], cfg)
+        for k in range(int(fold.max()) + 1)
+    }
+    rule_all = choose_rule([oof[i] for i in range(len(train))], cfg)
+    module, h = train_head(train.train_input(cfg), train.targets, cfg, tc)
+    cpu.append(h["cpu_s"])
+    log(f"{cohort}: final head ({h['cpu_s']:.0f} s CPU), threshold {rule_all.threshold:.3f}")
+    ext = man.subset((man.df["cohort"] == other).to_numpy())
+    xset = embed_manifest(ext, sam, cache)
+    xprops = proposals_for(xset, range(len(xset)), head_runner(module), sam, cfg)
+
+    def rows(ids, sets, props, rule_of, source) -> pd.DataFrame:
+        masks = outline_dir(out, source) / "masks"
+        masks.mkdir(parents=True, exist_ok=True)
+        recs = []
+        for i, image_id in enumerate(ids):
+            im, rule = props[i], rule_of(i)
+            kept = im.kept(rule, cfg)
+            truth = sets.masks[i]
+            rec = {"image_id": image_id, "cohort": cohort if sets is train else other}
+            rec.update(found_any=bool(kept), n_kept=len(kept), n_proposals=len(im.proposals))
+            if kept:
+                top = im.proposals[kept[0]]
+                mask = top.candidate.mask
+                cv2.imwrite(str(masks / f"{image_id}.png"), mask.astype(np.uint8) * 255)
+                score = float(rule.score(im.features()[kept[:1]])[0])
+                rec.update(
+                    found=bool(im.lesion_iou.shape[1] and im.lesion_iou[kept[0]].max() >= 0.5),
+                    dice=dice(mask, truth),
+                    score=score,
+                    predicted_dice=top.candidate.predicted_dice,
+                )
+            else:
+                rec.update(found=False, dice=0.0, score=np.nan, predicted_dice=np.nan)
+            recs.append(rec)
+        return pd.DataFrame(recs)
+
+    own = rows(train.ids[:n_les], train, oof, lambda i: rules[int(fold[i])], "auto-oof")
+    xs = rows(xset.ids, xset, xprops, lambda i: rule_all, "auto-x")
+    for source, t in (("auto-oof", own), ("auto-x", xs)):
+        t["detector_trained_on"] = cohort
+        parts[source].parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_table(t, parts[source])
+    doc = {
+        "cohort": cohort,
+        "n_training_images": len(train),
+        "folds": int(fold.max()) + 1,
+        "head_cpu_s": [round(c, 1) for c in cpu],
+        "thresholds": {
+            "per_fold": [rules[k].threshold for k in sorted(rules)],
+            "all": rule_all.threshold,
+        },
+        "cpu_s": round(time.process_time() - c0, 1),
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
+    (outline_dir(out, "auto-oof") / "parts" / f"{cohort}.json").write_text(
+        json.dumps(doc, indent=1)
+    )
+    log(
+        f"{cohort}: oof found {own['found'].mean():.3f} outlined {own['found_any'].mean():.3f}; "
+        f"{other} (x) found {xs['found'].mean():.3f} outlined {xs['found_any'].mean():.3f} "
+        f"({doc['wall_s']:.0f} s)"
+    )
+    return doc
+
+
+def auto_outlines(man: Manifest, out: Path, source: str) -> Manifest:
+    """The rows of ``man`` that ``source`` outlined, ``mask_path`` at their automatic outline.
+
+    Merges the parts of :func:`auto_outlines_part` into ``outline_dir(out, source) /
+    "outlines.csv"`` (every lesion row; withheld ones with ``found_any`` false).
+    """
+    root = outline_dir(out, source)
+    table = root / "outlines.csv"
+    if not table.is_file():
+        parts = [root / "parts" / f"{c}.csv" for c in ("BUSI", "BrEaST")]
+        missing = [str(p) for p in parts if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"automatic outlines not computed: {', '.join(missing)}")
+        atomic_write_table(
+            pd.concat([pd.read_csv(p, dtype={"image_id": str}) for p in parts]), table
+        )
+    t = pd.read_csv(table, dtype={"image_id": str}).set_index("image_id")
+    ids = man.df["image_id"].astype(str)
+    have = t.reindex(ids)["found_any"].fillna(False).astype(bool).to_numpy()
+    sub = man.subset(have)
+    paths = [str((root / "masks" / f"{i}.png").resolve()) for i in sub.df["image_id"].astype(str)]
+    return sub.with_columns(mask_path=paths)
+
+
+def build_auto(man: Manifest, out: Path, source: str, threads: int = 1, log=print) -> dict:
+    """Every outline family and every cropped deep family from ``source``'s outlines.
+
+    Rows without an outline have no row in these tables (NaN when read): their
+    prediction is withheld, as ``buscad predict`` withholds it.
+    """
+    sub = auto_outlines(man, out, source)
+    crops = [deep_family(*v) for v in DEEP_VARIANTS if v[1] is not None]
+    crops += [deep_family(*v, True) for v in NORM_VARIANTS]
+    return build(sub, outline_dir(out, source), [*OUTLINE_FAMILIES, *crops], log, threads)
 
 
 def load(out: Path, name: str) -> pd.DataFrame:

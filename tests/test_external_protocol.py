@@ -264,3 +264,101 @@ def test_box_outlines_on_real_images(tmp_path):
         assert got.shape == truth.shape
         assert t["dice"].iat[i] == pytest.approx(EF.dice(got, truth))
         assert 0.8 < t["dice"].iat[i] < 1.0  # an outline of its own, near the expert's
+
+
+# ------------------------------------------------- automatic outlines (--outlines auto)
+def _auto_tables(tmp: Path, df: pd.DataFrame, feats: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """``auto-oof`` and ``auto-x`` shape tables (noisy copies) and which rows each outlined.
+
+    ``auto-oof`` withholds every 7th row, ``auto-x`` every 5th; a withheld row has no
+    feature row (as :func:`external_features.build_auto` writes them).
+    """
+    import external_features as EF
+
+    _outline_tables(tmp, df, feats)
+    rng = np.random.default_rng(5)
+    cols = [c for c in feats.columns if c != "image_id"]
+    out = {}
+    for source, every in (("auto-oof", 7), ("auto-x", 5)):
+        t = feats.copy()
+        t[cols] = t[cols] + rng.normal(scale=1.0, size=(len(t), len(cols)))
+        have = np.arange(len(t)) % every != 0
+        folder = EF.outline_dir(tmp, source)
+        (folder / "features").mkdir(parents=True, exist_ok=True)
+        t[have].to_parquet(folder / "features" / "shape.parquet", index=False)
+        pd.DataFrame({"image_id": t["image_id"], "cohort": df["cohort"], "found_any": have}).to_csv(
+            folder / "outlines.csv", index=False
+        )
+        out[source] = t.assign(have=have)
+    return out
+
+
+def test_automatic_outlines_come_from_a_detector_that_never_saw_the_row(tmp_path):
+    """External rows read ``auto-x``, held-out training-cohort rows ``auto-oof``; none read → NaN."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    df, feats = _cohorts()
+    (tmp_path / "features").mkdir()
+    auto = _auto_tables(tmp_path, df, feats)
+    cands = {"a LR": EX.Candidate("a LR", ["shape:^a"])}
+    y = (df["label"] == "malignant").to_numpy().astype(int)
+    train = np.flatnonzero(df["cohort"] == "T")
+    ext = np.flatnonzero(df["cohort"] == "E")
+    cols = ["a0", "a1", "a2"]
+    for fit in ("expert", "auto"):
+        data = EX.Data(SimpleNamespace(df=df), tmp_path, fit=fit, score="auto")
+        assert data.score_role(train, ext) == "score_x"
+        assert data.score_role(train[:100], train[100:]) == "score"
+        assert data.score_role(np.arange(len(df)), ext) == "score"  # pooled: both cohorts
+        eng = EX.Engine(data, cands, seed=0)
+        src = feats if fit == "expert" else auto["auto-oof"]
+        rows = train if fit == "expert" else train[auto["auto-oof"]["have"].to_numpy()[train]]
+        sc = StandardScaler().fit(src[cols].iloc[rows])
+        lr = LogisticRegression(max_iter=5000).fit(sc.transform(src[cols].iloc[rows]), y[rows])
+        for tr, te, source in ((train, ext, "auto-x"), (train[:100], train[100:], "auto-oof")):
+            got = eng.predict("a LR", tr, te)
+            t = auto[source]
+            have = t["have"].to_numpy()[te]
+            assert np.isnan(got[~have]).all() and np.isfinite(got[have]).all()
+            if tr is train:
+                want = lr.predict_proba(sc.transform(t[cols].iloc[te[have]]))[:, 1]
+                np.testing.assert_allclose(got[have], want, rtol=1e-6)
+    # the metrics read the outlined rows and say how many were withheld
+    ev = EX.evaluate(eng, "a LR", [(train, ext)])
+    m = ev["metrics"]
+    n_have = int(auto["auto-x"]["have"].to_numpy()[ext].sum())
+    assert m["n"] == n_have and m["n_rows"] == len(ext) and m["n_withheld"] == len(ext) - n_have
+    r = EX.choose(eng, ["a LR"], train, ext)
+    assert np.isfinite(r["cv_auc"]["a LR"])
+    assert m["auc_all_rows_withheld_as_coin"] < m["auc"]  # withheld pairs pull towards 0.5
+
+
+def test_withheld_auc():
+    """Every pair with a withheld (NaN) row counts ½; with none withheld it is the Mann-Whitney AUC."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 60)
+    s = y + rng.normal(size=60)
+    assert EX.withheld_auc(y, s) == pytest.approx(roc_auc_score(y, s))
+    # 2 malignant (0.9, NaN), 2 benign (0.1, 0.95): pairs 1, 0, ½, ½ -> 2/4
+    y2 = np.array([1, 1, 0, 0])
+    s2 = np.array([0.9, np.nan, 0.1, 0.95])
+    assert EX.withheld_auc(y2, s2) == pytest.approx(0.5)
+    s3 = np.array([0.9, np.nan, 0.1, 0.2])  # pairs 1, 1, ½, ½ -> 3/4
+    assert EX.withheld_auc(y2, s3) == pytest.approx(0.75)
+
+
+def test_score_cache_key_of_automatic_outlines_names_them_for_every_candidate(tmp_path):
+    fams = {"deep_lite0_m0.1_s224", "shape", "echo", "geometry", "size"}
+    cands, _ = EX.candidates(fams)
+    df, feats = _cohorts()
+    (tmp_path / "features").mkdir()
+    _auto_tables(tmp_path, df, feats)
+    data = EX.Data(SimpleNamespace(df=df), tmp_path, fit="expert", score="auto")
+    assert data.sources == {"fit": "expert", "score": "auto-oof", "score_x": "auto-x"}
+    c = cands["lite0 ROI LR C=0.1"]  # reads no outline, but its crop and withheld rows change
+    assert EX.spec_key(c, cands, 0, data.sources) != EX.spec_key(c, cands, 0)
+    box = EX.Data(SimpleNamespace(df=df), tmp_path, score="box")
+    assert box.sources == {"fit": "expert", "score": "box"}  # box runs keep their cache keys
