@@ -296,3 +296,24 @@ def test_cli_finetune_writes_a_segmenter_that_outlines_boxes(base, tmp_path, mon
     assert seg.box_model.manifest["finetune"]["steps"] == 2 and seg.box_model.confidence is None
     for name in (ENCODER_NAME, DECODER_NAME):
         assert seg.box_model.manifest["sha256"][name] == read_manifest(folder)["sha256"][name]
+
+
+def test_outline_dice_scores_the_inference_outline() -> None:
+    """Dice and IoU of the outline drawn from a decoder's logits (a stub decoder: known masks)."""
+    from types import SimpleNamespace
+
+    from buscad.segment.medsam_finetune import outline_dice
+
+    truth = np.zeros((60, 80), bool)
+    truth[10:30, 10:30] = True  # 400 px
+    drawn = np.zeros_like(truth)
+    drawn[20:40, 10:30] = True  # 400 px, 200 shared with the truth
+    drawn[30:, 70:] = True  # a second blob outside the box: not the outline
+    logit = np.where(drawn, 8.0, -8.0).astype(np.float32)
+    sam = SimpleNamespace(decode=lambda emb, box: (logit, 0.9))
+    dice, iou, found = outline_dice(sam, None, truth, (8, 18, 32, 42))
+    assert found
+    assert dice == pytest.approx(2 * 200 / 800)
+    assert iou == pytest.approx(200 / 600)
+    nothing = SimpleNamespace(decode=lambda emb, box: (np.full_like(logit, -8.0), 0.1))
+    assert outline_dice(nothing, None, truth, (8, 18, 32, 42)) == (0.0, 0.0, False)

@@ -498,11 +498,9 @@ def outline_dice(
     :func:`buscad.segment.infer.box_candidate` at probability 0.5.
     ``Dice = 2|A∩B| / (|A| + |B|)``, ``IoU = |A∩B| / |A∪B|``.
     """
-    from buscad.segment.base import sigmoid
-    from buscad.segment.infer import box_candidate
+    from buscad.segment.detector_train import outline_fn
 
-    logit, iou = sam.decode(emb, box)
-    m = box_candidate(sigmoid(logit), tuple(int(v) for v in box), 0.5, iou).mask  # type: ignore[arg-type]
+    m = outline_fn(sam, emb)(tuple(int(v) for v in box)).mask  # type: ignore[arg-type]
     inter = int((m & truth).sum())
     union = int((m | truth).sum())
     dice = 2 * inter / max(int(m.sum() + truth.sum()), 1)
