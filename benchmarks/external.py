@@ -636,6 +636,23 @@ def reader_calls(y: np.ndarray, ranks: np.ndarray):
     return binary_metrics(y, (ranks >= cut_rank(READER_CUT_CATEGORY)).astype(float), 0.5)
 
 
+def reader_row(data: Data, rows: np.ndarray, note: str) -> dict:
+    """The radiologist's AUC [DeLong CI] and calls (:func:`reader_calls`) on ``rows``."""
+    from buscad.evaluate.delong import auc_ci
+
+    a = auc_ci(data.y[rows], data.reader[rows])
+    r = reader_calls(data.y[rows], data.reader[rows])
+    return {
+        "n": len(rows),
+        "auc": a.auc,
+        "auc_lo": a.lo,
+        "auc_hi": a.hi,
+        "sensitivity": r.sensitivity,
+        "specificity": r.specificity,
+        "note": note,
+    }
+
+
 def evaluate(eng: Engine, name: str | list[str], pairs: list, thresholds: bool = True) -> dict:
     """Scores of the test rows (out-of-fold for CV) and their metrics.
 
@@ -1207,33 +1224,17 @@ def run(data: Data, cands: dict, ablation: list, seed: int, log=print) -> dict:
     # the radiologist's BI-RADS on BrEaST rows (external in BUSI→BrEaST)
     br = np.flatnonzero(data.cohort == "BrEaST")
     if np.isfinite(data.reader[br]).all():
-        a = auc_ci(data.y[br], data.reader[br])
-        r = reader_calls(data.y[br], data.reader[br])
-        results["BUSI→BrEaST"]["ref: BrEaST radiologist BI-RADS"] = {
-            "n": len(br),
-            "auc": a.auc,
-            "auc_lo": a.lo,
-            "auc_hi": a.hi,
-            "sensitivity": r.sensitivity,
-            "specificity": r.specificity,
-            "note": f"ordinal BI-RADS; calls at {READER_CUT_CATEGORY} or higher",
-        }
-        scores[("BUSI→BrEaST", "ref: BrEaST radiologist BI-RADS")] = data.reader.copy()
+        ref = "ref: BrEaST radiologist BI-RADS"
+        results["BUSI→BrEaST"][ref] = reader_row(
+            data, br, f"ordinal BI-RADS; calls at {READER_CUT_CATEGORY} or higher"
+        )
+        scores[("BUSI→BrEaST", ref)] = data.reader.copy()
         # automatic outlines: the radiologist on the rows the models scored, for reading beside
-        busi = np.flatnonzero(data.cohort == "BUSI")
-        seen = br[data.outlined(data.score_role(busi, br))[br]]
+        seen = br[data.outlined(data.score_role(np.flatnonzero(data.cohort == "BUSI"), br))[br]]
         if len(seen) < len(br):
-            a = auc_ci(data.y[seen], data.reader[seen])
-            r = reader_calls(data.y[seen], data.reader[seen])
-            results["BUSI→BrEaST"]["ref: BrEaST radiologist BI-RADS, outlined rows"] = {
-                "n": len(seen),
-                "auc": a.auc,
-                "auc_lo": a.lo,
-                "auc_hi": a.hi,
-                "sensitivity": r.sensitivity,
-                "specificity": r.specificity,
-                "note": "the rows with an automatic outline only (the others are withheld)",
-            }
+            results["BUSI→BrEaST"][f"{ref}, outlined rows"] = reader_row(
+                data, seen, "the rows with an automatic outline only (the others are withheld)"
+            )
     abl = []
     for lever, a, b in ablation:
         row = {"lever": lever, "from": a, "to": b}
