@@ -1,20 +1,38 @@
-"""ONNX export of the segmentation network and the parity check with PyTorch.
+"""ONNX export of the segmentation network, the parity check with PyTorch, and cached sessions.
 
 The graph maps ``image`` float32 ``(N, 2, S, S)`` to ``logits`` ``(N, 1, S, S)``
 (dynamic batch; ``S`` fixed at export). Running it needs only ONNX Runtime
 (:class:`buscad.segment.base.OnnxRunner`).
+
+:func:`ort_session` opens an ONNX Runtime session whose graph optimisation runs
+once per machine: the first session of a graph (``ORT_ENABLE_ALL``) also writes
+ONNX Runtime's optimised graph (``SessionOptions.optimized_model_filepath``) to
+``onnxruntime/<version>-<cpu>/<sha16>.onnx`` under :func:`buscad.utils.cache_root`
+with a JSON record (the source graph's SHA-256, the ONNX Runtime version, the CPU
+tag and the optimised file's SHA-256); later sessions load that file with the
+optimisations off. Both run the same kernels on the same graph, so their outputs
+are the same numbers; only the start-up is shorter. The optimised graph may hold
+CPU-specific layouts (NCHWc blocks), hence the version and CPU in the folder name.
+A record or file that does not check out is logged, the source graph is loaded
+and the cache is rewritten.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
+import logging
 import os
+import platform
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from buscad.utils import atomic_path
+from buscad.errors import ModelFileError
+from buscad.utils import atomic_path, atomic_write_json, cache_root, file_sha256
 
 OPSET = 17
 
@@ -67,4 +85,169 @@ def parity(module: Any, onnx_path: str | os.PathLike[str], x: np.ndarray) -> dic
     }
 
 
-__all__ = ["OPSET", "export_module", "parity"]
+#: Format of the JSON record beside a cached optimised graph.
+OPTIMISED_FORMAT = "buscad-ort-optimised"
+
+log = logging.getLogger("buscad.segment")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_tag() -> str:
+    """Twelve hex digits naming this CPU for ONNX Runtime's layouts.
+
+    SHA-256 of ``platform.machine()`` and, on Linux, the first ``model name`` and
+    ``flags`` lines of ``/proc/cpuinfo`` (else ``platform.processor()``).
+    """
+    parts = [platform.machine()]
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            seen: dict[str, str] = {}
+            for line in fh:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "flags") and key not in seen:
+                    seen[key] = value.strip()
+                if len(seen) == 2:
+                    break
+        parts += [seen.get("model name", ""), seen.get("flags", "")]
+    except OSError:
+        parts.append(platform.processor())
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
+
+
+def optimised_folder() -> Path:
+    """``cache_root() / "onnxruntime" / "<ORT version>-<cpu_tag()>"`` (not created here)."""
+    import onnxruntime as ort
+
+    return cache_root() / "onnxruntime" / f"{ort.__version__}-{cpu_tag()}"
+
+
+def _options(threads: int | None, level: str = "ORT_ENABLE_ALL") -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+    return opts
+
+
+def _open(path: Path, opts: Any) -> Any:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def _check_optimised(graph: Path, record: Path, source_sha256: str) -> str | None:
+    """Why the cached optimised ``graph`` cannot stand in for the source graph (None: it can)."""
+    import onnxruntime as ort
+
+    try:
+        doc = json.loads(record.read_text())
+    except (OSError, ValueError) as exc:
+        return f"unreadable record {record.name} ({exc})"
+    if not isinstance(doc, dict) or doc.get("format") != OPTIMISED_FORMAT:
+        return f"{record.name} is not a {OPTIMISED_FORMAT} record"
+    if doc.get("source_sha256") != source_sha256:
+        return "made from another source graph"
+    if doc.get("onnxruntime") != ort.__version__ or doc.get("cpu") != cpu_tag():
+        return "made by another ONNX Runtime or CPU"
+    if not graph.is_file():
+        return "file missing"
+    if file_sha256(graph) != doc.get("sha256"):
+        return "SHA-256 does not match its record"
+    return None
+
+
+def ort_session(
+    path: str | os.PathLike[str],
+    threads: int | None = None,
+    sha256: str | None = None,
+    cache: bool = True,
+) -> tuple[Any, Path]:
+    """An ONNX Runtime CPU session of ``path``; with ``cache``, through the optimised-graph cache.
+
+    Parameters
+    ----------
+    path : path-like
+        The source ONNX graph.
+    threads : int, optional
+        Intra-op threads (inter-op: 1).
+    sha256 : str, optional
+        The source graph's SHA-256 when already known (checked by the caller); else
+        it is computed.
+    cache : bool
+        Use (and fill) the cache of :func:`optimised_folder` (module docstring); off:
+        the source graph with ``ORT_ENABLE_ALL``, nothing written.
+
+    Returns
+    -------
+    session : onnxruntime.InferenceSession
+    loaded : pathlib.Path
+        The file the session runs: the cached optimised graph, or ``path``.
+
+    Raises
+    ------
+    ModelFileError
+        ONNX Runtime cannot load the source graph.
+    """
+    import onnxruntime as ort
+
+    src = Path(path)
+    if cache:
+        digest = sha256 or file_sha256(src)
+        folder = optimised_folder()
+        graph = folder / f"{digest[:16]}.onnx"
+        record = graph.with_suffix(".json")
+        if record.is_file() or graph.is_file():
+            problem = _check_optimised(graph, record, digest)
+            if problem is None:
+                try:
+                    return _open(graph, _options(threads, "ORT_DISABLE_ALL")), graph
+                except Exception as exc:  # any load failure falls back to the source graph
+                    problem = f"ONNX Runtime cannot load it ({exc})"
+            log.warning(
+                "cached optimised ONNX graph %s unusable (%s): loading %s and rewriting the cache",
+                graph,
+                problem,
+                src,
+            )
+        session = None
+        try:
+            with atomic_path(graph) as tmp:
+                opts = _options(threads)
+                opts.optimized_model_filepath = str(tmp)
+                opts.log_severity_level = 3  # ORT warns that NCHWc layouts are CPU-specific
+                session = _open(src, opts)
+            atomic_write_json(
+                record,
+                {
+                    "format": OPTIMISED_FORMAT,
+                    "source": src.name,
+                    "source_sha256": digest,
+                    "onnxruntime": ort.__version__,
+                    "cpu": cpu_tag(),
+                    "level": "ORT_ENABLE_ALL",
+                    "sha256": file_sha256(graph),
+                },
+            )
+        except Exception as exc:  # a cache that cannot be written is skipped
+            log.debug("optimised ONNX graph of %s not cached (%s)", src, exc)
+        if session is not None:
+            return session, src
+    try:
+        return _open(src, _options(threads)), src
+    except Exception as exc:
+        raise ModelFileError(src, f"cannot load the ONNX model ({exc})") from exc
+
+
+__all__ = [
+    "OPSET",
+    "OPTIMISED_FORMAT",
+    "cpu_tag",
+    "export_module",
+    "optimised_folder",
+    "ort_session",
+    "parity",
+]
