@@ -224,6 +224,28 @@ def test_segmenter_runs_the_head_once_per_image(fitted: Path) -> None:
     assert det.propose(emb.array, emb.shape, outline, heat=np.zeros_like(heat)) == []
 
 
+def test_a_box_two_proposals_share_is_decoded_once(fitted: Path) -> None:
+    """Margins (0.1, 0.1) give each component the same box twice: one decoder run per box."""
+    det = Detector.load(fitted, encoder_sha256=ENCODER, threads=1)
+    sam, boxes = FakeSAM(), []
+    decode = sam.decode
+
+    def counted(emb, box):
+        boxes.append(tuple(int(v) for v in box))
+        return decode(emb, box)
+
+    sam.decode = counted  # type: ignore[method-assign]
+    seg = Segmenter(None, SegConfig(arch=MEDSAM_ARCH), box_model=sam, detector=det)
+    gray, _ = phantom(seed=102)
+    once = seg.predict(gray)
+    n_once = len(boxes)
+    det.config.margins = [0.1, 0.1]
+    boxes.clear()
+    twice = seg.predict(gray)
+    assert n_once > 0 and len(boxes) == n_once == len(set(boxes))
+    assert [c.box for c in twice.candidates] == [c.box for c in once.candidates]
+
+
 def test_saved_folder_round_trips_and_refuses_wrong_hashes(
     fitted: Path, phantoms, tmp_path: Path
 ) -> None:

@@ -519,9 +519,15 @@ class Segmenter:
         g = norm if gray is None else gray
         emb = self.box_model.embed(g)
         heat = self.detector.heat(emb.array)
-        cands = self.detector.propose(
-            emb.array, emb.shape, lambda b: self._box_outline(norm, b, gray)[1], heat=heat
-        )
+        drawn: dict[tuple[int, ...], Candidate] = {}  # a box two components share is decoded once
+
+        def outline(b: tuple[int, int, int, int]) -> Candidate:
+            key = tuple(int(v) for v in b)
+            if key not in drawn:
+                drawn[key] = self._box_outline(norm, b, gray)[1]
+            return drawn[key]
+
+        cands = self.detector.propose(emb.array, emb.shape, outline, heat=heat)
         heat256 = cv2.resize(heat, (SIZE, SIZE), interpolation=cv2.INTER_LINEAR)
         prob = np.clip(postprocess(heat256, emb.new_size, emb.shape), 0.0, 1.0)
         mask = np.zeros(norm.shape, bool)
