@@ -21,8 +21,11 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from buscad.errors import ModelFileError  # noqa: E402
 from buscad.segment.onnx import (  # noqa: E402
+    ENCODER_FUSIONS,
+    FUSION_TOLERANCE,
     OPTIMISED_FORMAT,
     cpu_tag,
+    max_abs_difference,
     optimised_folder,
     ort_session,
 )
@@ -134,6 +137,40 @@ def test_a_corrupt_or_foreign_cached_graph_falls_back_to_the_source(
     )
 
 
+def test_fusions_are_kept_only_within_the_tolerance(
+    tmp_path: Path, cache: Path, monkeypatch, caplog
+) -> None:
+    import buscad.segment.onnx as onx
+
+    src = _graph(tmp_path / "g.onnx")
+    x = np.random.default_rng(3).normal(size=(1, 4, 16, 16)).astype(np.float32)
+    want = _run(ort_session(src, threads=1, cache=False)[0], x)
+    ort_session(src, threads=1, fusions=ENCODER_FUSIONS)  # nothing to fuse in two convs
+    record = next(optimised_folder().glob("*.json"))
+    doc = json.loads(record.read_text())
+    assert doc["fusions"] == ENCODER_FUSIONS and doc["fusion"]["used"] is True
+    assert doc["fusion"]["max_abs_difference"] <= FUSION_TOLERANCE
+    assert ort_session(src, threads=1)[1] == src  # asked without fusions: rebuilt
+    assert json.loads(record.read_text())["fusions"] is None
+
+    def wrong(a: Path, dst: Path, fusions: dict) -> dict:  # a "fusion" that changes the outputs
+        _graph(dst, seed=9)
+        return {"Gelu": 1}
+
+    monkeypatch.setattr(onx, "_fuse", wrong)
+    with caplog.at_level(logging.INFO, logger="buscad.segment"):
+        s, loaded = ort_session(src, threads=1, fusions=ENCODER_FUSIONS)
+    assert loaded == src and "transformer fusions not applied (max abs difference" in caplog.text
+    doc = json.loads(record.read_text())
+    assert doc["fusion"]["used"] is False and doc["fusion"]["max_abs_difference"] > 1e-4
+    np.testing.assert_array_equal(_run(s, x), want)
+    s2, loaded2 = ort_session(src, threads=1, fusions=ENCODER_FUSIONS)
+    assert loaded2.parent == optimised_folder()
+    np.testing.assert_allclose(_run(s2, x), want, rtol=0, atol=1e-5)  # the unfused graph
+    assert not list(optimised_folder().glob(".*"))  # no temporary file left
+    assert max_abs_difference(src, src) == 0.0
+
+
 def test_an_unwritable_cache_is_skipped_and_a_bad_graph_is_a_model_error(
     tmp_path: Path, monkeypatch
 ) -> None:
@@ -177,6 +214,10 @@ def test_litemedsam_from_the_cached_graphs_gives_the_float_outputs(
     assert sam.session_files["encoder"].parent == folder
     assert sam.session_files["decoder"].parent == folder
     assert sam.model_hash == ref.model_hash  # the encoder's identity is the float graph's
+    doc = json.loads(sam.session_files["encoder"].with_suffix(".json").read_text())
+    assert doc["fusions"] == ENCODER_FUSIONS and doc["fusion"]["used"] is True
+    assert doc["fusion"]["fused_operators"].get("BiasGelu", 0) > 0
+    assert doc["fusion"]["max_abs_difference"] <= FUSION_TOLERANCE
     a, b = ref.embed(gray), sam.embed(gray)
     assert float(np.abs(a.array - b.array).max()) <= 1e-4
     low_a, iou_a = ref.decode_low_res(a, boxes)  # batch of 3: the dynamic axis survives

@@ -573,7 +573,9 @@ class MedSAM:
         Test-time box ensemble of :meth:`decode` (default: the box alone).
     optimised_cache : bool
         Start both sessions from ONNX Runtime's optimised graphs cached per machine
-        (:func:`buscad.segment.onnx.ort_session`: same outputs, shorter start-up);
+        (:func:`buscad.segment.onnx.ort_session`: same outputs, shorter start-up; the
+        float encoder's also with :data:`buscad.segment.onnx.ENCODER_FUSIONS`, kept
+        within 1e-4 of the float graph's embedding);
         off: optimise the graphs at every start, write nothing. The cache is keyed by
         the graphs' SHA-256: the manifest's when checked (``verify`` or ``checked``),
         else the files are hashed for it.
@@ -629,10 +631,14 @@ class MedSAM:
             enc = self.folder / ENCODER_NAME
             self._encoder_sha = str(self.manifest["sha256"][ENCODER_NAME])
             enc_checked = trusted
-        from buscad.segment.onnx import ort_session
+        from buscad.segment.onnx import ENCODER_FUSIONS, ort_session
 
         self.encoder, enc_file = ort_session(
-            enc, threads, self._encoder_sha if enc_checked else None, optimised_cache
+            enc,
+            threads,
+            self._encoder_sha if enc_checked else None,
+            optimised_cache,
+            ENCODER_FUSIONS if not encoder_variant and not encoder else None,
         )
         self.decoder, dec_file = ort_session(
             self.folder / DECODER_NAME,
