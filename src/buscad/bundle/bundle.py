@@ -101,27 +101,6 @@ DEEP_FEATURE = re.compile(r"^deep_\d+$")
 DEEP_SCORE = "_deep_score"
 
 
-def _prefetch(module: str) -> None:
-    """Import ``module`` on a daemon thread (a later import finds it loaded, or waits for it).
-
-    For the radiomics stack (SimpleITK, PyRadiomics: a few hundred ms of imports)
-    while the segmenter's ONNX Runtime sessions start and run, which release the
-    GIL. A failure is left to the later import to report.
-    """
-    import sys
-
-    if module in sys.modules:
-        return
-
-    def run() -> None:
-        import importlib
-
-        with contextlib.suppress(Exception):
-            importlib.import_module(module)
-
-    threading.Thread(target=run, name=f"import {module}", daemon=True).start()
-
-
 def _logit(p: np.ndarray) -> np.ndarray:
     q = np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
     return np.log(q / (1 - q))
@@ -1035,10 +1014,6 @@ class Bundle:
         checked = Outline(None, None, None)
         if mask is None and auto_roi and self.has_segmenter:
             t = time.perf_counter()
-            if self._segmenter is None and any(
-                i.get("inputs", {}).get("radiomics") for i in self.doc["models"].values()
-            ):  # the outline's radiomics come next: import their stack meanwhile
-                _prefetch("buscad.radiomics.extract")
             checked = self.outline(g, box)
             outline, confidence, note = checked
             timings["segment"] = (time.perf_counter() - t) * 1000
