@@ -255,3 +255,20 @@ def test_the_cache_is_keyed_by_checked_digests_only(
     (folder / MANIFEST_NAME).write_text(json.dumps({**doc, "sha256": real}))
     sam = MedSAM(folder, threads=1, checked=checked)  # no hashing of the graphs
     assert sam.session_files["decoder"] == optimised_folder() / f"{real[DECODER_NAME][:16]}.onnx"
+
+
+def test_a_graph_that_does_not_load_is_reported_from_either_thread(
+    converted: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """The decoder's session starts on a second thread: its error reaches the caller too."""
+    import shutil
+
+    from buscad.segment.medsam import DECODER_NAME, ENCODER_NAME, MedSAM
+
+    monkeypatch.setenv("BUSCAD_CACHE", str(tmp_path / "cache"))
+    for name in (DECODER_NAME, ENCODER_NAME):
+        folder = tmp_path / name
+        shutil.copytree(converted, folder)
+        (folder / name).write_bytes(b"not a graph")
+        with pytest.raises(ModelFileError, match=rf"{name}.*cannot load the ONNX model"):
+            MedSAM(folder, threads=1, verify=False)

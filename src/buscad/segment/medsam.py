@@ -631,21 +631,28 @@ class MedSAM:
             enc = self.folder / ENCODER_NAME
             self._encoder_sha = str(self.manifest["sha256"][ENCODER_NAME])
             enc_checked = trusted
+        from concurrent.futures import ThreadPoolExecutor
+
         from buscad.segment.onnx import ENCODER_FUSIONS, ort_session
 
-        self.encoder, enc_file = ort_session(
-            enc,
-            threads,
-            self._encoder_sha if enc_checked else None,
-            optimised_cache,
-            ENCODER_FUSIONS if not encoder_variant and not encoder else None,
-        )
-        self.decoder, dec_file = ort_session(
-            self.folder / DECODER_NAME,
-            threads,
-            str(self.manifest["sha256"][DECODER_NAME]) if trusted else None,
-            optimised_cache,
-        )
+        # the decoder's session starts on a second thread meanwhile: each start-up is
+        # single-threaded and ONNX Runtime and hashlib release the GIL
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(
+                ort_session,
+                self.folder / DECODER_NAME,
+                threads,
+                str(self.manifest["sha256"][DECODER_NAME]) if trusted else None,
+                optimised_cache,
+            )
+            self.encoder, enc_file = ort_session(
+                enc,
+                threads,
+                self._encoder_sha if enc_checked else None,
+                optimised_cache,
+                ENCODER_FUSIONS if not encoder_variant and not encoder else None,
+            )
+            self.decoder, dec_file = pending.result()
         self.session_files: dict[str, Path] = {"encoder": enc_file, "decoder": dec_file}
         self.cache_size = int(cache_size)
         self._cache: OrderedDict[str, Embedding] = OrderedDict()
