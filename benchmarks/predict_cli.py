@@ -1,6 +1,9 @@
 """Wall time of ``buscad predict`` from the shell: one BUSI image, its mask (or none), heatmap on.
 
 Runs ``.venv/bin/buscad predict BUNDLE IMAGE --mask MASK -o TMP`` ``--repeats`` times
+(``--exe``: another ``buscad`` script, e.g. a shared virtual environment's with
+``PYTHONPATH=src`` so that this checkout's code is timed; the results record the
+script and the ``buscad`` package the child imported)
 (a fresh process each time: interpreter start, imports, bundle load, prediction,
 overlay PNG, JSON and summary CSV) and records each wall time, the models that ran
 and the load average. ``--no-mask``: the image alone, so the bundle's segmenter outlines
@@ -19,6 +22,7 @@ import argparse
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -41,8 +45,24 @@ def main() -> None:
         "--no-mask", action="store_true", help="Predict without a mask (automatic outline)."
     )
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks/results/predict_cli.json")
+    ap.add_argument(
+        "--exe",
+        type=Path,
+        help="The buscad script to time (default: .venv/bin/buscad of this checkout, else "
+        "the one beside this Python).",
+    )
     args = ap.parse_args()
-    exe = REPO / ".venv" / "bin" / "buscad"
+    exe = args.exe or REPO / ".venv" / "bin" / "buscad"
+    if args.exe is None and not exe.is_file():
+        exe = Path(sys.executable).with_name("buscad")
+    first = exe.read_bytes()[:200].split(b"\n")[0].decode(errors="replace")
+    python = first[2:].strip() if first.startswith("#!") else sys.executable
+    package = subprocess.run(
+        [python, "-c", "import buscad; print(buscad.__file__)"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     load0 = os.getloadavg()[0]
     walls, doc = [], {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -59,6 +79,8 @@ def main() -> None:
         + "-o TMP",
         "data": "BUSI (Al-Dhabyani et al., Data in Brief 28:104863, 2020)",
         "bundle": str(args.bundle),
+        "exe": str(exe),
+        "buscad_package": package,
         "bundle_name": doc.get("bundle"),
         "engine": doc.get("engine"),
         "models_run": [k for k, v in doc["model_scores"].items() if v is not None],

@@ -13,7 +13,11 @@ Per image, on ``--n`` BrEaST images (the first of a seeded order), timed in this
 - ``redraw_ensemble``: the same with a test-time box ensemble (``--ensemble KIND:STEP``,
   :class:`buscad.segment.medsam.BoxEnsemble`: one decoder run with K boxes, averaged);
 - ``auto``: a new image without a box through a segmenter folder with a detector
-  (``--segmenter``): encoder, detector head, LiteMedSAM per candidate, ranking.
+  (``--segmenter``): encoder, detector head, LiteMedSAM per candidate, ranking;
+- ``startup``: building :class:`buscad.segment.medsam.MedSAM` (manifest check, both
+  ONNX Runtime sessions) with ONNX Runtime optimising the graphs at start
+  (``optimised_cache=False``) and from the optimised graphs cached per machine
+  (:func:`buscad.segment.onnx.ort_session`, filled before timing), ``--starts`` times each.
 
 Median, 90th percentile and each value in ms, and the load average before and after (the
 issue's targets are for a quiet machine: first outline <= 600 ms, redraw <= 60 ms).
@@ -85,6 +89,7 @@ def main() -> None:
     ap.add_argument("--ensemble", help="KIND:STEP of a box ensemble, e.g. scale3:0.05")
     ap.add_argument("--quiet-load", type=float, default=2.5, help="Quiet: 1-min load below it.")
     ap.add_argument("--segmenter", type=Path, help="a segmenter folder with a detector")
+    ap.add_argument("--starts", type=int, default=5, help="MedSAM start-ups timed per setting")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks/results/segment_speed.json")
     a = ap.parse_args()
     from buscad.segment.medsam import BoxEnsemble, MedSAM
@@ -150,6 +155,17 @@ def main() -> None:
                 "ensemble": ens.to_dict(),
                 **_summary(redraw_ens, ens_cpu),
             }
+    MedSAM(folder, threads=a.threads)  # fills the optimised-graph cache when empty
+    startup: dict = {}
+    for name, cached in (("optimise_at_start", False), ("cached_graphs", True)):
+        ms, cpu = [], []
+        for _ in range(a.starts):
+            t, c = time.perf_counter(), time.process_time()
+            MedSAM(folder, threads=a.threads, optimised_cache=cached)
+            ms.append((time.perf_counter() - t) * 1000)
+            cpu.append((time.process_time() - c) * 1000)
+        startup[name] = _summary(ms, cpu)
+    res["startup"] = startup
     if a.segmenter is not None:
         from buscad.segment.infer import Segmenter
 

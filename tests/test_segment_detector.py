@@ -198,6 +198,54 @@ def test_segmenter_finds_the_lesion_and_reports_none_without(fitted: Path) -> No
         assert not res.found and res.candidates == [] and not res.mask.any()
 
 
+def test_segmenter_runs_the_head_once_per_image(fitted: Path) -> None:
+    """The heat-map the candidates come from is the one reported (one head run per image)."""
+    det = Detector.load(fitted, encoder_sha256=ENCODER, threads=1)
+    head, calls = det.head, []
+
+    def counted(x: np.ndarray) -> np.ndarray:
+        calls.append(x.shape)
+        return head(x)
+
+    det.head = counted
+    seg = Segmenter(None, SegConfig(arch=MEDSAM_ARCH), box_model=FakeSAM(), detector=det)
+    gray, _ = phantom(seed=101)
+    res = seg.predict(gray)
+    assert res.found and calls == [(1, 256, 64, 64)]
+    emb = FakeSAM().embed(gray)
+
+    def outline(b):
+        return seg._box_outline(gray.astype(np.float32) / 255, b, gray)[1]
+
+    heat = det.heat(emb.array)
+    given = det.propose(emb.array, emb.shape, outline, heat=heat)
+    assert [c.box for c in given] == [c.box for c in res.candidates]
+    assert [c.box for c in det.propose(emb.array, emb.shape, outline)] == [c.box for c in given]
+    assert det.propose(emb.array, emb.shape, outline, heat=np.zeros_like(heat)) == []
+
+
+def test_a_box_two_proposals_share_is_decoded_once(fitted: Path) -> None:
+    """Margins (0.1, 0.1) give each component the same box twice: one decoder run per box."""
+    det = Detector.load(fitted, encoder_sha256=ENCODER, threads=1)
+    sam, boxes = FakeSAM(), []
+    decode = sam.decode
+
+    def counted(emb, box):
+        boxes.append(tuple(int(v) for v in box))
+        return decode(emb, box)
+
+    sam.decode = counted  # type: ignore[method-assign]
+    seg = Segmenter(None, SegConfig(arch=MEDSAM_ARCH), box_model=sam, detector=det)
+    gray, _ = phantom(seed=102)
+    once = seg.predict(gray)
+    n_once = len(boxes)
+    det.config.margins = [0.1, 0.1]
+    boxes.clear()
+    twice = seg.predict(gray)
+    assert n_once > 0 and len(boxes) == n_once == len(set(boxes))
+    assert [c.box for c in twice.candidates] == [c.box for c in once.candidates]
+
+
 def test_saved_folder_round_trips_and_refuses_wrong_hashes(
     fitted: Path, phantoms, tmp_path: Path
 ) -> None:

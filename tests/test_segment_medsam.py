@@ -359,6 +359,17 @@ def test_bundle_carries_litemedsam_and_outlines_boxes(
     gray, truth = _lobulated((200, 260))
     mask, conf, _ = b.outline(gray, box=mask_box(truth))
     assert mask is not None and _dice(mask, truth) > 0.9 and 0 < conf <= 1
+    # the bundle hashes both graphs once; LiteMedSAM's manifest must name the same digests
+    manifest = out / "segmenter" / "litemedsam" / MANIFEST_NAME
+    good = manifest.read_text()
+    doc = json.loads(good)
+    doc["sha256"][ENCODER_NAME] = "0" * 64
+    manifest.write_text(json.dumps(doc))
+    with pytest.raises(
+        ModelFileError, match=r"encoder\.onnx.*litemedsam\.json does not match the checked file"
+    ):
+        _ = Bundle.load(out, engine="onnx").segmenter
+    manifest.write_text(good)
     with open(out / "segmenter" / "litemedsam" / DECODER_NAME, "ab") as fh:
         fh.write(b"\0")
     with pytest.raises(ModelFileError, match=r"SHA-256 does not match bundle\.json"):

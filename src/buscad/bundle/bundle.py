@@ -735,13 +735,17 @@ class Bundle:
                 raise ModelFileError(onnx_file, "segmenter ONNX model not found")
             if info.get("onnx_sha256") and file_sha256(onnx_file) != info["onnx_sha256"]:
                 raise ModelFileError(onnx_file, "SHA-256 does not match bundle.json")
-            for name, digest in (info.get("litemedsam_sha256") or {}).items():
+            checked = info.get("litemedsam_sha256") or {}
+            for name, digest in checked.items():
                 graph = folder / "litemedsam" / name
                 if not graph.is_file() or file_sha256(graph) != digest:
                     raise ModelFileError(
                         graph, "LiteMedSAM graph missing or SHA-256 does not match bundle.json"
                     )
-            self._segmenter = Segmenter.load(folder, backend="onnx", threads=self._num_threads)
+            # hashed once: LiteMedSAM compares its manifest with these digests
+            self._segmenter = Segmenter.load(
+                folder, backend="onnx", threads=self._num_threads, checked=checked
+            )
         return self._segmenter
 
     def outline(self, gray: np.ndarray, box: tuple[int, int, int, int] | None = None) -> Outline:

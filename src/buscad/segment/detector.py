@@ -600,9 +600,14 @@ class Detector:
         embedding: np.ndarray,
         shape: tuple[int, int],
         outline: Callable[[tuple[int, int, int, int]], Candidate],
+        heat: np.ndarray | None = None,
     ) -> list[Candidate]:
-        """Ranked candidates of one image (module docstring); empty: "no lesion found"."""
-        props = propose(self.heat(embedding), shape, outline, self.config)
+        """Ranked candidates of one image (module docstring); empty: "no lesion found".
+
+        ``heat``: the embedding's :meth:`heat` when the caller already has it (else computed).
+        """
+        h = self.heat(embedding) if heat is None else heat
+        props = propose(h, shape, outline, self.config)
         return rank(props, self.rule, self.config)
 
 

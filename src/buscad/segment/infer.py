@@ -96,10 +96,14 @@ MEDSAM_ARCH = "LiteMedSAM"
 MEDSAM_DIR = "litemedsam"
 
 
-def _load_box_model(jpath: Path, spec: dict, threads: int | None) -> MedSAM | None:
+def _load_box_model(
+    jpath: Path, spec: dict, threads: int | None, checked: dict[str, str] | None = None
+) -> MedSAM | None:
     """LiteMedSAM of a segmenter: its ``litemedsam/`` folder, else the cache entry the JSON names.
 
-    The JSON's ``litemedsam.sha256`` (both graphs' digests) must match the graphs used;
+    The JSON's ``litemedsam.sha256`` (both graphs' digests) must match the graphs used
+    (the manifest's digests, which the files are hashed against unless ``checked`` gives
+    the digests the caller has just computed: :class:`buscad.segment.medsam.MedSAM`);
     its ``litemedsam.box_ensemble``, when present, is the box prompts'
     :class:`buscad.segment.medsam.BoxEnsemble` (absent: the box alone at 0.5).
     """
@@ -114,7 +118,7 @@ def _load_box_model(jpath: Path, spec: dict, threads: int | None) -> MedSAM | No
         raise ModelFileError(
             folder, "LiteMedSAM graphs not found (run `buscad segment medsam` to convert them)"
         )
-    model = MedSAM(folder, threads=threads)
+    model = MedSAM(folder, threads=threads, checked=checked)
     want = (ref or {}).get("sha256") or {}
     for name in (ENCODER_NAME, DECODER_NAME):
         if want.get(name) and want[name] != model.manifest["sha256"][name]:
@@ -332,6 +336,7 @@ class Segmenter:
         path: str | os.PathLike[str],
         backend: str = "auto",
         threads: int | None = None,
+        checked: dict[str, str] | None = None,
     ) -> Segmenter:
         """Load a saved segmenter.
 
@@ -344,6 +349,10 @@ class Segmenter:
             ``"onnx"`` never imports torch; ``"auto"`` picks ONNX when the file exists.
         threads : int, optional
             Intra-op threads of ONNX Runtime.
+        checked : dict, optional
+            ``{file name: SHA-256}`` of LiteMedSAM's graphs the caller has just hashed
+            (a bundle checks them against ``bundle.json``): compared with their manifest
+            instead of hashing them again.
 
         Raises
         ------
@@ -353,7 +362,7 @@ class Segmenter:
         spec = read_spec(path)
         jpath, wpath, opath = _sidecar_paths(path)
         config = SegConfig.from_dict(spec.get("config", {}))
-        box_model = _load_box_model(jpath, spec, threads)
+        box_model = _load_box_model(jpath, spec, threads, checked)
         detector = _load_detector(jpath, spec, box_model, threads)
         if config.arch == MEDSAM_ARCH:
             if box_model is None:
@@ -509,10 +518,16 @@ class Segmenter:
         assert self.detector is not None and self.box_model is not None
         g = norm if gray is None else gray
         emb = self.box_model.embed(g)
-        cands = self.detector.propose(
-            emb.array, emb.shape, lambda b: self._box_outline(norm, b, gray)[1]
-        )
         heat = self.detector.heat(emb.array)
+        drawn: dict[tuple[int, ...], Candidate] = {}  # a box two components share is decoded once
+
+        def outline(b: tuple[int, int, int, int]) -> Candidate:
+            key = tuple(int(v) for v in b)
+            if key not in drawn:
+                drawn[key] = self._box_outline(norm, b, gray)[1]
+            return drawn[key]
+
+        cands = self.detector.propose(emb.array, emb.shape, outline, heat=heat)
         heat256 = cv2.resize(heat, (SIZE, SIZE), interpolation=cv2.INTER_LINEAR)
         prob = np.clip(postprocess(heat256, emb.new_size, emb.shape), 0.0, 1.0)
         mask = np.zeros(norm.shape, bool)

@@ -473,19 +473,10 @@ class Embedding:
 
 
 def _session(path: Path, threads: int | None) -> object:
-    import onnxruntime as ort
+    """ONNX Runtime session of a graph (``ORT_ENABLE_ALL``, optimised at every start)."""
+    from buscad.segment.onnx import ort_session
 
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        opts.intra_op_num_threads = int(threads)
-        opts.inter_op_num_threads = 1
-    try:
-        return ort.InferenceSession(
-            str(path), sess_options=opts, providers=["CPUExecutionProvider"]
-        )
-    except Exception as exc:
-        raise ModelFileError(path, f"cannot load the ONNX model ({exc})") from exc
+    return ort_session(path, threads, cache=False)[0]
 
 
 #: The image embedding's shape, ``(batch, channels, grid, grid)``.
@@ -580,6 +571,24 @@ class MedSAM:
         ``"int8"``) in place of the folder's float graph; not with ``encoder``.
     box_ensemble : BoxEnsemble, optional
         Test-time box ensemble of :meth:`decode` (default: the box alone).
+    optimised_cache : bool
+        Start both sessions from ONNX Runtime's optimised graphs cached per machine
+        (:func:`buscad.segment.onnx.ort_session`: same outputs, shorter start-up; the
+        float encoder's also with :data:`buscad.segment.onnx.ENCODER_FUSIONS`, kept
+        within 1e-4 of the float graph's embedding);
+        off: optimise the graphs at every start, write nothing. The cache is keyed by
+        the graphs' SHA-256: the manifest's when checked (``verify`` or ``checked``),
+        else the files are hashed for it.
+    checked : dict, optional
+        ``{file name: SHA-256}`` of graphs the caller has just hashed (a bundle checks
+        them against ``bundle.json``): compared with the manifest instead of hashing
+        those files again.
+
+    Attributes
+    ----------
+    session_files : dict
+        ``{"encoder": path, "decoder": path}``: the files the sessions run (a cached
+        optimised graph or the source graph).
     """
 
     def __init__(
@@ -591,10 +600,21 @@ class MedSAM:
         encoder: str | os.PathLike[str] | None = None,
         box_ensemble: BoxEnsemble | None = None,
         encoder_variant: str | None = None,
+        optimised_cache: bool = True,
+        checked: dict[str, str] | None = None,
     ) -> None:
         self.folder = Path(folder)
         self.box_ensemble = box_ensemble
-        self.manifest = read_manifest(self.folder, verify=verify)
+        checked = {n: d for n, d in (checked or {}).items() if n in (ENCODER_NAME, DECODER_NAME)}
+        both = len(checked) == 2
+        self.manifest = read_manifest(self.folder, verify=verify and not both)
+        for name, digest in checked.items():
+            if self.manifest["sha256"][name] != digest:
+                raise ModelFileError(
+                    self.folder / name,
+                    f"SHA-256 in {MANIFEST_NAME} does not match the checked file",
+                )
+        trusted = verify or both  # the manifest's digests are the files' (hashed or checked)
         if encoder and encoder_variant:
             raise ValueError("give encoder or encoder_variant, not both")
         #: The derived encoder in use (None: the folder's float graph or ``encoder``).
@@ -602,14 +622,38 @@ class MedSAM:
         if encoder_variant:
             enc = encoder_variant_file(self.folder, encoder_variant, verify)
             self._encoder_sha = str(self.manifest["encoder_variants"][encoder_variant]["sha256"])
+            enc_checked = verify
         elif encoder:
             enc = Path(encoder)
             self._encoder_sha = file_sha256(enc)
+            enc_checked = True
         else:
             enc = self.folder / ENCODER_NAME
             self._encoder_sha = str(self.manifest["sha256"][ENCODER_NAME])
-        self.encoder = _session(enc, threads)
-        self.decoder = _session(self.folder / DECODER_NAME, threads)
+            enc_checked = trusted
+        from concurrent.futures import ThreadPoolExecutor
+
+        from buscad.segment.onnx import ENCODER_FUSIONS, ort_session
+
+        # the decoder's session starts on a second thread meanwhile: each start-up is
+        # single-threaded and ONNX Runtime and hashlib release the GIL
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(
+                ort_session,
+                self.folder / DECODER_NAME,
+                threads,
+                str(self.manifest["sha256"][DECODER_NAME]) if trusted else None,
+                optimised_cache,
+            )
+            self.encoder, enc_file = ort_session(
+                enc,
+                threads,
+                self._encoder_sha if enc_checked else None,
+                optimised_cache,
+                ENCODER_FUSIONS if not encoder_variant and not encoder else None,
+            )
+            self.decoder, dec_file = pending.result()
+        self.session_files: dict[str, Path] = {"encoder": enc_file, "decoder": dec_file}
         self.cache_size = int(cache_size)
         self._cache: OrderedDict[str, Embedding] = OrderedDict()
         #: Predicted Dice and flag rule (:func:`default_confidence` for this checkpoint).
