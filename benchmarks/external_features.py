@@ -424,7 +424,8 @@ def auto_outlines_part(
     top-ranked kept candidate (as ``buscad predict`` without a mask reads it); a row
     without one is withheld ("no lesion found"). Writes one PNG per outlined row under
     ``outline_dir(out, source) / "masks"`` and ``parts/<cohort>.csv`` per source (one row
-    per lesion row: ``found_any``, ``found`` (IoU >= 0.5 with an expert lesion),
+    per lesion row: ``found_any``, ``found`` (the top candidate matches an expert lesion,
+    :func:`buscad.segment.detector_train.image_outcome`),
     ``dice`` with the expert mask (0 when withheld), ``score``, ``predicted_dice``,
     ``n_kept``). Cached per part.
     """
@@ -437,6 +438,7 @@ def auto_outlines_part(
         embed_manifest,
         grouped_folds,
         head_runner,
+        image_outcome,
         proposals_for,
         train_head,
     )
@@ -491,7 +493,7 @@ def auto_outlines_part(
                 cv2.imwrite(str(masks / f"{image_id}.png"), mask.astype(np.uint8) * 255)
                 score = float(rule.score(im.features()[kept[:1]])[0])
                 rec.update(
-                    found=bool(im.lesion_iou.shape[1] and im.lesion_iou[kept[0]].max() >= 0.5),
+                    found=image_outcome(im.lesion_iou, kept[:1])[0] == 1,
                     dice=dice(mask, truth),
                     score=score,
                     predicted_dice=top.candidate.predicted_dice,
